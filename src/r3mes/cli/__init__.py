@@ -1,0 +1,1 @@
+"""The `r3mes` command line."""

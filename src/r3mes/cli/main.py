@@ -1,0 +1,56 @@
+"""`r3mes`: one table of thin, typed commands over the library.
+
+Each concern owns a Typer sub-app in its own module here; this file only mounts them.
+Heavy imports (torch, uvicorn) happen inside commands, so `r3mes --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from r3mes import __version__
+from r3mes.cli import chain, model, nodes, serving, storage
+from r3mes.errors import R3mesError
+
+app = typer.Typer(
+    name="r3mes",
+    help=(
+        "R3MES: an open network for useful AI work. Miners fine-tune LoRA adapters on a "
+        "frozen BitNet b1.58 model, validators verify, proposers merge, serving nodes chat.\n\n"
+        "Start a whole local network with `r3mes up`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+app.add_typer(model.app, name="model")
+app.add_typer(chain.wallet_app, name="wallet")
+app.add_typer(chain.devnet_app, name="devnet")
+app.add_typer(chain.tx_app, name="tx")
+app.add_typer(chain.query_app, name="query")
+app.add_typer(storage.storage_app, name="storage")
+app.add_typer(storage.registry_app, name="registry")
+app.add_typer(serving.app, name="serving")
+nodes.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the R3MES version."""
+    Console().print(f"r3mes {__version__}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning R3MES errors into one clear line and exit code 1."""
+    try:
+        app()
+    except R3mesError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
