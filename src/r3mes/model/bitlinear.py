@@ -1,0 +1,217 @@
+"""BitLinear: ternary weights (absmean), 8-bit per-token activations, 2-bit packing.
+
+Two modes share one module:
+
+* training (default): a float master `weight` is quantized on every forward with a
+  straight-through estimator, so the model can be trained from scratch;
+* frozen (`freeze()`): the weight is held only as `packed_weight` (uint8, four ternary values
+  per byte, the layout of transformers' `integrations/bitnet.py`) plus `weight_scale`; it is
+  never re-quantized and holds no gradient memory.  Each forward unpacks a transient ternary
+  copy (a few vectorised bit operations, small next to the matmul).  Serving code that
+  wants speed over memory can call `cache_unpacked(True)` to keep that copy; the memory
+  accounting (`weight_bytes()`) reports it when present.
+
+`weight_scale` has the meaning it has in HF's packed checkpoints: `W ~= ternary / weight_scale`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r3mes.model.errors import ModelError
+
+VALUES_PER_BYTE = 4
+SCALE_EPS = 1e-5
+ACT_MAX = 127.0
+
+
+def pack_ternary(t: torch.Tensor) -> torch.Tensor:
+    """Pack a ternary tensor (values in {-1, 0, 1}) at 2 bits per value.
+
+    Layout (HF `pack_weights`): with `rows = ceil(shape[0] / 4)`, row `r` of block `i` of the
+    input goes into bits `2i..2i+1` of packed row `r`, stored as value + 1.
+    """
+    if t.dim() < 1 or t.shape[0] == 0:
+        raise ModelError(f"cannot pack a tensor of shape {tuple(t.shape)}")
+    values = t.to(torch.int8)
+    if bool(((values < -1) | (values > 1)).any()) or not torch.equal(values.to(t.dtype), t):
+        raise ModelError("pack_ternary expects values in {-1, 0, 1} only")
+    rows = (t.shape[0] + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE
+    padded = torch.zeros((rows * VALUES_PER_BYTE, *t.shape[1:]), dtype=torch.uint8, device=t.device)
+    padded[: t.shape[0]] = (values + 1).to(torch.uint8)
+    blocks = padded.view(VALUES_PER_BYTE, rows, *t.shape[1:])
+    packed = blocks[0] | (blocks[1] << 2) | (blocks[2] << 4) | (blocks[3] << 6)
+    return packed.contiguous()
+
+
+def unpack_ternary(
+    packed: torch.Tensor, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Inverse of `pack_ternary`: the ternary tensor of `shape` as `dtype`."""
+    shape = tuple(shape)
+    if packed.dtype != torch.uint8:
+        raise ModelError(f"packed weights must be uint8, got {packed.dtype}")
+    rows = (shape[0] + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE if shape else 0
+    if not shape or tuple(packed.shape) != (rows, *shape[1:]):
+        raise ModelError(
+            f"packed tensor of shape {tuple(packed.shape)} cannot hold a ternary tensor of {shape}"
+        )
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=packed.device)
+    shifts = shifts.view(VALUES_PER_BYTE, *([1] * packed.dim()))
+    codes = (packed.unsqueeze(0) >> shifts) & 3  # (4, rows, ...)
+    codes = codes.reshape(rows * VALUES_PER_BYTE, *shape[1:])[: shape[0]]
+    if bool((codes == 3).any()):
+        raise ModelError("packed weights hold the invalid 2-bit code 3")
+    return codes.to(dtype) - 1
+
+
+def weight_quant_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Per-tensor absmean scale `1 / mean|W|` (HF's `weight_scale`), shape (1,)."""
+    return (1.0 / weight.float().abs().mean().clamp(min=SCALE_EPS)).reshape(1)
+
+
+def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoundClip(W * scale, -1, 1) and the scale: `W ~= ternary / scale`."""
+    scale = weight_quant_scale(weight)
+    return (weight.float() * scale).round().clamp(-1, 1), scale
+
+
+class _WeightQuantSTE(torch.autograd.Function):
+    """Fake-quantize weights to ternary; gradients pass straight through."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor) -> torch.Tensor:
+        ternary, scale = ternarize(weight)
+        return (ternary / scale).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output
+
+
+class _ActQuantSTE(torch.autograd.Function):
+    """Fake-quantize activations to 8 bits per token; gradients pass straight through."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        codes, scale = quantize_activations(x)
+        return (codes / scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 codes (as float) and their scale `127 / max|x|`, shape (..., 1)."""
+    xf = x.float()
+    scale = ACT_MAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=SCALE_EPS)
+    return (xf * scale).round().clamp(-ACT_MAX - 1, ACT_MAX), scale
+
+
+class BitLinear(nn.Module):
+    """A linear layer with ternary weights and 8-bit activations (BitNet b1.58)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ModelError(f"BitLinear needs positive sizes, got {in_features}x{out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._unpacked_cache: torch.Tensor | None = None
+        self._keep_unpacked = False
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    @property
+    def frozen(self) -> bool:
+        """True once the weight is held packed (see `freeze`)."""
+        return self.weight is None
+
+    def freeze(self) -> None:
+        """Quantize once and hold the weight packed at 2 bits; drops the float master."""
+        if self.weight is None:
+            return
+        with torch.no_grad():
+            ternary, scale = ternarize(self.weight)
+            self.load_packed(pack_ternary(ternary), scale)
+
+    def load_packed(self, packed: torch.Tensor, weight_scale: torch.Tensor) -> None:
+        """Install an already packed ternary weight (e.g. from a checkpoint); enters frozen mode."""
+        rows = (self.out_features + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != (rows, self.in_features):
+            raise ModelError(
+                f"packed weight must be uint8 of shape {(rows, self.in_features)}, "
+                f"got {packed.dtype} {tuple(packed.shape)}"
+            )
+        if weight_scale.numel() != 1 or not bool(torch.isfinite(weight_scale).all()):
+            raise ModelError("weight_scale must be one finite number")
+        self.weight = None
+        self.register_buffer("packed_weight", packed.detach().clone())
+        self.register_buffer("weight_scale", weight_scale.detach().float().reshape(1).clone())
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self._unpacked_cache = None
+
+    def cache_unpacked(self, enabled: bool) -> None:
+        """Keep (or drop) an unpacked float ternary copy for faster frozen forwards."""
+        self._keep_unpacked = enabled
+        if not enabled:
+            self._unpacked_cache = None
+
+    def ternary_weight(self) -> torch.Tensor:
+        """The ternary weight (values in {-1, 0, 1}) as float32, shape (out, in)."""
+        if self.weight is not None:
+            return ternarize(self.weight.detach())[0]
+        if self._unpacked_cache is not None:
+            return self._unpacked_cache
+        packed = self._buffer("packed_weight")
+        ternary = unpack_ternary(packed, (self.out_features, self.in_features))
+        if self._keep_unpacked:
+            self._unpacked_cache = ternary
+        return ternary
+
+    def scale(self) -> torch.Tensor:
+        """The weight scale (`W ~= ternary / scale`), shape (1,)."""
+        if self.weight is not None:
+            return weight_quant_scale(self.weight.detach())
+        return self._buffer("weight_scale")
+
+    def weight_bytes(self) -> int:
+        """Bytes held for the weight body: packed bytes + scale (+ cached copy), or the master."""
+        if self.weight is not None:
+            return self.weight.numel() * self.weight.element_size()
+        held = self._buffer("packed_weight").numel() + self._buffer("weight_scale").numel() * 4
+        if self._unpacked_cache is not None:
+            held += self._unpacked_cache.numel() * self._unpacked_cache.element_size()
+        return int(held)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            w = _WeightQuantSTE.apply(self.weight)  # type: ignore[no-untyped-call]
+            xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
+            y: torch.Tensor = F.linear(xq, w)
+        else:
+            codes, act_scale = quantize_activations(x)
+            w = self.ternary_weight().to(x.device)
+            y = F.linear(codes, w) / (act_scale * self._buffer("weight_scale"))
+            y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def _buffer(self, name: str) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None:
+            raise ModelError(f"BitLinear has no {name} buffer; call freeze() or load_packed()")
+        return buf
+
+    def extra_repr(self) -> str:
+        mode = "frozen-packed" if self.frozen else "training"
+        return f"in={self.in_features}, out={self.out_features}, {mode}"
