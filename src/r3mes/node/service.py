@@ -1,0 +1,199 @@
+"""The role service base: a long-running loop with an HTTP face and a clean shutdown.
+
+`RoleService.run()` claims the pid file, starts the HTTP server, calls `on_start()`, then
+`step()` until asked to stop, and always undoes all of that on the way out. The first
+SIGTERM/SIGINT asks the loop to stop after the current step (in-flight work finishes or
+rolls back by itself); a second SIGINT/SIGTERM raises `KeyboardInterrupt` inside the step
+so the step's own rollback runs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from r3mes.node.errors import NodeError, RetryableError, ValidationError, classify
+from r3mes.node.pidfile import pid_path, remove_pid_file, service_id, write_pid_file
+from r3mes.paths import Home
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("miner", "validator", "proposer", "serving")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Identity and loop settings shared by every role service."""
+
+    role: str
+    """One of `ROLES`."""
+    name: str
+    """Instance name, unique per role on one machine (used in pid and log file names)."""
+    home: Home
+    """Where pid files, logs and state live."""
+    host: str = "127.0.0.1"
+    """Interface of the HTTP server; loopback by default."""
+    port: int = 0
+    """HTTP port; 0 picks a free one (written to the pid file)."""
+    idle_interval: float = 1.0
+    """Seconds to wait after a step that found nothing to do."""
+    error_interval: float = 2.0
+    """Seconds to wait after a step failed with a retryable error."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValidationError(f"unknown role {self.role!r}; expected one of {ROLES}")
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ValidationError(
+                f"invalid service name {self.name!r}: use letters, digits, '-' and '_'"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ValidationError(f"port {self.port} out of range")
+        if self.idle_interval < 0 or self.error_interval < 0:
+            raise ValidationError("intervals must be >= 0")
+
+    @property
+    def service_id(self) -> str:
+        return service_id(self.role, self.name)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.root / "nodes" / self.service_id
+
+
+class RoleService(ABC):
+    """Base class of `Miner`, `Validator`, `Proposer` and `ServingNode`."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.config = config
+        self.registry: CollectorRegistry = CollectorRegistry()
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.port: int | None = None
+        self._signals_seen = 0
+        self._steps = Counter(
+            "r3mes_service_steps", "Loop steps run", ["outcome"], registry=self.registry
+        )
+        self._up = Gauge(
+            "r3mes_service_up", "1 while the service loop runs", registry=self.registry
+        )
+
+    # -- what roles implement ---------------------------------------------------------
+
+    @abstractmethod
+    def step(self) -> bool:
+        """Do one unit of work; True if something was done (loop again at once)."""
+
+    def on_start(self) -> None:
+        """Prepare before the loop (register on chain, recover journals ...)."""
+        logger.debug("%s: nothing to prepare", self.config.service_id)
+
+    def on_stop(self) -> None:
+        """Release resources after the loop ended."""
+        logger.debug("%s: nothing to release", self.config.service_id)
+
+    def role_stats(self) -> dict[str, Any]:
+        """Role-specific figures merged into `/stats`."""
+        return {}
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Add role-specific HTTP routes (none by default)."""
+        logger.debug("%s: no extra routes on %s", self.config.service_id, app.title)
+
+    # -- common behaviour -------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self.stop_event.is_set() else "ok",
+            "role": self.config.role,
+            "name": self.config.name,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {"service": self.health(), **self.role_stats()}
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking early on stop; True when stopping."""
+        return self.stop_event.wait(seconds)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals_seen += 1
+        if self._signals_seen == 1:
+            logger.info("signal %d: stopping after the current step", signum)
+            self.stop_event.set()
+            return
+        logger.warning("signal %d again: interrupting the current step", signum)
+        raise KeyboardInterrupt
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def run(self) -> int:
+        """Run until stopped; returns a process exit code (0 on a clean stop)."""
+        from r3mes.node.http import HttpServer, create_app
+
+        self._install_signal_handlers()
+        pidfile = pid_path(self.config.home.run, self.config.role, self.config.name)
+        server = HttpServer(create_app(self), host=self.config.host, port=self.config.port)
+        self.port = server.port
+        write_pid_file(pidfile, role=self.config.role, name=self.config.name, port=server.port)
+        server.start()
+        logger.info(
+            "%s listening on http://%s:%d", self.config.service_id, server.host, server.port
+        )
+        try:
+            self.on_start()
+            self._up.set(1)
+            self._loop()
+            return 0
+        except KeyboardInterrupt:
+            logger.warning("%s interrupted", self.config.service_id)
+            return 130
+        finally:
+            self._up.set(0)
+            try:
+                self.on_stop()
+            finally:
+                server.stop()
+                remove_pid_file(pidfile)
+                logger.info("%s stopped", self.config.service_id)
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                did_work = self.step()
+            except NodeError as exc:
+                self._steps.labels(outcome="error").inc()
+                retryable = isinstance(exc, RetryableError)
+                logger.warning("step failed (%s): %s", type(exc).__name__, exc)
+                self.wait(self.config.error_interval if retryable else self.config.idle_interval)
+                continue
+            except Exception as exc:
+                self._steps.labels(outcome="error").inc()
+                error = classify(exc)
+                logger.exception("step failed unexpectedly: %s", error)
+                self.wait(self.config.error_interval)
+                continue
+            self._steps.labels(outcome="work" if did_work else "idle").inc()
+            if not did_work:
+                self.wait(self.config.idle_interval)
