@@ -1,0 +1,42 @@
+"""Regenerate the checked-in protobuf stubs: `python -m r3mes.chain.proto.regen`.
+
+Reads `proto/remes/remes/v1/*.proto` at the repository root and writes `*_pb2.py` (and
+`.pyi`) under `src/r3mes/chain/proto/gen/`, using grpcio-tools' bundled protoc.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+PROTO_ROOT = REPO_ROOT / "proto"
+GEN_ROOT = Path(__file__).resolve().parent / "gen"
+
+
+def regenerate() -> int:
+    """Run protoc over every ledger .proto file; returns protoc's exit status."""
+    from grpc_tools import protoc  # type: ignore[import-untyped]
+
+    sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    include = str(resources.files("grpc_tools") / "_proto")
+    GEN_ROOT.mkdir(exist_ok=True)
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={GEN_ROOT}",
+        f"--pyi_out={GEN_ROOT}",
+        *sources,
+    ]
+    status = int(protoc.main(args))
+    for folder in [GEN_ROOT, *(p for p in GEN_ROOT.rglob("*") if p.is_dir())]:
+        init = folder / "__init__.py"
+        if not init.exists():
+            init.write_text('"""Generated protobuf stubs; do not edit."""\n')
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(regenerate())
