@@ -1,0 +1,269 @@
+"""A local, IPFS-compatible blockstore on disk (the default content store).
+
+Layout under `root` (normally `$R3MES_HOME/blocks`):
+    data/<last two CID chars>/<cid>   one file per block, written atomically
+    pins/<cid>                        one empty marker per recursive pin
+    tmp/                              temp files, renamed into place once fsync'd
+    lock                              flock held while adding or collecting garbage
+
+Every block read is hashed against its CID; a corrupt block is reported, never returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from r3mes.storage.errors import (
+    BlockNotFound,
+    MalformedBlock,
+    StorageError,
+    StorageWriteError,
+)
+from r3mes.storage.multiformats import DAG_PB, Cid, parse_cid
+from r3mes.storage.reader import iter_dag_cids, iter_file, verified_block
+from r3mes.storage.unixfs import Block, DagBuilder, DagParams, decode_file_node, iter_chunks
+
+log = logging.getLogger(__name__)
+
+SOURCE = "local blockstore"
+_READ_PIECE = 1024 * 1024
+DEFAULT_MAX_SIZE = 8 * 1024**3
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What a garbage collection did."""
+
+    removed: int
+    """Blocks deleted (not reachable from any pin)."""
+    freed_bytes: int
+    """Bytes those blocks occupied."""
+    kept: int
+    """Blocks still stored."""
+
+
+class NotPinned(StorageError):
+    """`unpin` was asked for a CID that has no pin."""
+
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+        super().__init__(f"{cid} is not pinned; `r3mes storage pin --list` shows the pins")
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
+    """Write `chunks` to `path` via temp file + fsync + rename; return bytes written.
+
+    On any failure the temp file is removed and `path` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    return written
+
+
+class Blockstore:
+    """Content-addressed blocks on local disk with recursive pins and GC."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._data = self.root / "data"
+        self._pins = self.root / "pins"
+
+    # ---- writing -------------------------------------------------------------------
+
+    def add_bytes(self, data: bytes, *, cid_version: int = 1, pin: bool = True) -> str:
+        """Store `data` as a UnixFS file; return its CID (identical to `ipfs add`)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("add_bytes expects bytes")
+        return self.add_stream([bytes(data)], cid_version=cid_version, pin=pin)
+
+    def add_file(self, path: Path, *, cid_version: int = 1, pin: bool = True) -> str:
+        """Store the file at `path`, streaming it in 1 MiB pieces; return its CID."""
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"{path} is not a regular file; pass the path of a file to add")
+
+        def pieces() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                while piece := handle.read(_READ_PIECE):
+                    yield piece
+
+        return self.add_stream(pieces(), cid_version=cid_version, pin=pin)
+
+    def add_stream(self, pieces: Iterable[bytes], *, cid_version: int = 1, pin: bool = True) -> str:
+        """Store the concatenation of `pieces`; return its root CID."""
+        params = DagParams(cid_version=cid_version)
+        builder = DagBuilder(params=params)
+        with self._locked():
+            for chunk in iter_chunks(pieces, params.chunk_size):
+                self._put_blocks(builder.add_chunk(chunk))
+            root, tail = builder.finish()
+            self._put_blocks(tail)
+            if pin:
+                self._write_pin(root)
+        log.debug("added %s (%d bytes, pin=%s)", root, builder.file_size, pin)
+        return str(root)
+
+    def put_block(self, cid: str, data: bytes) -> None:
+        """Store one block received from elsewhere, after checking it against `cid`."""
+        parsed = parse_cid(cid)
+        verified_block(parsed, data, "caller")
+        self._put_blocks([Block(parsed, data)])
+
+    def _put_blocks(self, blocks: Iterable[Block]) -> None:
+        for block in blocks:
+            path = self._block_path(block.cid)
+            if path.exists():
+                continue
+            try:
+                atomic_write(path, [block.data])
+            except OSError as exc:
+                raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
+
+    # ---- reading -------------------------------------------------------------------
+
+    def get_block(self, cid: Cid) -> bytes:
+        """One block's bytes, verified against its CID."""
+        path = self._block_path(cid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlockNotFound(str(cid), SOURCE) from None
+        return verified_block(cid, data, SOURCE)
+
+    def has_block(self, cid: Cid) -> bool:
+        return self._block_path(cid).is_file()
+
+    def get_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+        """The whole file named by `cid`; SizeLimitExceeded if it is over `max_size`."""
+        return b"".join(self.open_stream(cid, max_size=max_size))
+
+    def open_stream(self, cid: str, *, max_size: int | None = None) -> Iterator[bytes]:
+        """The file's bytes in order, each block verified before it is yielded."""
+        return iter_file(parse_cid(cid), self.get_block, source=SOURCE, max_size=max_size)
+
+    def cat_to_file(self, cid: str, dest: Path, *, max_size: int | None = None) -> int:
+        """Write the file to `dest` atomically (no partial file is ever visible)."""
+        stream = self.open_stream(cid, max_size=max_size)
+        try:
+            return atomic_write(Path(dest), stream)
+        except OSError as exc:
+            raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
+
+    def has(self, cid: str) -> bool:
+        """True when every block of the DAG under `cid` is stored and intact."""
+        try:
+            self._dag_cids(parse_cid(cid))
+        except StorageError:
+            return False
+        return True
+
+    def size(self, cid: str) -> int:
+        """File size in bytes of the content under `cid` (reads only the root block)."""
+        parsed = parse_cid(cid)
+        root = self.get_block(parsed)
+        if parsed.codec != DAG_PB:
+            return len(root)
+        try:
+            return decode_file_node(root).filesize
+        except ValueError as exc:
+            raise MalformedBlock(str(parsed), str(exc)) from exc
+
+    # ---- pins and GC ---------------------------------------------------------------
+
+    def pin(self, cid: str) -> None:
+        """Pin `cid` recursively; its whole DAG must be present."""
+        parsed = parse_cid(cid)
+        with self._locked():
+            self._dag_cids(parsed)
+            self._write_pin(parsed)
+
+    def unpin(self, cid: str) -> None:
+        """Remove the pin on `cid` (its blocks go at the next `gc`)."""
+        parsed = parse_cid(cid)
+        marker = self._pins / str(parsed)
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            raise NotPinned(str(parsed)) from None
+
+    def pins(self) -> list[str]:
+        """All pinned root CIDs, sorted."""
+        if not self._pins.is_dir():
+            return []
+        return sorted(p.name for p in self._pins.iterdir() if not p.name.startswith("."))
+
+    def gc(self) -> GcResult:
+        """Delete every block not reachable from a pin."""
+        with self._locked():
+            keep: set[str] = set()
+            for pinned in self.pins():
+                keep.update(str(c) for c in self._dag_cids(parse_cid(pinned)))
+            removed = freed = kept = 0
+            for path in self._iter_block_files():
+                if path.name in keep:
+                    kept += 1
+                    continue
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+        log.info("gc removed %d blocks (%d bytes), kept %d", removed, freed, kept)
+        return GcResult(removed=removed, freed_bytes=freed, kept=kept)
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _dag_cids(self, cid: Cid) -> list[Cid]:
+        return list(iter_dag_cids(cid, self.get_block, source=SOURCE, exists=self.has_block))
+
+    def _write_pin(self, cid: Cid) -> None:
+        path = self._pins / str(cid)
+        if path.exists():
+            return
+        try:
+            atomic_write(path, [b""])
+        except OSError as exc:
+            raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
+
+    def _block_path(self, cid: Cid) -> Path:
+        name = str(cid)
+        return self._data / name[-2:] / name
+
+    def _iter_block_files(self) -> Iterator[Path]:
+        if not self._data.is_dir():
+            return
+        for shard in sorted(self._data.iterdir()):
+            if shard.is_dir():
+                yield from (p for p in sorted(shard.iterdir()) if not p.name.startswith("."))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = (self.root / "lock").open("a+b")
+        except OSError as exc:
+            raise StorageWriteError(str(self.root), exc.strerror or str(exc)) from exc
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

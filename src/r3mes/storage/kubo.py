@@ -1,0 +1,241 @@
+"""A client for a real IPFS node (Kubo) over its HTTP RPC API, with a gateway read fallback.
+
+Every call has a timeout; network errors and 5xx answers are retried with exponential backoff,
+4xx answers are not. Everything read is verified against its CID before it is returned or
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from r3mes.storage.errors import CidMismatch, RemoteError, StorageError, StorageWriteError
+from r3mes.storage.multiformats import parse_cid
+from r3mes.storage.unixfs import compute_cid
+from r3mes.storage.verify import StreamVerifier
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Opener = Callable[[], AbstractContextManager[httpx.Response]]
+DEFAULT_MAX_SIZE = 8 * 1024**3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for transient failures (network errors, 5xx)."""
+
+    attempts: int = 4
+    """Total tries, the first included."""
+    base_delay: float = 0.25
+    """Seconds before the second try; doubles each time."""
+    max_delay: float = 8.0
+    """Upper bound for one wait."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("attempts >= 1 and non-negative delays required")
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def with_retries(
+    action: Callable[[], T], *, policy: RetryPolicy, what: str, sleep: Callable[[float], None]
+) -> T:
+    """Run `action`; retry on httpx transport errors and `_Transient` (5xx) only."""
+    last = ""
+    for attempt in range(policy.attempts):
+        try:
+            return action()
+        except (httpx.TransportError, _Transient) as exc:
+            last = str(exc) or type(exc).__name__
+            if attempt + 1 < policy.attempts:
+                wait = policy.delay(attempt)
+                log.warning("%s failed (%s); retrying in %.2fs", what, last, wait)
+                sleep(wait)
+    raise RemoteError(what, f"gave up after {policy.attempts} tries: {last}")
+
+
+def _check_status(response: httpx.Response, url: str) -> None:
+    if response.status_code >= 500:
+        raise _Transient(f"HTTP {response.status_code}")
+    if response.status_code >= 400:
+        response.read()
+        raise RemoteError(url, f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class KuboClient:
+    """`ContentStore` backed by a Kubo node; reads can fall back to an HTTP gateway."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        gateway_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_url.startswith(("http://", "https://")):
+            raise StorageError(f"IPFS API URL {api_url!r} must start with http:// or https://")
+        self.api_url = api_url.rstrip("/")
+        self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KuboClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- ContentStore --------------------------------------------------------------
+
+    def add_bytes(self, data: bytes, *, cid_version: int = 1, pin: bool = True) -> str:
+        """Upload `data`; the node's CID must equal the one computed locally."""
+        expected = compute_cid(bytes(data), cid_version=cid_version)
+        url = f"{self.api_url}/api/v0/add"
+        params = {
+            "cid-version": str(cid_version),
+            "raw-leaves": "true" if cid_version == 1 else "false",
+            "pin": "true" if pin else "false",
+            "chunker": "size-262144",
+        }
+
+        def call() -> str:
+            files = {"file": ("blob", bytes(data), "application/octet-stream")}
+            response = self._http.post(url, params=params, files=files)
+            _check_status(response, url)
+            lines = [ln for ln in response.text.splitlines() if ln.strip()]
+            if not lines:
+                raise RemoteError(url, "empty answer to add")
+            try:
+                return str(json.loads(lines[-1])["Hash"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RemoteError(url, f"unexpected answer to add: {lines[-1][:200]}") from exc
+
+        got = with_retries(call, policy=self.retry, what=url, sleep=self._sleep)
+        if got != expected:
+            raise CidMismatch(expected, f"Kubo at {self.api_url}", f"node answered {got}")
+        return got
+
+    def get_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+        """Verified bytes of `cid`: Kubo `cat` first, then the gateway if one is set."""
+        errors: list[StorageError] = []
+        for source, opener in self._read_sources(cid):
+            try:
+                return self._read_verified(cid, source, opener, max_size)
+            except StorageError as exc:
+                log.warning("reading %s from %s failed: %s", cid, source, exc)
+                errors.append(exc)
+        raise errors[-1]
+
+    def cat_to_file(self, cid: str, dest: Path, *, max_size: int = DEFAULT_MAX_SIZE) -> int:
+        """Stream `cid` into `dest` atomically; verified before the rename."""
+        errors: list[StorageError] = []
+        for source, opener in self._read_sources(cid):
+            try:
+                return self._download_verified(cid, source, opener, Path(dest), max_size)
+            except StorageError as exc:
+                log.warning("fetching %s from %s failed: %s", cid, source, exc)
+                errors.append(exc)
+        raise errors[-1]
+
+    def pin(self, cid: str) -> None:
+        self._post_simple("pin/add", cid)
+
+    def unpin(self, cid: str) -> None:
+        self._post_simple("pin/rm", cid)
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _post_simple(self, endpoint: str, cid: str) -> None:
+        parsed = str(parse_cid(cid))
+        url = f"{self.api_url}/api/v0/{endpoint}"
+
+        def call() -> None:
+            response = self._http.post(url, params={"arg": parsed})
+            _check_status(response, url)
+
+        with_retries(call, policy=self.retry, what=url, sleep=self._sleep)
+
+    def _read_sources(self, cid: str) -> list[tuple[str, Opener]]:
+        parsed = str(parse_cid(cid))
+        api = f"{self.api_url}/api/v0/cat"
+        sources: list[tuple[str, Opener]] = [
+            (
+                f"Kubo at {self.api_url}",
+                lambda: self._http.stream("POST", api, params={"arg": parsed}),
+            )
+        ]
+        if self.gateway_url:
+            gw = f"{self.gateway_url}/ipfs/{parsed}"
+            sources.append((f"gateway {self.gateway_url}", lambda: self._http.stream("GET", gw)))
+        return sources
+
+    def _read_verified(self, cid: str, source: str, opener: Opener, max_size: int) -> bytes:
+        def call() -> bytes:
+            verifier = StreamVerifier(parse_cid(cid), source=source, max_size=max_size)
+            pieces: list[bytes] = []
+            with opener() as response:
+                _check_status(response, source)
+                for piece in response.iter_bytes():
+                    verifier.feed(piece)
+                    pieces.append(piece)
+            verifier.finish()
+            return b"".join(pieces)
+
+        return with_retries(call, policy=self.retry, what=source, sleep=self._sleep)
+
+    def _download_verified(
+        self,
+        cid: str,
+        source: str,
+        opener: Opener,
+        dest: Path,
+        max_size: int,
+    ) -> int:
+        def call() -> int:
+            verifier = StreamVerifier(parse_cid(cid), source=source, max_size=max_size)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as handle, opener() as response:
+                    _check_status(response, source)
+                    for piece in response.iter_bytes():
+                        verifier.feed(piece)
+                        handle.write(piece)
+                    verifier.finish()
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return verifier.size
+
+        return with_retries(call, policy=self.retry, what=source, sleep=self._sleep)
