@@ -1,0 +1,269 @@
+"""Deterministic LoRA training of one task (executor class `cpu-fp32-det-v1`).
+
+`train_update` returns the raw LoRA delta ``trained - start`` (float32, PEFT key names) for a
+task, starting from the adapter version's state. Everything that could vary is pinned:
+
+* LoRA initialisation (only when there is no adapter yet): `initial_adapter_state`, seeded by
+  the ROUND seed, so all miners of a round start from the same point;
+* batch order: sample j of the run is position ``perm_e[j % n]`` of the shard, where
+  ``e = j // n`` and ``perm_e`` is `torch.randperm(n)` drawn from a generator seeded with
+  ``task.derived_seed(f"batch/{e}")`` -- random access per step, for `verify_steps`;
+* each sequence is the first ``seq_len`` tokens of its chunk, loss is next-token cross-entropy;
+* the optimizer is Adam written out here (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected,
+  no weight decay) so its state is explicit and can be checkpointed;
+* numerics run under `deterministic_cpu()`.
+
+The model is borrowed: an adapter named `WORK_ADAPTER` is added for the run and removed after,
+and parameters' `requires_grad` flags are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r3mes.work.canonical import dump_canonical
+from r3mes.work.data import Shard
+from r3mes.work.errors import TrainingError
+from r3mes.work.executor import deterministic_cpu
+from r3mes.work.task import Task
+
+log = logging.getLogger(__name__)
+
+WORK_ADAPTER = "r3mes-work"
+ADAM_BETA1 = 0.9
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-8
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Everything the next step depends on: LoRA weights and Adam moments after `step` steps."""
+
+    step: int
+    params: Tensors
+    exp_avg: Tensors
+    exp_avg_sq: Tensors
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical encoding of this state."""
+        import hashlib
+
+        return hashlib.sha256(self.encode()).hexdigest()
+
+    def encode(self) -> bytes:
+        tensors = {f"param/{k}": v for k, v in self.params.items()}
+        tensors |= {f"exp_avg/{k}": v for k, v in self.exp_avg.items()}
+        tensors |= {f"exp_avg_sq/{k}": v for k, v in self.exp_avg_sq.items()}
+        return dump_canonical(tensors, {"step": str(self.step)})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: the delta, the final state and the per-step state digests."""
+
+    delta: Tensors
+    final: TrainState
+    step_digests: tuple[str, ...]
+    """digest of the state after 0, 1, ..., steps steps (steps + 1 entries)."""
+    checkpoints: dict[int, TrainState]
+    """States kept every `checkpoint_every` steps (always includes step 0)."""
+
+
+def initial_adapter_state(model: nn.Module, task: Task) -> Tensors:
+    """The genesis adapter for `task`'s LoRA config: A Kaiming-init from the round seed, B 0."""
+    from r3mes.model.lora import apply_lora, lora_state_dict, remove_adapter
+
+    gen = torch.Generator().manual_seed(task.seed)
+    with deterministic_cpu():
+        apply_lora(model, task.lora_config(), name=WORK_ADAPTER, generator=gen)
+        try:
+            return lora_state_dict(model, WORK_ADAPTER)
+        finally:
+            remove_adapter(model, WORK_ADAPTER)
+
+
+def batch_positions(task: Task, shard_len: int, step: int) -> list[int]:
+    """Shard positions of the `batch_size` sequences used at `step` (see module docstring)."""
+    bs = task.hyper.batch_size
+    out: list[int] = []
+    perms: dict[int, torch.Tensor] = {}
+    for j in range(step * bs, (step + 1) * bs):
+        epoch = j // shard_len
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(task.derived_seed(f"batch/{epoch}"))
+            perms[epoch] = torch.randperm(shard_len, generator=gen)
+        out.append(int(perms[epoch][j % shard_len]))
+    return out
+
+
+def batch_for_step(task: Task, shard: Shard, step: int) -> torch.Tensor:
+    """Token ids (batch_size, seq_len) int64 of `step`."""
+    chunks = [
+        shard.dataset.chunk(shard.indices[p]) for p in batch_positions(task, len(shard), step)
+    ]
+    return torch.from_numpy(np.stack(chunks)[:, : task.hyper.seq_len].copy())
+
+
+def _check_inputs(task: Task, shard: Shard) -> None:
+    if (shard.shard_index, shard.n_shards) != (task.shard_index, task.n_shards):
+        raise TrainingError(
+            f"shard {shard.shard_index}/{shard.n_shards} is not the task's shard "
+            f"{task.shard_index}/{task.n_shards}"
+        )
+    if task.hyper.seq_len > shard.dataset.chunk_len:
+        raise TrainingError(
+            f"task seq_len {task.hyper.seq_len} exceeds the dataset chunk length "
+            f"{shard.dataset.chunk_len}"
+        )
+    if len(shard) == 0:
+        raise TrainingError("the shard is empty")
+
+
+@contextmanager
+def borrowed_adapter(
+    model: nn.Module, task: Task, state: Mapping[str, torch.Tensor]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Add the work adapter loaded with `state`; yields its parameters by PEFT key."""
+    from r3mes.model.errors import AdapterError
+    from r3mes.model.lora import (
+        PEFT_PREFIX,
+        apply_lora,
+        load_lora_state_dict,
+        lora_layers,
+        remove_adapter,
+    )
+
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    apply_lora(model, task.lora_config(), name=WORK_ADAPTER)
+    try:
+        try:
+            load_lora_state_dict(model, dict(state), WORK_ADAPTER)
+        except AdapterError as exc:
+            raise TrainingError(
+                f"adapter state does not fit the task's LoRA config: {exc}"
+            ) from exc
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params: dict[str, torch.Tensor] = {}
+        for path, layer in lora_layers(model):
+            if WORK_ADAPTER in layer.lora_A:
+                lora_a, lora_b = layer.lora_A[WORK_ADAPTER], layer.lora_B[WORK_ADAPTER]
+                assert isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)
+                params[f"{PEFT_PREFIX}{path}.lora_A.weight"] = lora_a.weight
+                params[f"{PEFT_PREFIX}{path}.lora_B.weight"] = lora_b.weight
+        for weight in params.values():
+            weight.requires_grad_(True)
+        yield dict(sorted(params.items()))
+    finally:
+        remove_adapter(model, WORK_ADAPTER)
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), p.requires_grad))
+
+
+def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of `batch` (B, T)."""
+    logits = model(batch)  # (B, T, V)
+    vocab = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
+
+
+def _adam_step(
+    state: TrainState,
+    params: Mapping[str, torch.Tensor],
+    grads: Mapping[str, torch.Tensor],
+    lr: float,
+) -> TrainState:
+    t = state.step + 1
+    bc1, bc2 = 1.0 - ADAM_BETA1**t, 1.0 - ADAM_BETA2**t
+    m_new, v_new, p_new = {}, {}, {}
+    with torch.no_grad():
+        for key, p in params.items():
+            g = grads[key]
+            m = state.exp_avg[key] * ADAM_BETA1 + g * (1.0 - ADAM_BETA1)
+            v = state.exp_avg_sq[key] * ADAM_BETA2 + (g * g) * (1.0 - ADAM_BETA2)
+            p.sub_(lr * (m / bc1) / ((v / bc2).sqrt() + ADAM_EPS))
+            m_new[key], v_new[key], p_new[key] = m, v, p.detach().clone()
+    return TrainState(t, p_new, m_new, v_new)
+
+
+def run_steps(
+    *,
+    task: Task,
+    model: nn.Module,
+    shard: Shard,
+    start: TrainState,
+    stop: int,
+    checkpoint_every: int = 0,
+) -> tuple[TrainState, list[str], dict[int, TrainState]]:
+    """Train from `start` up to step `stop`; returns (state, digests after each step, ckpts)."""
+    _check_inputs(task, shard)
+    lr = task.hyper.lr_float
+    digests: list[str] = []
+    ckpts: dict[int, TrainState] = {}
+    with deterministic_cpu(), borrowed_adapter(model, task, start.params) as params:
+        state = start
+        for step in range(start.step, stop):
+            loss = next_token_loss(model, batch_for_step(task, shard, step))
+            if not bool(torch.isfinite(loss)):
+                raise TrainingError(f"loss became non-finite at step {step}; lower the lr")
+            grads = torch.autograd.grad(loss, list(params.values()))
+            state = _adam_step(state, params, dict(zip(params, grads, strict=True)), lr)
+            digests.append(state.digest())
+            if checkpoint_every and state.step % checkpoint_every == 0:
+                ckpts[state.step] = state
+        log.debug("task %s: steps %d..%d done", task.task_id[:12], start.step, stop)
+    return state, digests, ckpts
+
+
+def start_state(adapter_state: Mapping[str, torch.Tensor]) -> TrainState:
+    """Step 0: the adapter's weights and zero Adam moments."""
+    params = {k: adapter_state[k].detach().to(torch.float32).clone() for k in sorted(adapter_state)}
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    return TrainState(0, params, zeros, {k: v.clone() for k, v in zeros.items()})
+
+
+def train_with_trace(
+    *,
+    task: Task,
+    model: nn.Module,
+    adapter_state: Mapping[str, torch.Tensor] | None,
+    shard: Shard,
+    checkpoint_every: int = 0,
+) -> TrainResult:
+    """Run the whole task, keeping per-step digests (and checkpoints if asked)."""
+    if adapter_state is None:
+        adapter_state = initial_adapter_state(model, task)
+    start = start_state(adapter_state)
+    final, digests, ckpts = run_steps(
+        task=task,
+        model=model,
+        shard=shard,
+        start=start,
+        stop=task.hyper.steps,
+        checkpoint_every=checkpoint_every,
+    )
+    delta = {k: final.params[k] - start.params[k] for k in sorted(start.params)}
+    return TrainResult(delta, final, (start.digest(), *digests), {0: start} | ckpts)
+
+
+def train_update(
+    *,
+    task: Task,
+    model: nn.Module,
+    adapter_state: Mapping[str, torch.Tensor] | None,
+    shard: Shard,
+) -> Tensors:
+    """The raw LoRA delta (trained - start, float32, PEFT keys) of `task` on `shard`.
+
+    `adapter_state` None means the genesis adapter (`initial_adapter_state`).
+    """
+    return train_with_trace(task=task, model=model, adapter_state=adapter_state, shard=shard).delta
