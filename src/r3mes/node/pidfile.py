@@ -36,7 +36,17 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = raw.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
 def pid_alive(pid: int) -> bool:
+    """True when `pid` runs (an exited but unreaped zombie counts as gone)."""
     if pid <= 0:
         return False
     try:
@@ -45,7 +55,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,21 @@ class RoleService(ABC):
             self._steps.labels(outcome="work" if did_work else "idle").inc()
             if not did_work:
                 self.wait(self.config.idle_interval)
+
+
+def run_with_logging(service: RoleService, *, level: int = logging.INFO) -> int:
+    """Run `service` with JSON logs in `$R3MES_HOME/logs/<role>-<name>.log`; exit code."""
+    from r3mes.node.jsonlog import configure_service_logging
+
+    config = service.config
+    handler = configure_service_logging(
+        config.home.logs / f"{config.service_id}.log",
+        role=config.role,
+        name=config.name,
+        level=level,
+    )
+    try:
+        return service.run()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
