@@ -1,0 +1,61 @@
+"""Errors raised by the serving engine, the adapter cache, the router and the API.
+
+Each carries the context a caller needs and a message that says what to do. The API maps
+them onto OpenAI's error envelope (see `r3mes.serve.api.errors`).
+"""
+
+from __future__ import annotations
+
+from r3mes.errors import R3mesError
+
+
+class ServeError(R3mesError):
+    """Base class of every serving error."""
+
+
+class InvalidRequest(ServeError):
+    """A request that can never succeed as sent (bad parameters, prompt too long...)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AdapterNotFound(ServeError):
+    """The named adapter is neither loaded nor registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"adapter {name!r} is not loaded; loaded adapters: {listing}. "
+            "Load it with /v1/load_lora_adapter or `--adapter NAME=PATH`."
+        )
+        self.name = name
+
+
+class AdapterLoadError(ServeError):
+    """An adapter could not be read or does not fit the base model."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot load adapter {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class EngineClosed(ServeError):
+    """The engine was shut down; no more requests are accepted."""
+
+    def __init__(self) -> None:
+        super().__init__("the serving engine is stopped; restart the server")
+
+
+class EngineOverloaded(ServeError):
+    """The waiting queue is full; the client should retry later."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server queue is full ({limit} waiting requests); retry later")
+        self.limit = limit
+
+
+class RouterError(ServeError):
+    """A route file is malformed or the router cannot embed text."""

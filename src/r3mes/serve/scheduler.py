@@ -1,0 +1,295 @@
+"""One engine step at a time: admit waiting requests, prefill them, decode the batch.
+
+All of this runs on the engine thread and is the only code that touches the model.
+Every decode step is one forward pass over all running sequences, whatever adapter each
+uses: the model gathers the LoRA term per row (`set_adapter_rows`). At most `max_loras`
+adapters live in the model at once; a request whose adapter cannot get a place waits until
+a running adapter goes idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from r3mes.model.lora import apply_lora, load_lora_state_dict, remove_adapter, set_adapter_rows
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.serve.adapters import AdapterCache, AdapterEntry
+from r3mes.serve.errors import ServeError
+from r3mes.serve.kv import BatchKV, SequenceKV
+from r3mes.serve.sampling import IncrementalText, choose_token
+from r3mes.serve.types import (
+    EngineEvent,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    RequestHandle,
+    Sink,
+    TokenEvent,
+)
+
+log = logging.getLogger(__name__)
+
+Placement = Literal["ready", "wait", "failed"]
+
+
+@dataclass
+class Pending:
+    """A submitted request, resolved to an adapter version, not yet running."""
+
+    handle: RequestHandle
+    request: GenerationRequest
+    entry: AdapterEntry | None
+    sink: Sink
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Running:
+    """A sequence in the batch."""
+
+    pending: Pending
+    generator: torch.Generator
+    text: IncrementalText
+    next_token: int
+    generated: int = 1
+
+    @property
+    def key(self) -> str | None:
+        entry = self.pending.entry
+        return entry.model_key if entry is not None else None
+
+
+class Scheduler:
+    """The running batch, the waiting line and the adapters resident in the model."""
+
+    def __init__(
+        self,
+        model: BitNetForCausalLM,
+        *,
+        adapters: AdapterCache,
+        decode: Callable[[list[int]], str],
+        eos_ids: frozenset[int],
+        max_batch_size: int,
+        max_loras: int,
+        max_model_len: int,
+        max_prefills_per_step: int,
+    ) -> None:
+        self.model = model
+        self.adapters = adapters
+        self._decode_text = decode
+        self._eos_ids = eos_ids
+        self.max_batch_size = max_batch_size
+        self.max_loras = max_loras
+        self.max_model_len = max_model_len
+        self.max_prefills_per_step = max_prefills_per_step
+        cfg = model.config
+        self.kv = BatchKV(
+            cfg.num_hidden_layers,
+            n_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.hidden_size // cfg.num_attention_heads,
+            device=next(model.parameters()).device,
+        )
+        self.device = next(model.parameters()).device
+        self.waiting: deque[Pending] = deque()
+        self.running: list[Running] = []
+        self.resident: dict[str, AdapterEntry] = {}  # model key -> entry, LRU order
+        self.tokens_generated = 0
+
+    # ---- one step -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Drop cancelled work, admit what fits, then decode one token for every sequence."""
+        self._drop_cancelled()
+        with torch.inference_mode():
+            self._admit()
+            if self.running:
+                self._decode_step()
+
+    def fail_all(self, message: str) -> None:
+        """Finish every running and waiting request with an error (after a model failure)."""
+        for seq in self.running:
+            self._finish(seq.pending, "error", seq.generated, error=message)
+        for pending in self.waiting:
+            self._finish(pending, "error", 0, error=message)
+        self.running.clear()
+        self.waiting.clear()
+        self.kv.keep_rows([])
+
+    def active_adapters(self) -> int:
+        return len({s.key for s in self.running if s.key is not None})
+
+    # ---- admission and prefill -------------------------------------------------------------
+
+    def _admit(self) -> None:
+        prefills = 0
+        still_waiting: deque[Pending] = deque()
+        while self.waiting:
+            pending = self.waiting.popleft()
+            full = len(self.running) >= self.max_batch_size
+            verdict = "wait" if full or prefills >= self.max_prefills_per_step else None
+            verdict = verdict or self._place(pending)
+            if verdict == "wait":
+                still_waiting.append(pending)
+            elif verdict == "ready":
+                prefills += 1
+                self._prefill(pending)
+        self.waiting = still_waiting
+
+    def _place(self, pending: Pending) -> Placement:
+        """Make sure the request's adapter is in the model, or say why not."""
+        entry = pending.entry
+        if entry is None:
+            return "ready"
+        if entry.model_key in self.resident:
+            self.resident[entry.model_key] = self.resident.pop(entry.model_key)  # mark recent
+            return "ready"
+        if len(self.resident) >= self.max_loras and not self._evict_idle():
+            return "wait"
+        key = entry.model_key
+        try:
+            weights = self.adapters.weights(entry)
+            apply_lora(self.model, weights.config, name=key)
+            load_lora_state_dict(self.model, weights.state, key)
+        except Exception as exc:  # any failure must leave the model without a half adapter
+            self._remove_from_model(key)
+            self._finish(pending, "error", 0, error=f"cannot load adapter {entry.name!r}: {exc}")
+            log.warning("adapter %s failed to load into the model: %s", entry.name, exc)
+            return "failed"
+        self.resident[key] = entry
+        log.info("adapter in model name=%s key=%s", entry.name, key)
+        return "ready"
+
+    def _evict_idle(self) -> bool:
+        busy = {s.key for s in self.running}
+        for key in list(self.resident):  # oldest first
+            if key not in busy:
+                self._remove_from_model(key)
+                return True
+        return False
+
+    def collect_stale(self) -> None:
+        """Take adapter versions out of the model once nothing uses them and they were replaced."""
+        busy = {s.key for s in self.running} | {
+            p.entry.model_key for p in self.waiting if p.entry is not None
+        }
+        current = set()
+        for name in self.adapters.names():
+            try:
+                current.add(self.adapters.entry(name).model_key)
+            except ServeError:
+                continue
+        for key in list(self.resident):
+            if key not in busy and key not in current:
+                self._remove_from_model(key)
+
+    def _remove_from_model(self, key: str) -> None:
+        self.resident.pop(key, None)
+        try:
+            remove_adapter(self.model, key)
+        except Exception as exc:  # the adapter may never have been applied
+            log.debug("remove_adapter(%s): %s", key, exc)
+
+    def _prefill(self, pending: Pending) -> None:
+        ids = pending.request.prompt_ids
+        cache = SequenceKV(self.model.config.num_hidden_layers)
+        set_adapter_rows(self.model, [pending.entry.model_key if pending.entry else None])
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(input_ids, kv_cache=cache)[0, -1]
+        params = pending.request.params
+        seq = Running(
+            pending=pending,
+            generator=params.make_generator(),
+            text=IncrementalText(self._decode_text, params.stop),
+            next_token=0,
+            generated=0,
+        )
+        if self._accept(seq, choose_token(logits, params, seq.generator)):
+            self.kv.add(cache)
+            self.running.append(seq)
+
+    # ---- decoding --------------------------------------------------------------------------
+
+    def _decode_step(self) -> None:
+        tokens = torch.tensor(
+            [[s.next_token] for s in self.running], dtype=torch.long, device=self.device
+        )
+        set_adapter_rows(self.model, [s.key for s in self.running])
+        logits = self.model(
+            tokens,
+            attention_mask=self.kv.attention_mask().to(self.device),
+            position_ids=self.kv.position_ids(),
+            kv_cache=self.kv,
+        )[:, -1]  # (B, V)
+        self.kv.advance()
+        keep = []
+        for row, seq in enumerate(self.running):
+            params = seq.pending.request.params
+            if self._accept(seq, choose_token(logits[row], params, seq.generator)):
+                keep.append(row)
+        if len(keep) != len(self.running):
+            self.running = [self.running[r] for r in keep]
+            self.kv.keep_rows(keep)
+
+    def _accept(self, seq: Running, token: int) -> bool:
+        """Record a sampled token; emit text; return False if the sequence just finished."""
+        params = seq.pending.request.params
+        seq.generated += 1
+        self.tokens_generated += 1
+        prompt_len = len(seq.pending.request.prompt_ids)
+        if token in self._eos_ids or token in params.stop_token_ids:
+            return self._done(seq, "stop")
+        self._emit(seq.pending, TokenEvent(token_id=token, text=seq.text.add(token)))
+        if seq.text.stopped:
+            return self._done(seq, "stop")
+        if seq.generated >= params.max_tokens or prompt_len + seq.generated >= self.max_model_len:
+            return self._done(seq, "length")
+        seq.next_token = token
+        return True
+
+    def _done(self, seq: Running, reason: FinishReason) -> bool:
+        self._finish(seq.pending, reason, seq.generated, text=seq.text.flush())
+        return False
+
+    def _drop_cancelled(self) -> None:
+        keep = [r for r, s in enumerate(self.running) if not s.pending.handle.cancelled]
+        if len(keep) != len(self.running):
+            for seq in self.running:
+                if seq.pending.handle.cancelled:
+                    self._finish(seq.pending, "cancelled", seq.generated)
+            self.running = [self.running[r] for r in keep]
+            self.kv.keep_rows(keep)
+        for pending in [p for p in self.waiting if p.handle.cancelled]:
+            self.waiting.remove(pending)
+            self._finish(pending, "cancelled", 0)
+
+    def _finish(
+        self,
+        pending: Pending,
+        reason: FinishReason,
+        generated: int,
+        *,
+        text: str = "",
+        error: str | None = None,
+    ) -> None:
+        event = FinishEvent(
+            reason=reason,
+            prompt_tokens=len(pending.request.prompt_ids),
+            completion_tokens=generated,
+            text=text,
+            error=error,
+        )
+        self._emit(pending, event)
+
+    def _emit(self, pending: Pending, event: EngineEvent) -> None:
+        try:
+            pending.sink(event)
+        except Exception as exc:  # a dead consumer (closed loop) cancels its request
+            log.debug("request %s sink failed (%s); cancelling", pending.handle.id, exc)
+            pending.handle.cancel()
