@@ -170,9 +170,19 @@ class Blockstore:
             raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
 
     def has(self, cid: str) -> bool:
-        """True when every block of the DAG under `cid` is stored and intact."""
+        """True when every block of the DAG under `cid` is stored (leaves are not re-hashed;
+        use `verify` for that)."""
         try:
             self._dag_cids(parse_cid(cid))
+        except StorageError:
+            return False
+        return True
+
+    def verify(self, cid: str) -> bool:
+        """True when the whole DAG under `cid` is present and every block hashes correctly."""
+        try:
+            for _ in self.open_stream(cid):
+                pass
         except StorageError:
             return False
         return True
