@@ -1,1 +1,16 @@
-"""r3mes.work"""
+"""r3mes.work: the useful-work protocol, pure and deterministic.
+
+Miner, validator and proposer all call the same functions:
+
+* `task`        -- `Task` / `HyperParams`, canonical versioned bytes, `task_id`
+* `data`        -- token dataset files (memmap), train / held-out split, shards, shard assignment
+* `domain`      -- the domain corpus (Python standard library source)
+* `training`    -- deterministic LoRA training: `train_update`, `train_with_trace`
+* `compression` -- top-k with error feedback
+* `encoding`    -- canonical update encoding and digest
+* `submission`  -- raw delta -> submitted bytes (`build_submission`, `encode_for_task`)
+* `verify`      -- re-execution verification: `verify` -> `Verdict`
+* `proof`       -- step digests, Merkle root, `verify_steps`, `first_divergence`
+* `aggregate`   -- weighted mean of verified updates into the next adapter version
+* `evaluate`    -- held-out loss, perplexity, contribution score
+"""

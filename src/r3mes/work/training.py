@@ -23,6 +23,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from r3mes.work.data import Shard
 from r3mes.work.errors import TrainingError
 from r3mes.work.executor import deterministic_cpu
 from r3mes.work.task import Task
+
+if TYPE_CHECKING:
+    from r3mes.model.lora import LoraConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,7 @@ def _check_inputs(task: Task, shard: Shard) -> None:
 
 @contextmanager
 def borrowed_adapter(
-    model: nn.Module, task: Task, state: Mapping[str, torch.Tensor]
+    model: nn.Module, config: LoraConfig, state: Mapping[str, torch.Tensor]
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Add the work adapter loaded with `state`; yields its parameters by PEFT key."""
     from r3mes.model.errors import AdapterError
@@ -143,7 +147,7 @@ def borrowed_adapter(
     )
 
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    apply_lora(model, task.lora_config(), name=WORK_ADAPTER)
+    apply_lora(model, config, name=WORK_ADAPTER)
     try:
         try:
             load_lora_state_dict(model, dict(state), WORK_ADAPTER)
@@ -209,7 +213,7 @@ def run_steps(
     lr = task.hyper.lr_float
     digests: list[str] = []
     ckpts: dict[int, TrainState] = {}
-    with deterministic_cpu(), borrowed_adapter(model, task, start.params) as params:
+    with deterministic_cpu(), borrowed_adapter(model, task.lora_config(), start.params) as params:
         state = start
         for step in range(start.step, stop):
             loss = next_token_loss(model, batch_for_step(task, shard, step))

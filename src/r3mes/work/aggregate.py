@@ -1,0 +1,49 @@
+"""Merging verified updates into the next adapter version (the proposer's job).
+
+``new[k] = adapter[k] + sum_i(w_i * update_i[k]) / sum_i(w_i)`` with integer weights from the
+caller. Determinism: updates are summed in order of their digests (so the caller's list order
+does not matter), keys in sorted order, accumulation in float64, one final cast to float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from r3mes.work.encoding import DecodedUpdate
+from r3mes.work.errors import AggregationError
+
+MAX_WEIGHT = 2**62
+
+
+def aggregate(
+    adapter_state: Mapping[str, torch.Tensor],
+    updates: Sequence[tuple[DecodedUpdate, int]],
+) -> dict[str, torch.Tensor]:
+    """The new adapter state: `adapter_state` plus the weighted mean of `updates`."""
+    if not updates:
+        raise AggregationError("no updates to aggregate; keep the current adapter version")
+    total = 0
+    for _, weight in updates:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= MAX_WEIGHT:
+            raise AggregationError(f"weights must be positive integers, got {weight!r}")
+        total += weight
+    keys = sorted(adapter_state)
+    acc = {k: torch.zeros(adapter_state[k].shape, dtype=torch.float64) for k in keys}
+    for update, weight in sorted(updates, key=lambda uw: uw[0].digest):
+        dense = update.dense()
+        if set(dense) != set(keys):
+            raise AggregationError(
+                f"update {update.digest[:16]}... has different tensors from the adapter"
+            )
+        for k in keys:
+            if tuple(dense[k].shape) != tuple(adapter_state[k].shape):
+                raise AggregationError(
+                    f"update {update.digest[:16]}... tensor {k!r} has shape "
+                    f"{tuple(dense[k].shape)}, the adapter {tuple(adapter_state[k].shape)}"
+                )
+            acc[k] += dense[k].to(torch.float64) * weight
+    return {
+        k: (adapter_state[k].to(torch.float64) + acc[k] / total).to(torch.float32) for k in keys
+    }

@@ -1,0 +1,133 @@
+"""Cheaper checks for scale: spot-checking training steps and narrowing disputes.
+
+Proof-of-Learning idea. Training emits the digest of its full state (LoRA weights and Adam
+moments, `TrainState.digest`) after every step: ``digests[0]`` is the start, ``digests[i]`` the
+state after i steps. The miner commits to `merkle_root(digests)` and keeps checkpoints. A
+validator then picks random step indices i, asks for the checkpoint after i steps
+(`TrainState.encode` bytes), checks it hashes to ``digests[i]``, runs ONE step and compares with
+``digests[i + 1]`` (`verify_steps`). Each state depends on the previous, so two digest lists
+that diverge stay diverged; `first_divergence` finds the first differing step by bisection
+(O(log n) digest comparisons, e.g. across an interactive dispute). Full re-execution
+(`r3mes.work.verify`) stays the default; these checks are for when it is too expensive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from r3mes.work.canonical import load_canonical
+from r3mes.work.data import Shard
+from r3mes.work.errors import EncodingError, WorkError
+from r3mes.work.task import Task
+from r3mes.work.training import TrainState, run_steps
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PARTS = ("param/", "exp_avg/", "exp_avg_sq/")
+
+
+def merkle_root(digests: Sequence[str]) -> str:
+    """Merkle root (hex) over hex digests: leaf = H(0x00 || d), node = H(0x01 || l || r).
+
+    An odd node at the end of a level is promoted unchanged.
+    """
+    if not digests:
+        raise WorkError("cannot build a Merkle root of no digests")
+    level = [hashlib.sha256(b"\x00" + _digest_bytes(d)).digest() for d in digests]
+    while len(level) > 1:
+        nxt = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()
+
+
+def _digest_bytes(d: str) -> bytes:
+    if not isinstance(d, str) or not _HEX64.match(d):
+        raise WorkError(f"step digests must be 64 lowercase hex characters, got {d!r}")
+    return bytes.fromhex(d)
+
+
+def first_divergence(a_digests: Sequence[str], b_digests: Sequence[str]) -> int | None:
+    """First index where the lists differ (bisection), or None when they are identical.
+
+    Assumes the chained property (equal at i implies equal before i); a list that is a strict
+    prefix of the other diverges at its length.
+    """
+    n = min(len(a_digests), len(b_digests))
+    lo, hi = 0, n  # the first differing index among the first n lies in [lo, hi], n = none
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a_digests[mid] == b_digests[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < n:
+        return lo
+    return None if len(a_digests) == len(b_digests) else n
+
+
+def decode_train_state(data: bytes, *, max_bytes: int = 256 << 20) -> TrainState:
+    """Strictly decode `TrainState.encode()` bytes (a committed checkpoint)."""
+    tensors, metadata = load_canonical(data, max_bytes=max_bytes)
+    step = metadata.get("step", "")
+    if set(metadata) != {"step"} or not step.isdigit() or str(int(step)) != step:
+        raise EncodingError("checkpoint metadata must be exactly a canonical 'step'")
+    groups: list[dict[str, object]] = [{}, {}, {}]
+    for name, t in tensors.items():
+        for i, prefix in enumerate(_PARTS):
+            if name.startswith(prefix):
+                groups[i][name[len(prefix) :]] = t
+                break
+        else:
+            raise EncodingError(f"checkpoint holds an unexpected tensor {name!r}")
+    if not groups[0] or not set(groups[0]) == set(groups[1]) == set(groups[2]):
+        raise EncodingError("checkpoint params and Adam moments must have the same keys")
+    params, m, v = ({k: g[k] for k in sorted(g)} for g in groups)
+    return TrainState(int(step), params, m, v)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """The outcome of spot-checking training steps."""
+
+    ok: bool
+    failed: tuple[int, ...]
+    """Step indices whose checkpoint or re-executed next state did not match."""
+    reason: str
+
+
+def verify_steps(
+    *,
+    task: Task,
+    model: nn.Module,
+    shard: Shard,
+    step_digests: Sequence[str],
+    checkpoints: Mapping[int, TrainState],
+    indices: Sequence[int],
+) -> StepCheck:
+    """Re-execute step i -> i+1 from each checkpoint i in `indices` against `step_digests`."""
+    steps = task.hyper.steps
+    if len(step_digests) != steps + 1:
+        return StepCheck(False, (), f"expected {steps + 1} step digests, got {len(step_digests)}")
+    failed: list[int] = []
+    for i in sorted(set(indices)):
+        if not 0 <= i < steps:
+            raise WorkError(f"step index {i} out of range [0, {steps})")
+        ckpt = checkpoints.get(i)
+        if ckpt is None or ckpt.step != i or ckpt.digest() != step_digests[i]:
+            failed.append(i)
+            continue
+        state, _, _ = run_steps(task=task, model=model, shard=shard, start=ckpt, stop=i + 1)
+        if state.digest() != step_digests[i + 1]:
+            failed.append(i)
+    if failed:
+        return StepCheck(False, tuple(failed), f"steps {failed} do not reproduce")
+    return StepCheck(True, (), f"{len(set(indices))} steps reproduce")
