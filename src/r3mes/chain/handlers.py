@@ -1,0 +1,244 @@
+"""One handler per message: check against state, then write. Raise TxInvalid to reject.
+
+Handlers run on a per-transaction overlay, so a rejected message leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from r3mes.chain import ledger
+from r3mes.chain.codes import Code
+from r3mes.chain.ledger import BlockContext, Event, event, invalid
+from r3mes.chain.msgs import (
+    ApproveArtifact,
+    ArtifactSpec,
+    Attest,
+    Faucet,
+    Msg,
+    ProposeAdapter,
+    RegisterArtifact,
+    RegisterNode,
+    ServingHeartbeat,
+    SubmitGradient,
+    TransferCredits,
+)
+from r3mes.chain.pow import pow_ok
+from r3mes.chain.state import (
+    ArtifactRecord,
+    Attestation,
+    Node,
+    State,
+    Submission,
+    artifact_key,
+    node_key,
+)
+
+
+def _require_node(state: State, role: str, address: str) -> Node:
+    node = state.nodes.get(node_key(role, address))
+    if node is None:
+        raise invalid(Code.NOT_PERMITTED, f"{address} is not a registered {role}; register first")
+    return node
+
+
+def register_node(state: State, msg: RegisterNode, ctx: BlockContext) -> list[Event]:
+    key = node_key(msg.role, msg.creator)
+    existing = state.nodes.get(key)
+    if existing is None and msg.stake < state.params.min_stake:
+        raise invalid(Code.INSUFFICIENT_FUNDS, f"stake {msg.stake} < min_stake")
+    if msg.stake:
+        ledger.debit(state, msg.creator, msg.stake)
+    if existing is None:
+        state.nodes[key] = Node(
+            address=msg.creator,
+            role=msg.role,
+            endpoint=msg.endpoint,
+            stake=msg.stake,
+            registered_height=ctx.height,
+            last_heartbeat_ms=ctx.time_ms,
+        )
+    else:
+        state.nodes[key] = replace(
+            existing, endpoint=msg.endpoint, stake=existing.stake + msg.stake, active=True
+        )
+    return [event("register_node", address=msg.creator, role=msg.role, stake=msg.stake)]
+
+
+def submit_gradient(state: State, msg: SubmitGradient, ctx: BlockContext) -> list[Event]:
+    _require_node(state, "miner", msg.creator)
+    rnd = state.rounds.get(msg.round)
+    if rnd is None or rnd.status != "open":
+        raise invalid(Code.WRONG_ROUND, f"round {msg.round} is not open")
+    if msg.shard >= state.params.shards_per_round:
+        raise invalid(Code.INVALID, f"shard must be < {state.params.shards_per_round}")
+    if any(miner == msg.creator for _, miner in rnd.claims):
+        raise invalid(Code.DUPLICATE, f"{msg.creator} already submitted in round {msg.round}")
+    if any(shard == msg.shard for shard, _ in rnd.claims):
+        raise invalid(Code.DUPLICATE, f"shard {msg.shard} of round {msg.round} is taken")
+    if not pow_ok(msg, chain_id=ctx.chain_id, difficulty=state.params.pow_difficulty):
+        raise invalid(Code.BAD_POW, "proof of work does not meet the difficulty")
+    sid = state.next_submission_id
+    state.next_submission_id += 1
+    state.submissions[sid] = Submission(
+        id=sid,
+        round=msg.round,
+        shard=msg.shard,
+        miner=msg.creator,
+        cid=msg.cid,
+        digest=msg.digest,
+        height=ctx.height,
+    )
+    state.rounds[msg.round] = replace(
+        rnd, claims=tuple(sorted((*rnd.claims, (msg.shard, msg.creator))))
+    )
+    return [event("submit_gradient", submission_id=sid, round=msg.round, miner=msg.creator)]
+
+
+def attest(state: State, msg: Attest, ctx: BlockContext) -> list[Event]:
+    _require_node(state, "validator", msg.creator)
+    sub = state.submissions.get(msg.submission_id)
+    if sub is None:
+        raise invalid(Code.UNKNOWN, f"no submission {msg.submission_id}")
+    if sub.miner == msg.creator:
+        raise invalid(Code.NOT_PERMITTED, "a validator may not attest its own submission")
+    if sub.status != "pending":
+        raise invalid(Code.DUPLICATE, f"submission {sub.id} is already {sub.status}")
+    if any(a.validator == msg.creator for a in sub.attestations):
+        raise invalid(Code.DUPLICATE, f"{msg.creator} already attested submission {sub.id}")
+    att = Attestation(msg.creator, msg.verdict, msg.distance_ppm, ctx.height)
+    sub = replace(sub, attestations=(*sub.attestations, att))
+    events = [event("attest", submission_id=sub.id, validator=msg.creator, verdict=msg.verdict)]
+    votes = [a for a in sub.attestations if a.verdict == msg.verdict]
+    if len(votes) >= state.params.attestation_quorum:
+        sub = replace(sub, status="verified" if msg.verdict == "accept" else "rejected")
+        events.append(_settle(state, sub, votes))
+    state.submissions[sub.id] = sub
+    return events
+
+
+def _settle(state: State, sub: Submission, votes: list[Attestation]) -> Event:
+    """Reward or slash the miner and reward the validators whose verdict won."""
+    p = state.params
+    for vote in votes:
+        ledger.mint_reward(state, vote.validator, p.validator_reward, p.reputation_gain_validator)
+    if sub.status == "verified":
+        ledger.mint_reward(state, sub.miner, p.miner_reward, p.reputation_gain_miner)
+        return event("submission_verified", submission_id=sub.id, miner=sub.miner)
+    burned = ledger.burn_stake(state, node_key("miner", sub.miner), p.slash_amount)
+    acc = ledger.account(state, sub.miner)
+    state.accounts[sub.miner] = replace(
+        acc,
+        reputation=max(0, acc.reputation - p.reputation_penalty),
+        slashed=acc.slashed + burned,
+    )
+    return event("submission_rejected", submission_id=sub.id, miner=sub.miner, burned=burned)
+
+
+def propose_adapter(state: State, msg: ProposeAdapter, ctx: BlockContext) -> list[Event]:
+    _require_node(state, "proposer", msg.creator)
+    rnd = state.rounds.get(msg.round)
+    if rnd is None or rnd.status != "closed":
+        raise invalid(Code.WRONG_ROUND, f"round {msg.round} is not closed yet")
+    if rnd.proposed_version:
+        raise invalid(Code.DUPLICATE, f"round {msg.round} already produced an adapter")
+    current = state.artifacts.get(state.active.get("adapter", ""))
+    current_version = current.spec.version if current else 0
+    if msg.parent_version != current_version:
+        raise invalid(Code.INVALID, f"parent_version must be the current {current_version}")
+    for sid in msg.submission_ids:
+        sub = state.submissions.get(sid)
+        if sub is None or sub.round != msg.round or sub.status != "verified":
+            raise invalid(
+                Code.INVALID, f"submission {sid} is not a verified one of round {msg.round}"
+            )
+    model = state.artifacts.get(state.active.get("model", ""))
+    spec = ArtifactSpec(
+        kind="adapter",
+        id=state.params.adapter_id,
+        version=msg.version,
+        cid=msg.adapter_cid,
+        sha256=msg.sha256,
+        size=msg.size,
+        base_model_id=model.spec.id if model else "",
+        base_model_version=model.spec.version if model else 0,
+        target_modules=current.spec.target_modules if current else (),
+        rank=current.spec.rank if current else 0,
+    )
+    record = ArtifactRecord(spec, "approved", msg.creator, ctx.height, approved_height=ctx.height)
+    state.artifacts[record.key] = record
+    state.active["adapter"] = record.key
+    state.rounds[msg.round] = replace(rnd, proposed_version=msg.version)
+    p = state.params
+    ledger.mint_reward(state, msg.creator, p.proposer_reward, p.reputation_gain_proposer)
+    return [event("adapter_approved", round=msg.round, version=msg.version, cid=msg.adapter_cid)]
+
+
+def register_artifact(state: State, msg: RegisterArtifact, ctx: BlockContext) -> list[Event]:
+    spec = msg.artifact
+    key = artifact_key(spec.kind, spec.id, spec.version)
+    if key in state.artifacts:
+        raise invalid(Code.DUPLICATE, f"artifact {key} already exists")
+    state.artifacts[key] = ArtifactRecord(spec, "pending", msg.creator, ctx.height)
+    return [event("register_artifact", key=key, creator=msg.creator)]
+
+
+def approve_artifact(state: State, msg: ApproveArtifact, ctx: BlockContext) -> list[Event]:
+    if not state.params.authority or msg.creator != state.params.authority:
+        raise invalid(Code.NOT_PERMITTED, "only the genesis authority may approve artifacts")
+    key = artifact_key(msg.kind, msg.id, msg.version)
+    record = state.artifacts.get(key)
+    if record is None:
+        raise invalid(Code.UNKNOWN, f"no artifact {key}; register it first")
+    if record.status == "approved":
+        raise invalid(Code.DUPLICATE, f"artifact {key} is already approved")
+    state.artifacts[key] = replace(record, status="approved", approved_height=ctx.height)
+    state.active[msg.kind] = key
+    return [event("approve_artifact", key=key)]
+
+
+def serving_heartbeat(state: State, msg: ServingHeartbeat, ctx: BlockContext) -> list[Event]:
+    node = _require_node(state, "serving", msg.creator)
+    state.nodes[node_key("serving", msg.creator)] = replace(
+        node,
+        endpoint=msg.endpoint or node.endpoint,
+        adapter_version=msg.adapter_version,
+        capacity=msg.capacity,
+        last_heartbeat_ms=ctx.time_ms,
+        active=True,
+    )
+    return [event("serving_heartbeat", address=msg.creator)]
+
+
+def transfer(state: State, msg: TransferCredits, ctx: BlockContext) -> list[Event]:
+    ledger.debit(state, msg.creator, msg.amount)
+    ledger.credit(state, msg.to, msg.amount)
+    return [event("transfer", sender=msg.creator, recipient=msg.to, amount=msg.amount)]
+
+
+def faucet(state: State, msg: Faucet, ctx: BlockContext) -> list[Event]:
+    if not state.params.devnet:
+        raise invalid(Code.DEVNET_ONLY, "the faucet exists only on devnets")
+    if msg.amount > state.params.faucet_max_amount:
+        raise invalid(Code.INVALID, f"faucet amount is limited to {state.params.faucet_max_amount}")
+    ledger.mint(state, msg.to, msg.amount)
+    return [event("faucet", recipient=msg.to, amount=msg.amount)]
+
+
+HANDLERS: dict[type[Any], Callable[[State, Any, BlockContext], list[Event]]] = {
+    RegisterNode: register_node,
+    SubmitGradient: submit_gradient,
+    Attest: attest,
+    ProposeAdapter: propose_adapter,
+    RegisterArtifact: register_artifact,
+    ApproveArtifact: approve_artifact,
+    ServingHeartbeat: serving_heartbeat,
+    TransferCredits: transfer,
+    Faucet: faucet,
+}
+
+
+def handle(state: State, msg: Msg, ctx: BlockContext) -> list[Event]:
+    return HANDLERS[type(msg)](state, msg, ctx)

@@ -1,0 +1,91 @@
+"""Small state helpers shared by the message handlers: accounts, mint, burn, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from r3mes.chain.codes import Code
+from r3mes.chain.errors import TxInvalid
+from r3mes.chain.state import Account, State
+
+
+@dataclass(frozen=True)
+class Event:
+    """An ABCI event: a type and ordered string attributes (indexed for tx_search)."""
+
+    type: str
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "attributes": [{"key": k, "value": v, "index": True} for k, v in self.attributes],
+        }
+
+
+def event(kind: str, **attrs: object) -> Event:
+    return Event(type=kind, attributes=tuple((k, str(v)) for k, v in attrs.items()))
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """What a transition may know about the world: the block's height, time and chain id."""
+
+    chain_id: str
+    height: int
+    time_ms: int
+
+
+def invalid(code: Code, log: str) -> TxInvalid:
+    return TxInvalid(int(code), log)
+
+
+def account(state: State, address: str) -> Account:
+    """The account at `address`, creating it (with the next account number) if new."""
+    found = state.accounts.get(address)
+    if found is not None:
+        return found
+    created = Account(address=address, number=state.next_account_number)
+    state.next_account_number += 1
+    state.accounts[address] = created
+    return created
+
+
+def credit(state: State, address: str, amount: int) -> None:
+    acc = account(state, address)
+    state.accounts[address] = replace(acc, balance=acc.balance + amount)
+
+
+def debit(state: State, address: str, amount: int) -> None:
+    acc = state.accounts.get(address)
+    balance = acc.balance if acc else 0
+    if acc is None or balance < amount:
+        raise invalid(Code.INSUFFICIENT_FUNDS, f"{address} has {balance} credits, needs {amount}")
+    state.accounts[address] = replace(acc, balance=balance - amount)
+
+
+def mint_reward(state: State, address: str, amount: int, reputation: int) -> None:
+    """Mint `amount` new credits to `address` as a reward and raise its reputation."""
+    credit(state, address, amount)
+    acc = state.accounts[address]
+    state.accounts[address] = replace(
+        acc, earned=acc.earned + amount, reputation=acc.reputation + reputation
+    )
+    state.supply += amount
+    state.minted += amount
+
+
+def mint(state: State, address: str, amount: int) -> None:
+    credit(state, address, amount)
+    state.supply += amount
+    state.minted += amount
+
+
+def burn_stake(state: State, node_key: str, amount: int) -> int:
+    """Burn up to `amount` of a node's stake; returns what was burned."""
+    node = state.nodes[node_key]
+    burned = min(node.stake, amount)
+    state.nodes[node_key] = replace(node, stake=node.stake - burned)
+    state.supply -= burned
+    state.burned += burned
+    return burned
