@@ -93,6 +93,7 @@ class KuboClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        use_api_for_reads: bool = True,
     ) -> None:
         if not api_url.startswith(("http://", "https://")):
             raise StorageError(f"IPFS API URL {api_url!r} must start with http:// or https://")
@@ -100,7 +101,13 @@ class KuboClient:
         self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._use_api_for_reads = use_api_for_reads
         self._http = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False)
+
+    @classmethod
+    def gateway(cls, url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> KuboClient:
+        """A read-only client for an HTTP gateway (GET /ipfs/{cid}), verified like the API."""
+        return cls(url, gateway_url=url, timeout=timeout, retry=retry, use_api_for_reads=False)
 
     def close(self) -> None:
         self._http.close()
@@ -184,12 +191,14 @@ class KuboClient:
     def _read_sources(self, cid: str) -> list[tuple[str, Opener]]:
         parsed = str(parse_cid(cid))
         api = f"{self.api_url}/api/v0/cat"
-        sources: list[tuple[str, Opener]] = [
-            (
-                f"Kubo at {self.api_url}",
-                lambda: self._http.stream("POST", api, params={"arg": parsed}),
+        sources: list[tuple[str, Opener]] = []
+        if self._use_api_for_reads:
+            sources.append(
+                (
+                    f"Kubo at {self.api_url}",
+                    lambda: self._http.stream("POST", api, params={"arg": parsed}),
+                )
             )
-        ]
         if self.gateway_url:
             gw = f"{self.gateway_url}/ipfs/{parsed}"
             sources.append((f"gateway {self.gateway_url}", lambda: self._http.stream("GET", gw)))

@@ -1,0 +1,133 @@
+"""One deterministic, safe archive for a directory artifact (a model or adapter folder).
+
+`pack_dir` writes a POSIX (pax) tar with entries sorted by path, mtime 0, uid/gid 0, empty
+owner names, mode 0644 for files and 0755 for folders, no compression: the same folder always
+gives the same bytes, hence the same SHA-256 and CID. `unpack_bundle` accepts only regular
+files and folders with relative, normalised names (no absolute paths, no `..`, no links or
+devices), within size and count limits, and writes them under a temp folder that is renamed
+into place, so `dest` is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from r3mes.registry.errors import BundleError
+
+MAX_FILES = 10_000
+MAX_TOTAL = 64 * 1024**3
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """Bounds `unpack_bundle` enforces."""
+
+    max_files: int = MAX_FILES
+    """Most entries (files and folders) allowed."""
+    max_total: int = MAX_TOTAL
+    """Most bytes of file content allowed in total."""
+
+
+def _entries(root: Path) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link; bundles hold only files and folders")
+        if not (path.is_file() or path.is_dir()):
+            raise BundleError(f"{path} is not a regular file or folder")
+        out.append((path.relative_to(root).as_posix(), path))
+    return sorted(out)
+
+
+def _info(name: str, *, is_dir: bool, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    info.mode = 0o755 if is_dir else 0o644
+    info.size = 0 if is_dir else size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def pack_dir(directory: Path) -> bytes:
+    """Deterministic tar of `directory`'s contents (the folder itself is not named)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a folder")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in _entries(root):
+            if path.is_dir():
+                tar.addfile(_info(name, is_dir=True, size=0))
+            else:
+                data = path.read_bytes()
+                tar.addfile(_info(name, is_dir=False, size=len(data)), io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _safe_name(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or name.startswith("/") or "\\" in name or path.is_absolute():
+        raise BundleError(f"entry {name!r} has an absolute or odd path")
+    if any(part in ("..", ".", "") for part in name.rstrip("/").split("/")):
+        raise BundleError(f"entry {name!r} is not a normalised relative path")
+    return path
+
+
+def unpack_bundle(data: bytes, dest: Path, *, limits: BundleLimits | None = None) -> dict[str, str]:
+    """Extract `data` into `dest` (which must not exist); return {path: sha256} of files."""
+    limits = limits or BundleLimits()
+    dest = Path(dest)
+    if dest.exists():
+        raise BundleError(f"{dest} already exists; remove it or pick another folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-unpack-"))
+    try:
+        digests = _extract(data, tmp, limits)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return digests
+
+
+def _extract(data: bytes, into: Path, limits: BundleLimits) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    total = 0
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    except tarfile.TarError as exc:
+        raise BundleError(f"not a tar archive: {exc}") from exc
+    with tar:
+        members = tar.getmembers()
+        if len(members) > limits.max_files:
+            raise BundleError(f"{len(members)} entries, over the limit of {limits.max_files}")
+        for member in members:
+            rel = _safe_name(member.name)
+            target = into / rel
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            if not member.isreg():
+                raise BundleError(f"entry {member.name!r} is not a regular file or folder")
+            total += member.size
+            if total > limits.max_total:
+                raise BundleError(f"content over the limit of {limits.max_total} bytes")
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise BundleError(f"entry {member.name!r} has no content")
+            content = handle.read()
+            if target.exists():
+                raise BundleError(f"entry {member.name!r} appears twice")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            digests[rel.as_posix()] = hashlib.sha256(content).hexdigest()
+    return digests
