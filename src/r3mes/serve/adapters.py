@@ -12,6 +12,7 @@ evicted one reloads it from its source (a cache miss).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -22,10 +23,14 @@ from pathlib import Path
 
 import torch
 
+from r3mes.errors import R3mesError
 from r3mes.model.lora import LoraConfig
 from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
 
 log = logging.getLogger(__name__)
+
+# Serials are unique per process, so two engines sharing one model never collide.
+_SERIALS = itertools.count(1)
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
@@ -100,7 +105,6 @@ class AdapterCache:
         self._lock = threading.Lock()
         self._entries: dict[str, AdapterEntry] = {}
         self._loaded: OrderedDict[int, LoadedAdapter] = OrderedDict()
-        self._serial = 0
         self.hits = 0
         self.misses = 0
 
@@ -109,8 +113,7 @@ class AdapterCache:
         check_adapter_name(name)
         loaded = _call_loader(name, loader)
         with self._lock:
-            self._serial += 1
-            entry = AdapterEntry(name=name, serial=self._serial, loader=loader, origin=origin)
+            entry = AdapterEntry(name=name, serial=next(_SERIALS), loader=loader, origin=origin)
             old = self._entries.get(name)
             self._entries[name] = entry
             if old is not None:
@@ -178,14 +181,8 @@ def _call_loader(name: str, loader: AdapterLoader) -> LoadedAdapter:
         loaded = loader()
     except AdapterLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (R3mesError, OSError, ValueError, KeyError, RuntimeError) as exc:
         raise AdapterLoadError(name, str(exc)) from exc
-    except Exception as exc:  # loaders from other packages raise their own R3mesError types
-        from r3mes.errors import R3mesError
-
-        if isinstance(exc, R3mesError):
-            raise AdapterLoadError(name, str(exc)) from exc
-        raise
     if not isinstance(loaded, LoadedAdapter):
         raise AdapterLoadError(name, f"loader returned {type(loaded).__name__}, not LoadedAdapter")
     if not loaded.state:

@@ -241,4 +241,3 @@ class ServingEngine:
             if item is not None:
                 self._scheduler.waiting.append(item)
                 self._scheduler.fail_all("the serving engine stopped")
-

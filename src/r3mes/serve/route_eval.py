@@ -88,7 +88,7 @@ def evaluate(router: SemanticRouter, labelled: Sequence[LabelledPrompt]) -> Rout
     current = [r.threshold for r in routes]
     calibrations = []
     best = list(current)
-    for i, route in enumerate(routes):
+    for i in range(len(routes)):
         cal = _calibrate(scores, labels, routes, current, i)
         best[i] = cal.best_threshold
         calibrations.append(cal)

@@ -18,7 +18,13 @@ from typing import Literal
 
 import torch
 
-from r3mes.model.lora import apply_lora, load_lora_state_dict, remove_adapter, set_adapter_rows
+from r3mes.model.lora import (
+    apply_lora,
+    load_lora_state_dict,
+    remove_adapter,
+    set_active_adapter,
+    set_adapter_rows,
+)
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.serve.adapters import AdapterCache, AdapterEntry
 from r3mes.serve.errors import ServeError
@@ -199,7 +205,7 @@ class Scheduler:
     def _prefill(self, pending: Pending) -> None:
         ids = pending.request.prompt_ids
         cache = SequenceKV(self.model.config.num_hidden_layers)
-        set_adapter_rows(self.model, [pending.entry.model_key if pending.entry else None])
+        self._select_rows([pending.entry.model_key if pending.entry else None])
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         logits = self.model(input_ids, kv_cache=cache)[0, -1]
         params = pending.request.params
@@ -220,7 +226,7 @@ class Scheduler:
         tokens = torch.tensor(
             [[s.next_token] for s in self.running], dtype=torch.long, device=self.device
         )
-        set_adapter_rows(self.model, [s.key for s in self.running])
+        self._select_rows([s.key for s in self.running])
         logits = self.model(
             tokens,
             attention_mask=self.kv.attention_mask().to(self.device),
@@ -236,6 +242,16 @@ class Scheduler:
         if len(keep) != len(self.running):
             self.running = [self.running[r] for r in keep]
             self.kv.keep_rows(keep)
+
+    def _select_rows(self, keys: list[str | None]) -> None:
+        """Per-row adapters for the next forward; a base-only batch skips the LoRA path.
+
+        Both paths give the same numbers for base rows (their gathered delta is exactly 0).
+        """
+        if all(k is None for k in keys):
+            set_active_adapter(self.model, None)
+        else:
+            set_adapter_rows(self.model, keys)
 
     def _accept(self, seq: Running, token: int) -> bool:
         """Record a sampled token; emit text; return False if the sequence just finished."""

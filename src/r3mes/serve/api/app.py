@@ -1,0 +1,194 @@
+"""`create_app(engine, settings)`: the OpenAI-compatible FastAPI application.
+
+Routes: /v1/chat/completions, /v1/completions, /v1/models, the admin-only
+/v1/load_lora_adapter and /v1/unload_lora_adapter, /health and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from r3mes.serve.api.completions import (
+    AUTO_MODEL,
+    Run,
+    new_completion,
+    resolve_adapter,
+    respond,
+    sampling_params,
+)
+from r3mes.serve.api.deps import AdminDep, EngineDep, MetricsDep, RouterDep, SettingsDep
+from r3mes.serve.api.errors import ApiError, install_error_handlers
+from r3mes.serve.api.limits import BodyLimit
+from r3mes.serve.api.metrics import ServeMetrics
+from r3mes.serve.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    LoadLoraRequest,
+    UnloadLoraRequest,
+)
+from r3mes.serve.chat_template import STOP_MARKERS, ChatMessage, render_chat
+from r3mes.serve.engine import ServingEngine
+from r3mes.serve.router import SemanticRouter
+from r3mes.serve.settings import ServerSettings
+from r3mes.serve.types import GenerationRequest
+
+completions = APIRouter(prefix="/v1")
+admin = APIRouter(prefix="/v1")
+service = APIRouter()
+
+
+@completions.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    router: RouterDep,
+    metrics: MetricsDep,
+) -> JSONResponse | StreamingResponse:
+    """Chat completion with the base model, an adapter (`model`), or the router (`auto`)."""
+    messages = [
+        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
+        for m in body.messages
+    ]
+    last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    adapter, name = await resolve_adapter(
+        model=body.model, engine=engine, router=router, route_text=last_user
+    )
+    prompt_ids = await asyncio.to_thread(engine.encode_prompt, render_chat(messages))
+    params = sampling_params(
+        body,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        settings=settings,
+        extra_stop=STOP_MARKERS,
+    )
+    completion = new_completion(
+        "chat",
+        model=name,
+        request=GenerationRequest(prompt_ids=prompt_ids, adapter=adapter, params=params),
+        include_usage=body.include_usage(),
+    )
+    run = Run(completion, engine=engine, metrics=metrics)
+    return await respond(
+        run,
+        stream=body.stream,
+        timeout_s=settings.request_timeout_s,
+        is_disconnected=request.is_disconnected,
+    )
+
+
+@completions.post("/completions", response_model=None)
+async def text_completions(
+    body: CompletionRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    router: RouterDep,
+    metrics: MetricsDep,
+) -> JSONResponse | StreamingResponse:
+    """Raw text completion of `prompt` (no chat template)."""
+    text = body.prompt_text()
+    adapter, name = await resolve_adapter(
+        model=body.model, engine=engine, router=router, route_text=text
+    )
+    prompt_ids = await asyncio.to_thread(engine.encode_prompt, text)
+    params = sampling_params(body, max_tokens=body.max_tokens, settings=settings)
+    completion = new_completion(
+        "text",
+        model=name,
+        request=GenerationRequest(prompt_ids=prompt_ids, adapter=adapter, params=params),
+        include_usage=body.include_usage(),
+    )
+    run = Run(completion, engine=engine, metrics=metrics)
+    return await respond(
+        run,
+        stream=body.stream,
+        timeout_s=settings.request_timeout_s,
+        is_disconnected=request.is_disconnected,
+    )
+
+
+@completions.get("/models")
+async def list_models(engine: EngineDep, router: RouterDep) -> dict[str, Any]:
+    """The base model, every loaded adapter, and `auto` when the router is on."""
+    created = int(time.time())
+    base = engine.model_name
+    data = [{"id": base, "object": "model", "created": created, "owned_by": "r3mes", "root": base}]
+    for name in engine.adapters.names():
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "r3mes",
+                "root": name,
+                "parent": base,
+            }
+        )
+    if router is not None:
+        data.append({"id": AUTO_MODEL, "object": "model", "created": created, "owned_by": "r3mes"})
+    return {"object": "list", "data": data}
+
+
+@admin.post("/load_lora_adapter")
+async def load_lora_adapter(body: LoadLoraRequest, engine: EngineDep, _: AdminDep) -> Any:
+    """Load (or replace with a new version) an adapter from a PEFT directory on this host."""
+    entry = await asyncio.to_thread(engine.load_adapter, body.lora_name, Path(body.lora_path))
+    return {"status": "loaded", "lora_name": entry.name, "version": entry.serial}
+
+
+@admin.post("/unload_lora_adapter")
+async def unload_lora_adapter(body: UnloadLoraRequest, engine: EngineDep, _: AdminDep) -> Any:
+    """Stop serving an adapter; requests already using it finish first."""
+    entry = engine.unload_adapter(body.lora_name)
+    return {"status": "unloaded", "lora_name": entry.name}
+
+
+@service.get("/health")
+async def health(engine: EngineDep) -> JSONResponse:
+    """200 while the engine thread runs, 503 otherwise."""
+    stats = engine.stats()
+    body = {
+        "status": "ok" if engine.alive else "stopped",
+        "model": engine.model_name,
+        "adapters": len(engine.adapters.names()),
+        "running": stats.running,
+        "waiting": stats.waiting,
+    }
+    return JSONResponse(body, status_code=200 if engine.alive else 503)
+
+
+@service.get("/metrics")
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(
+    engine: ServingEngine,
+    settings: ServerSettings,
+    *,
+    router: SemanticRouter | None = None,
+) -> FastAPI:
+    """Build the API over a started (or to-be-started) engine; nothing global is created."""
+    app = FastAPI(title="R3MES serving", version="1", docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+    app.state.router = router
+    app.state.metrics = ServeMetrics(engine)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(completions)
+    app.include_router(admin)
+    app.include_router(service)
+    return app
+
+
+__all__ = ["ApiError", "create_app"]

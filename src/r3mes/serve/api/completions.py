@@ -1,0 +1,232 @@
+"""Running one completion for the API: model resolution, prompt, streaming or not.
+
+Chat and text completions differ only in how the prompt is built and how a choice is
+shaped (`message`/`delta` versus `text`); `Completion` holds that difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from r3mes.serve.api.errors import ApiError
+from r3mes.serve.api.metrics import ServeMetrics
+from r3mes.serve.api.schemas import SamplingFields
+from r3mes.serve.api.streaming import SSE_DONE, EventStream, sse
+from r3mes.serve.engine import ServingEngine
+from r3mes.serve.router import SemanticRouter
+from r3mes.serve.sampling import SamplingParams
+from r3mes.serve.settings import ServerSettings
+from r3mes.serve.types import FinishEvent, GenerationRequest, TokenEvent
+
+AUTO_MODEL = "auto"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One resolved request, ready to run."""
+
+    kind: Literal["chat", "text"]
+    model: str
+    """The name reported back: the base model's or the adapter's (also after routing)."""
+    request: GenerationRequest
+    include_usage: bool
+    id: str
+    created: int
+
+    @property
+    def object(self) -> str:
+        return "chat.completion" if self.kind == "chat" else "text_completion"
+
+    def choice(self, text: str, finish: str | None, *, chunk: bool, first: bool = False) -> Any:
+        if self.kind == "text":
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        if not chunk:
+            message = {"role": "assistant", "content": text}
+            return {"index": 0, "message": message, "finish_reason": finish}
+        delta: dict[str, str] = {"role": "assistant"} if first else {}
+        if text or first:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "finish_reason": finish}
+
+    def envelope(self, choices: list[Any], *, chunk: bool) -> dict[str, Any]:
+        kind = f"{self.object}.chunk" if chunk and self.kind == "chat" else self.object
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+
+async def resolve_adapter(
+    *, model: str, engine: ServingEngine, router: SemanticRouter | None, route_text: str
+) -> tuple[str | None, str]:
+    """(adapter or None for the base model, the model name to report)."""
+    if model == engine.model_name:
+        return None, model
+    if model == AUTO_MODEL:
+        if router is None:
+            raise ApiError(
+                400,
+                "model 'auto' needs the semantic router; start the server with --routes FILE",
+                param="model",
+                code="router_disabled",
+            )
+        decision = await asyncio.to_thread(router.route, route_text)
+        if decision.adapter is None or decision.adapter not in engine.adapters.names():
+            return None, engine.model_name
+        return decision.adapter, decision.adapter
+    engine.adapters.entry(model)  # raises AdapterNotFound (404) with the known names
+    return model, model
+
+
+def sampling_params(
+    body: SamplingFields,
+    *,
+    max_tokens: int | None,
+    settings: ServerSettings,
+    extra_stop: tuple[str, ...] = (),
+) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens or settings.default_max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        stop=body.stop_strings() + extra_stop,
+    )
+
+
+def usage(event: FinishEvent) -> dict[str, int]:
+    return {
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.prompt_tokens + event.completion_tokens,
+    }
+
+
+def new_completion(
+    kind: Literal["chat", "text"], *, model: str, request: GenerationRequest, include_usage: bool
+) -> Completion:
+    prefix = "chatcmpl" if kind == "chat" else "cmpl"
+    return Completion(
+        kind=kind,
+        model=model,
+        request=request,
+        include_usage=include_usage,
+        id=f"{prefix}-{uuid.uuid4().hex}",
+        created=int(time.time()),
+    )
+
+
+class Run:
+    """Submits a completion and records its metrics as events arrive."""
+
+    def __init__(
+        self, completion: Completion, *, engine: ServingEngine, metrics: ServeMetrics
+    ) -> None:
+        self.completion = completion
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.first_token: float | None = None
+        self.stream = EventStream(engine, completion.request)
+
+    def observe(self, event: TokenEvent | FinishEvent) -> None:
+        now = time.monotonic()
+        if isinstance(event, TokenEvent):
+            self.metrics.generated.inc()
+            if self.first_token is None:
+                self.first_token = now
+                self.metrics.ttft.observe(now - self.started)
+            return
+        self.metrics.requests.labels(finish_reason=event.reason).inc()
+        elapsed = now - self.started
+        if event.completion_tokens and elapsed > 0:
+            self.metrics.tokens_per_second.observe(event.completion_tokens / elapsed)
+
+
+async def respond(
+    run: Run,
+    *,
+    stream: bool,
+    timeout_s: float,
+    is_disconnected: Callable[[], Awaitable[bool]],
+) -> JSONResponse | StreamingResponse:
+    """Answer with one JSON body or an SSE stream ending in `data: [DONE]`."""
+    if stream:
+        return StreamingResponse(
+            _sse_body(run, timeout_s, is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _collect(run, is_disconnected)
+    except TimeoutError as exc:
+        run.stream.handle.cancel()
+        message = f"the request ran longer than {timeout_s:.0f} s"
+        raise ApiError(504, message, type="timeout") from exc
+
+
+async def _collect(run: Run, is_disconnected: Callable[[], Awaitable[bool]]) -> JSONResponse:
+    parts: list[str] = []
+    c = run.completion
+    async for event in run.stream.events(is_disconnected):
+        run.observe(event)
+        if isinstance(event, TokenEvent):
+            parts.append(event.text)
+            continue
+        if event.reason == "error":
+            raise ApiError(500, event.error or "generation failed", type="server_error")
+        parts.append(event.text)
+        finish = "length" if event.reason == "length" else "stop"
+        body = c.envelope([c.choice("".join(parts), finish, chunk=False)], chunk=False)
+        body["usage"] = usage(event)
+        return JSONResponse(body)
+    raise ApiError(499, "the client disconnected", code="client_closed")
+
+
+async def _sse_body(
+    run: Run, timeout_s: float, is_disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    c = run.completion
+    if c.kind == "chat":
+        yield sse(c.envelope([c.choice("", None, chunk=True, first=True)], chunk=True))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for event in run.stream.events(is_disconnected):
+                run.observe(event)
+                for chunk in _chunks(c, event):
+                    yield sse(chunk)
+    except TimeoutError:
+        run.stream.handle.cancel()
+        error = {"message": "the request timed out", "type": "timeout", "param": None}
+        yield sse({"error": {**error, "code": None}})
+    yield SSE_DONE
+
+
+def _chunks(c: Completion, event: TokenEvent | FinishEvent) -> list[dict[str, Any]]:
+    if isinstance(event, TokenEvent):
+        if not event.text:
+            return []
+        return [c.envelope([c.choice(event.text, None, chunk=True)], chunk=True)]
+    if event.reason == "error":
+        message = event.error or "generation failed"
+        return [
+            {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        ]
+    finish = "length" if event.reason == "length" else "stop"
+    chunks = [c.envelope([c.choice(event.text, finish, chunk=True)], chunk=True)]
+    if c.include_usage:
+        tail = c.envelope([], chunk=True)
+        tail["usage"] = usage(event)
+        chunks.append(tail)
+    return chunks
