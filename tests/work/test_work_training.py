@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from r3mes.model.lora import adapter_names
+from r3mes.work.canonical import tensors_digest
+from r3mes.work.data import shard_of
+from r3mes.work.errors import TrainingError
+from r3mes.work.executor import CPU_DET_V1, current_executor_class
+from r3mes.work.training import (
+    batch_positions,
+    initial_adapter_state,
+    train_update,
+    train_with_trace,
+)
+
+
+def _shard(ds, task):
+    return shard_of(ds, shard_index=task.shard_index, n_shards=task.n_shards)
+
+
+def test_same_inputs_same_bytes_and_caller_state_restored(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    flags = [p.requires_grad for p in tiny_model.parameters()]
+    torch.set_num_threads(2)
+    a = train_update(
+        task=task, model=tiny_model, adapter_state=None, shard=_shard(domain_dataset, task)
+    )
+    assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+    assert adapter_names(tiny_model) == []
+    assert [p.requires_grad for p in tiny_model.parameters()] == flags
+    torch.set_num_threads(1)
+    b = train_update(
+        task=task, model=tiny_model, adapter_state=None, shard=_shard(domain_dataset, task)
+    )
+    assert tensors_digest(a) == tensors_digest(b)
+    assert any(float(v.abs().max()) > 0 for v in a.values())
+    assert all(k.startswith("base_model.model.model.layers.") for k in a)
+
+
+def test_result_depends_on_shard_miner_and_start(domain_dataset, tiny_model, make_task):
+    base = make_task()
+    digests = set()
+    for task in (base, make_task(shard_index=1), make_task(miner="remes1other")):
+        delta = train_update(
+            task=task, model=tiny_model, adapter_state=None, shard=_shard(domain_dataset, task)
+        )
+        digests.add(tensors_digest(delta))
+    assert len(digests) == 3
+
+
+def test_genesis_adapter_comes_from_the_round_seed(tiny_model, make_task):
+    a = initial_adapter_state(tiny_model, make_task(miner="remes1a"))
+    b = initial_adapter_state(tiny_model, make_task(miner="remes1b"))
+    c = initial_adapter_state(tiny_model, make_task(seed=99))
+    assert tensors_digest(a) == tensors_digest(b) != tensors_digest(c)
+    assert all(float(v.abs().sum()) == 0 for k, v in a.items() if "lora_B" in k)
+
+
+def test_batch_order_covers_the_shard_each_epoch(make_task):
+    task = make_task(hyper={"batch_size": 3})
+    positions = [p for step in range(4) for p in batch_positions(task, 6, step)]  # 2 epochs
+    assert sorted(positions[:6]) == list(range(6)) and sorted(positions[6:]) == list(range(6))
+    assert positions[:6] != positions[6:]
+
+
+def test_trace_digests_and_checkpoints(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    result = train_with_trace(
+        task=task,
+        model=tiny_model,
+        adapter_state=None,
+        shard=_shard(domain_dataset, task),
+        checkpoint_every=2,
+    )
+    assert len(result.step_digests) == task.hyper.steps + 1
+    assert len(set(result.step_digests)) == len(result.step_digests)
+    assert sorted(result.checkpoints) == [0, 2, 4]
+    assert result.checkpoints[4].digest() == result.step_digests[-1]
+
+
+def test_bad_inputs_raise_training_errors(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    with pytest.raises(TrainingError, match="not the task's shard"):
+        train_update(
+            task=task,
+            model=tiny_model,
+            adapter_state=None,
+            shard=shard_of(domain_dataset, shard_index=1, n_shards=4),
+        )
+    with pytest.raises(TrainingError, match="seq_len"):
+        t = make_task(hyper={"seq_len": 64})
+        train_update(task=t, model=tiny_model, adapter_state=None, shard=_shard(domain_dataset, t))
+    with pytest.raises(TrainingError, match="LoRA config"):
+        train_update(
+            task=task,
+            model=tiny_model,
+            adapter_state={"nope": torch.zeros(1)},
+            shard=_shard(domain_dataset, task),
+        )
+    assert adapter_names(tiny_model) == []
+
+
+def test_executor_class_is_declared_honestly():
+    assert current_executor_class("cpu") == CPU_DET_V1
+    assert current_executor_class("mps").endswith("-nondet-v1")
+    if not torch.cuda.is_available():
+        assert current_executor_class("cuda") == "cuda-nondet-v1"
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    torch.set_num_threads(int(sys.argv[1]))
+    from pathlib import Path
+    from r3mes.model.tiny import make_tiny_model
+    from r3mes.work.data import TokenDataset, shard_of
+    from r3mes.work.submission import build_submission
+    from r3mes.work.task import decode_task
+    task = decode_task(bytes.fromhex(sys.argv[2]))
+    ds = TokenDataset(Path(sys.argv[3]))
+    shard = shard_of(ds, shard_index=task.shard_index, n_shards=task.n_shards)
+    sub = build_submission(task=task, model=make_tiny_model(0), adapter_state=None,
+                           shard=shard, residual=None)
+    print(sub.digest)
+    """
+)
+
+
+@pytest.mark.slow
+def test_fresh_processes_at_1_and_2_threads_agree(domain_dataset, tiny_model, make_task):
+    from r3mes.work.submission import build_submission
+    from r3mes.work.task import encode_task
+
+    task = make_task()
+    digests = set()
+    for threads in ("1", "2", "1"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                threads,
+                encode_task(task).hex(),
+                str(domain_dataset.path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        digests.add(out.stdout.strip())
+    here = build_submission(
+        task=task,
+        model=tiny_model,
+        adapter_state=None,
+        shard=_shard(domain_dataset, task),
+        residual=None,
+    )
+    assert digests == {here.digest}
