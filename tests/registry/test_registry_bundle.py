@@ -1,0 +1,83 @@
+"""Deterministic bundles and safe extraction."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from r3mes.registry.bundle import BundleLimits, pack_dir, unpack_bundle
+from r3mes.registry.errors import BundleError
+
+
+def _tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"hidden": 32}')
+    (root / "sub" / "weights.safetensors").write_bytes(os.urandom(1000))
+
+
+def test_pack_is_deterministic_and_round_trips(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    first = pack_dir(src)
+    os.utime(src / "config.json", (1, 1))
+    assert pack_dir(src) == first
+    digests = unpack_bundle(first, tmp_path / "out")
+    assert sorted(digests) == ["config.json", "sub/weights.safetensors"]
+    for name in digests:
+        assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_pack_rejects_symlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    (src / "link").symlink_to(src / "config.json")
+    with pytest.raises(BundleError):
+        pack_dir(src)
+
+
+def _evil_tar(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        if kind == tarfile.SYMTYPE:
+            info.linkname = "/etc/passwd"
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        _evil_tar("../escape.txt"),
+        _evil_tar("/abs.txt"),
+        _evil_tar("a/../../b"),
+        _evil_tar("link", tarfile.SYMTYPE),
+        b"not a tar at all" * 100,
+    ],
+)
+def test_unsafe_archives_are_rejected_and_leave_nothing(tmp_path: Path, archive: bytes) -> None:
+    dest = tmp_path / "out"
+    with pytest.raises(BundleError):
+        unpack_bundle(archive, dest)
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_limits_are_enforced(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    with pytest.raises(BundleError):
+        unpack_bundle(pack_dir(src), tmp_path / "o1", limits=BundleLimits(max_total=10))
+    with pytest.raises(BundleError):
+        unpack_bundle(pack_dir(src), tmp_path / "o2", limits=BundleLimits(max_files=1))
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    with pytest.raises(BundleError):
+        unpack_bundle(pack_dir(src), existing)

@@ -1,0 +1,78 @@
+"""ArtifactRecord validation and the ledger dict format."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from r3mes.registry.errors import InvalidArtifactRecord
+from r3mes.registry.records import ArtifactRecord
+from r3mes.storage.unixfs import compute_cid
+
+
+def ledger_dict(**over: Any) -> dict[str, Any]:
+    data = b"adapter bytes"
+    base: dict[str, Any] = {
+        "id": "coder",
+        "kind": "adapter",
+        "version": "1.0.0",
+        "cid": compute_cid(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "base_model_id": "bitnet-tiny",
+        "base_model_version": "1.0.0",
+        "target_modules": ["q_proj", "v_proj"],
+        "rank": 8,
+        "hf_repo": None,
+        "hf_revision": None,
+        "approved_height": 12,
+    }
+    base.update(over)
+    return base
+
+
+def test_from_dict_round_trips() -> None:
+    record = ArtifactRecord.from_dict(ledger_dict())
+    assert record.target_modules == ("q_proj", "v_proj")
+    assert ArtifactRecord.from_dict(record.to_dict()) == record
+    assert record.ref == "adapter coder@1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"cid": "Qmnotacid"}, "cid"),
+        ({"sha256": "AB" * 32}, "sha256"),
+        ({"sha256": "ab" * 31}, "sha256"),
+        ({"size": -1}, "size"),
+        ({"size": "12"}, "size"),
+        ({"kind": "weights"}, "kind"),
+        ({"id": "../etc"}, "id"),
+        ({"id": ""}, "id"),
+        ({"version": "1/2"}, "version"),
+        ({"base_model_id": None}, "base_model_id"),
+        ({"rank": -3}, "rank"),
+        ({"approved_height": "x"}, "approved_height"),
+        ({"target_modules": "q_proj"}, "target_modules"),
+    ],
+)
+def test_malformed_records_are_rejected(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArtifactRecord) as info:
+        ArtifactRecord.from_dict(ledger_dict(**override))
+    assert info.value.field == field
+
+
+def test_missing_key_is_rejected() -> None:
+    raw = ledger_dict()
+    del raw["sha256"]
+    with pytest.raises(InvalidArtifactRecord):
+        ArtifactRecord.from_dict(raw)
+
+
+def test_models_need_no_base_model() -> None:
+    record = ArtifactRecord.from_dict(
+        ledger_dict(kind="model", base_model_id=None, base_model_version=None, rank=None)
+    )
+    assert record.base_model_id is None
