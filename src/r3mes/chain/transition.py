@@ -76,14 +76,22 @@ def data_hash(txs: Sequence[bytes]) -> str:
     return h.hexdigest()
 
 
-def make_block(state: State, *, txs: Sequence[bytes], time_ms: int, proposer: str = "") -> Block:
-    """The next block on top of `state` (time never goes backwards)."""
+def make_block(
+    state: State,
+    *,
+    txs: Sequence[bytes],
+    time_ms: int,
+    proposer: str = "",
+    app_hash: str | None = None,
+) -> Block:
+    """The next block on top of `state` (time never goes backwards); pass `app_hash` when
+    the caller already knows the state's hash, to skip recomputing it."""
     header = Header(
         chain_id=state.chain_id,
         height=state.height + 1,
         time_ms=max(time_ms, state.last_block_time_ms),
         last_block_hash=state.last_block_hash,
-        app_hash=state.app_hash(),
+        app_hash=app_hash or state.app_hash(),
         data_hash=data_hash(txs),
         proposer=proposer,
     )

@@ -1,0 +1,174 @@
+"""The embedded single-node engine: mempool with check_tx, block production, commit.
+
+This is the shell around the pure state machine: it owns the clock (block time), the
+mempool and the store. It produces a block every `block_interval_s`, empty or not, so
+rounds advance by height. Everything is guarded by one lock; waiters are woken through a
+condition variable after each commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from r3mes.chain.codes import Code
+from r3mes.chain.state import State
+from r3mes.chain.store import BlockStore, StoredTx
+from r3mes.chain.transition import Block, BlockResult, TxResult, apply_block, check_tx, make_block
+from r3mes.chain.tx import MAX_TX_BYTES, tx_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_interval_s: float = 1.0
+    """Seconds between blocks (empty blocks included)."""
+    max_mempool_txs: int = 10_000
+    """check_tx refuses new transactions once this many are queued."""
+    proposer: str = ""
+    """Address recorded as every block's proposer."""
+
+    def __post_init__(self) -> None:
+        if not 0.01 <= self.block_interval_s <= 3600:
+            raise ValueError("block_interval_s must be in [0.01, 3600]")
+        if self.max_mempool_txs < 1:
+            raise ValueError("max_mempool_txs must be >= 1")
+
+
+Listener = Callable[[Block, BlockResult], None]
+
+
+class DevnetEngine:
+    """Mempool + block producer over a BlockStore; safe to call from many threads."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        config: EngineConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config or EngineConfig()
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._committed = threading.Condition(self._lock)
+        self._state = store.load_state()
+        self._app_hash = self._state.app_hash()
+        self._mempool: OrderedDict[str, bytes] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        log.info("engine ready at height %d app_hash %s", self._state.height, self._app_hash)
+
+    @property
+    def state(self) -> State:
+        """The last committed state (never mutated; replaced on each commit)."""
+        with self._lock:
+            return self._state
+
+    @property
+    def app_hash(self) -> str:
+        with self._lock:
+            return self._app_hash
+
+    def mempool_size(self) -> int:
+        with self._lock:
+            return len(self._mempool)
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def submit(self, raw: bytes) -> TxResult:
+        """check_tx and, if it passes, queue the transaction for the next block."""
+        if len(raw) > MAX_TX_BYTES:
+            return TxResult(code=Code.TOO_LARGE, log=f"tx exceeds {MAX_TX_BYTES} bytes")
+        with self._lock:
+            digest = tx_hash(raw)
+            if digest in self._mempool:
+                return TxResult(code=Code.DUPLICATE, log="tx already in mempool", hash=digest)
+            if len(self._mempool) >= self.config.max_mempool_txs:
+                return TxResult(
+                    code=Code.MEMPOOL_FULL, log="mempool is full; retry later", hash=digest
+                )
+            result = check_tx(self._state, raw, pending=self._pending)
+            if result.code == 0:
+                self._mempool[digest] = raw
+                self._pending[result.signer] = result.sequence + 1
+            return result
+
+    def produce_block(self) -> BlockResult:
+        """Take queued txs (up to the block limit), apply, commit, recheck the rest."""
+        with self._lock:
+            limit = self._state.params.max_block_txs
+            txs = list(self._mempool.values())[:limit]
+            now_ms = int(self._clock() * 1000)
+            block = make_block(
+                self._state,
+                txs=txs,
+                time_ms=now_ms,
+                proposer=self.config.proposer,
+                app_hash=self._app_hash,
+            )
+            new_state, result = apply_block(self._state, block)
+            self.store.commit(block, result, new_state)
+            self._state, self._app_hash = new_state, result.app_hash
+            for raw in txs:
+                self._mempool.pop(tx_hash(raw), None)
+            self._recheck()
+            self._committed.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(block, result)
+            except Exception:  # a broken subscriber must not stop the chain
+                log.exception("block listener failed")
+        return result
+
+    def _recheck(self) -> None:
+        """Re-run check_tx on what is left in the mempool against the new state."""
+        remaining = list(self._mempool.items())
+        self._mempool.clear()
+        self._pending.clear()
+        for digest, raw in remaining:
+            result = check_tx(self._state, raw, pending=self._pending)
+            if result.code == 0:
+                self._mempool[digest] = raw
+                self._pending[result.signer] = result.sequence + 1
+
+    def wait_for_tx(self, digest: str, timeout_s: float) -> StoredTx | None:
+        """Block until tx `digest` is committed (or the timeout passes)."""
+        deadline = time.monotonic() + timeout_s
+        with self._committed:
+            while True:
+                found = self.store.tx(digest)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._committed.wait(remaining)
+
+    def wait_for_height(self, height: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._committed:
+            while self._state.height < height:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._committed.wait(remaining)
+            return True
+
+    def run(self, stop: threading.Event) -> None:
+        """Produce a block every interval until `stop` is set."""
+        interval = self.config.block_interval_s
+        next_at = time.monotonic()
+        while not stop.is_set():
+            next_at += interval
+            self.produce_block()
+            stop.wait(max(0.0, next_at - time.monotonic()))

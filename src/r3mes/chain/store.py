@@ -1,0 +1,248 @@
+"""Persistent block, tx-result and state store on SQLite (WAL).
+
+Each block is committed in one SQLite transaction together with its tx results and the
+state snapshot after it, so a crash at any moment leaves either the whole block or none of
+it. On open, the snapshot's app hash is checked against the last block's recorded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from r3mes.chain.errors import StoreError
+from r3mes.chain.genesis import Genesis
+from r3mes.chain.ledger import Event
+from r3mes.chain.state import State, decode_state, genesis_state
+from r3mes.chain.transition import Block, BlockResult, Header, TxResult, apply_block
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+  height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, header TEXT NOT NULL,
+  app_hash TEXT NOT NULL, num_txs INTEGER NOT NULL, begin_events TEXT NOT NULL,
+  end_events TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS txs (
+  height INTEGER NOT NULL, idx INTEGER NOT NULL, hash TEXT NOT NULL, raw BLOB NOT NULL,
+  code INTEGER NOT NULL, log TEXT NOT NULL, events TEXT NOT NULL, signer TEXT NOT NULL,
+  PRIMARY KEY (height, idx));
+CREATE INDEX IF NOT EXISTS txs_hash ON txs(hash);
+CREATE INDEX IF NOT EXISTS txs_signer ON txs(signer);
+CREATE TABLE IF NOT EXISTS state (
+  id INTEGER PRIMARY KEY CHECK (id = 1), height INTEGER NOT NULL, app_hash TEXT NOT NULL,
+  data BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredTx:
+    """A committed transaction and its result, as /tx returns it."""
+
+    hash: str
+    height: int
+    index: int
+    raw: bytes
+    code: int
+    log: str
+    events: list[dict[str, Any]]
+    signer: str
+
+
+def _events(events: tuple[Event, ...]) -> str:
+    return json.dumps([e.to_json() for e in events], sort_keys=True)
+
+
+class BlockStore:
+    """SQLite store of one chain. Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- genesis and state ------------------------------------------------------------
+
+    def genesis(self) -> Genesis:
+        row = self._one("SELECT value FROM meta WHERE key = 'genesis'")
+        if row is None:
+            raise StoreError(f"{self.path} holds no chain; run `r3mes devnet init` first")
+        return Genesis.from_json(row[0])
+
+    def init_genesis(self, genesis: Genesis) -> State:
+        """Record the genesis document (once) and return the height-0 state."""
+        with self._lock:
+            existing = self._one("SELECT value FROM meta WHERE key = 'genesis'")
+            if existing is not None:
+                if Genesis.from_json(existing[0]) != genesis:
+                    raise StoreError(f"{self.path} already holds a different chain")
+                return self.load_state()
+            state = genesis_state(genesis)
+            with self._tx():
+                self._db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.to_json(),))
+                self._save_state(state)
+            return state
+
+    def load_state(self) -> State:
+        """The latest committed state, checked against the last block's app hash."""
+        row = self._one("SELECT height, app_hash, data FROM state WHERE id = 1")
+        if row is None:
+            return self.init_genesis(self.genesis())
+        state = decode_state(row[2])
+        if state.app_hash() != row[1] or state.height != row[0]:
+            raise StoreError("stored state does not match its app hash; the store is corrupt")
+        last = self._one("SELECT app_hash FROM blocks WHERE height = ?", (state.height,))
+        if state.height and (last is None or last[0] != row[1]):
+            raise StoreError("stored state does not match the last block; the store is corrupt")
+        return state
+
+    def _save_state(self, state: State) -> str:
+        data = state.encode()
+        app_hash = hashlib.sha256(data).hexdigest()
+        self._db.execute(
+            "INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?)", (state.height, app_hash, data)
+        )
+        return app_hash
+
+    # -- blocks -----------------------------------------------------------------------
+
+    def commit(self, block: Block, result: BlockResult, state: State) -> None:
+        """Atomically persist `block`, its results, and the state after it."""
+        h = block.header
+        if state.height != h.height:
+            raise StoreError("commit: state and block heights disagree")
+        with self._lock, self._tx():
+            self._db.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    h.height,
+                    block.hash,
+                    json.dumps(asdict(h), sort_keys=True),
+                    result.app_hash,
+                    len(block.txs),
+                    _events(result.begin_events),
+                    _events(result.end_events),
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO txs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (h.height, i, r.hash, raw, r.code, r.log, _events(r.events), r.signer)
+                    for i, (raw, r) in enumerate(zip(block.txs, result.tx_results, strict=True))
+                ],
+            )
+            if self._save_state(state) != result.app_hash:
+                raise StoreError("commit: state does not match the block result's app hash")
+
+    def height(self) -> int:
+        row = self._one("SELECT MAX(height) FROM blocks")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def block(self, height: int) -> tuple[Block, str] | None:
+        """The block at `height` and the app hash after it, or None."""
+        row = self._one("SELECT header, app_hash FROM blocks WHERE height = ?", (height,))
+        if row is None:
+            return None
+        header = Header(**json.loads(row[0]))
+        with self._lock:
+            raws = self._db.execute(
+                "SELECT raw FROM txs WHERE height = ? ORDER BY idx", (height,)
+            ).fetchall()
+        return Block(header=header, txs=tuple(bytes(r[0]) for r in raws)), str(row[1])
+
+    def block_results(self, height: int) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT app_hash, begin_events, end_events FROM blocks WHERE height = ?", (height,)
+        )
+        if row is None:
+            return None
+        txs = self._txs("WHERE height = ? ORDER BY idx", (height,))
+        return {
+            "height": height,
+            "app_hash": row[0],
+            "begin_events": json.loads(row[1]),
+            "end_events": json.loads(row[2]),
+            "txs_results": [{"code": t.code, "log": t.log, "events": t.events} for t in txs],
+        }
+
+    def tx(self, tx_hash: str) -> StoredTx | None:
+        """The latest committed tx with this hash (a successful one preferred)."""
+        found = self._txs(
+            "WHERE hash = ? ORDER BY code != 0, height DESC LIMIT 1", (tx_hash.upper(),)
+        )
+        return found[0] if found else None
+
+    def tx_search(self, *, height: int | None, signer: str | None, limit: int) -> list[StoredTx]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if height is not None:
+            clauses.append("height = ?")
+            args.append(height)
+        if signer is not None:
+            clauses.append("signer = ?")
+            args.append(signer)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._txs(f"{where} ORDER BY height, idx LIMIT ?", (*args, limit))
+
+    def replay(self) -> Iterator[tuple[int, str, str]]:
+        """Re-apply every stored block from genesis: yields (height, stored, recomputed)."""
+        state = genesis_state(self.genesis())
+        for height in range(1, self.height() + 1):
+            found = self.block(height)
+            if found is None:
+                raise StoreError(f"block {height} is missing from the store")
+            block, stored_hash = found
+            state, result = apply_block(state, block)
+            yield height, stored_hash, result.app_hash
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _txs(self, where: str, args: tuple[Any, ...]) -> list[StoredTx]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT hash, height, idx, raw, code, log, events, signer FROM txs {where}", args
+            ).fetchall()
+        return [
+            StoredTx(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], json.loads(r[6]), r[7])
+            for r in rows
+        ]
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def tx_result_json(result: TxResult) -> dict[str, Any]:
+    return {"code": result.code, "log": result.log, "events": [e.to_json() for e in result.events]}
