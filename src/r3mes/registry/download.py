@@ -223,3 +223,23 @@ class DownloadManager:
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
         with Progress(*columns, transient=True) as bar:
             yield bar
+
+
+def default_fetchers(
+    *,
+    blockstore: Blockstore,
+    ipfs_url: str | None = None,
+    gateway_url: str | None = None,
+    use_hugging_face: bool = True,
+    timeout: float = 30.0,
+) -> list[ArtifactFetcher]:
+    """The standard source order: local blockstore, Kubo, HTTP gateway, Hugging Face."""
+    fetchers: list[ArtifactFetcher] = [BlockstoreFetcher(blockstore)]
+    if ipfs_url:
+        fetchers.append(IpfsFetcher(KuboClient(ipfs_url, timeout=timeout), f"Kubo at {ipfs_url}"))
+    if gateway_url:
+        client = KuboClient.gateway(gateway_url, timeout=timeout)
+        fetchers.append(IpfsFetcher(client, f"gateway {gateway_url}"))
+    if use_hugging_face:
+        fetchers.append(HuggingFaceFetcher())
+    return fetchers
