@@ -1,0 +1,1 @@
+"""Benchmarks: one script per published figure; each prints JSON lines."""
