@@ -1,0 +1,143 @@
+"""From a ledger round to the `r3mes.work.Task` every role must agree on byte for byte.
+
+The chain records, per round, the seed (the previous block hash) and the base model,
+dataset and adapter in force; the miner picks a shard. The remaining knobs (learning rate,
+steps, LoRA shape, top-k ratio) form the network's `WorkProfile`, which miners,
+validators and proposers must share: `r3mes up` writes one to `$R3MES_HOME/work.json`
+and hands it to every role.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r3mes.node.errors import ValidationError
+from r3mes.work.executor import CPU_DET_V1
+from r3mes.work.task import HyperParams, Task
+
+NO_ADAPTER = "genesis"
+"""`Task.adapter_cid` of a round that has no adapter yet: train from the initial state."""
+_HEX = re.compile(r"^[0-9a-f]{16,128}$")
+MAX_PROFILE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class WorkProfile:
+    """Training knobs shared by every role of one network."""
+
+    hyper: HyperParams = field(default_factory=HyperParams)
+    """Learning rate, steps, batch, sequence length, LoRA shape, compression."""
+    executor_class: str = CPU_DET_V1
+    """The executor class tasks name (the reference CPU class by default)."""
+    eval_chunks: int = 32
+    """Held-out chunks used to score adapter versions."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.eval_chunks <= 100_000:
+            raise ValidationError(f"eval_chunks must be in [1, 100000], got {self.eval_chunks}")
+
+    def to_dict(self) -> dict[str, Any]:
+        h = self.hyper
+        return {
+            "hyper": {
+                "lr": h.lr,
+                "steps": h.steps,
+                "batch_size": h.batch_size,
+                "seq_len": h.seq_len,
+                "rank": h.rank,
+                "alpha": h.alpha,
+                "target_modules": list(h.target_modules),
+                "topk_ppm": h.topk_ppm,
+                "value_format": h.value_format,
+            },
+            "executor_class": self.executor_class,
+            "eval_chunks": self.eval_chunks,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> WorkProfile:
+        from r3mes.work.errors import TaskError
+
+        if not isinstance(raw, dict) or set(raw) != {"hyper", "executor_class", "eval_chunks"}:
+            raise ValidationError(
+                "work profile must be an object with keys hyper, executor_class, eval_chunks"
+            )
+        hyper = raw["hyper"]
+        if not isinstance(hyper, dict):
+            raise ValidationError("work profile 'hyper' must be an object")
+        try:
+            params = HyperParams(
+                **{**hyper, "target_modules": tuple(hyper.get("target_modules", ()))}
+            )
+        except (TaskError, TypeError) as exc:
+            raise ValidationError(f"work profile 'hyper' is invalid: {exc}") from exc
+        return cls(
+            hyper=params, executor_class=str(raw["executor_class"]), eval_chunks=raw["eval_chunks"]
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), sort_keys=True, indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> WorkProfile:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read work profile {path}: {exc}") from exc
+        if len(raw) > MAX_PROFILE_BYTES:
+            raise ValidationError(f"work profile {path} is over {MAX_PROFILE_BYTES} bytes")
+        try:
+            return cls.from_dict(json.loads(raw))
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"work profile {path} is not JSON: {exc}") from exc
+
+
+def round_seed(seed_hex: str) -> int:
+    """The round's 64-bit task seed: the first 8 bytes (big-endian) of its block-hash seed.
+
+    Round 1 follows the genesis state, whose block hash is empty: its seed is 0.
+    """
+    if seed_hex == "":
+        return 0
+    if not _HEX.match(seed_hex):
+        raise ValidationError(f"round seed {seed_hex[:80]!r} is not a lowercase hex hash")
+    return int(seed_hex[:16], 16)
+
+
+def derive_task(
+    *,
+    round_number: int,
+    seed_hex: str,
+    miner: str,
+    shard: int,
+    n_shards: int,
+    base_model_cid: str,
+    dataset_cid: str,
+    adapter_cid: str,
+    profile: WorkProfile,
+) -> Task:
+    """The task of `miner` on `shard` in a round; identical on every node."""
+    from r3mes.work.errors import TaskError
+
+    try:
+        return Task(
+            round=round_number,
+            seed=round_seed(seed_hex),
+            miner=miner,
+            base_model_cid=base_model_cid,
+            adapter_cid=adapter_cid or NO_ADAPTER,
+            dataset_cid=dataset_cid,
+            shard_index=shard,
+            n_shards=n_shards,
+            hyper=profile.hyper,
+            executor_class=profile.executor_class,
+        )
+    except TaskError as exc:
+        raise ValidationError(f"round {round_number} does not give a valid task: {exc}") from exc

@@ -1,0 +1,188 @@
+"""The useful work of each role, as plain functions over `r3mes.work`.
+
+Miners `mine_update` (or, for fault-injection tests, `random_update`), validators
+`check_update`, proposers `merge_updates` and `package_adapter`. No sockets here: the
+role loops fetch inputs and ship outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from r3mes.node.errors import ValidationError
+from r3mes.node.tasks import NO_ADAPTER
+from r3mes.work.data import Shard
+from r3mes.work.submission import Submission
+from r3mes.work.task import Task
+from r3mes.work.verify import Verdict
+
+Tensors = dict[str, torch.Tensor]
+ADAPTER_INFO_FILE = "r3mes-adapter.json"
+GENESIS_ADAPTER_SEED = 0
+
+
+@dataclass(frozen=True)
+class MinedUpdate:
+    """A finished piece of work, ready to store and submit."""
+
+    submission: Submission
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def genesis_adapter_state(model: nn.Module, task: Task) -> Tensors:
+    """The adapter a round starts from when no version exists yet (seeded by the task)."""
+    from r3mes.work.training import initial_adapter_state
+
+    return initial_adapter_state(model, task)
+
+
+def start_adapter(task: Task, loaded: Tensors | None, model: nn.Module) -> Tensors:
+    """The adapter state the task trains from: the loaded version, or the genesis state."""
+    if task.adapter_cid == NO_ADAPTER or loaded is None:
+        return genesis_adapter_state(model, task)
+    return loaded
+
+
+def mine_update(
+    *,
+    task: Task,
+    model: nn.Module,
+    adapter_state: Tensors,
+    shard: Shard,
+    residual: Mapping[str, torch.Tensor] | None,
+) -> MinedUpdate:
+    """Honest work: train the task deterministically and encode the compressed update."""
+    from r3mes.work.submission import build_submission
+
+    started = time.perf_counter()
+    submission = build_submission(
+        task=task, model=model, adapter_state=adapter_state, shard=shard, residual=residual
+    )
+    return MinedUpdate(submission, {"train_s": round(time.perf_counter() - started, 4)})
+
+
+def random_update(*, task: Task, adapter_state: Tensors, seed: int) -> MinedUpdate:
+    """FAULT INJECTION (tests and demos only): a well-formed update of random numbers.
+
+    It has the honest layout and names the miner's own task, so only re-execution can tell
+    it apart - which is what the `--cheat random` flag exists to demonstrate.
+    """
+    from r3mes.work.executor import CPU_DET_V1
+    from r3mes.work.submission import encode_for_task
+
+    gen = torch.Generator().manual_seed(seed)
+    raw = {
+        k: torch.randn(v.shape, generator=gen, dtype=torch.float32) * 0.01
+        for k, v in sorted(adapter_state.items())
+    }
+    submission = encode_for_task(task=task, raw=raw, residual=None, executor_class=CPU_DET_V1)
+    return MinedUpdate(submission, {"train_s": 0.0, "cheat": 1.0})
+
+
+def check_update(
+    *,
+    task: Task,
+    submitted: bytes,
+    model: nn.Module,
+    adapter_state: Tensors,
+    shard: Shard,
+    residual: Mapping[str, torch.Tensor] | None,
+) -> Verdict:
+    """Validator: re-execute `task` and judge the submitted bytes."""
+    from r3mes.work.executor import current_executor_class
+    from r3mes.work.verify import verify
+
+    return verify(
+        task=task,
+        submitted=submitted,
+        model=model,
+        adapter_state=adapter_state,
+        shard=shard,
+        residual=residual,
+        executor_class=current_executor_class("cpu"),
+    )
+
+
+def merge_updates(adapter_state: Tensors, updates: Sequence[bytes]) -> Tensors:
+    """Proposer: the next adapter state, `adapter_state` plus the mean of `updates`."""
+    from r3mes.work.aggregate import aggregate
+    from r3mes.work.encoding import decode_update
+    from r3mes.work.errors import WorkError
+
+    try:
+        decoded = [(decode_update(data), 1) for data in updates]
+        return aggregate(adapter_state, decoded)
+    except WorkError as exc:
+        raise ValidationError(f"cannot merge the round's updates: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """Provenance stored beside the PEFT files of an adapter version."""
+
+    version: int
+    parent_version: int
+    round: int
+    base_model_cid: str
+    submission_ids: tuple[int, ...]
+    update_digests: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "parent_version": self.parent_version,
+                "round": self.round,
+                "base_model_cid": self.base_model_cid,
+                "submission_ids": list(self.submission_ids),
+                "update_digests": sorted(self.update_digests),
+            },
+            sort_keys=True,
+            indent=2,
+        )
+
+
+def package_adapter(
+    state: Tensors, *, lora_r: int, lora_alpha: int, targets: tuple[str, ...], info: AdapterInfo
+) -> bytes:
+    """A deterministic bundle of a PEFT folder (+ provenance) for `state`."""
+    from r3mes.model.lora import LoraConfig
+    from r3mes.model.peft_io import save_peft_adapter
+    from r3mes.registry.bundle import pack_dir
+
+    for name, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValidationError(f"merged adapter tensor {name!r} is not finite")
+    config = LoraConfig(r=lora_r, alpha=lora_alpha, target_modules=targets)
+    folder = Path(tempfile.mkdtemp(prefix="r3mes-adapter-"))
+    try:
+        save_peft_adapter(folder, dict(state), config, info.base_model_cid)
+        (folder / ADAPTER_INFO_FILE).write_text(info.to_json() + "\n")
+        return pack_dir(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def heldout(
+    *, model: nn.Module, adapter_state: Tensors | None, task: Task, dataset_path: Path, chunks: int
+) -> float:
+    """Held-out loss of the base model (`adapter_state` None) or with an adapter."""
+    from r3mes.work.data import TokenDataset
+    from r3mes.work.evaluate import heldout_loss
+
+    return heldout_loss(
+        model,
+        adapter_state,
+        TokenDataset(dataset_path),
+        max_chunks=chunks,
+        lora_config=task.lora_config() if adapter_state is not None else None,
+    )
