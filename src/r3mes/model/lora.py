@@ -50,6 +50,9 @@ class LoraConfig:
             raise AdapterError(f"unknown LoRA target modules {unknown}; choose from {LORA_TARGETS}")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        # canonical order (q, k, v, o, gate, up, down) so equal configs compare equal
+        canonical = tuple(t for t in LORA_TARGETS if t in self.target_modules)
+        object.__setattr__(self, "target_modules", canonical)
 
     @property
     def scaling(self) -> float:

@@ -1,0 +1,154 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+import hf_reference as hf  # noqa: E402
+
+from r3mes.model.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from r3mes.model.errors import CheckpointError  # noqa: E402
+from r3mes.model.tiny import make_tiny_model  # noqa: E402
+
+torch.set_num_threads(1)
+IDS = torch.tensor([[1, 5, 9, 33, 70, 2, 100, 127], [1, 8, 8, 8, 64, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_match_transformers_online_quantization(tmp_path: Path, tied: bool) -> None:
+    reference = hf.random_hf_model(0, tie_word_embeddings=tied)
+    hf.save(reference, tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert ours.config.tie_word_embeddings is tied
+    expected = hf.logits(hf.quantize_online(reference), IDS)
+    assert torch.allclose(ours(IDS), expected, atol=1e-4)
+
+
+def test_bf16_master_weights_load(tmp_path: Path) -> None:
+    reference = hf.random_hf_model(1).to(torch.bfloat16)
+    hf.save(reference, tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert ours.model.embed_tokens.weight.dtype == torch.float32
+    expected = hf.logits(hf.quantize_online(reference.float()), IDS)
+    assert torch.allclose(ours(IDS), expected, atol=1e-4)
+
+
+def test_packed_format_matches_transformers_bitlinear(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    reference = hf.random_hf_model(2)
+    hf.save(reference, tmp_path / "master")
+    ours = load_pretrained(tmp_path / "master")
+    save_pretrained(ours, tmp_path / "packed", packed=True)
+    state = load_file(tmp_path / "packed" / "model.safetensors")
+    q = state["model.layers.0.self_attn.q_proj.weight"]
+    assert q.dtype == torch.uint8 and q.shape == (8, 32)
+    assert state["model.layers.0.self_attn.q_proj.weight_scale"].shape == (1,)
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitnet"
+    hf_packed = hf.packed_hf_model(reference.config, state)
+    assert torch.allclose(hf.logits(hf_packed, IDS), ours(IDS), atol=1e-4)
+    # and our loader reads the packed folder back to the same model, frozen
+    again = load_pretrained(tmp_path / "packed")
+    assert all(m.frozen for _, m in again.bit_linears())
+    assert torch.allclose(again(IDS), ours(IDS), atol=1e-5)
+
+
+def test_packed_master_round_trip_is_exact(tmp_path: Path) -> None:
+    model = make_tiny_model(3)
+    model.freeze_backbone()
+    ids = torch.randint(0, 256, (2, 7))
+    save_pretrained(model, tmp_path / "master", packed=False)
+    master = load_pretrained(tmp_path / "master")
+    assert not any(m.frozen for _, m in master.bit_linears())
+    for (_, a), (_, b) in zip(master.bit_linears(), model.bit_linears(), strict=True):
+        assert torch.equal(a.ternary_weight(), b.ternary_weight())
+        assert torch.allclose(a.scale(), b.scale(), rtol=1e-6)
+    # scales agree to float rounding, which can flip an 8-bit activation code now and then
+    assert torch.allclose(master(ids), model(ids), atol=1e-2)
+    save_pretrained(master, tmp_path / "packed", packed=True)
+    packed = load_pretrained(tmp_path / "packed")
+    for (_, a), (_, b) in zip(packed.bit_linears(), model.bit_linears(), strict=True):
+        assert torch.equal(a.ternary_weight(), b.ternary_weight())
+    size = (tmp_path / "packed" / "model.safetensors").stat().st_size
+    assert size < (tmp_path / "master" / "model.safetensors").stat().st_size
+
+
+def _folder(tmp_path: Path) -> Path:
+    save_pretrained(make_tiny_model(0), tmp_path / "ckpt", packed=True)
+    return tmp_path / "ckpt"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "model.safetensors").write_bytes(
+                (d / "model.safetensors").read_bytes()[:300]
+            ),
+            "corrupt or truncated",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), "missing"),
+        (lambda d: (d / "config.json").write_text("{"), "not valid JSON"),
+        (lambda d: (d / "config.json").unlink(), "config.json"),
+    ],
+)
+def test_damaged_checkpoints_raise_clear_errors(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    folder = _folder(tmp_path)
+    damage(folder)
+    before = _snapshot(folder)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(folder)
+    assert _snapshot(folder) == before
+
+
+def test_config_problems_name_the_file(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    data = json.loads((folder / "config.json").read_text())
+    data["mystery_option"] = 1
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown config key 'mystery_option'"):
+        load_pretrained(folder)
+
+
+def test_wrong_shapes_and_extra_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _folder(tmp_path)
+    state = load_file(folder / "model.safetensors")
+    wrong = dict(state)
+    wrong["model.norm.weight"] = torch.ones(7)
+    save_file(wrong, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight has shape \(7,\)"):
+        load_pretrained(folder)
+    wrong = dict(state)
+    wrong["model.layers.0.mlp.up_proj.weight"] = torch.zeros(3, 32, dtype=torch.uint8)
+    save_file(wrong, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="up_proj.weight"):
+        load_pretrained(folder)
+    extra = dict(state)
+    extra["vision_tower.weight"] = torch.zeros(2)
+    save_file(extra, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="unexpected tensors"):
+        load_pretrained(folder)
+    missing = {k: v for k, v in state.items() if k != "model.norm.weight"}
+    save_file(missing, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing tensor model.norm.weight"):
+        load_pretrained(folder)
+    nan = dict(state)
+    nan["model.norm.weight"] = torch.full_like(state["model.norm.weight"], float("nan"))
+    save_file(nan, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_pretrained(folder)
+
+
+def test_not_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a folder"):
+        load_pretrained(tmp_path / "nope")
