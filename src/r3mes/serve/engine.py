@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.serve.adapters import AdapterCache, AdapterEntry, AdapterLoader
 from r3mes.serve.errors import EngineClosed, EngineOverloaded, InvalidRequest
@@ -204,6 +206,11 @@ class ServingEngine:
 
     def _run(self) -> None:
         log.info("serving engine started model=%s", self.model_name)
+        with torch.inference_mode():  # every tensor the engine makes stays inference-only
+            self._loop()
+        log.info("serving engine stopped")
+
+    def _loop(self) -> None:
         sched = self._scheduler
         while not self._stopping.is_set():
             idle = not sched.running
@@ -217,7 +224,6 @@ class ServingEngine:
                 sched.fail_all(f"internal error in the serving engine: {exc}")
         sched.fail_all("the serving engine stopped")
         self._fail_inbox()
-        log.info("serving engine stopped")
 
     def _drain(self, *, block: bool) -> bool:
         """Move submissions into the scheduler; False once asked to stop."""

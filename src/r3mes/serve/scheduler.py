@@ -111,12 +111,14 @@ class Scheduler:
     # ---- one step -------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Drop cancelled work, admit what fits, then decode one token for every sequence."""
+        """Drop cancelled work, admit what fits, then decode one token for every sequence.
+
+        Call under `torch.inference_mode()` (the engine thread does).
+        """
         self._drop_cancelled()
-        with torch.inference_mode():
-            self._admit()
-            if self.running:
-                self._decode_step()
+        self._admit()
+        if self.running:
+            self._decode_step()
 
     def fail_all(self, message: str) -> None:
         """Finish every running and waiting request with an error (after a model failure)."""

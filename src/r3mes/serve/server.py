@@ -1,0 +1,125 @@
+"""Running the API: `build_engine` from disk, `run_server` (blocking), `ServerThread` (tests,
+nodes that embed a server beside other work).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from r3mes.serve.engine import EngineConfig, ServingEngine
+from r3mes.serve.errors import ServeError
+from r3mes.serve.router import SemanticRouter
+from r3mes.serve.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(
+    model_dir: Path | None,
+    *,
+    adapters: Mapping[str, Path] | None = None,
+    config: EngineConfig | None = None,
+) -> ServingEngine:
+    """Load the base model (the shipped one when `model_dir` is None) and the adapters.
+
+    The model directory holds an HF-style checkpoint plus `tokenizer.json`. The model is
+    frozen (packed ternary weights, unpacked copies cached for speed).
+    """
+    from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.tokenizer import load_tokenizer
+
+    if model_dir is None:
+        from r3mes.model.shipped import SHIPPED_MODEL_NAME, shipped_model_dir
+
+        model_dir, name = shipped_model_dir(), SHIPPED_MODEL_NAME
+    else:
+        name = model_dir.resolve().name
+    model = load_pretrained(model_dir)
+    model.freeze_backbone()
+    for _, layer in model.bit_linears():
+        layer.cache_unpacked(True)
+    engine = ServingEngine(model, load_tokenizer(model_dir), model_name=name, config=config)
+    for adapter, path in (adapters or {}).items():
+        engine.load_adapter(adapter, path)
+    return engine
+
+
+class ServerThread:
+    """A uvicorn server for `create_app(engine, settings)` on a background thread."""
+
+    def __init__(
+        self,
+        engine: ServingEngine,
+        settings: ServerSettings,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        router: SemanticRouter | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        import uvicorn
+
+        from r3mes.serve.api.app import create_app
+
+        self.engine = engine
+        app = create_app(engine, settings, router=router)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="r3mes-http", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        """Start the engine and the server; return once it accepts connections."""
+        self.engine.start()
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ServeError("the HTTP server did not start; is the port free?")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def port(self) -> int:
+        sockets = self._server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self.engine.stop()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_server(
+    engine: ServingEngine,
+    settings: ServerSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    router: SemanticRouter | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine."""
+    import uvicorn
+
+    from r3mes.serve.api.app import create_app
+
+    app = create_app(engine, settings, router=router)
+    engine.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        engine.stop()
