@@ -81,3 +81,17 @@ def test_limits_are_enforced(tmp_path: Path) -> None:
     existing.mkdir()
     with pytest.raises(BundleError):
         unpack_bundle(pack_dir(src), existing)
+
+
+def test_truncated_archive_and_path_input(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    bundle = pack_dir(src)
+    with pytest.raises(BundleError):
+        unpack_bundle(bundle[:2500], tmp_path / "half")  # cut inside weights.safetensors
+    assert not (tmp_path / "half").exists()
+    path = tmp_path / "bundle.tar"
+    path.write_bytes(bundle)
+    digests = unpack_bundle(path, tmp_path / "from-path")
+    assert (tmp_path / "from-path" / "config.json").read_text() == '{"hidden": 32}'
+    assert len(digests) == 2

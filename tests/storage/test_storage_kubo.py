@@ -97,3 +97,12 @@ def test_size_limit_and_unreachable_node(tmp_path: Path) -> None:
         _client("http://127.0.0.1:9").get_bytes(cid)
     with pytest.raises(StorageError):
         KuboClient("ftp://example")
+
+
+def test_add_file_streams_large_file(tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(DATA * 3)
+    with kubo_server(tmp_path / "node") as (url, state), _client(url) as client:
+        cid = client.add_file(src, cid_version=0)
+        assert cid == compute_cid(DATA * 3, cid_version=0)
+        assert state.store.get_bytes(cid) == DATA * 3

@@ -73,7 +73,7 @@ def add_cmd(
 
     if ipfs_url:
         with KuboClient(ipfs_url) as client:
-            cid = client.add_bytes(file.read_bytes(), cid_version=cid_version, pin=not no_pin)
+            cid = client.add_file(file, cid_version=cid_version, pin=not no_pin)
     else:
         cid = _blockstore(home).add_file(file, cid_version=cid_version, pin=not no_pin)
     Console().print(cid)

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from r3mes.registry.errors import BundleError
 
@@ -82,8 +83,11 @@ def _safe_name(name: str) -> PurePosixPath:
     return path
 
 
-def unpack_bundle(data: bytes, dest: Path, *, limits: BundleLimits | None = None) -> dict[str, str]:
-    """Extract `data` into `dest` (which must not exist); return {path: sha256} of files."""
+def unpack_bundle(
+    data: bytes | Path, dest: Path, *, limits: BundleLimits | None = None
+) -> dict[str, str]:
+    """Extract `data` (bytes, or the path of a bundle file, read in a stream) into `dest`,
+    which must not exist; return {path: sha256} of the files written."""
     limits = limits or BundleLimits()
     dest = Path(dest)
     if dest.exists():
@@ -99,35 +103,57 @@ def unpack_bundle(data: bytes, dest: Path, *, limits: BundleLimits | None = None
     return digests
 
 
-def _extract(data: bytes, into: Path, limits: BundleLimits) -> dict[str, str]:
+def _open_tar(data: bytes | Path) -> tarfile.TarFile:
+    if isinstance(data, Path):
+        return tarfile.open(name=data, mode="r:")
+    return tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+
+
+def _copy_member(handle: IO[bytes], target: Path) -> str:
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        while piece := handle.read(1 << 20):
+            digest.update(piece)
+            out.write(piece)
+    return digest.hexdigest()
+
+
+def _extract(data: bytes | Path, into: Path, limits: BundleLimits) -> dict[str, str]:
     digests: dict[str, str] = {}
-    total = 0
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        tar = _open_tar(data)
     except tarfile.TarError as exc:
         raise BundleError(f"not a tar archive: {exc}") from exc
     with tar:
-        members = tar.getmembers()
-        if len(members) > limits.max_files:
-            raise BundleError(f"{len(members)} entries, over the limit of {limits.max_files}")
-        for member in members:
-            rel = _safe_name(member.name)
-            target = into / rel
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            if not member.isreg():
-                raise BundleError(f"entry {member.name!r} is not a regular file or folder")
-            total += member.size
-            if total > limits.max_total:
-                raise BundleError(f"content over the limit of {limits.max_total} bytes")
-            handle = tar.extractfile(member)
-            if handle is None:
-                raise BundleError(f"entry {member.name!r} has no content")
-            content = handle.read()
-            if target.exists():
-                raise BundleError(f"entry {member.name!r} appears twice")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-            digests[rel.as_posix()] = hashlib.sha256(content).hexdigest()
+        try:
+            _extract_members(tar, into, limits, digests)
+        except (tarfile.TarError, EOFError) as exc:
+            raise BundleError(f"corrupt archive: {exc}") from exc
     return digests
+
+
+def _extract_members(
+    tar: tarfile.TarFile, into: Path, limits: BundleLimits, digests: dict[str, str]
+) -> None:
+    total = 0
+    members = tar.getmembers()
+    if len(members) > limits.max_files:
+        raise BundleError(f"{len(members)} entries, over the limit of {limits.max_files}")
+    for member in members:
+        rel = _safe_name(member.name)
+        target = into / rel
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isreg():
+            raise BundleError(f"entry {member.name!r} is not a regular file or folder")
+        total += member.size
+        if total > limits.max_total:
+            raise BundleError(f"content over the limit of {limits.max_total} bytes")
+        handle = tar.extractfile(member)
+        if handle is None:
+            raise BundleError(f"entry {member.name!r} has no content")
+        if target.exists():
+            raise BundleError(f"entry {member.name!r} appears twice")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digests[rel.as_posix()] = _copy_member(handle, target)

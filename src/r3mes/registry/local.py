@@ -109,7 +109,7 @@ class LocalArtifacts:
             into.mkdir()
             os.replace(payload, into / DATASET_FILE)
             return {DATASET_FILE: record.sha256}
-        return unpack_bundle(payload.read_bytes(), into)
+        return unpack_bundle(payload, into)
 
     def _swap_in(self, staged: Path, final: Path) -> None:
         old = None

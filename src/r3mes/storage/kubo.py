@@ -8,22 +8,23 @@ renamed into place.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import httpx
 
 from r3mes.storage.errors import CidMismatch, RemoteError, StorageError, StorageWriteError
 from r3mes.storage.multiformats import parse_cid
-from r3mes.storage.unixfs import compute_cid
+from r3mes.storage.unixfs import DagParams, build_dag, compute_cid, root_of
 from r3mes.storage.verify import StreamVerifier
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ class KuboClient:
         self._http = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False)
 
     @classmethod
-    def gateway(cls, url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> KuboClient:
+    def gateway(
+        cls, url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None
+    ) -> KuboClient:
         """A read-only client for an HTTP gateway (GET /ipfs/{cid}), verified like the API."""
         return cls(url, gateway_url=url, timeout=timeout, retry=retry, use_api_for_reads=False)
 
@@ -122,7 +125,27 @@ class KuboClient:
 
     def add_bytes(self, data: bytes, *, cid_version: int = 1, pin: bool = True) -> str:
         """Upload `data`; the node's CID must equal the one computed locally."""
-        expected = compute_cid(bytes(data), cid_version=cid_version)
+        payload = bytes(data)
+        expected = compute_cid(payload, cid_version=cid_version)
+        return self._add(lambda: io.BytesIO(payload), expected, cid_version=cid_version, pin=pin)
+
+    def add_file(self, path: Path, *, cid_version: int = 1, pin: bool = True) -> str:
+        """Upload the file at `path` streaming (never whole in memory), CID checked locally."""
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"{path} is not a regular file; pass the path of a file to add")
+
+        def pieces() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                while piece := handle.read(1 << 20):
+                    yield piece
+
+        expected = str(root_of(build_dag(pieces(), DagParams(cid_version=cid_version))))
+        return self._add(lambda: path.open("rb"), expected, cid_version=cid_version, pin=pin)
+
+    def _add(
+        self, open_body: Callable[[], IO[bytes]], expected: str, *, cid_version: int, pin: bool
+    ) -> str:
         url = f"{self.api_url}/api/v0/add"
         params = {
             "cid-version": str(cid_version),
@@ -132,8 +155,9 @@ class KuboClient:
         }
 
         def call() -> str:
-            files = {"file": ("blob", bytes(data), "application/octet-stream")}
-            response = self._http.post(url, params=params, files=files)
+            with open_body() as body:
+                files = {"file": ("blob", body, "application/octet-stream")}
+                response = self._http.post(url, params=params, files=files)
             _check_status(response, url)
             lines = [ln for ln in response.text.splitlines() if ln.strip()]
             if not lines:
