@@ -41,9 +41,7 @@ class Collector:
         return self
 
 
-def submit(
-    engine: ServingEngine, prompt: str, adapter: str | None, **params: object
-) -> Collector:
+def submit(engine: ServingEngine, prompt: str, adapter: str | None, **params: object) -> Collector:
     sink = Collector()
     request = GenerationRequest(
         prompt_ids=engine.encode_prompt(prompt),
@@ -107,8 +105,9 @@ def test_seeded_sampling_is_reproducible_in_any_batch(engine: ServingEngine) -> 
 def test_cancel_frees_the_slot(engine_factory: EngineFactory) -> None:
     engine = engine_factory(n_adapters=1, max_batch_size=1)
     sink = Collector()
+    params = SamplingParams(max_tokens=400)
     request = GenerationRequest(
-        prompt_ids=engine.encode_prompt("hello"), adapter="ad0", params=SamplingParams(max_tokens=400)
+        prompt_ids=engine.encode_prompt("hello"), adapter="ad0", params=params
     )
     handle = engine.submit(request, sink)
     while not sink.tokens:
@@ -156,9 +155,7 @@ def test_submit_rejects_bad_requests(engine: ServingEngine) -> None:
     with pytest.raises(AdapterNotFound, match="ad0, ad1, ad2"):
         submit(engine, "hi", "missing")
     with pytest.raises(InvalidRequest, match="at most"):
-        engine.submit(
-            GenerationRequest(prompt_ids=(1,) * 600, adapter=None), Collector()
-        )
+        engine.submit(GenerationRequest(prompt_ids=(1,) * 600, adapter=None), Collector())
     with pytest.raises(InvalidRequest, match="empty"):
         engine.submit(GenerationRequest(prompt_ids=(), adapter=None), Collector())
     engine.stop()

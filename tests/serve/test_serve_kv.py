@@ -49,7 +49,7 @@ def test_join_leave_and_growth_match_single_sequence_decoding() -> None:
     kv = BatchKV(2, n_kv_heads=2, head_dim=8)
     live = [0, 1]  # rows hold these prompts; 2 and 3 join later, 0 leaves early
     tokens = [prefill(model, kv, PROMPTS[i]) for i in live]
-    done = {i: 0 for i in live}
+    done = dict.fromkeys(live, 0)
     for n in range(1, steps):
         if n == 5:
             live.append(2)

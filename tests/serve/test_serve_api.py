@@ -1,0 +1,265 @@
+"""The OpenAI-compatible API on a real uvicorn server, driven by the official client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from r3mes.model.peft_io import save_peft_adapter
+from r3mes.serve.adapters import LoadedAdapter
+from r3mes.serve.engine import ServingEngine
+from r3mes.serve.router import Route, SemanticRouter
+from r3mes.serve.server import ServerThread
+from r3mes.serve.settings import ServerSettings
+
+EngineFactory = Callable[..., ServingEngine]
+TOKEN = "admin-token-0123456789"
+BASE = "tiny-base"
+KEYWORDS = ("python", "function", "court", "contract", "hello")
+
+
+def keyword_embedder(texts: Sequence[str]) -> torch.Tensor:
+    """Deterministic stand-in for MiniLM: counts of a few keywords, plus a bias term."""
+    rows = [[float(t.lower().count(k)) for k in KEYWORDS] + [0.1] for t in texts]
+    return torch.tensor(rows)
+
+
+@pytest.fixture
+def server(engine_factory: EngineFactory) -> Iterator[ServerThread]:
+    engine = engine_factory(n_adapters=3, max_loras=4)
+    router = SemanticRouter(
+        [
+            Route(name="code", adapter="ad0", examples=("python function",), threshold=0.5),
+            Route(name="law", adapter="ad1", examples=("court contract",), threshold=0.5),
+        ],
+        keyword_embedder,
+    )
+    srv = ServerThread(engine, ServerSettings(admin_token=TOKEN), router=router).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=30, max_retries=0)
+
+
+def chat(client: openai.OpenAI, model: str, text: str, **kw: object) -> str:
+    kw.setdefault("max_tokens", 20)
+    out = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], temperature=0, **kw
+    )
+    return out.choices[0].message.content or ""
+
+
+def test_chat_streamed_equals_non_streamed(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(
+        model="ad0", messages=[{"role": "user", "content": "hello"}], max_tokens=20, temperature=0
+    )
+    assert full.object == "chat.completion" and full.model == "ad0"
+    assert full.choices[0].finish_reason in ("stop", "length")
+    assert full.usage is not None and full.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model="ad0",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == full.choices[0].finish_reason
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1].usage.total_tokens == full.usage.total_tokens
+
+
+def test_text_completions_stream_and_not(client: openai.OpenAI) -> None:
+    full = client.completions.create(
+        model=BASE, prompt="the quick brown", max_tokens=15, temperature=0
+    )
+    assert full.object == "text_completion"
+    parts = client.completions.create(
+        model=BASE, prompt="the quick brown", max_tokens=15, temperature=0, stream=True
+    )
+    assert "".join(p.choices[0].text for p in parts) == full.choices[0].text
+    assert full.usage is not None and full.usage.completion_tokens <= 15
+
+
+def test_sse_wire_format_ends_with_done(server: ServerThread) -> None:
+    body = {"model": BASE, "prompt": "hello", "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+    json.loads(lines[0][len("data: ") :])
+
+
+def test_models_lists_base_adapters_and_auto(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids == [BASE, "ad0", "ad1", "ad2", "auto"]
+
+
+def test_auto_routes_to_the_matching_adapter(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "write a python function please"}],
+        max_tokens=5,
+    )
+    assert out.model == "ad0"
+    out = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "what is the weather"}], max_tokens=5
+    )
+    assert out.model == BASE
+
+
+def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        chat(client, "no-such-adapter", "hi")
+    assert info.value.code == "model_not_found"
+    assert "ad0" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": BASE}, "messages"),
+        ({"model": BASE, "messages": []}, "messages"),
+        ({"model": BASE, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "temperature": 9}, None),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "logit_bias": {}}, None),
+        ({"model": BASE, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, None),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ],
+)
+def test_malformed_chat_requests_get_400_envelopes(
+    server: ServerThread, body: dict[str, object], param: str | None
+) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_not_json_and_oversized_bodies(server: ServerThread) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 400 and "error" in r.json()
+    huge = {"model": BASE, "prompt": "x" * (2 * 1024 * 1024)}
+    r = httpx.post(f"{server.url}/v1/completions", json=huge, timeout=10)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    too_long = {"model": BASE, "prompt": "hello world " * 600}
+    r = httpx.post(f"{server.url}/v1/completions", json=too_long, timeout=10)
+    assert r.status_code == 400 and "at most 511" in r.json()["error"]["message"]
+
+
+def test_admin_endpoints_need_the_token(server: ServerThread, tmp_path: Path) -> None:
+    url = f"{server.url}/v1/unload_lora_adapter"
+    r = httpx.post(url, json={"lora_name": "ad2"}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_token"
+    bad = {"authorization": "Bearer wrong-token-wrong-token"}
+    assert httpx.post(url, json={"lora_name": "ad2"}, headers=bad, timeout=10).status_code == 401
+    good = {"authorization": f"Bearer {TOKEN}"}
+    r = httpx.post(url, json={"lora_name": "ad2"}, headers=good, timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "unloaded"
+    r = httpx.post(url, json={"lora_name": "ad2"}, headers=good, timeout=10)
+    assert r.status_code == 404
+    load = f"{server.url}/v1/load_lora_adapter"
+    r = httpx.post(
+        load, json={"lora_name": "x", "lora_path": str(tmp_path / "none")}, headers=good, timeout=10
+    )
+    assert r.status_code == 400 and "not a directory" in r.json()["error"]["message"]
+
+
+def test_admin_disabled_without_token(engine_factory: EngineFactory) -> None:
+    with ServerThread(engine_factory(n_adapters=1), ServerSettings()) as srv:
+        r = httpx.post(
+            f"{srv.url}/v1/load_lora_adapter",
+            json={"lora_name": "a", "lora_path": "/tmp"},
+            headers={"authorization": "Bearer anything-at-all-here"},
+            timeout=10,
+        )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
+
+
+def test_loading_an_adapter_while_requests_stream(
+    server: ServerThread,
+    client: openai.OpenAI,
+    adapter_factory: Callable[[int], LoadedAdapter],
+    tmp_path: Path,
+) -> None:
+    prompts = {"ad0": "hello", "ad1": "the court", BASE: "def add"}
+    reference = {m: chat(client, m, p, max_tokens=40) for m, p in prompts.items()}
+    results: dict[str, str] = {}
+
+    def stream(model: str) -> None:
+        parts = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": prompts[model]}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+        )
+        results[model] = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+
+    threads = [threading.Thread(target=stream, args=(m,)) for m in prompts]
+    for t in threads:
+        t.start()
+    new = adapter_factory(77)
+    save_peft_adapter(tmp_path / "new", new.state, new.config, BASE)
+    r = httpx.post(
+        f"{server.url}/v1/load_lora_adapter",
+        json={"lora_name": "fresh", "lora_path": str(tmp_path / "new")},
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert chat(client, "fresh", "hello")  # the new adapter serves right away
+    for t in threads:
+        t.join(60)
+    assert results == reference
+
+
+def test_client_disconnect_cancels_the_request(server: ServerThread) -> None:
+    body = {"model": "ad1", "prompt": "hello", "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break
+    deadline = time.monotonic() + 10
+    while server.engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.engine.stats().running == 0
+    assert server.engine.stats().tokens_generated < 400
+
+
+def test_health_and_metrics(server: ServerThread, client: openai.OpenAI) -> None:
+    chat(client, "ad0", "hello")
+    chat(client, "ad0", "hello")
+    health = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["model"] == BASE and health["adapters"] == 3
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "r3mes_serve_time_to_first_token_seconds_count 2.0" in text
+    assert "r3mes_serve_queue_depth 0.0" in text
+    assert "r3mes_serve_adapter_cache_hits_total" in text
+    assert 'r3mes_serve_requests_total{finish_reason="length"} 2.0' in text
