@@ -1,5 +1,166 @@
 """`r3mes model ...`: the BitNet b1.58 base model (pretrain, generate, info, convert)."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(help="The BitNet b1.58 base model: pretrain, generate, inspect, convert.")
+
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", help="Checkpoint folder (default: the shipped r3mes-bitnet-mini)."),
+]
+
+
+def _model_dir(model: Path | None) -> Path:
+    from r3mes.model.shipped import shipped_model_dir
+
+    return model if model is not None else shipped_model_dir()
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the trained model into.")],
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size.")] = 4096,
+    hidden_size: Annotated[int, typer.Option(help="Model width.")] = 256,
+    intermediate_size: Annotated[int, typer.Option(help="MLP width.")] = 688,
+    num_hidden_layers: Annotated[int, typer.Option(help="Decoder layers.")] = 4,
+    num_attention_heads: Annotated[int, typer.Option(help="Query heads.")] = 4,
+    num_key_value_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 2,
+    seq_len: Annotated[int, typer.Option(help="Training window in tokens.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 16,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1200,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Initialisation and sampling seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    eval_windows: Annotated[int, typer.Option(help="Held-out windows scored (0: all).")] = 200,
+) -> None:
+    """Train a BitNet b1.58 model from scratch on the stdlib docs corpus (PSF licence)."""
+    from r3mes.model.pretrain import PretrainConfig
+    from r3mes.model.pretrain import pretrain as run_pretrain
+
+    config = PretrainConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        seed=seed,
+        threads=threads,
+        eval_windows=eval_windows,
+    )
+    console = Console()
+    metrics = run_pretrain(config, out, report=console.print)
+    console.print(
+        f"[bold]held-out perplexity[/] {metrics['heldout_perplexity']:.2f} "
+        f"(unigram baseline {metrics['unigram_perplexity']:.2f}); model written to {out}"
+    )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    model: ModelOpt = None,
+    adapter: Annotated[Path | None, typer.Option(help="PEFT LoRA adapter folder to apply.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k likeliest.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+) -> None:
+    """Continue PROMPT with the model, streaming the text as it is generated."""
+    import torch
+
+    from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.generate import GenerationConfig, stream_generate
+    from r3mes.model.peft_io import attach_peft_adapter
+    from r3mes.model.tokenizer import load_tokenizer
+
+    folder = _model_dir(model)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    net, tokenizer = load_pretrained(folder), load_tokenizer(folder)
+    if adapter is not None:
+        attach_peft_adapter(net, adapter, name="cli")
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_strings=tuple(stop or ()),
+    )
+    console = Console(highlight=False)
+    console.print(prompt, end="", style="bold")
+    for piece in stream_generate(net, tokenizer, prompt, config):
+        console.print(piece, end="", markup=False)
+    console.print()
+
+
+@app.command()
+def info(model: ModelOpt = None) -> None:
+    """Show a checkpoint's configuration, parameter count and packed size."""
+    from r3mes.model.checkpoint import load_pretrained
+
+    folder = _model_dir(model)
+    net = load_pretrained(folder)
+    packed_bytes = sum(m.weight_bytes() for _, m in net.bit_linears())
+    ternary_params = sum(m.in_features * m.out_features for _, m in net.bit_linears())
+    table = Table(title=str(folder), show_header=False)
+    for key, value in net.config.to_dict().items():
+        if key not in ("architectures", "rope_parameters"):
+            table.add_row(key, str(value))
+    table.add_row("parameters", f"{net.num_parameters():,}")
+    table.add_row("ternary parameters", f"{ternary_params:,}")
+    table.add_row(
+        "packed ternary bytes", f"{packed_bytes:,} ({packed_bytes / ternary_params:.3f} B/param)"
+    )
+    files = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    table.add_row("folder size", f"{files:,} bytes")
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        data: dict[str, Any] = json.loads(metrics.read_text())
+        for key in ("heldout_perplexity", "unigram_perplexity"):
+            if key in data:
+                table.add_row(key, f"{data[key]:.2f}")
+    Console().print(table)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Checkpoint folder to read.")],
+    destination: Annotated[Path, typer.Argument(help="Folder to write (created).")],
+    packed: Annotated[
+        bool, typer.Option("--packed/--master", help="Write packed 2-bit or float master weights.")
+    ] = True,
+) -> None:
+    """Convert a checkpoint between HF float master weights and the packed 2-bit format."""
+    import shutil
+
+    from r3mes.model.checkpoint import load_pretrained, save_pretrained
+    from r3mes.model.errors import CheckpointError
+
+    if destination.resolve() == source.resolve():
+        raise CheckpointError(destination, "destination must differ from the source folder")
+    net = load_pretrained(source)
+    save_pretrained(net, destination, packed=packed)
+    for extra in ("tokenizer.json", "SOURCES.md", "metrics.json"):
+        if (source / extra).is_file():
+            shutil.copyfile(source / extra, destination / extra)
+    kind = "packed" if packed else "master"
+    Console().print(f"wrote {kind} checkpoint to {destination}")
