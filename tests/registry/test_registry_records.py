@@ -76,3 +76,30 @@ def test_models_need_no_base_model() -> None:
         ledger_dict(kind="model", base_model_id=None, base_model_version=None, rank=None)
     )
     assert record.base_model_id is None
+
+
+def test_from_chain_accepts_chain_client_dataclasses() -> None:
+    """The ledger client returns `ArtifactInfo` dataclasses with integer versions and
+    ""/0 for absent fields; they normalise to the same record as a dict."""
+    from r3mes.chain.client_types import ArtifactInfo
+
+    raw = ledger_dict(version=3, base_model_version=1)
+    info = ArtifactInfo(**{**raw, "hf_repo": "", "hf_revision": "", "status": "approved"})
+    record = ArtifactRecord.from_chain(info)
+    assert record.version == "3" and record.base_model_version == "1"
+    assert record.hf_repo is None
+    model = ArtifactInfo(
+        **{
+            **raw,
+            "kind": "model",
+            "base_model_id": "",
+            "base_model_version": 0,
+            "rank": 0,
+            "hf_repo": "",
+            "hf_revision": "",
+            "status": "approved",
+        }
+    )
+    assert ArtifactRecord.from_chain(model).base_model_id is None
+    with pytest.raises(InvalidArtifactRecord):
+        ArtifactRecord.from_chain(["not", "a", "record"])

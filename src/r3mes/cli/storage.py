@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from r3mes.registry.records import ArtifactSource
 
 storage_app = typer.Typer(help="Content-addressed storage: cid, add, get, pin, gc.")
 registry_app = typer.Typer(help="Approved models, datasets and adapters: sync, list, pull, verify.")
@@ -160,16 +163,11 @@ def _registry(
     return UnifiedRegistry(home=resolved, downloader=manager, source=source)
 
 
-def _chain_client(url: str) -> Any:
-    from r3mes.registry.errors import RegistryError
+def _chain_client(url: str) -> ArtifactSource:
+    from r3mes.chain.client import BlockchainClient
 
-    try:
-        from r3mes.chain.client import BlockchainClient  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise RegistryError(
-            f"the chain client is not available ({exc}); update R3MES or sync later"
-        ) from exc
-    return BlockchainClient(url)
+    client: ArtifactSource = BlockchainClient(url)
+    return client
 
 
 @registry_app.command("sync")

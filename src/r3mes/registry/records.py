@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,11 +18,34 @@ _MAX_SIZE = 1 << 40
 
 
 class ArtifactSource(Protocol):
-    """Where approved artifacts come from; `r3mes.chain.client.BlockchainClient` satisfies it."""
+    """Where approved artifacts come from; `r3mes.chain.client.BlockchainClient` satisfies it.
 
-    def approved_artifacts(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Approved artifact dicts (keys as in `ArtifactRecord`), optionally of one kind."""
+    Entries are dicts with `ArtifactRecord`'s keys, or objects (dataclasses such as the chain
+    client's `ArtifactInfo`) with those attributes; `ArtifactRecord.from_chain` reads both.
+    """
+
+    def approved_artifacts(self, kind: str | None = None) -> Sequence[object]:
+        """Approved artifact entries, optionally of one kind."""
         ...
+
+
+def _as_mapping(entry: object) -> dict[str, Any]:
+    if isinstance(entry, Mapping):
+        return dict(entry)
+    if dataclasses.is_dataclass(entry) and not isinstance(entry, type):
+        return dataclasses.asdict(entry)
+    raise InvalidArtifactRecord("record", "must be a JSON object or an artifact dataclass")
+
+
+def _opt_text(value: object) -> str | None:
+    """Ledger fields use "" / 0 / None for "absent"; versions may arrive as integers."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise InvalidArtifactRecord("field", f"unexpected value {value!r}")
 
 
 def _check_name(field: str, value: object) -> str:
@@ -106,8 +131,19 @@ class ArtifactRecord:
         return f"{self.kind} {self.id}@{self.version}"
 
     @classmethod
+    def from_chain(cls, entry: object) -> ArtifactRecord:
+        """Build from a ledger entry (dict or dataclass); integer versions become strings."""
+        raw = _as_mapping(entry)
+        version = raw.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            raw["version"] = str(version)
+        raw["base_model_version"] = _opt_text(raw.get("base_model_version"))
+        raw["base_model_id"] = _opt_text(raw.get("base_model_id"))
+        return cls.from_dict(raw)
+
+    @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ArtifactRecord:
-        """Build from a ledger dict; unknown or missing required keys are errors."""
+        """Build from a ledger dict; missing required keys are errors, extra keys ignored."""
         if not isinstance(raw, dict):
             raise InvalidArtifactRecord("record", "must be a JSON object")
         required = ("id", "kind", "version", "cid", "sha256", "size")

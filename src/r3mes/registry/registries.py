@@ -62,9 +62,10 @@ class ArtifactRegistry:
         rejected: list[str] = []
         for raw in self.source.approved_artifacts(kind=self.kind):
             try:
-                record = ArtifactRecord.from_dict(raw)
+                record = ArtifactRecord.from_chain(raw)
             except InvalidArtifactRecord as exc:
-                rejected.append(f"{str(raw.get('id', '?'))[:64]}: {exc}")
+                name = raw.get("id", "?") if isinstance(raw, dict) else getattr(raw, "id", "?")
+                rejected.append(f"{str(name)[:64]}: {exc}")
                 log.warning("rejected approved %s entry: %s", self.kind, exc)
                 continue
             if record.kind == self.kind:
