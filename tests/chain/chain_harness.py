@@ -87,3 +87,11 @@ class Harness:
     def balance(self, signer: SigningKey) -> int:
         acc = self.state.accounts.get(signer.address)
         return acc.balance if acc else 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,209 @@
+"""The embedded single-node devnet: init a home, serve RPC + REST, produce blocks.
+
+Library API (used by `r3mes devnet` and by `r3mes up`):
+
+    genesis = devnet_genesis(accounts={addr: 10_000}, artifacts=[model_spec, dataset_spec])
+    init_devnet(home, genesis)
+    DevnetNode(home, DevnetConfig(port=26657)).serve()          # blocking, foreground
+    node = DevnetNode(home, config); node.start(); ...; node.stop()  # in a background thread
+
+Run as a process: `python -m r3mes.chain.devnet --home DIR --port N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r3mes.chain.engine import DevnetEngine, EngineConfig
+from r3mes.chain.errors import ChainError, GenesisError
+from r3mes.chain.genesis import Genesis, GenesisAccount, Params
+from r3mes.chain.msgs import ArtifactSpec
+from r3mes.chain.store import BlockStore
+from r3mes.paths import Home
+
+log = logging.getLogger(__name__)
+DEFAULT_CHAIN_ID = "r3mes-devnet-1"
+DEFAULT_PORT = 26657
+
+
+def genesis_path(home: Home) -> Path:
+    return home.chain / "genesis.json"
+
+
+def db_path(home: Home) -> Path:
+    return home.chain / "chain.db"
+
+
+def pid_path(home: Home) -> Path:
+    return home.run / "devnet.json"
+
+
+def devnet_genesis(
+    *,
+    chain_id: str = DEFAULT_CHAIN_ID,
+    accounts: Mapping[str, int] | None = None,
+    artifacts: Iterable[ArtifactSpec] = (),
+    genesis_time_ms: int | None = None,
+    **params: Any,
+) -> Genesis:
+    """A devnet genesis: faucet on, PoW difficulty 8, quorum 1, rounds of 30 blocks."""
+    settings: dict[str, Any] = {
+        "devnet": True,
+        "pow_difficulty": 8,
+        "attestation_quorum": 1,
+        "round_length": 30,
+    }
+    settings.update(params)
+    return Genesis(
+        chain_id=chain_id,
+        genesis_time_ms=int(time.time() * 1000) if genesis_time_ms is None else genesis_time_ms,
+        params=Params(**settings),
+        accounts=tuple(GenesisAccount(a, b) for a, b in sorted((accounts or {}).items())),
+        artifacts=tuple(artifacts),
+    )
+
+
+def init_devnet(home: Home, genesis: Genesis, *, overwrite: bool = False) -> Path:
+    """Write `genesis` under home/chain and create the store; returns the genesis path.
+
+    Re-running with the same genesis is a no-op; a different one needs `overwrite=True`,
+    which deletes the existing chain data.
+    """
+    path = genesis_path(home)
+    if path.exists():
+        same = Genesis.load(path) == genesis
+        if same and db_path(home).exists():
+            return path
+        if not same and not overwrite:
+            raise GenesisError(
+                f"{path} already holds a different genesis; pass --overwrite to reset the chain"
+            )
+        shutil.rmtree(home.chain)
+    home.chain.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(genesis.to_json())
+    os.replace(tmp, path)
+    store = BlockStore(db_path(home))
+    try:
+        store.init_genesis(genesis)
+    finally:
+        store.close()
+    log.info("initialised devnet %s in %s", genesis.chain_id, home.chain)
+    return path
+
+
+@dataclass(frozen=True)
+class DevnetConfig:
+    host: str = "127.0.0.1"
+    """Interface to listen on; loopback by default (the devnet has no auth)."""
+    port: int = DEFAULT_PORT
+    block_interval_s: float = 1.0
+    """Seconds between blocks, empty or not."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ChainError("port must be in [0, 65535]")
+
+
+class DevnetNode:
+    """One engine + one HTTP server over the chain in `home`."""
+
+    def __init__(self, home: Home, config: DevnetConfig | None = None) -> None:
+        self.home = home
+        self.config = config or DevnetConfig()
+        if not genesis_path(home).exists():
+            raise ChainError(f"no devnet in {home.root}; run `r3mes devnet init` first")
+        self.store = BlockStore(db_path(home))
+        interval = self.config.block_interval_s
+        self.engine = DevnetEngine(self.store, EngineConfig(block_interval_s=interval))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def _make_server(self) -> Any:
+        import uvicorn
+
+        from r3mes.chain.rpc import create_app
+
+        config = uvicorn.Config(
+            create_app(self.engine),
+            host=self.config.host,
+            port=self.config.port,
+            log_level="warning",
+            timeout_keep_alive=5,
+        )
+        return uvicorn.Server(config)
+
+    def _start_blocks(self) -> None:
+        thread = threading.Thread(target=self.engine.run, args=(self._stop,), name="r3mes-blocks")
+        thread.daemon = True
+        thread.start()
+        self._threads.append(thread)
+
+    def serve(self) -> None:
+        """Run in the foreground until SIGINT/SIGTERM; records a pid file while running."""
+        self._server = self._make_server()
+        self._start_blocks()
+        pid_file = pid_path(self.home)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(json.dumps({"pid": os.getpid(), "url": self.url}))
+        log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
+        try:
+            self._server.run()
+        finally:
+            self._shutdown()
+            pid_file.unlink(missing_ok=True)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Serve from background threads (for in-process use); returns once listening."""
+        self._server = self._make_server()
+        thread = threading.Thread(target=self._server.run, name="r3mes-rpc", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise ChainError(f"devnet RPC did not start on {self.url}")
+            time.sleep(0.02)
+        self._start_blocks()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the R3MES devnet node.")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--block-interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = DevnetConfig(host=args.host, port=args.port, block_interval_s=args.block_interval)
+    DevnetNode(Home.from_env(args.home), config).serve()
+
+
+if __name__ == "__main__":
+    main()
