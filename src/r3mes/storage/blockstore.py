@@ -132,8 +132,8 @@ class Blockstore:
     def _put_blocks(self, blocks: Iterable[Block]) -> None:
         for block in blocks:
             path = self._block_path(block.cid)
-            if path.exists():
-                continue
+            if path.is_file() and self._intact(block.cid, path):
+                continue  # re-adding repairs a corrupt copy, skips a good one
             try:
                 atomic_write(path, [block.data])
             except OSError as exc:
@@ -243,6 +243,13 @@ class Blockstore:
 
     def _dag_cids(self, cid: Cid) -> list[Cid]:
         return list(iter_dag_cids(cid, self.get_block, source=SOURCE, exists=self.has_block))
+
+    @staticmethod
+    def _intact(cid: Cid, path: Path) -> bool:
+        try:
+            return cid.matches(path.read_bytes())
+        except OSError:
+            return False
 
     def _write_pin(self, cid: Cid) -> None:
         path = self._pins / str(cid)
