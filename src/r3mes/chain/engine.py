@@ -71,6 +71,11 @@ class DevnetEngine:
         with self._lock:
             return self._state
 
+    def snapshot(self) -> tuple[State, str]:
+        """The last committed state and its app hash, read together."""
+        with self._lock:
+            return self._state, self._app_hash
+
     @property
     def app_hash(self) -> str:
         with self._lock:

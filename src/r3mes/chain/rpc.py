@@ -111,7 +111,7 @@ class Methods:
         self.engine = engine
 
     def status(self) -> dict[str, Any]:
-        state = self.engine.state
+        state, app_hash = self.engine.snapshot()
         found = self.engine.store.block(state.height) if state.height else None
         return {
             "node_info": {
@@ -121,7 +121,7 @@ class Methods:
             },
             "sync_info": {
                 "latest_block_hash": found[0].hash.upper() if found else "",
-                "latest_app_hash": self.engine.app_hash.upper(),
+                "latest_app_hash": app_hash.upper(),
                 "latest_block_height": str(state.height),
                 "latest_block_time": rfc3339(state.last_block_time_ms),
                 "catching_up": False,
