@@ -41,6 +41,8 @@ def test_same_inputs_same_bytes_and_caller_state_restored(domain_dataset, tiny_m
     assert tensors_digest(a) == tensors_digest(b)
     assert any(float(v.abs().max()) > 0 for v in a.values())
     assert all(k.startswith("base_model.model.model.layers.") for k in a)
+    # only the B matrices train (FFA-LoRA): one per targeted projection
+    assert all(k.endswith(".lora_B.weight") for k in a) and len(a) == 2 * 2
 
 
 def test_result_depends_on_shard_miner_and_start(domain_dataset, tiny_model, make_task):
@@ -96,11 +98,22 @@ def test_bad_inputs_raise_training_errors(domain_dataset, tiny_model, make_task)
     with pytest.raises(TrainingError, match="seq_len"):
         t = make_task(hyper={"seq_len": 64})
         train_update(task=t, model=tiny_model, adapter_state=None, shard=_shard(domain_dataset, t))
-    with pytest.raises(TrainingError, match="LoRA config"):
+    with pytest.raises(TrainingError, match="LoRA config|lora_B"):
         train_update(
             task=task,
             model=tiny_model,
             adapter_state={"nope": torch.zeros(1)},
+            shard=_shard(domain_dataset, task),
+        )
+    wrong_rank = {
+        k: v[:2] if "lora_A" in k else v[:, :2]
+        for k, v in initial_adapter_state(tiny_model, task).items()
+    }
+    with pytest.raises(TrainingError, match="LoRA config"):
+        train_update(
+            task=task,
+            model=tiny_model,
+            adapter_state=wrong_rank,
             shard=_shard(domain_dataset, task),
         )
     assert adapter_names(tiny_model) == []

@@ -1,5 +1,7 @@
 """Merging verified updates into the next adapter version (the proposer's job).
 
+An update may cover a subset of the adapter's tensors (training updates hold the B matrices
+only, see `r3mes.work.training`); tensors no update touches carry over unchanged.
 ``new[k] = adapter[k] + sum_i(w_i * update_i[k]) / sum_i(w_i)`` with integer weights from the
 caller. Determinism: updates are summed in order of their digests (so the caller's list order
 does not matter), keys in sorted order, accumulation in float64, one final cast to float32.
@@ -33,11 +35,12 @@ def aggregate(
     acc = {k: torch.zeros(adapter_state[k].shape, dtype=torch.float64) for k in keys}
     for update, weight in sorted(updates, key=lambda uw: uw[0].digest):
         dense = update.dense()
-        if set(dense) != set(keys):
+        if not set(dense) <= set(keys):
             raise AggregationError(
-                f"update {update.digest[:16]}... has different tensors from the adapter"
+                f"update {update.digest[:16]}... has tensors the adapter lacks, e.g. "
+                f"{sorted(set(dense) - set(keys))[:2]}"
             )
-        for k in keys:
+        for k in sorted(dense):
             if tuple(dense[k].shape) != tuple(adapter_state[k].shape):
                 raise AggregationError(
                     f"update {update.digest[:16]}... tensor {k!r} has shape "

@@ -74,9 +74,12 @@ def apply_update(
 ) -> dict[str, torch.Tensor]:
     """`adapter_state` plus one decompressed update (what a single miner's work would give)."""
     dense = update.dense()
-    if set(dense) != set(adapter_state):
-        raise TrainingError("the update's tensors do not match the adapter state")
-    return {k: adapter_state[k].to(torch.float32) + dense[k] for k in sorted(adapter_state)}
+    if not set(dense) <= set(adapter_state):
+        raise TrainingError("the update holds tensors the adapter state lacks")
+    zero = torch.zeros(())
+    return {
+        k: adapter_state[k].to(torch.float32) + dense.get(k, zero) for k in sorted(adapter_state)
+    }
 
 
 def contribution_score(

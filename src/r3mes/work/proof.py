@@ -18,13 +18,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from r3mes.work.canonical import load_canonical
 from r3mes.work.data import Shard
 from r3mes.work.errors import EncodingError, WorkError
 from r3mes.work.task import Task
-from r3mes.work.training import TrainState, run_steps
+from r3mes.work.training import TrainState, initial_adapter_state, run_steps
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _PARTS = ("param/", "exp_avg/", "exp_avg_sq/")
@@ -109,12 +110,19 @@ def verify_steps(
     task: Task,
     model: nn.Module,
     shard: Shard,
+    adapter_state: Mapping[str, torch.Tensor] | None,
     step_digests: Sequence[str],
     checkpoints: Mapping[int, TrainState],
     indices: Sequence[int],
 ) -> StepCheck:
-    """Re-execute step i -> i+1 from each checkpoint i in `indices` against `step_digests`."""
+    """Re-execute step i -> i+1 from each checkpoint i in `indices` against `step_digests`.
+
+    `adapter_state` is the adapter version the task starts from (None: genesis); checkpoints
+    hold the B weights and Adam moments (`TrainState`).
+    """
     steps = task.hyper.steps
+    if adapter_state is None:
+        adapter_state = initial_adapter_state(model, task)
     if len(step_digests) != steps + 1:
         return StepCheck(False, (), f"expected {steps + 1} step digests, got {len(step_digests)}")
     failed: list[int] = []
@@ -125,7 +133,9 @@ def verify_steps(
         if ckpt is None or ckpt.step != i or ckpt.digest() != step_digests[i]:
             failed.append(i)
             continue
-        state, _, _ = run_steps(task=task, model=model, shard=shard, start=ckpt, stop=i + 1)
+        state, _, _ = run_steps(
+            task=task, model=model, shard=shard, adapter_state=adapter_state, start=ckpt, stop=i + 1
+        )
         if state.digest() != step_digests[i + 1]:
             failed.append(i)
     if failed:

@@ -9,6 +9,11 @@ task, starting from the adapter version's state. Everything that could vary is p
   ``e = j // n`` and ``perm_e`` is `torch.randperm(n)` drawn from a generator seeded with
   ``task.derived_seed(f"batch/{e}")`` -- random access per step, for `verify_steps`;
 * each sequence is the first ``seq_len`` tokens of its chunk, loss is next-token cross-entropy;
+* only the B matrices train; A stays at the adapter's value (FFA-LoRA, Sun et al. 2024).
+  With A shared by every miner, a LoRA update is linear in B, so the weighted mean of B deltas
+  that `aggregate` takes is exactly the mean of the miners' weight changes (averaging A and B
+  separately is not), and top-k sparsifies one factor instead of a product. The delta therefore
+  holds `lora_B` keys only;
 * the optimizer is Adam written out here (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected,
   no weight decay) so its state is explicit and can be checkpointed;
 * numerics run under `deterministic_cpu()`.
@@ -136,7 +141,7 @@ def _check_inputs(task: Task, shard: Shard) -> None:
 def borrowed_adapter(
     model: nn.Module, config: LoraConfig, state: Mapping[str, torch.Tensor]
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Add the work adapter loaded with `state`; yields its parameters by PEFT key."""
+    """Add the work adapter loaded with `state`; yields its trainable B weights by PEFT key."""
     from r3mes.model.errors import AdapterError
     from r3mes.model.lora import (
         PEFT_PREFIX,
@@ -160,9 +165,8 @@ def borrowed_adapter(
         params: dict[str, torch.Tensor] = {}
         for path, layer in lora_layers(model):
             if WORK_ADAPTER in layer.lora_A:
-                lora_a, lora_b = layer.lora_A[WORK_ADAPTER], layer.lora_B[WORK_ADAPTER]
-                assert isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)
-                params[f"{PEFT_PREFIX}{path}.lora_A.weight"] = lora_a.weight
+                lora_b = layer.lora_B[WORK_ADAPTER]
+                assert isinstance(lora_b, nn.Linear)
                 params[f"{PEFT_PREFIX}{path}.lora_B.weight"] = lora_b.weight
         for weight in params.values():
             weight.requires_grad_(True)
@@ -204,16 +208,26 @@ def run_steps(
     task: Task,
     model: nn.Module,
     shard: Shard,
+    adapter_state: Mapping[str, torch.Tensor],
     start: TrainState,
     stop: int,
     checkpoint_every: int = 0,
 ) -> tuple[TrainState, list[str], dict[int, TrainState]]:
-    """Train from `start` up to step `stop`; returns (state, digests after each step, ckpts)."""
+    """Train from `start` (B weights over `adapter_state`) up to step `stop`.
+
+    Returns (final state, digests after each step, checkpoints).
+    """
     _check_inputs(task, shard)
+    unknown = sorted(set(start.params) - set(adapter_state))
+    if unknown:
+        raise TrainingError(f"training state holds keys the adapter lacks, e.g. {unknown[:2]}")
+    full = {**adapter_state, **start.params}
     lr = task.hyper.lr_float
     digests: list[str] = []
     ckpts: dict[int, TrainState] = {}
-    with deterministic_cpu(), borrowed_adapter(model, task.lora_config(), start.params) as params:
+    with deterministic_cpu(), borrowed_adapter(model, task.lora_config(), full) as params:
+        if set(params) != set(start.params):
+            raise TrainingError("training state must hold exactly the adapter's B weights")
         state = start
         for step in range(start.step, stop):
             loss = next_token_loss(model, batch_for_step(task, shard, step))
@@ -228,9 +242,17 @@ def run_steps(
     return state, digests, ckpts
 
 
+def is_trainable_key(key: str) -> bool:
+    """True for the LoRA weights that train (the B matrices)."""
+    return key.endswith(".lora_B.weight")
+
+
 def start_state(adapter_state: Mapping[str, torch.Tensor]) -> TrainState:
-    """Step 0: the adapter's weights and zero Adam moments."""
-    params = {k: adapter_state[k].detach().to(torch.float32).clone() for k in sorted(adapter_state)}
+    """Step 0: the adapter's B weights and zero Adam moments."""
+    keys = sorted(k for k in adapter_state if is_trainable_key(k))
+    if not keys:
+        raise TrainingError("the adapter state holds no lora_B weights to train")
+    params = {k: adapter_state[k].detach().to(torch.float32).clone() for k in keys}
     zeros = {k: torch.zeros_like(v) for k, v in params.items()}
     return TrainState(0, params, zeros, {k: v.clone() for k, v in zeros.items()})
 
@@ -251,6 +273,7 @@ def train_with_trace(
         task=task,
         model=model,
         shard=shard,
+        adapter_state=adapter_state,
         start=start,
         stop=task.hyper.steps,
         checkpoint_every=checkpoint_every,
@@ -266,7 +289,7 @@ def train_update(
     adapter_state: Mapping[str, torch.Tensor] | None,
     shard: Shard,
 ) -> Tensors:
-    """The raw LoRA delta (trained - start, float32, PEFT keys) of `task` on `shard`.
+    """The raw LoRA delta (trained - start, float32, PEFT `lora_B` keys) of `task` on `shard`.
 
     `adapter_state` None means the genesis adapter (`initial_adapter_state`).
     """

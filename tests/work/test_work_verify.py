@@ -1,0 +1,178 @@
+"""Every way a submitted update can be wrong is rejected; honest work is accepted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from r3mes.work.canonical import dump_canonical, load_canonical
+from r3mes.work.compression import compress_with_feedback
+from r3mes.work.data import shard_of
+from r3mes.work.encoding import decode_update, encode_update
+from r3mes.work.executor import CPU_DET_V1
+from r3mes.work.submission import build_submission, encode_for_task
+from r3mes.work.training import train_update
+from r3mes.work.verify import CROSS_CLASS_TOLERANCE, is_deterministic_class, verify
+
+GPU = "cuda-8.0-nondet-v1"
+
+
+@pytest.fixture
+def setup(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    shard = shard_of(domain_dataset, shard_index=task.shard_index, n_shards=task.n_shards)
+    sub = build_submission(
+        task=task, model=tiny_model, adapter_state=None, shard=shard, residual=None
+    )
+    return task, shard, sub
+
+
+def _verify(task, data, model, shard, *, residual=None, executor_class=CPU_DET_V1):
+    return verify(
+        task=task,
+        submitted=data,
+        model=model,
+        adapter_state=None,
+        shard=shard,
+        residual=residual,
+        executor_class=executor_class,
+    )
+
+
+def _scaled(data: bytes, factor: float) -> bytes:
+    tensors, metadata = load_canonical(data)
+    for name in tensors:
+        if name.endswith("::values"):
+            tensors[name] = (tensors[name].float() * factor).half()
+    return dump_canonical(tensors, metadata)
+
+
+def test_honest_update_is_accepted_with_next_residual(setup, tiny_model):
+    task, shard, sub = setup
+    verdict = _verify(task, sub.encoded, tiny_model, shard)
+    assert verdict.accepted and verdict.digest_match and verdict.distance == 0.0
+    assert verdict.next_residual is not None
+    assert all(
+        torch.equal(verdict.next_residual[k], sub.next_residual[k]) for k in sub.next_residual
+    )
+
+
+def test_second_round_with_replayed_residual_is_accepted(setup, tiny_model, make_task):
+    task, shard, sub = setup
+    task2 = make_task(round=task.round + 1)
+    sub2 = build_submission(
+        task=task2, model=tiny_model, adapter_state=None, shard=shard, residual=sub.next_residual
+    )
+    assert _verify(task2, sub2.encoded, tiny_model, shard, residual=sub.next_residual).accepted
+    wrong = _verify(task2, sub2.encoded, tiny_model, shard, residual=None)
+    assert not wrong.accepted and "residual" in wrong.reason
+
+
+@pytest.mark.parametrize(
+    "factor, label", [(-1.0, "sign-flipped"), (2.0, "scaled"), (1.01, "slightly scaled")]
+)
+def test_scaled_or_flipped_update_is_rejected(setup, tiny_model, factor, label):
+    task, shard, sub = setup
+    verdict = _verify(task, _scaled(sub.encoded, factor), tiny_model, shard)
+    assert not verdict.accepted and not verdict.digest_match, label
+
+
+def test_random_update_is_rejected(setup, tiny_model):
+    task, shard, sub = setup
+    gen = torch.Generator().manual_seed(5)
+    raw = {k: torch.randn(v.shape, generator=gen) * 0.01 for k, v in sub.next_residual.items()}
+    forged = encode_for_task(task=task, raw=raw, residual=None, executor_class=CPU_DET_V1)
+    verdict = _verify(task, forged.encoded, tiny_model, shard)
+    assert not verdict.accepted and verdict.distance > 0.5
+    assert not _verify(task, forged.encoded, tiny_model, shard, executor_class=GPU).accepted
+
+
+def test_update_copied_from_another_shard_is_rejected(domain_dataset, setup, tiny_model, make_task):
+    task, shard, _ = setup
+    victim = make_task(miner="remes1victim", shard_index=1)
+    victim_shard = shard_of(domain_dataset, shard_index=1, n_shards=victim.n_shards)
+    stolen = build_submission(
+        task=victim, model=tiny_model, adapter_state=None, shard=victim_shard, residual=None
+    )
+    as_is = _verify(task, stolen.encoded, tiny_model, shard)
+    assert not as_is.accepted and "task" in as_is.reason
+    # relabelled with the copier's own task id: the content still gives it away
+    dec = decode_update(stolen.encoded)
+    relabelled = encode_update(dec.tensors, dataclasses.replace(dec.meta, task_id=task.task_id))
+    verdict = _verify(task, relabelled, tiny_model, shard)
+    assert not verdict.accepted and verdict.distance > CROSS_CLASS_TOLERANCE
+    assert not _verify(task, relabelled, tiny_model, shard, executor_class=GPU).accepted
+
+
+def test_stale_update_from_previous_round_is_rejected(setup, tiny_model, make_task):
+    task, shard, sub = setup
+    next_round = make_task(round=task.round + 1)
+    verdict = _verify(next_round, sub.encoded, tiny_model, shard)
+    assert not verdict.accepted and "task" in verdict.reason
+
+
+def test_wrong_base_model_is_rejected(setup, tiny_model, make_task):
+    task, shard, _ = setup
+    other = make_task(base_model_cid="bafyotherbase")
+    sub = build_submission(
+        task=other, model=tiny_model, adapter_state=None, shard=shard, residual=None
+    )
+    verdict = _verify(task, sub.encoded, tiny_model, shard)
+    assert not verdict.accepted and "base model" in verdict.reason
+
+
+@pytest.mark.parametrize("cut", [0, 8, 100, -1])
+def test_truncated_bytes_are_rejected(setup, tiny_model, cut):
+    task, shard, sub = setup
+    verdict = _verify(task, sub.encoded[:cut], tiny_model, shard)
+    assert not verdict.accepted and verdict.reason.startswith("malformed update")
+
+
+def test_garbled_bytes_are_rejected(setup, tiny_model):
+    task, shard, sub = setup
+    data = bytearray(sub.encoded)
+    data[len(data) // 2] ^= 0xFF  # in the payload: decodes, but the digest differs
+    assert not _verify(task, bytes(data), tiny_model, shard).accepted
+    data = bytearray(sub.encoded)
+    data[20] ^= 0xFF  # in the header
+    assert not _verify(task, bytes(data), tiny_model, shard).accepted
+    assert not _verify(task, b"\x00" * 64, tiny_model, shard).accepted
+
+
+def test_cross_class_update_is_judged_by_distance(setup, domain_dataset, tiny_model):
+    task, shard, sub = setup
+    # a GPU miner's honest update: its own fp32 numerics differ in the last bits
+    raw = train_update(task=task, model=tiny_model, adapter_state=None, shard=shard)
+    gen = torch.Generator().manual_seed(3)
+    noisy = {k: v * (1 + 1e-4 * torch.randn(v.shape, generator=gen)) for k, v in raw.items()}
+    gpu = encode_for_task(task=task, raw=noisy, residual=None, executor_class=GPU)
+    verdict = _verify(task, gpu.encoded, tiny_model, shard)
+    assert verdict.accepted and verdict.distance < CROSS_CLASS_TOLERANCE
+    # and a GPU validator checking a CPU miner uses the tolerance too
+    assert _verify(task, sub.encoded, tiny_model, shard, executor_class=GPU).accepted
+    flipped = _scaled(gpu.encoded, -1.0)
+    assert not _verify(task, flipped, tiny_model, shard).accepted
+
+
+def test_deterministic_class_names():
+    assert is_deterministic_class(CPU_DET_V1)
+    assert not is_deterministic_class(GPU)
+    assert not is_deterministic_class("det")
+
+
+def test_residual_of_wrong_shape_is_rejected(setup, tiny_model):
+    task, shard, sub = setup
+    bad = {k: torch.zeros(1) for k in sub.next_residual}
+    verdict = _verify(task, sub.encoded, tiny_model, shard, residual=bad)
+    assert not verdict.accepted and "residual" in verdict.reason
+
+
+def test_error_feedback_residual_feeds_the_next_round(setup):
+    _, _, sub = setup
+    raw = {k: torch.zeros_like(v) for k, v in sub.next_residual.items()}
+    sparse, nxt = compress_with_feedback(
+        raw, sub.next_residual, topk_ppm=100_000, value_format="fp16"
+    )
+    assert any(st.values.abs().sum() > 0 for st in sparse.values())
