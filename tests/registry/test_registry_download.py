@@ -103,7 +103,7 @@ def test_transient_errors_are_retried_with_backoff(tmp_path: Path) -> None:
     class Flaky:
         name = "flaky"
 
-        def fetch(self, record: ArtifactRecord, dest: Path) -> None:
+        def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: object = None) -> None:
             calls.append(1)
             if len(calls) < 3:
                 raise RemoteError("http://x", "connection reset")
@@ -152,7 +152,7 @@ def test_sigkill_mid_download_leaves_no_visible_partial_file(tmp_path: Path) -> 
         from r3mes.storage.blockstore import Blockstore
 
         class Slow(BlockstoreFetcher):
-            def fetch(self, record, dest):
+            def fetch(self, record, dest, on_bytes=None):
                 with dest.open("wb") as handle:
                     for piece in self.store.open_stream(record.cid):
                         handle.write(piece)
@@ -174,3 +174,17 @@ def test_sigkill_mid_download_leaves_no_visible_partial_file(tmp_path: Path) -> 
     proc.wait(timeout=10)
     assert not dest.exists()
     assert all(p.name.startswith(".tmp-") for p in dest.parent.iterdir())
+
+
+def test_fetchers_report_progress_bytes(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    Blockstore(node).add_bytes(PAYLOAD)
+    seen: list[int] = []
+    BlockstoreFetcher(Blockstore(node)).fetch(record_for(PAYLOAD), tmp_path / "a", seen.append)
+    assert sum(seen) == len(PAYLOAD) and len(seen) > 1
+    with kubo_server(node) as (url, _):
+        seen.clear()
+        fetcher = IpfsFetcher(KuboClient(url, timeout=5, retry=FAST), "kubo")
+        fetcher.fetch(record_for(PAYLOAD), tmp_path / "b", seen.append)
+    assert sum(seen) == len(PAYLOAD)
+    assert (tmp_path / "b").read_bytes() == PAYLOAD

@@ -38,6 +38,7 @@ from r3mes.storage.multiformats import parse_cid
 
 log = logging.getLogger(__name__)
 _HASH_PIECE = 1024 * 1024
+Progressed = Callable[[int], None] | None
 
 
 class SourceUnavailable(StorageError):
@@ -49,8 +50,9 @@ class ArtifactFetcher(Protocol):
 
     name: str
 
-    def fetch(self, record: ArtifactRecord, dest: Path) -> None:
-        """Write the artifact's bytes to `dest` (a temp path the manager owns)."""
+    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
+        """Write the artifact's bytes to `dest` (a temp path the manager owns); call
+        `on_bytes(n)` as bytes arrive when the source can report progress."""
         ...
 
 
@@ -61,10 +63,10 @@ class BlockstoreFetcher:
         self.store = store
         self.name = "local blockstore"
 
-    def fetch(self, record: ArtifactRecord, dest: Path) -> None:
+    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
         if not self.store.has(record.cid):
             raise BlockNotFound(record.cid, self.name)
-        self.store.cat_to_file(record.cid, dest, max_size=record.size)
+        self.store.cat_to_file(record.cid, dest, max_size=record.size, on_bytes=on_bytes)
 
 
 class IpfsFetcher:
@@ -74,8 +76,8 @@ class IpfsFetcher:
         self.client = client
         self.name = name
 
-    def fetch(self, record: ArtifactRecord, dest: Path) -> None:
-        self.client.cat_to_file(record.cid, dest, max_size=record.size)
+    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
+        self.client.cat_to_file(record.cid, dest, max_size=record.size, on_bytes=on_bytes)
 
 
 class HuggingFaceFetcher:
@@ -85,7 +87,7 @@ class HuggingFaceFetcher:
         self.name = "Hugging Face"
         self._token = token
 
-    def fetch(self, record: ArtifactRecord, dest: Path) -> None:
+    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
         if not record.hf_repo:
             raise SourceUnavailable(f"{record.ref} names no Hugging Face repo")
         try:
@@ -166,7 +168,9 @@ class DownloadManager:
         for attempt in range(self.retry.attempts):
             tmp = dest.parent / f".tmp-{uuid.uuid4().hex}.part"
             try:
-                fetcher.fetch(record, tmp)
+                fetcher.fetch(
+                    record, tmp, self._advance(bar, f"{record.id} <- {fetcher.name}", record)
+                )
                 self._verify(record, tmp, fetcher.name, bar)
                 os.replace(tmp, dest)
                 log.info("fetched %s from %s", record.ref, fetcher.name)
@@ -192,6 +196,13 @@ class DownloadManager:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
         return False
+
+    @staticmethod
+    def _advance(bar: Progress | None, label: str, record: ArtifactRecord) -> Progressed:
+        if bar is None:
+            return None
+        task = bar.add_task(label, total=record.size)
+        return lambda n: bar.advance(task, n)
 
     def _verify(self, record: ArtifactRecord, tmp: Path, source: str, bar: Progress | None) -> None:
         size = tmp.stat().st_size

@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,13 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
             os.unlink(tmp_name)
         raise
     return written
+
+
+def _counted(stream: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
+    for piece in stream:
+        if on_bytes is not None:
+            on_bytes(len(piece))
+        yield piece
 
 
 class Blockstore:
@@ -161,9 +168,17 @@ class Blockstore:
         """The file's bytes in order, each block verified before it is yielded."""
         return iter_file(parse_cid(cid), self.get_block, source=SOURCE, max_size=max_size)
 
-    def cat_to_file(self, cid: str, dest: Path, *, max_size: int | None = None) -> int:
-        """Write the file to `dest` atomically (no partial file is ever visible)."""
-        stream = self.open_stream(cid, max_size=max_size)
+    def cat_to_file(
+        self,
+        cid: str,
+        dest: Path,
+        *,
+        max_size: int | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write the file to `dest` atomically (no partial file is ever visible);
+        `on_bytes(n)` is called as verified bytes are written (progress)."""
+        stream = _counted(self.open_stream(cid, max_size=max_size), on_bytes)
         try:
             return atomic_write(Path(dest), stream)
         except OSError as exc:

@@ -183,12 +183,22 @@ class KuboClient:
                 errors.append(exc)
         raise errors[-1]
 
-    def cat_to_file(self, cid: str, dest: Path, *, max_size: int = DEFAULT_MAX_SIZE) -> int:
-        """Stream `cid` into `dest` atomically; verified before the rename."""
+    def cat_to_file(
+        self,
+        cid: str,
+        dest: Path,
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream `cid` into `dest` atomically; verified before the rename. `on_bytes(n)`
+        reports bytes received (progress; they are not verified until the end)."""
         errors: list[StorageError] = []
         for source, opener in self._read_sources(cid):
             try:
-                return self._download_verified(cid, source, opener, Path(dest), max_size)
+                return self._download_verified(
+                    cid, source, opener, Path(dest), max_size=max_size, on_bytes=on_bytes
+                )
             except StorageError as exc:
                 log.warning("fetching %s from %s failed: %s", cid, source, exc)
                 errors.append(exc)
@@ -248,7 +258,9 @@ class KuboClient:
         source: str,
         opener: Opener,
         dest: Path,
+        *,
         max_size: int,
+        on_bytes: Callable[[int], None] | None,
     ) -> int:
         def call() -> int:
             verifier = StreamVerifier(parse_cid(cid), source=source, max_size=max_size)
@@ -260,6 +272,8 @@ class KuboClient:
                     for piece in response.iter_bytes():
                         verifier.feed(piece)
                         handle.write(piece)
+                        if on_bytes is not None:
+                            on_bytes(len(piece))
                     verifier.finish()
                     handle.flush()
                     os.fsync(handle.fileno())
