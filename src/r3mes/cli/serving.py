@@ -1,5 +1,156 @@
-"""`r3mes serving ...`: the multi-LoRA inference server."""
+"""`r3mes serving ...`: the multi-LoRA inference server and its semantic router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(help="Multi-LoRA serving with an OpenAI-compatible API.")
+app = typer.Typer(help="Multi-LoRA serving with an OpenAI-compatible API.", no_args_is_help=True)
+
+RoutesOpt = Annotated[
+    Path, typer.Option("--routes", help="Route file (JSON or TOML) with example utterances.")
+]
+
+
+def _parse_adapters(specs: list[str]) -> dict[str, Path]:
+    from r3mes.serve.errors import InvalidRequest
+
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InvalidRequest(f"--adapter {spec!r}: use NAME=PATH (a PEFT adapter directory)")
+        if name in adapters:
+            raise InvalidRequest(f"--adapter {name!r} given twice")
+        adapters[name] = Path(path)
+    return adapters
+
+
+@app.command("start")
+def start(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Base model directory (checkpoint + tokenizer.json); "
+            "default: the shipped r3mes-bitnet-mini.",
+        ),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="NAME=PATH of a PEFT adapter to serve; repeatable."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="R3MES_ADMIN_TOKEN",
+            help="Bearer token for /v1/load_lora_adapter and /v1/unload_lora_adapter "
+            "(admin API disabled without it).",
+            show_default=False,
+        ),
+    ] = None,
+    routes: Annotated[
+        Path | None,
+        typer.Option("--routes", help="Route file enabling model='auto' (semantic router)."),
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per decode step.")] = 16,
+    max_loras: Annotated[int, typer.Option(min=1, help="Distinct adapters per batch.")] = 4,
+    max_cpu_loras: Annotated[int, typer.Option(min=1, help="Adapters kept in host memory.")] = 16,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: default).")] = 0,
+) -> None:
+    """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C."""
+    import torch
+
+    from r3mes.serve.engine import EngineConfig
+    from r3mes.serve.router import SemanticRouter, load_routes, minilm_embedder
+    from r3mes.serve.server import build_engine, run_server
+    from r3mes.serve.settings import ServerSettings
+
+    if threads:
+        torch.set_num_threads(threads)
+    console = Console()
+    settings = ServerSettings(admin_token=admin_token)  # validates the token before loading
+    config = EngineConfig(
+        max_batch_size=max_batch_size, max_loras=max_loras, max_cpu_loras=max_cpu_loras
+    )
+    router = SemanticRouter(load_routes(routes), minilm_embedder()) if routes else None
+    engine = build_engine(model, adapters=_parse_adapters(adapter or []), config=config)
+    names = ", ".join(engine.adapters.names()) or "none"
+    console.print(
+        f"serving [bold]{engine.model_name}[/] with adapters: {names} "
+        f"on http://{host}:{port}/v1 (admin API {'on' if admin_token else 'off'}, "
+        f"router {'on' if router else 'off'})"
+    )
+    run_server(engine, settings, host=host, port=port, router=router)
+
+
+@app.command("route")
+def route(
+    text: Annotated[str, typer.Argument(help="The prompt to route.")],
+    routes: RoutesOpt,
+) -> None:
+    """Show which adapter the semantic router picks for TEXT, with every route's score."""
+    from r3mes.serve.router import SemanticRouter, load_routes, minilm_embedder
+
+    router = SemanticRouter(load_routes(routes), minilm_embedder())
+    all_scores = router.scores([text])
+    scores = all_scores[0].tolist()
+    decision = router.decide(all_scores)[0]
+    table = Table("route", "adapter", "score", "threshold")
+    for r, score in zip(router.routes, scores, strict=True):
+        table.add_row(r.name, r.adapter, f"{score:.3f}", f"{r.threshold:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"-> [bold]{decision.adapter or 'base model'}[/] (score {decision.score:.3f})")
+
+
+@app.command("route-eval")
+def route_eval(
+    routes: RoutesOpt,
+    labelled: Annotated[
+        Path,
+        typer.Option("--labelled", help='JSONL of {"text": ..., "route": NAME or null}.'),
+    ],
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Write the routes with calibrated thresholds here (JSON)."),
+    ] = None,
+) -> None:
+    """Routing accuracy on a labelled set, and the best threshold of each route."""
+    import dataclasses
+    import json
+
+    from r3mes.serve.route_eval import evaluate, load_labelled
+    from r3mes.serve.router import SemanticRouter, load_routes, minilm_embedder, routes_to_doc
+
+    parsed = load_routes(routes)
+    prompts = load_labelled(labelled, parsed)
+    router = SemanticRouter(parsed, minilm_embedder())
+    result = evaluate(router, prompts)
+    table = Table("route", "support", "threshold", "best threshold", "F1 at best")
+    for cal in result.routes:
+        table.add_row(
+            cal.route,
+            str(cal.support),
+            f"{cal.current_threshold:.3f}",
+            f"{cal.best_threshold:.3f}",
+            f"{cal.f1:.3f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"accuracy on {result.total} prompts: {result.accuracy:.3f} with the file's thresholds, "
+        f"{result.calibrated_accuracy:.3f} calibrated"
+    )
+    if write is not None:
+        best = {c.route: c.best_threshold for c in result.routes}
+        tuned = [dataclasses.replace(r, threshold=best[r.name]) for r in parsed]
+        write.write_text(json.dumps(routes_to_doc(tuned), indent=2) + "\n", encoding="utf-8")
+        console.print(f"calibrated routes written to {write}")

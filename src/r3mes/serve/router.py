@@ -210,3 +210,18 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
         return torch.as_tensor(out).cpu()
 
     return embed
+
+
+def routes_to_doc(routes: Sequence[Route]) -> dict[str, Any]:
+    """The JSON route-file document for `routes` (inverse of `parse_routes`)."""
+    return {
+        "routes": [
+            {
+                "name": r.name,
+                "adapter": r.adapter,
+                "threshold": r.threshold,
+                "examples": list(r.examples),
+            }
+            for r in routes
+        ]
+    }

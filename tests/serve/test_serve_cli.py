@@ -1,0 +1,120 @@
+"""`r3mes serving start | route | route-eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from r3mes.cli.serving import _parse_adapters, app
+from r3mes.model.checkpoint import save_pretrained
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.peft_io import save_peft_adapter
+from r3mes.model.tiny import make_tiny_model
+from r3mes.model.tokenizer import Tokenizer
+from r3mes.serve.adapters import LoadedAdapter
+from r3mes.serve.errors import InvalidRequest
+
+
+def test_adapter_specs_are_checked() -> None:
+    assert _parse_adapters(["a=/x", "b=y/z"]) == {"a": Path("/x"), "b": Path("y/z")}
+    with pytest.raises(InvalidRequest, match="NAME=PATH"):
+        _parse_adapters(["nopath"])
+    with pytest.raises(InvalidRequest, match="twice"):
+        _parse_adapters(["a=/x", "a=/y"])
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    for command in ("start", "route", "route-eval"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+@pytest.mark.slow
+def test_route_eval_prints_accuracy_and_writes_calibrated_routes(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text(
+        json.dumps(
+            {
+                "default_threshold": 0.0,
+                "routes": [
+                    {"name": "code", "examples": ["write a python function", "debug my code"]},
+                    {"name": "law", "examples": ["is this contract legal", "court ruling"]},
+                ],
+            }
+        )
+    )
+    labelled = tmp_path / "set.jsonl"
+    rows = [
+        ("sort a list in python", "code"),
+        ("my program throws an exception", "code"),
+        ("can my landlord evict me", "law"),
+        ("sign a lease agreement", "law"),
+        ("banana bread recipe", None),
+        ("what a sunny day", None),
+    ]
+    labelled.write_text("".join(json.dumps({"text": t, "route": r}) + "\n" for t, r in rows))
+    out = tmp_path / "tuned.json"
+    result = CliRunner().invoke(
+        app,
+        ["route-eval", "--routes", str(routes), "--labelled", str(labelled), "--write", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy on 6 prompts" in result.output
+    tuned = json.loads(out.read_text())
+    thresholds = [r["threshold"] for r in tuned["routes"]]
+    assert all(t > 0.0 for t in thresholds)  # calibration raised them above the file's 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_start_serves_a_model_directory_with_an_adapter(
+    tmp_path: Path,
+    tokenizer: Tokenizer,
+    adapter_factory: Callable[[int], LoadedAdapter],
+) -> None:
+    model: BitNetForCausalLM = make_tiny_model(0, vocab_size=tokenizer.vocab_size)
+    model.freeze_backbone()
+    save_pretrained(model, tmp_path / "base", packed=True)
+    tokenizer.save(tmp_path / "base")
+    adapter = adapter_factory(5)
+    save_peft_adapter(tmp_path / "ad", adapter.state, adapter.config, "base")
+    port = free_port()
+    env = {**os.environ, "R3MES_ADMIN_TOKEN": "x" * 20}
+    cmd = [sys.executable, "-m", "r3mes.cli.main", "serving", "start", "--model"]
+    cmd += [str(tmp_path / "base"), "--adapter", f"mine={tmp_path / 'ad'}", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=30)
+        assert [m.id for m in client.models.list()] == ["base", "mine"]
+        out = client.completions.create(model="mine", prompt="hello", max_tokens=8, temperature=0)
+        assert out.usage is not None and out.usage.completion_tokens > 0
+    finally:
+        proc.terminate()
+        proc.wait(20)
