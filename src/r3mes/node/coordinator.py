@@ -121,6 +121,9 @@ class CoordinatorConfig:
     """Backoff for storing the update."""
     submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
     """Backoff for the chain submission (and the look-up before it)."""
+    promote_residual_on_commit: bool = True
+    """Make the staged residual current at commit. A miner whose residual may only advance
+    once validators accept the update sets this False and promotes it itself."""
 
 
 class AtomicMiningCoordinator:
@@ -219,6 +222,8 @@ class AtomicMiningCoordinator:
         return record
 
     def _promote_quietly(self, tx_id: str) -> None:
+        if not self.config.promote_residual_on_commit:
+            return
         try:
             self.residuals.promote(tx_id)
         except OSError as exc:  # the submission stands; only error feedback is lost

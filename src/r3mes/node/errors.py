@@ -65,6 +65,15 @@ def classify(exc: BaseException) -> NodeError:
         return exc
     import httpx  # local: keep import of this module cheap
 
+    from r3mes.chain.errors import ClientError, NotFound, TxRejected
+
+    if isinstance(exc, TxRejected):
+        return ValidationError(f"the ledger rejected the transaction: {exc}")
+    if isinstance(exc, NotFound):
+        return ValidationError(str(exc))
+    if isinstance(exc, ClientError):  # unreachable, timed out, or not included in time
+        return NetworkError(str(exc))
+
     message = f"{type(exc).__name__}: {exc}"
     code = _status_code(exc)
     if code is not None:

@@ -191,7 +191,10 @@ class RoleService(ABC):
             except Exception as exc:
                 self._steps.labels(outcome="error").inc()
                 error = classify(exc)
-                logger.exception("step failed unexpectedly: %s", error)
+                if isinstance(error, RetryableError):
+                    logger.warning("step failed, will retry: %s", error)
+                else:
+                    logger.exception("step failed unexpectedly: %s", error)
                 self.wait(self.config.error_interval)
                 continue
             self._steps.labels(outcome="work" if did_work else "idle").inc()

@@ -1,0 +1,231 @@
+"""The miner role: take this miner's task each round, train, store, prove, submit.
+
+Every task runs as one atomic mining transaction (`AtomicMiningCoordinator`); the
+error-feedback residual advances only when validators verify the submission, and the
+miner waits (at most `settle_rounds` rounds) for that verdict before mining again, so its
+residual always equals the one validators replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from r3mes.node.coordinator import AtomicMiningCoordinator, CoordinatorConfig
+from r3mes.node.errors import TransactionError, ValidationError
+from r3mes.node.journal import Journal, TxState
+from r3mes.node.miner_parts import (
+    ChainSubmissions,
+    ChainTaskSource,
+    ContentUpdateStore,
+    TrainerConfig,
+    WorkTrainer,
+)
+from r3mes.node.residual import ResidualStore
+from r3mes.node.retry import RetryPolicy
+from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.task_pool import TaskPool
+from r3mes.node.tasks import WorkProfile
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.crypto import SigningKey
+    from r3mes.node.artifacts import BlobStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """Everything a miner needs besides its key."""
+
+    service: ServiceConfig
+    """Role identity, home, HTTP port."""
+    chain_url: str
+    """Ledger RPC URL."""
+    profile: WorkProfile
+    """The network's shared training knobs."""
+    blocks: Path
+    """Root of the local blockstore that holds artifacts and updates."""
+    max_prefetch: int = 2
+    """Tasks whose artifacts are prepared ahead (R3MES_MAX_PREFETCH)."""
+    cheat: str | None = None
+    """FAULT INJECTION for tests and demos only ("random" or "copy")."""
+    settle_rounds: int = 2
+    """Rounds to wait for a verdict on the last submission before mining on without it."""
+    upload_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.service.role != "miner":
+            raise ValidationError("MinerSettings.service.role must be 'miner'")
+        if self.settle_rounds < 0:
+            raise ValidationError("settle_rounds must be >= 0")
+
+
+class Miner(RoleService):
+    """The miner service."""
+
+    def __init__(
+        self,
+        settings: MinerSettings,
+        *,
+        key: SigningKey,
+        client: BlockchainClient | None = None,
+        store: BlobStore | None = None,
+    ) -> None:
+        from prometheus_client import Counter, Gauge
+
+        from r3mes.chain.client import BlockchainClient
+        from r3mes.node.artifacts import ArtifactCache
+        from r3mes.storage.blockstore import Blockstore
+
+        super().__init__(settings.service)
+        self.settings = settings
+        self.key = key
+        self.address = key.address
+        self.client = client or BlockchainClient(settings.chain_url)
+        self.store: BlobStore = store or Blockstore(settings.blocks)
+        state = settings.service.state_dir
+        self.journal = Journal(state / "journal.sqlite")
+        self.residuals = ResidualStore(state / "residual")
+        self.trainer = WorkTrainer(
+            config=TrainerConfig(
+                profile=settings.profile, miner=self.address, cheat=settings.cheat
+            ),
+            artifacts=ArtifactCache(store=self.store, root=state / "artifacts"),
+            residuals=self.residuals,
+            client=self.client,
+        )
+        self.pool = TaskPool(
+            source=ChainTaskSource(
+                client=self.client, miner=self.address, journal=self.journal, ready=self._settled
+            ),
+            max_prefetch=settings.max_prefetch,
+            prepare=self.trainer.prepare,
+        )
+        self.coordinator = AtomicMiningCoordinator(
+            journal=self.journal,
+            trainer=self.trainer,
+            store=ContentUpdateStore(self.store),
+            ledger=ChainSubmissions(client=self.client, key=key),
+            pool=self.pool,
+            residuals=self.residuals,
+            config=CoordinatorConfig(
+                upload_retry=settings.upload_retry,
+                submit_retry=settings.submit_retry,
+                promote_residual_on_commit=False,
+            ),
+            should_stop=self.stop_event.is_set,
+        )
+        self._tx_total = Counter(
+            "r3mes_miner_transactions",
+            "Mining transactions by final state",
+            ["state"],
+            registry=self.registry,
+        )
+        self._train_s = Gauge(
+            "r3mes_miner_last_train_seconds",
+            "Seconds the last training took",
+            registry=self.registry,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        from r3mes.node.registration import ensure_registered
+
+        ensure_registered(self.client, self.key, role="miner", endpoint=self._endpoint())
+        resolved = self.coordinator.recover()
+        for record in resolved:
+            logger.info("recovered %s -> %s", record.tx_id, record.state)
+            self._tx_total.labels(state=record.state.value).inc()
+
+    def on_stop(self) -> None:
+        self.pool.close()
+        self.journal.close()
+        self.client.close()
+
+    def _endpoint(self) -> str:
+        return f"http://{self.config.host}:{self.port or 0}"
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def step(self) -> bool:
+        if self.journal.unresolved():
+            self.coordinator.recover()
+        self.pool.refresh()
+        task = self.pool.take()
+        if task is None:
+            return False
+        try:
+            record = self.coordinator.execute(task)
+        except TransactionError as exc:
+            logger.warning("%s", exc)
+            self._tx_total.labels(state=exc.state).inc()
+            return True
+        self._tx_total.labels(state=record.state.value).inc()
+        self._train_s.set(self.coordinator.last_metrics.get("train_s", 0.0))
+        logger.info(
+            "round %d submitted",
+            record.round_id,
+            extra={"cid": record.cid, "digest": record.digest, "tx": record.chain_tx},
+        )
+        return True
+
+    def _settled(self) -> bool:
+        """Promote or drop staged residuals by their verdicts; True when none is pending."""
+        current = self.client.current_round().number
+        pending = False
+        for record in self.journal.recent(20):
+            if record.state is not TxState.COMMITTED or not self.residuals.has_staged(record.tx_id):
+                continue
+            status = self._status_of(record.round_id)
+            if status == "verified":
+                self.residuals.promote(record.tx_id)
+            elif status == "rejected" or current - record.round_id > self.settle_rounds:
+                logger.warning("round %d: residual dropped (%s)", record.round_id, status)
+                self.residuals.discard(record.tx_id)
+            else:
+                pending = True
+        return not pending
+
+    @property
+    def settle_rounds(self) -> int:
+        return self.settings.settle_rounds
+
+    def _status_of(self, round_id: int) -> str | None:
+        for sub in self.client.submissions(round_id):
+            if sub.miner == self.address:
+                return sub.status
+        return None
+
+    # -- observability ----------------------------------------------------------------
+
+    def role_stats(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "cheat": self.settings.cheat,
+            "atomic_coordinator": self.coordinator.stats(),
+            "task_pool": self.pool.snapshot(),
+        }
+
+    def add_routes(self, app: FastAPI) -> None:
+        from fastapi import HTTPException
+
+        @app.get("/transaction/{tx_id}")
+        def transaction(tx_id: str) -> dict[str, Any]:
+            if len(tx_id) > 128:
+                raise HTTPException(status_code=400, detail="transaction id too long")
+            record = self.journal.get(tx_id)
+            if record is None:
+                raise HTTPException(status_code=404, detail=f"no transaction {tx_id}")
+            return record.to_dict()
+
+        @app.get("/transactions")
+        def transactions(limit: int = 50) -> dict[str, Any]:
+            return {"transactions": [r.to_dict() for r in self.journal.recent(limit)]}

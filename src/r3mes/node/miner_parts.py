@@ -1,0 +1,233 @@
+"""The miner's collaborators for the atomic coordinator, wired to the real packages.
+
+`ChainTaskSource` turns the ledger's open round into this miner's task, `WorkTrainer`
+trains it with `r3mes.work`, `ContentUpdateStore` stores updates in a content store and
+`ChainSubmissions` proves work, signs and submits. Each is small and has one job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from r3mes.node.artifacts import ArtifactCache, BlobStore
+from r3mes.node.coordinator import MiningTask, SubmissionRef, TrainedUpdate
+from r3mes.node.errors import NodeError, RetryableError, ValidationError
+from r3mes.node.journal import Journal, TxState
+from r3mes.node.residual import ResidualStore
+from r3mes.node.tasks import WorkProfile, derive_task, round_seed
+from r3mes.node.workload import mine_update, random_update, start_adapter
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.client_types import RoundInfo
+    from r3mes.chain.crypto import SigningKey
+    from r3mes.work.task import Task
+
+logger = logging.getLogger(__name__)
+
+CHEATS = ("random", "copy")
+
+
+def task_from_details(task: MiningTask, *, miner: str, profile: WorkProfile) -> Task:
+    """The `r3mes.work` task a `MiningTask` stands for."""
+    d = task.details
+    return derive_task(
+        round_number=task.round_id,
+        seed_hex=str(d["seed"]),
+        miner=miner,
+        shard=int(d["shard"]),
+        n_shards=int(d["n_shards"]),
+        base_model_cid=str(d["base_model_cid"]),
+        dataset_cid=str(d["dataset_cid"]),
+        adapter_cid=str(d["adapter_cid"]),
+        profile=profile,
+    )
+
+
+def mining_task(rnd: RoundInfo, *, miner: str) -> MiningTask | None:
+    """This miner's task in `rnd`, or None when it may not mine there (closed, claimed)."""
+    from r3mes.work.data import assign_shard
+
+    claims = {int(c["shard"]): str(c["miner"]) for c in rnd.claims}
+    if rnd.status != "open" or miner in claims.values():
+        return None
+    if not (rnd.base_model_cid and rnd.dataset_cid):
+        return None  # the ledger has no approved model / dataset yet
+    shard = assign_shard(
+        seed=round_seed(rnd.seed),
+        miner=miner,
+        n_shards=rnd.shards_per_round,
+        claimed=frozenset(claims),
+    )
+    details: dict[str, Any] = {
+        "seed": rnd.seed,
+        "shard": shard,
+        "n_shards": rnd.shards_per_round,
+        "base_model_cid": rnd.base_model_cid,
+        "dataset_cid": rnd.dataset_cid,
+        "adapter_cid": rnd.adapter_cid,
+        "close_height": rnd.close_height,
+    }
+    return MiningTask(round_id=rnd.number, task_id=f"round-{rnd.number}", details=details)
+
+
+class ChainTaskSource:
+    """Open tasks for one miner: the current round, unless already mined or gated."""
+
+    def __init__(
+        self,
+        *,
+        client: BlockchainClient,
+        miner: str,
+        journal: Journal,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.client = client
+        self.miner = miner
+        self.journal = journal
+        self._ready = ready
+
+    def open_tasks(self) -> list[MiningTask]:
+        if not self._ready():
+            return []
+        task = mining_task(self.client.current_round(), miner=self.miner)
+        if task is None:
+            return []
+        mined = any(r.state is TxState.COMMITTED for r in self.journal.for_round(task.round_id))
+        return [] if mined else [task]
+
+
+class ContentUpdateStore:
+    """`UpdateStore` over a content store (local blockstore or Kubo)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    def cid_for(self, data: bytes) -> str:
+        from r3mes.storage.unixfs import compute_cid
+
+        return compute_cid(data, cid_version=1)
+
+    def put(self, data: bytes) -> str:
+        return self.store.add_bytes(data, pin=True)
+
+    def unpin(self, cid: str) -> None:
+        from r3mes.storage.blockstore import NotPinned
+
+        try:
+            self.store.unpin(cid)
+        except NotPinned:
+            logger.debug("%s was not pinned", cid)
+
+
+class ChainSubmissions:
+    """`SubmissionLedger` for one miner key."""
+
+    def __init__(self, *, client: BlockchainClient, key: SigningKey) -> None:
+        self.client = client
+        self.key = key
+
+    def find_submission(self, *, round_id: int) -> SubmissionRef | None:
+        for sub in self.client.submissions(round_id):
+            if sub.miner == self.key.address:
+                return SubmissionRef(cid=sub.cid, digest=sub.digest, chain_tx=str(sub.id))
+        return None
+
+    def submit(self, *, task: MiningTask, cid: str, digest: str) -> str:
+        result = self.client.submit_gradient(
+            self.key,
+            round_number=task.round_id,
+            shard=int(task.details["shard"]),
+            cid=cid,
+            digest=digest,
+        )
+        return result.hash
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What the miner trains and how."""
+
+    profile: WorkProfile
+    """The network's shared training knobs."""
+    miner: str
+    """This miner's address (enters every task)."""
+    cheat: str | None = None
+    """FAULT INJECTION for tests and demos: "random" or "copy"; None for honest work."""
+
+    def __post_init__(self) -> None:
+        if self.cheat is not None and self.cheat not in CHEATS:
+            raise ValidationError(f"--cheat must be one of {CHEATS}, got {self.cheat!r}")
+
+
+class WorkTrainer:
+    """`UpdateTrainer`: fetch the task's artifacts and train (or cheat, if told to)."""
+
+    def __init__(
+        self,
+        *,
+        config: TrainerConfig,
+        artifacts: ArtifactCache,
+        residuals: ResidualStore,
+        client: BlockchainClient,
+    ) -> None:
+        self.config = config
+        self.artifacts = artifacts
+        self.residuals = residuals
+        self.client = client
+
+    def prepare(self, task: MiningTask) -> None:
+        """Prefetch: make the task's model, dataset and adapter local and loaded."""
+        work = task_from_details(task, miner=self.config.miner, profile=self.config.profile)
+        self.artifacts.model(work.base_model_cid)
+        self.artifacts.dataset(work.dataset_cid)
+        self._adapter(work)
+
+    def _adapter(self, work: Task) -> Any:
+        from r3mes.node.tasks import NO_ADAPTER
+
+        if work.adapter_cid == NO_ADAPTER:
+            return None
+        state, _ = self.artifacts.adapter(work.adapter_cid)
+        return state
+
+    def train(self, task: MiningTask) -> TrainedUpdate:
+        from r3mes.work.data import shard_of
+
+        work = task_from_details(task, miner=self.config.miner, profile=self.config.profile)
+        if self.config.cheat == "copy":
+            return self._copy(task)
+        model = self.artifacts.model(work.base_model_cid)
+        adapter = start_adapter(work, self._adapter(work), model)
+        if self.config.cheat == "random":
+            mined = random_update(task=work, adapter_state=adapter, seed=work.derived_seed("cheat"))
+            sub = mined.submission
+            return TrainedUpdate(payload=sub.encoded, digest=sub.digest, metrics=mined.metrics)
+        dataset = self.artifacts.dataset(work.dataset_cid)
+        shard = shard_of(dataset, shard_index=work.shard_index, n_shards=work.n_shards)
+        residual = self.residuals.load() or None
+        mined = mine_update(
+            task=work, model=model, adapter_state=adapter, shard=shard, residual=residual
+        )
+        sub = mined.submission
+        return TrainedUpdate(
+            payload=sub.encoded,
+            digest=sub.digest,
+            residual=sub.next_residual,
+            metrics=mined.metrics,
+        )
+
+    def _copy(self, task: MiningTask) -> TrainedUpdate:
+        """FAULT INJECTION: resubmit another miner's update of this round as our own."""
+        others = [s for s in self.client.submissions(task.round_id) if s.miner != self.config.miner]
+        if not others:
+            raise RetryableError(f"round {task.round_id}: no other submission to copy yet")
+        victim = others[0]
+        try:
+            data = self.artifacts.store.get_bytes(victim.cid, max_size=64 << 20)
+        except Exception as exc:
+            raise NodeError(f"could not fetch {victim.cid} to copy: {exc}") from exc
+        return TrainedUpdate(payload=data, digest=victim.digest, metrics={"cheat": 2.0})

@@ -1,0 +1,26 @@
+"""Registering a node's role on the ledger (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.crypto import SigningKey
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_registered(
+    client: BlockchainClient, key: SigningKey, *, role: str, endpoint: str, stake: int = 0
+) -> bool:
+    """Send `RegisterNode` unless the account already holds `role`; True if it was sent."""
+    from r3mes.chain.msgs import RegisterNode
+
+    if role in client.account(key.address).roles:
+        return False
+    msg = RegisterNode(creator=key.address, role=role, endpoint=endpoint, stake=stake)
+    client.sign_and_broadcast(key, [msg])
+    logger.info("registered %s as %s", key.address, role)
+    return True
