@@ -188,3 +188,33 @@ def test_fetchers_report_progress_bytes(tmp_path: Path) -> None:
         fetcher.fetch(record_for(PAYLOAD), tmp_path / "b", seen.append)
     assert sum(seen) == len(PAYLOAD)
     assert (tmp_path / "b").read_bytes() == PAYLOAD
+
+
+def test_hugging_face_source_optional_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = ArtifactRecord(
+        **{**record_for(PAYLOAD).to_dict(), "hf_repo": "org/repo", "target_modules": ()}
+    )
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    manager = DownloadManager([HuggingFaceFetcher()], retry=FAST)
+    with pytest.raises(DownloadFailed, match="Hugging Face: not available"):
+        manager.download(record, tmp_path / "x")
+
+    import types
+
+    calls: list[dict[str, object]] = []
+
+    def fake_download(**kw: object) -> str:
+        calls.append(kw)
+        path = Path(str(kw["local_dir"])) / str(kw["filename"])
+        path.parent.mkdir(parents=True)
+        path.write_bytes(PAYLOAD)
+        return str(path)
+
+    monkeypatch.setitem(
+        sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=fake_download)
+    )
+    assert manager.download(record, tmp_path / "y").read_bytes() == PAYLOAD
+    assert calls[0]["repo_id"] == "org/repo" and calls[0]["filename"] == "datasets/ds/1"
+    assert not any(p.name.startswith(".hf-") for p in tmp_path.iterdir())

@@ -83,9 +83,10 @@ class IpfsFetcher:
 class HuggingFaceFetcher:
     """`hf_hub_download` of `<kind>s/<id>/<version>` in the record's repo, when available."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, timeout: float = 30.0) -> None:
         self.name = "Hugging Face"
         self._token = token
+        self._timeout = timeout
 
     def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
         if not record.hf_repo:
@@ -103,6 +104,7 @@ class HuggingFaceFetcher:
                 revision=record.hf_revision,
                 local_dir=str(staging),
                 token=self._token,
+                etag_timeout=self._timeout,
             )
             os.replace(path, dest)
         except OSError as exc:
