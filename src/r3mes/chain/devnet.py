@@ -17,6 +17,9 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -207,3 +210,46 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def running_devnet(home: Home) -> dict[str, Any] | None:
+    """{"pid", "url"} of the devnet process serving `home`, or None if none is alive."""
+    try:
+        info: dict[str, Any] = json.loads(pid_path(home).read_text())
+        cmdline = Path(f"/proc/{int(info['pid'])}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if b"r3mes" in cmdline else None
+
+
+def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
+    """Start `python -m r3mes.chain.devnet` detached, logging to home/logs/devnet.log."""
+    home.logs.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "r3mes.chain.devnet",
+        "--home",
+        str(home.root),
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--block-interval",
+        str(config.block_interval_s),
+    ]
+    with open(home.logs / "devnet.log", "ab") as logfile:
+        return subprocess.Popen(cmd, stdout=logfile, stderr=logfile, start_new_session=True)
+
+
+def stop_devnet(home: Home, timeout_s: float = 10.0) -> int | None:
+    """SIGTERM the devnet serving `home` and wait for it; returns its pid (None if none)."""
+    info = running_devnet(home)
+    if info is None:
+        return None
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pid

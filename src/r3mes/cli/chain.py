@@ -1,8 +1,411 @@
 """`r3mes wallet | devnet | tx | query`: keys and the ledger."""
 
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from r3mes.errors import R3mesError
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.crypto import SigningKey
+    from r3mes.paths import Home
 
 wallet_app = typer.Typer(help="Keys and addresses: create, import, list, show, export.")
 devnet_app = typer.Typer(help="The embedded single-node ledger: init, start, stop, status.")
 tx_app = typer.Typer(help="Sign and broadcast ledger transactions.")
 query_app = typer.Typer(help="Read ledger state: rounds, tasks, submissions, nodes, artifacts.")
+
+console = Console()
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="R3MES home (default $R3MES_HOME or ~/.r3mes).")
+]
+NodeOpt = Annotated[
+    str,
+    typer.Option("--node", envvar="R3MES_CHAIN_RPC", help="Ledger RPC URL."),
+]
+PassOpt = Annotated[
+    str,
+    typer.Option(
+        prompt=True, hide_input=True, envvar="R3MES_PASSPHRASE", help="Keystore passphrase."
+    ),
+]
+DEFAULT_NODE = "http://127.0.0.1:26657"
+
+
+class CliError(R3mesError):
+    """A command-line usage problem, with what to do about it."""
+
+
+def _home(home: Path | None) -> Home:
+    from r3mes.paths import Home
+
+    return Home.from_env(home)
+
+
+def _keystore(home: Path | None) -> Any:
+    from r3mes.chain.keystore import Keystore
+
+    return Keystore(_home(home).keys)
+
+
+def _client(node: str) -> BlockchainClient:
+    from r3mes.chain.client import BlockchainClient
+
+    return BlockchainClient(node)
+
+
+def _print_json(doc: Any) -> None:
+    console.print_json(json.dumps(doc, default=str))
+
+
+# -- wallet ---------------------------------------------------------------------------
+
+
+@wallet_app.command("create")
+def wallet_create(
+    name: str,
+    passphrase: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="R3MES_PASSPHRASE",
+            help="Passphrase that encrypts the key file.",
+        ),
+    ],
+    words: Annotated[int, typer.Option(help="Mnemonic length: 12, 15, 18, 21 or 24.")] = 24,
+    show_mnemonic: Annotated[bool, typer.Option(help="Print the new mnemonic once.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Create a new key from a fresh BIP39 mnemonic and store it encrypted."""
+    info, mnemonic = _keystore(home).create(name, passphrase=passphrase, words=words)
+    console.print(f"created key [bold]{info.name}[/] address [green]{info.address}[/]")
+    if show_mnemonic:
+        console.print(f"mnemonic (write it down, never share it): {mnemonic}")
+    else:
+        console.print("back up its mnemonic with `r3mes wallet export NAME --yes-show-secret`")
+
+
+@wallet_app.command("import")
+def wallet_import(
+    name: str,
+    passphrase: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="R3MES_PASSPHRASE",
+            help="Passphrase that encrypts the key file.",
+        ),
+    ],
+    mnemonic: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            envvar="R3MES_MNEMONIC",
+            help="BIP39 mnemonic (or a 64-hex private key with --raw).",
+        ),
+    ],
+    raw: Annotated[bool, typer.Option(help="Treat the secret as a raw hex private key.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Import a key from its mnemonic (m/44'/118'/0'/0/0) or a raw private key."""
+    store = _keystore(home)
+    if raw:
+        info = store.import_secret(name, secret_hex=mnemonic, passphrase=passphrase)
+    else:
+        info = store.import_mnemonic(name, mnemonic=mnemonic, passphrase=passphrase)
+    console.print(f"imported key [bold]{info.name}[/] address [green]{info.address}[/]")
+
+
+@wallet_app.command("list")
+def wallet_list(home: HomeOpt = None) -> None:
+    """List stored keys (names and addresses only)."""
+    table = Table("name", "address")
+    for info in _keystore(home).list():
+        table.add_row(info.name, info.address)
+    console.print(table)
+
+
+@wallet_app.command("show")
+def wallet_show(name: str, home: HomeOpt = None) -> None:
+    """Show a key's address and public key (no secret)."""
+    info = _keystore(home).show(name)
+    _print_json({"name": info.name, "address": info.address, "pubkey": info.pubkey_hex})
+
+
+@wallet_app.command("export")
+def wallet_export(
+    name: str,
+    passphrase: PassOpt,
+    yes_show_secret: Annotated[
+        bool, typer.Option("--yes-show-secret", help="Required: print the secret key.")
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Print a key's mnemonic and private key (requires --yes-show-secret)."""
+    if not yes_show_secret:
+        raise CliError("export prints secrets; re-run with --yes-show-secret if you mean it")
+    exported = _keystore(home).export(name, passphrase=passphrase)
+    _print_json(
+        {
+            "address": exported.info.address,
+            "mnemonic": exported.mnemonic,
+            "private_key_hex": exported.secret_hex,
+        }
+    )
+
+
+def _load_key(home: Path | None, name: str, passphrase: str) -> SigningKey:
+    key: SigningKey = _keystore(home).load(name, passphrase=passphrase)
+    return key
+
+
+# -- devnet ---------------------------------------------------------------------------
+
+
+@devnet_app.command("init")
+def devnet_init(
+    chain_id: Annotated[str, typer.Option(help="Chain id.")] = "r3mes-devnet-1",
+    account: Annotated[
+        list[str] | None, typer.Option(help="Genesis balance ADDRESS=AMOUNT (repeatable).")
+    ] = None,
+    artifacts: Annotated[
+        Path | None, typer.Option(help="JSON list of approved genesis artifacts.")
+    ] = None,
+    round_length: Annotated[int, typer.Option(help="Blocks per round.")] = 30,
+    pow_difficulty: Annotated[int, typer.Option(help="SubmitGradient PoW bits.")] = 8,
+    quorum: Annotated[int, typer.Option(help="Attestations that settle a submission.")] = 1,
+    authority: Annotated[str, typer.Option(help="Address allowed to approve artifacts.")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing different chain.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Write a devnet genesis (faucet enabled) and create the chain store."""
+    from r3mes.chain.devnet import devnet_genesis, init_devnet
+    from r3mes.chain.genesis import artifact_from_dict
+
+    balances: dict[str, int] = {}
+    for item in account or []:
+        address, _, amount = item.partition("=")
+        if not amount.isdigit():
+            raise CliError(f"--account {item!r} must look like remes1...=1000")
+        balances[address] = int(amount)
+    specs = []
+    if artifacts is not None:
+        try:
+            specs = [artifact_from_dict(d) for d in json.loads(artifacts.read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            raise CliError(f"cannot read artifacts file {artifacts}: {exc}") from exc
+    genesis = devnet_genesis(
+        chain_id=chain_id,
+        accounts=balances,
+        artifacts=specs,
+        round_length=round_length,
+        pow_difficulty=pow_difficulty,
+        attestation_quorum=quorum,
+        authority=authority,
+    )
+    path = init_devnet(_home(home), genesis, overwrite=overwrite)
+    console.print(f"devnet [bold]{chain_id}[/] initialised: {path}")
+
+
+@devnet_app.command("start")
+def devnet_start(
+    host: Annotated[
+        str, typer.Option(help="Listen address (keep loopback unless needed).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="RPC/REST port.")] = 26657,
+    block_interval: Annotated[float, typer.Option(help="Seconds between blocks.")] = 1.0,
+    detach: Annotated[bool, typer.Option(help="Run in the background.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Run the devnet node (foreground by default; --detach to background it)."""
+    from r3mes.chain.devnet import DevnetConfig, DevnetNode, spawn_devnet
+
+    h = _home(home)
+    config = DevnetConfig(host=host, port=port, block_interval_s=block_interval)
+    if not detach:
+        DevnetNode(h, config).serve()
+        return
+    proc = spawn_devnet(h, config)
+    url = f"http://{host}:{port}"
+    for _ in range(100):
+        if proc.poll() is not None:
+            raise CliError(f"devnet exited (code {proc.returncode}); see {h.logs / 'devnet.log'}")
+        try:
+            _client(url).status()
+            console.print(f"devnet running in the background (pid {proc.pid}) at {url}")
+            return
+        except R3mesError:
+            time.sleep(0.2)
+    raise CliError(f"devnet did not answer on {url}; see {h.logs / 'devnet.log'}")
+
+
+@devnet_app.command("stop")
+def devnet_stop(home: HomeOpt = None) -> None:
+    """Stop a devnet started in this home (SIGTERM, then wait)."""
+    from r3mes.chain.devnet import stop_devnet
+
+    pid = stop_devnet(_home(home))
+    console.print(
+        "no devnet is running in this home" if pid is None else f"devnet (pid {pid}) stopped"
+    )
+
+
+@devnet_app.command("status")
+def devnet_status(node: NodeOpt = DEFAULT_NODE, home: HomeOpt = None) -> None:
+    """Show the devnet process and its latest block."""
+    from r3mes.chain.devnet import running_devnet
+
+    info = running_devnet(_home(home))
+    url = info["url"] if info else node
+    status = _client(url).status()
+    _print_json({"pid": info["pid"] if info else None, "url": url, **status.__dict__})
+
+
+# -- tx -------------------------------------------------------------------------------
+
+
+def _send(node: str, home: Path | None, name: str, passphrase: str, msg_factory: Any) -> None:
+    key = _load_key(home, name, passphrase)
+    with _client(node) as client:
+        result = client.sign_and_broadcast(key, [msg_factory(key.address)])
+    console.print(f"committed tx [bold]{result.hash}[/] at height {result.height}")
+
+
+FromOpt = Annotated[str, typer.Option("--from", help="Name of the signing key in the wallet.")]
+
+
+@tx_app.command("faucet")
+def tx_faucet(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    amount: Annotated[int, typer.Option(help="Credits to mint (devnet only).")] = 1000,
+    to: Annotated[str, typer.Option(help="Recipient (default: the signer).")] = "",
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Mint devnet credits to an address."""
+    from r3mes.chain.msgs import Faucet
+
+    _send(node, home, sender, passphrase, lambda a: Faucet(creator=a, to=to or a, amount=amount))
+
+
+@tx_app.command("transfer")
+def tx_transfer(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    to: Annotated[str, typer.Option(help="Recipient address.")],
+    amount: Annotated[int, typer.Option(help="Credits to send.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Send credits to another address."""
+    from r3mes.chain.msgs import TransferCredits
+
+    _send(
+        node, home, sender, passphrase, lambda a: TransferCredits(creator=a, to=to, amount=amount)
+    )
+
+
+@tx_app.command("register-node")
+def tx_register_node(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    role: Annotated[str, typer.Option(help="miner, validator, proposer or serving.")],
+    endpoint: Annotated[str, typer.Option(help="Public URL of the node, if any.")] = "",
+    stake: Annotated[int, typer.Option(help="Credits to lock as stake.")] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Register the signer as a node of a role."""
+    from r3mes.chain.msgs import RegisterNode
+
+    _send(
+        node,
+        home,
+        sender,
+        passphrase,
+        lambda a: RegisterNode(creator=a, role=role, endpoint=endpoint, stake=stake),
+    )
+
+
+# -- query ----------------------------------------------------------------------------
+
+
+@query_app.command("round")
+def query_round(
+    number: Annotated[int, typer.Argument(help="Round number; 0 = current.")] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """Show a training round (current by default)."""
+    with _client(node) as c:
+        _print_json((c.round(number) if number else c.current_round()).__dict__)
+
+
+@query_app.command("account")
+def query_account(address: str, node: NodeOpt = DEFAULT_NODE) -> None:
+    """Show an account: balance, sequence, reputation, tier."""
+    with _client(node) as c:
+        _print_json(c.account(address).__dict__)
+
+
+@query_app.command("submissions")
+def query_submissions(
+    round_number: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """List gradient submissions and their attestations."""
+    with _client(node) as c:
+        _print_json([s.__dict__ for s in c.submissions(round_number)])
+
+
+@query_app.command("artifacts")
+def query_artifacts(
+    kind: Annotated[str | None, typer.Option(help="model, dataset or adapter.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """List approved artifacts."""
+    with _client(node) as c:
+        _print_json([a.__dict__ for a in c.approved_artifacts(kind)])
+
+
+@query_app.command("leaderboard")
+def query_leaderboard(
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 20, node: NodeOpt = DEFAULT_NODE
+) -> None:
+    """Top accounts by reputation."""
+    table = Table("#", "address", "reputation", "tier", "earned", "verified")
+    with _client(node) as c:
+        for e in c.leaderboard(limit):
+            table.add_row(
+                str(e.rank),
+                e.address,
+                str(e.reputation),
+                e.tier,
+                str(e.earned),
+                str(e.verified_submissions),
+            )
+    console.print(table)
+
+
+@query_app.command("nodes")
+def query_nodes(
+    role: Annotated[str | None, typer.Option(help="Filter by role.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """List active registered nodes."""
+    with _client(node) as c:
+        _print_json([n.__dict__ for n in c.nodes(role)])
