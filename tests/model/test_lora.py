@@ -157,3 +157,24 @@ def test_same_generator_seed_same_init() -> None:
     apply_lora(b, config, generator=torch.Generator().manual_seed(9))
     sa, sb = lora_state_dict(a, "default"), lora_state_dict(b, "default")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_frozen_backbone_passes_the_same_gradients_as_master_weights() -> None:
+    config = LoraConfig(r=2, alpha=4, target_modules=ALL)
+    master = make_tiny_model(6)
+    frozen = make_tiny_model(6)
+    frozen.freeze_backbone()
+    grads = []
+    for model in (master, frozen):
+        apply_lora(model, config, generator=torch.Generator().manual_seed(1))
+        _randomize(model, "default", 7)
+        mark_only_lora_as_trainable(model, "default")
+        ids = torch.arange(12).view(1, 12) * 7 % 256
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 7 * 2
+    first_layer = "model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert grads[1][first_layer].abs().sum() > 0
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], rtol=1e-3, atol=1e-5), name

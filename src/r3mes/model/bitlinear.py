@@ -50,9 +50,17 @@ def pack_ternary(t: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_ternary(
-    packed: torch.Tensor, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32
+    packed: torch.Tensor,
+    shape: tuple[int, ...] | torch.Size,
+    dtype: torch.dtype = torch.float32,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
-    """Inverse of `pack_ternary`: the ternary tensor of `shape` as `dtype`."""
+    """Inverse of `pack_ternary`: the ternary tensor of `shape` as `dtype`.
+
+    `check=False` skips the scan for the invalid code 3; only for bytes already validated
+    (a loaded `BitLinear` checks once in `load_packed`, not on every forward).
+    """
     shape = tuple(shape)
     if packed.dtype != torch.uint8:
         raise ModelError(f"packed weights must be uint8, got {packed.dtype}")
@@ -65,7 +73,7 @@ def unpack_ternary(
     shifts = shifts.view(VALUES_PER_BYTE, *([1] * packed.dim()))
     codes = (packed.unsqueeze(0) >> shifts) & 3  # (4, rows, ...)
     codes = codes.reshape(rows * VALUES_PER_BYTE, *shape[1:])[: shape[0]]
-    if bool((codes == 3).any()):
+    if check and bool((codes == 3).any()):
         raise ModelError("packed weights hold the invalid 2-bit code 3")
     return codes.to(dtype) - 1
 
@@ -152,6 +160,7 @@ class BitLinear(nn.Module):
             )
         if weight_scale.numel() != 1 or not bool(torch.isfinite(weight_scale).all()):
             raise ModelError("weight_scale must be one finite number")
+        unpack_ternary(packed, (self.out_features, self.in_features))  # rejects code 3
         self.weight = None
         self.register_buffer("packed_weight", packed.detach().clone())
         self.register_buffer("weight_scale", weight_scale.detach().float().reshape(1).clone())
@@ -172,7 +181,7 @@ class BitLinear(nn.Module):
         if self._unpacked_cache is not None:
             return self._unpacked_cache
         packed = self._buffer("packed_weight")
-        ternary = unpack_ternary(packed, (self.out_features, self.in_features))
+        ternary = unpack_ternary(packed, (self.out_features, self.in_features), check=False)
         if self._keep_unpacked:
             self._unpacked_cache = ternary
         return ternary
@@ -198,10 +207,11 @@ class BitLinear(nn.Module):
             xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
             y: torch.Tensor = F.linear(xq, w)
         else:
-            codes, act_scale = quantize_activations(x)
+            # fake-quantized input with a straight-through gradient, so LoRA layers below
+            # this one receive the gradient of the quantized forward
+            xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
             w = self.ternary_weight().to(x.device)
-            y = F.linear(codes, w) / (act_scale * self._buffer("weight_scale"))
-            y = y.to(x.dtype)
+            y = (F.linear(xq, w) / self._buffer("weight_scale")).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y
