@@ -76,7 +76,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "figure": f"frozen_packed_bitlinear_lora_fwd_bwd_ms ({tokens}x{width}x{width}, r={rank})",
+                "figure": f"packed_bitlinear_lora_fwd_bwd_ms ({tokens}x{width}^2, r={rank})",
                 "value": round(ours_ms, 3),
                 "unit": "ms",
                 "baseline": round(dense_ms, 3),

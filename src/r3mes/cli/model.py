@@ -35,12 +35,12 @@ def pretrain(
     num_key_value_heads: Annotated[int, typer.Option(help="Key/value heads.")] = 2,
     seq_len: Annotated[int, typer.Option(help="Training window in tokens.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Windows per step.")] = 16,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1200,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 50,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Initialisation and sampling seed.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     eval_windows: Annotated[int, typer.Option(help="Held-out windows scored (0: all).")] = 200,
 ) -> None:
     """Train a BitNet b1.58 model from scratch on the stdlib docs corpus (PSF licence)."""

@@ -52,17 +52,17 @@ class PretrainConfig:
     """Training window length in tokens."""
     batch_size: int = 16
     """Windows per optimizer step."""
-    steps: int = 1200
+    steps: int = 600
     """Optimizer steps."""
     lr: float = 3e-3
     """Peak learning rate (BitNet trains well with a high one), cosine decayed to 10 %."""
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     """Linear warmup steps."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
     seed: int = 0
     """Seeds initialisation and batch sampling."""
-    threads: int = 2
+    threads: int = 1
     """torch CPU threads."""
     eval_windows: int = 200
     """Held-out windows scored for perplexity (0 = all)."""
