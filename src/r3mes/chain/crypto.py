@@ -7,6 +7,7 @@ Signatures are 64-byte compact (r || s, low-S) ECDSA over SHA-256 of the message
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -38,6 +39,7 @@ def ripemd160(data: bytes) -> bytes:
         return _pure_ripemd160(data)
 
 
+@functools.lru_cache(maxsize=65536)
 def address_from_pubkey(pubkey: bytes, prefix: str = ADDRESS_PREFIX) -> str:
     """The bech32 account address of a 33-byte compressed secp256k1 public key."""
     if len(pubkey) != PUBKEY_SIZE or pubkey[0] not in (2, 3):
@@ -45,6 +47,7 @@ def address_from_pubkey(pubkey: bytes, prefix: str = ADDRESS_PREFIX) -> str:
     return bech32.encode(prefix, ripemd160(hashlib.sha256(pubkey).digest()))
 
 
+@functools.lru_cache(maxsize=65536)
 def validate_address(address: str, prefix: str = ADDRESS_PREFIX) -> str:
     """Return `address` normalised to lower case, or raise AddressError if it is not valid."""
     hrp, payload = bech32.decode(address)

@@ -8,6 +8,7 @@ untrusted transaction bytes; it enforces size limits and raises only TxDecodeErr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class SignedTx:
     auth_info_bytes: bytes = field(repr=False)
     raw: bytes = field(repr=False)
 
-    @property
+    @functools.cached_property
     def signer(self) -> str:
         return address_from_pubkey(self.pubkey)
 
