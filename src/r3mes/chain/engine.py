@@ -15,10 +15,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from r3mes.chain.application import LedgerApplication
 from r3mes.chain.codes import Code
 from r3mes.chain.state import State
 from r3mes.chain.store import BlockStore, StoredTx
-from r3mes.chain.transition import Block, BlockResult, TxResult, apply_block, check_tx, make_block
+from r3mes.chain.transition import Block, BlockResult, TxResult, make_block
 from r3mes.chain.tx import MAX_TX_BYTES, tx_hash
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class EngineConfig:
     """check_tx refuses new transactions once this many are queued."""
     proposer: str = ""
     """Address recorded as every block's proposer."""
+    max_block_bytes: int = 8 * 1024 * 1024
+    """Byte budget of one block's transactions (PrepareProposal's max_tx_bytes)."""
 
     def __post_init__(self) -> None:
         if not 0.01 <= self.block_interval_s <= 3600:
@@ -58,28 +61,32 @@ class DevnetEngine:
         self._clock = clock
         self._lock = threading.RLock()
         self._committed = threading.Condition(self._lock)
-        self._state = store.load_state()
-        self._app_hash = self._state.app_hash()
+        self.app = LedgerApplication(store)
         self._mempool: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, int] = {}
         self._listeners: list[Listener] = []
-        log.info("engine ready at height %d app_hash %s", self._state.height, self._app_hash)
+        info = self.app.info()
+        log.info(
+            "engine ready at height %d app_hash %s",
+            info.last_block_height,
+            info.last_block_app_hash,
+        )
 
     @property
     def state(self) -> State:
         """The last committed state (never mutated; replaced on each commit)."""
         with self._lock:
-            return self._state
+            return self.app.state
 
     def snapshot(self) -> tuple[State, str]:
         """The last committed state and its app hash, read together."""
         with self._lock:
-            return self._state, self._app_hash
+            return self.app.state, self.app.app_hash
 
     @property
     def app_hash(self) -> str:
         with self._lock:
-            return self._app_hash
+            return self.app.app_hash
 
     def mempool_size(self) -> int:
         with self._lock:
@@ -101,7 +108,7 @@ class DevnetEngine:
                 return TxResult(
                     code=Code.MEMPOOL_FULL, log="mempool is full; retry later", hash=digest
                 )
-            result = check_tx(self._state, raw, pending=self._pending)
+            result = self.app.check_tx(raw, pending=self._pending)
             if result.code == 0:
                 self._mempool[digest] = raw
                 self._pending[result.signer] = result.sequence + 1
@@ -110,19 +117,21 @@ class DevnetEngine:
     def produce_block(self) -> BlockResult:
         """Take queued txs (up to the block limit), apply, commit, recheck the rest."""
         with self._lock:
-            limit = self._state.params.max_block_txs
-            txs = list(self._mempool.values())[:limit]
-            now_ms = int(self._clock() * 1000)
-            block = make_block(
-                self._state,
-                txs=txs,
-                time_ms=now_ms,
-                proposer=self.config.proposer,
-                app_hash=self._app_hash,
+            state = self.app.state
+            txs = self.app.prepare_proposal(
+                self._mempool.values(),
+                max_txs=state.params.max_block_txs,
+                max_bytes=self.config.max_block_bytes,
             )
-            new_state, result = apply_block(self._state, block)
-            self.store.commit(block, result, new_state)
-            self._state, self._app_hash = new_state, result.app_hash
+            block = make_block(
+                state,
+                txs=txs,
+                time_ms=int(self._clock() * 1000),
+                proposer=self.config.proposer,
+                app_hash=self.app.app_hash,
+            )
+            result = self.app.finalize_block(block)
+            self.app.commit()
             for raw in txs:
                 self._mempool.pop(tx_hash(raw), None)
             self._recheck()
@@ -141,7 +150,7 @@ class DevnetEngine:
         self._mempool.clear()
         self._pending.clear()
         for digest, raw in remaining:
-            result = check_tx(self._state, raw, pending=self._pending)
+            result = self.app.check_tx(raw, pending=self._pending)
             if result.code == 0:
                 self._mempool[digest] = raw
                 self._pending[result.signer] = result.sequence + 1
@@ -162,7 +171,7 @@ class DevnetEngine:
     def wait_for_height(self, height: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         with self._committed:
-            while self._state.height < height:
+            while self.app.state.height < height:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
