@@ -272,3 +272,17 @@ def test_tiers_and_genesis_bounds() -> None:
     assert genesis_state(g).supply == 5000
     with pytest.raises(GenesisError):
         Genesis.from_json('{"version": 1, "chain_id": "bad id!", "genesis_time_ms": 0}')
+
+
+def test_handler_bug_fails_the_tx_not_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    from r3mes.chain import handlers
+
+    def broken(state: object, msg: object, ctx: object) -> list[object]:
+        raise KeyError("bug")
+
+    monkeypatch.setitem(handlers.HANDLERS, TransferCredits, broken)
+    h = Harness()
+    before = h.balance(MINER)
+    result = h.send(MINER, TransferCredits(creator=MINER.address, to=VAL1.address, amount=1))
+    assert result.code == Code.INTERNAL and h.balance(MINER) == before
+    assert h.state.accounts[MINER.address].sequence == 1 and h.state.height == 1

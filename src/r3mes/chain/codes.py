@@ -21,3 +21,4 @@ class Code(IntEnum):
     EXPIRED = 12
     DEVNET_ONLY = 13
     MEMPOOL_FULL = 14
+    INTERNAL = 15

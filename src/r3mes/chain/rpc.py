@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from r3mes.chain.views import QueryError
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * MAX_TX_BYTES
 MAX_COMMIT_WAIT_S = 30.0
+MAX_SUBSCRIBERS = 64
 
 
 class RpcError(Exception):
@@ -261,8 +263,13 @@ def create_app(engine: DevnetEngine) -> FastAPI:
 
     @app.post("/")
     async def jsonrpc(request: Request) -> JSONResponse:
+        data = bytearray()
+        async for chunk in request.stream():
+            data.extend(chunk)
+            if len(data) > MAX_BODY_BYTES:
+                raise RpcError(413, f"request body limited to {MAX_BODY_BYTES} bytes")
         try:
-            body = await request.json()
+            body = json.loads(data)
             name, params, rid = body["method"], body.get("params") or {}, body.get("id", -1)
             func = getattr(methods, name) if name in _METHODS else None
             if func is None or not isinstance(params, dict):
@@ -338,6 +345,9 @@ def _install_websocket(app: FastAPI, engine: DevnetEngine) -> None:
     engine.add_listener(on_block)
 
     async def subscribe(ws: WebSocket) -> None:
+        if len(subscribers) >= MAX_SUBSCRIBERS:
+            await ws.close(code=1013, reason="too many subscribers; retry later")
+            return
         await ws.accept()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
         entry = (asyncio.get_running_loop(), queue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -21,6 +22,8 @@ from r3mes.chain.msgs import SubmitGradient, validate_basic
 from r3mes.chain.pow import pow_ok
 from r3mes.chain.state import Round, State
 from r3mes.chain.tx import SignedTx, decode_tx, tx_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,11 @@ def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
             events.extend(handle(child, msg, ctx))
     except TxInvalid as exc:
         return TxResult(exc.code, exc.log, tuple(events[:1]), digest, tx.signer, tx.sequence)
+    except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        # A handler bug must fail this tx (deterministically), not halt the chain.
+        log.exception("handler error in tx %s", digest)
+        log_line = f"internal error: {type(exc).__name__}"
+        return TxResult(Code.INTERNAL, log_line, tuple(events[:1]), digest, tx.signer, tx.sequence)
     state.absorb(child)
     return TxResult(0, "", tuple(events), digest, tx.signer, tx.sequence)
 
