@@ -232,3 +232,21 @@ def test_client_times_out_on_silent_server(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="unreachable"):
             client.status()
         assert time.monotonic() - start < 3
+
+
+def test_second_node_on_same_home_refused(node: DevnetNode) -> None:
+    from r3mes.chain.errors import ChainError
+
+    with pytest.raises(ChainError, match="already using"):
+        DevnetNode(node.home, DevnetConfig(port=free_port()))
+
+
+def test_stale_pid_file_is_not_a_running_devnet(tmp_path: Path) -> None:
+    import os
+
+    from r3mes.chain.devnet import pid_path, running_devnet, stop_devnet
+
+    home = Home(root=tmp_path)
+    pid_path(home).parent.mkdir(parents=True)
+    pid_path(home).write_text(json.dumps({"pid": os.getpid(), "url": "x", "start": "0"}))
+    assert running_devnet(home) is None and stop_devnet(home) is None

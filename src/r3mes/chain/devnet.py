@@ -13,6 +13,7 @@ Run as a process: `python -m r3mes.chain.devnet --home DIR --port N`.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from r3mes.chain.engine import DevnetEngine, EngineConfig
 from r3mes.chain.errors import ChainError, GenesisError
@@ -105,6 +106,28 @@ def init_devnet(home: Home, genesis: Genesis, *, overwrite: bool = False) -> Pat
     return path
 
 
+def _lock_home(home: Home) -> IO[bytes]:
+    """Hold an exclusive lock on home/chain/LOCK: one node per chain directory."""
+    handle = open(home.chain / "LOCK", "ab")  # held open for the node's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise ChainError(
+            f"another devnet node is already using {home.chain}; stop it with `r3mes devnet stop`"
+        ) from exc
+    return handle
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of process `pid` (distinguishes a reused pid), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 @dataclass(frozen=True)
 class DevnetConfig:
     host: str = "127.0.0.1"
@@ -126,6 +149,7 @@ class DevnetNode:
         self.config = config or DevnetConfig()
         if not genesis_path(home).exists():
             raise ChainError(f"no devnet in {home.root}; run `r3mes devnet init` first")
+        self._lock_file = _lock_home(home)
         self.store = BlockStore(db_path(home))
         interval = self.config.block_interval_s
         self.engine = DevnetEngine(self.store, EngineConfig(block_interval_s=interval))
@@ -163,7 +187,8 @@ class DevnetNode:
         self._start_blocks()
         pid_file = pid_path(self.home)
         pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(json.dumps({"pid": os.getpid(), "url": self.url}))
+        pid = os.getpid()
+        pid_file.write_text(json.dumps({"pid": pid, "url": self.url, "start": _proc_start(pid)}))
         log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
         try:
             self._server.run()
@@ -194,6 +219,7 @@ class DevnetNode:
         for thread in self._threads:
             thread.join(timeout=10)
         self.store.close()
+        self._lock_file.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,10 +242,11 @@ def running_devnet(home: Home) -> dict[str, Any] | None:
     """{"pid", "url"} of the devnet process serving `home`, or None if none is alive."""
     try:
         info: dict[str, Any] = json.loads(pid_path(home).read_text())
-        cmdline = Path(f"/proc/{int(info['pid'])}/cmdline").read_bytes()
+        pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return info if b"r3mes" in cmdline else None
+    started = _proc_start(pid)
+    return info if started is not None and started == info.get("start") else None
 
 
 def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:

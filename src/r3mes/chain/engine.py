@@ -9,6 +9,7 @@ condition variable after each commit.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from r3mes.chain.application import LedgerApplication
 from r3mes.chain.codes import Code
+from r3mes.chain.errors import ChainError
 from r3mes.chain.state import State
 from r3mes.chain.store import BlockStore, StoredTx
 from r3mes.chain.transition import Block, BlockResult, TxResult, make_block
@@ -184,5 +186,9 @@ class DevnetEngine:
         next_at = time.monotonic()
         while not stop.is_set():
             next_at += interval
-            self.produce_block()
+            try:
+                self.produce_block()
+            except (ChainError, OSError, sqlite3.Error):
+                # Nothing was committed (commit is atomic); keep the chain alive and retry.
+                log.exception("block production failed; retrying next interval")
             stop.wait(max(0.0, next_at - time.monotonic()))
