@@ -93,6 +93,8 @@ def save_pretrained(model: BitNetForCausalLM, directory: Path | str, *, packed: 
     save_file(state, str(weights_tmp), metadata={"format": "pt", "r3mes_packed": str(packed)})
     config_tmp = directory / f".{CONFIG_FILE}.tmp"
     config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for tmp in (weights_tmp, config_tmp):
+        os.chmod(tmp, 0o644)  # safetensors writes 0600; checkpoints are shared read-only
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     os.replace(config_tmp, directory / CONFIG_FILE)
     logger.info("saved %s checkpoint to %s", "packed" if packed else "master", directory)

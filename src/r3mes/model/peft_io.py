@@ -74,6 +74,8 @@ def save_peft_adapter(
     save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     config_tmp = directory / f".{ADAPTER_CONFIG}.tmp"
     config_tmp.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    for tmp in (weights_tmp, config_tmp):
+        os.chmod(tmp, 0o644)  # safetensors writes 0600; checkpoints are shared read-only
     os.replace(weights_tmp, directory / ADAPTER_WEIGHTS)
     os.replace(config_tmp, directory / ADAPTER_CONFIG)
     return directory
