@@ -10,7 +10,7 @@ from r3mes.chain.codes import Code
 from r3mes.chain.msgs import Attest, Faucet, Msg, RegisterNode, SubmitGradient, TransferCredits
 from r3mes.chain.pow import solve_pow
 from r3mes.chain.state import State
-from r3mes.chain.transition import apply_block
+from r3mes.chain.transition import apply_block, check_tx
 
 KEYS = [key(i) for i in range(1, 7)]  # key 6 has no genesis account
 
@@ -94,3 +94,13 @@ def test_random_blocks_conserve_credits_and_reject_replays(
     for block in h.blocks:
         replay.state, _ = apply_block(replay.state, block)  # type: ignore[arg-type]
     assert replay.state.app_hash() == h.state.app_hash()
+
+
+_STATE = Harness().state
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_check_tx_answers_a_code_for_any_bytes(data: bytes) -> None:
+    result = check_tx(_STATE, data)
+    assert result.code == Code.DECODE or result.code != 0

@@ -15,23 +15,23 @@ PROTO_ROOT = REPO_ROOT / "proto"
 GEN_ROOT = Path(__file__).resolve().parent / "gen"
 
 
-def regenerate() -> int:
-    """Run protoc over every ledger .proto file; returns protoc's exit status."""
+def regenerate(out: Path = GEN_ROOT) -> int:
+    """Run protoc over every ledger .proto file into `out`; returns protoc's exit status."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = str(resources.files("grpc_tools") / "_proto")
-    GEN_ROOT.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
-        f"--python_out={GEN_ROOT}",
-        f"--pyi_out={GEN_ROOT}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
         *sources,
     ]
     status = int(protoc.main(args))
-    for folder in [GEN_ROOT, *(p for p in GEN_ROOT.rglob("*") if p.is_dir())]:
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         init = folder / "__init__.py"
         if not init.exists():
             init.write_text('"""Generated protobuf stubs; do not edit."""\n')
