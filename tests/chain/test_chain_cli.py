@@ -83,5 +83,7 @@ def test_devnet_lifecycle_tx_and_queries(tmp_path: Path) -> None:
         assert json.loads(run(query_app, ["round", *node]))["base_model_cid"] == "bafym"
         assert json.loads(run(query_app, ["submissions", *node])) == []
         assert "address" in run(query_app, ["leaderboard", *node])
+        assert json.loads(run(query_app, ["tasks", *node]))["shards"][0]["claimed_by"] is None
+        assert json.loads(run(query_app, ["params", *node]))["devnet"] is True
     finally:
         assert "stopped" in run(devnet_app, ["stop", *home])

@@ -409,3 +409,20 @@ def query_nodes(
     """List active registered nodes."""
     with _client(node) as c:
         _print_json([n.__dict__ for n in c.nodes(role)])
+
+
+@query_app.command("tasks")
+def query_tasks(
+    number: Annotated[int, typer.Argument(help="Round number; 0 = current.")] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """Show a round's task pool: each shard and who claimed it."""
+    with _client(node) as c:
+        _print_json(c.tasks(number or None))
+
+
+@query_app.command("params")
+def query_params(node: NodeOpt = DEFAULT_NODE) -> None:
+    """Show the chain's consensus parameters."""
+    with _client(node) as c:
+        _print_json(c.params().__dict__)
