@@ -101,12 +101,15 @@ def make_block(
     return Block(header=header, txs=tuple(txs))
 
 
-def _ante(state: State, raw: bytes, *, expected_sequence: int | None) -> SignedTx:
-    """Decode and authenticate: stateless checks, signer, sequence, signature."""
+def _decode(raw: bytes) -> SignedTx:
     try:
-        tx = decode_tx(raw)
+        return decode_tx(raw)
     except TxDecodeError as exc:
         raise invalid(Code.DECODE, str(exc)) from exc
+
+
+def _authenticate(state: State, tx: SignedTx, *, expected_sequence: int | None) -> None:
+    """Stateless message checks, signer, sequence, then the signature (the costly part)."""
     for msg in tx.msgs:
         validate_basic(msg)
     signer = tx.signer
@@ -125,16 +128,14 @@ def _ante(state: State, raw: bytes, *, expected_sequence: int | None) -> SignedT
             Code.UNAUTHORIZED,
             "signature verification failed (wrong key, chain id or account number)",
         )
-    return tx
 
 
 def check_tx(state: State, raw: bytes, *, pending: Mapping[str, int] | None = None) -> TxResult:
     """Mempool admission; `pending` maps signer -> next sequence counting queued txs."""
     digest = tx_hash(raw) if isinstance(raw, bytes) else ""
     try:
-        peeked = _peek_signer(raw)
-        expected = (pending or {}).get(peeked.signer) if peeked else None
-        tx = _ante(state, raw, expected_sequence=expected)
+        tx = _decode(raw)
+        _authenticate(state, tx, expected_sequence=(pending or {}).get(tx.signer))
         for msg in tx.msgs:
             if isinstance(msg, SubmitGradient) and not pow_ok(
                 msg, chain_id=state.chain_id, difficulty=state.params.pow_difficulty
@@ -145,19 +146,13 @@ def check_tx(state: State, raw: bytes, *, pending: Mapping[str, int] | None = No
     return TxResult(code=0, hash=digest, signer=tx.signer, sequence=tx.sequence)
 
 
-def _peek_signer(raw: bytes) -> SignedTx | None:
-    try:
-        return decode_tx(raw)
-    except TxDecodeError:
-        return None
-
-
 def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
     """Apply one tx to `state` (a block's working overlay). The sequence bump survives a
     failing message; the messages' writes apply all together or not at all."""
     digest = tx_hash(raw)
     try:
-        tx = _ante(state, raw, expected_sequence=None)
+        tx = _decode(raw)
+        _authenticate(state, tx, expected_sequence=None)
         if tx.timeout_height and ctx.height > tx.timeout_height:
             raise invalid(Code.EXPIRED, f"tx timed out at height {tx.timeout_height}")
     except TxInvalid as exc:
