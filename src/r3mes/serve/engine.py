@@ -50,6 +50,8 @@ class EngineConfig:
     """Most sequences decoded together in one step."""
     max_loras: int = 4
     """Most distinct adapters in the model (and so in one batch) at once."""
+    max_lora_rank: int = 64
+    """Largest adapter rank accepted (slots are preallocated at this rank)."""
     max_cpu_loras: int = 16
     """Most adapters whose weights stay loaded in host memory (LRU)."""
     max_waiting: int = 256
@@ -60,7 +62,8 @@ class EngineConfig:
     """Prompt plus completion limit; defaults to the model's max_position_embeddings."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_loras", "max_cpu_loras", "max_waiting"):
+        names = ("max_batch_size", "max_loras", "max_lora_rank", "max_cpu_loras", "max_waiting")
+        for name in names:
             if getattr(self, name) < 1:
                 raise InvalidRequest(f"{name} must be at least 1", param=name)
         if self.max_prefills_per_step < 1:
@@ -105,6 +108,7 @@ class ServingEngine:
             eos_ids=frozenset(eos),
             max_batch_size=self.config.max_batch_size,
             max_loras=self.config.max_loras,
+            max_lora_rank=self.config.max_lora_rank,
             max_model_len=self.max_model_len,
             max_prefills_per_step=self.config.max_prefills_per_step,
         )

@@ -34,7 +34,9 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     """Strings that end the output; they are not included in it."""
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
-    """Token ids that end the output (the EOS id is always one)."""
+    """Token ids that end the output (the EOS id is one unless ignore_eos)."""
+    ignore_eos: bool = False
+    """Keep generating past EOS (benchmarks: every request runs max_tokens)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_tokens <= 1_000_000:

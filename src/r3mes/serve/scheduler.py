@@ -2,9 +2,9 @@
 
 All of this runs on the engine thread and is the only code that touches the model.
 Every decode step is one forward pass over all running sequences, whatever adapter each
-uses: the model gathers the LoRA term per row (`set_adapter_rows`). At most `max_loras`
-adapters live in the model at once; a request whose adapter cannot get a place waits until
-a running adapter goes idle.
+uses: the LoRA term is gathered per row from slot-indexed weights (`LoraSlots`). At most
+`max_loras` adapters live in the model's slots at once; a request whose adapter cannot get
+a slot waits until a running adapter goes idle.
 """
 
 from __future__ import annotations
@@ -18,17 +18,11 @@ from typing import Literal
 
 import torch
 
-from r3mes.model.lora import (
-    apply_lora,
-    load_lora_state_dict,
-    remove_adapter,
-    set_active_adapter,
-    set_adapter_rows,
-)
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.serve.adapters import AdapterCache, AdapterEntry
 from r3mes.serve.errors import ServeError
 from r3mes.serve.kv import BatchKV, SequenceKV
+from r3mes.serve.lora_slots import LoraSlots
 from r3mes.serve.sampling import IncrementalText, choose_token
 from r3mes.serve.types import (
     EngineEvent,
@@ -84,6 +78,7 @@ class Scheduler:
         eos_ids: frozenset[int],
         max_batch_size: int,
         max_loras: int,
+        max_lora_rank: int,
         max_model_len: int,
         max_prefills_per_step: int,
     ) -> None:
@@ -105,7 +100,8 @@ class Scheduler:
         self.device = next(model.parameters()).device
         self.waiting: deque[Pending] = deque()
         self.running: list[Running] = []
-        self.resident: dict[str, AdapterEntry] = {}  # model key -> entry, LRU order
+        self.slots = LoraSlots(model, slots=max_loras, max_rank=max_lora_rank)
+        self.resident: dict[str, int] = {}  # model key -> slot, least recently used first
         self.tokens_generated = 0
 
     # ---- one step -------------------------------------------------------------------------
@@ -161,17 +157,17 @@ class Scheduler:
         if len(self.resident) >= self.max_loras and not self._evict_idle():
             return "wait"
         key = entry.model_key
+        slot = min(set(range(1, self.max_loras + 1)) - set(self.resident.values()))
         try:
             weights = self.adapters.weights(entry)
-            apply_lora(self.model, weights.config, name=key)
-            load_lora_state_dict(self.model, weights.state, key)
-        except Exception as exc:  # any failure must leave the model without a half adapter
-            self._remove_from_model(key)
+            self.slots.load(slot, weights.state, weights.config)
+        except Exception as exc:  # any failure must leave no half adapter in the slot
+            self.slots.clear(slot)
             self._finish(pending, "error", 0, error=f"cannot load adapter {entry.name!r}: {exc}")
             log.warning("adapter %s failed to load into the model: %s", entry.name, exc)
             return "failed"
-        self.resident[key] = entry
-        log.info("adapter in model name=%s key=%s", entry.name, key)
+        self.resident[key] = slot
+        log.info("adapter in model name=%s key=%s slot=%d", entry.name, key, slot)
         return "ready"
 
     def _evict_idle(self) -> bool:
@@ -184,6 +180,8 @@ class Scheduler:
 
     def collect_stale(self) -> None:
         """Take adapter versions out of the model once nothing uses them and they were replaced."""
+        if not self.resident:
+            return
         busy = {s.key for s in self.running} | {
             p.entry.model_key for p in self.waiting if p.entry is not None
         }
@@ -198,11 +196,9 @@ class Scheduler:
                 self._remove_from_model(key)
 
     def _remove_from_model(self, key: str) -> None:
-        self.resident.pop(key, None)
-        try:
-            remove_adapter(self.model, key)
-        except Exception as exc:  # the adapter may never have been applied
-            log.debug("remove_adapter(%s): %s", key, exc)
+        slot = self.resident.pop(key, None)
+        if slot is not None:
+            self.slots.clear(slot)
 
     def _prefill(self, pending: Pending) -> None:
         ids = pending.request.prompt_ids
@@ -246,14 +242,8 @@ class Scheduler:
             self.kv.keep_rows(keep)
 
     def _select_rows(self, keys: list[str | None]) -> None:
-        """Per-row adapters for the next forward; a base-only batch skips the LoRA path.
-
-        Both paths give the same numbers for base rows (their gathered delta is exactly 0).
-        """
-        if all(k is None for k in keys):
-            set_active_adapter(self.model, None)
-        else:
-            set_adapter_rows(self.model, keys)
+        """Per-row adapter slots for the next forward (0: the base model)."""
+        self.slots.select([self.resident[k] if k is not None else 0 for k in keys])
 
     def _accept(self, seq: Running, token: int) -> bool:
         """Record a sampled token; emit text; return False if the sequence just finished."""
@@ -261,7 +251,7 @@ class Scheduler:
         seq.generated += 1
         self.tokens_generated += 1
         prompt_len = len(seq.pending.request.prompt_ids)
-        if token in self._eos_ids or token in params.stop_token_ids:
+        if (token in self._eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
             return self._done(seq, "stop")
         self._emit(seq.pending, TokenEvent(token_id=token, text=seq.text.add(token)))
         if seq.text.stopped:

@@ -1,0 +1,208 @@
+"""Serving figures: multi-LoRA batching throughput, time to first token, adapter load latency.
+
+Run: .venv/bin/python -m benchmarks.serving [--quick]
+Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
+
+All in one run, on one engine configuration each:
+* 8 concurrent requests on 8 different adapters, decoded together (mixed-adapter batches)
+  vs the same 8 requests on the base model alone (goal: ratio >= 0.8);
+* the same 8 adapter requests served by switching one adapter at a time (max_loras=1,
+  so each adapter's request runs alone) (goal: mixed batching >= 3x);
+* median time to first token under that load, and adapter load latency from a PEFT dir.
+The model is the shipped base model when present, else a random model of similar shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r3mes.model.config import BitNetConfig
+from r3mes.model.lora import LoraConfig, apply_lora, lora_state_dict
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.peft_io import save_peft_adapter
+from r3mes.model.tokenizer import Tokenizer, train_bpe_tokenizer
+from r3mes.serve.engine import EngineConfig, ServingEngine
+from r3mes.serve.sampling import SamplingParams
+from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest
+
+N_REQUESTS = 8
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROMPTS = [
+    "write a python function that adds two numbers",
+    "the court ruled that the contract was void",
+    "tell me a story about a fox",
+    "how do I sort a list",
+    "what is the capital of france",
+    "explain lora adapters in one line",
+    "hello there, how are you",
+    "summarise the following text",
+]
+
+
+def load_model() -> tuple[BitNetForCausalLM, Tokenizer, str]:
+    try:
+        from r3mes.model.shipped import SHIPPED_MODEL_NAME, load_shipped_model
+
+        model, tok = load_shipped_model()
+        return model, tok, SHIPPED_MODEL_NAME
+    except Exception:  # not built yet: a random model of the same order of size
+        tok = train_bpe_tokenizer(PROMPTS * 10, vocab_size=512)
+        config = BitNetConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_id,
+            eos_token_id=tok.eos_id,
+            pad_token_id=tok.pad_id,
+        )
+        torch.manual_seed(0)
+        return BitNetForCausalLM(config), tok, "random-256x4"
+
+
+def write_adapters(model: BitNetForCausalLM, folder: Path, rank: int) -> list[Path]:
+    """Eight random PEFT adapters for `model`, written to disk."""
+    config = LoraConfig(r=rank, alpha=2 * rank, target_modules=TARGETS)
+    apply_lora(model, config, name="bench")
+    shapes = {k: v.shape for k, v in lora_state_dict(model, "bench").items()}
+    from r3mes.model.lora import remove_adapter
+
+    remove_adapter(model, "bench")
+    paths = []
+    for i in range(N_REQUESTS):
+        gen = torch.Generator().manual_seed(i)
+        state = {k: torch.randn(s, generator=gen) * 0.05 for k, s in shapes.items()}
+        paths.append(save_peft_adapter(folder / f"a{i}", state, config, "bench"))
+    return paths
+
+
+def run_batch(
+    engine: ServingEngine, adapters: list[str | None], max_tokens: int
+) -> dict[str, float]:
+    """Submit all requests at once; tokens/s over the whole batch and median TTFT."""
+    done = threading.Barrier(len(adapters) + 1)
+    first: list[float] = []
+    generated: list[int] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def sink_for() -> Any:
+        seen = [False]
+
+        def sink(event: EngineEvent) -> None:
+            with lock:
+                if not seen[0]:
+                    seen[0] = True
+                    first.append(time.perf_counter() - start)
+                if isinstance(event, FinishEvent):
+                    generated.append(event.completion_tokens)
+            if isinstance(event, FinishEvent):
+                threading.Thread(target=done.wait).start()
+
+        return sink
+
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    for i, adapter in enumerate(adapters):
+        ids = engine.encode_prompt(PROMPTS[i % len(PROMPTS)])
+        engine.submit(GenerationRequest(prompt_ids=ids, adapter=adapter, params=params), sink_for())
+    done.wait()
+    elapsed = time.perf_counter() - start
+    return {"tokens_per_s": sum(generated) / elapsed, "ttft_s": statistics.median(first)}
+
+
+def engine_for(
+    model: BitNetForCausalLM, tok: Tokenizer, name: str, paths: list[Path], max_loras: int
+) -> ServingEngine:
+    config = EngineConfig(max_batch_size=N_REQUESTS, max_loras=max_loras, max_prefills_per_step=8)
+    engine = ServingEngine(model, tok, model_name=name, config=config)
+    for i, path in enumerate(paths):
+        engine.load_adapter(f"a{i}", path)
+    return engine
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"figure": figure, "value": round(value, 4), "unit": unit, **extra}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter generations (< 1 minute)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    max_tokens = 24 if args.quick else 96
+    model, tok, name = load_model()
+    model.freeze_backbone()
+    for _, layer in model.bit_linears():
+        layer.cache_unpacked(True)
+    fresh = copy.deepcopy(model)  # each engine wraps its model's projections once
+    names: list[str | None] = [f"a{i}" for i in range(N_REQUESTS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_adapters(model, Path(tmp), args.rank)
+        multi = engine_for(model, tok, name, paths, max_loras=N_REQUESTS)
+        with multi:
+            run_batch(multi, names, 4)  # warm up: adapters into the model
+            base = run_batch(multi, [None] * N_REQUESTS, max_tokens)
+            mixed = run_batch(multi, names, max_tokens)
+            loads = []
+            for i in range(5):
+                t0 = time.perf_counter()
+                multi.load_adapter(f"reload{i}", paths[i])
+                loads.append((time.perf_counter() - t0) * 1000)
+        switching = engine_for(fresh, tok, name, paths, max_loras=1)
+        with switching:
+            switched = run_batch(switching, names, max_tokens)
+    ratio_base = mixed["tokens_per_s"] / base["tokens_per_s"]
+    ratio_switch = mixed["tokens_per_s"] / switched["tokens_per_s"]
+    label = f"{name}, {N_REQUESTS} requests x {max_tokens} tokens, r={args.rank}"
+    emit(
+        f"multi_lora_decode_tokens_per_s vs base model ({label})",
+        mixed["tokens_per_s"],
+        "tokens/s",
+        baseline=round(base["tokens_per_s"], 4),
+        ratio=round(ratio_base, 4),
+        goal=">= 0.8",
+    )
+    emit(
+        f"multi_lora_decode_tokens_per_s vs one adapter at a time ({label})",
+        mixed["tokens_per_s"],
+        "tokens/s",
+        baseline=round(switched["tokens_per_s"], 4),
+        ratio=round(ratio_switch, 4),
+        goal=">= 3",
+    )
+    emit(
+        f"time_to_first_token_median ({label}, 8 adapters)",
+        mixed["ttft_s"] * 1000,
+        "ms",
+        baseline=None,
+        ratio=None,
+        goal="<= 1000",
+    )
+    emit(
+        f"adapter_load_latency_median (PEFT dir -> host cache, r={args.rank}, 7 targets)",
+        statistics.median(loads),
+        "ms",
+        baseline=None,
+        ratio=None,
+        goal="<= 500",
+    )
+
+
+if __name__ == "__main__":
+    main()

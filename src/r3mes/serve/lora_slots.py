@@ -1,0 +1,192 @@
+"""The serving engine's gathered LoRA path: adapters in fixed slots, one bmm pair per layer.
+
+`r3mes.model.lora` restacks every adapter's weights on each forward, which is right for
+training and one-off batches but too slow for a decode loop that runs the same batch
+composition for many steps. Here every target `BitLinear` is wrapped once by
+`SlotLoraLinear`, which holds `slots + 1` preallocated, rank-padded A/B matrices (slot 0 is
+all zeros: the base model). Each batch row names a slot; the per-row matrices are gathered
+once per batch composition (BGMV), and each forward adds
+``bmm(bmm(x, A_rows), B_rows)`` to the frozen ternary output. The adapter scaling is folded
+into B. Rows of slot 0 get exactly the base output (their delta is an exact zero).
+
+Adapters arrive as PEFT state dicts (`base_model.model.<module>.lora_A.weight`), the
+format `r3mes.model.lora.lora_state_dict` and `peft_io` produce.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from r3mes.model.bitlinear import BitLinear
+from r3mes.model.lora import LORA_TARGETS, PEFT_PREFIX, LoraConfig
+from r3mes.serve.errors import ServeError
+
+
+class SlotSelection:
+    """The batch rows' slots, shared by every wrapped layer of one model."""
+
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None  # (B,) slot per row; None: no LoRA at all
+        self.rows: tuple[int, ...] = ()
+        self.slots: frozenset[int] = frozenset()
+        self.version = 0
+
+
+class SlotLoraLinear(nn.Module):
+    """A frozen `BitLinear` plus slot-indexed LoRA deltas gathered per batch row."""
+
+    a: torch.Tensor  # (slots + 1, in, max_rank)
+    b: torch.Tensor  # (slots + 1, max_rank, out), scaling folded in
+
+    def __init__(
+        self, base: BitLinear, *, slots: int, max_rank: int, selection: SlotSelection
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.selection = selection
+        device = next(itertools.chain(base.parameters(), base.buffers())).device
+        self.register_buffer(
+            "a", torch.zeros(slots + 1, base.in_features, max_rank, device=device), persistent=False
+        )
+        self.register_buffer(
+            "b",
+            torch.zeros(slots + 1, max_rank, base.out_features, device=device),
+            persistent=False,
+        )
+        self.ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
+        self._seen = -1
+        self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        """Install lora_A (r, in) and lora_B (out, r) in `slot`."""
+        r = a.shape[0]
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.a[slot, :, :r] = a.t().float()
+        self.b[slot, :r, :] = b.t().float() * scaling
+        self.ranks[slot] = r
+        self._seen = -1
+
+    def clear_slot(self, slot: int) -> None:
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.ranks.pop(slot, None)
+        self._seen = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.base(x)
+        sel = self.selection
+        if self._seen != sel.version:
+            self._seen = sel.version
+            self._rows = self._gather(sel)
+        if self._rows is None:
+            return y
+        a_rows, b_rows = self._rows  # (B, in, r), (B, r, out)
+        if x.shape[0] != a_rows.shape[0]:
+            raise ServeError(f"LoRA slots set for {a_rows.shape[0]} rows, batch has {x.shape[0]}")
+        h = torch.bmm(x.float(), a_rows)  # (B, T, r)
+        return torch.baddbmm(y.float(), h, b_rows).to(y.dtype)
+
+    def _gather(self, sel: SlotSelection) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-row A/B for the current batch, trimmed to the largest rank in use."""
+        rank = max((self.ranks[s] for s in sel.slots if s in self.ranks), default=0)
+        if sel.index is None or rank == 0:
+            return None
+        a_rows = self.a[sel.index][:, :, :rank].contiguous()  # (B, in, r)
+        b_rows = self.b[sel.index][:, :rank, :].contiguous()  # (B, r, out)
+        return a_rows, b_rows
+
+
+class LoraSlots:
+    """Wraps a model's target projections once and loads adapters into numbered slots."""
+
+    def __init__(self, model: nn.Module, *, slots: int, max_rank: int) -> None:
+        if slots < 1 or max_rank < 1:
+            raise ServeError("LoRA slots and max rank must be at least 1")
+        self.slots = slots
+        self.max_rank = max_rank
+        self.selection = SlotSelection()
+        self.layers: dict[str, SlotLoraLinear] = {}
+        for path, module in list(model.named_modules()):
+            if isinstance(module, BitLinear) and path.rpartition(".")[2] in LORA_TARGETS:
+                parent_path, _, attr = path.rpartition(".")
+                parent = model.get_submodule(parent_path) if parent_path else model
+                wrapper = SlotLoraLinear(
+                    module, slots=slots, max_rank=max_rank, selection=self.selection
+                )
+                setattr(parent, attr, wrapper)
+                self.layers[path] = wrapper
+        if not self.layers:
+            raise ServeError("the model has no BitLinear projections to attach LoRA slots to")
+
+    def load(self, slot: int, state: dict[str, torch.Tensor], config: LoraConfig) -> None:
+        """Check a PEFT state dict against the model, then install it in `slot` (1-based)."""
+        if not 1 <= slot <= self.slots:
+            raise ServeError(f"slot {slot} outside 1..{self.slots}")
+        if config.r > self.max_rank:
+            raise ServeError(
+                f"adapter rank {config.r} exceeds this server's max LoRA rank {self.max_rank}; "
+                "restart with a larger --max-lora-rank"
+            )
+        pairs = self._pairs(state, config)
+        for path, layer in self.layers.items():
+            if path in pairs:
+                a, b = pairs[path]
+                layer.set_slot(slot, a, b, config.scaling)
+            else:
+                layer.clear_slot(slot)
+        self.selection.version += 1
+        self.selection.rows = ()
+
+    def clear(self, slot: int) -> None:
+        for layer in self.layers.values():
+            layer.clear_slot(slot)
+        self.selection.version += 1
+        self.selection.rows = ()
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Slot of each batch row for the following forwards (0: the base model)."""
+        sel = self.selection
+        if tuple(rows) == sel.rows:
+            return  # same batch composition: keep every layer's gathered weights
+        sel.rows = tuple(rows)
+        used = frozenset(s for s in rows if s)
+        device = next(iter(self.layers.values())).a.device
+        sel.index = torch.tensor(list(rows), dtype=torch.long, device=device) if used else None
+        sel.slots = used
+        sel.version += 1
+
+    def _pairs(
+        self, state: dict[str, torch.Tensor], config: LoraConfig
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        expected: set[str] = set()
+        for path, layer in self.layers.items():
+            if path.rpartition(".")[2] not in config.target_modules:
+                continue
+            key_a = f"{PEFT_PREFIX}{path}.lora_A.weight"
+            key_b = f"{PEFT_PREFIX}{path}.lora_B.weight"
+            expected |= {key_a, key_b}
+            a, b = state.get(key_a), state.get(key_b)
+            if a is None or b is None:
+                raise ServeError(f"adapter lacks {key_a if a is None else key_b}")
+            base = layer.base
+            if tuple(a.shape) != (config.r, base.in_features):
+                raise ServeError(
+                    f"{key_a}: shape {tuple(a.shape)}, expected {(config.r, base.in_features)}"
+                )
+            if tuple(b.shape) != (base.out_features, config.r):
+                raise ServeError(
+                    f"{key_b}: shape {tuple(b.shape)}, expected {(base.out_features, config.r)}"
+                )
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise ServeError(f"{path}: adapter weights hold non-finite values")
+            pairs[path] = (a, b)
+        unexpected = sorted(set(state) - expected)
+        if unexpected:
+            raise ServeError(f"adapter holds tensors this model has no place for: {unexpected[:3]}")
+        return pairs
