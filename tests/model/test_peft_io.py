@@ -41,14 +41,15 @@ def test_our_adapter_loads_into_peft_and_back(tmp_path: Path) -> None:
     ours.freeze_backbone()
     apply_lora(ours, CONFIG, generator=torch.Generator().manual_seed(1))
     _random_b(ours, 2)
-    save_peft_adapter(tmp_path / "adapter", lora_state_dict(ours, "default"), CONFIG, "tiny-base")
+    base_name = str(tmp_path / "base")  # a local path, so peft never looks it up online
+    save_peft_adapter(tmp_path / "adapter", lora_state_dict(ours, "default"), CONFIG, base_name)
     peft_model = peft.PeftModel.from_pretrained(hf.quantize_online(reference), tmp_path / "adapter")
     assert torch.allclose(hf.logits(peft_model, IDS), ours(IDS), atol=1e-4)
     peft_model.save_pretrained(tmp_path / "from_peft")
     state, config, base = load_peft_adapter(tmp_path / "from_peft")
-    assert config == CONFIG and base == "tiny-base"
+    assert config == CONFIG and base == base_name
     fresh = load_pretrained(tmp_path / "base")
-    attach_peft_adapter(fresh, tmp_path / "from_peft", name="back", expected_base="tiny-base")
+    attach_peft_adapter(fresh, tmp_path / "from_peft", name="back", expected_base=base_name)
     assert torch.allclose(fresh(IDS), ours(IDS), atol=1e-5)
 
 
