@@ -112,3 +112,14 @@ def test_mixed_adapter_batch_generation(tok: Tokenizer) -> None:
     base = generate(m, tok, ["the"], config)
     set_adapter_rows(m, [None, "a"])
     assert generate(m, tok, ["the", "the"], config) == base + with_a
+
+
+def test_config_accepts_lists_and_rejects_bad_stops(
+    model: BitNetForCausalLM, tok: Tokenizer
+) -> None:
+    config = GenerationConfig(max_new_tokens=3, stop_strings=["x"], stop_token_ids=[5])  # type: ignore[arg-type]
+    assert config.stop_strings == ("x",) and config.stop_token_ids == (5,)
+    with pytest.raises(GenerationError, match="stop_strings"):
+        GenerationConfig(stop_strings="abc")  # type: ignore[arg-type]
+    with pytest.raises(GenerationError, match="stop_strings"):
+        GenerationConfig(stop_strings=("",))

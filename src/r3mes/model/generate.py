@@ -52,10 +52,17 @@ class GenerationConfig:
             raise GenerationError(f"top_k must be positive, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.stop_strings, tuple) or any(not s for s in self.stop_strings):
-            raise GenerationError("stop_strings must be a tuple of non-empty strings")
-        if not isinstance(self.stop_token_ids, tuple):
-            raise GenerationError("stop_token_ids must be a tuple of ints")
+        if isinstance(self.stop_strings, str) or not isinstance(self.stop_strings, tuple | list):
+            raise GenerationError("stop_strings must be a sequence of non-empty strings")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise GenerationError("stop_strings must be a sequence of non-empty strings")
+        if not isinstance(self.stop_token_ids, tuple | list) or any(
+            isinstance(t, bool) or not isinstance(t, int) for t in self.stop_token_ids
+        ):
+            raise GenerationError("stop_token_ids must be a sequence of ints")
+        # lists are accepted and stored as tuples so the config stays hashable
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
 
 def _left_pad(

@@ -15,8 +15,8 @@ class KVCache:
     """Keys/values per layer, each (B, n_kv_heads, T_seen, head_dim)."""
 
     def __init__(self, num_layers: int, *, max_length: int | None = None) -> None:
-        if num_layers <= 0:
-            raise GenerationError(f"a KV cache needs at least one layer, got {num_layers}")
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers <= 0:
+            raise GenerationError(f"a KV cache needs at least one layer, got {num_layers!r}")
         self.num_layers = num_layers
         self.max_length = max_length
         self._keys: list[torch.Tensor | None] = [None] * num_layers
