@@ -152,3 +152,32 @@ def test_wrong_shapes_and_extra_tensors(tmp_path: Path) -> None:
 def test_not_a_folder(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a folder"):
         load_pretrained(tmp_path / "nope")
+
+
+def test_bf16_packed_and_sharded_checkpoints_load(tmp_path: Path) -> None:
+    """The microsoft/bitnet-b1.58-2B-4T shape: bf16 scales and embeddings, sharded files."""
+    from safetensors.torch import load_file, save_file
+
+    model = make_tiny_model(4)
+    model.freeze_backbone()
+    folder = _folder(tmp_path)
+    save_pretrained(model, folder, packed=True)
+    state = load_file(folder / "model.safetensors")
+    state = {k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}
+    keys = sorted(state)
+    first, second = keys[: len(keys) // 2], keys[len(keys) // 2 :]
+    (folder / "model.safetensors").unlink()
+    save_file({k: state[k] for k in first}, folder / "model-00001-of-00002.safetensors")
+    save_file({k: state[k] for k in second}, folder / "model-00002-of-00002.safetensors")
+    weight_map = dict.fromkeys(first, "model-00001-of-00002.safetensors")
+    weight_map.update(dict.fromkeys(second, "model-00002-of-00002.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    loaded = load_pretrained(folder)
+    for (_, a), (_, b) in zip(loaded.bit_linears(), model.bit_linears(), strict=True):
+        assert torch.equal(a.ternary_weight(), b.ternary_weight())
+    ids = torch.randint(0, 256, (1, 6))
+    assert torch.allclose(loaded(ids), model(ids), atol=5e-2)
+    weight_map[first[0]] = "../elsewhere.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="plain file names"):
+        load_pretrained(folder)
