@@ -124,6 +124,10 @@ def run_batch(
     return {"tokens_per_s": sum(generated) / elapsed, "ttft_s": statistics.median(first)}
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def engine_for(
     model: BitNetForCausalLM, tok: Tokenizer, name: str, paths: list[Path], max_loras: int
 ) -> ServingEngine:
@@ -141,11 +145,12 @@ def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter generations (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    max_tokens = 24 if args.quick else 96
+    max_tokens = 64 if args.quick else 256
     model, tok, name = load_model()
     model.freeze_backbone()
     for _, layer in model.bit_linears():
@@ -157,8 +162,11 @@ def main() -> None:
         multi = engine_for(model, tok, name, paths, max_loras=N_REQUESTS)
         with multi:
             run_batch(multi, names, 4)  # warm up: adapters into the model
-            base = run_batch(multi, [None] * N_REQUESTS, max_tokens)
-            mixed = run_batch(multi, names, max_tokens)
+            bases, mixes = [], []
+            for _ in range(args.repeats):  # interleaved, medians: the host is shared
+                bases.append(run_batch(multi, [None] * N_REQUESTS, max_tokens))
+                mixes.append(run_batch(multi, names, max_tokens))
+            base, mixed = _median(bases), _median(mixes)
             loads = []
             for i in range(5):
                 t0 = time.perf_counter()
@@ -166,7 +174,7 @@ def main() -> None:
                 loads.append((time.perf_counter() - t0) * 1000)
         switching = engine_for(fresh, tok, name, paths, max_loras=1)
         with switching:
-            switched = run_batch(switching, names, max_tokens)
+            switched = _median([run_batch(switching, names, max_tokens) for _ in range(2)])
     ratio_base = mixed["tokens_per_s"] / base["tokens_per_s"]
     ratio_switch = mixed["tokens_per_s"] / switched["tokens_per_s"]
     label = f"{name}, {N_REQUESTS} requests x {max_tokens} tokens, r={args.rank}"

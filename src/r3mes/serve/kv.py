@@ -97,21 +97,25 @@ class BatchKV(KVCache):
         self.length += 1
         self.lengths = [n + 1 for n in self.lengths]
 
-    def add(self, seq: SequenceKV) -> int:
-        """Append `seq` (a finished prefill) as a new last row; return its row index."""
-        n = seq.keys[0].shape[2]
+    def add(self, seq: SequenceKV, *, row: int = 0, length: int | None = None) -> int:
+        """Append row `row` of a finished prefill as a new last row; return its index.
+
+        `length` is that row's real token count when the prefill was left padded.
+        """
+        total = seq.keys[0].shape[2]
+        n = total if length is None else length
         if n > self.length:
             self._shift_right(n - self.length)
         self._ensure(rows=self.rows + 1, columns=self.length + 1)
-        row, start = self.rows, self.length - n
+        new, start = self.rows, self.length - n
         for layer in range(self.num_layers):
-            self._k[layer][row, :, start : self.length] = seq.keys[layer][0]
-            self._v[layer][row, :, start : self.length] = seq.values[layer][0]
-        self._mask[row].zero_()
-        self._mask[row, start : self.length] = 1
+            self._k[layer][new, :, start : self.length] = seq.keys[layer][row, :, total - n :]
+            self._v[layer][new, :, start : self.length] = seq.values[layer][row, :, total - n :]
+        self._mask[new].zero_()
+        self._mask[new, start : self.length] = 1
         self.rows += 1
         self.lengths.append(n)
-        return row
+        return new
 
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only `rows` (in this order), dropping the others; trims shared padding."""

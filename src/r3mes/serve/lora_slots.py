@@ -48,6 +48,7 @@ class SlotLoraLinear(nn.Module):
         super().__init__()
         self.base = base
         self.selection = selection
+        self.group = SharedInput([self])
         device = next(itertools.chain(base.parameters(), base.buffers())).device
         self.register_buffer(
             "a", torch.zeros(slots + 1, base.in_features, max_rank, device=device), persistent=False
@@ -59,7 +60,7 @@ class SlotLoraLinear(nn.Module):
         )
         self.ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
         self._seen = -1
-        self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._b_rows: torch.Tensor | None = None
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
         """Install lora_A (r, in) and lora_B (out, r) in `slot`."""
@@ -69,36 +70,81 @@ class SlotLoraLinear(nn.Module):
         self.a[slot, :, :r] = a.t().float()
         self.b[slot, :r, :] = b.t().float() * scaling
         self.ranks[slot] = r
-        self._seen = -1
 
     def clear_slot(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
         self.ranks.pop(slot, None)
-        self._seen = -1
+
+    def active_rank(self, sel: SlotSelection) -> int:
+        """Largest rank among this layer's adapters in the batch (0: none, skip LoRA)."""
+        if sel.index is None:
+            return 0
+        return max((self.ranks[s] for s in sel.slots if s in self.ranks), default=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base(x)
         sel = self.selection
+        h = self.group.hidden(self, x, sel)  # (B, T, r) or None
+        if h is None:
+            return y
         if self._seen != sel.version:
             self._seen = sel.version
-            self._rows = self._gather(sel)
-        if self._rows is None:
-            return y
-        a_rows, b_rows = self._rows  # (B, in, r), (B, r, out)
-        if x.shape[0] != a_rows.shape[0]:
-            raise ServeError(f"LoRA slots set for {a_rows.shape[0]} rows, batch has {x.shape[0]}")
-        h = torch.bmm(x.float(), a_rows)  # (B, T, r)
-        return torch.baddbmm(y.float(), h, b_rows).to(y.dtype)
+            assert sel.index is not None
+            rank = self.active_rank(sel)
+            self._b_rows = self.b[sel.index][:, :rank, :].contiguous()  # (B, r, out)
+        assert self._b_rows is not None
+        return torch.baddbmm(y.float(), h, self._b_rows).to(y.dtype)
 
-    def _gather(self, sel: SlotSelection) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-row A/B for the current batch, trimmed to the largest rank in use."""
-        rank = max((self.ranks[s] for s in sel.slots if s in self.ranks), default=0)
-        if sel.index is None or rank == 0:
+
+class SharedInput:
+    """Projections that read the same input tensor (q/k/v, gate/up) share one A product.
+
+    The first member called with a new input computes ``bmm(x, [A_1 | A_2 | ...])`` for
+    all members at once; the others slice their columns out of it. A member called with a
+    different tensor simply recomputes, so the result never depends on call patterns.
+    """
+
+    def __init__(self, members: list[SlotLoraLinear]) -> None:
+        self.members = members
+        self._seen = -1
+        self._a: torch.Tensor | None = None  # (B, in, sum of ranks)
+        self._cols: dict[int, tuple[int, int]] = {}  # id(member) -> column range
+        self._x: torch.Tensor | None = None
+        self._h: torch.Tensor | None = None
+
+    def hidden(
+        self, member: SlotLoraLinear, x: torch.Tensor, sel: SlotSelection
+    ) -> torch.Tensor | None:
+        if self._seen != sel.version:
+            self._seen = sel.version
+            self._rebuild(sel)
+        cols = self._cols.get(id(member))
+        if cols is None or self._a is None:
             return None
-        a_rows = self.a[sel.index][:, :, :rank].contiguous()  # (B, in, r)
-        b_rows = self.b[sel.index][:, :rank, :].contiguous()  # (B, r, out)
-        return a_rows, b_rows
+        if x.shape[0] != self._a.shape[0]:
+            raise ServeError(f"LoRA slots set for {self._a.shape[0]} rows, batch has {x.shape[0]}")
+        if self._x is not x:
+            self._h = torch.bmm(x.float(), self._a)  # (B, T, sum of ranks)
+            self._x = x
+        assert self._h is not None
+        return self._h[..., cols[0] : cols[1]]
+
+    def _rebuild(self, sel: SlotSelection) -> None:
+        self._x = self._h = None
+        self._cols = {}
+        parts = []
+        start = 0
+        for m in self.members:
+            rank = m.active_rank(sel)
+            if rank and sel.index is not None:
+                parts.append(m.a[sel.index][:, :, :rank])  # (B, in, r)
+                self._cols[id(m)] = (start, start + rank)
+                start += rank
+        self._a = torch.cat(parts, dim=2).contiguous() if parts else None
+
+
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class LoraSlots:
@@ -122,6 +168,18 @@ class LoraSlots:
                 self.layers[path] = wrapper
         if not self.layers:
             raise ServeError("the model has no BitLinear projections to attach LoRA slots to")
+        self._group_shared_inputs()
+
+    def _group_shared_inputs(self) -> None:
+        for path in self.layers:
+            parent, _, attr = path.rpartition(".")
+            for names in SHARED_INPUTS:
+                if attr == names[0]:
+                    siblings = [self.layers.get(f"{parent}.{n}" if parent else n) for n in names]
+                    members = [m for m in siblings if m is not None]
+                    group = SharedInput(members)
+                    for m in members:
+                        m.group = group
 
     def load(self, slot: int, state: dict[str, torch.Tensor], config: LoraConfig) -> None:
         """Check a PEFT state dict against the model, then install it in `slot` (1-based)."""

@@ -87,8 +87,10 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
 class IncrementalText:
     """Turns a stream of token ids into text deltas, honouring stop strings.
 
-    Text that could still be the start of a stop string, or that ends in an incomplete
-    UTF-8 sequence (decoded as U+FFFD), is held back until the next token settles it.
+    Decoding is incremental (only the last few ids are decoded per token, as in TGI): a
+    token's text is settled once it decodes to complete characters (no trailing U+FFFD).
+    Settled text that could still be the start of a stop string is held back until the
+    next token decides it.
     """
 
     def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str]) -> None:
@@ -96,6 +98,8 @@ class IncrementalText:
         self._stop = tuple(stop)
         self._holdback = max((len(s) for s in self._stop), default=1) - 1
         self._ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read] give the context for decoding the next ones
+        self._read = 0
         self._emitted = 0
         self.text = ""
         self.stopped = False
@@ -103,25 +107,30 @@ class IncrementalText:
     def add(self, token_id: int) -> str:
         """Add one token; return the text that is now safe to emit (maybe empty)."""
         self._ids.append(token_id)
-        self.text = self._decode(self._ids)
-        cut = self._find_stop()
-        if cut is not None:
-            self.text = self.text[:cut]
-            self.stopped = True
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # an incomplete character: wait for the next token
+        self._settle(after[len(before) :])
+        self._prefix, self._read = self._read, len(self._ids)
+        if self.stopped:
             return self._take(len(self.text))
-        safe = len(self.text) - self._holdback
-        if self.text.endswith("\ufffd"):
-            safe = min(safe, len(self.text) - 1)
-        return self._take(safe)
+        return self._take(len(self.text) - self._holdback)
 
     def flush(self) -> str:
         """At the end of generation: return everything not yet emitted."""
+        if not self.stopped and self._read < len(self._ids):
+            before = self._decode(self._ids[self._prefix : self._read])
+            self._settle(self._decode(self._ids[self._prefix :])[len(before) :])
         return self._take(len(self.text))
 
-    def _find_stop(self) -> int | None:
-        start = max(0, self._emitted - self._holdback)
+    def _settle(self, delta: str) -> None:
+        start = max(0, len(self.text) - self._holdback)
+        self.text += delta
         hits = [i for s in self._stop if (i := self.text.find(s, start)) >= 0]
-        return min(hits) if hits else None
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
 
     def _take(self, upto: int) -> str:
         if upto <= self._emitted:

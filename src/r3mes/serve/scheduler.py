@@ -132,21 +132,21 @@ class Scheduler:
     # ---- admission and prefill -------------------------------------------------------------
 
     def _admit(self) -> None:
-        prefills = 0
+        admitted: list[Pending] = []
         still_waiting: deque[Pending] = deque()
         while self.waiting:
             pending = self.waiting.popleft()
-            full = len(self.running) >= self.max_batch_size
-            verdict = "wait" if full or prefills >= self.max_prefills_per_step else None
-            verdict = verdict or self._place(pending)
+            room = min(self.max_batch_size - len(self.running), self.max_prefills_per_step)
+            verdict = "wait" if len(admitted) >= room else self._place(pending, admitted)
             if verdict == "wait":
                 still_waiting.append(pending)
             elif verdict == "ready":
-                prefills += 1
-                self._prefill(pending)
+                admitted.append(pending)
         self.waiting = still_waiting
+        if admitted:
+            self._prefill(admitted)
 
-    def _place(self, pending: Pending) -> Placement:
+    def _place(self, pending: Pending, admitted: list[Pending]) -> Placement:
         """Make sure the request's adapter is in the model, or say why not."""
         entry = pending.entry
         if entry is None:
@@ -154,7 +154,7 @@ class Scheduler:
         if entry.model_key in self.resident:
             self.resident[entry.model_key] = self.resident.pop(entry.model_key)  # mark recent
             return "ready"
-        if len(self.resident) >= self.max_loras and not self._evict_idle():
+        if len(self.resident) >= self.max_loras and not self._evict_idle(admitted):
             return "wait"
         key = entry.model_key
         slot = min(set(range(1, self.max_loras + 1)) - set(self.resident.values()))
@@ -170,8 +170,9 @@ class Scheduler:
         log.info("adapter in model name=%s key=%s slot=%d", entry.name, key, slot)
         return "ready"
 
-    def _evict_idle(self) -> bool:
+    def _evict_idle(self, admitted: list[Pending]) -> bool:
         busy = {s.key for s in self.running}
+        busy |= {p.entry.model_key for p in admitted if p.entry is not None}
         for key in list(self.resident):  # oldest first
             if key not in busy:
                 self._remove_from_model(key)
@@ -200,23 +201,36 @@ class Scheduler:
         if slot is not None:
             self.slots.clear(slot)
 
-    def _prefill(self, pending: Pending) -> None:
-        ids = pending.request.prompt_ids
+    def _prefill(self, batch: list[Pending]) -> None:
+        """Run the prompts of `batch` together (left padded) and take their first tokens."""
+        lengths = [len(p.request.prompt_ids) for p in batch]
+        width = max(lengths)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, p in enumerate(batch):
+            ids[row, width - lengths[row] :] = torch.tensor(p.request.prompt_ids)
+            mask[row, width - lengths[row] :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = SequenceKV(self.model.config.num_hidden_layers)
-        self._select_rows([pending.entry.model_key if pending.entry else None])
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(input_ids, kv_cache=cache)[0, -1]
-        params = pending.request.params
-        seq = Running(
-            pending=pending,
-            generator=params.make_generator(),
-            text=IncrementalText(self._decode_text, params.stop),
-            next_token=0,
-            generated=0,
-        )
-        if self._accept(seq, choose_token(logits, params, seq.generator)):
-            self.kv.add(cache)
-            self.running.append(seq)
+        self._select_rows([p.entry.model_key if p.entry else None for p in batch])
+        logits = self.model(
+            ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            kv_cache=cache,
+        )[:, -1]  # (B, V)
+        for row, pending in enumerate(batch):
+            params = pending.request.params
+            seq = Running(
+                pending=pending,
+                generator=params.make_generator(),
+                text=IncrementalText(self._decode_text, params.stop),
+                next_token=0,
+                generated=0,
+            )
+            if self._accept(seq, choose_token(logits[row], params, seq.generator)):
+                self.kv.add(cache, row=row, length=lengths[row])
+                self.running.append(seq)
 
     # ---- decoding --------------------------------------------------------------------------
 
