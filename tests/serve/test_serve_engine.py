@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from r3mes.model.tokenizer import Tokenizer
 from r3mes.serve.adapters import LoadedAdapter
 from r3mes.serve.engine import ServingEngine
-from r3mes.serve.errors import AdapterNotFound, EngineClosed, InvalidRequest
+from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, EngineClosed, InvalidRequest
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest, TokenEvent
 
@@ -170,3 +171,16 @@ def test_unloaded_adapter_is_refused_but_running_ones_finish(engine: ServingEngi
     assert running.finish.reason == "length"  # type: ignore[union-attr]
     with pytest.raises(AdapterNotFound):
         submit(engine, "hello", "ad1")
+
+
+def test_adapters_that_do_not_fit_are_refused_at_load(
+    engine: ServingEngine, adapter_factory: Callable[[int], LoadedAdapter]
+) -> None:
+    good = adapter_factory(1)
+    key = next(k for k in good.state if "lora_A" in k)
+    wrong = LoadedAdapter(
+        state={**good.state, key: torch.zeros(4, 7)}, config=good.config, base_model_name="x"
+    )
+    with pytest.raises(AdapterLoadError, match="shape"):
+        engine.load_adapter_from("wrong", lambda: wrong)
+    assert "wrong" not in engine.adapters.names()

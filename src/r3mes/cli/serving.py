@@ -63,6 +63,7 @@ def start(
     max_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per decode step.")] = 16,
     max_loras: Annotated[int, typer.Option(min=1, help="Distinct adapters per batch.")] = 4,
     max_cpu_loras: Annotated[int, typer.Option(min=1, help="Adapters kept in host memory.")] = 16,
+    max_lora_rank: Annotated[int, typer.Option(min=1, help="Largest adapter rank served.")] = 64,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: default).")] = 0,
 ) -> None:
     """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C."""
@@ -78,7 +79,10 @@ def start(
     console = Console()
     settings = ServerSettings(admin_token=admin_token)  # validates the token before loading
     config = EngineConfig(
-        max_batch_size=max_batch_size, max_loras=max_loras, max_cpu_loras=max_cpu_loras
+        max_batch_size=max_batch_size,
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
+        max_lora_rank=max_lora_rank,
     )
     router = SemanticRouter(load_routes(routes), minilm_embedder()) if routes else None
     engine = build_engine(model, adapters=_parse_adapters(adapter or []), config=config)

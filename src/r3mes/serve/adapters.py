@@ -25,7 +25,7 @@ import torch
 
 from r3mes.errors import R3mesError
 from r3mes.model.lora import LoraConfig
-from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
+from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, InvalidRequest, ServeError
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,14 @@ class AdapterCache:
     Thread-safe: the API thread registers adapters while the engine thread reads them.
     """
 
-    def __init__(self, *, max_cpu_loras: int) -> None:
+    def __init__(
+        self, *, max_cpu_loras: int, check: Callable[[LoadedAdapter], None] | None = None
+    ) -> None:
+        """`check` (e.g. "fits this model") runs on every registration; it raises ServeError."""
         if max_cpu_loras < 1:
             raise InvalidRequest("max_cpu_loras must be at least 1", param="max_cpu_loras")
         self.max_cpu_loras = max_cpu_loras
+        self.check = check
         self._lock = threading.Lock()
         self._entries: dict[str, AdapterEntry] = {}
         self._loaded: OrderedDict[int, LoadedAdapter] = OrderedDict()
@@ -112,6 +116,11 @@ class AdapterCache:
         """Load an adapter once to check it, then publish it under `name` (replacing any)."""
         check_adapter_name(name)
         loaded = _call_loader(name, loader)
+        if self.check is not None:
+            try:
+                self.check(loaded)
+            except ServeError as exc:
+                raise AdapterLoadError(name, str(exc)) from exc
         with self._lock:
             entry = AdapterEntry(name=name, serial=next(_SERIALS), loader=loader, origin=origin)
             old = self._entries.get(name)

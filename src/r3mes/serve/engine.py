@@ -112,6 +112,8 @@ class ServingEngine:
             max_model_len=self.max_model_len,
             max_prefills_per_step=self.config.max_prefills_per_step,
         )
+        slots = self._scheduler.slots
+        self.adapters.check = lambda adapter: slots.check(adapter.state, adapter.config)
         self._inbox: queue.Queue[Pending | None] = queue.Queue()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None

@@ -181,15 +181,14 @@ class LoraSlots:
                     for m in members:
                         m.group = group
 
+    def check(self, state: dict[str, torch.Tensor], config: LoraConfig) -> None:
+        """Raise ServeError unless the adapter fits this model and these slots."""
+        self._pairs(state, config)
+
     def load(self, slot: int, state: dict[str, torch.Tensor], config: LoraConfig) -> None:
         """Check a PEFT state dict against the model, then install it in `slot` (1-based)."""
         if not 1 <= slot <= self.slots:
             raise ServeError(f"slot {slot} outside 1..{self.slots}")
-        if config.r > self.max_rank:
-            raise ServeError(
-                f"adapter rank {config.r} exceeds this server's max LoRA rank {self.max_rank}; "
-                "restart with a larger --max-lora-rank"
-            )
         pairs = self._pairs(state, config)
         for path, layer in self.layers.items():
             if path in pairs:
@@ -221,6 +220,11 @@ class LoraSlots:
     def _pairs(
         self, state: dict[str, torch.Tensor], config: LoraConfig
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if config.r > self.max_rank:
+            raise ServeError(
+                f"adapter rank {config.r} exceeds this server's max LoRA rank {self.max_rank}; "
+                "restart with a larger --max-lora-rank"
+            )
         pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         expected: set[str] = set()
         for path, layer in self.layers.items():

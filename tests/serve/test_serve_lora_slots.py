@@ -1,0 +1,85 @@
+"""The serving LoRA slots compute what `r3mes.model.lora` computes, per batch row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r3mes.model.lora import LoraConfig, apply_lora, load_lora_state_dict, set_active_adapter
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.tiny import make_tiny_model
+from r3mes.serve.errors import ServeError
+from r3mes.serve.lora_slots import LoraSlots
+
+
+def model() -> BitNetForCausalLM:
+    m = make_tiny_model(3)
+    m.freeze_backbone()
+    return m
+
+
+def random_state(config: LoraConfig, seed: int) -> dict[str, torch.Tensor]:
+    donor = model()
+    apply_lora(donor, config, name="d")
+    from r3mes.model.lora import lora_state_dict
+
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in lora_state_dict(donor, "d").items()
+    }
+
+
+CFG_A = LoraConfig(r=4, alpha=8, target_modules=("q_proj", "k_proj", "v_proj", "down_proj"))
+CFG_B = LoraConfig(r=8, alpha=4, target_modules=("o_proj", "gate_proj", "up_proj", "v_proj"))
+
+
+@torch.inference_mode()
+def test_slots_match_the_model_lora_row_by_row() -> None:
+    states = {"a": random_state(CFG_A, 1), "b": random_state(CFG_B, 2)}
+    reference = model()
+    apply_lora(reference, CFG_A, name="a")
+    load_lora_state_dict(reference, states["a"], "a")
+    apply_lora(reference, CFG_B, name="b")
+    load_lora_state_dict(reference, states["b"], "b")
+    ids = torch.randint(3, 250, (3, 7), generator=torch.Generator().manual_seed(0))
+    expected = []
+    for row, name in enumerate(["a", None, "b"]):
+        set_active_adapter(reference, name)
+        expected.append(reference(ids[row : row + 1])[0])
+
+    served = model()
+    slots = LoraSlots(served, slots=2, max_rank=16)
+    slots.load(1, states["a"], CFG_A)
+    slots.load(2, states["b"], CFG_B)
+    slots.select([1, 0, 2])
+    got = served(ids)
+    for row in range(3):
+        assert torch.allclose(got[row], expected[row], atol=1e-4), row
+    slots.select([0, 0, 0])
+    base = served(ids)
+    set_active_adapter(reference, None)
+    assert torch.equal(base[1], got[1])  # base rows are exact, with or without neighbours
+    assert torch.allclose(base, reference(ids), atol=1e-5)
+    slots.clear(1)
+    slots.select([1, 0, 2])
+    assert torch.allclose(served(ids)[0], base[0], atol=1e-6)  # a cleared slot is a no-op
+
+
+def test_bad_adapters_are_refused() -> None:
+    slots = LoraSlots(model(), slots=1, max_rank=4)
+    state = random_state(CFG_B, 3)
+    with pytest.raises(ServeError, match="max LoRA rank"):
+        slots.load(1, state, CFG_B)
+    small = LoraConfig(r=4, alpha=8, target_modules=("q_proj",))
+    good = random_state(small, 4)
+    key = next(iter(good))
+    with pytest.raises(ServeError, match="shape"):
+        slots.load(1, {**good, key: torch.zeros(3, 3)}, small)
+    with pytest.raises(ServeError, match="no place"):
+        slots.load(1, {**good, "base_model.model.extra.lora_A.weight": torch.zeros(1)}, small)
+    with pytest.raises(ServeError, match="lacks"):
+        slots.load(1, {k: v for k, v in good.items() if "lora_B" not in k}, small)
+    with pytest.raises(ServeError, match="non-finite"):
+        slots.load(1, {**good, key: torch.full_like(good[key], float("nan"))}, small)
+    with pytest.raises(ServeError, match="slot 2"):
+        slots.load(2, good, small)
