@@ -94,7 +94,9 @@ class SlotLoraLinear(nn.Module):
             rank = self.active_rank(sel)
             self._b_rows = self.b[sel.index][:, :rank, :].contiguous()  # (B, r, out)
         assert self._b_rows is not None
-        return torch.baddbmm(y.float(), h, self._b_rows).to(y.dtype)
+        if y.dtype != torch.float32:
+            return torch.baddbmm(y.float(), h, self._b_rows).to(y.dtype)
+        return torch.baddbmm(y, h, self._b_rows)
 
 
 class SharedInput:
@@ -125,9 +127,11 @@ class SharedInput:
         if x.shape[0] != self._a.shape[0]:
             raise ServeError(f"LoRA slots set for {self._a.shape[0]} rows, batch has {x.shape[0]}")
         if self._x is not x:
-            self._h = torch.bmm(x.float(), self._a)  # (B, T, sum of ranks)
-            self._x = x
+            self._h = torch.bmm(x if x.dtype == torch.float32 else x.float(), self._a)
+            self._x = x  # (B, T, sum of ranks) computed for this input
         assert self._h is not None
+        if cols[1] - cols[0] == self._h.shape[-1]:
+            return self._h
         return self._h[..., cols[0] : cols[1]]
 
     def _rebuild(self, sel: SlotSelection) -> None:
