@@ -12,7 +12,13 @@ import torch
 from r3mes.model.tokenizer import Tokenizer
 from r3mes.serve.adapters import LoadedAdapter
 from r3mes.serve.engine import ServingEngine
-from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, EngineClosed, InvalidRequest
+from r3mes.serve.errors import (
+    AdapterLoadError,
+    AdapterNotFound,
+    EngineClosed,
+    EngineOverloaded,
+    InvalidRequest,
+)
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest, TokenEvent
 
@@ -184,3 +190,37 @@ def test_adapters_that_do_not_fit_are_refused_at_load(
     with pytest.raises(AdapterLoadError, match="shape"):
         engine.load_adapter_from("wrong", lambda: wrong)
     assert "wrong" not in engine.adapters.names()
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
+    engine: ServingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = engine._scheduler
+    real = scheduler._decode_step
+    calls = {"n": 0}
+
+    def flaky() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device fault")
+        real()
+
+    monkeypatch.setattr(scheduler, "_decode_step", flaky)
+    failed = submit(engine, "hello", "ad0", max_tokens=10).wait()
+    assert failed.finish is not None and failed.finish.reason == "error"
+    assert "simulated device fault" in (failed.finish.error or "")
+    ok = submit(engine, "hello", "ad0", max_tokens=10).wait()
+    assert ok.finish is not None and ok.finish.reason == "length"
+    assert engine.stats().running == 0 and engine.alive
+
+
+def test_full_queue_is_refused(engine_factory: EngineFactory) -> None:
+    engine = engine_factory(n_adapters=1, max_batch_size=1, max_waiting=1)
+    first = submit(engine, "hello", None, max_tokens=300)
+    while not first.tokens:
+        time.sleep(0.001)
+    second = submit(engine, "hello", None, max_tokens=2)
+    with pytest.raises(EngineOverloaded, match="retry later"):
+        submit(engine, "hello", None, max_tokens=2)
+    assert second.wait().finish is not None
+    first.wait()

@@ -90,7 +90,7 @@ def test_top_p_keeps_only_the_nucleus() -> None:
         {"top_k": -1},
         {"seed": -5},
         {"stop": ("",)},
-        {"stop": tuple("abcdefghij")},
+        {"stop": tuple("abcdefghijklmnopq")},
     ],
 )
 def test_bad_sampling_params_are_rejected(kwargs: dict[str, object]) -> None:

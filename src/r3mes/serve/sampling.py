@@ -13,7 +13,7 @@ import torch
 
 from r3mes.serve.errors import InvalidRequest
 
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = 16  # the API takes 8 from the client; chat adds its role markers
 MAX_STOP_LENGTH = 128
 
 
