@@ -224,3 +224,23 @@ def test_full_queue_is_refused(engine_factory: EngineFactory) -> None:
         submit(engine, "hello", None, max_tokens=2)
     assert second.wait().finish is not None
     first.wait()
+
+
+def test_a_failing_prefill_fails_only_its_requests(
+    engine: ServingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = engine._scheduler
+    real = scheduler._prefill
+    calls = {"n": 0}
+
+    def flaky(batch: list[object]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated prefill fault")
+        real(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "_prefill", flaky)
+    failed = submit(engine, "hello", None, max_tokens=5).wait()
+    assert failed.finish is not None and failed.finish.reason == "error"
+    later = submit(engine, "hello", None, max_tokens=5).wait()
+    assert later.finish is not None and later.finish.reason == "length"

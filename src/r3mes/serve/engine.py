@@ -227,7 +227,7 @@ class ServingEngine:
                 sched.collect_stale()
             except Exception as exc:  # keep serving: fail this batch, not the server
                 log.exception("engine step failed")
-                sched.fail_all(f"internal error in the serving engine: {exc}")
+                sched.fail_running(f"internal error in the serving engine: {exc}")
         sched.fail_all("the serving engine stopped")
         self._fail_inbox()
 

@@ -91,14 +91,16 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.max_prefills_per_step = max_prefills_per_step
         cfg = model.config
+        self.device = model.model.embed_tokens.weight.device
         self.kv = BatchKV(
             cfg.num_hidden_layers,
             n_kv_heads=cfg.num_key_value_heads,
-            head_dim=cfg.hidden_size // cfg.num_attention_heads,
-            device=next(model.parameters()).device,
+            head_dim=cfg.head_dim,
+            dtype=model.model.embed_tokens.weight.dtype,
+            device=self.device,
         )
-        self.device = next(model.parameters()).device
         self.waiting: deque[Pending] = deque()
+        self.admitting: list[Pending] = []  # popped from `waiting`, being prefilled
         self.running: list[Running] = []
         self.slots = LoraSlots(model, slots=max_loras, max_rank=max_lora_rank)
         self.resident: dict[str, int] = {}  # model key -> slot, least recently used first
@@ -116,15 +118,22 @@ class Scheduler:
         if self.running:
             self._decode_step()
 
-    def fail_all(self, message: str) -> None:
-        """Finish every running and waiting request with an error (after a model failure)."""
+    def fail_running(self, message: str) -> None:
+        """Finish the batch (and any prefill in flight) with an error after a model failure."""
         for seq in self.running:
             self._finish(seq.pending, "error", seq.generated, error=message)
-        for pending in self.waiting:
+        for pending in self.admitting:
             self._finish(pending, "error", 0, error=message)
         self.running.clear()
-        self.waiting.clear()
+        self.admitting = []
         self.kv.keep_rows([])
+
+    def fail_all(self, message: str) -> None:
+        """Finish every request, running or waiting, with an error (engine shutdown)."""
+        self.fail_running(message)
+        for pending in self.waiting:
+            self._finish(pending, "error", 0, error=message)
+        self.waiting.clear()
 
     def active_adapters(self) -> int:
         return len({s.key for s in self.running if s.key is not None})
@@ -144,7 +153,9 @@ class Scheduler:
                 admitted.append(pending)
         self.waiting = still_waiting
         if admitted:
+            self.admitting = admitted
             self._prefill(admitted)
+            self.admitting = []
 
     def _place(self, pending: Pending, admitted: list[Pending]) -> Placement:
         """Make sure the request's adapter is in the model, or say why not."""
