@@ -263,3 +263,23 @@ def test_health_and_metrics(server: ServerThread, client: openai.OpenAI) -> None
     assert "r3mes_serve_queue_depth 0.0" in text
     assert "r3mes_serve_adapter_cache_hits_total" in text
     assert 'r3mes_serve_requests_total{finish_reason="length"} 2.0' in text
+
+
+def test_engine_failures_reach_the_client_as_errors(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("simulated device fault")
+
+    monkeypatch.setattr(server.engine._scheduler, "_decode_step", broken)
+    body = {"model": "ad0", "prompt": "hello", "max_tokens": 8}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "server_error"
+    assert "simulated" not in r.json()["error"]["message"]  # internals stay in the log
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json={**body, "stream": True}, timeout=30
+    ) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][len("data: ") :])["error"]["type"] == "server_error"

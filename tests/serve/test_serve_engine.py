@@ -208,7 +208,7 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
     monkeypatch.setattr(scheduler, "_decode_step", flaky)
     failed = submit(engine, "hello", "ad0", max_tokens=10).wait()
     assert failed.finish is not None and failed.finish.reason == "error"
-    assert "simulated device fault" in (failed.finish.error or "")
+    assert "internal error" in (failed.finish.error or "")  # details only in the log
     ok = submit(engine, "hello", "ad0", max_tokens=10).wait()
     assert ok.finish is not None and ok.finish.reason == "length"
     assert engine.stats().running == 0 and engine.alive

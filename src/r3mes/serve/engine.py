@@ -225,9 +225,9 @@ class ServingEngine:
             try:
                 sched.step()
                 sched.collect_stale()
-            except Exception as exc:  # keep serving: fail this batch, not the server
-                log.exception("engine step failed")
-                sched.fail_running(f"internal error in the serving engine: {exc}")
+            except Exception:  # keep serving: fail this batch, not the server
+                log.exception("engine step failed")  # details stay in the server log
+                sched.fail_running("internal error in the serving engine; see the server log")
         sched.fail_all("the serving engine stopped")
         self._fail_inbox()
 
