@@ -95,13 +95,18 @@ def test_start_serves_a_model_directory_with_an_adapter(
     tokenizer.save(tmp_path / "base")
     adapter = adapter_factory(5)
     save_peft_adapter(tmp_path / "ad", adapter.state, adapter.config, "base")
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[[routes]]\nname = "mine"\nthreshold = 0.5\nexamples = ["fix my python code"]\n'
+    )
     port = free_port()
     env = {**os.environ, "R3MES_ADMIN_TOKEN": "x" * 20}
     cmd = [sys.executable, "-m", "r3mes.cli.main", "serving", "start", "--model"]
     cmd += [str(tmp_path / "base"), "--adapter", f"mine={tmp_path / 'ad'}", "--port", str(port)]
+    cmd += ["--routes", str(routes)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             try:
@@ -112,9 +117,24 @@ def test_start_serves_a_model_directory_with_an_adapter(
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.3)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=30)
-        assert [m.id for m in client.models.list()] == ["base", "mine"]
+        assert [m.id for m in client.models.list()] == ["base", "mine", "auto"]
         out = client.completions.create(model="mine", prompt="hello", max_tokens=8, temperature=0)
         assert out.usage is not None and out.usage.completion_tokens > 0
+        routed = client.completions.create(
+            model="auto", prompt="my python code has a bug", max_tokens=4
+        )
+        assert routed.model == "mine"
+        unrouted = client.completions.create(model="auto", prompt="lovely weather", max_tokens=4)
+        assert unrouted.model == "base"
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.mark.slow
+def test_route_shows_the_decision(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": [{"name": "code", "examples": ["debug my code"]}]}))
+    result = CliRunner().invoke(app, ["route", "my program crashes", "--routes", str(routes)])
+    assert result.exit_code == 0, result.output
+    assert "-> code" in result.output
