@@ -2,10 +2,11 @@
 
 `r3mes.model.lora` restacks every adapter's weights on each forward, which is right for
 training and one-off batches but too slow for a decode loop that runs the same batch
-composition for many steps. Here every target `BitLinear` is wrapped once by
-`SlotLoraLinear`, which holds `slots + 1` preallocated, rank-padded A/B matrices (slot 0 is
-all zeros: the base model). Each batch row names a slot; the per-row matrices are gathered
-once per batch composition (BGMV), and each forward adds
+composition for many steps. Here every target `BitLinear` gets a `SlotLoraLinear` (put in
+the model only while some row of the batch adapts that projection), which holds
+`slots + 1` preallocated, rank-padded A/B matrices (slot 0 is all zeros: the base model).
+Each batch row names a slot; the per-row matrices are gathered once per batch
+composition (BGMV), and each forward adds
 ``bmm(bmm(x, A_rows), B_rows)`` to the frozen ternary output. The adapter scaling is folded
 into B. Rows of slot 0 get exactly the base output (their delta is an exact zero).
 
@@ -83,7 +84,7 @@ class SlotLoraLinear(nn.Module):
         return max((self.ranks[s] for s in sel.slots if s in self.ranks), default=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.base(x)
+        y: torch.Tensor = self.base.forward(x)  # direct: no hooks on the frozen base
         sel = self.selection
         h = self.group.hidden(self, x, sel)  # (B, T, r) or None
         if h is None:
@@ -161,15 +162,15 @@ class LoraSlots:
         self.max_rank = max_rank
         self.selection = SlotSelection()
         self.layers: dict[str, SlotLoraLinear] = {}
+        self._places: dict[str, tuple[nn.Module, str]] = {}
         for path, module in list(model.named_modules()):
             if isinstance(module, BitLinear) and path.rpartition(".")[2] in LORA_TARGETS:
                 parent_path, _, attr = path.rpartition(".")
                 parent = model.get_submodule(parent_path) if parent_path else model
-                wrapper = SlotLoraLinear(
+                self.layers[path] = SlotLoraLinear(
                     module, slots=slots, max_rank=max_rank, selection=self.selection
                 )
-                setattr(parent, attr, wrapper)
-                self.layers[path] = wrapper
+                self._places[path] = (parent, attr)
         if not self.layers:
             raise ServeError("the model has no BitLinear projections to attach LoRA slots to")
         self._group_shared_inputs()
@@ -220,6 +221,19 @@ class LoraSlots:
         sel.index = torch.tensor(list(rows), dtype=torch.long, device=device) if used else None
         sel.slots = used
         sel.version += 1
+        self._install()
+
+    def _install(self) -> None:
+        """Wrap exactly the projections this batch's adapters touch; leave the rest bare.
+
+        A projection no row adapts runs as the plain `BitLinear` (no wrapper overhead), so
+        a base-only batch is the unmodified model.
+        """
+        for path, layer in self.layers.items():
+            parent, attr = self._places[path]
+            wanted: nn.Module = layer if layer.active_rank(self.selection) else layer.base
+            if getattr(parent, attr) is not wanted:
+                setattr(parent, attr, wanted)
 
     def _pairs(
         self, state: dict[str, torch.Tensor], config: LoraConfig
