@@ -251,6 +251,8 @@ def test_client_disconnect_cancels_the_request(server: ServerThread) -> None:
         time.sleep(0.02)
     assert server.engine.stats().running == 0
     assert server.engine.stats().tokens_generated < 400
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'r3mes_serve_requests_total{finish_reason="cancelled"} 1.0' in metrics
 
 
 def test_health_and_metrics(server: ServerThread, client: openai.OpenAI) -> None:

@@ -137,7 +137,11 @@ class Run:
         self.metrics = metrics
         self.started = time.monotonic()
         self.first_token: float | None = None
-        self.stream = EventStream(engine, completion.request)
+        self.stream = EventStream(engine, completion.request, on_abandon=self._abandoned)
+
+    def _abandoned(self) -> None:
+        """The client left (disconnect, timeout): the engine cancels the request."""
+        self.metrics.requests.labels(finish_reason="cancelled").inc()
 
     def observe(self, event: TokenEvent | FinishEvent) -> None:
         now = time.monotonic()

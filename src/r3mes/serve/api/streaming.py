@@ -22,8 +22,16 @@ DISCONNECT_POLL_S = 0.5
 class EventStream:
     """Async iterator over one request's engine events; cancels the request when closed."""
 
-    def __init__(self, engine: ServingEngine, request: GenerationRequest) -> None:
+    def __init__(
+        self,
+        engine: ServingEngine,
+        request: GenerationRequest,
+        *,
+        on_abandon: Callable[[], None] | None = None,
+    ) -> None:
+        """Submit `request`; `on_abandon` runs if the consumer leaves before the end."""
         loop = asyncio.get_running_loop()
+        self._on_abandon = on_abandon
         self._queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
         def sink(event: EngineEvent) -> None:
@@ -51,6 +59,8 @@ class EventStream:
         finally:
             if not self.finished:
                 self.handle.cancel()
+                if self._on_abandon is not None:
+                    self._on_abandon()
 
 
 def sse(payload: dict[str, Any]) -> str:
