@@ -83,3 +83,10 @@ def test_bad_adapters_are_refused() -> None:
         slots.load(1, {**good, key: torch.full_like(good[key], float("nan"))}, small)
     with pytest.raises(ServeError, match="slot 2"):
         slots.load(2, good, small)
+
+
+def test_one_engine_per_model() -> None:
+    m = model()
+    LoraSlots(m, slots=1, max_rank=4)
+    with pytest.raises(ServeError, match="own copy"):
+        LoraSlots(m, slots=1, max_rank=4)

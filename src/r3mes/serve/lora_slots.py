@@ -17,6 +17,7 @@ format `r3mes.model.lora.lora_state_dict` and `peft_io` produce.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -149,6 +150,9 @@ class SharedInput:
         self._a = torch.cat(parts, dim=2).contiguous() if parts else None
 
 
+# Models that already have slots: two engines swapping modules in one model would clash.
+_SERVED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
@@ -158,6 +162,12 @@ class LoraSlots:
     def __init__(self, model: nn.Module, *, slots: int, max_rank: int) -> None:
         if slots < 1 or max_rank < 1:
             raise ServeError("LoRA slots and max rank must be at least 1")
+        if model in _SERVED:
+            raise ServeError(
+                "this model already belongs to a serving engine; give each engine its own "
+                "copy (copy.deepcopy(model) or load it again)"
+            )
+        _SERVED.add(model)
         self.slots = slots
         self.max_rank = max_rank
         self.selection = SlotSelection()
