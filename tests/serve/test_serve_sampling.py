@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r3mes.serve.errors import InvalidRequest
 from r3mes.serve.sampling import IncrementalText, SamplingParams, choose_token
@@ -96,3 +98,35 @@ def test_top_p_keeps_only_the_nucleus() -> None:
 def test_bad_sampling_params_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+@given(
+    text=st.text(alphabet="abcXY\u00e9\u20ac", max_size=40),
+    stops=st.lists(st.text(alphabet="abcXY", min_size=1, max_size=4), max_size=3),
+)
+@settings(max_examples=200, deadline=None)
+def test_streamed_text_is_the_text_cut_at_the_first_stop(text: str, stops: list[str]) -> None:
+    """Whatever the split into tokens (UTF-8 bytes here), the deltas add up to the text
+    cut where the first stop string completes."""
+
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    stream = IncrementalText(decode, stops)
+    out = ""
+    for byte in text.encode():
+        out += stream.add(byte)
+        if stream.stopped:
+            break
+    out += stream.flush()
+    assert out == first_stop_cut(text, stops)
+    assert stream.stopped == any(s in text for s in stops)
+
+
+def first_stop_cut(text: str, stops: list[str]) -> str:
+    """Generation stops as soon as some stop string is complete (as OpenAI and vLLM do)."""
+    for end in range(1, len(text) + 1):
+        seen = [i for s in stops if (i := text[:end].find(s)) >= 0]
+        if seen:
+            return text[: min(seen)]
+    return text
