@@ -190,6 +190,9 @@ def test_adapters_that_do_not_fit_are_refused_at_load(
     with pytest.raises(AdapterLoadError, match="shape"):
         engine.load_adapter_from("wrong", lambda: wrong)
     assert "wrong" not in engine.adapters.names()
+    for reserved in ("auto", engine.model_name):
+        with pytest.raises(InvalidRequest, match="reserved"):
+            engine.load_adapter_from(reserved, lambda: good)
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(

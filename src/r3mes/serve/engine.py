@@ -27,6 +27,9 @@ from r3mes.serve.types import GenerationRequest, RequestHandle, Sink
 
 log = logging.getLogger(__name__)
 
+RESERVED_AUTO = "auto"
+"""The `model` value that asks the semantic router; never an adapter name."""
+
 
 class TextTokenizer(Protocol):
     """What the engine needs from `r3mes.model.tokenizer.Tokenizer`."""
@@ -185,13 +188,22 @@ class ServingEngine:
         Requests already decoding keep the version they started with; new requests get
         this one. Blocks while reading the files, so call it off the event loop.
         """
+        self._check_name(name)
         return self.adapters.register_dir(name, directory)
 
     def load_adapter_from(
         self, name: str, loader: AdapterLoader, *, origin: str = "loader"
     ) -> AdapterEntry:
         """Like `load_adapter`, with the weights coming from `loader` (e.g. the registry)."""
+        self._check_name(name)
         return self.adapters.register(name, loader=loader, origin=origin)
+
+    def _check_name(self, name: str) -> None:
+        if name in (self.model_name, RESERVED_AUTO):
+            raise InvalidRequest(
+                f"adapter name {name!r} is reserved (the base model / the router); pick another",
+                param="lora_name",
+            )
 
     def unload_adapter(self, name: str) -> AdapterEntry:
         """Stop serving `name`; requests already using it finish first."""

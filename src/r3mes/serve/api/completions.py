@@ -19,13 +19,13 @@ from r3mes.serve.api.errors import ApiError
 from r3mes.serve.api.metrics import ServeMetrics
 from r3mes.serve.api.schemas import SamplingFields
 from r3mes.serve.api.streaming import SSE_DONE, EventStream, sse
-from r3mes.serve.engine import ServingEngine
+from r3mes.serve.engine import RESERVED_AUTO, ServingEngine
 from r3mes.serve.router import SemanticRouter
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.settings import ServerSettings
 from r3mes.serve.types import FinishEvent, GenerationRequest, TokenEvent
 
-AUTO_MODEL = "auto"
+AUTO_MODEL = RESERVED_AUTO
 
 
 @dataclass(frozen=True)
