@@ -163,6 +163,8 @@ def test_submit_rejects_bad_requests(engine: ServingEngine) -> None:
         submit(engine, "hi", "missing")
     with pytest.raises(InvalidRequest, match="at most"):
         engine.submit(GenerationRequest(prompt_ids=(1,) * 600, adapter=None), Collector())
+    with pytest.raises(InvalidRequest, match="token ids"):
+        engine.submit(GenerationRequest(prompt_ids=(1, 99_999), adapter=None), Collector())
     with pytest.raises(InvalidRequest, match="empty"):
         engine.submit(GenerationRequest(prompt_ids=(), adapter=None), Collector())
     engine.stop()

@@ -173,6 +173,9 @@ class ServingEngine:
                 f"the prompt has {n} tokens; this model takes at most {self.max_model_len - 1}",
                 param="messages",
             )
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in request.prompt_ids):
+            raise InvalidRequest(f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
         entry = self.adapters.entry(request.adapter) if request.adapter is not None else None
         if self._inbox.qsize() + len(self._scheduler.waiting) >= self.config.max_waiting:
             raise EngineOverloaded(self.config.max_waiting)
