@@ -1,0 +1,244 @@
+"""The proposer role: when a round closes, merge its verified updates into version v+1.
+
+For every closed round without an adapter, once its submissions are settled (or one more
+round has passed), the proposer merges the verified updates into the adapter in force
+(`r3mes.work.aggregate`), packages the result as a PEFT bundle, stores it, and sends
+`ProposeAdapter`; the ledger approves it into the registry at once. A failed proposal
+unpins what it stored. Each version's held-out loss (and the base model's) is measured and
+published on `/stats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from r3mes.node.errors import NetworkError, NodeError, ValidationError, classify
+from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.tasks import WorkProfile, derive_task
+from r3mes.node.workload import AdapterInfo, merge_updates, package_adapter, start_adapter
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo
+    from r3mes.chain.crypto import SigningKey
+    from r3mes.node.artifacts import BlobStore
+    from r3mes.work.task import Task
+
+logger = logging.getLogger(__name__)
+
+LOOKBACK_ROUNDS = 4
+MAX_UPDATE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    """Everything a proposer needs besides its key."""
+
+    service: ServiceConfig
+    chain_url: str
+    profile: WorkProfile
+    blocks: Path
+    evaluate: bool = True
+    """Measure held-out loss of each version (and the base model) for `/stats`."""
+
+    def __post_init__(self) -> None:
+        if self.service.role != "proposer":
+            raise ValidationError("ProposerSettings.service.role must be 'proposer'")
+
+
+class Proposer(RoleService):
+    """The proposer service."""
+
+    def __init__(
+        self,
+        settings: ProposerSettings,
+        *,
+        key: SigningKey,
+        client: BlockchainClient | None = None,
+        store: BlobStore | None = None,
+    ) -> None:
+        from prometheus_client import Gauge
+
+        from r3mes.chain.client import BlockchainClient
+        from r3mes.node.artifacts import ArtifactCache
+        from r3mes.storage.blockstore import Blockstore
+
+        super().__init__(settings.service)
+        self.settings = settings
+        self.key = key
+        self.address = key.address
+        self.client = client or BlockchainClient(settings.chain_url)
+        self.store: BlobStore = store or Blockstore(settings.blocks)
+        state = settings.service.state_dir
+        self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
+        self._history_path = state / "versions.json"
+        self.history: list[dict[str, Any]] = self._load_history()
+        self.base_loss: float | None = None
+        self._version = Gauge(
+            "r3mes_proposer_adapter_version",
+            "Latest proposed adapter version",
+            registry=self.registry,
+        )
+        self._loss = Gauge(
+            "r3mes_proposer_heldout_loss",
+            "Held-out loss of the latest version",
+            registry=self.registry,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        from r3mes.node.registration import ensure_registered
+
+        ensure_registered(
+            self.client, self.key, role="proposer", endpoint=f"http://127.0.0.1:{self.port}"
+        )
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def _load_history(self) -> list[dict[str, Any]]:
+        try:
+            raw = json.loads(self._history_path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s: %s", self._history_path, exc)
+            return []
+        return [x for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
+
+    def _save_history(self) -> None:
+        self._history_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._history_path.with_name(f".{self._history_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(self.history, indent=2))
+        os.replace(tmp, self._history_path)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def step(self) -> bool:
+        current = self.client.current_round()
+        height = self.client.status().height
+        for number in range(max(1, current.number - LOOKBACK_ROUNDS), current.number):
+            rnd = self.client.round(number)
+            if rnd.status != "closed" or rnd.proposed_version:
+                continue
+            subs = self.client.submissions(number)
+            verified = [s for s in subs if s.status == "verified"]
+            unsettled = any(s.status == "pending" for s in subs)
+            patience_over = height > rnd.close_height + (rnd.close_height - rnd.open_height + 1)
+            if (unsettled and not patience_over) or not verified:
+                continue
+            self.propose(rnd, verified)
+            return True
+        return False
+
+    def _active_adapter(self) -> ArtifactInfo | None:
+        adapter_id = self.client.params().adapter_id
+        adapters = [a for a in self.client.approved_artifacts("adapter") if a.id == adapter_id]
+        return max(adapters, key=lambda a: a.version, default=None)
+
+    def propose(self, rnd: RoundInfo, verified: list[SubmissionInfo]) -> dict[str, Any]:
+        """Merge `verified` updates of `rnd` into the next version and propose it."""
+        from r3mes.chain.msgs import ProposeAdapter
+
+        active = self._active_adapter()
+        parent = active.version if active else 0
+        task = self._reference_task(rnd, verified[0])
+        model = self.artifacts.model(task.base_model_cid)
+        loaded = self.artifacts.adapter(active.cid)[0] if active else None
+        base_state = start_adapter(task, loaded, model)
+        updates = [self._fetch(s) for s in sorted(verified, key=lambda s: s.id)]
+        merged = merge_updates(base_state, updates)
+        info = AdapterInfo(
+            version=parent + 1,
+            parent_version=parent,
+            round=rnd.number,
+            base_model_cid=task.base_model_cid,
+            submission_ids=tuple(s.id for s in verified),
+            update_digests=tuple(s.digest for s in verified),
+        )
+        h = self.settings.profile.hyper
+        bundle = package_adapter(
+            merged, lora_r=h.rank, lora_alpha=h.alpha, targets=h.target_modules, info=info
+        )
+        cid = self.store.add_bytes(bundle, pin=True)
+        msg = ProposeAdapter(
+            creator=self.address,
+            round=rnd.number,
+            adapter_cid=cid,
+            sha256=hashlib.sha256(bundle).hexdigest(),
+            size=len(bundle),
+            version=parent + 1,
+            parent_version=parent,
+            submission_ids=info.submission_ids,
+        )
+        try:
+            self.client.sign_and_broadcast(self.key, [msg])
+        except Exception as exc:
+            self._unpin(cid)
+            raise classify(exc) from exc
+        entry = {
+            "version": parent + 1,
+            "round": rnd.number,
+            "cid": cid,
+            "submissions": list(info.submission_ids),
+            **self._evaluate(task, model, merged),
+        }
+        self.history.append(entry)
+        self._save_history()
+        self._version.set(parent + 1)
+        if entry.get("heldout_loss") is not None:
+            self._loss.set(entry["heldout_loss"])
+        logger.info("proposed adapter v%d for round %d", parent + 1, rnd.number, extra=entry)
+        return entry
+
+    def _reference_task(self, rnd: RoundInfo, sub: SubmissionInfo) -> Task:
+        return derive_task(
+            round_number=rnd.number,
+            seed_hex=rnd.seed,
+            miner=sub.miner,
+            shard=sub.shard,
+            n_shards=rnd.shards_per_round,
+            base_model_cid=rnd.base_model_cid,
+            dataset_cid=rnd.dataset_cid,
+            adapter_cid=rnd.adapter_cid,
+            profile=self.settings.profile,
+        )
+
+    def _fetch(self, sub: SubmissionInfo) -> bytes:
+        try:
+            data = self.store.get_bytes(sub.cid, max_size=MAX_UPDATE_BYTES)
+        except Exception as exc:
+            raise NetworkError(f"cannot fetch verified update {sub.cid}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != sub.digest:
+            raise NodeError(f"update {sub.cid} does not match its digest {sub.digest}")
+        return data
+
+    def _unpin(self, cid: str) -> None:
+        try:
+            self.store.unpin(cid)
+        except Exception as exc:
+            logger.error("could not unpin %s after a failed proposal: %s", cid, exc)
+
+    def _evaluate(self, task: Task, model: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if not self.settings.evaluate:
+            return {}
+        from r3mes.work.evaluate import heldout_loss
+
+        dataset = self.artifacts.dataset(task.dataset_cid)
+        chunks = self.settings.profile.eval_chunks
+        if self.base_loss is None:
+            self.base_loss = heldout_loss(model, None, dataset, max_chunks=chunks)
+        loss = heldout_loss(
+            model, state, dataset, max_chunks=chunks, lora_config=task.lora_config()
+        )
+        return {"heldout_loss": round(loss, 6), "base_loss": round(self.base_loss, 6)}
+
+    def role_stats(self) -> dict[str, Any]:
+        return {"address": self.address, "base_loss": self.base_loss, "versions": self.history}

@@ -1,0 +1,221 @@
+"""The serving node role: serve chat with the base model and the approved adapters.
+
+On start it syncs the registry from the ledger, makes the approved base model and the
+latest adapter version ready (`UnifiedRegistry.ensure_ready_atomic`), loads them into the
+multi-LoRA `ServingEngine` and serves the OpenAI-compatible API; it registers on the
+ledger as a serving node. Its loop sends heartbeats and, whenever the ledger approves a
+newer adapter version, installs it and hot-swaps it into the running engine - no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from r3mes.node.errors import NodeError, ValidationError
+from r3mes.node.service import RoleService, ServiceConfig
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.crypto import SigningKey
+    from r3mes.registry.unified import UnifiedRegistry
+    from r3mes.serve.server import ServerThread
+
+logger = logging.getLogger(__name__)
+
+
+class ChainArtifactSource:
+    """The registry's `ArtifactSource` over `BlockchainClient`: ledger records as dicts.
+
+    Glue: the registry reads plain JSON-shaped records with string versions, the client
+    returns typed `ArtifactInfo`s with integer versions.
+    """
+
+    def __init__(self, client: BlockchainClient) -> None:
+        self.client = client
+
+    def approved_artifacts(self, kind: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for info in self.client.approved_artifacts(kind):
+            out.append(
+                {
+                    "id": info.id,
+                    "kind": info.kind,
+                    "version": str(info.version),
+                    "cid": info.cid,
+                    "sha256": info.sha256,
+                    "size": info.size,
+                    "base_model_id": info.base_model_id or None,
+                    "base_model_version": str(info.base_model_version)
+                    if info.base_model_id
+                    else None,
+                    "target_modules": list(info.target_modules),
+                    "rank": info.rank or None,
+                    "hf_repo": info.hf_repo or None,
+                    "hf_revision": info.hf_revision or None,
+                    "approved_height": info.approved_height,
+                }
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Everything a serving node needs besides its key."""
+
+    service: ServiceConfig
+    chain_url: str
+    blocks: Path
+    """Root of the local blockstore the registry fetches from first."""
+    api_port: int = 0
+    """Port of the OpenAI-compatible API (0 picks a free one)."""
+    heartbeat_s: float = 10.0
+    """Seconds between ledger heartbeats."""
+    capacity: int = 8
+    """Concurrent sequences announced in heartbeats (the engine's batch size)."""
+
+    def __post_init__(self) -> None:
+        if self.service.role != "serving":
+            raise ValidationError("ServingSettings.service.role must be 'serving'")
+        if not 0 <= self.api_port <= 65535:
+            raise ValidationError(f"api_port {self.api_port} out of range")
+        if self.heartbeat_s <= 0:
+            raise ValidationError("heartbeat_s must be positive")
+
+
+class ServingNode(RoleService):
+    """The serving node service."""
+
+    def __init__(
+        self, settings: ServingSettings, *, key: SigningKey, client: BlockchainClient | None = None
+    ) -> None:
+        from prometheus_client import Gauge
+
+        from r3mes.chain.client import BlockchainClient
+
+        super().__init__(settings.service)
+        self.settings = settings
+        self.key = key
+        self.address = key.address
+        self.client = client or BlockchainClient(settings.chain_url)
+        self.artifacts: UnifiedRegistry = self._artifact_registry()
+        self.server: ServerThread | None = None
+        self.adapter_id = ""
+        self.adapter_version = 0
+        self.swaps = 0
+        self._last_heartbeat = 0.0
+        self._version_gauge = Gauge(
+            "r3mes_serving_adapter_version",
+            "Adapter version being served",
+            registry=self.registry,
+        )
+
+    def _artifact_registry(self) -> UnifiedRegistry:
+        from r3mes.paths import Home
+        from r3mes.registry.download import BlockstoreFetcher, DownloadManager
+        from r3mes.registry.unified import UnifiedRegistry
+        from r3mes.storage.blockstore import Blockstore
+
+        store = Blockstore(self.settings.blocks)
+        manager = DownloadManager([BlockstoreFetcher(store)])
+        return UnifiedRegistry(
+            home=Home(root=self.settings.service.state_dir),
+            downloader=manager,
+            source=ChainArtifactSource(self.client),
+        )
+
+    @property
+    def api_url(self) -> str:
+        return self.server.url if self.server is not None else ""
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        from r3mes.node.registration import ensure_registered
+        from r3mes.serve.engine import EngineConfig
+        from r3mes.serve.server import ServerThread, build_engine
+        from r3mes.serve.settings import ServerSettings
+
+        self.adapter_id = self.client.params().adapter_id
+        self.artifacts.sync_all()
+        ready = self._ensure_ready()
+        assert ready.model_path is not None
+        engine = build_engine(
+            ready.model_path, config=EngineConfig(max_batch_size=self.settings.capacity)
+        )
+        self.server = ServerThread(
+            engine, ServerSettings(), host=self.config.host, port=self.settings.api_port
+        ).start()
+        self._swap_in(ready.adapter_paths)
+        ensure_registered(self.client, self.key, role="serving", endpoint=self.api_url)
+        logger.info("serving API at %s", self.api_url)
+
+    def on_stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.client.close()
+
+    def _ensure_ready(self) -> Any:
+        adapters = [self.adapter_id] if self._has_adapter() else []
+        ready = self.artifacts.ensure_ready_atomic(required_adapters=adapters)
+        if not ready.success:
+            raise NodeError(f"could not prepare the model and adapter: {ready.error_message}")
+        return ready
+
+    def _has_adapter(self) -> bool:
+        return any(r.id == self.adapter_id for r in self.artifacts.adapters.records())
+
+    def _swap_in(self, adapter_paths: dict[str, Path]) -> None:
+        path = adapter_paths.get(self.adapter_id)
+        if path is None or self.server is None:
+            return
+        record = self.artifacts.adapters.get(self.adapter_id)
+        version = int(record.version)
+        if version == self.adapter_version:
+            return
+        self.server.engine.load_adapter(self.adapter_id, path)
+        if self.adapter_version:
+            self.swaps += 1
+        self.adapter_version = version
+        self._version_gauge.set(version)
+        logger.info("now serving %s v%d", self.adapter_id, version)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def step(self) -> bool:
+        did = False
+        self.artifacts.adapters.sync_from_chain()
+        if self._has_adapter():
+            latest = int(self.artifacts.adapters.get(self.adapter_id).version)
+            if latest > self.adapter_version:
+                self._swap_in(self._ensure_ready().adapter_paths)
+                did = True
+        if time.monotonic() - self._last_heartbeat >= self.settings.heartbeat_s:
+            self._heartbeat()
+        return did
+
+    def _heartbeat(self) -> None:
+        from r3mes.chain.msgs import ServingHeartbeat
+
+        msg = ServingHeartbeat(
+            creator=self.address,
+            endpoint=self.api_url,
+            adapter_version=self.adapter_version,
+            capacity=self.settings.capacity,
+        )
+        self.client.sign_and_broadcast(self.key, [msg])
+        self._last_heartbeat = time.monotonic()
+
+    def role_stats(self) -> dict[str, Any]:
+        engine = self.server.engine.stats() if self.server is not None else None
+        return {
+            "address": self.address,
+            "api_url": self.api_url,
+            "adapter": self.adapter_id,
+            "adapter_version": self.adapter_version,
+            "hot_swaps": self.swaps,
+            "engine": engine.__dict__ if engine is not None else None,
+        }
