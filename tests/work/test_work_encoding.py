@@ -45,8 +45,8 @@ def test_round_trip(value_format):
 def test_encoding_is_readable_by_safetensors():
     data = _update()
     tensors = st_load(data)
-    assert tensors["x.lora_A.weight::values"].dtype == torch.float16
-    assert tensors["x.lora_A.weight::indices"].dtype == torch.int32
+    assert set(tensors) == {"indices", "values"}
+    assert tensors["values"].dtype == torch.float16 and tensors["indices"].dtype == torch.int32
 
 
 def test_non_canonical_layout_is_rejected():
@@ -86,44 +86,56 @@ def _rewrite(data: bytes, edit) -> bytes:
     return dump_canonical(tensors, metadata)
 
 
+def _set(name, fn):
+    return lambda t, m: t.__setitem__(name, fn(t[name]))
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [
         (lambda t, m: m.__setitem__("format_version", "2"), "unsupported"),
         (lambda t, m: m.pop("residual_sha256"), "keys"),
         (lambda t, m: m.__setitem__("task_id", "XYZ"), "hex"),
+        (lambda t, m: m.__setitem__("value_format", "fp8"), "value_format"),
         (lambda t, m: m.__setitem__("shapes", "{}"), "shapes"),
         (lambda t, m: m.__setitem__("shapes", "not json"), "JSON"),
-        (lambda t, m: t.pop("x.lora_A.weight::values"), "match"),
-        (
-            lambda t, m: t.__setitem__(
-                "x.lora_A.weight::indices", t["x.lora_A.weight::indices"].flip(0)
-            ),
-            "increasing",
-        ),
-        (
-            lambda t, m: t.__setitem__(
-                "x.lora_A.weight::indices", t["x.lora_A.weight::indices"] + 1000
-            ),
-            "outside",
-        ),
-        (
-            lambda t, m: t.__setitem__(
-                "x.lora_A.weight::values", t["x.lora_A.weight::values"].float()
-            ),
-            "values",
-        ),
-        (
-            lambda t, m: t.__setitem__(
-                "x.lora_A.weight::values", t["x.lora_A.weight::values"] * float("inf")
-            ),
-            "finite",
-        ),
+        (lambda t, m: m.__setitem__("shapes", '{"x.lora_A.weight":[4,16]}'), "outside"),
+        (lambda t, m: m.__setitem__("shapes", '{"a":[128],"b":[1]}'), "no entry"),
+        (lambda t, m: t.pop("values"), "indices, values"),
+        (lambda t, m: t.__setitem__("extra", torch.ones(1)), "indices, values"),
+        (_set("indices", lambda x: x.flip(0)), "increasing"),
+        (_set("indices", lambda x: x + 1000), "outside"),
+        (_set("indices", lambda x: x.long()), "int32"),
+        (_set("values", lambda x: x.float()), "values"),
+        (_set("values", lambda x: x[:-1]), "values"),
+        (_set("values", lambda x: x * float("inf")), "finite"),
     ],
 )
 def test_semantically_invalid_updates_are_rejected(edit, match):
     with pytest.raises(EncodingError, match=match):
         decode_update(_rewrite(_update(), edit))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_set("scales", lambda x: x * 0), "positive"),
+        (_set("scales", lambda x: x[:1]), "one entry per tensor"),
+        (lambda t, m: t.pop("scales"), "scales"),
+    ],
+)
+def test_invalid_int8_scales_are_rejected(edit, match):
+    with pytest.raises(EncodingError, match=match):
+        decode_update(_rewrite(_update("int8"), edit))
+
+
+def test_header_stays_small_with_many_tensors():
+    gen = torch.Generator().manual_seed(0)
+    raw = {f"layer{i:03d}.lora_B.weight": torch.randn(64, 8, generator=gen) for i in range(100)}
+    data = encode_update(compress(raw, topk_ppm=1000, value_format="fp16"), META)
+    header_len = struct.unpack("<Q", data[:8])[0]
+    assert header_len < 100 * 40 + 600  # ~ one short shapes entry per tensor, no per-tensor rows
+    assert len(decode_update(data).tensors) == 100
 
 
 def test_encode_rejects_mismatched_value_format():

@@ -44,7 +44,7 @@ def _verify(task, data, model, shard, *, residual=None, executor_class=CPU_DET_V
 def _scaled(data: bytes, factor: float) -> bytes:
     tensors, metadata = load_canonical(data)
     for name in tensors:
-        if name.endswith("::values"):
+        if name == "values":
             tensors[name] = (tensors[name].float() * factor).half()
     return dump_canonical(tensors, metadata)
 

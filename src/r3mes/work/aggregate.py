@@ -1,10 +1,10 @@
 """Merging verified updates into the next adapter version (the proposer's job).
 
-An update may cover a subset of the adapter's tensors (training updates hold the B matrices
-only, see `r3mes.work.training`); tensors no update touches carry over unchanged.
 ``new[k] = adapter[k] + sum_i(w_i * update_i[k]) / sum_i(w_i)`` with integer weights from the
-caller. Determinism: updates are summed in order of their digests (so the caller's list order
-does not matter), keys in sorted order, accumulation in float64, one final cast to float32.
+caller. An update may cover a subset of the adapter's tensors (training updates hold the B
+matrices only, see `r3mes.work.training`); tensors no update touches carry over unchanged.
+Determinism: `aggregate` sums updates in order of their digests (so the caller's list order
+does not matter), keys in sorted order, accumulating in float64 with one final cast to float32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ def aggregate(
     adapter_state: Mapping[str, torch.Tensor],
     updates: Sequence[tuple[DecodedUpdate, int]],
 ) -> dict[str, torch.Tensor]:
-    """The new adapter state: `adapter_state` plus the weighted mean of `updates`."""
+    """The new adapter state: `adapter_state` plus the weighted mean of decoded `updates`."""
+    ordered = sorted(updates, key=lambda uw: uw[0].digest)
+    return aggregate_dense(adapter_state, [(u.dense(), w) for u, w in ordered])
+
+
+def aggregate_dense(
+    adapter_state: Mapping[str, torch.Tensor],
+    updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
+) -> dict[str, torch.Tensor]:
+    """`adapter_state` plus the weighted mean of dense updates, summed in the given order."""
     if not updates:
         raise AggregationError("no updates to aggregate; keep the current adapter version")
     total = 0
@@ -33,18 +42,15 @@ def aggregate(
         total += weight
     keys = sorted(adapter_state)
     acc = {k: torch.zeros(adapter_state[k].shape, dtype=torch.float64) for k in keys}
-    for update, weight in sorted(updates, key=lambda uw: uw[0].digest):
-        dense = update.dense()
-        if not set(dense) <= set(keys):
-            raise AggregationError(
-                f"update {update.digest[:16]}... has tensors the adapter lacks, e.g. "
-                f"{sorted(set(dense) - set(keys))[:2]}"
-            )
+    for n, (dense, weight) in enumerate(updates):
+        unknown = sorted(set(dense) - set(keys))
+        if unknown:
+            raise AggregationError(f"update {n} has tensors the adapter lacks, e.g. {unknown[:2]}")
         for k in sorted(dense):
             if tuple(dense[k].shape) != tuple(adapter_state[k].shape):
                 raise AggregationError(
-                    f"update {update.digest[:16]}... tensor {k!r} has shape "
-                    f"{tuple(dense[k].shape)}, the adapter {tuple(adapter_state[k].shape)}"
+                    f"update {n} tensor {k!r} has shape {tuple(dense[k].shape)}, "
+                    f"the adapter {tuple(adapter_state[k].shape)}"
                 )
             acc[k] += dense[k].to(torch.float64) * weight
     return {

@@ -68,14 +68,15 @@ class TextTokenizer(Protocol):
 
 
 def tokenizer_fingerprint(tokenizer: TextTokenizer) -> bytes:
-    """SHA-256 identifying a tokenizer: its serialized form when it has one.
+    """SHA-256 identifying a tokenizer: its serialized JSON when it offers one.
 
-    Falls back to hashing the vocabulary size and the encoding of a fixed probe text.
+    `r3mes.model.tokenizer.Tokenizer.to_json()` (or a `tokenizers.Tokenizer.to_str()`) is
+    hashed; otherwise the vocabulary size and the encoding of a fixed probe text.
     """
-    inner = getattr(tokenizer, "backend", None) or getattr(tokenizer, "_tokenizer", None)
-    to_str = getattr(inner, "to_str", None) or getattr(tokenizer, "to_str", None)
-    if callable(to_str):
-        return hashlib.sha256(str(to_str()).encode()).digest()
+    for attr in ("to_json", "to_str"):
+        method = getattr(tokenizer, attr, None)
+        if callable(method):
+            return hashlib.sha256(str(method()).encode()).digest()
     probe = "def f(x):\n    return x + 1  # R3MES tokenizer probe: \u00e9\u4e2d"
     ids = tokenizer.encode(probe)
     blob = f"{tokenizer.vocab_size}|{tokenizer.eos_id}|{ids}".encode()

@@ -1,8 +1,14 @@
 """Canonical encoding of a compressed update, and its digest.
 
-Layout: a canonical safetensors file (`r3mes.work.canonical`) holding, for each LoRA key K
-(PEFT naming), ``K::indices`` (int32, strictly increasing flat indices), ``K::values`` (fp16,
-or int8 codes) and, for int8, ``K::scale`` (fp32 scalar). String metadata::
+Layout: a canonical safetensors file (`r3mes.work.canonical`) with three tensors at most, so
+the header stays small whatever the number of LoRA tensors. The update's tensors (PEFT key
+names) are laid end to end in sorted-key order, each flattened C-style; then
+
+    indices   int32, strictly increasing positions in that concatenation
+    values    float16 values, or int8 codes ("int8" format)
+    scales    float32, one per tensor in sorted-key order ("int8" format only)
+
+String metadata::
 
     format            "r3mes-update"
     format_version    "1"
@@ -11,7 +17,7 @@ or int8 codes) and, for int8, ``K::scale`` (fp32 scalar). String metadata::
     executor_class    the class that produced the update
     residual_sha256   digest of the error-feedback residual the miner used
     value_format      "fp16" | "int8"
-    shapes            canonical JSON {K: [dims]}
+    shapes            canonical JSON {K: [dims]} (its key order is the layout order)
 
 The digest of an update is the SHA-256 of these bytes. `decode_update` enforces size limits,
 validates every field and re-encodes, so non-canonical bytes are rejected.
@@ -82,18 +88,24 @@ def encode_update(sparse: Mapping[str, SparseTensor], meta: UpdateMeta) -> bytes
     """The canonical bytes of a compressed update."""
     if not sparse:
         raise EncodingError("an update must hold at least one tensor")
-    tensors: dict[str, torch.Tensor] = {}
+    int8 = meta.value_format == "int8"
+    want = torch.int8 if int8 else torch.float16
+    indices, values, scales = [], [], []
+    offset = 0
     for key in sorted(sparse):
-        if "::" in key:
-            raise EncodingError(f"tensor key {key!r} may not contain '::'")
         st = sparse[key]
-        want = torch.int8 if meta.value_format == "int8" else torch.float16
-        if st.values.dtype != want or (st.scale is not None) != (meta.value_format == "int8"):
+        if st.values.dtype != want or (st.scale is not None) != int8:
             raise EncodingError(f"tensor {key!r} does not use value format {meta.value_format}")
-        tensors[f"{key}::indices"] = st.indices.to(torch.int32)
-        tensors[f"{key}::values"] = st.values
+        indices.append(st.indices.to(torch.int64) + offset)
+        values.append(st.values.reshape(-1))
         if st.scale is not None:
-            tensors[f"{key}::scale"] = st.scale.reshape(()).to(torch.float32)
+            scales.append(st.scale.reshape(1).to(torch.float32))
+        offset += math.prod(st.shape)
+    if offset > MAX_NUMEL:
+        raise EncodingError(f"update has {offset} entries, over the {MAX_NUMEL} limit")
+    tensors = {"indices": torch.cat(indices).to(torch.int32), "values": torch.cat(values)}
+    if int8:
+        tensors["scales"] = torch.cat(scales)
     metadata = {
         "format": UPDATE_FORMAT,
         "format_version": UPDATE_FORMAT_VERSION,
@@ -112,16 +124,54 @@ def decode_update(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Decoded
     tensors, metadata = load_canonical(data, max_bytes=max_bytes)
     meta = _parse_meta(metadata)
     shapes = _parse_shapes(metadata["shapes"])
-    expected_names = {f"{k}::{part}" for k in shapes for part in ("indices", "values")}
-    if meta.value_format == "int8":
-        expected_names |= {f"{k}::scale" for k in shapes}
-    if set(tensors) != expected_names:
-        raise EncodingError("update tensors do not match its 'shapes' metadata")
-    sparse = {
-        key: _parse_sparse(key, shape, tensors, meta.value_format)
-        for key, shape in sorted(shapes.items())
-    }
+    int8 = meta.value_format == "int8"
+    if set(tensors) != ({"indices", "values", "scales"} if int8 else {"indices", "values"}):
+        raise EncodingError("update tensors must be indices, values (and scales for int8)")
+    idx, vals = _check_flat(tensors["indices"], tensors["values"], meta.value_format, shapes)
+    scales = _check_scales(tensors["scales"], len(shapes)) if int8 else None
+    sparse: dict[str, SparseTensor] = {}
+    offset = 0
+    for n, key in enumerate(sorted(shapes)):
+        numel = math.prod(shapes[key])
+        lo = int(torch.searchsorted(idx, offset))
+        hi = int(torch.searchsorted(idx, offset + numel))
+        if lo == hi:
+            raise EncodingError(f"update keeps no entry of tensor {key!r}; every tensor needs one")
+        sparse[key] = SparseTensor(
+            shapes[key],
+            (idx[lo:hi] - offset).to(torch.int32),
+            vals[lo:hi].clone(),
+            None if scales is None else scales[n].clone(),
+        )
+        offset += numel
     return DecodedUpdate(meta=meta, tensors=sparse, digest=update_digest(bytes(data)))
+
+
+def _check_flat(
+    idx: torch.Tensor, vals: torch.Tensor, value_format: str, shapes: dict[str, tuple[int, ...]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    want = torch.int8 if value_format == "int8" else torch.float16
+    if idx.dtype != torch.int32 or idx.dim() != 1 or vals.dtype != want or vals.dim() != 1:
+        raise EncodingError(f"indices must be 1-D int32 and values 1-D {want}")
+    if idx.numel() != vals.numel() or idx.numel() == 0:
+        raise EncodingError(f"{idx.numel()} indices but {vals.numel()} values")
+    idx64 = idx.to(torch.int64)
+    total = sum(math.prod(s) for s in shapes.values())
+    if int(idx64[0]) < 0 or int(idx64[-1]) >= total:
+        raise EncodingError(f"indices fall outside the {total} entries of the update's shapes")
+    if idx64.numel() > 1 and not bool((idx64[1:] > idx64[:-1]).all()):
+        raise EncodingError("indices must be strictly increasing")
+    if value_format == "fp16" and not bool(torch.isfinite(vals).all()):
+        raise EncodingError("values must be finite")
+    return idx64, vals
+
+
+def _check_scales(scales: torch.Tensor, n: int) -> torch.Tensor:
+    if scales.dtype != torch.float32 or tuple(scales.shape) != (n,):
+        raise EncodingError(f"scales must be float32 with one entry per tensor ({n})")
+    if not bool(torch.isfinite(scales).all()) or not bool((scales > 0).all()):
+        raise EncodingError("scales must be finite and positive")
+    return scales
 
 
 def _parse_meta(md: dict[str, str]) -> UpdateMeta:
@@ -161,29 +211,3 @@ def _parse_shapes(raw: str) -> dict[str, tuple[int, ...]]:
             raise EncodingError(f"update shape for {key!r} is invalid: {dims!r}")
         shapes[key] = tuple(dims)
     return shapes
-
-
-def _parse_sparse(
-    key: str, shape: tuple[int, ...], tensors: dict[str, torch.Tensor], value_format: str
-) -> SparseTensor:
-    idx, vals = tensors[f"{key}::indices"], tensors[f"{key}::values"]
-    want = torch.int8 if value_format == "int8" else torch.float16
-    if idx.dtype != torch.int32 or idx.dim() != 1 or vals.dtype != want or vals.dim() != 1:
-        raise EncodingError(f"tensor {key!r}: indices must be 1-D int32 and values 1-D {want}")
-    if idx.numel() != vals.numel() or idx.numel() == 0:
-        raise EncodingError(f"tensor {key!r}: {idx.numel()} indices but {vals.numel()} values")
-    idx64 = idx.to(torch.int64)
-    if int(idx64[0]) < 0 or int(idx64[-1]) >= math.prod(shape):
-        raise EncodingError(f"tensor {key!r}: indices fall outside shape {shape}")
-    if idx64.numel() > 1 and not bool((idx64[1:] > idx64[:-1]).all()):
-        raise EncodingError(f"tensor {key!r}: indices must be strictly increasing")
-    scale = None
-    if value_format == "int8":
-        scale = tensors[f"{key}::scale"]
-        if scale.dtype != torch.float32 or scale.dim() != 0:
-            raise EncodingError(f"tensor {key!r}: scale must be a float32 scalar")
-        if not bool(torch.isfinite(scale)) or float(scale) <= 0:
-            raise EncodingError(f"tensor {key!r}: scale must be finite and positive")
-    elif not bool(torch.isfinite(vals).all()):
-        raise EncodingError(f"tensor {key!r}: values must be finite")
-    return SparseTensor(shape, idx, vals, scale)
