@@ -201,6 +201,19 @@ def main() -> None:
             loss, nbytes = results[setting.name]
             line(f"heldout_loss/{setting.name}", loss, "nats", ref_loss, "<= 1.02")
             line(f"bytes_per_round/{setting.name}", nbytes, "bytes", ref_bytes, ">= 100")
+            gained = (base_loss - loss) / (base_loss - ref_loss) if base_loss != ref_loss else 1.0
+            print(
+                json.dumps(
+                    {
+                        "figure": f"improvement_retained/{setting.name}",
+                        "value": round(gained, 4),
+                        "unit": "fraction of uncompressed gain",
+                        "baseline": None,
+                        "ratio": None,
+                        "goal": "informative",
+                    }
+                )
+            )
             print(
                 json.dumps({"setting": setting.name, "seconds": round(time.perf_counter() - t0, 1)})
             )
