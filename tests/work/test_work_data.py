@@ -110,3 +110,32 @@ def test_domain_corpus_is_deterministic_and_recorded():
     assert sum(len(t) for t in a) > 500_000
     with pytest.raises(DatasetError, match="not found"):
         build_domain_corpus(("no_such_module_xyz",))
+
+
+def test_tokenizer_fingerprint_uses_the_serialized_tokenizer(byte_tokenizer):
+    from r3mes.work.data import tokenizer_fingerprint
+
+    class Serialized(type(byte_tokenizer)):  # type: ignore[misc]
+        def __init__(self, blob: str) -> None:
+            self.blob = blob
+
+        def to_json(self) -> str:
+            return self.blob
+
+    assert tokenizer_fingerprint(Serialized("a")) == tokenizer_fingerprint(Serialized("a"))
+    assert tokenizer_fingerprint(Serialized("a")) != tokenizer_fingerprint(Serialized("b"))
+    assert tokenizer_fingerprint(byte_tokenizer) == tokenizer_fingerprint(type(byte_tokenizer)())
+
+
+def test_shipped_tokenizer_builds_a_dataset(tmp_path):
+    from r3mes.model.tokenizer import load_tokenizer
+
+    try:
+        from r3mes.model.shipped import shipped_model_dir
+
+        tok = load_tokenizer(shipped_model_dir())
+    except Exception as exc:  # the shipped model is built by another package
+        pytest.skip(f"shipped tokenizer unavailable: {exc}")
+    path = build_dataset(build_domain_corpus()[:1], tok, chunk_len=64, out_path=tmp_path / "d")
+    ds = TokenDataset(path)
+    assert len(ds) > 10 and int(ds.chunks([0, 1]).max()) < tok.vocab_size
