@@ -27,6 +27,30 @@ TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for a clean stop before SIGKILL.")
 ]
 
+ChainOpt = Annotated[
+    str,
+    typer.Option("--chain", envvar="R3MES_CHAIN_RPC", help="Ledger RPC URL."),
+]
+KeyOpt = Annotated[str, typer.Option("--key", help="Name of the signing key in the keystore.")]
+PassOpt = Annotated[
+    str,
+    typer.Option(
+        prompt=True, hide_input=True, envvar="R3MES_PASSPHRASE", help="Keystore passphrase."
+    ),
+]
+InstanceOpt = Annotated[
+    str | None, typer.Option("--name", help="Instance name (default: the key name).")
+]
+PortOpt = Annotated[int, typer.Option("--port", help="Port of /health, /stats, /metrics (0: any).")]
+BlocksOpt = Annotated[
+    Path | None, typer.Option("--blocks", help="Blockstore folder (default: HOME/blocks).")
+]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option("--work-profile", help="Network work profile JSON (default: HOME/work.json)."),
+]
+DEFAULT_CHAIN = "http://127.0.0.1:26657"
+
 ROLE_HELP = {
     "miner": "Miner: trains LoRA updates on its shard, stores them and submits them.",
     "validator": "Validator: re-executes submitted work and sends signed attestations.",
@@ -94,6 +118,159 @@ proposer_app = _role_app("proposer")
 serving_node_app = _role_app("serving")
 
 
+def _launch(role: str, **kw: object):  # type: ignore[no-untyped-def]
+    from r3mes.node.launch import RoleLaunch
+
+    home = _home(kw.pop("home"))  # type: ignore[arg-type]
+    key = str(kw["key"])
+    return RoleLaunch(
+        role=role,
+        name=str(kw.get("name") or key),
+        home=home,
+        chain_url=str(kw["chain"]),
+        key_name=key,
+        passphrase=str(kw["passphrase"]),
+        port=int(kw["port"]),  # type: ignore[call-overload]
+        blocks=kw.get("blocks"),  # type: ignore[arg-type]
+        profile_path=kw.get("profile"),  # type: ignore[arg-type]
+    )
+
+
+def _run(service: object) -> None:
+    from r3mes.node.launch import run_role
+
+    code = run_role(service)  # type: ignore[arg-type]
+    if code:
+        raise typer.Exit(code)
+
+
+@miner_app.command("start")
+def miner_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    profile: ProfileOpt = None,
+    max_prefetch: Annotated[
+        int, typer.Option(envvar="R3MES_MAX_PREFETCH", help="Tasks prepared ahead.")
+    ] = 2,
+    retries: Annotated[int, typer.Option(help="Retries of network steps (backoff).")] = 3,
+    stake: Annotated[int, typer.Option(help="Credits to lock when registering.")] = 0,
+    cheat: Annotated[
+        str | None,
+        typer.Option(
+            help="TEST/DEMO FAULT INJECTION ONLY: 'random' submits random updates, 'copy' "
+            "resubmits another miner's update. Validators reject both and the ledger slashes."
+        ),
+    ] = None,
+) -> None:
+    """Mine: train this miner's task each round, store the update, prove work, submit."""
+    from r3mes.node.launch import build_role
+    from r3mes.node.retry import RetryPolicy
+
+    launch = _launch(
+        "miner",
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        profile=profile,
+    )
+    policy = RetryPolicy(max_retries=retries, initial_delay=0.5, max_delay=10.0)
+    _run(build_role(launch, cheat=cheat, stake=stake, max_prefetch=max_prefetch, retry=policy))
+
+
+@validator_app.command("start")
+def validator_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Validate: re-execute every pending submission and attest (never one's own)."""
+    from r3mes.node.launch import build_role
+
+    launch = _launch(
+        "validator",
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        profile=profile,
+    )
+    _run(build_role(launch))
+
+
+@proposer_app.command("start")
+def proposer_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Propose: merge each closed round's verified updates into the next adapter version."""
+    from r3mes.node.launch import build_role
+
+    launch = _launch(
+        "proposer",
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        profile=profile,
+    )
+    _run(build_role(launch))
+
+
+@serving_node_app.command("start")
+def serving_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    api_port: Annotated[int, typer.Option(help="OpenAI-compatible API port (0: any).")] = 0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
+) -> None:
+    """Serve chat with the approved base model and adapters; hot-swaps new versions."""
+    from r3mes.node.launch import build_role
+
+    launch = _launch(
+        "serving",
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        profile=None,
+    )
+    _run(build_role(launch, api_port=api_port, heartbeat_s=heartbeat))
+
+
 def down(home: HomeOpt = None, timeout: TimeoutOpt = 60.0) -> None:
     """Stop a network started with `r3mes up` (or every role service under --home)."""
     from r3mes.node.errors import ServiceError
@@ -112,10 +289,98 @@ def down(home: HomeOpt = None, timeout: TimeoutOpt = 60.0) -> None:
         console.print("nothing is running")
 
 
+def up(
+    miners: Annotated[int, typer.Option(help="Honest miners to start.")] = 2,
+    round_blocks: Annotated[int, typer.Option(help="Blocks per training round.")] = 20,
+    difficulty: Annotated[int, typer.Option(help="Proof-of-work bits per submission.")] = 8,
+    block_interval: Annotated[float, typer.Option(help="Seconds between blocks.")] = 1.0,
+    rounds: Annotated[
+        int | None, typer.Option(help="Stop after this many adapter versions (CI/tests).")
+    ] = None,
+    no_serving: Annotated[bool, typer.Option("--no-serving", help="No serving node.")] = False,
+    headless: Annotated[
+        bool, typer.Option(help="Plain log lines instead of the live view.")
+    ] = False,
+    base_model: Annotated[
+        str, typer.Option(help="'shipped' (packaged model) or 'tiny' (fast, for tests).")
+    ] = "shipped",
+    cheat: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TEST/DEMO FAULT INJECTION: add a cheating miner ('random' or 'copy'); repeatable."
+        ),
+    ] = None,
+    chain_port: Annotated[int, typer.Option(help="Ledger RPC port (0: any free port).")] = 26657,
+    home: HomeOpt = None,
+) -> None:
+    """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
+    serving node - each a real process. Ctrl-C or `r3mes down` stops everything."""
+    import signal
+    import sys
+    import threading
+
+    from rich.live import Live
+
+    from r3mes.node.dashboard import Snapshot, render
+    from r3mes.node.network import UpOptions, run_network
+    from r3mes.node.network_setup import NetworkSpec
+
+    spec = NetworkSpec(
+        home=_home(home),
+        miners=miners,
+        cheaters=tuple(cheat or ()),
+        round_blocks=round_blocks,
+        difficulty=difficulty,
+        block_interval=block_interval,
+        serving=not no_serving,
+        base_model=base_model,
+    )
+    options = UpOptions(
+        chain_port=chain_port,
+        rounds=rounds,
+        max_rounds=None if rounds is None else rounds + 6,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    live_view = not headless and sys.stdout.isatty()
+    console = Console() if live_view else Console(width=200)
+    console.print(f"starting the network in {spec.home.root} (logs: {spec.home.logs})")
+    last_line = ""
+    printed_urls = False
+
+    def show(snapshot: Snapshot) -> None:
+        nonlocal last_line, printed_urls
+        if live is not None:
+            live.update(render(snapshot))
+            return
+        if not printed_urls and len(snapshot.urls) > 1:
+            for name, url in snapshot.urls.items():
+                console.print(f"{name}: {url}")
+            printed_urls = True
+        line = snapshot.line()
+        if line != last_line:
+            console.print(line, highlight=False)
+            last_line = line
+
+    live: Live | None = Live(console=console, refresh_per_second=2) if live_view else None
+    if live is not None:
+        with live:
+            result = run_network(spec, options, stop=stop, on_snapshot=show)
+    else:
+        result = run_network(spec, options, stop=stop, on_snapshot=show)
+    if result.snapshot is not None:
+        console.print(result.snapshot.line(), highlight=False)
+    console.print(f"stopped: {result.exit_codes}")
+    if not result.reached:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Mount the role commands on the root app."""
     app.add_typer(miner_app, name="miner")
     app.add_typer(validator_app, name="validator")
     app.add_typer(proposer_app, name="proposer")
     app.add_typer(serving_node_app, name="serving-node")
+    app.command("up")(up)
     app.command("down")(down)

@@ -70,6 +70,7 @@ def build_domain_dataset(
             break
         texts.append(text[:budget])
         budget -= len(texts[-1])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     return build_dataset(texts, tokenizer, chunk_len=chunk_len, out_path=out_path)
 
 

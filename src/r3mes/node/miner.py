@@ -55,6 +55,8 @@ class MinerSettings:
     """Tasks whose artifacts are prepared ahead (R3MES_MAX_PREFETCH)."""
     cheat: str | None = None
     """FAULT INJECTION for tests and demos only ("random" or "copy")."""
+    stake: int = 0
+    """Credits locked when registering; slashing burns from it."""
     settle_rounds: int = 2
     """Rounds to wait for a verdict on the last submission before mining on without it."""
     upload_retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -139,7 +141,13 @@ class Miner(RoleService):
     def on_start(self) -> None:
         from r3mes.node.registration import ensure_registered
 
-        ensure_registered(self.client, self.key, role="miner", endpoint=self._endpoint())
+        ensure_registered(
+            self.client,
+            self.key,
+            role="miner",
+            endpoint=self._endpoint(),
+            stake=self.settings.stake,
+        )
         resolved = self.coordinator.recover()
         for record in resolved:
             logger.info("recovered %s -> %s", record.tx_id, record.state)

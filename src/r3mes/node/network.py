@@ -1,0 +1,178 @@
+"""`r3mes up`: a whole network on one machine, each role a real subprocess.
+
+Order: prepare the home (keys, artifacts, genesis), start the devnet ledger and wait for
+it, then miners, validator, proposer and serving node. The caller watches snapshots
+(`dashboard.collect`) until it is told to stop or `rounds` adapter versions were proposed;
+then every child is stopped in reverse order with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from r3mes.node.dashboard import Snapshot, collect
+from r3mes.node.errors import ServiceError
+from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.pidfile import pid_path, remove_pid_file, write_pid_file
+from r3mes.node.supervisor import ProcessSpec, Supervisor
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """How `r3mes up` runs, beyond what the network is."""
+
+    chain_port: int = 26657
+    """Ledger RPC port (0 picks a free one)."""
+    rounds: int | None = None
+    """Stop after this many adapter versions were proposed (None: run until stopped)."""
+    max_rounds: int | None = None
+    """Give up (exit 1) when the ledger reaches this round without `rounds` proposals."""
+    poll_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class UpResult:
+    snapshot: Snapshot | None
+    reached: bool
+    """True when `rounds` proposals happened (or no target was set)."""
+    exit_codes: dict[str, int]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "r3mes.cli.main", *args)
+
+
+def role_processes(
+    spec: NetworkSpec, *, chain_url: str, addresses: dict[str, str]
+) -> list[ProcessSpec]:
+    """The command line of every role process."""
+    home = str(spec.home.root)
+    env = {"R3MES_PASSPHRASE": passphrase(spec.home), "R3MES_HOME": home}
+    out = []
+    cheats = iter(spec.cheaters)
+    for role, name in spec.role_keys():
+        command = "serving-node" if role == "serving" else role
+        args = [command, "start", "--key", name, "--name", name, "--chain", chain_url]
+        args += ["--home", home]
+        if role == "miner":
+            args += ["--stake", "100", "--retries", "3"]
+            if name.startswith("cheater-"):
+                args += ["--cheat", next(cheats)]
+        if role == "serving":
+            args += ["--heartbeat", "5"]
+        out.append(
+            ProcessSpec(
+                name=name,
+                argv=_cli(*args),
+                log_path=spec.home.logs / f"{name}.out",
+                env=env,
+            )
+        )
+    del addresses
+    return out
+
+
+def _wait_for_chain(url: str, supervisor: Supervisor, timeout_s: float) -> None:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.errors import ClientError
+
+    deadline = time.monotonic() + timeout_s
+    with BlockchainClient(url, retries=0, timeout_s=2.0) as client:
+        while time.monotonic() < deadline:
+            dead = supervisor.exited()
+            if dead:
+                raise ServiceError(f"the devnet exited early ({dead}); see its log")
+            try:
+                client.status()
+                return
+            except ClientError:
+                time.sleep(0.2)
+    raise ServiceError(f"the devnet did not answer on {url} within {timeout_s:.0f}s")
+
+
+def run_network(
+    spec: NetworkSpec,
+    options: UpOptions,
+    *,
+    stop: threading.Event,
+    on_snapshot: Callable[[Snapshot], None],
+) -> UpResult:
+    """Prepare, start, watch until `stop` is set or the target is reached, stop all."""
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.errors import ClientError
+
+    addresses = ensure_keys(spec)
+    prepare_genesis(spec, addresses)
+    port = options.chain_port or _free_port()
+    chain_url = f"http://127.0.0.1:{port}"
+    up_pid = pid_path(spec.home.run, "up", "network")
+    write_pid_file(up_pid, role="up", name="network", port=port)
+    supervisor = Supervisor()
+    snapshot: Snapshot | None = None
+    reached = options.rounds is None
+    try:
+        supervisor.spawn(
+            ProcessSpec(
+                name="devnet",
+                argv=(
+                    sys.executable,
+                    "-m",
+                    "r3mes.chain.devnet",
+                    "--home",
+                    str(spec.home.root),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--block-interval",
+                    str(spec.block_interval),
+                ),
+                log_path=spec.home.logs / "devnet.out",
+            )
+        )
+        _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S)
+        for process in role_processes(spec, chain_url=chain_url, addresses=addresses):
+            supervisor.spawn(process)
+        miners = {n: a for n, a in addresses.items() if n.startswith(("miner-", "cheater-"))}
+        with BlockchainClient(chain_url, retries=1, timeout_s=5.0) as client:
+            while not stop.is_set():
+                try:
+                    snapshot = collect(client, home=spec.home, miners=miners)
+                except ClientError as exc:
+                    logger.warning("ledger not answering: %s", exc)
+                    stop.wait(options.poll_s)
+                    continue
+                on_snapshot(snapshot)
+                if options.rounds is not None and snapshot.proposals >= options.rounds:
+                    reached = True
+                    break
+                if options.max_rounds is not None and snapshot.current_round > options.max_rounds:
+                    logger.error(
+                        "round %d reached without %s proposals",
+                        snapshot.current_round,
+                        options.rounds,
+                    )
+                    break
+                for name, code in supervisor.exited():
+                    logger.error("%s exited with code %d; see %s", name, code, spec.home.logs)
+                stop.wait(options.poll_s)
+    finally:
+        codes = supervisor.stop_all(timeout=60.0)
+        remove_pid_file(up_pid)
+    return UpResult(snapshot=snapshot, reached=reached, exit_codes=codes)

@@ -1,0 +1,180 @@
+"""Everything `r3mes up` prepares before a process starts: keys, artifacts, genesis.
+
+One home holds the whole local network: a keystore with one key per role instance (under a
+passphrase generated once and kept in a 0600 file), the shared blockstore with the base
+model, the domain dataset and adapter version 1, the work profile every role reads, and a
+devnet genesis naming those three artifacts as approved. Re-running on a prepared home
+reuses all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r3mes.node.errors import ValidationError
+from r3mes.node.tasks import WorkProfile
+from r3mes.paths import Home
+from r3mes.work.task import HyperParams
+
+logger = logging.getLogger(__name__)
+
+PASSPHRASE_FILE = ".up-passphrase"
+DATASET_ID = "python-stdlib-domain"
+TINY_MODEL_ID = "r3mes-tiny-dev"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What `r3mes up` builds."""
+
+    home: Home
+    miners: int = 2
+    cheaters: tuple[str, ...] = ()
+    """FAULT INJECTION: one extra miner per entry, cheating that way ("random", "copy")."""
+    round_blocks: int = 20
+    difficulty: int = 8
+    block_interval: float = 1.0
+    serving: bool = True
+    base_model: str = "shipped"
+    """"shipped" (the packaged model) or "tiny" (a 2-layer model made on the spot; tests)."""
+    shards: int = 8
+    dataset_chars: int = 200_000
+    profile: WorkProfile = field(
+        default_factory=lambda: WorkProfile(
+            hyper=HyperParams(lr="0.005", steps=4, batch_size=4, seq_len=64, topk_ppm=50_000),
+            eval_chunks=16,
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.miners <= 32:
+            raise ValidationError("--miners must be in [1, 32]")
+        if self.round_blocks < 4:
+            raise ValidationError("--round-blocks must be at least 4")
+        if not 0 <= self.difficulty <= 32:
+            raise ValidationError("--difficulty must be in [0, 32]")
+        if self.base_model not in ("shipped", "tiny"):
+            raise ValidationError("--base-model must be 'shipped' or 'tiny'")
+        if self.miners + len(self.cheaters) > self.shards:
+            raise ValidationError("more miners than shards per round; raise --shards")
+
+    def role_keys(self) -> list[tuple[str, str]]:
+        """(role, instance name) of every role process, in start order."""
+        out = [("miner", f"miner-{i}") for i in range(1, self.miners + 1)]
+        out += [("miner", f"cheater-{i}") for i in range(1, len(self.cheaters) + 1)]
+        out += [("validator", "validator-1"), ("proposer", "proposer-1")]
+        if self.serving:
+            out.append(("serving", "serving-1"))
+        return out
+
+
+def passphrase(home: Home) -> str:
+    """The keystore passphrase of this local network (created once, mode 0600)."""
+    path = home.keys / PASSPHRASE_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    home.keys.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def ensure_keys(spec: NetworkSpec) -> dict[str, str]:
+    """Create missing role keys; returns instance name -> address."""
+    from r3mes.chain.errors import KeystoreError
+    from r3mes.chain.keystore import Keystore
+
+    store = Keystore(spec.home.keys, scrypt_n=2**14)
+    secret = passphrase(spec.home)
+    out = {}
+    for _, name in spec.role_keys():
+        try:
+            info = store.show(name)
+        except KeystoreError:
+            info, _ = store.create(name, passphrase=secret)
+        out[name] = info.address
+    return out
+
+
+def _model_folder(spec: NetworkSpec) -> tuple[Path, str]:
+    if spec.base_model == "shipped":
+        from r3mes.model.shipped import SHIPPED_MODEL_NAME, shipped_model_dir
+
+        return shipped_model_dir(), SHIPPED_MODEL_NAME
+    folder = spec.home.cache / "tiny-model"
+    if not (folder / "tokenizer.json").is_file():
+        from r3mes.model.checkpoint import save_pretrained
+        from r3mes.model.tiny import make_tiny_model
+        from r3mes.model.tokenizer import train_bpe_tokenizer
+        from r3mes.work.domain import build_domain_corpus
+
+        shutil.rmtree(folder, ignore_errors=True)
+        tokenizer = train_bpe_tokenizer([t[:20_000] for t in build_domain_corpus()[:4]], 512)
+        save_pretrained(make_tiny_model(0, vocab_size=512), folder, packed=False)
+        tokenizer.save(folder)
+    return folder, TINY_MODEL_ID
+
+
+def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
+    """Publish the artifacts and write the devnet genesis (skipped if one exists)."""
+    from r3mes.chain.devnet import devnet_genesis, genesis_path, init_devnet
+    from r3mes.chain.msgs import ArtifactSpec
+    from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.tokenizer import load_tokenizer
+    from r3mes.node.bootstrap import (
+        build_domain_dataset,
+        publish_bytes,
+        publish_genesis_adapter,
+        publish_model_dir,
+    )
+    from r3mes.storage.blockstore import Blockstore
+
+    if genesis_path(spec.home).is_file():
+        logger.info("reusing the devnet genesis in %s", spec.home.root)
+        return
+    store = Blockstore(spec.home.blocks)
+    folder, model_id = _model_folder(spec)
+    model = publish_model_dir(store, folder)
+    data_path = build_domain_dataset(
+        load_tokenizer(folder),
+        out_path=spec.home.datasets / "domain.r3tok",
+        chunk_len=spec.profile.hyper.seq_len,
+        max_chars=spec.dataset_chars,
+    )
+    dataset = publish_bytes(store, data_path.read_bytes())
+    adapter = publish_genesis_adapter(
+        store, model=load_pretrained(folder), profile=spec.profile, base_model_cid=model.cid
+    )
+    h = spec.profile.hyper
+    artifacts = [
+        ArtifactSpec("model", model_id, 1, model.cid, model.sha256, model.size),
+        ArtifactSpec("dataset", DATASET_ID, 1, dataset.cid, dataset.sha256, dataset.size),
+        ArtifactSpec(
+            "adapter",
+            "r3mes-adapter",
+            1,
+            adapter.cid,
+            adapter.sha256,
+            adapter.size,
+            base_model_id=model_id,
+            base_model_version=1,
+            target_modules=tuple(h.target_modules),
+            rank=h.rank,
+        ),
+    ]
+    genesis = devnet_genesis(
+        accounts=dict.fromkeys(addresses.values(), 1000),
+        artifacts=artifacts,
+        round_length=spec.round_blocks,
+        pow_difficulty=spec.difficulty,
+        shards_per_round=spec.shards,
+    )
+    init_devnet(spec.home, genesis, overwrite=True)
+    spec.profile.save(spec.home.root / "work.json")
