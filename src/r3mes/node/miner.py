@@ -175,6 +175,7 @@ class Miner(RoleService):
         except TransactionError as exc:
             logger.warning("%s", exc)
             self._tx_total.labels(state=exc.state).inc()
+            self.wait(self.config.idle_interval)  # do not spin on a persistent failure
             return True
         self._tx_total.labels(state=record.state.value).inc()
         self._train_s.set(self.coordinator.last_metrics.get("train_s", 0.0))

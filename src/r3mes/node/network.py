@@ -126,6 +126,7 @@ def run_network(
     supervisor = Supervisor()
     snapshot: Snapshot | None = None
     reached = options.rounds is None
+    reported: set[str] = set()
     try:
         supervisor.spawn(
             ProcessSpec(
@@ -170,7 +171,9 @@ def run_network(
                     )
                     break
                 for name, code in supervisor.exited():
-                    logger.error("%s exited with code %d; see %s", name, code, spec.home.logs)
+                    if name not in reported:
+                        reported.add(name)
+                        logger.error("%s exited (code %d); see %s", name, code, spec.home.logs)
                 stop.wait(options.poll_s)
     finally:
         codes = supervisor.stop_all(timeout=60.0)

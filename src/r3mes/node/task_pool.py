@@ -3,8 +3,8 @@
 `refresh()` asks a `TaskSource` (the chain) for this miner's open tasks and queues up to
 `max_prefetch` of them; each queued task is handed to a `prepare` callback on a background
 thread so its artifacts (base model, adapter, dataset shard) are local before training
-starts. `take()` hands out the next task, `complete()` retires it, `release()` puts it back
-after a rollback so the task can be mined again while its round is open.
+starts. `take()` hands out the next task, `complete()` retires it, `release()` gives it back
+after a rollback so the source can offer it again while its round is open.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class TaskPool:
     def refresh(self) -> int:
         """Queue newly open tasks (up to the prefetch limit); returns how many were added."""
         added = 0
-        for task in self.source.open_tasks():
+        tasks = self.source.open_tasks()
+        if tasks:
+            self.forget_before(min(t.round_id for t in tasks))
+        for task in tasks:
             with self._lock:
                 if len(self._queued) >= self.max_prefetch:
                     break
@@ -86,11 +89,10 @@ class TaskPool:
             self._done.add(task.task_id)
 
     def release(self, task: MiningTask) -> None:
-        """Put a taken task back at the front of the queue."""
+        """Give a taken task back: the next `refresh` offers it again, re-derived from the
+        source (fresh shard claims), or not at all once its round has closed."""
         with self._lock:
-            if self._taken.pop(task.task_id, None) is not None:
-                self._queued[task.task_id] = task
-                self._queued.move_to_end(task.task_id, last=False)
+            self._taken.pop(task.task_id, None)
 
     def forget_before(self, round_id: int) -> None:
         """Drop queued tasks of rounds before `round_id` (they closed)."""

@@ -83,6 +83,7 @@ def random_update(*, task: Task, adapter_state: Tensors, seed: int) -> MinedUpda
     raw = {
         k: torch.randn(v.shape, generator=gen, dtype=torch.float32) * 0.01
         for k, v in sorted(adapter_state.items())
+        if k.endswith(".lora_B.weight")  # the trained matrices: the honest update's layout
     }
     submission = encode_for_task(task=task, raw=raw, residual=None, executor_class=CPU_DET_V1)
     return MinedUpdate(submission, {"train_s": 0.0, "cheat": 1.0})

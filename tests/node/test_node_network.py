@@ -1,0 +1,109 @@
+"""`r3mes up` end to end: a devnet, honest and cheating miners, a validator and a proposer,
+each a real process on 127.0.0.1, for three adapter versions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from r3mes.node.dashboard import Snapshot
+from r3mes.node.network import UpOptions, run_network
+from r3mes.node.network_setup import NetworkSpec
+from r3mes.node.pidfile import list_services
+from r3mes.paths import Home
+
+
+def _spec(home: Path, **overrides: object) -> NetworkSpec:
+    params: dict[str, object] = {
+        "home": Home(root=home),
+        "miners": 2,
+        "round_blocks": 10,
+        "block_interval": 0.5,
+        "serving": False,
+        "base_model": "tiny",
+        "dataset_chars": 60_000,
+    }
+    params.update(overrides)
+    return NetworkSpec(**params)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_network_rounds_reward_honest_and_slash_cheaters(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, cheaters=("random", "copy"))
+    snapshots: list[Snapshot] = []
+    result = run_network(
+        spec,
+        UpOptions(chain_port=0, rounds=3, max_rounds=12, poll_s=0.5),
+        stop=threading.Event(),
+        on_snapshot=snapshots.append,
+    )
+    assert result.reached, snapshots[-1].line() if snapshots else "no snapshot"
+    final = result.snapshot
+    assert final is not None
+    # the adapter advanced one version per proposing round, and learned something
+    versions = [v["version"] for v in final.versions]
+    assert versions == [2, 3, 4]
+    assert len({v["round"] for v in final.versions}) == 3
+    assert final.versions[-1]["heldout_loss"] < final.base_loss
+    miners = {m.name: m for m in final.miners}
+    for cheater in ("cheater-1", "cheater-2"):
+        assert miners[cheater].rejected >= 1, cheater
+        assert miners[cheater].verified == 0 and miners[cheater].earned == 0
+    assert miners["cheater-1"].slashed > 0, "the random cheater lost stake"
+    for honest in ("miner-1", "miner-2"):
+        assert miners[honest].rejected == 0
+        earned = [next(m.earned for m in s.miners if m.name == honest) for s in snapshots]
+        assert earned[-1] >= 200 and earned == sorted(earned), f"{honest} credits grow"
+    # every child stopped cleanly; no pid file is left behind
+    assert all(code == 0 for name, code in result.exit_codes.items() if name != "devnet")
+    assert [p for p, _ in list_services(spec.home.run)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_up_and_down_from_another_shell(tmp_path: Path) -> None:
+    env = {**os.environ, "R3MES_HOME": str(tmp_path)}
+    args = ["--base-model", "tiny", "--miners", "1", "--no-serving", "--headless"]
+    args += ["--chain-port", "0", "--round-blocks", "10", "--block-interval", "0.5"]
+    up = subprocess.Popen(
+        [sys.executable, "-m", "r3mes.cli.main", "up", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 200
+        while not (tmp_path / "run" / "proposer-proposer-1.pid").exists():
+            assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        status = subprocess.run(
+            [sys.executable, "-m", "r3mes.cli.main", "miner", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "miner-miner-1" in status.stdout
+        down = subprocess.run(
+            [sys.executable, "-m", "r3mes.cli.main", "down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert down.returncode == 0, down.stderr
+        assert up.wait(120) == 1  # no --rounds target: stopped before reaching one
+        output = up.stdout.read().decode() if up.stdout else ""
+        assert "chain RPC: http://127.0.0.1:" in output
+        assert list(Path(tmp_path / "run").glob("*.pid")) == []
+    finally:
+        if up.poll() is None:
+            up.kill()
