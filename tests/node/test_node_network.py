@@ -107,3 +107,44 @@ def test_up_and_down_from_another_shell(tmp_path: Path) -> None:
     finally:
         if up.poll() is None:
             up.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serving_node_hot_swaps_new_adapter_versions(tmp_path: Path) -> None:
+    import httpx
+
+    seen: dict[str, object] = {}
+
+    def watch(snapshot: Snapshot) -> None:
+        api = snapshot.urls.get("serving API")
+        stats_url = snapshot.urls.get("serving-serving-1 stats")
+        if not api or not stats_url or not snapshot.versions:
+            return
+        stats = httpx.get(stats_url, timeout=5).json()
+        seen["version"] = stats["adapter_version"]
+        seen["swaps"] = stats["hot_swaps"]
+        reply = httpx.post(
+            f"{api}/chat/completions",
+            json={
+                "model": "r3mes-adapter",
+                "messages": [{"role": "user", "content": "def"}],
+                "max_tokens": 4,
+            },
+            timeout=60,
+        )
+        seen["status"] = reply.status_code
+        seen["body"] = reply.json()
+
+    result = run_network(
+        _spec(tmp_path, miners=1, serving=True),
+        UpOptions(chain_port=0, rounds=2, max_rounds=10, poll_s=0.5),
+        stop=threading.Event(),
+        on_snapshot=watch,
+    )
+    assert result.reached
+    assert seen.get("status") == 200, seen
+    body = seen["body"]
+    assert isinstance(body, dict) and body["choices"][0]["message"]["role"] == "assistant"
+    assert isinstance(seen["version"], int) and seen["version"] >= 2
+    assert isinstance(seen["swaps"], int) and seen["swaps"] >= 1, "picked up without restart"

@@ -347,17 +347,17 @@ def up(
     console = Console() if live_view else Console(width=200)
     console.print(f"starting the network in {spec.home.root} (logs: {spec.home.logs})")
     last_line = ""
-    printed_urls = False
+    printed_urls: set[str] = set()
 
     def show(snapshot: Snapshot) -> None:
-        nonlocal last_line, printed_urls
+        nonlocal last_line
         if live is not None:
             live.update(render(snapshot))
             return
-        if not printed_urls and len(snapshot.urls) > 1:
-            for name, url in snapshot.urls.items():
-                console.print(f"{name}: {url}")
-            printed_urls = True
+        for name, url in snapshot.urls.items():
+            if name not in printed_urls:
+                console.print(f"{name}: {url}", highlight=False)
+                printed_urls.add(name)
         line = snapshot.line()
         if line != last_line:
             console.print(line, highlight=False)

@@ -207,6 +207,7 @@ def run_with_logging(service: RoleService, *, level: int = logging.INFO) -> int:
     from r3mes.node.jsonlog import configure_service_logging
 
     config = service.config
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     handler = configure_service_logging(
         config.home.logs / f"{config.service_id}.log",
         role=config.role,
