@@ -128,6 +128,16 @@ def test_storage_failure_rolls_back_then_mining_resumes(net: Net) -> None:
     assert record.cid not in real.pins(), "nothing stays pinned"
     assert miner.pool.snapshot()["taken"] == 0, "the task was released"
     assert miner.client.submissions(record.round_id) == []
+    from fastapi.testclient import TestClient
+
+    from r3mes.node.http import create_app
+
+    with TestClient(create_app(miner)) as http:
+        assert http.get(f"/transaction/{record.tx_id}").json()["state"] == "ROLLED_BACK"
+        assert http.get("/transaction/nope").status_code == 404
+        stats = http.get("/stats").json()["atomic_coordinator"]
+        assert stats["rollbacks"] >= 1 and stats["success_rate"] == 0.0
+        assert "r3mes_miner_transactions_total" in http.get("/metrics").text
     failing.broken = False
     _step_until(miner, lambda: TxState.COMMITTED in _states(miner))
     committed = next(r for r in miner.journal.recent(100) if r.state is TxState.COMMITTED)

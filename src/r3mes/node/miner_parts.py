@@ -101,10 +101,15 @@ class ChainTaskSource:
 
 
 class ContentUpdateStore:
-    """`UpdateStore` over a content store (local blockstore or Kubo)."""
+    """`UpdateStore` over a content store (local blockstore or Kubo).
+
+    Content that was already stored before `put` (the same bytes pinned by someone else)
+    is never unpinned by a rollback: the pin is not ours to drop.
+    """
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
+        self._not_ours: set[str] = set()
 
     def cid_for(self, data: bytes) -> str:
         from r3mes.storage.unixfs import compute_cid
@@ -112,11 +117,18 @@ class ContentUpdateStore:
         return compute_cid(data, cid_version=1)
 
     def put(self, data: bytes) -> str:
+        has = getattr(self.store, "has", None)
+        cid = self.cid_for(data)
+        if callable(has) and has(cid):
+            self._not_ours.add(cid)
         return self.store.add_bytes(data, pin=True)
 
     def unpin(self, cid: str) -> None:
         from r3mes.storage.blockstore import NotPinned
 
+        if cid in self._not_ours:
+            logger.info("%s was stored before this transaction; leaving its pin", cid)
+            return
         try:
             self.store.unpin(cid)
         except NotPinned:

@@ -58,9 +58,7 @@ def _cli(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "r3mes.cli.main", *args)
 
 
-def role_processes(
-    spec: NetworkSpec, *, chain_url: str, addresses: dict[str, str]
-) -> list[ProcessSpec]:
+def role_processes(spec: NetworkSpec, *, chain_url: str) -> list[ProcessSpec]:
     """The command line of every role process."""
     home = str(spec.home.root)
     env = {"R3MES_PASSPHRASE": passphrase(spec.home), "R3MES_HOME": home}
@@ -84,7 +82,6 @@ def role_processes(
                 env=env,
             )
         )
-    del addresses
     return out
 
 
@@ -148,7 +145,7 @@ def run_network(
             )
         )
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S)
-        for process in role_processes(spec, chain_url=chain_url, addresses=addresses):
+        for process in role_processes(spec, chain_url=chain_url):
             supervisor.spawn(process)
         miners = {n: a for n, a in addresses.items() if n.startswith(("miner-", "cheater-"))}
         with BlockchainClient(chain_url, retries=1, timeout_s=5.0) as client:
