@@ -48,6 +48,8 @@ class Snapshot:
     """Adapter versions with held-out loss, from the proposer's /stats."""
     base_loss: float | None
     urls: dict[str, str] = field(default_factory=dict)
+    adapter_version: int = 0
+    """Latest approved adapter version on the ledger."""
 
     @property
     def proposals(self) -> int:
@@ -118,7 +120,7 @@ def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> 
     versions: tuple[dict[str, Any], ...] = ()
     base_loss = None
     for item in service_statuses(home):
-        if item.info is None or not item.alive:
+        if item.info is None or not item.alive or item.info.role == "up":
             continue
         urls[f"{item.service_id} stats"] = f"{item.info.url}/stats"
         if item.info.role in ("proposer", "serving"):
@@ -128,7 +130,9 @@ def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> 
                 base_loss = stats.get("base_loss")
             elif stats.get("api_url"):
                 urls["serving API"] = f"{stats['api_url']}/v1"
+    adapters = client.approved_artifacts("adapter")
     return Snapshot(
+        adapter_version=max((a.version for a in adapters), default=0),
         height=status.height,
         current_round=current,
         rounds=tuple(rounds),

@@ -34,9 +34,10 @@ class UpOptions:
     chain_port: int = 26657
     """Ledger RPC port (0 picks a free one)."""
     rounds: int | None = None
-    """Stop after this many adapter versions were proposed (None: run until stopped)."""
+    """Stop after this many new adapter versions (None: run until stopped)."""
     max_rounds: int | None = None
-    """Give up (exit 1) when the ledger reaches this round without `rounds` proposals."""
+    """Give up (exit 1) after the ledger advanced this many rounds without reaching
+    `rounds` new versions."""
     poll_s: float = 1.0
 
 
@@ -124,6 +125,8 @@ def run_network(
     snapshot: Snapshot | None = None
     reached = options.rounds is None
     reported: set[str] = set()
+    first_version: int | None = None
+    first_round: int | None = None
     try:
         supervisor.spawn(
             ProcessSpec(
@@ -157,10 +160,16 @@ def run_network(
                     stop.wait(options.poll_s)
                     continue
                 on_snapshot(snapshot)
-                if options.rounds is not None and snapshot.proposals >= options.rounds:
+                if first_version is None:
+                    first_version = snapshot.adapter_version
+                progress = snapshot.adapter_version - first_version
+                if options.rounds is not None and progress >= options.rounds:
                     reached = True
                     break
-                if options.max_rounds is not None and snapshot.current_round > options.max_rounds:
+                if first_round is None:
+                    first_round = snapshot.current_round
+                waited = snapshot.current_round - first_round
+                if options.max_rounds is not None and waited > options.max_rounds:
                     logger.error(
                         "round %d reached without %s proposals",
                         snapshot.current_round,

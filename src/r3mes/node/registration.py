@@ -18,8 +18,12 @@ def ensure_registered(
     """Send `RegisterNode` unless the account already holds `role`; True if it was sent."""
     from r3mes.chain.msgs import RegisterNode
 
-    if role in client.account(key.address).roles:
+    account = client.account(key.address)
+    if role in account.roles:
         return False
+    if stake > account.balance:
+        logger.warning("balance %d is below the stake %d; staking it all", account.balance, stake)
+        stake = account.balance
     msg = RegisterNode(creator=key.address, role=role, endpoint=endpoint, stake=stake)
     client.sign_and_broadcast(key, [msg])
     logger.info("registered %s as %s", key.address, role)

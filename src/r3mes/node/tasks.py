@@ -37,6 +37,10 @@ class WorkProfile:
     """Held-out chunks used to score adapter versions."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.eval_chunks, bool) or not isinstance(self.eval_chunks, int):
+            raise ValidationError(f"eval_chunks must be an integer, got {self.eval_chunks!r}")
+        if not isinstance(self.executor_class, str) or not self.executor_class:
+            raise ValidationError("executor_class must be a non-empty string")
         if not 1 <= self.eval_chunks <= 100_000:
             raise ValidationError(f"eval_chunks must be in [1, 100000], got {self.eval_chunks}")
 
