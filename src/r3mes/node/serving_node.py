@@ -136,22 +136,29 @@ class ServingNode(RoleService):
     def on_start(self) -> None:
         from r3mes.node.registration import ensure_registered
         from r3mes.serve.engine import EngineConfig
-        from r3mes.serve.server import ServerThread, build_engine
+        from r3mes.serve.server import ServerThread
         from r3mes.serve.settings import ServerSettings
 
         self.adapter_id = self.client.params().adapter_id
         self.artifacts.sync_all()
         ready = self._ensure_ready()
         assert ready.model_path is not None
-        engine = build_engine(
-            ready.model_path, config=EngineConfig(max_batch_size=self.settings.capacity)
-        )
+        engine = self._engine(ready.model_path, EngineConfig(max_batch_size=self.settings.capacity))
         self.server = ServerThread(
             engine, ServerSettings(), host=self.config.host, port=self.settings.api_port
         ).start()
         self._swap_in(ready.adapter_paths)
         ensure_registered(self.client, self.key, role="serving", endpoint=self.api_url)
         logger.info("serving API at %s", self.api_url)
+
+    def _engine(self, model_path: Path, config: Any) -> Any:
+        """The multi-LoRA engine over the approved model, named by its registry id (the
+        installed folder is named after the version)."""
+        from r3mes.serve.server import build_engine
+
+        engine = build_engine(model_path, config=config)
+        engine.model_name = max(self.artifacts.models.records(), key=lambda r: r.approved_height).id
+        return engine
 
     def on_stop(self) -> None:
         if self.server is not None:
