@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
@@ -49,6 +50,8 @@ class HttpServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
+        # listen now: clients that read the pid file early queue instead of being refused
+        self._sock.listen(128)
         self.host = host
         self.port: int = self._sock.getsockname()[1]
         self._app = app
@@ -67,6 +70,9 @@ class HttpServer:
             target=lambda: server.run(sockets=[self._sock]), name="http", daemon=True
         )
         self._thread.start()
+        deadline = time.monotonic() + 10.0
+        while not server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._server is not None:
