@@ -7,13 +7,17 @@ Heavy imports (torch, uvicorn) happen inside commands, so `r3mes --help` is inst
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from r3mes import __version__
 from r3mes.cli import chain, model, nodes, serving, storage
+from r3mes.cli.config import load_config
 from r3mes.errors import R3mesError
+from r3mes.paths import Home
 
 app = typer.Typer(
     name="r3mes",
@@ -25,6 +29,29 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="R3MES_CONFIG",
+            help="TOML file of option defaults, tables by command (e.g. [up] miners = 3). "
+            "Default: $R3MES_HOME/config.toml when it exists. Flags and env vars win over it.",
+        ),
+    ] = None,
+) -> None:
+    """Load the config file (if any) as defaults for the command about to run."""
+    path = config
+    if path is None:
+        default = Home.from_env().root / "config.toml"
+        path = default if default.is_file() else None
+    if path is not None:
+        ctx.default_map = load_config(path, ctx.command)
+
 
 app.add_typer(model.app, name="model")
 app.add_typer(chain.wallet_app, name="wallet")
