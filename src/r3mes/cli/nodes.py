@@ -49,6 +49,19 @@ ProfileOpt = Annotated[
     Path | None,
     typer.Option("--work-profile", help="Network work profile JSON (default: HOME/work.json)."),
 ]
+IpfsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ipfs-url",
+        envvar="R3MES_IPFS_URL",
+        help="Kubo RPC API shared by the network's machines, e.g. http://10.0.0.5:5001: "
+        "what this role stores is added there too, and what it lacks is fetched from it.",
+    ),
+]
+GatewayOpt = Annotated[
+    str | None,
+    typer.Option("--gateway", envvar="R3MES_IPFS_GATEWAY", help="IPFS HTTP gateway for reads."),
+]
 DEFAULT_CHAIN = "http://127.0.0.1:26657"
 
 ROLE_HELP = {
@@ -132,6 +145,8 @@ def _launch(role: str, **kw: object):  # type: ignore[no-untyped-def]
         passphrase=str(kw["passphrase"]),
         port=int(kw["port"]),  # type: ignore[call-overload]
         blocks=kw.get("blocks"),  # type: ignore[arg-type]
+        ipfs_url=kw.get("ipfs_url") or None,  # type: ignore[arg-type]
+        gateway_url=kw.get("gateway") or None,  # type: ignore[arg-type]
         profile_path=kw.get("profile"),  # type: ignore[arg-type]
     )
 
@@ -153,6 +168,8 @@ def miner_start(
     home: HomeOpt = None,
     port: PortOpt = 0,
     blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
     profile: ProfileOpt = None,
     max_prefetch: Annotated[
         int, typer.Option(envvar="R3MES_MAX_PREFETCH", help="Tasks prepared ahead.")
@@ -180,6 +197,8 @@ def miner_start(
         home=home,
         port=port,
         blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
         profile=profile,
     )
     policy = RetryPolicy(max_retries=retries, initial_delay=0.5, max_delay=10.0)
@@ -195,6 +214,8 @@ def validator_start(
     home: HomeOpt = None,
     port: PortOpt = 0,
     blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Validate: re-execute every pending submission and attest (never one's own)."""
@@ -209,6 +230,8 @@ def validator_start(
         home=home,
         port=port,
         blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
         profile=profile,
     )
     _run(build_role(launch))
@@ -223,6 +246,8 @@ def proposer_start(
     home: HomeOpt = None,
     port: PortOpt = 0,
     blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Propose: merge each closed round's verified updates into the next adapter version."""
@@ -237,6 +262,8 @@ def proposer_start(
         home=home,
         port=port,
         blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
         profile=profile,
     )
     _run(build_role(launch))
@@ -251,6 +278,8 @@ def serving_start(
     home: HomeOpt = None,
     port: PortOpt = 0,
     blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
     api_port: Annotated[int, typer.Option(help="OpenAI-compatible API port (0: any).")] = 0,
     heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
 ) -> None:
@@ -266,6 +295,8 @@ def serving_start(
         home=home,
         port=port,
         blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
         profile=None,
     )
     _run(build_role(launch, api_port=api_port, heartbeat_s=heartbeat))
@@ -311,6 +342,7 @@ def up(
         ),
     ] = None,
     chain_port: Annotated[int, typer.Option(help="Ledger RPC port (0: any free port).")] = 26657,
+    ipfs_url: IpfsOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
@@ -334,6 +366,7 @@ def up(
         block_interval=block_interval,
         serving=not no_serving,
         base_model=base_model,
+        ipfs_url=ipfs_url or None,
     )
     options = UpOptions(
         chain_port=chain_port,

@@ -30,6 +30,10 @@ class RoleLaunch:
     port: int = 0
     blocks: Path | None = None
     """Blockstore root; defaults to `$R3MES_HOME/blocks`."""
+    ipfs_url: str | None = None
+    """Kubo RPC API shared between machines (None: the local blockstore alone)."""
+    gateway_url: str | None = None
+    """IPFS HTTP gateway, a read fallback."""
     profile_path: Path | None = None
     """Work profile JSON; defaults to `$R3MES_HOME/work.json`, else built-in defaults."""
     idle_interval: float = 1.0
@@ -72,6 +76,9 @@ def build_role(
         idle_interval=launch.idle_interval,
     )
     blocks = launch.blocks or launch.home.blocks
+    from r3mes.storage.tiered import open_store
+
+    store = open_store(blocks, ipfs_url=launch.ipfs_url, gateway_url=launch.gateway_url)
     if launch.role == "serving":
         from r3mes.node.serving_node import ServingNode, ServingSettings
 
@@ -80,6 +87,8 @@ def build_role(
                 service=service,
                 chain_url=launch.chain_url,
                 blocks=blocks,
+                ipfs_url=launch.ipfs_url,
+                gateway_url=launch.gateway_url,
                 api_port=api_port,
                 heartbeat_s=heartbeat_s,
             ),
@@ -103,6 +112,7 @@ def build_role(
                 submit_retry=policy,
             ),
             key=key,
+            store=store,
         )
     if launch.role == "validator":
         from r3mes.node.validator import Validator, ValidatorSettings
@@ -112,6 +122,7 @@ def build_role(
                 service=service, chain_url=launch.chain_url, profile=profile, blocks=blocks
             ),
             key=key,
+            store=store,
         )
     if launch.role == "proposer":
         from r3mes.node.proposer import Proposer, ProposerSettings
@@ -121,6 +132,7 @@ def build_role(
                 service=service, chain_url=launch.chain_url, profile=profile, blocks=blocks
             ),
             key=key,
+            store=store,
         )
     raise ValidationError(f"unknown role {launch.role!r}")
 

@@ -69,6 +69,8 @@ def role_processes(spec: NetworkSpec, *, chain_url: str) -> list[ProcessSpec]:
         command = "serving-node" if role == "serving" else role
         args = [command, "start", "--key", name, "--name", name, "--chain", chain_url]
         args += ["--home", home]
+        if spec.ipfs_url:
+            args += ["--ipfs-url", spec.ipfs_url]
         if role == "miner":
             args += ["--stake", "100", "--retries", "3"]
             if name.startswith("cheater-"):

@@ -40,6 +40,9 @@ class NetworkSpec:
     difficulty: int = 8
     block_interval: float = 1.0
     serving: bool = True
+    ipfs_url: str | None = None
+    """Kubo RPC API shared with other machines: genesis artifacts and every role's output
+    are added there too (None: the local blockstore alone)."""
     base_model: str = "shipped"
     """"shipped" (the packaged model) or "tiny" (a 2-layer model made on the spot; tests)."""
     shards: int = 8
@@ -134,12 +137,12 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
         publish_genesis_adapter,
         publish_model_dir,
     )
-    from r3mes.storage.blockstore import Blockstore
+    from r3mes.storage.tiered import open_store
 
     if genesis_path(spec.home).is_file():
         logger.info("reusing the devnet genesis in %s", spec.home.root)
         return
-    store = Blockstore(spec.home.blocks)
+    store = open_store(spec.home.blocks, ipfs_url=spec.ipfs_url)
     folder, model_id = _model_folder(spec)
     model = publish_model_dir(store, folder)
     data_path = build_domain_dataset(

@@ -70,6 +70,10 @@ class ServingSettings:
     chain_url: str
     blocks: Path
     """Root of the local blockstore the registry fetches from first."""
+    ipfs_url: str | None = None
+    """Kubo RPC API to fetch from when the local blockstore lacks an artifact."""
+    gateway_url: str | None = None
+    """IPFS HTTP gateway, the last read fallback."""
     api_port: int = 0
     """Port of the OpenAI-compatible API (0 picks a free one)."""
     heartbeat_s: float = 10.0
@@ -115,12 +119,23 @@ class ServingNode(RoleService):
 
     def _artifact_registry(self) -> UnifiedRegistry:
         from r3mes.paths import Home
-        from r3mes.registry.download import BlockstoreFetcher, DownloadManager
+        from r3mes.registry.download import (
+            ArtifactFetcher,
+            BlockstoreFetcher,
+            DownloadManager,
+            IpfsFetcher,
+        )
         from r3mes.registry.unified import UnifiedRegistry
         from r3mes.storage.blockstore import Blockstore
+        from r3mes.storage.kubo import KuboClient
 
-        store = Blockstore(self.settings.blocks)
-        manager = DownloadManager([BlockstoreFetcher(store)])
+        fetchers: list[ArtifactFetcher] = [BlockstoreFetcher(Blockstore(self.settings.blocks))]
+        if self.settings.ipfs_url:
+            fetchers.append(IpfsFetcher(KuboClient(self.settings.ipfs_url), "kubo"))
+        if self.settings.gateway_url:
+            gateway = KuboClient.gateway(self.settings.gateway_url)
+            fetchers.append(IpfsFetcher(gateway, "ipfs gateway"))
+        manager = DownloadManager(fetchers)
         return UnifiedRegistry(
             home=Home(root=self.settings.service.state_dir),
             downloader=manager,

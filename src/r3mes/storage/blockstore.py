@@ -231,6 +231,10 @@ class Blockstore:
         except FileNotFoundError:
             raise NotPinned(str(parsed)) from None
 
+    def is_pinned(self, cid: str) -> bool:
+        """Whether `cid` itself carries a pin."""
+        return (self._pins / str(parse_cid(cid))).exists()
+
     def pins(self) -> list[str]:
         """All pinned root CIDs, sorted."""
         if not self._pins.is_dir():

@@ -1,0 +1,116 @@
+"""Roles on separate machines: each has its own empty blockstore and shares content only
+through one Kubo node (the test's Kubo-API server), over a real devnet."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from r3mes.chain.devnet import DevnetConfig, DevnetNode
+from r3mes.node.journal import TxState
+from r3mes.node.launch import RoleLaunch, build_role
+from r3mes.node.miner import Miner
+from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.retry import RetryPolicy
+from r3mes.node.validator import Validator
+from r3mes.paths import Home
+from r3mes.storage.tiered import TieredStore
+
+_spec = importlib.util.spec_from_file_location(
+    "kubo_server", Path(__file__).parents[1] / "storage" / "kubo_server.py"
+)
+assert _spec and _spec.loader
+kubo_server_mod = importlib.util.module_from_spec(_spec)
+sys.modules["kubo_server"] = kubo_server_mod
+_spec.loader.exec_module(kubo_server_mod)
+kubo_server = kubo_server_mod.kubo_server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def genesis(tmp_path: Path) -> Iterator[tuple[Home, str]]:
+    spec = NetworkSpec(
+        home=Home(root=tmp_path / "genesis"),
+        miners=1,
+        round_blocks=10,
+        serving=False,
+        base_model="tiny",
+        dataset_chars=40_000,
+    )
+    prepare_genesis(spec, ensure_keys(spec))
+    port = _free_port()
+    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
+    node.start()
+    try:
+        yield spec.home, f"http://127.0.0.1:{port}"
+    finally:
+        node.stop()
+
+
+def _until(step: Callable[[], bool], done: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        if not step():
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_miner_and_validator_share_updates_only_through_kubo(
+    genesis: tuple[Home, str], tmp_path: Path
+) -> None:
+    home, chain = genesis
+    # the genesis machine's blockstore is what its IPFS node serves
+    with kubo_server(home.blocks) as (ipfs_url, kubo):
+
+        def launch(role: str, name: str) -> RoleLaunch:
+            return RoleLaunch(
+                role=role,
+                name=name,
+                home=home,
+                chain_url=chain,
+                key_name=name,
+                passphrase=passphrase(home),
+                blocks=tmp_path / f"{name}-blocks",  # an empty blockstore of its own
+                ipfs_url=ipfs_url,
+            )
+
+        miner = build_role(launch("miner", "miner-1"), retry=RetryPolicy(max_retries=1))
+        validator = build_role(launch("validator", "validator-1"))
+        assert isinstance(miner, Miner) and isinstance(validator, Validator)
+        assert isinstance(miner.store, TieredStore) and miner.store.remote is not None
+        miner.on_start()
+        validator.on_start()
+        try:
+            _until(
+                miner.step,
+                lambda: any(r.state is TxState.COMMITTED for r in miner.journal.recent(10)),
+            )
+            record = next(r for r in miner.journal.recent(10) if r.state is TxState.COMMITTED)
+            assert kubo.store.is_pinned(record.cid), "the update was added to the shared node"
+            assert not validator.store.has(record.cid)  # type: ignore[attr-defined]
+
+            def attested() -> bool:
+                subs = validator.client.submissions(record.round_id)
+                return any(s.cid == record.cid and s.attestations for s in subs)
+
+            _until(validator.step, attested)
+            [sub] = validator.client.submissions(record.round_id)
+            assert sub.attestations[0]["validator"] == validator.address
+            assert sub.attestations[0]["verdict"] == "accept"
+            assert validator.store.has(record.cid)  # type: ignore[attr-defined]
+        finally:
+            miner.on_stop()
+            validator.on_stop()

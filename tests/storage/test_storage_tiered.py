@@ -1,0 +1,93 @@
+"""TieredStore: two machines' blockstores sharing content through one Kubo node."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from r3mes.storage.blockstore import Blockstore, NotPinned
+from r3mes.storage.errors import BlockNotFound, CidMismatch, StorageError
+from r3mes.storage.kubo import KuboClient, RetryPolicy
+from r3mes.storage.tiered import TieredStore, open_store
+from r3mes.storage.unixfs import compute_cid
+
+_spec = importlib.util.spec_from_file_location(
+    "kubo_server", Path(__file__).with_name("kubo_server.py")
+)
+assert _spec and _spec.loader
+kubo_server_mod = importlib.util.module_from_spec(_spec)
+sys.modules["kubo_server"] = kubo_server_mod
+_spec.loader.exec_module(kubo_server_mod)
+kubo_server = kubo_server_mod.kubo_server
+
+DATA = bytes(range(256)) * 3000  # 768,000 bytes: 3 leaves
+FAST = RetryPolicy(attempts=2, base_delay=0.0)
+
+
+def _tiered(root: Path, url: str) -> TieredStore:
+    return TieredStore(Blockstore(root), KuboClient(url, timeout=5.0, retry=FAST))
+
+
+def test_content_added_on_one_machine_is_read_on_another(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "kubo") as (url, state):
+        miner = _tiered(tmp_path / "miner", url)
+        validator = _tiered(tmp_path / "validator", url)
+        cid = miner.add_bytes(DATA)
+        assert cid == compute_cid(DATA, cid_version=1)
+        assert state.store.is_pinned(cid) and miner.local.is_pinned(cid)
+        assert not validator.has(cid)
+        assert validator.get_bytes(cid) == DATA
+        # cached locally, unpinned: the next read needs no network, gc may reclaim it
+        assert validator.has(cid) and not validator.local.is_pinned(cid)
+        before = len(state.requests)
+        assert validator.get_bytes(cid) == DATA
+        assert len(state.requests) == before
+        miner.unpin(cid)
+        assert not miner.local.is_pinned(cid) and not state.store.is_pinned(cid)
+
+
+def test_remote_bytes_that_do_not_match_are_discarded(tmp_path: Path) -> None:
+    good = Blockstore(tmp_path / "seed")
+    cid = good.add_bytes(DATA)
+    with kubo_server(tmp_path / "kubo", mode="wrong-bytes") as (url, state):
+        state.store.add_bytes(DATA)
+        reader = _tiered(tmp_path / "reader", url)
+        with pytest.raises(CidMismatch):
+            reader.get_bytes(cid)
+        assert not reader.has(cid) and reader.local.pins() == []
+
+
+def test_failed_remote_add_leaves_nothing_pinned(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "kubo", mode="down-api") as (url, _state):
+        store = _tiered(tmp_path / "local", url)
+        with pytest.raises(StorageError):
+            store.add_bytes(DATA)
+        assert store.local.pins() == []
+        # content pinned before the failed add keeps its pin
+        cid = store.local.add_bytes(DATA)
+        with pytest.raises(StorageError):
+            store.add_bytes(DATA)
+        assert store.local.is_pinned(cid)
+
+
+def test_local_only_store_behaves_as_the_blockstore(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "blocks")
+    assert store.remote is None
+    cid = store.add_bytes(b"hello")
+    assert store.get_bytes(cid) == b"hello"
+    store.unpin(cid)
+    with pytest.raises(NotPinned):
+        store.unpin(cid)
+    with pytest.raises(BlockNotFound):
+        store.get_bytes(compute_cid(b"absent", cid_version=1))
+
+
+def test_gateway_only_store_reads(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "kubo") as (url, state):
+        cid = state.store.add_bytes(DATA)
+        store = open_store(tmp_path / "local", gateway_url=url)
+        assert store.get_bytes(cid) == DATA and store.has(cid)
+        store.close()
