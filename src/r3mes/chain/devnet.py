@@ -182,19 +182,40 @@ class DevnetNode:
         self._threads.append(thread)
 
     def serve(self) -> None:
-        """Run in the foreground until SIGINT/SIGTERM; records a pid file while running."""
-        self._server = self._make_server()
-        self._start_blocks()
+        """Run in the foreground until SIGINT or SIGTERM, then stop cleanly and return.
+
+        uvicorn would capture both signals and re-raise them once it has shut down, which
+        kills the process (-15) before the store is closed. So the server runs from a
+        thread (where uvicorn leaves signals alone) and the main thread owns the handlers:
+        a signal only asks for a stop; the block in progress is finished, the store closed
+        and the pid file removed before `serve` returns.
+        """
+        requested: list[int] = []
+
+        def request_stop(signum: int, _frame: object) -> None:
+            requested.append(signum)
+
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, request_stop) for sig in handled}
         pid_file = pid_path(self.home)
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid = os.getpid()
-        pid_file.write_text(json.dumps({"pid": pid, "url": self.url, "start": _proc_start(pid)}))
-        log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
         try:
-            self._server.run()
+            self.start()
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid = os.getpid()
+            info = {"pid": pid, "url": self.url, "start": _proc_start(pid)}
+            pid_file.write_text(json.dumps(info))
+            log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
+            while not requested and self._server_alive():
+                time.sleep(0.1)  # a signal interrupts the sleep; its handler only records it
+            if not requested:
+                raise ChainError(f"the devnet RPC server on {self.url} stopped unexpectedly")
+            log.info("signal %d received; stopping the devnet", requested[0])
         finally:
-            self._shutdown()
+            self.stop()
             pid_file.unlink(missing_ok=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("devnet stopped at height %d", self.engine.state.height)
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Serve from background threads (for in-process use); returns once listening."""
@@ -208,6 +229,9 @@ class DevnetNode:
                 raise ChainError(f"devnet RPC did not start on {self.url}")
             time.sleep(0.02)
         self._start_blocks()
+
+    def _server_alive(self) -> bool:
+        return any(t.name == "r3mes-rpc" and t.is_alive() for t in self._threads)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -269,14 +293,35 @@ def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=logfile, stderr=logfile, start_new_session=True)
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (an unreaped zombie counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def stop_devnet(home: Home, timeout_s: float = 10.0) -> int | None:
-    """SIGTERM the devnet serving `home` and wait for it; returns its pid (None if none)."""
+    """SIGTERM the devnet serving `home` and wait for it; returns its pid (None if none).
+
+    The node finishes its current block, closes the store and removes its pid file on
+    SIGTERM; raises ChainError if it is still running after `timeout_s`.
+    """
     info = running_devnet(home)
     if info is None:
         return None
     pid = int(info["pid"])
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return pid
     deadline = time.monotonic() + timeout_s
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while _running(pid):
+        if time.monotonic() >= deadline:
+            raise ChainError(
+                f"devnet (pid {pid}) did not stop within {timeout_s:g} s; "
+                f"see {home.logs / 'devnet.log'}, or end it with `kill -KILL {pid}`"
+            )
+        time.sleep(0.05)
     return pid
