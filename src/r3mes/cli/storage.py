@@ -30,7 +30,7 @@ GatewayOpt = Annotated[
 ]
 ChainOpt = Annotated[
     str,
-    typer.Option("--chain", envvar="R3MES_CHAIN_URL", help="Ledger RPC URL."),
+    typer.Option("--chain", envvar=["R3MES_CHAIN_URL", "R3MES_CHAIN_RPC"], help="Ledger RPC URL."),
 ]
 VersionOpt = Annotated[
     int, typer.Option("--cid-version", min=0, max=1, help="0: Qm..., 1: bafy...")
@@ -147,7 +147,7 @@ def gc_cmd(home: HomeOpt = None) -> None:
 
 
 def _registry(
-    home: Path | None, chain: str | None, ipfs_url: str | None, gateway: str | None
+    home: Path | None, source: ArtifactSource | None, ipfs_url: str | None, gateway: str | None
 ) -> Any:
     from r3mes.paths import Home
     from r3mes.registry.download import DownloadManager, default_fetchers
@@ -159,23 +159,18 @@ def _registry(
         blockstore=Blockstore(resolved.blocks), ipfs_url=ipfs_url, gateway_url=gateway
     )
     manager = DownloadManager(fetchers, progress=True, cache=Blockstore(resolved.blocks))
-    source = _chain_client(chain) if chain else None
     return UnifiedRegistry(home=resolved, downloader=manager, source=source)
-
-
-def _chain_client(url: str) -> ArtifactSource:
-    from r3mes.chain.client import BlockchainClient
-
-    client: ArtifactSource = BlockchainClient(url)
-    return client
 
 
 @registry_app.command("sync")
 def sync_cmd(chain: ChainOpt = "http://127.0.0.1:26657", home: HomeOpt = None) -> None:
     """Fetch the approved models, datasets and adapters from the ledger."""
-    registry = _registry(home, chain, None, None)
+    from r3mes.chain.client import BlockchainClient
+
+    with BlockchainClient(chain) as client:
+        results = _registry(home, client, None, None).sync_all()
     console = Console()
-    for kind, result in registry.sync_all().items():
+    for kind, result in results.items():
         console.print(f"{kind}: {len(result.records)} approved, {len(result.rejected)} rejected")
         for reason in result.rejected:
             console.print(f"  [yellow]rejected[/] {reason}")
