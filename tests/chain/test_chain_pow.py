@@ -20,6 +20,14 @@ from r3mes.chain.views import QueryError, artifacts_json, leaderboard_json, node
 MSG = SubmitGradient(creator=key(1).address, round=3, shard=1, cid="bafyx", digest="ab" * 32)
 
 
+def test_progress_is_reported_while_searching() -> None:
+    seen: list[int] = []
+    solved = solve_pow(MSG, chain_id="c1", difficulty=10, on_progress=seen.append, progress_every=8)
+    assert pow_ok(solved, chain_id="c1", difficulty=10)
+    assert seen and seen == list(range(8, solved.pow_nonce + 1, 8))
+    assert solve_pow(MSG, chain_id="c1", difficulty=10) == solved  # same nonce either way
+
+
 def test_solution_meets_difficulty_and_is_bound_to_submission() -> None:
     solved = solve_pow(MSG, chain_id="c1", difficulty=10)
     assert pow_ok(solved, chain_id="c1", difficulty=10)

@@ -8,6 +8,7 @@ leading zero bits, where the preimage is the canonical, length-prefixed encoding
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 
 from r3mes.chain.errors import ChainError
@@ -48,9 +49,18 @@ def pow_ok(msg: SubmitGradient, *, chain_id: str, difficulty: int) -> bool:
 
 
 def solve_pow(
-    msg: SubmitGradient, *, chain_id: str, difficulty: int, max_attempts: int = 1 << 40
+    msg: SubmitGradient,
+    *,
+    chain_id: str,
+    difficulty: int,
+    max_attempts: int = 1 << 40,
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 1 << 16,
 ) -> SubmitGradient:
-    """Return `msg` with a `pow_nonce` that meets `difficulty` (expected 2**difficulty hashes)."""
+    """Return `msg` with a `pow_nonce` that meets `difficulty` (expected 2**difficulty hashes).
+
+    `on_progress(attempts)` is called every `progress_every` attempts (for a progress bar).
+    """
     if not 0 <= difficulty <= 64:
         raise ChainError("proof-of-work difficulty must be in [0, 64]")
     prefix = hashlib.sha256(pow_preimage(msg, chain_id=chain_id))
@@ -60,4 +70,6 @@ def solve_pow(
         h.update(nonce.to_bytes(8, "big"))
         if int.from_bytes(h.digest(), "big") < threshold:
             return replace(msg, pow_nonce=nonce)
+        if on_progress is not None and (nonce + 1) % progress_every == 0:
+            on_progress(nonce + 1)
     raise ChainError(f"no proof-of-work solution within {max_attempts} attempts")

@@ -1,71 +1,38 @@
-"""`r3mes wallet | devnet | tx | query`: keys and the ledger."""
+"""`r3mes wallet | devnet | query`: keys, the embedded ledger node, ledger state.
+
+`r3mes tx` (sign and broadcast every ledger message) lives in chain_tx.py.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from r3mes.cli.chain_shared import (
+    DEFAULT_NODE,
+    CliError,
+    HomeOpt,
+    NodeOpt,
+    PassOpt,
+    client_of,
+    console,
+    home_of,
+    keystore_of,
+    print_json,
+)
+from r3mes.cli.chain_tx import tx_app as tx_app
 from r3mes.errors import R3mesError
 
-if TYPE_CHECKING:
-    from r3mes.chain.client import BlockchainClient
-    from r3mes.chain.crypto import SigningKey
-    from r3mes.paths import Home
+__all__ = ["CliError", "devnet_app", "query_app", "tx_app", "wallet_app"]
 
 wallet_app = typer.Typer(help="Keys and addresses: create, import, list, show, export.")
 devnet_app = typer.Typer(help="The embedded single-node ledger: init, start, stop, status.")
-tx_app = typer.Typer(help="Sign and broadcast ledger transactions.")
 query_app = typer.Typer(help="Read ledger state: rounds, tasks, submissions, nodes, artifacts.")
-
-console = Console()
-
-HomeOpt = Annotated[
-    Path | None, typer.Option("--home", help="R3MES home (default $R3MES_HOME or ~/.r3mes).")
-]
-NodeOpt = Annotated[
-    str,
-    typer.Option("--node", envvar="R3MES_CHAIN_RPC", help="Ledger RPC URL."),
-]
-PassOpt = Annotated[
-    str,
-    typer.Option(
-        prompt=True, hide_input=True, envvar="R3MES_PASSPHRASE", help="Keystore passphrase."
-    ),
-]
-DEFAULT_NODE = "http://127.0.0.1:26657"
-
-
-class CliError(R3mesError):
-    """A command-line usage problem, with what to do about it."""
-
-
-def _home(home: Path | None) -> Home:
-    from r3mes.paths import Home
-
-    return Home.from_env(home)
-
-
-def _keystore(home: Path | None) -> Any:
-    from r3mes.chain.keystore import Keystore
-
-    return Keystore(_home(home).keys)
-
-
-def _client(node: str) -> BlockchainClient:
-    from r3mes.chain.client import BlockchainClient
-
-    return BlockchainClient(node)
-
-
-def _print_json(doc: Any) -> None:
-    console.print_json(json.dumps(doc, default=str))
-
 
 # -- wallet ---------------------------------------------------------------------------
 
@@ -88,7 +55,7 @@ def wallet_create(
     home: HomeOpt = None,
 ) -> None:
     """Create a new key from a fresh BIP39 mnemonic and store it encrypted."""
-    info, mnemonic = _keystore(home).create(name, passphrase=passphrase, words=words)
+    info, mnemonic = keystore_of(home).create(name, passphrase=passphrase, words=words)
     console.print(f"created key [bold]{info.name}[/] address [green]{info.address}[/]")
     if show_mnemonic:
         console.print(f"mnemonic (write it down, never share it): {mnemonic}")
@@ -122,7 +89,7 @@ def wallet_import(
     home: HomeOpt = None,
 ) -> None:
     """Import a key from its mnemonic (m/44'/118'/0'/0/0) or a raw private key."""
-    store = _keystore(home)
+    store = keystore_of(home)
     if raw:
         info = store.import_secret(name, secret_hex=mnemonic, passphrase=passphrase)
     else:
@@ -134,7 +101,7 @@ def wallet_import(
 def wallet_list(home: HomeOpt = None) -> None:
     """List stored keys (names and addresses only)."""
     table = Table("name", "address")
-    for info in _keystore(home).list():
+    for info in keystore_of(home).list():
         table.add_row(info.name, info.address)
     console.print(table)
 
@@ -142,8 +109,8 @@ def wallet_list(home: HomeOpt = None) -> None:
 @wallet_app.command("show")
 def wallet_show(name: str, home: HomeOpt = None) -> None:
     """Show a key's address and public key (no secret)."""
-    info = _keystore(home).show(name)
-    _print_json({"name": info.name, "address": info.address, "pubkey": info.pubkey_hex})
+    info = keystore_of(home).show(name)
+    print_json({"name": info.name, "address": info.address, "pubkey": info.pubkey_hex})
 
 
 @wallet_app.command("export")
@@ -158,19 +125,14 @@ def wallet_export(
     """Print a key's mnemonic and private key (requires --yes-show-secret)."""
     if not yes_show_secret:
         raise CliError("export prints secrets; re-run with --yes-show-secret if you mean it")
-    exported = _keystore(home).export(name, passphrase=passphrase)
-    _print_json(
+    exported = keystore_of(home).export(name, passphrase=passphrase)
+    print_json(
         {
             "address": exported.info.address,
             "mnemonic": exported.mnemonic,
             "private_key_hex": exported.secret_hex,
         }
     )
-
-
-def _load_key(home: Path | None, name: str, passphrase: str) -> SigningKey:
-    key: SigningKey = _keystore(home).load(name, passphrase=passphrase)
-    return key
 
 
 # -- devnet ---------------------------------------------------------------------------
@@ -217,7 +179,7 @@ def devnet_init(
         attestation_quorum=quorum,
         authority=authority,
     )
-    path = init_devnet(_home(home), genesis, overwrite=overwrite)
+    path = init_devnet(home_of(home), genesis, overwrite=overwrite)
     console.print(f"devnet [bold]{chain_id}[/] initialised: {path}")
 
 
@@ -234,7 +196,7 @@ def devnet_start(
     """Run the devnet node (foreground by default; --detach to background it)."""
     from r3mes.chain.devnet import DevnetConfig, DevnetNode, spawn_devnet
 
-    h = _home(home)
+    h = home_of(home)
     config = DevnetConfig(host=host, port=port, block_interval_s=block_interval)
     if not detach:
         DevnetNode(h, config).serve()
@@ -245,7 +207,7 @@ def devnet_start(
         if proc.poll() is not None:
             raise CliError(f"devnet exited (code {proc.returncode}); see {h.logs / 'devnet.log'}")
         try:
-            _client(url).status()
+            client_of(url).status()
             console.print(f"devnet running in the background (pid {proc.pid}) at {url}")
             return
         except R3mesError:
@@ -258,7 +220,7 @@ def devnet_stop(home: HomeOpt = None) -> None:
     """Stop a devnet started in this home (SIGTERM, then wait)."""
     from r3mes.chain.devnet import stop_devnet
 
-    pid = stop_devnet(_home(home))
+    pid = stop_devnet(home_of(home))
     console.print(
         "no devnet is running in this home" if pid is None else f"devnet (pid {pid}) stopped"
     )
@@ -269,77 +231,10 @@ def devnet_status(node: NodeOpt = DEFAULT_NODE, home: HomeOpt = None) -> None:
     """Show the devnet process and its latest block."""
     from r3mes.chain.devnet import running_devnet
 
-    info = running_devnet(_home(home))
+    info = running_devnet(home_of(home))
     url = info["url"] if info else node
-    status = _client(url).status()
-    _print_json({"pid": info["pid"] if info else None, "url": url, **status.__dict__})
-
-
-# -- tx -------------------------------------------------------------------------------
-
-
-def _send(node: str, home: Path | None, name: str, passphrase: str, msg_factory: Any) -> None:
-    key = _load_key(home, name, passphrase)
-    with _client(node) as client:
-        result = client.sign_and_broadcast(key, [msg_factory(key.address)])
-    console.print(f"committed tx [bold]{result.hash}[/] at height {result.height}")
-
-
-FromOpt = Annotated[str, typer.Option("--from", help="Name of the signing key in the wallet.")]
-
-
-@tx_app.command("faucet")
-def tx_faucet(
-    sender: FromOpt,
-    passphrase: PassOpt,
-    amount: Annotated[int, typer.Option(help="Credits to mint (devnet only).")] = 1000,
-    to: Annotated[str, typer.Option(help="Recipient (default: the signer).")] = "",
-    node: NodeOpt = DEFAULT_NODE,
-    home: HomeOpt = None,
-) -> None:
-    """Mint devnet credits to an address."""
-    from r3mes.chain.msgs import Faucet
-
-    _send(node, home, sender, passphrase, lambda a: Faucet(creator=a, to=to or a, amount=amount))
-
-
-@tx_app.command("transfer")
-def tx_transfer(
-    sender: FromOpt,
-    passphrase: PassOpt,
-    to: Annotated[str, typer.Option(help="Recipient address.")],
-    amount: Annotated[int, typer.Option(help="Credits to send.")],
-    node: NodeOpt = DEFAULT_NODE,
-    home: HomeOpt = None,
-) -> None:
-    """Send credits to another address."""
-    from r3mes.chain.msgs import TransferCredits
-
-    _send(
-        node, home, sender, passphrase, lambda a: TransferCredits(creator=a, to=to, amount=amount)
-    )
-
-
-@tx_app.command("register-node")
-def tx_register_node(
-    sender: FromOpt,
-    passphrase: PassOpt,
-    role: Annotated[str, typer.Option(help="miner, validator, proposer or serving.")],
-    endpoint: Annotated[str, typer.Option(help="Public URL of the node, if any.")] = "",
-    stake: Annotated[int, typer.Option(help="Credits to lock as stake.")] = 0,
-    node: NodeOpt = DEFAULT_NODE,
-    home: HomeOpt = None,
-) -> None:
-    """Register the signer as a node of a role."""
-    from r3mes.chain.msgs import RegisterNode
-
-    _send(
-        node,
-        home,
-        sender,
-        passphrase,
-        lambda a: RegisterNode(creator=a, role=role, endpoint=endpoint, stake=stake),
-    )
+    status = client_of(url).status()
+    print_json({"pid": info["pid"] if info else None, "url": url, **status.__dict__})
 
 
 # -- query ----------------------------------------------------------------------------
@@ -351,15 +246,15 @@ def query_round(
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """Show a training round (current by default)."""
-    with _client(node) as c:
-        _print_json((c.round(number) if number else c.current_round()).__dict__)
+    with client_of(node) as c:
+        print_json((c.round(number) if number else c.current_round()).__dict__)
 
 
 @query_app.command("account")
 def query_account(address: str, node: NodeOpt = DEFAULT_NODE) -> None:
     """Show an account: balance, sequence, reputation, tier."""
-    with _client(node) as c:
-        _print_json(c.account(address).__dict__)
+    with client_of(node) as c:
+        print_json(c.account(address).__dict__)
 
 
 @query_app.command("submissions")
@@ -368,8 +263,8 @@ def query_submissions(
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """List gradient submissions and their attestations."""
-    with _client(node) as c:
-        _print_json([s.__dict__ for s in c.submissions(round_number)])
+    with client_of(node) as c:
+        print_json([s.__dict__ for s in c.submissions(round_number)])
 
 
 @query_app.command("artifacts")
@@ -378,8 +273,8 @@ def query_artifacts(
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """List approved artifacts."""
-    with _client(node) as c:
-        _print_json([a.__dict__ for a in c.approved_artifacts(kind)])
+    with client_of(node) as c:
+        print_json([a.__dict__ for a in c.approved_artifacts(kind)])
 
 
 @query_app.command("leaderboard")
@@ -388,7 +283,7 @@ def query_leaderboard(
 ) -> None:
     """Top accounts by reputation."""
     table = Table("#", "address", "reputation", "tier", "earned", "verified")
-    with _client(node) as c:
+    with client_of(node) as c:
         for e in c.leaderboard(limit):
             table.add_row(
                 str(e.rank),
@@ -407,8 +302,8 @@ def query_nodes(
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """List active registered nodes."""
-    with _client(node) as c:
-        _print_json([n.__dict__ for n in c.nodes(role)])
+    with client_of(node) as c:
+        print_json([n.__dict__ for n in c.nodes(role)])
 
 
 @query_app.command("tasks")
@@ -417,12 +312,12 @@ def query_tasks(
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """Show a round's task pool: each shard and who claimed it."""
-    with _client(node) as c:
-        _print_json(c.tasks(number or None))
+    with client_of(node) as c:
+        print_json(c.tasks(number or None))
 
 
 @query_app.command("params")
 def query_params(node: NodeOpt = DEFAULT_NODE) -> None:
     """Show the chain's consensus parameters."""
-    with _client(node) as c:
-        _print_json(c.params().__dict__)
+    with client_of(node) as c:
+        print_json(c.params().__dict__)

@@ -1,0 +1,587 @@
+"""`r3mes tx`: build, check, sign and broadcast every ledger message.
+
+A tx command refuses bad input before anything is signed: option callbacks check each
+value (a usage error naming the flag), the command checks the chain state the message
+depends on (registered role, open round, authority, balance), and `validate_basic` - the
+chain's own stateless rules - runs last. A refused command changes nothing on chain.
+Each prints the committed tx as JSON: hash, height and the events (ids the chain assigned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from r3mes.cli.chain_shared import (
+    DEFAULT_NODE,
+    CliError,
+    HomeOpt,
+    NodeOpt,
+    PassOpt,
+    client_of,
+    home_of,
+    load_key,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.msgs import ArtifactSpec, Msg, SubmitGradient
+
+tx_app = typer.Typer(help="Sign and broadcast ledger transactions.")
+
+Msg_ = TypeVar("Msg_", bound="Msg")
+# r3mes.chain.msgs' ROLES, VERDICTS and KINDS, spelled out so `--help` imports no protobuf
+# (a test checks they match).
+ROLES = ("miner", "validator", "proposer", "serving")
+VERDICTS = ("accept", "reject")
+KINDS = ("model", "dataset", "adapter")
+FromOpt = Annotated[str, typer.Option("--from", help="Name of the signing key in the wallet.")]
+
+
+def _check_address(value: str) -> str:
+    from r3mes.chain.crypto import validate_address
+    from r3mes.chain.errors import AddressError
+
+    if value == "":
+        return value
+    try:
+        return validate_address(value)
+    except AddressError as exc:
+        raise typer.BadParameter(
+            f"{exc}; an address looks like remes1... (`r3mes wallet show`)"
+        ) from exc
+
+
+def _check_cid(value: str | None) -> str | None:
+    from r3mes.storage.multiformats import is_cid
+
+    if value is None or (is_cid(value) and value.isalnum()):
+        return value
+    raise typer.BadParameter(
+        f"{value[:80]!r} is not a CID (bafy... or Qm...); `r3mes storage cid FILE` computes one"
+    )
+
+
+def _check_hex64(value: str | None) -> str | None:
+    if value is None or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())):
+        return None if value is None else value.lower()
+    raise typer.BadParameter("must be 64 hex digits (a SHA-256, e.g. from `sha256sum FILE`)")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _send(
+    *,
+    node: str,
+    home: Path | None,
+    sender: str,
+    passphrase: str,
+    build: Callable[[BlockchainClient, str], Msg_],
+) -> dict[str, Any]:
+    """Decrypt the key, build the message against the chain, check it, sign, broadcast.
+
+    Returns the committed tx as JSON: hash, height and its events (ids the chain assigned).
+    """
+    from r3mes.chain.errors import TxInvalid
+    from r3mes.chain.msgs import validate_basic
+
+    key = load_key(home, sender, passphrase)
+    with client_of(node) as client:
+        msg = build(client, key.address)
+        try:
+            validate_basic(msg)
+        except TxInvalid as exc:
+            raise CliError(f"not sent: {exc.log}; fix that value and retry") from exc
+        result = client.sign_and_broadcast(key, [msg])
+    events = [
+        {"type": e.get("type"), **{a["key"]: a["value"] for a in e.get("attributes", [])}}
+        for e in result.events
+        if e.get("type") != "message"
+    ]
+    return {"hash": result.hash, "height": result.height, "events": events}
+
+
+def _require_role(client: BlockchainClient, address: str, role: str) -> None:
+    if role not in client.account(address).roles:
+        raise CliError(
+            f"{address} is not a registered {role}; "
+            f"run `r3mes tx register-node --role {role}` first"
+        )
+
+
+def _require_balance(client: BlockchainClient, address: str, amount: int) -> None:
+    balance = client.account(address).balance
+    if amount > balance:
+        raise CliError(
+            f"{address} holds {balance} credits, fewer than {amount}; "
+            "get credits first (on a devnet: `r3mes tx faucet`)"
+        )
+
+
+@tx_app.command("faucet")
+def tx_faucet(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    amount: Annotated[int, typer.Option(min=1, help="Credits to mint (devnet only).")] = 1000,
+    to: Annotated[
+        str, typer.Option(callback=_check_address, help="Recipient (default: the signer).")
+    ] = "",
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Mint devnet credits to an address."""
+    from r3mes.chain.msgs import Faucet
+
+    def build(client: BlockchainClient, address: str) -> Faucet:
+        params = client.params()
+        if not params.devnet:
+            raise CliError("this chain is not a devnet; only devnets have a faucet")
+        if amount > params.faucet_max_amount:
+            raise CliError(f"--amount is limited to {params.faucet_max_amount} per faucet tx")
+        return Faucet(creator=address, to=to or address, amount=amount)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+@tx_app.command("transfer")
+def tx_transfer(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    to: Annotated[str, typer.Option(callback=_check_address, help="Recipient address.")],
+    amount: Annotated[int, typer.Option(min=1, help="Credits to send.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Send credits to another address."""
+    from r3mes.chain.msgs import TransferCredits
+
+    def build(client: BlockchainClient, address: str) -> TransferCredits:
+        _require_balance(client, address, amount)
+        return TransferCredits(creator=address, to=to, amount=amount)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+@tx_app.command("register-node")
+def tx_register_node(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    role: Annotated[
+        str,
+        typer.Option(
+            callback=_choice(*ROLES),
+            help="miner, validator, proposer or serving.",
+        ),
+    ],
+    endpoint: Annotated[str, typer.Option(help="Public URL of the node, if any.")] = "",
+    stake: Annotated[int, typer.Option(min=0, help="Credits to lock as stake.")] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Register the signer as a node of a role (again: add stake, change the endpoint)."""
+    from r3mes.chain.msgs import RegisterNode
+
+    def build(client: BlockchainClient, address: str) -> RegisterNode:
+        min_stake = client.params().min_stake
+        if role not in client.account(address).roles and stake < min_stake:
+            raise CliError(f"a new {role} must stake at least {min_stake}; raise --stake")
+        _require_balance(client, address, stake)
+        return RegisterNode(creator=address, role=role, endpoint=endpoint, stake=stake)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+@tx_app.command("submit-gradient")
+def tx_submit_gradient(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    shard: Annotated[int, typer.Option(min=0, help="Shard of the round's task pool.")],
+    cid: Annotated[str, typer.Option(callback=_check_cid, help="CID of the stored update.")],
+    digest: Annotated[
+        str, typer.Option(callback=_check_hex64, help="Digest of the update (64 hex).")
+    ],
+    round_number: Annotated[
+        int, typer.Option("--round", min=0, help="Round number; 0 = the current round.")
+    ] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Claim a shard with a trained update; finds the proof-of-work nonce itself."""
+    from r3mes.chain.msgs import SubmitGradient
+
+    def build(client: BlockchainClient, address: str) -> SubmitGradient:
+        _require_role(client, address, "miner")
+        rnd = client.round(round_number) if round_number else client.current_round()
+        if rnd.status != "open":
+            raise CliError(f"round {rnd.number} is {rnd.status}; submit to the current round")
+        if shard >= rnd.shards_per_round:
+            raise CliError(f"--shard must be below {rnd.shards_per_round}")
+        for claim in rnd.claims:
+            if claim["shard"] == shard or claim["miner"] == address:
+                raise CliError(
+                    f"shard {claim['shard']} of round {rnd.number} is already claimed by "
+                    f"{claim['miner']}; one shard per miner per round (`r3mes query tasks`)"
+                )
+        msg = SubmitGradient(creator=address, round=rnd.number, shard=shard, cid=cid, digest=digest)
+        difficulty = client.params().pow_difficulty
+        return _solve_pow(msg, chain_id=client.chain_id(), difficulty=difficulty)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+def _solve_pow(msg: SubmitGradient, *, chain_id: str, difficulty: int) -> SubmitGradient:
+    """solve_pow with a spinner on stderr (expected 2**difficulty hashes)."""
+    from r3mes.chain.pow import solve_pow
+
+    expected = 1 << difficulty
+    with Console(stderr=True).status(f"proof of work: ~{expected:,} hashes expected") as status:
+
+        def progress(attempts: int) -> None:
+            status.update(f"proof of work: {attempts:,} of ~{expected:,} expected hashes")
+
+        return solve_pow(msg, chain_id=chain_id, difficulty=difficulty, on_progress=progress)
+
+
+@tx_app.command("attest")
+def tx_attest(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    submission_id: Annotated[int, typer.Argument(min=1, help="Submission id.")],
+    verdict: Annotated[str, typer.Argument(callback=_choice(*VERDICTS), help="accept or reject.")],
+    distance: Annotated[
+        float,
+        typer.Option(min=0.0, help="Relative distance the check measured (0 = identical)."),
+    ] = 0.0,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Attest a submission as a validator: accept or reject, with the measured distance."""
+    import math
+
+    from r3mes.chain.msgs import Attest
+
+    if not math.isfinite(distance):
+        raise typer.BadParameter("must be a finite number", param_hint="'--distance'")
+    ppm = min(int(min(distance, 1e6) * 1_000_000), 10**12)  # as the validator role does
+
+    def build(client: BlockchainClient, address: str) -> Attest:
+        _require_role(client, address, "validator")
+        sub = next((s for s in client.submissions() if s.id == submission_id), None)
+        if sub is None:
+            raise CliError(f"no submission {submission_id}; see `r3mes query submissions`")
+        if sub.miner == address:
+            raise CliError("a validator may not attest its own submission")
+        if sub.status != "pending":
+            raise CliError(f"submission {submission_id} is already {sub.status}")
+        if any(a.get("validator") == address for a in sub.attestations):
+            raise CliError(f"{address} already attested submission {submission_id}")
+        return Attest(
+            creator=address, submission_id=submission_id, verdict=verdict, distance_ppm=ppm
+        )
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+# -- tx: artifacts --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Content:
+    """An artifact's bytes as a record names them, and how to read them again."""
+
+    cid: str
+    sha256: str
+    size: int
+    pieces: Callable[[], Iterator[bytes]] | None = None
+    """Re-reads the bytes (for --add); None when only --cid/--sha256/--size were given."""
+
+
+ContentPath = Annotated[
+    Path | None,
+    typer.Argument(
+        help="File or folder to compute CID, SHA-256 and size from (instead of the flags)."
+    ),
+]
+CidOpt = Annotated[
+    str | None, typer.Option("--cid", callback=_check_cid, help="CID of the content.")
+]
+ShaOpt = Annotated[
+    str | None,
+    typer.Option("--sha256", callback=_check_hex64, help="SHA-256 of the content (64 hex)."),
+]
+SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Size in bytes.")]
+AddOpt = Annotated[
+    bool, typer.Option("--add", help="Also store PATH in the local blockstore (pinned).")
+]
+
+
+def _pieces_of(path: Path, *, kind: str) -> Callable[[], Iterator[bytes]]:
+    """The artifact bytes of `path`: a dataset file as it is; a model or adapter folder as
+    the bundle `r3mes registry pull` unpacks (or a file that already is such a bundle)."""
+    import tarfile
+
+    from r3mes.registry.bundle import pack_dir
+
+    if path.is_dir():
+        if kind == "dataset":
+            raise CliError(f"a dataset is one file, and {path} is a folder")
+        bundle = pack_dir(path)
+        return lambda: iter([bundle])
+    if not path.is_file():
+        raise CliError(f"{path} is not a file or folder; check the path")
+    if kind != "dataset" and not tarfile.is_tarfile(path):
+        raise CliError(f"a {kind} is a folder or its bundle (a tar); {path} is neither")
+
+    def read() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while piece := handle.read(1 << 20):
+                yield piece
+
+    return read
+
+
+def _content(
+    path: Path | None, *, kind: str, cid: str | None, sha256: str | None, size: int | None
+) -> _Content:
+    """The content from PATH (CID as `ipfs add --cid-version=1` gives it) or from the flags."""
+    import hashlib
+
+    from r3mes.storage.unixfs import DagParams, build_dag, root_of
+
+    if path is None:
+        if cid is None or sha256 is None or size is None:
+            raise CliError("give a FILE/DIR path, or all three of --cid, --sha256 and --size")
+        return _Content(cid, sha256, size)
+    if cid is not None or sha256 is not None or size is not None:
+        raise CliError("give either a FILE/DIR path or --cid/--sha256/--size, not both")
+    pieces = _pieces_of(path, kind=kind)
+    digest = hashlib.sha256()
+    total = 0
+
+    def counted() -> Iterator[bytes]:
+        nonlocal total
+        for piece in pieces():
+            digest.update(piece)
+            total += len(piece)
+            yield piece
+
+    try:
+        root = str(root_of(build_dag(counted(), DagParams(cid_version=1))))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if total == 0:
+        raise CliError(f"{path} is empty; an artifact needs at least one byte")
+    return _Content(root, digest.hexdigest(), total, pieces)
+
+
+def _store(home: Path | None, content: _Content) -> str:
+    """Add the content to the local blockstore (pinned); returns its CID."""
+    from r3mes.storage.blockstore import Blockstore
+
+    if content.pieces is None:
+        raise CliError("--add needs a FILE/DIR path to read the content from")
+    stored = Blockstore(home_of(home).blocks).add_stream(content.pieces(), pin=True)
+    if stored != content.cid:
+        raise CliError(f"the content changed while it was registered ({content.cid} -> {stored})")
+    return stored
+
+
+@tx_app.command("register-artifact")
+def tx_register_artifact(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    kind: Annotated[
+        str,
+        typer.Argument(callback=_choice(*KINDS), help="model|dataset|adapter"),
+    ],
+    artifact_id: Annotated[str, typer.Argument(help="Artifact id, e.g. bitnet-b1.58-tiny.")],
+    version: Annotated[int, typer.Argument(min=1, help="Version number (1, 2, ...).")],
+    path: ContentPath = None,
+    cid: CidOpt = None,
+    sha256: ShaOpt = None,
+    size: SizeOpt = None,
+    add: AddOpt = False,
+    base_model_id: Annotated[str, typer.Option(help="Adapters: id of the base model.")] = "",
+    base_model_version: Annotated[
+        int, typer.Option(min=0, help="Adapters: version of the base model.")
+    ] = 0,
+    target_module: Annotated[
+        list[str] | None, typer.Option(help="Adapters: a module the LoRA wraps (repeatable).")
+    ] = None,
+    rank: Annotated[int, typer.Option(min=0, max=4096, help="Adapters: LoRA rank.")] = 0,
+    hf_repo: Annotated[str, typer.Option(help="Hugging Face repo with the same file.")] = "",
+    hf_revision: Annotated[str, typer.Option(help="Commit of that repo.")] = "",
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Register a model, dataset or adapter (pending until the authority approves it)."""
+    from r3mes.chain.msgs import ArtifactSpec, RegisterArtifact
+
+    content = _content(path, kind=kind, cid=cid, sha256=sha256, size=size)
+    spec = ArtifactSpec(
+        kind=kind,
+        id=artifact_id,
+        version=version,
+        cid=content.cid,
+        sha256=content.sha256,
+        size=content.size,
+        base_model_id=base_model_id,
+        base_model_version=base_model_version,
+        target_modules=tuple(target_module or ()),
+        rank=rank,
+        hf_repo=hf_repo,
+        hf_revision=hf_revision,
+    )
+    _check_installable(spec)
+
+    def build(client: BlockchainClient, address: str) -> RegisterArtifact:
+        if any(
+            (a.id, a.version) == (artifact_id, version) for a in client.approved_artifacts(kind)
+        ):
+            raise CliError(f"{kind} {artifact_id}@{version} is already approved; bump the version")
+        return RegisterArtifact(creator=address, artifact=spec)
+
+    doc = _send(node=node, home=home, sender=sender, passphrase=passphrase, build=build)
+    stored = _store(home, content) if add else None
+    print_json({**doc, "artifact": asdict(spec), "stored": stored})
+
+
+def _check_installable(spec: ArtifactSpec) -> None:
+    """Refuse a record `r3mes registry` would reject after approval (its rules are stricter)."""
+    from dataclasses import asdict
+
+    from r3mes.registry.errors import InvalidArtifactRecord
+    from r3mes.registry.records import ArtifactRecord
+
+    try:
+        ArtifactRecord.from_chain(asdict(spec))
+    except InvalidArtifactRecord as exc:
+        raise CliError(f"{exc.field} {exc.reason}; the registry could not install it") from exc
+
+
+@tx_app.command("approve-artifact")
+def tx_approve_artifact(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    kind: Annotated[
+        str,
+        typer.Argument(callback=_choice(*KINDS), help="model|dataset|adapter"),
+    ],
+    artifact_id: Annotated[str, typer.Argument(help="Artifact id.")],
+    version: Annotated[int, typer.Argument(min=1, help="Version number.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Approve a registered artifact (the genesis authority only); it becomes the active one."""
+    from r3mes.chain.msgs import ApproveArtifact
+
+    def build(client: BlockchainClient, address: str) -> ApproveArtifact:
+        authority = client.params().authority
+        if address != authority:
+            who = authority or "nobody (this chain has no authority)"
+            raise CliError(f"only the genesis authority may approve artifacts: {who}")
+        if any(
+            (a.id, a.version) == (artifact_id, version) for a in client.approved_artifacts(kind)
+        ):
+            raise CliError(f"{kind} {artifact_id}@{version} is already approved")
+        return ApproveArtifact(creator=address, kind=kind, id=artifact_id, version=version)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+@tx_app.command("propose-adapter")
+def tx_propose_adapter(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    round_number: Annotated[int, typer.Option("--round", min=1, help="The closed round.")],
+    submission: Annotated[
+        list[int], typer.Option(min=1, help="A verified submission merged in (repeatable).")
+    ],
+    path: ContentPath = None,
+    cid: CidOpt = None,
+    sha256: ShaOpt = None,
+    size: SizeOpt = None,
+    add: AddOpt = False,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Propose the next adapter version merged from a closed round's verified submissions."""
+    from r3mes.chain.msgs import ProposeAdapter
+
+    content = _content(path, kind="adapter", cid=cid, sha256=sha256, size=size)
+    if add and content.pieces is None:
+        raise CliError("--add needs a FILE/DIR path to read the content from")
+
+    def build(client: BlockchainClient, address: str) -> ProposeAdapter:
+        _require_role(client, address, "proposer")
+        rnd = client.round(round_number)
+        if rnd.status != "closed":
+            raise CliError(f"round {rnd.number} is {rnd.status}; propose once it has closed")
+        if rnd.proposed_version:
+            raise CliError(f"round {rnd.number} already produced adapter v{rnd.proposed_version}")
+        verified = {s.id for s in client.submissions(rnd.number) if s.status == "verified"}
+        missing = sorted(set(submission) - verified)
+        if missing:
+            raise CliError(f"submissions {missing} are not verified ones of round {rnd.number}")
+        adapter_id = client.params().adapter_id
+        versions = [a.version for a in client.approved_artifacts("adapter") if a.id == adapter_id]
+        parent = max(versions, default=0)
+        return ProposeAdapter(
+            creator=address,
+            round=rnd.number,
+            adapter_cid=content.cid,
+            sha256=content.sha256,
+            size=content.size,
+            version=parent + 1,
+            parent_version=parent,
+            submission_ids=tuple(submission),
+        )
+
+    doc = _send(node=node, home=home, sender=sender, passphrase=passphrase, build=build)
+    stored = _store(home, content) if add else None
+    print_json(
+        {
+            **doc,
+            "cid": content.cid,
+            "sha256": content.sha256,
+            "size": content.size,
+            "stored": stored,
+        }
+    )
+
+
+@tx_app.command("heartbeat")
+def tx_heartbeat(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    endpoint: Annotated[str, typer.Option(help="Serving URL (default: keep the registered).")] = "",
+    adapter_version: Annotated[int, typer.Option(min=0, help="Adapter version served.")] = 0,
+    capacity: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Concurrent requests it can take.")
+    ] = 0,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Report a serving node alive, with what it serves."""
+    from r3mes.chain.msgs import ServingHeartbeat
+
+    def build(client: BlockchainClient, address: str) -> ServingHeartbeat:
+        _require_role(client, address, "serving")
+        return ServingHeartbeat(
+            creator=address, endpoint=endpoint, adapter_version=adapter_version, capacity=capacity
+        )
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
