@@ -8,24 +8,18 @@ import torch
 from r3mes.work.aggregate import aggregate
 from r3mes.work.compression import compress
 from r3mes.work.data import shard_of
-from r3mes.work.encoding import UpdateMeta, decode_update, encode_update
+from r3mes.work.encoding import UpdateMeta, decode_update, encode_update, layout_of
 from r3mes.work.errors import AggregationError
 from r3mes.work.evaluate import heldout_loss
 from r3mes.work.submission import build_submission
-from r3mes.work.training import initial_adapter_state
+from r3mes.work.training import initial_adapter_state, trained_layout
 from r3mes.work.verify import verify
 
 
 def _decoded(values: dict[str, torch.Tensor], tag: str):
     sparse = compress(values, topk_ppm=1_000_000, value_format="fp16")
-    meta = UpdateMeta(
-        task_id=tag * 64,
-        base_model_cid="b",
-        executor_class="cpu-fp32-det-v1",
-        residual_sha256="0" * 64,
-        value_format="fp16",
-    )
-    return decode_update(encode_update(sparse, meta))
+    meta = UpdateMeta(task_id=tag * 64, executor_class="cpu-fp32-det-v1", value_format="fp16")
+    return decode_update(encode_update(sparse, meta), layout=layout_of(values))
 
 
 def test_weighted_mean_is_added_to_the_adapter():
@@ -88,7 +82,7 @@ def test_a_round_of_three_miners_lowers_heldout_loss(domain_dataset, tiny_model,
             executor_class="cpu-fp32-det-v1",
         )
         assert verdict.accepted
-        accepted.append((decode_update(sub.encoded), 1))
+        accepted.append((decode_update(sub.encoded, layout=trained_layout(adapter)), 1))
     new = aggregate(adapter, accepted)
     cfg = base.lora_config()
     before = heldout_loss(tiny_model, None, domain_dataset, max_chunks=64)

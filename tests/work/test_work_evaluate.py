@@ -9,7 +9,7 @@ from r3mes.work.encoding import decode_update
 from r3mes.work.errors import DatasetError, TrainingError
 from r3mes.work.evaluate import apply_update, contribution_score, heldout_loss, perplexity
 from r3mes.work.submission import build_submission
-from r3mes.work.training import initial_adapter_state
+from r3mes.work.training import initial_adapter_state, trained_layout
 
 
 def test_heldout_loss_is_deterministic_and_near_uniform_for_a_random_model(
@@ -37,7 +37,7 @@ def test_contribution_score_rewards_useful_updates(domain_dataset, tiny_model, m
     sub = build_submission(
         task=task, model=tiny_model, adapter_state=adapter, shard=shard, residual=None
     )
-    update = decode_update(sub.encoded)
+    update = decode_update(sub.encoded, layout=trained_layout(adapter))
     score = contribution_score(
         model=tiny_model,
         adapter_state=adapter,

@@ -13,7 +13,7 @@ from r3mes.work.data import shard_of
 from r3mes.work.encoding import decode_update, encode_update
 from r3mes.work.executor import CPU_DET_V1
 from r3mes.work.submission import build_submission, encode_for_task
-from r3mes.work.training import train_update
+from r3mes.work.training import initial_adapter_state, train_update, trained_layout
 from r3mes.work.verify import CROSS_CLASS_TOLERANCE, is_deterministic_class, verify
 
 GPU = "cuda-8.0-nondet-v1"
@@ -99,7 +99,9 @@ def test_update_copied_from_another_shard_is_rejected(domain_dataset, setup, tin
     as_is = _verify(task, stolen.encoded, tiny_model, shard)
     assert not as_is.accepted and "task" in as_is.reason
     # relabelled with the copier's own task id: the content still gives it away
-    dec = decode_update(stolen.encoded)
+    dec = decode_update(
+        stolen.encoded, layout=trained_layout(initial_adapter_state(tiny_model, task))
+    )
     relabelled = encode_update(dec.tensors, dataclasses.replace(dec.meta, task_id=task.task_id))
     verdict = _verify(task, relabelled, tiny_model, shard)
     assert not verdict.accepted and verdict.distance > CROSS_CLASS_TOLERANCE
@@ -120,7 +122,7 @@ def test_wrong_base_model_is_rejected(setup, tiny_model, make_task):
         task=other, model=tiny_model, adapter_state=None, shard=shard, residual=None
     )
     verdict = _verify(task, sub.encoded, tiny_model, shard)
-    assert not verdict.accepted and "base model" in verdict.reason
+    assert not verdict.accepted and "task" in verdict.reason  # the task id names the base model
 
 
 @pytest.mark.parametrize("cut", [0, 8, 100, -1])

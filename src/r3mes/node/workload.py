@@ -118,9 +118,11 @@ def merge_updates(adapter_state: Tensors, updates: Sequence[bytes]) -> Tensors:
     from r3mes.work.aggregate import aggregate
     from r3mes.work.encoding import decode_update
     from r3mes.work.errors import WorkError
+    from r3mes.work.training import trained_layout
 
+    layout = trained_layout(adapter_state)
     try:
-        decoded = [(decode_update(data), 1) for data in updates]
+        decoded = [(decode_update(data, layout=layout), 1) for data in updates]
         return aggregate(adapter_state, decoded)
     except WorkError as exc:
         raise ValidationError(f"cannot merge the round's updates: {exc}") from exc

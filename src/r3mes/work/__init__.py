@@ -7,7 +7,8 @@ Miner, validator and proposer all call the same functions:
 * `domain`      -- the domain corpus (Python standard library source)
 * `training`    -- deterministic LoRA training: `train_update`, `train_with_trace`
 * `compression` -- top-k with error feedback
-* `encoding`    -- canonical update encoding and digest
+* `encoding`    -- canonical update encoding (layout by digest) and digest
+* `varint`      -- LEB128 gap coding of the kept indices
 * `submission`  -- raw delta -> submitted bytes (`build_submission`, `encode_for_task`)
 * `verify`      -- re-execution verification: `verify` -> `Verdict`
 * `proof`       -- step digests, Merkle root, `verify_steps`, `first_divergence`

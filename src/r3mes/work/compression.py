@@ -11,9 +11,11 @@ Error feedback: what was not shipped is kept and added next round::
     compressed_r = topk(acc_r)
     residual_r   = acc_r - decompress(compressed_r)
 
+With int8 values the quantisation error lands in the residual too, so it is not lost either.
+
 The residual is a pure function of the miner's own *accepted* history, so a validator replays
-it exactly (see `r3mes.work.verify`): it is an input of verification, and the encoded update
-carries its SHA-256 so a miner claiming a different residual is caught. A rejected round does
+it exactly (see `r3mes.work.verify`): it is an input of verification, and a miner that used a
+different residual ships different bytes, which re-execution catches. A rejected round does
 not advance the residual.
 """
 

@@ -2,7 +2,7 @@
 
 `encode_for_task` is the one function both sides call after training: it adds the carried
 error-feedback residual, compresses with the task's top-k ratio and value format, and encodes
-with the task's identity, the base model, the executor class and the residual's digest.
+with the task's identity and the executor class.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from r3mes.work.canonical import tensors_digest
-from r3mes.work.compression import compress_with_feedback, zeros_like_state
+from r3mes.work.compression import compress_with_feedback
 from r3mes.work.data import Shard
 from r3mes.work.encoding import UpdateMeta, encode_update, update_digest
 from r3mes.work.executor import CPU_DET_V1
@@ -35,14 +34,6 @@ class Submission:
     """Error-feedback residual for the miner's next round (only once this one is accepted)."""
 
 
-def residual_digest(
-    raw: Mapping[str, torch.Tensor], residual: Mapping[str, torch.Tensor] | None
-) -> str:
-    """Digest of the residual used with `raw` (None means zeros shaped like `raw`)."""
-    res = zeros_like_state(raw) if residual is None else residual
-    return tensors_digest({k: res[k].to(torch.float32) for k in sorted(res)})
-
-
 def encode_for_task(
     *,
     task: Task,
@@ -56,11 +47,7 @@ def encode_for_task(
         raw, residual, topk_ppm=h.topk_ppm, value_format=h.value_format
     )
     meta = UpdateMeta(
-        task_id=task.task_id,
-        base_model_cid=task.base_model_cid,
-        executor_class=executor_class,
-        residual_sha256=residual_digest(raw, residual),
-        value_format=h.value_format,
+        task_id=task.task_id, executor_class=executor_class, value_format=h.value_format
     )
     encoded = encode_update(sparse, meta)
     return Submission(encoded, update_digest(encoded), next_residual)

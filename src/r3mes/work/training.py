@@ -247,6 +247,11 @@ def is_trainable_key(key: str) -> bool:
     return key.endswith(".lora_B.weight")
 
 
+def trained_layout(adapter_state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the tensors a training update holds (the adapter's B matrices)."""
+    return {k: tuple(adapter_state[k].shape) for k in sorted(adapter_state) if is_trainable_key(k)}
+
+
 def start_state(adapter_state: Mapping[str, torch.Tensor]) -> TrainState:
     """Step 0: the adapter's B weights and zero Adam moments."""
     keys = sorted(k for k in adapter_state if is_trainable_key(k))

@@ -3,10 +3,11 @@
 The validator decodes the submitted bytes, checks they are for THIS task (task id: the round,
 the miner and the shard are all inside it) and THIS base model, re-runs the training and
 re-derives the update with the miner's residual (which the validator replays from the miner's
-accepted history; zeros in the first round).
+accepted history; zeros in the first round). The update is decoded against the layout of the
+adapter being trained (its B matrices), which the encoding references by digest.
 
-* Same deterministic executor class on both sides: the digest must match exactly, and the
-  residual digest the update carries must equal the replayed residual's.
+* Same deterministic executor class on both sides: the digest must match exactly (a miner
+  that used another error-feedback residual produces other bytes and fails here).
 * Different classes (or a non-deterministic one): accepted when the relative L2 distance
   ``||submitted - expected|| / ||expected||`` of the decompressed updates is at most
   `CROSS_CLASS_TOLERANCE` (0.05). Honest fp32 training on other hardware lands far below it;
@@ -28,9 +29,9 @@ from r3mes.work.compression import check_same_layout, decompress
 from r3mes.work.data import Shard
 from r3mes.work.encoding import DecodedUpdate, decode_update
 from r3mes.work.errors import CompressionError, EncodingError
-from r3mes.work.submission import encode_for_task, residual_digest
+from r3mes.work.submission import encode_for_task
 from r3mes.work.task import Task
-from r3mes.work.training import train_update
+from r3mes.work.training import initial_adapter_state, train_update, trained_layout
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,10 @@ def _reject(reason: str, *, distance: float = math.inf) -> Verdict:
 
 def _check_identity(task: Task, update: DecodedUpdate) -> str | None:
     meta = update.meta
-    if meta.base_model_cid != task.base_model_cid:
-        return (
-            f"update is for base model {meta.base_model_cid}, the task uses {task.base_model_cid}"
-        )
     if meta.task_id != task.task_id:
         return (
             f"update is for task {meta.task_id[:16]}..., not {task.task_id[:16]}... "
-            "(another round, miner or shard)"
+            "(another round, miner, shard or base model)"
         )
     if meta.value_format != task.hyper.value_format:
         return f"update uses value format {meta.value_format}, the task {task.hyper.value_format}"
@@ -104,14 +101,15 @@ def verify(
     `executor_class` is the class of this validator's re-execution; `residual` is the miner's
     replayed error-feedback residual (None in its first round).
     """
+    start = adapter_state if adapter_state is not None else initial_adapter_state(model, task)
     try:
-        update = decode_update(submitted)
+        update = decode_update(submitted, layout=trained_layout(start))
     except EncodingError as exc:
         return _reject(f"malformed update: {exc}")
     problem = _check_identity(task, update)
     if problem:
         return _reject(problem)
-    raw = train_update(task=task, model=model, adapter_state=adapter_state, shard=shard)
+    raw = train_update(task=task, model=model, adapter_state=start, shard=shard)
     try:
         expected = encode_for_task(
             task=task, raw=raw, residual=residual, executor_class=update.meta.executor_class
@@ -121,19 +119,20 @@ def verify(
             0.0
             if expected.digest == update.digest
             else relative_distance(
-                update.dense(), decompress(decode_update(expected.encoded).tensors)
+                update.dense(),
+                decompress(decode_update(expected.encoded, layout=trained_layout(start)).tensors),
             )
         )
     except CompressionError as exc:
         return _reject(f"update does not fit the task's adapter: {exc}")
     exact = update.meta.executor_class == executor_class and is_deterministic_class(executor_class)
     if exact:
-        if update.meta.residual_sha256 != residual_digest(raw, residual):
-            return _reject(
-                "update was made with a different error-feedback residual", distance=distance
-            )
         if expected.digest != update.digest:
-            return _reject("digest differs from the re-executed update", distance=distance)
+            return _reject(
+                "digest differs from the re-executed update (other training result or "
+                "error-feedback residual)",
+                distance=distance,
+            )
         return Verdict(True, "digest matches re-execution", distance, True, expected.next_residual)
     if distance > CROSS_CLASS_TOLERANCE:
         return _reject(
