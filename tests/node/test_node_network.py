@@ -49,8 +49,8 @@ def test_network_rounds_reward_honest_and_slash_cheaters(tmp_path: Path) -> None
     assert final is not None
     # the adapter advanced one version per proposing round, and learned something
     versions = [v["version"] for v in final.versions]
-    assert versions == [2, 3, 4]
-    assert len({v["round"] for v in final.versions}) == 3
+    assert versions[:3] == [2, 3, 4] and versions[-1] == final.adapter_version
+    assert len({v["round"] for v in final.versions}) == len(versions)
     assert final.versions[-1]["heldout_loss"] < final.base_loss
     miners = {m.name: m for m in final.miners}
     for cheater in ("cheater-1", "cheater-2"):

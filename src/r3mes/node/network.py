@@ -25,6 +25,8 @@ from r3mes.node.supervisor import ProcessSpec, Supervisor
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
+STATS_SETTLE_S = 15.0
+"""Longest wait, once the target is reached, for the proposer's /stats to show it."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ def role_processes(spec: NetworkSpec, *, chain_url: str) -> list[ProcessSpec]:
     return out
 
 
+def _stats_current(snapshot: Snapshot) -> bool:
+    """Whether the proposer's published versions include the ledger's current one."""
+    return any(v.get("version") == snapshot.adapter_version for v in snapshot.versions)
+
+
 def _wait_for_chain(url: str, supervisor: Supervisor, timeout_s: float) -> None:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.errors import ClientError
@@ -126,6 +133,7 @@ def run_network(
     supervisor = Supervisor()
     snapshot: Snapshot | None = None
     reached = options.rounds is None
+    settle_until: float | None = None
     reported: set[str] = set()
     first_version: int | None = None
     first_round: int | None = None
@@ -167,7 +175,13 @@ def run_network(
                 progress = snapshot.adapter_version - first_version
                 if options.rounds is not None and progress >= options.rounds:
                     reached = True
-                    break
+                    # the proposer publishes a version's held-out loss just after the ledger
+                    # approves it: give its /stats a moment to catch up before stopping
+                    settle_until = settle_until or time.monotonic() + STATS_SETTLE_S
+                    if _stats_current(snapshot) or time.monotonic() > settle_until:
+                        break
+                    stop.wait(options.poll_s)
+                    continue
                 if first_round is None:
                     first_round = snapshot.current_round
                 waited = snapshot.current_round - first_round
