@@ -199,6 +199,11 @@ def devnet_start(
     h = home_of(home)
     config = DevnetConfig(host=host, port=port, block_interval_s=block_interval)
     if not detach:
+        import logging
+
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         DevnetNode(h, config).serve()
         return
     proc = spawn_devnet(h, config)
