@@ -156,10 +156,12 @@ class DevnetNode:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._bound_port = 0
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
+        """The RPC URL; with port 0, the port actually bound once started."""
+        return f"http://{self.config.host}:{self._bound_port or self.config.port}"
 
     def _make_server(self) -> Any:
         import uvicorn
@@ -228,6 +230,10 @@ class DevnetNode:
             if time.monotonic() > deadline or not thread.is_alive():
                 raise ChainError(f"devnet RPC did not start on {self.url}")
             time.sleep(0.02)
+        servers = getattr(self._server, "servers", None) or []
+        sockets = servers[0].sockets if servers else []
+        if sockets:
+            self._bound_port = int(sockets[0].getsockname()[1])
         self._start_blocks()
 
     def _server_alive(self) -> bool:
