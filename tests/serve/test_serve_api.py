@@ -125,6 +125,28 @@ def test_auto_routes_to_the_matching_adapter(client: openai.OpenAI) -> None:
     assert out.model == BASE
 
 
+def test_auto_reports_the_route_and_score_in_headers(
+    server: ServerThread, client: openai.OpenAI
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "write a python function please"}],
+        max_tokens=5,
+    )
+    assert raw.parse().model == "ad0"
+    assert raw.headers["x-r3mes-route"] == "code"
+    assert float(raw.headers["x-r3mes-route-score"]) == pytest.approx(1.0, abs=1e-4)
+    assert raw.headers["x-r3mes-route-fallback"] == "false"
+    body = {"model": "auto", "prompt": "what is the weather", "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
+        headers = r.headers
+        assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    assert float(headers["x-r3mes-route-score"]) < 0.5  # below the threshold: base model
+    assert headers["x-r3mes-route-fallback"] == "true"
+    plain = client.completions.with_raw_response.create(model="ad1", prompt="hi", max_tokens=2)
+    assert "x-r3mes-route" not in plain.headers  # no router, no route headers
+
+
 def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         chat(client, "no-such-adapter", "hi")
@@ -171,6 +193,86 @@ def test_not_json_and_oversized_bodies(server: ServerThread) -> None:
     too_long = {"model": BASE, "prompt": "hello world " * 600}
     r = httpx.post(f"{server.url}/v1/completions", json=too_long, timeout=10)
     assert r.status_code == 400 and "at most 511" in r.json()["error"]["message"]
+
+
+def test_chunked_oversized_body_is_413(server: ServerThread) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent with chunked encoding
+        yield b'{"model": "tiny-base", "prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large"
+    small = [b'{"model": "tiny-base", ', b'"prompt": "hello", "max_tokens": 2}']
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=iter(small),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text  # a chunked body under the limit still works
+
+
+MESSAGES = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        ("completions", {"model": BASE, "prompt": "hello world " * 600}, "prompt", "at most 511"),
+        (
+            "chat/completions",
+            {"model": BASE, "messages": [{"role": "user", "content": "hello world " * 600}]},
+            "messages",
+            "at most 511",
+        ),
+        ("completions", b"{not json", None, "request body is not valid JSON"),
+        ("chat/completions", b"", None, "empty; send a JSON object with 'model', 'messages'"),
+        ("completions", b"", None, "with 'model', 'prompt'"),
+        ("completions", [1, 2], None, "must be a JSON object"),
+        (
+            "chat/completions",
+            {"model": BASE, "messages": [{"role": "user", "content": 5}]},
+            "messages.0.content",
+            "should be a valid string or a valid list",
+        ),
+        (
+            "chat/completions",
+            {"model": BASE, "messages": [{"role": "user", "content": "x" * 200_001}]},
+            "messages.0.content",
+            "at most 200000 characters",
+        ),
+        (
+            "chat/completions",
+            {"model": BASE, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+            "messages.0.content.0.type",
+            "should be 'text'",
+        ),
+        ("chat/completions", {"model": BASE, "messages": MESSAGES, "stop": 5}, "stop", "string"),
+        ("completions", {"model": BASE, "prompt": ["a", "b"]}, "prompt", "exactly one prompt"),
+    ],
+)
+def test_error_messages_name_the_field_plainly(
+    server: ServerThread, path: str, body: object, param: str | None, says: str
+) -> None:
+    url = f"{server.url}/v1/{path}"
+    if isinstance(body, bytes):
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=10)
+    else:
+        r = httpx.post(url, json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param
+    assert says in error["message"]
+    for internal in ("constrained-str", "list[", "Value error", "JSON decode error"):
+        assert internal not in error["message"]
 
 
 def test_admin_endpoints_need_the_token(server: ServerThread, tmp_path: Path) -> None:
@@ -265,6 +367,7 @@ def test_health_and_metrics(server: ServerThread, client: openai.OpenAI) -> None
     assert "r3mes_serve_queue_depth 0.0" in text
     assert "r3mes_serve_adapter_cache_hits_total" in text
     assert 'r3mes_serve_requests_total{finish_reason="length"} 2.0' in text
+    assert "cancelled" not in text  # a finished request is not also counted as abandoned
 
 
 def test_engine_failures_reach_the_client_as_errors(

@@ -24,6 +24,7 @@ from r3mes.model.tiny import make_tiny_model
 from r3mes.model.tokenizer import Tokenizer
 from r3mes.serve.adapters import LoadedAdapter
 from r3mes.serve.errors import InvalidRequest
+from r3mes.serve.router import ROUTE_OFF, load_routes
 
 
 def test_adapter_specs_are_checked() -> None:
@@ -51,6 +52,7 @@ def test_route_eval_prints_accuracy_and_writes_calibrated_routes(tmp_path: Path)
                 "routes": [
                     {"name": "code", "examples": ["write a python function", "debug my code"]},
                     {"name": "law", "examples": ["is this contract legal", "court ruling"]},
+                    {"name": "baking", "examples": ["bake a loaf of bread", "cake recipe"]},
                 ],
             }
         )
@@ -73,8 +75,12 @@ def test_route_eval_prints_accuracy_and_writes_calibrated_routes(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "accuracy on 6 prompts" in result.output
     tuned = json.loads(out.read_text())
-    thresholds = [r["threshold"] for r in tuned["routes"]]
-    assert all(t > 0.0 for t in thresholds)  # calibration raised them above the file's 0.0
+    thresholds = {r["name"]: r["threshold"] for r in tuned["routes"]}
+    assert all(t > 0.0 for t in thresholds.values())  # raised above the file's 0.0
+    assert thresholds["baking"] == ROUTE_OFF  # no prompt belongs to it: switched off
+    assert thresholds["code"] <= 1.0 and thresholds["law"] <= 1.0
+    assert [r.name for r in load_routes(out)] == ["code", "law", "baking"]
+    assert "off" in result.output
 
 
 def free_port() -> int:

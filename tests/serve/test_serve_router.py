@@ -12,6 +12,7 @@ import torch
 from r3mes.serve.errors import RouterError
 from r3mes.serve.route_eval import LabelledPrompt, evaluate, load_labelled
 from r3mes.serve.router import (
+    ROUTE_OFF,
     Route,
     SemanticRouter,
     load_routes,
@@ -72,6 +73,7 @@ def test_toml_and_json_route_files(tmp_path: Path) -> None:
         ({"routes": [{"name": "a", "examples": ["x"]}] * 2}, "unique"),
         ({"routes": [{"name": "a", "adapter": "bad name", "examples": ["x"]}]}, "invalid"),
         ({"routes": [{"name": "a", "examples": ["x"], "threshold": 3}]}, r"\[-1, 1\]"),
+        ({"routes": [{"name": "a", "examples": ["x"], "threshold": 1.001}]}, "switch the route"),
     ],
 )
 def test_malformed_route_documents(doc: object, match: str) -> None:
@@ -108,6 +110,26 @@ def test_evaluation_and_calibration() -> None:
     for cal in result.routes:
         assert cal.f1 == 1.0 and cal.support == 2
         assert 0.2 < cal.best_threshold <= 0.99
+
+
+def test_calibration_switches_off_a_route_nothing_belongs_to() -> None:
+    loose = tuple(
+        Route(name=r.name, adapter=r.adapter, examples=r.examples, threshold=-1.0) for r in ROUTES
+    )
+    router = SemanticRouter(loose, axis_embedder)
+    labelled = [  # prompts that score best on "law" but belong to the base model
+        LabelledPrompt("python code", "code"),
+        LabelledPrompt("court law", None),
+        LabelledPrompt("law", None),
+    ]
+    result = evaluate(router, labelled)
+    best = {cal.route: cal.best_threshold for cal in result.routes}
+    assert best["law"] == ROUTE_OFF and best["code"] <= 1.0
+    assert result.calibrated_accuracy == 1.0
+    tuned = [Route(r.name, r.adapter, r.examples, best[r.name]) for r in loose]
+    assert parse_routes(routes_to_doc(tuned)) == tuple(tuned)  # a writable, loadable file
+    off = SemanticRouter(tuned, axis_embedder)
+    assert off.route("court law").adapter is None  # even an exact example match
 
 
 def test_labelled_file_is_checked(tmp_path: Path) -> None:

@@ -30,6 +30,11 @@ def _parse_adapters(specs: list[str]) -> dict[str, Path]:
     return adapters
 
 
+def _threshold(value: float) -> str:
+    """A route threshold for display; one above 1 routes nothing (the route is off)."""
+    return "off" if value > 1.0 else f"{value:.3f}"
+
+
 @app.command("start")
 def start(
     model: Annotated[
@@ -109,7 +114,7 @@ def route(
     decision = router.decide(all_scores)[0]
     table = Table("route", "adapter", "score", "threshold")
     for r, score in zip(router.routes, scores, strict=True):
-        table.add_row(r.name, r.adapter, f"{score:.3f}", f"{r.threshold:.3f}")
+        table.add_row(r.name, r.adapter, f"{score:.3f}", _threshold(r.threshold))
     console = Console()
     console.print(table)
     console.print(f"-> [bold]{decision.adapter or 'base model'}[/] (score {decision.score:.3f})")
@@ -143,8 +148,8 @@ def route_eval(
         table.add_row(
             cal.route,
             str(cal.support),
-            f"{cal.current_threshold:.3f}",
-            f"{cal.best_threshold:.3f}",
+            _threshold(cal.current_threshold),
+            _threshold(cal.best_threshold),
             f"{cal.f1:.3f}",
         )
     console = Console()

@@ -171,7 +171,7 @@ class ServingEngine:
         if n >= self.max_model_len:
             raise InvalidRequest(
                 f"the prompt has {n} tokens; this model takes at most {self.max_model_len - 1}",
-                param="messages",
+                param="prompt",
             )
         vocab = self.model.config.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_ids):

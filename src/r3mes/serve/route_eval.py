@@ -6,7 +6,8 @@ with ``"route": null`` for prompts that belong to the base model.
 The best-scoring route of a prompt does not depend on thresholds, so each route's
 threshold can be calibrated alone: among the prompts whose best route it is, choose the
 cut that maximises that route's F1 (ties broken by overall accuracy, then by the higher
-threshold, which sends fewer prompts to an adapter).
+threshold, which sends fewer prompts to an adapter). When routing nothing to a route is
+best (none of its prompts is labelled with it), its threshold becomes `ROUTE_OFF`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from r3mes.serve.errors import RouterError
-from r3mes.serve.router import Route, RouteDecision, SemanticRouter, decide_with
+from r3mes.serve.router import ROUTE_OFF, Route, RouteDecision, SemanticRouter, decide_with
 
 MAX_LABELLED_BYTES = 16 * 1024 * 1024
 
@@ -126,7 +127,7 @@ def _calibrate(
     name = routes[i].name
     best_score, best_idx = scores.max(dim=1)
     mine = [float(s) for s, j in zip(best_score.tolist(), best_idx.tolist(), strict=True) if j == i]
-    candidates = sorted(set(mine)) + [1.0 + 1e-6]  # the last one routes nothing here
+    candidates = sorted(set(mine)) + [ROUTE_OFF]  # the last one routes nothing here
     support = sum(label == name for label in labels)
     ranked = []
     for t in candidates:

@@ -10,7 +10,7 @@ Route files are JSON or TOML::
     default_threshold = 0.4
     [[routes]]
     name = "code"            # the adapter it selects (or set adapter = "...")
-    threshold = 0.5          # optional, per route
+    threshold = 0.5          # optional, per route; 1.01 switches the route off
     examples = ["write a python function", "fix this bug"]
 """
 
@@ -38,6 +38,8 @@ Embedder = Callable[[Sequence[str]], torch.Tensor]
 
 MAX_ROUTE_FILE_BYTES = 4 * 1024 * 1024
 MAX_ROUTE_TEXT = 8192
+ROUTE_OFF = 1.01
+"""The threshold of a switched-off route: above any cosine similarity, so it routes nothing."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,16 @@ class Route:
     def __post_init__(self) -> None:
         if not self.examples:
             raise RouterError(f"route {self.name!r} has no examples; give at least one")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise RouterError(f"route {self.name!r}: threshold must be in [-1, 1]")
+        if not (-1.0 <= self.threshold <= 1.0 or self.threshold == ROUTE_OFF):
+            raise RouterError(
+                f"route {self.name!r}: threshold must be in [-1, 1] "
+                f"(or {ROUTE_OFF} to switch the route off)"
+            )
+
+    @property
+    def off(self) -> bool:
+        """True when the threshold routes nothing here."""
+        return self.threshold > 1.0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 Routes: /v1/chat/completions, /v1/completions, /v1/models, the admin-only
 /v1/load_lora_adapter and /v1/unload_lora_adapter, /health and /metrics.
+
+With `model: "auto"` the completion responses carry the router's decision in headers:
+`x-r3mes-route` (the best-scoring route), `x-r3mes-route-score` (its cosine similarity,
+4 decimals) and `x-r3mes-route-fallback` ("true" when the request went to the base model
+because the score was below the route's threshold or its adapter is not loaded).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from r3mes.serve.api.completions import (
     AUTO_MODEL,
     Run,
+    encode_prompt,
     new_completion,
     resolve_adapter,
     respond,
@@ -59,10 +65,10 @@ async def chat_completions(
         for m in body.messages
     ]
     last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
-    adapter, name = await resolve_adapter(
-        model=body.model, engine=engine, router=router, route_text=last_user
+    resolved = await resolve_adapter(
+        model=body.model, engine=engine, router=router, route_text=last_user, param="messages"
     )
-    prompt_ids = await asyncio.to_thread(engine.encode_prompt, render_chat(messages))
+    prompt_ids = await encode_prompt(engine, render_chat(messages), param="messages")
     params = sampling_params(
         body,
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -71,8 +77,8 @@ async def chat_completions(
     )
     completion = new_completion(
         "chat",
-        model=name,
-        request=GenerationRequest(prompt_ids=prompt_ids, adapter=adapter, params=params),
+        model=resolved.model,
+        request=GenerationRequest(prompt_ids=prompt_ids, adapter=resolved.adapter, params=params),
         include_usage=body.include_usage(),
     )
     run = Run(completion, engine=engine, metrics=metrics)
@@ -81,6 +87,7 @@ async def chat_completions(
         stream=body.stream,
         timeout_s=settings.request_timeout_s,
         is_disconnected=request.is_disconnected,
+        headers=resolved.headers(),
     )
 
 
@@ -95,15 +102,15 @@ async def text_completions(
 ) -> JSONResponse | StreamingResponse:
     """Raw text completion of `prompt` (no chat template)."""
     text = body.prompt_text()
-    adapter, name = await resolve_adapter(
-        model=body.model, engine=engine, router=router, route_text=text
+    resolved = await resolve_adapter(
+        model=body.model, engine=engine, router=router, route_text=text, param="prompt"
     )
-    prompt_ids = await asyncio.to_thread(engine.encode_prompt, text)
+    prompt_ids = await encode_prompt(engine, text, param="prompt")
     params = sampling_params(body, max_tokens=body.max_tokens, settings=settings)
     completion = new_completion(
         "text",
-        model=name,
-        request=GenerationRequest(prompt_ids=prompt_ids, adapter=adapter, params=params),
+        model=resolved.model,
+        request=GenerationRequest(prompt_ids=prompt_ids, adapter=resolved.adapter, params=params),
         include_usage=body.include_usage(),
     )
     run = Run(completion, engine=engine, metrics=metrics)
@@ -112,6 +119,7 @@ async def text_completions(
         stream=body.stream,
         timeout_s=settings.request_timeout_s,
         is_disconnected=request.is_disconnected,
+        headers=resolved.headers(),
     )
 
 

@@ -20,7 +20,8 @@ from r3mes.serve.api.metrics import ServeMetrics
 from r3mes.serve.api.schemas import SamplingFields
 from r3mes.serve.api.streaming import SSE_DONE, EventStream, sse
 from r3mes.serve.engine import RESERVED_AUTO, ServingEngine
-from r3mes.serve.router import SemanticRouter
+from r3mes.serve.errors import InvalidRequest
+from r3mes.serve.router import RouteDecision, SemanticRouter
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.settings import ServerSettings
 from r3mes.serve.types import FinishEvent, GenerationRequest, TokenEvent
@@ -66,12 +67,47 @@ class Completion:
         }
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Where a request goes, and why when the router chose."""
+
+    adapter: str | None
+    """The adapter to run, or None for the base model."""
+    model: str
+    """The name reported back: the base model's or the adapter's."""
+    route: RouteDecision | None = None
+    """The router's decision when the request asked for `auto`."""
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that carry the router's decision (none without `auto`).
+
+        `x-r3mes-route`: the best-scoring route; `x-r3mes-route-score`: its cosine score;
+        `x-r3mes-route-fallback`: "true" when the request went to the base model anyway
+        (score below the route's threshold, or its adapter not loaded).
+        """
+        if self.route is None or self.route.route is None:
+            return {}
+        return {
+            "x-r3mes-route": self.route.route,
+            "x-r3mes-route-score": f"{self.route.score:.4f}",
+            "x-r3mes-route-fallback": "true" if self.adapter is None else "false",
+        }
+
+
 async def resolve_adapter(
-    *, model: str, engine: ServingEngine, router: SemanticRouter | None, route_text: str
-) -> tuple[str | None, str]:
-    """(adapter or None for the base model, the model name to report)."""
+    *,
+    model: str,
+    engine: ServingEngine,
+    router: SemanticRouter | None,
+    route_text: str,
+    param: str,
+) -> Resolved:
+    """Resolve `model` to the base model, an adapter, or the router's choice.
+
+    `param` names the request field `route_text` came from, for error messages.
+    """
     if model == engine.model_name:
-        return None, model
+        return Resolved(adapter=None, model=model)
     if model == AUTO_MODEL:
         if router is None:
             raise ApiError(
@@ -80,12 +116,30 @@ async def resolve_adapter(
                 param="model",
                 code="router_disabled",
             )
-        decision = await asyncio.to_thread(router.route, route_text)
+        try:
+            decision = await asyncio.to_thread(router.route, route_text)
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc), param=param) from exc
         if decision.adapter is None or decision.adapter not in engine.adapters.names():
-            return None, engine.model_name
-        return decision.adapter, decision.adapter
+            return Resolved(adapter=None, model=engine.model_name, route=decision)
+        return Resolved(adapter=decision.adapter, model=decision.adapter, route=decision)
     engine.adapters.entry(model)  # raises AdapterNotFound (404) with the known names
-    return model, model
+    return Resolved(adapter=model, model=model)
+
+
+async def encode_prompt(engine: ServingEngine, text: str, *, param: str) -> tuple[int, ...]:
+    """Tokenise off the event loop and check the length against the model's context.
+
+    `param` names the request field the prompt came from (`messages` or `prompt`).
+    """
+    ids = await asyncio.to_thread(engine.encode_prompt, text)
+    if len(ids) >= engine.max_model_len:
+        raise InvalidRequest(
+            f"the prompt has {len(ids)} tokens; this model takes at most "
+            f"{engine.max_model_len - 1} (prompt plus completion: {engine.max_model_len})",
+            param=param,
+        )
+    return ids
 
 
 def sampling_params(
@@ -163,17 +217,20 @@ async def respond(
     stream: bool,
     timeout_s: float,
     is_disconnected: Callable[[], Awaitable[bool]],
+    headers: dict[str, str],
 ) -> JSONResponse | StreamingResponse:
     """Answer with one JSON body or an SSE stream ending in `data: [DONE]`."""
     if stream:
         return StreamingResponse(
             _sse_body(run, timeout_s, is_disconnected),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
     try:
         async with asyncio.timeout(timeout_s):
-            return await _collect(run, is_disconnected)
+            response = await _collect(run, is_disconnected)
+            response.headers.update(headers)
+            return response
     except TimeoutError as exc:
         run.stream.handle.cancel()
         message = f"the request ran longer than {timeout_s:.0f} s"

@@ -7,11 +7,13 @@ for the client's mistakes and 5xx for ours.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r3mes.serve.errors import (
@@ -70,17 +72,82 @@ def from_serve_error(exc: ServeError) -> ApiError:
     return ApiError(500, str(exc), type="server_error")
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+def _validation_message(
+    exc: RequestValidationError, *, required: Sequence[str] = ()
+) -> tuple[str, str | None]:
+    """A message naming the first problem and its field, without pydantic internals.
+
+    `required` names the body's required fields, for the message about a missing body.
+    """
+    errors = [dict(e) for e in exc.errors()]
     if not errors:
         return "the request body is invalid", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    where = f"'{param}': " if param else ""
-    return f"invalid request: {where}{msg}{more}", param
+    kind = str(first.get("type", ""))
+    loc = _field_path(first.get("loc", ()))
+    if kind == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error")
+        return "request body is not valid JSON" + (f" ({detail})" if detail else ""), None
+    if not loc:
+        fields = ", ".join(f"'{name}'" for name in required)
+        want = f"a JSON object with {fields}" if fields else "a JSON object"
+        if kind == "missing":
+            return f"the request body is empty; send {want}", None
+        return f"the request body must be {want}", None
+    group = [e for e in errors if _field_path(e.get("loc", ()))[: len(loc)] == loc]
+    path, problem = _describe(group, loc)
+    param = ".".join(str(p) for p in path)
+    rest = [_field_path(e.get("loc", ())) for e in errors if e not in group]
+    others = dict.fromkeys(".".join(str(p) for p in r) or "body" for r in rest)
+    more = f" (also invalid: {', '.join(repr(o) for o in others)})" if others else ""
+    if problem == "Field required":
+        return f"invalid request: '{param}' is required{more}", param
+    return f"invalid request: '{param}': {problem}{more}", param
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+
+
+def _field_path(loc: Sequence[object]) -> list[object]:
+    """The request field of an error location: no 'body' root, no union-branch tags.
+
+    Pydantic names the branch of a union it tried (`constrained-str`, `list[TextPart]`);
+    those are not fields a client sent, so they are dropped.
+    """
+    parts = list(loc)[1:] if list(loc)[:1] == ["body"] else list(loc)
+    return [p for p in parts if isinstance(p, int) or (isinstance(p, str) and _is_field(p))]
+
+
+def _is_field(name: str) -> bool:
+    return name.replace("_", "a").isalnum() and name not in _TYPE_TAGS
+
+
+def _describe(group: list[dict[str, Any]], loc: list[object]) -> tuple[list[object], str]:
+    """The field and one sentence for the errors under `loc` (a union's branches, if several).
+
+    A branch of the right type holding a bad value is the real problem (the other branches
+    only say "wrong type"); if every branch is a type mismatch, say which types would do.
+    """
+    mismatches = [e for e in group if str(e.get("type", "")).endswith("_type")]
+    specific = [e for e in group if e not in mismatches]
+    if specific:
+        e = specific[0]
+        return _field_path(e.get("loc", ())), _clean_msg(str(e.get("msg", "invalid value")))
+    wants = [_clean_msg(str(e.get("msg", ""))).removeprefix("Input should be ") for e in group]
+    return loc, "Input should be " + " or ".join(dict.fromkeys(w for w in wants if w))
+
+
+def _clean_msg(msg: str) -> str:
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _required_fields(request: Request) -> list[str]:
+    """Required top-level fields of the matched route's body model (empty if unknown)."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [name for name, field in model.model_fields.items() if field.is_required()]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -97,7 +164,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        message, param = _validation_message(exc)
+        message, param = _validation_message(exc, required=_required_fields(request))
         body = envelope(message, type="invalid_request_error", param=param)
         return JSONResponse(body, status_code=400)
 

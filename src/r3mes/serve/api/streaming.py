@@ -52,10 +52,13 @@ class EventStream:
                     if is_disconnected is not None and await is_disconnected():
                         return
                     continue
-                yield event
                 if isinstance(event, FinishEvent):
+                    # Before the yield: a consumer that stops at the finish event (closing
+                    # this generator there) has not abandoned the request.
                     self.finished = True
+                    yield event
                     return
+                yield event
         finally:
             if not self.finished:
                 self.handle.cancel()
