@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from r3mes.serve.registry_adapters import RegistryRef
 
 app = typer.Typer(help="Multi-LoRA serving with an OpenAI-compatible API.", no_args_is_help=True)
 
@@ -16,17 +19,25 @@ RoutesOpt = Annotated[
 ]
 
 
-def _parse_adapters(specs: list[str]) -> dict[str, Path]:
+def _parse_adapters(specs: list[str]) -> dict[str, Path | RegistryRef]:
+    """NAME=PATH (a PEFT directory) or NAME=registry:ID[@VERSION] (the artifact registry)."""
     from r3mes.serve.errors import InvalidRequest
+    from r3mes.serve.registry_adapters import REGISTRY_SCHEME, RegistryRef
 
-    adapters: dict[str, Path] = {}
+    adapters: dict[str, Path | RegistryRef] = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise InvalidRequest(f"--adapter {spec!r}: use NAME=PATH (a PEFT adapter directory)")
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise InvalidRequest(
+                f"--adapter {spec!r}: use NAME=PATH (a PEFT adapter directory) "
+                "or NAME=registry:ID[@VERSION]"
+            )
         if name in adapters:
             raise InvalidRequest(f"--adapter {name!r} given twice")
-        adapters[name] = Path(path)
+        if source.startswith(REGISTRY_SCHEME):
+            adapters[name] = RegistryRef.parse(source, param="--adapter")
+        else:
+            adapters[name] = Path(source)
     return adapters
 
 
@@ -47,7 +58,20 @@ def start(
     ] = None,
     adapter: Annotated[
         list[str] | None,
-        typer.Option("--adapter", help="NAME=PATH of a PEFT adapter to serve; repeatable."),
+        typer.Option(
+            "--adapter",
+            help="NAME=PATH of a PEFT adapter directory, or NAME=registry:ID[@VERSION] of an "
+            "approved adapter in the registry (installed on demand); repeatable.",
+        ),
+    ] = None,
+    registry_home: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry-home",
+            envvar="R3MES_HOME",
+            help="R3MES home whose artifact registry serves registry: adapters "
+            "(default: $R3MES_HOME or ~/.r3mes; sync it with `r3mes registry sync`).",
+        ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
@@ -74,7 +98,9 @@ def start(
     """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C."""
     import torch
 
+    from r3mes.paths import Home
     from r3mes.serve.engine import EngineConfig
+    from r3mes.serve.registry_adapters import home_registry
     from r3mes.serve.router import SemanticRouter, load_routes, minilm_embedder
     from r3mes.serve.server import build_engine, run_server
     from r3mes.serve.settings import ServerSettings
@@ -90,14 +116,16 @@ def start(
         max_lora_rank=max_lora_rank,
     )
     router = SemanticRouter(load_routes(routes), minilm_embedder()) if routes else None
-    engine = build_engine(model, adapters=_parse_adapters(adapter or []), config=config)
+    registry = home_registry(Home.from_env(registry_home))
+    sources = _parse_adapters(adapter or [])
+    engine = build_engine(model, adapters=sources, config=config, registry=registry)
     names = ", ".join(engine.adapters.names()) or "none"
     console.print(
         f"serving [bold]{engine.model_name}[/] with adapters: {names} "
         f"on http://{host}:{port}/v1 (admin API {'on' if admin_token else 'off'}, "
         f"router {'on' if router else 'off'})"
     )
-    run_server(engine, settings, host=host, port=port, router=router)
+    run_server(engine, settings, host=host, port=port, router=router, registry=registry)
 
 
 @app.command("route")

@@ -28,7 +28,7 @@ class AdapterNotFound(ServeError):
         listing = ", ".join(sorted(known)) or "none"
         super().__init__(
             f"adapter {name!r} is not loaded; loaded adapters: {listing}. "
-            "Load it with /v1/load_lora_adapter or `--adapter NAME=PATH`."
+            "Load it with /v1/load_lora_adapter or `--adapter NAME=PATH|registry:ID`."
         )
         self.name = name
 
@@ -36,10 +36,12 @@ class AdapterNotFound(ServeError):
 class AdapterLoadError(ServeError):
     """An adapter could not be read or does not fit the base model."""
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, *, param: str = "lora_path") -> None:
         super().__init__(f"cannot load adapter {name!r}: {reason}")
         self.name = name
         self.reason = reason
+        self.param = param
+        """The request field the adapter came from (`lora_path` or `lora_id`)."""
 
 
 class EngineClosed(ServeError):

@@ -9,11 +9,16 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from r3mes.serve.engine import EngineConfig, ServingEngine
-from r3mes.serve.errors import ServeError
+from r3mes.serve.errors import InvalidRequest, ServeError
+from r3mes.serve.registry_adapters import RegistryRef, load_registry_adapter
 from r3mes.serve.router import SemanticRouter
 from r3mes.serve.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from r3mes.registry.unified import UnifiedRegistry
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +26,18 @@ log = logging.getLogger(__name__)
 def build_engine(
     model_dir: Path | None,
     *,
-    adapters: Mapping[str, Path] | None = None,
+    adapters: Mapping[str, Path | RegistryRef] | None = None,
     config: EngineConfig | None = None,
+    registry: UnifiedRegistry | None = None,
 ) -> ServingEngine:
     """Load the base model (the shipped one when `model_dir` is None) and the adapters.
 
     The model directory holds an HF-style checkpoint plus `tokenizer.json`. The model is
-    frozen (packed ternary weights, unpacked copies cached for speed).
+    frozen (packed ternary weights, unpacked copies cached for speed). An adapter is a PEFT
+    directory, or a `RegistryRef` resolved through `registry`.
     """
+    if registry is None and any(isinstance(a, RegistryRef) for a in (adapters or {}).values()):
+        raise InvalidRequest("registry adapters need a registry (--registry-home)")
     from r3mes.model.checkpoint import load_pretrained
     from r3mes.model.tokenizer import load_tokenizer
 
@@ -43,8 +52,12 @@ def build_engine(
     for _, layer in model.bit_linears():
         layer.cache_unpacked(True)
     engine = ServingEngine(model, load_tokenizer(model_dir), model_name=name, config=config)
-    for adapter, path in (adapters or {}).items():
-        engine.load_adapter(adapter, path)
+    for adapter, source in (adapters or {}).items():
+        if isinstance(source, RegistryRef):
+            assert registry is not None
+            load_registry_adapter(engine, name=adapter, registry=registry, ref=source)
+        else:
+            engine.load_adapter(adapter, source)
     return engine
 
 
@@ -59,6 +72,7 @@ class ServerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         router: SemanticRouter | None = None,
+        registry: UnifiedRegistry | None = None,
         log_level: str = "warning",
     ) -> None:
         import uvicorn
@@ -66,7 +80,7 @@ class ServerThread:
         from r3mes.serve.api.app import create_app
 
         self.engine = engine
-        app = create_app(engine, settings, router=router)
+        app = create_app(engine, settings, router=router, registry=registry)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="r3mes-http", daemon=True)
@@ -110,6 +124,7 @@ def run_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     router: SemanticRouter | None = None,
+    registry: UnifiedRegistry | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine."""
@@ -117,7 +132,7 @@ def run_server(
 
     from r3mes.serve.api.app import create_app
 
-    app = create_app(engine, settings, router=router)
+    app = create_app(engine, settings, router=router, registry=registry)
     engine.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)

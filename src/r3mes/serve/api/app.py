@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from r3mes.registry.unified import UnifiedRegistry
 from r3mes.serve.api.completions import (
     AUTO_MODEL,
     Run,
@@ -29,7 +30,14 @@ from r3mes.serve.api.completions import (
     respond,
     sampling_params,
 )
-from r3mes.serve.api.deps import AdminDep, EngineDep, MetricsDep, RouterDep, SettingsDep
+from r3mes.serve.api.deps import (
+    AdminDep,
+    EngineDep,
+    MetricsDep,
+    RegistryDep,
+    RouterDep,
+    SettingsDep,
+)
 from r3mes.serve.api.errors import ApiError, install_error_handlers
 from r3mes.serve.api.limits import BodyLimit
 from r3mes.serve.api.metrics import ServeMetrics
@@ -41,6 +49,7 @@ from r3mes.serve.api.schemas import (
 )
 from r3mes.serve.chat_template import STOP_MARKERS, ChatMessage, render_chat
 from r3mes.serve.engine import ServingEngine
+from r3mes.serve.registry_adapters import RegistryRef, load_registry_adapter
 from r3mes.serve.router import SemanticRouter
 from r3mes.serve.settings import ServerSettings
 from r3mes.serve.types import GenerationRequest
@@ -146,10 +155,33 @@ async def list_models(engine: EngineDep, router: RouterDep) -> dict[str, Any]:
 
 
 @admin.post("/load_lora_adapter")
-async def load_lora_adapter(body: LoadLoraRequest, engine: EngineDep, _: AdminDep) -> Any:
-    """Load (or replace with a new version) an adapter from a PEFT directory on this host."""
-    entry = await asyncio.to_thread(engine.load_adapter, body.lora_name, Path(body.lora_path))
-    return {"status": "loaded", "lora_name": entry.name, "version": entry.serial}
+async def load_lora_adapter(
+    body: LoadLoraRequest, engine: EngineDep, registry: RegistryDep, _: AdminDep
+) -> Any:
+    """Load (or replace with a new version) an adapter from a PEFT directory on this host
+    (`lora_path`) or from the artifact registry (`lora_id`: ID or ID@VERSION)."""
+    if body.lora_path is not None:
+        path = Path(body.lora_path)
+        entry = await asyncio.to_thread(engine.load_adapter, body.lora_name, path)
+        return {"status": "loaded", "lora_name": entry.name, "version": entry.serial}
+    assert body.lora_id is not None  # the schema wants exactly one source
+    if registry is None:
+        raise ApiError(
+            400,
+            "this server has no artifact registry; start it with --registry-home",
+            param="lora_id",
+            code="registry_disabled",
+        )
+    ref = RegistryRef.parse(body.lora_id)
+    entry = await asyncio.to_thread(
+        load_registry_adapter, engine, name=body.lora_name, registry=registry, ref=ref
+    )
+    return {
+        "status": "loaded",
+        "lora_name": entry.name,
+        "version": entry.serial,
+        "origin": entry.origin,
+    }
 
 
 @admin.post("/unload_lora_adapter")
@@ -184,12 +216,17 @@ def create_app(
     settings: ServerSettings,
     *,
     router: SemanticRouter | None = None,
+    registry: UnifiedRegistry | None = None,
 ) -> FastAPI:
-    """Build the API over a started (or to-be-started) engine; nothing global is created."""
+    """Build the API over a started (or to-be-started) engine; nothing global is created.
+
+    `registry` enables `lora_id` (registry adapters) in /v1/load_lora_adapter.
+    """
     app = FastAPI(title="R3MES serving", version="1", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.settings = settings
     app.state.router = router
+    app.state.registry = registry
     app.state.metrics = ServeMetrics(engine)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

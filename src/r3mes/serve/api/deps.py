@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from r3mes.registry.unified import UnifiedRegistry
 from r3mes.serve.api.errors import ApiError
 from r3mes.serve.api.metrics import ServeMetrics
 from r3mes.serve.engine import ServingEngine
@@ -34,10 +35,17 @@ def get_metrics(request: Request) -> ServeMetrics:
     return metrics
 
 
+def get_registry(request: Request) -> UnifiedRegistry | None:
+    """The registry that `lora_id` adapters load through (None: not configured)."""
+    registry: UnifiedRegistry | None = request.app.state.registry
+    return registry
+
+
 EngineDep = Annotated[ServingEngine, Depends(get_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 RouterDep = Annotated[SemanticRouter | None, Depends(get_router)]
 MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
+RegistryDep = Annotated[UnifiedRegistry | None, Depends(get_registry)]
 
 
 def require_admin(request: Request, settings: SettingsDep) -> None:

@@ -62,7 +62,7 @@ def from_serve_error(exc: ServeError) -> ApiError:
     if isinstance(exc, InvalidRequest):
         return ApiError(400, str(exc), param=exc.param)
     if isinstance(exc, AdapterLoadError):
-        return ApiError(400, str(exc), param="lora_path", code="adapter_load_failed")
+        return ApiError(400, str(exc), param=exc.param, code="adapter_load_failed")
     if isinstance(exc, EngineOverloaded):
         return ApiError(429, str(exc), type="rate_limit_error", code="queue_full")
     if isinstance(exc, EngineClosed):
@@ -93,7 +93,9 @@ def _validation_message(
         want = f"a JSON object with {fields}" if fields else "a JSON object"
         if kind == "missing":
             return f"the request body is empty; send {want}", None
-        return f"the request body must be {want}", None
+        if kind.endswith("_type"):
+            return f"the request body must be {want}", None
+        return f"invalid request: {_clean_msg(str(first.get('msg', 'invalid body')))}", None
     group = [e for e in errors if _field_path(e.get("loc", ()))[: len(loc)] == loc]
     path, problem = _describe(group, loc)
     param = ".".join(str(p) for p in path)

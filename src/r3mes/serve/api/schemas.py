@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 200_000
 MAX_TOKENS_LIMIT = 100_000
@@ -104,9 +104,19 @@ class CompletionRequest(SamplingFields):
 
 
 class LoadLoraRequest(BaseModel):
+    """Exactly one source: `lora_path` (a PEFT directory on the server) or `lora_id`
+    (`ID` or `ID@VERSION` in the server's artifact registry)."""
+
     model_config = ConfigDict(extra="forbid")
     lora_name: Annotated[str, Field(min_length=1, max_length=64)]
-    lora_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    lora_path: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    lora_id: Annotated[str, Field(min_length=1, max_length=300)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoadLoraRequest:
+        if (self.lora_path is None) == (self.lora_id is None):
+            raise ValueError("give exactly one of lora_path (a directory) or lora_id (registry)")
+        return self
 
 
 class UnloadLoraRequest(BaseModel):
