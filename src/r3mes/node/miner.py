@@ -1,8 +1,9 @@
 """The miner role: take this miner's task each round, train, store, prove, submit.
 
 Every task runs as one atomic mining transaction (`AtomicMiningCoordinator`); the
-error-feedback residual advances only when validators verify the submission, and the
-miner waits (at most `settle_rounds` rounds) for that verdict before mining again, so its
+error-feedback residual advances by the ledger-derived rule of `r3mes.node.settlement`
+(verified by the deadline: promoted; rejected, late or expired: dropped), the same rule
+validators apply, and the miner waits for that rule to decide before mining again, so its
 residual always equals the one validators replay.
 """
 
@@ -26,6 +27,7 @@ from r3mes.node.miner_parts import (
 from r3mes.node.residual import ResidualStore
 from r3mes.node.retry import RetryPolicy
 from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.task_pool import TaskPool
 from r3mes.node.tasks import WorkProfile
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from r3mes.chain.client import BlockchainClient
+    from r3mes.chain.client_types import SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
 
@@ -57,16 +60,12 @@ class MinerSettings:
     """FAULT INJECTION for tests and demos only ("random" or "copy")."""
     stake: int = 0
     """Credits locked when registering; slashing burns from it."""
-    settle_rounds: int = 2
-    """Rounds to wait for a verdict on the last submission before mining on without it."""
     upload_retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if self.service.role != "miner":
             raise ValidationError("MinerSettings.service.role must be 'miner'")
-        if self.settle_rounds < 0:
-            raise ValidationError("settle_rounds must be >= 0")
 
 
 class Miner(RoleService):
@@ -187,30 +186,32 @@ class Miner(RoleService):
         return True
 
     def _settled(self) -> bool:
-        """Promote or drop staged residuals by their verdicts; True when none is pending."""
-        current = self.client.current_round().number
-        pending = False
+        """Promote or drop staged residuals by the ledger's verdicts; True when none waits."""
+        height = self.client.status().height  # read before the submissions (see settlement)
+        waiting = False
         for record in self.journal.recent(20):
             if record.state is not TxState.COMMITTED or not self.residuals.has_staged(record.tx_id):
                 continue
-            status = self._status_of(record.round_id)
-            if status == "verified":
+            fate = fate_on_chain(
+                self.client,
+                round_number=record.round_id,
+                sub=self._submission_of(record.round_id),
+                settle_rounds=self.settings.profile.settle_rounds,
+                chain_height=height,
+            )
+            if fate is Fate.PROMOTE:
                 self.residuals.promote(record.tx_id)
-            elif status == "rejected" or current - record.round_id > self.settle_rounds:
-                logger.warning("round %d: residual dropped (%s)", record.round_id, status)
+            elif fate is Fate.DROP:
+                logger.warning("round %d: residual dropped (not verified in time)", record.round_id)
                 self.residuals.discard(record.tx_id)
             else:
-                pending = True
-        return not pending
+                waiting = True
+        return not waiting
 
-    @property
-    def settle_rounds(self) -> int:
-        return self.settings.settle_rounds
-
-    def _status_of(self, round_id: int) -> str | None:
+    def _submission_of(self, round_id: int) -> SubmissionInfo | None:
         for sub in self.client.submissions(round_id):
             if sub.miner == self.address:
-                return sub.status
+                return sub
         return None
 
     # -- observability ----------------------------------------------------------------

@@ -35,8 +35,15 @@ class WorkProfile:
     """The executor class tasks name (the reference CPU class by default)."""
     eval_chunks: int = 32
     """Held-out chunks used to score adapter versions."""
+    settle_rounds: int = 2
+    """Rounds after its own a submission has to be verified for its error-feedback
+    residual to carry forward (`r3mes.node.settlement`); miners and validators must agree."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.settle_rounds, bool) or not isinstance(self.settle_rounds, int):
+            raise ValidationError(f"settle_rounds must be an integer, got {self.settle_rounds!r}")
+        if not 0 <= self.settle_rounds <= 1000:
+            raise ValidationError(f"settle_rounds must be in [0, 1000], got {self.settle_rounds}")
         if isinstance(self.eval_chunks, bool) or not isinstance(self.eval_chunks, int):
             raise ValidationError(f"eval_chunks must be an integer, got {self.eval_chunks!r}")
         if not isinstance(self.executor_class, str) or not self.executor_class:
@@ -60,15 +67,18 @@ class WorkProfile:
             },
             "executor_class": self.executor_class,
             "eval_chunks": self.eval_chunks,
+            "settle_rounds": self.settle_rounds,
         }
 
     @classmethod
     def from_dict(cls, raw: object) -> WorkProfile:
         from r3mes.work.errors import TaskError
 
-        if not isinstance(raw, dict) or set(raw) != {"hyper", "executor_class", "eval_chunks"}:
+        required = {"hyper", "executor_class", "eval_chunks"}
+        if not isinstance(raw, dict) or not required <= set(raw) <= required | {"settle_rounds"}:
             raise ValidationError(
                 "work profile must be an object with keys hyper, executor_class, eval_chunks"
+                " and optionally settle_rounds"
             )
         hyper = raw["hyper"]
         if not isinstance(hyper, dict):
@@ -80,7 +90,10 @@ class WorkProfile:
         except (TaskError, TypeError) as exc:
             raise ValidationError(f"work profile 'hyper' is invalid: {exc}") from exc
         return cls(
-            hyper=params, executor_class=str(raw["executor_class"]), eval_chunks=raw["eval_chunks"]
+            hyper=params,
+            executor_class=str(raw["executor_class"]),
+            eval_chunks=raw["eval_chunks"],
+            settle_rounds=raw.get("settle_rounds", 2),
         )
 
     def save(self, path: Path) -> None:

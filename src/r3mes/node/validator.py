@@ -4,7 +4,12 @@ For each submission still pending on the ledger (oldest first, never one of its 
 validator fetches the update by CID, checks its digest, rebuilds the miner's task from the
 round, re-executes it with `r3mes.work.verify` and sends a signed `Attest`. It replays each
 miner's error-feedback residual: the residual a verified update leaves behind is staged
-per miner and becomes current once the ledger settles the submission as verified.
+per miner and becomes current by the ledger-derived rule of `r3mes.node.settlement`, the
+same rule the miner applies.
+
+Each submission is handled on its own: one that fails (its update cannot be fetched, the
+ledger hiccups) backs off alone while the others proceed, and an update that still cannot
+be fetched after `fetch_retry` is rejected with that reason, so it never stays pending.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import hashlib
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from r3mes.node.errors import NetworkError, ValidationError
+from r3mes.node.errors import NetworkError, ValidationError, classify
 from r3mes.node.residual import ResidualStore
+from r3mes.node.retry import RetryPolicy
 from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.tasks import WorkProfile, derive_task
 
 if TYPE_CHECKING:
@@ -44,6 +52,11 @@ class ValidatorSettings:
     profile: WorkProfile
     blocks: Path
     """Root of the local blockstore holding artifacts and updates."""
+    fetch_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_retries=3, initial_delay=1.0, max_delay=30.0)
+    )
+    """Backoff between attempts at one submission; an update still unfetchable after
+    `max_retries` retries is rejected. Other failures keep backing off (capped)."""
 
     def __post_init__(self) -> None:
         if self.service.role != "validator":
@@ -82,6 +95,18 @@ class VerdictLog:
         with self._lock:
             self._db.execute("UPDATE verdicts SET sent = 1 WHERE sid = ?", (sid,))
 
+    def reason(self, sid: int) -> str | None:
+        """Why submission `sid` was accepted or rejected, if judged."""
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM verdicts WHERE sid = ?", (sid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def distance(self, sid: int) -> float:
+        """The recorded distance of submission `sid` (inf when none was computed)."""
+        with self._lock:
+            row = self._db.execute("SELECT distance FROM verdicts WHERE sid = ?", (sid,)).fetchone()
+        return float("inf") if row is None else float(row[0])
+
     def get(self, sid: int) -> tuple[bool, bool] | None:
         """(accepted, sent) for submission `sid`, if judged."""
         with self._lock:
@@ -103,6 +128,23 @@ class VerdictLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class UpdateUnavailable(NetworkError):
+    """A submitted update could not be fetched from storage (maybe for now)."""
+
+    def __init__(self, message: str, *, cid: str) -> None:
+        super().__init__(message)
+        self.cid = cid
+
+
+@dataclass
+class _Backoff:
+    """Failed attempts at one submission and when the next one is due (monotonic s)."""
+
+    failures: int = 0
+    unfetchable: int = 0
+    next_at: float = 0.0
 
 
 class Validator(RoleService):
@@ -132,6 +174,7 @@ class Validator(RoleService):
         self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
         self._residual_root = state / "residuals"
+        self._backoff: dict[int, _Backoff] = {}
         self._attested = Counter(
             "r3mes_validator_attestations",
             "Attestations sent",
@@ -155,19 +198,53 @@ class Validator(RoleService):
         self.verdicts.close()
         self.client.close()
 
+    @property
+    def lookback_rounds(self) -> int:
+        """Rounds scanned each step: enough to see every submission whose fate is open."""
+        return max(LOOKBACK_ROUNDS, self.settings.profile.settle_rounds + 1)
+
     def step(self) -> bool:
+        height = self.client.status().height  # read before the submissions (see settlement)
         current = self.client.current_round().number
-        pending: list[SubmissionInfo] = []
-        for number in range(max(1, current - LOOKBACK_ROUNDS), current + 1):
+        due: list[SubmissionInfo] = []
+        now = time.monotonic()
+        for number in range(max(1, current - self.lookback_rounds), current + 1):
             for sub in self.client.submissions(number):
-                self._settle(sub)
+                self._settle(sub, chain_height=height)
                 if sub.status == "pending" and self._needs_verdict(sub):
-                    pending.append(sub)
-        for sub in sorted(pending, key=lambda s: s.id):
+                    if self._backoff.get(sub.id, _Backoff()).next_at <= now:
+                        due.append(sub)
+        for sub in sorted(due, key=lambda s: s.id):
             if self.stop_event.is_set():
                 break
-            self._judge(sub)
-        return bool(pending)
+            self._judge_one(sub, chain_height=height)
+        return bool(due)
+
+    def _judge_one(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+        """Judge `sub`; a failure backs off this submission alone."""
+        try:
+            self._judge(sub, chain_height=chain_height)
+        except UpdateUnavailable as exc:
+            failures = self._failed(sub.id, exc, unfetchable=True)
+            if failures > self.settings.fetch_retry.max_retries:
+                from r3mes.work.verify import Verdict
+
+                reason = f"update {exc.cid} could not be fetched ({failures} attempts): {exc}"
+                self._conclude(sub, Verdict(False, reason[:400], float("inf"), False))
+                self._backoff.pop(sub.id, None)  # the next step sends the rejection
+        except Exception as exc:  # this submission only: the others still get judged
+            self._failed(sub.id, classify(exc))
+        else:
+            self._backoff.pop(sub.id, None)
+
+    def _failed(self, sid: int, error: Exception, *, unfetchable: bool = False) -> int:
+        """Back `sid` off; returns how often its update could not be fetched."""
+        state = self._backoff.setdefault(sid, _Backoff())
+        state.failures += 1
+        state.unfetchable += int(unfetchable)
+        state.next_at = time.monotonic() + self.settings.fetch_retry.delay(state.failures)
+        logger.warning("submission %d: attempt %d failed: %s", sid, state.failures, error)
+        return state.unfetchable
 
     def _needs_verdict(self, sub: SubmissionInfo) -> bool:
         if sub.miner == self.address:
@@ -177,54 +254,68 @@ class Validator(RoleService):
         seen = self.verdicts.get(sub.id)
         return seen is None or not seen[1]
 
-    def _settle(self, sub: SubmissionInfo) -> None:
-        """Move a miner's replayed residual forward once its submission is verified."""
-        if sub.status == "pending" or not sub.miner.isalnum():
+    def _settle(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+        """Apply the ledger-derived fate to the residual `sub` staged, once decided."""
+        if not sub.miner.isalnum():
             return
         residuals = self.residuals_of(sub.miner)
         tag = f"s{sub.id}"
         if not residuals.has_staged(tag):
             return
-        if sub.status == "verified":
+        fate = fate_on_chain(
+            self.client,
+            round_number=sub.round,
+            sub=sub,
+            settle_rounds=self.settings.profile.settle_rounds,
+            chain_height=chain_height,
+        )
+        if fate is Fate.PROMOTE:
             residuals.promote(tag)
-        else:
+        elif fate is Fate.DROP:
             residuals.discard(tag)
 
-    def _judge(self, sub: SubmissionInfo) -> None:
+    def _judge(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+        if self.verdicts.get(sub.id) is None:
+            self._conclude(sub, self._verify(sub))
+        self._send(sub, chain_height=chain_height)
+
+    def _conclude(self, sub: SubmissionInfo, verdict: Verdict) -> None:
+        """Record the verdict (and the residual it stages) before anything is sent."""
+        self.verdicts.record(sub, verdict)
+        if verdict.accepted and verdict.next_residual is not None:
+            self.residuals_of(sub.miner).stage(f"s{sub.id}", verdict.next_residual)
+        logger.info(
+            "submission %d of %s: %s (%s)",
+            sub.id,
+            sub.miner,
+            "accept" if verdict.accepted else "reject",
+            verdict.reason,
+        )
+
+    def _send(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+        """Attest the recorded verdict on `sub`, then settle it if the ledger did."""
         seen = self.verdicts.get(sub.id)
-        if seen is None:
-            verdict = self._verify(sub)
-            self.verdicts.record(sub, verdict)
-            if verdict.accepted and verdict.next_residual is not None:
-                self.residuals_of(sub.miner).stage(f"s{sub.id}", verdict.next_residual)
-            accepted, distance = verdict.accepted, verdict.distance
-            logger.info(
-                "submission %d of %s: %s (%s)",
-                sub.id,
-                sub.miner,
-                "accept" if accepted else "reject",
-                verdict.reason,
-            )
-        else:
-            accepted, distance = seen[0], 0.0
-        self._attest(sub.id, accepted=accepted, distance=distance)
+        assert seen is not None
+        self._attest(sub.id, accepted=seen[0], distance=self.verdicts.distance(sub.id))
         self.verdicts.mark_sent(sub.id)
-        refreshed = self.client.submissions(sub.round)
-        for item in refreshed:
+        for item in self.client.submissions(sub.round):
             if item.id == sub.id:
-                self._settle(item)
+                self._settle(item, chain_height=chain_height)
 
     def _verify(self, sub: SubmissionInfo) -> Verdict:
         from r3mes.node.tasks import NO_ADAPTER
         from r3mes.node.workload import check_update, start_adapter
+        from r3mes.storage.errors import InvalidCid, SizeLimitExceeded
         from r3mes.work.data import shard_of
         from r3mes.work.verify import Verdict
 
         rnd = self.client.round(sub.round)
         try:
             data = self.store.get_bytes(sub.cid, max_size=MAX_UPDATE_BYTES)
-        except Exception as exc:  # the storage layer's own errors, size limits
-            raise NetworkError(f"cannot fetch update {sub.cid}: {exc}") from exc
+        except (InvalidCid, SizeLimitExceeded) as exc:  # retrying cannot help
+            return Verdict(False, f"update {sub.cid} is unusable: {exc}", float("inf"), False)
+        except Exception as exc:  # missing everywhere, peer down, corrupt blocks
+            raise UpdateUnavailable(f"cannot fetch update {sub.cid}: {exc}", cid=sub.cid) from exc
         if hashlib.sha256(data).hexdigest() != sub.digest:
             return Verdict(
                 False, "stored bytes do not match the submitted digest", float("inf"), False
@@ -276,4 +367,8 @@ class Validator(RoleService):
         self._attested.labels(verdict=verdict).inc()
 
     def role_stats(self) -> dict[str, Any]:
-        return {"address": self.address, "verdicts": self.verdicts.counts()}
+        return {
+            "address": self.address,
+            "verdicts": self.verdicts.counts(),
+            "backing_off": len(self._backoff),
+        }

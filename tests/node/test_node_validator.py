@@ -1,0 +1,178 @@
+"""The validator against a real devnet: an unfetchable submission is rejected without
+holding up anyone else, a late verdict cannot split the miner's and the validator's
+residuals, and the validator never attests its own submission."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from r3mes.chain.client import BlockchainClient
+from r3mes.chain.client_types import SubmissionInfo
+from r3mes.chain.crypto import SigningKey
+from r3mes.chain.devnet import DevnetConfig, DevnetNode
+from r3mes.chain.keystore import Keystore
+from r3mes.node.journal import TxState
+from r3mes.node.launch import RoleLaunch, build_role
+from r3mes.node.miner import Miner
+from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.registration import ensure_registered
+from r3mes.node.retry import RetryPolicy
+from r3mes.node.tasks import WorkProfile
+from r3mes.node.validator import Validator
+from r3mes.paths import Home
+from r3mes.storage.unixfs import compute_cid
+from r3mes.work.task import HyperParams
+
+SETTLE_ROUNDS = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
+    profile = WorkProfile(
+        hyper=HyperParams(lr="0.005", steps=2, batch_size=2, seq_len=32, topk_ppm=50_000),
+        eval_chunks=4,
+        settle_rounds=SETTLE_ROUNDS,
+    )
+    spec = NetworkSpec(
+        home=Home(root=tmp_path),
+        miners=2,
+        round_blocks=10,
+        serving=False,
+        base_model="tiny",
+        dataset_chars=40_000,
+        profile=profile,
+    )
+    prepare_genesis(spec, ensure_keys(spec))
+    port = _free_port()
+    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
+    node.start()
+    try:
+        yield spec.home, f"http://127.0.0.1:{port}"
+    finally:
+        node.stop()
+
+
+def _role(home: Home, url: str, role: str, name: str) -> Miner | Validator:
+    launch = RoleLaunch(
+        role=role,
+        name=name,
+        home=home,
+        chain_url=url,
+        key_name=name,
+        passphrase=passphrase(home),
+    )
+    service = build_role(launch, retry=RetryPolicy(max_retries=1, initial_delay=0.2))
+    assert isinstance(service, Miner | Validator)
+    return service
+
+
+def _key(home: Home, name: str) -> SigningKey:
+    return Keystore(home.keys).load(name, passphrase=passphrase(home))
+
+
+def _until(steps: list[Callable[[], bool]], done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        did = [step() for step in steps]  # every role steps, whatever the others did
+        if not any(did):
+            time.sleep(0.2)
+
+
+def _bogus_submission(client: BlockchainClient, key: SigningKey, tag: bytes) -> SubmissionInfo:
+    """Submit, signed by `key`, a CID whose bytes nobody stores; returns it as recorded."""
+    ensure_registered(client, key, role="miner", endpoint="http://127.0.0.1:9", stake=10)
+    rnd = client.current_round()
+    taken = {int(c["shard"]) for c in rnd.claims}
+    shard = next(s for s in range(rnd.shards_per_round) if s not in taken)
+    data = b"bytes nobody stores " + tag
+    client.submit_gradient(
+        key,
+        round_number=rnd.number,
+        shard=shard,
+        cid=compute_cid(data, cid_version=1),
+        digest=hashlib.sha256(data).hexdigest(),
+    )
+    return next(s for s in client.submissions(rnd.number) if s.miner == key.address)
+
+
+def _subs_of(client: BlockchainClient, miner: str) -> list[SubmissionInfo]:
+    return [s for s in client.submissions() if s.miner == miner]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
+    chain: tuple[Home, str],
+) -> None:
+    home, url = chain
+    miner = _role(home, url, "miner", "miner-1")
+    validator = _role(home, url, "validator", "validator-1")
+    assert isinstance(miner, Miner) and isinstance(validator, Validator)
+    validator.settings = replace(
+        validator.settings, fetch_retry=RetryPolicy(max_retries=2, initial_delay=0.2)
+    )
+    client = miner.client
+    miner.on_start()
+    validator.on_start()
+    try:
+        # Phase 1, validator offline: miner-1's first submission stays pending past its
+        # deadline, so the miner drops its residual and mines on; miner-2 (stopped) has an
+        # unfetchable update on the ledger, and the validator's own key submits one too.
+        bogus = _bogus_submission(client, _key(home, "miner-2"), b"miner-2")
+        own = _bogus_submission(client, validator.key, b"validator")
+
+        def committed() -> int:
+            return sum(r.state is TxState.COMMITTED for r in miner.journal.recent(50))
+
+        _until([miner.step], lambda: committed() >= 2, timeout=120)
+        first, second = sorted(_subs_of(client, miner.address), key=lambda s: s.id)
+        assert second.round > first.round + SETTLE_ROUNDS, "the miner waited out the deadline"
+        assert first.status == "pending"
+
+        # Phase 2, validator online: every step judges what it can, the unfetchable update
+        # backs off alone and is rejected; the late verdict on `first` must not move the
+        # validator's residual, or `second` and every later update would be rejected.
+        def settled() -> bool:
+            subs = {s.id: s for s in client.submissions()}
+            mined = _subs_of(client, miner.address)
+            return (
+                subs[bogus.id].status == "rejected"
+                and len([s for s in mined if s.status == "verified"]) >= 3
+            )
+
+        _until([validator.step, miner.step], settled, timeout=150)
+        subs = {s.id: s for s in client.submissions()}
+        assert "could not be fetched" in (validator.verdicts.reason(bogus.id) or "")
+        mined = _subs_of(client, miner.address)
+        assert not [s for s in mined if s.status == "rejected"], "no honest update rejected"
+        assert subs[second.id].status == "verified"
+        assert client.account(miner.address).slashed == 0
+
+        # the residual the validator replays is the one the miner holds
+        assert miner._settled()
+        ours = miner.residuals.load()
+        theirs = validator.residuals_of(miner.address).load()
+        assert ours.keys() == theirs.keys() and ours
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+        # never its own work: the validator's own submission got no verdict from it
+        assert subs[own.id].status == "pending" and subs[own.id].attestations == []
+        assert validator.verdicts.get(own.id) is None
+    finally:
+        miner.on_stop()
+        validator.on_stop()
