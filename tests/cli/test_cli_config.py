@@ -81,3 +81,33 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, hello: Path) -> None:
     )
     assert proc.returncode == 1
     assert "cannot read config file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_os_errors_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from r3mes.cli import main as cli_main
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/blocks/x")
+
+    monkeypatch.setattr(cli_main, "app", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "No space left on device (/data/blocks/x)" in err and "Traceback" not in err
+
+
+def test_error_text_with_brackets_is_not_eaten_as_markup(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[up]\n[up.x]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "r3mes.cli.main", "--config", str(cfg), "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "'up x'" in proc.stderr

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from r3mes import __version__
 from r3mes.cli import chain, model, nodes, serving, storage
@@ -75,8 +76,16 @@ def main() -> None:
     try:
         app()
     except R3mesError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
+    except OSError as exc:  # disk full, permission denied, port in use: the OS said why
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc.strerror or exc) + where)}", highlight=False
+        )
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":
