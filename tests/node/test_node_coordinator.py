@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -18,8 +19,10 @@ from r3mes.node.coordinator import (
 )
 from r3mes.node.errors import TransactionError
 from r3mes.node.journal import Journal, TxState
+from r3mes.node.miner_parts import ContentUpdateStore
 from r3mes.node.residual import ResidualStore
 from r3mes.node.retry import RetryPolicy
+from r3mes.storage.blockstore import Blockstore
 
 
 class FakeTrainer:
@@ -55,6 +58,9 @@ class FakeStore:
         if self.failures:
             raise self.failures.pop(0)
         return cid
+
+    def is_pinned(self, cid: str) -> bool:
+        return cid in self.pinned
 
     def unpin(self, cid: str) -> None:
         self.unpinned.append(cid)
@@ -230,14 +236,22 @@ def test_keyboard_interrupt_rolls_back_then_propagates(tmp_path: Path) -> None:
     assert coordinator.journal.recent(1)[0].state is TxState.ROLLED_BACK
 
 
-def _crash_in(coordinator: AtomicMiningCoordinator, state: TxState, cid: str | None) -> str:
+def _crash_in(
+    coordinator: AtomicMiningCoordinator,
+    state: TxState,
+    cid: str | None,
+    *,
+    preexisting: bool = False,
+) -> str:
     """Simulate a process that died with its transaction in `state`."""
     tx_id = "r3-crashed"
     coordinator.journal.begin(tx_id=tx_id, round_id=3, task={"task_id": "r3-s1"})
     order = [TxState.TRAINING, TxState.IPFS_UPLOAD, TxState.BLOCKCHAIN_SUBMIT]
     order += [TxState.TASK_COMPLETE]
     for step in order[: order.index(state) + 1]:
-        fields = {"cid": cid, "digest": "d"} if step is TxState.IPFS_UPLOAD else {}
+        fields: dict[str, object] = {}
+        if step is TxState.IPFS_UPLOAD:
+            fields = {"cid": cid, "digest": "d", "cid_preexisting": int(preexisting)}
         coordinator.journal.advance(tx_id, step, **fields)
     coordinator.residuals.stage(tx_id, {"w": torch.ones(1)})
     return tx_id
@@ -294,3 +308,58 @@ def test_recover_task_complete_commits(tmp_path: Path) -> None:
     [record] = coordinator.recover()
     assert record.state is TxState.COMMITTED
     assert pool.completed == ["r3-s1"]
+
+
+def _real_store(tmp_path: Path) -> tuple[Blockstore, ContentUpdateStore]:
+    blocks = Blockstore(tmp_path / "blocks")
+    return blocks, ContentUpdateStore(blocks)
+
+
+def test_rollback_keeps_a_pin_it_did_not_add(tmp_path: Path) -> None:
+    blocks, store = _real_store(tmp_path)
+    cid = blocks.add_bytes(b"update-r3-s1", pin=True)  # the same bytes, pinned by another
+    denied = ValueError("the ledger refused")
+    coordinator, _, _, _, _ = make(tmp_path, store=store, ledger=FakeLedger(failures=[denied]))  # type: ignore[arg-type]
+    with pytest.raises(TransactionError):
+        coordinator.execute(TASK)
+    [record] = coordinator.journal.recent(1)
+    assert record.state is TxState.ROLLED_BACK and record.cid == cid
+    assert record.cid_preexisting, "the journal records that the pin was already there"
+    assert blocks.is_pinned(cid)
+
+
+@pytest.mark.parametrize("preexisting", [True, False])
+def test_recovery_after_restart_honours_the_journaled_pin(
+    tmp_path: Path, preexisting: bool
+) -> None:
+    """A killed miner's rollback runs in a new process, with nothing in memory: only the
+    journal knows whether the pin was there before."""
+    blocks, store = _real_store(tmp_path)
+    cid = blocks.add_bytes(b"update-r3-s1", pin=True)
+    coordinator, _, _, _, _ = make(tmp_path, store=store)  # type: ignore[arg-type]
+    _crash_in(coordinator, TxState.BLOCKCHAIN_SUBMIT, cid, preexisting=preexisting)
+    coordinator.journal.close()
+    _, fresh = _real_store(tmp_path)
+    restarted, _, ledger, _, _ = make(tmp_path, store=fresh)  # type: ignore[arg-type]
+    [record] = restarted.recover()
+    assert record.state is TxState.ROLLED_BACK and ledger.submit_calls == 0
+    assert blocks.is_pinned(cid) is preexisting
+
+
+def test_journal_gains_the_pin_column_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before cid_preexisting existed
+        db.execute(
+            "CREATE TABLE transactions (tx_id TEXT PRIMARY KEY, round_id INTEGER NOT NULL,"
+            " task_json TEXT NOT NULL, state TEXT NOT NULL, cid TEXT, digest TEXT,"
+            " chain_tx TEXT, error TEXT, error_kind TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+            " created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO transactions VALUES ('t', 1, '{}', 'IPFS_UPLOAD', 'bafyX', 'd',"
+            " NULL, NULL, NULL, 0, 1.0, 1.0)"
+        )
+    journal = Journal(path)
+    [record] = journal.unresolved()
+    assert record.cid == "bafyX" and record.cid_preexisting is False
+    journal.close()

@@ -42,8 +42,10 @@ def test_classify() -> None:
 def test_backoff_grows_and_caps() -> None:
     policy = RetryPolicy(max_retries=5, initial_delay=1.0, max_delay=5.0, backoff_factor=2.0)
     assert [policy.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="backoff_factor"):
         RetryPolicy(backoff_factor=0.5)
+    with pytest.raises(ValidationError, match="retries must be >= 0"):
+        RetryPolicy(max_retries=-1)
 
 
 def test_call_with_retry_only_retries_retryable() -> None:

@@ -217,3 +217,52 @@ def test_sigkill_mid_transaction_is_resolved_on_restart(net: Net) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("point", ["IPFS_UPLOAD", "BLOCKCHAIN_SUBMIT"])
+def test_sigkill_after_upload_or_broadcast(net: Net, point: str) -> None:
+    """Killed right after the upload, the transaction rolls back and unpins; killed right
+    after the broadcast, it commits on restart and keeps its pin. Either way the chain
+    holds at most one submission of this miner for the round, and mining goes on."""
+    env = {
+        **os.environ,
+        "R3MES_PASSPHRASE": passphrase(net.home),
+        "R3MES_TEST_PAUSE_AFTER": point,  # test-only fault injection
+    }
+    argv = [sys.executable, "-m", "r3mes.cli.main", "miner", "start", "--key", "miner-1"]
+    argv += ["--chain", net.url, "--home", str(net.home.root)]
+    marker = net.home.root / "nodes" / "miner-miner-1" / f"paused-after-{point}"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 150
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    restarted = _miner(net)
+    [killed] = restarted.journal.unresolved()
+    assert killed.state.value == point and killed.cid is not None
+    blocks = Blockstore(net.home.blocks)
+    assert blocks.is_pinned(killed.cid), "the upload had finished"
+
+    def ours(round_id: int) -> list[str]:
+        subs = restarted.client.submissions(round_id)
+        return [s.cid for s in subs if s.miner == restarted.address]
+
+    broadcast = point == "BLOCKCHAIN_SUBMIT"
+    assert ours(killed.round_id) == ([killed.cid] if broadcast else [])
+    [resolved] = restarted.coordinator.recover()
+    assert resolved.state is (TxState.COMMITTED if broadcast else TxState.ROLLED_BACK)
+    assert blocks.is_pinned(killed.cid) is broadcast
+    assert ours(killed.round_id) == ([killed.cid] if broadcast else [])
+    restarted.on_start()
+    _step_until(restarted, lambda: _states(restarted).count(TxState.COMMITTED) == 1 + broadcast)
+    for record in restarted.journal.recent(10):
+        assert len(ours(record.round_id)) <= 1, "never submitted twice"
+    restarted.on_stop()

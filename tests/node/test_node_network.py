@@ -13,10 +13,45 @@ from pathlib import Path
 import pytest
 
 from r3mes.node.dashboard import Snapshot
-from r3mes.node.network import UpOptions, run_network
+from r3mes.node.network import UpOptions, check_children, run_network
 from r3mes.node.network_setup import NetworkSpec
 from r3mes.node.pidfile import list_services
+from r3mes.node.supervisor import ProcessSpec, Supervisor
 from r3mes.paths import Home
+
+
+def _spawn(supervisor: Supervisor, tmp_path: Path, name: str, code: str) -> None:
+    argv = (sys.executable, "-c", code)
+    supervisor.spawn(ProcessSpec(name=name, argv=argv, log_path=tmp_path / f"{name}.log"))
+
+
+def _wait_exited(supervisor: Supervisor, names: set[str]) -> None:
+    deadline = time.monotonic() + 20
+    while not names <= {n for n, _ in supervisor.exited()}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_up_stops_when_every_role_process_or_the_ledger_died(tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    _spawn(supervisor, tmp_path, "devnet", "import time; time.sleep(60)")
+    _spawn(supervisor, tmp_path, "miner-1", "raise SystemExit(3)")
+    _spawn(supervisor, tmp_path, "validator-1", "import time; time.sleep(60)")
+    roles, reported = {"miner-1", "validator-1"}, set[str]()
+    _wait_exited(supervisor, {"miner-1"})
+    assert check_children(supervisor, roles, reported, logs=tmp_path) is None, "one is alive"
+    assert reported == {"miner-1"}
+    supervisor.stop("validator-1", timeout=10)
+    _spawn(supervisor, tmp_path, "validator-1", "raise SystemExit(4)")
+    _wait_exited(supervisor, roles)
+    error = check_children(supervisor, roles, reported, logs=tmp_path)
+    assert error is not None and "every role process exited (miner-1 3, validator-1 4)" in error
+    supervisor.stop("devnet", timeout=10)
+    _spawn(supervisor, tmp_path, "devnet", "raise SystemExit(1)")
+    _wait_exited(supervisor, {"devnet"})
+    error = check_children(supervisor, set(), reported, logs=tmp_path)
+    assert error is not None and "the devnet ledger exited (code 1)" in error
+    supervisor.stop_all(timeout=10)
 
 
 def _spec(home: Path, **overrides: object) -> NetworkSpec:

@@ -41,7 +41,10 @@ PassOpt = Annotated[
 InstanceOpt = Annotated[
     str | None, typer.Option("--name", help="Instance name (default: the key name).")
 ]
-PortOpt = Annotated[int, typer.Option("--port", help="Port of /health, /stats, /metrics (0: any).")]
+PortOpt = Annotated[
+    int,
+    typer.Option("--port", min=0, max=65535, help="Port of /health, /stats, /metrics (0: any)."),
+]
 BlocksOpt = Annotated[
     Path | None, typer.Option("--blocks", help="Blockstore folder (default: HOME/blocks).")
 ]
@@ -172,15 +175,32 @@ def miner_start(
     gateway: GatewayOpt = None,
     profile: ProfileOpt = None,
     max_prefetch: Annotated[
-        int, typer.Option(envvar="R3MES_MAX_PREFETCH", help="Tasks prepared ahead.")
+        int,
+        typer.Option(
+            envvar="R3MES_MAX_PREFETCH",
+            min=1,
+            max=64,
+            help="Upcoming tasks whose artifacts are fetched and loaded ahead.",
+        ),
     ] = 2,
-    retries: Annotated[int, typer.Option(help="Retries of network steps (backoff).")] = 3,
-    stake: Annotated[int, typer.Option(help="Credits to lock when registering.")] = 0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries of network steps (backoff; 0: try once).")
+    ] = 3,
+    stake: Annotated[int, typer.Option(min=0, help="Credits to lock when registering.")] = 0,
     cheat: Annotated[
         str | None,
         typer.Option(
             help="TEST/DEMO FAULT INJECTION ONLY: 'random' submits random updates, 'copy' "
             "resubmits another miner's update. Validators reject both and the ledger slashes."
+        ),
+    ] = None,
+    test_pause_after: Annotated[
+        str | None,
+        typer.Option(
+            envvar="R3MES_TEST_PAUSE_AFTER",
+            hidden=True,
+            help="TEST-ONLY FAULT INJECTION: IPFS_UPLOAD or BLOCKCHAIN_SUBMIT; hold each "
+            "mining transaction after that step so a test can kill the miner there.",
         ),
     ] = None,
 ) -> None:
@@ -202,7 +222,16 @@ def miner_start(
         profile=profile,
     )
     policy = RetryPolicy(max_retries=retries, initial_delay=0.5, max_delay=10.0)
-    _run(build_role(launch, cheat=cheat, stake=stake, max_prefetch=max_prefetch, retry=policy))
+    _run(
+        build_role(
+            launch,
+            cheat=cheat,
+            stake=stake,
+            max_prefetch=max_prefetch,
+            retry=policy,
+            pause_after=test_pause_after or None,
+        )
+    )
 
 
 @validator_app.command("start")
@@ -280,8 +309,12 @@ def serving_start(
     blocks: BlocksOpt = None,
     ipfs_url: IpfsOpt = None,
     gateway: GatewayOpt = None,
-    api_port: Annotated[int, typer.Option(help="OpenAI-compatible API port (0: any).")] = 0,
-    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
+    api_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="OpenAI-compatible API port (0: any).")
+    ] = 0,
+    heartbeat: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds between heartbeats.")
+    ] = 10.0,
 ) -> None:
     """Serve chat with the approved base model and adapters; hot-swaps new versions."""
     from r3mes.node.launch import build_role
@@ -405,7 +438,9 @@ def up(
     if result.snapshot is not None:
         console.print(result.snapshot.line(), highlight=False)
     console.print(f"stopped: {result.exit_codes}")
-    if not result.reached:
+    if result.error is not None:
+        Console(stderr=True).print(f"[bold red]error:[/] {result.error}", highlight=False)
+    if not result.ok:
         raise typer.Exit(1)
 
 

@@ -88,6 +88,10 @@ class UpdateStore(Protocol):
         """The content id `put(data)` will return, computed without storing."""
         ...
 
+    def is_pinned(self, cid: str) -> bool:
+        """Whether `cid` is pinned already (then a rollback must not unpin it)."""
+        ...
+
     def put(self, data: bytes) -> str:
         """Store and pin `data`; return its content id."""
         ...
@@ -141,6 +145,7 @@ class AtomicMiningCoordinator:
         config: CoordinatorConfig | None = None,
         sleep: Callable[[float], None] = time.sleep,
         should_stop: Callable[[], bool] = lambda: False,
+        after_step: Callable[[TxState], None] | None = None,
     ) -> None:
         self.journal = journal
         self.trainer = trainer
@@ -151,6 +156,10 @@ class AtomicMiningCoordinator:
         self.config = config or CoordinatorConfig()
         self._sleep = sleep
         self._should_stop = should_stop
+        self._after_step = after_step
+        """TEST-ONLY FAULT INJECTION: called once the upload (IPFS_UPLOAD) and the chain
+        broadcast (BLOCKCHAIN_SUBMIT) are done, before the next state is journaled, so a
+        test can kill the process at exactly that point."""
         self.last_metrics: dict[str, float] = {}
 
     # -- the happy path ---------------------------------------------------------------
@@ -175,14 +184,22 @@ class AtomicMiningCoordinator:
             if update.residual is not None:
                 self.residuals.stage(tx_id, update.residual)
             cid = self.store.cid_for(update.payload)
-            self.journal.advance(tx_id, TxState.IPFS_UPLOAD, cid=cid, digest=update.digest)
+            self.journal.advance(
+                tx_id,
+                TxState.IPFS_UPLOAD,
+                cid=cid,
+                digest=update.digest,
+                cid_preexisting=int(self.store.is_pinned(cid)),
+            )
             stored = self._retry(lambda: self.store.put(update.payload), "upload", upload=True)
             if stored != cid:
                 raise NodeError(f"storage returned CID {stored}, expected {cid}")
+            self._checkpoint(TxState.IPFS_UPLOAD)
             self.journal.advance(tx_id, TxState.BLOCKCHAIN_SUBMIT)
             chain_tx = self._retry(
                 lambda: self._submit_once(task, cid=cid, digest=update.digest), "submit"
             )
+            self._checkpoint(TxState.BLOCKCHAIN_SUBMIT)
             return self._finish(tx_id, task, chain_tx=chain_tx)
         except BaseException as exc:
             error = classify(exc) if isinstance(exc, Exception) else NodeError(repr(exc))
@@ -197,6 +214,10 @@ class AtomicMiningCoordinator:
                 tx_id=tx_id,
                 state=final.state.value,
             ) from exc
+
+    def _checkpoint(self, done: TxState) -> None:
+        if self._after_step is not None:
+            self._after_step(done)
 
     def _submit_once(self, task: MiningTask, *, cid: str, digest: str) -> str:
         existing = self.ledger.find_submission(round_id=task.round_id)
@@ -249,7 +270,9 @@ class AtomicMiningCoordinator:
             TxState.BLOCKCHAIN_SUBMIT,
             TxState.TASK_COMPLETE,
         )
-        if record.cid is not None:
+        if record.cid is not None and record.cid_preexisting:
+            logger.info("tx %s: %s was pinned before this transaction; kept", tx_id, record.cid)
+        elif record.cid is not None:
             self._unpin_quietly(tx_id, record.cid)
         self.residuals.discard(tx_id)
         try:

@@ -7,12 +7,15 @@ through `RoleService.add_routes`.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
+
+from r3mes.node.errors import ServiceError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -49,9 +52,15 @@ class HttpServer:
     def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        # listen now: clients that read the pid file early queue instead of being refused
-        self._sock.listen(128)
+        try:
+            self._sock.bind((host, port))
+            # listen now: clients that read the pid file early queue instead of being refused
+            self._sock.listen(128)
+        except OSError as exc:
+            self._sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ServiceError(f"port {port} is in use; pick another --port or 0") from exc
+            raise ServiceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self.host = host
         self.port: int = self._sock.getsockname()[1]
         self._app = app

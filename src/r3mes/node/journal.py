@@ -72,6 +72,9 @@ class TxRecord:
     attempts: int
     created_at: float
     updated_at: float
+    cid_preexisting: bool = False
+    """The update's CID was already pinned before this transaction stored it, so a
+    rollback (even one after a restart) must leave that pin alone."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -93,7 +96,8 @@ CREATE TABLE IF NOT EXISTS transactions (
     error_kind TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    cid_preexisting INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS transactions_state ON transactions(state);
 CREATE INDEX IF NOT EXISTS transactions_round ON transactions(round_id);
@@ -101,9 +105,11 @@ CREATE INDEX IF NOT EXISTS transactions_round ON transactions(round_id);
 
 _COLUMNS = (
     "tx_id, round_id, task_json, state, cid, digest, chain_tx, error, error_kind, "
-    "attempts, created_at, updated_at"
+    "attempts, created_at, updated_at, cid_preexisting"
 )
-_UPDATABLE = frozenset({"cid", "digest", "chain_tx", "error", "error_kind", "attempts"})
+_UPDATABLE = frozenset(
+    {"cid", "digest", "chain_tx", "error", "error_kind", "attempts", "cid_preexisting"}
+)
 _MAX_TASK_BYTES = 64 * 1024
 
 
@@ -118,6 +124,11 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(transactions)")}
+        if "cid_preexisting" not in columns:  # a journal written before the column existed
+            self._db.execute(
+                "ALTER TABLE transactions ADD COLUMN cid_preexisting INTEGER NOT NULL DEFAULT 0"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -132,9 +143,9 @@ class Journal:
         with self._lock:
             try:
                 self._db.execute(
-                    f"INSERT INTO transactions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO transactions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (tx_id, round_id, task_json, TxState.PENDING.value, None, None, None)
-                    + (None, None, 0, now, now),
+                    + (None, None, 0, now, now, 0),
                 )
             except sqlite3.IntegrityError as exc:
                 raise ValidationError(f"transaction {tx_id} already exists") from exc
@@ -244,4 +255,5 @@ def _record(row: tuple[Any, ...]) -> TxRecord:
         attempts=int(row[9]),
         created_at=float(row[10]),
         updated_at=float(row[11]),
+        cid_preexisting=bool(row[12]),
     )

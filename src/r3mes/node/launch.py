@@ -56,6 +56,7 @@ def build_role(
     retry: RetryPolicy | None = None,
     api_port: int = 0,
     heartbeat_s: float = 10.0,
+    pause_after: str | None = None,
 ) -> RoleService:
     """Load the key and assemble the role service (nothing runs yet)."""
     from r3mes.chain.errors import KeystoreError
@@ -110,6 +111,7 @@ def build_role(
                 stake=stake,
                 upload_retry=policy,
                 submit_retry=policy,
+                pause_after=pause_after,
             ),
             key=key,
             store=store,

@@ -10,6 +10,7 @@ residual always equals the one validators replay.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PAUSE_POINTS = (TxState.IPFS_UPLOAD.value, TxState.BLOCKCHAIN_SUBMIT.value)
+
 
 @dataclass(frozen=True)
 class MinerSettings:
@@ -60,12 +63,21 @@ class MinerSettings:
     """FAULT INJECTION for tests and demos only ("random" or "copy")."""
     stake: int = 0
     """Credits locked when registering; slashing burns from it."""
+    pause_after: str | None = None
+    """TEST-ONLY FAULT INJECTION (R3MES_TEST_PAUSE_AFTER): "IPFS_UPLOAD" or
+    "BLOCKCHAIN_SUBMIT". Once that step of a mining transaction is done, the miner writes
+    `paused-after-<STATE>` in its state folder and waits until stopped, so a test can
+    SIGKILL it at exactly that point."""
     upload_retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         if self.service.role != "miner":
             raise ValidationError("MinerSettings.service.role must be 'miner'")
+        if self.pause_after not in (None, *PAUSE_POINTS):
+            raise ValidationError(
+                f"R3MES_TEST_PAUSE_AFTER must be one of {PAUSE_POINTS}, got {self.pause_after!r}"
+            )
 
 
 class Miner(RoleService):
@@ -122,6 +134,7 @@ class Miner(RoleService):
                 promote_residual_on_commit=False,
             ),
             should_stop=self.stop_event.is_set,
+            after_step=self._pause_for_test if settings.pause_after else None,
         )
         self._tx_total = Counter(
             "r3mes_miner_transactions",
@@ -156,6 +169,15 @@ class Miner(RoleService):
         self.pool.close()
         self.journal.close()
         self.client.close()
+
+    def _pause_for_test(self, done: TxState) -> None:
+        """TEST-ONLY FAULT INJECTION: hold the transaction right after step `done`."""
+        if done.value != self.settings.pause_after:
+            return
+        marker = self.config.state_dir / f"paused-after-{done.value}"
+        marker.write_text(str(os.getpid()))
+        logger.warning("TEST FAULT INJECTION: paused after %s until stopped", done.value)
+        self.stop_event.wait()
 
     def _endpoint(self) -> str:
         return f"http://{self.config.host}:{self.port or 0}"

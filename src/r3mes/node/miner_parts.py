@@ -103,32 +103,30 @@ class ChainTaskSource:
 class ContentUpdateStore:
     """`UpdateStore` over a content store (local blockstore or Kubo).
 
-    Content that was already stored before `put` (the same bytes pinned by someone else)
-    is never unpinned by a rollback: the pin is not ours to drop.
+    Whether an update was pinned before it was stored is asked here and recorded in the
+    journal by the coordinator, so a rollback, even after a restart, never drops a pin
+    that someone else (the same bytes from another transaction) holds.
     """
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
-        self._not_ours: set[str] = set()
 
     def cid_for(self, data: bytes) -> str:
         from r3mes.storage.unixfs import compute_cid
 
         return compute_cid(data, cid_version=1)
 
+    def is_pinned(self, cid: str) -> bool:
+        local = getattr(self.store, "local", self.store)  # a TieredStore pins locally first
+        check = getattr(local, "is_pinned", None)
+        return bool(check(cid)) if callable(check) else False
+
     def put(self, data: bytes) -> str:
-        has = getattr(self.store, "has", None)
-        cid = self.cid_for(data)
-        if callable(has) and has(cid):
-            self._not_ours.add(cid)
         return self.store.add_bytes(data, pin=True)
 
     def unpin(self, cid: str) -> None:
         from r3mes.storage.blockstore import NotPinned
 
-        if cid in self._not_ours:
-            logger.info("%s was stored before this transaction; leaving its pin", cid)
-            return
         try:
             self.store.unpin(cid)
         except NotPinned:

@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from r3mes.node.dashboard import Snapshot, collect
-from r3mes.node.errors import ServiceError
+from r3mes.node.errors import ServiceError, ValidationError
 from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.pidfile import pid_path, remove_pid_file, write_pid_file
 from r3mes.node.supervisor import ProcessSpec, Supervisor
@@ -41,6 +42,17 @@ class UpOptions:
     """Give up (exit 1) after the ledger advanced this many rounds without reaching
     `rounds` new versions."""
     poll_s: float = 1.0
+    """Seconds between dashboard snapshots."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.chain_port <= 65535:
+            raise ValidationError(f"--chain-port must be in [0, 65535], got {self.chain_port}")
+        if self.rounds is not None and not 1 <= self.rounds <= 100_000:
+            raise ValidationError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.max_rounds is not None and self.max_rounds < 1:
+            raise ValidationError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        if not 0 < self.poll_s <= 60:
+            raise ValidationError(f"poll_s must be in (0, 60], got {self.poll_s}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,12 @@ class UpResult:
     reached: bool
     """True when `rounds` proposals happened (or no target was set)."""
     exit_codes: dict[str, int]
+    error: str | None = None
+    """Why the network stopped by itself (the ledger or every role process died)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.reached and self.error is None
 
 
 def _free_port() -> int:
@@ -137,6 +155,8 @@ def run_network(
     reported: set[str] = set()
     first_version: int | None = None
     first_round: int | None = None
+    roles: set[str] = set()
+    error: str | None = None
     try:
         supervisor.spawn(
             ProcessSpec(
@@ -160,9 +180,14 @@ def run_network(
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S)
         for process in role_processes(spec, chain_url=chain_url):
             supervisor.spawn(process)
+            roles.add(process.name)
         miners = {n: a for n, a in addresses.items() if n.startswith(("miner-", "cheater-"))}
         with BlockchainClient(chain_url, retries=1, timeout_s=5.0) as client:
             while not stop.is_set():
+                error = check_children(supervisor, roles, reported, logs=spec.home.logs)
+                if error is not None:
+                    logger.error("stopping: %s", error)
+                    break
                 try:
                     snapshot = collect(client, home=spec.home, miners=miners)
                 except ClientError as exc:
@@ -192,12 +217,25 @@ def run_network(
                         options.rounds,
                     )
                     break
-                for name, code in supervisor.exited():
-                    if name not in reported:
-                        reported.add(name)
-                        logger.error("%s exited (code %d); see %s", name, code, spec.home.logs)
                 stop.wait(options.poll_s)
     finally:
         codes = supervisor.stop_all(timeout=60.0)
         remove_pid_file(up_pid)
-    return UpResult(snapshot=snapshot, reached=reached, exit_codes=codes)
+    return UpResult(snapshot=snapshot, reached=reached, exit_codes=codes, error=error)
+
+
+def check_children(
+    supervisor: Supervisor, roles: set[str], reported: set[str], *, logs: Path
+) -> str | None:
+    """Log newly exited children; an error once the ledger or every role process is gone."""
+    dead = dict(supervisor.exited())
+    for name, code in dead.items():
+        if name not in reported:
+            reported.add(name)
+            logger.error("%s exited (code %d); see %s", name, code, logs)
+    if "devnet" in dead:
+        return f"the devnet ledger exited (code {dead['devnet']}); see {logs / 'devnet.out'}"
+    if roles and roles <= dead.keys():
+        codes = ", ".join(f"{name} {dead[name]}" for name in sorted(roles))
+        return f"every role process exited ({codes}); see the logs in {logs}"
+    return None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r3mes.node.errors import ValidationError
+from r3mes.node.miner_parts import CHEATS
 from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
 from r3mes.work.task import HyperParams
@@ -61,6 +62,15 @@ class NetworkSpec:
             raise ValidationError("--round-blocks must be at least 4")
         if not 0 <= self.difficulty <= 32:
             raise ValidationError("--difficulty must be in [0, 32]")
+        if not 0 < self.block_interval <= 600:
+            raise ValidationError(
+                f"--block-interval must be in (0, 600] seconds, got {self.block_interval}"
+            )
+        for cheat in self.cheaters:
+            if cheat not in CHEATS:
+                raise ValidationError(f"--cheat must be one of {CHEATS}, got {cheat!r}")
+        if self.ipfs_url is not None:
+            _check_http_url(self.ipfs_url, "--ipfs-url")
         if self.base_model not in ("shipped", "tiny"):
             raise ValidationError("--base-model must be 'shipped' or 'tiny'")
         if self.miners + len(self.cheaters) > self.shards:
@@ -74,6 +84,20 @@ class NetworkSpec:
         if self.serving:
             out.append(("serving", "serving-1"))
         return out
+
+
+def _check_http_url(url: str, flag: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
+    except ValueError as exc:
+        raise ValidationError(f"{flag} {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(
+            f"{flag} must be an http(s) URL like http://127.0.0.1:5001, got {url!r}"
+        )
 
 
 def passphrase(home: Home) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from r3mes.node.errors import RetryableError, classify
+from r3mes.node.errors import RetryableError, ValidationError, classify
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+            raise ValidationError(f"retries must be >= 0 (0 = try once), got {self.max_retries}")
         if self.initial_delay < 0 or self.max_delay < 0:
-            raise ValueError("retry delays must be >= 0")
+            raise ValidationError("retry delays must be >= 0")
         if self.backoff_factor < 1.0:
-            raise ValueError("backoff_factor must be >= 1.0")
+            raise ValidationError("backoff_factor must be >= 1.0")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based)."""
