@@ -1,9 +1,16 @@
 """Local blockstore throughput and CID cost, each against a plain baseline in the same run.
 
-Figures (one JSON object per line):
-- blockstore_add_mb_s: `Blockstore.add_bytes` vs writing the same bytes to one file (fsync'd)
-- blockstore_verified_read_mb_s: `Blockstore.get_bytes` (every block hashed) vs reading that file
+Figures (one JSON object per line; value and baseline are medians over the repeats):
+- blockstore_add_mb_s: `Blockstore.add_file` (chunk, hash, one file per block, flushed to
+  disk, pinned) vs `shutil.copyfile` of the same file plus fsync of the copy
+- blockstore_verified_read_mb_s: `Blockstore.cat_to_file` (every block hashed against its
+  CID, written atomically and fsync'd) vs the same copy of a plain file
 - cid_compute_mb_s: `compute_cid` (CIDv1, balanced DAG) vs one `hashlib.sha256` over the bytes
+
+Each figure and its baseline run alternately, repeat by repeat (the host is shared and its load
+drifts). Goals apply to the ratios; their basis is the lowest ratio seen over 10 runs on a
+shared, loaded 2-core VM, less about a third (docs/benchmarks.md has the ranges): a blockstore
+writes one file per 256 KiB block and hashes every byte, `copyfile` is one in-kernel copy.
 
 Run: .venv/bin/python -m benchmarks.storage [--quick]
 """
@@ -14,6 +21,8 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,18 +31,29 @@ from pathlib import Path
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.unixfs import compute_cid
 
-
-def best_seconds(action: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
-    return best
+GOALS = {
+    "blockstore_add_mb_s": ">= 0.12",
+    "blockstore_verified_read_mb_s": ">= 0.25",
+    "cid_compute_mb_s": ">= 0.8",
+}
 
 
-def emit(figure: str, value: float, baseline: float, goal: str) -> None:
-    print(
+def paired_medians(
+    action: Callable[[int], object], baseline: Callable[[int], object], repeats: int
+) -> tuple[float, float]:
+    """Median wall times of `action(i)` and `baseline(i)`, run alternately so that both see
+    the same machine load (the host is shared; load drifts within seconds)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        for run, out in ((action, times[0]), (baseline, times[1])):
+            start = time.perf_counter()
+            run(i)
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def emit(figure: str, value: float, baseline: float) -> None:
+    print(  # noqa: T201 - a benchmark's output is its JSON lines
         json.dumps(
             {
                 "figure": figure,
@@ -41,53 +61,59 @@ def emit(figure: str, value: float, baseline: float, goal: str) -> None:
                 "unit": "MB/s",
                 "baseline": round(baseline, 1),
                 "ratio": round(value / baseline, 3),
-                "goal": goal,
+                "goal": GOALS[figure],
             }
         )
     )
 
 
+def copy_fsynced(src: Path, dst: Path) -> None:
+    """The plain baseline: copy a file and make the copy durable."""
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="32 MiB, 2 repeats (< 1 minute)")
+    parser.add_argument("--quick", action="store_true", help="32 MiB, 7 repeats (< 1 minute)")
     args = parser.parse_args()
-    size = (32 if args.quick else 256) * 1024 * 1024
-    repeats = 2 if args.quick else 3
+    size = (32 if args.quick else 128) * 1024 * 1024
+    repeats = 7 if args.quick else 9
     data = os.urandom(size)
     mb = size / 1e6
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        counter = iter(range(1000))
+        src = root / "source.bin"
+        src.write_bytes(data)
 
-        def add() -> None:
-            Blockstore(root / f"bs{next(counter)}").add_bytes(data)
+        def add(i: int) -> None:
+            Blockstore(root / f"bs{i}").add_file(src)
 
-        def plain_write() -> None:
-            path = root / f"plain{next(counter)}"
-            with path.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+        def plain_copy(i: int) -> None:
+            copy_fsynced(src, root / f"copy{i}")
 
-        emit(
-            "blockstore_add_mb_s",
-            mb / best_seconds(add, repeats),
-            mb / best_seconds(plain_write, repeats),
-            ">= 0.3",
-        )
+        add_s, copy_s = paired_medians(add, plain_copy, repeats)
+        emit("blockstore_add_mb_s", mb / add_s, mb / copy_s)
+        for i in range(repeats):
+            shutil.rmtree(root / f"bs{i}", ignore_errors=True)
+            (root / f"copy{i}").unlink(missing_ok=True)
 
         store = Blockstore(root / "read")
         cid = store.add_bytes(data)
-        plain = root / "plain-read"
-        plain.write_bytes(data)
-        read = best_seconds(lambda: store.get_bytes(cid, max_size=size), repeats)
-        copy = best_seconds(plain.read_bytes, repeats)
-        emit("blockstore_verified_read_mb_s", mb / read, mb / copy, ">= 0.2")
+        read_s, copy_s = paired_medians(
+            lambda i: store.cat_to_file(cid, root / f"out{i}"), plain_copy, repeats
+        )
+        emit("blockstore_verified_read_mb_s", mb / read_s, mb / copy_s)
 
-    cid_s = best_seconds(lambda: compute_cid(data), repeats)
-    sha_s = best_seconds(lambda: hashlib.sha256(data).digest(), repeats)
-    emit("cid_compute_mb_s", mb / cid_s, mb / sha_s, ">= 0.5")
+    cid_s, sha_s = paired_medians(
+        lambda _: compute_cid(data), lambda _: hashlib.sha256(data).digest(), repeats
+    )
+    emit("cid_compute_mb_s", mb / cid_s, mb / sha_s)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ from r3mes.registry.records import ArtifactRecord
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.errors import RemoteError, StorageWriteError
 from r3mes.storage.kubo import KuboClient, RetryPolicy
+from r3mes.storage.tempfiles import TEMP_PREFIX
 from r3mes.storage.unixfs import compute_cid
 
 _path = Path(__file__).parent.parent / "storage" / "kubo_server.py"
@@ -54,7 +59,7 @@ def record_for(data: bytes, *, kind: str = "dataset", sha: str | None = None) ->
 def test_local_blockstore_first(tmp_path: Path) -> None:
     store = Blockstore(tmp_path / "blocks")
     store.add_bytes(PAYLOAD)
-    manager = DownloadManager([BlockstoreFetcher(store)], retry=FAST, progress=True)
+    manager = DownloadManager([BlockstoreFetcher(store)], progress=True)
     dest = manager.download(record_for(PAYLOAD), tmp_path / "out" / "a.bin")
     assert dest.read_bytes() == PAYLOAD
 
@@ -73,7 +78,6 @@ def test_wrong_bytes_from_one_source_fall_through_to_next(tmp_path: Path) -> Non
                 IpfsFetcher(KuboClient(bad_url, timeout=5, retry=FAST), "bad kubo"),
                 IpfsFetcher(KuboClient.gateway(good_url, timeout=5, retry=FAST), "gateway"),
             ],
-            retry=FAST,
             cache=empty_local,
         )
         dest = manager.download(record_for(PAYLOAD), tmp_path / "out.bin")
@@ -86,34 +90,90 @@ def test_sha256_mismatch_everywhere_fails_with_reasons(tmp_path: Path) -> None:
     store = Blockstore(tmp_path / "blocks")
     store.add_bytes(PAYLOAD)
     record = record_for(PAYLOAD, sha="0" * 64)
-    manager = DownloadManager([BlockstoreFetcher(store), HuggingFaceFetcher()], retry=FAST)
+    manager = DownloadManager([BlockstoreFetcher(store), HuggingFaceFetcher()])
     dest = tmp_path / "out.bin"
     with pytest.raises(DownloadFailed) as info:
         manager.download(record, dest)
     assert "local blockstore: wrong bytes" in str(info.value)
     assert "Hugging Face: not available" in str(info.value)
     assert not dest.exists()
-    assert list(tmp_path.glob(".tmp-*")) == []
+    assert list(tmp_path.glob(f"{TEMP_PREFIX}*")) == []
 
 
-def test_transient_errors_are_retried_with_backoff(tmp_path: Path) -> None:
-    calls: list[int] = []
-    sleeps: list[float] = []
+def test_a_failing_source_is_tried_once_then_the_next_one(tmp_path: Path) -> None:
+    """Retries belong to the network client; the manager moves on instead of multiplying them."""
+    calls: list[str] = []
 
-    class Flaky:
-        name = "flaky"
+    class Down:
+        name = "down"
 
-        def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: object = None) -> None:
-            calls.append(1)
-            if len(calls) < 3:
-                raise RemoteError("http://x", "connection reset")
+        def fetch(
+            self, record: ArtifactRecord, dest: Path, on_bytes: object = None, **_: object
+        ) -> None:
+            calls.append("down")
+            raise RemoteError("http://x", "connection reset")
+
+    class Good:
+        name = "good"
+
+        def fetch(
+            self, record: ArtifactRecord, dest: Path, on_bytes: object = None, **_: object
+        ) -> None:
+            calls.append("good")
             dest.write_bytes(PAYLOAD)
 
-    manager = DownloadManager(
-        [Flaky()], retry=RetryPolicy(attempts=3, base_delay=0.5), sleep=sleeps.append
-    )
-    manager.download(record_for(PAYLOAD), tmp_path / "out.bin")
-    assert len(calls) == 3 and sleeps == [0.5, 1.0]
+    manager = DownloadManager([Down(), Good()])
+    assert manager.download(record_for(PAYLOAD), tmp_path / "out.bin").read_bytes() == PAYLOAD
+    assert calls == ["down", "good"]
+
+
+def _silent_server() -> tuple[str, list[socket.socket], Callable[[], None]]:
+    """A server that accepts connections and never answers (Kubo searching the DHT)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    def close() -> None:
+        server.close()
+        for conn in held:
+            conn.close()
+
+    return f"http://127.0.0.1:{server.getsockname()[1]}", held, close
+
+
+def test_an_unresponsive_source_costs_one_retry_loop_and_respects_the_deadline(
+    tmp_path: Path,
+) -> None:
+    url, held, close = _silent_server()
+    try:
+        record = record_for(b"x" * 100)
+        # one layer of retries: the client's 3 tries, not 3 x 3
+        client = KuboClient(url, timeout=0.2, retry=RetryPolicy(attempts=3, base_delay=0.01))
+        start = time.monotonic()
+        with pytest.raises(DownloadFailed, match="gave up after 3 tries"):
+            DownloadManager([IpfsFetcher(client, "kubo")]).download(record, tmp_path / "a")
+        assert len(held) == 3 and time.monotonic() - start < 3.0
+        # the per-source deadline cuts a long retry schedule short
+        patient = KuboClient(url, timeout=0.5, retry=RetryPolicy(attempts=50, base_delay=0.01))
+        manager = DownloadManager([IpfsFetcher(patient, "kubo")], deadline_s=1.0)
+        start = time.monotonic()
+        with pytest.raises(DownloadFailed, match="deadline"):
+            manager.download(record, tmp_path / "b")
+        assert time.monotonic() - start < 2.5
+    finally:
+        close()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_full_disk_is_a_clear_error_and_leaves_nothing(
@@ -133,7 +193,7 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(
 
     monkeypatch.setattr(os, "replace", no_space)
     with pytest.raises(StorageWriteError) as info:
-        DownloadManager([BlockstoreFetcher(store)], retry=FAST).download(record_for(PAYLOAD), dest)
+        DownloadManager([BlockstoreFetcher(store)]).download(record_for(PAYLOAD), dest)
     assert "No space left" in str(info.value)
     assert dest.read_bytes() == b"previous good copy"
     assert [p.name for p in dest.parent.iterdir()] == ["a.bin"]
@@ -152,7 +212,7 @@ def test_sigkill_mid_download_leaves_no_visible_partial_file(tmp_path: Path) -> 
         from r3mes.storage.blockstore import Blockstore
 
         class Slow(BlockstoreFetcher):
-            def fetch(self, record, dest, on_bytes=None):
+            def fetch(self, record, dest, on_bytes=None, *, deadline=None):
                 with dest.open("wb") as handle:
                     for piece in self.store.open_stream(record.cid):
                         handle.write(piece)
@@ -173,7 +233,13 @@ def test_sigkill_mid_download_leaves_no_visible_partial_file(tmp_path: Path) -> 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert not dest.exists()
-    assert all(p.name.startswith(".tmp-") for p in dest.parent.iterdir())
+    leftovers = list(dest.parent.iterdir())
+    assert leftovers and all(p.name.startswith(TEMP_PREFIX) for p in leftovers)
+    # once stale, the next download into that folder deletes them
+    for leftover in leftovers:
+        os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    DownloadManager([BlockstoreFetcher(Blockstore(node))]).download(record_for(PAYLOAD), dest)
+    assert [p.name for p in dest.parent.iterdir()] == ["artifact.bin"]
 
 
 def test_fetchers_report_progress_bytes(tmp_path: Path) -> None:
@@ -190,31 +256,70 @@ def test_fetchers_report_progress_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "b").read_bytes() == PAYLOAD
 
 
-def test_hugging_face_source_optional_and_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    record = ArtifactRecord(
+class FakeHub:
+    """Stands in for the Hugging Face Hub (an external service tests cannot reach)."""
+
+    def __init__(self, *, listed: int | None, body: bytes, endless: bool = False) -> None:
+        self.listed = listed
+        self.body = body
+        self.endless = endless
+        self.opened: list[str] = []
+        self.served = 0
+
+    def size(self, *, repo: str, filename: str, revision: str | None) -> int | None:
+        return self.listed
+
+    @contextlib.contextmanager
+    def open(
+        self, *, repo: str, filename: str, revision: str | None, timeout: float
+    ) -> Iterator[Iterator[bytes]]:
+        self.opened.append(f"{repo}/{filename}")
+
+        def pieces() -> Iterator[bytes]:
+            while True:
+                for i in range(0, len(self.body), 65536):
+                    self.served += len(self.body[i : i + 65536])
+                    yield self.body[i : i + 65536]
+                if not self.endless:
+                    return
+
+        yield pieces()
+
+
+def _hf_record() -> ArtifactRecord:
+    return ArtifactRecord(
         **{**record_for(PAYLOAD).to_dict(), "hf_repo": "org/repo", "target_modules": ()}
     )
+
+
+def test_hugging_face_not_installed_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
-    manager = DownloadManager([HuggingFaceFetcher()], retry=FAST)
+    manager = DownloadManager([HuggingFaceFetcher()])
     with pytest.raises(DownloadFailed, match="Hugging Face: not available"):
-        manager.download(record, tmp_path / "x")
+        manager.download(_hf_record(), tmp_path / "x")
 
-    import types
 
-    calls: list[dict[str, object]] = []
+def test_hugging_face_download_checked_and_size_capped(tmp_path: Path) -> None:
+    record = _hf_record()
+    good = FakeHub(listed=len(PAYLOAD), body=PAYLOAD)
+    seen: list[int] = []
+    fetcher = HuggingFaceFetcher(hub=good)
+    fetcher.fetch(record, tmp_path / "direct", seen.append)
+    assert sum(seen) == len(PAYLOAD)
+    assert DownloadManager([fetcher]).download(record, tmp_path / "y").read_bytes() == PAYLOAD
+    assert good.opened[0] == "org/repo/datasets/ds/1"
 
-    def fake_download(**kw: object) -> str:
-        calls.append(kw)
-        path = Path(str(kw["local_dir"])) / str(kw["filename"])
-        path.parent.mkdir(parents=True)
-        path.write_bytes(PAYLOAD)
-        return str(path)
+    # the repo lists another size: refused before a byte is fetched
+    bigger = FakeHub(listed=len(PAYLOAD) * 100, body=PAYLOAD)
+    with pytest.raises(DownloadFailed, match="lists 60000000 bytes"):
+        DownloadManager([HuggingFaceFetcher(hub=bigger)]).download(record, tmp_path / "z")
+    assert bigger.opened == []
 
-    monkeypatch.setitem(
-        sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=fake_download)
-    )
-    assert manager.download(record, tmp_path / "y").read_bytes() == PAYLOAD
-    assert calls[0]["repo_id"] == "org/repo" and calls[0]["filename"] == "datasets/ds/1"
-    assert not any(p.name.startswith(".hf-") for p in tmp_path.iterdir())
+    # the metadata lies (or lists nothing) and the file never ends: stopped just past the size
+    endless = FakeHub(listed=None, body=PAYLOAD, endless=True)
+    with pytest.raises(DownloadFailed, match="more than the approved"):
+        DownloadManager([HuggingFaceFetcher(hub=endless)]).download(record, tmp_path / "w")
+    assert len(PAYLOAD) < endless.served <= len(PAYLOAD) + 65536
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "y"]

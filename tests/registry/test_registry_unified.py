@@ -3,7 +3,10 @@ dataset streaming and all-or-nothing `ensure_ready_atomic`."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +15,15 @@ import pytest
 from r3mes.paths import Home
 from r3mes.registry.bundle import pack_dir
 from r3mes.registry.download import BlockstoreFetcher, DownloadManager
-from r3mes.registry.errors import AdapterConflict, IncompatibleAdapter, RegistryError
+from r3mes.registry.errors import (
+    AdapterConflict,
+    ArtifactNotFound,
+    IncompatibleAdapter,
+    RegistryError,
+)
 from r3mes.registry.unified import UnifiedRegistry
 from r3mes.storage.blockstore import Blockstore
-from r3mes.storage.kubo import RetryPolicy
+from r3mes.storage.errors import StorageWriteError
 
 
 class FakeChain:
@@ -102,7 +110,7 @@ def world(tmp_path: Path) -> tuple[UnifiedRegistry, FakeChain, Blockstore]:
             "size": 1,
         },
     ]
-    manager = DownloadManager([BlockstoreFetcher(store)], retry=RetryPolicy(attempts=1))
+    manager = DownloadManager([BlockstoreFetcher(store)])
     registry = UnifiedRegistry(home=Home(tmp_path / "home"), downloader=manager, source=chain)
     return registry, chain, store
 
@@ -202,3 +210,102 @@ def test_without_sync_or_chain_errors_are_clear(tmp_path: Path) -> None:
         registry.models.sync_from_chain()
     result = registry.ensure_ready_atomic()
     assert not result.success and "sync" in result.error_message
+
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Fault injection: renaming onto `name` fails as on a read-only filesystem (a chmod
+    would not stop root, which runs the tests in CI)."""
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == name:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_ensure_ready_atomic_read_only_cache_rolls_back(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, _, _ = world
+    registry.sync_all()
+    active_file = registry.local.home.cache / "active-adapters.json"
+    active_file.write_text("{}")
+    _read_only(monkeypatch, "active-adapters.json")
+    result = registry.ensure_ready_atomic(required_adapters=["coder"], require_dataset="chat")
+    assert not result.success
+    assert "active-adapters.json" in result.error_message
+    assert "Read-only file system" in result.error_message
+    for kind in ("models", "adapters", "datasets"):
+        folder = getattr(registry.local.home, kind)
+        assert [p for p in folder.rglob("*") if p.is_file()] == []
+    assert active_file.read_text() == "{}"
+    assert [p.name for p in registry.local.home.cache.iterdir() if "tmp" in p.name] == []
+
+
+def test_ensure_ready_atomic_unreadable_active_list_is_a_result(world: Any) -> None:
+    registry, _, _ = world
+    registry.sync_all()
+    (registry.local.home.cache / "active-adapters.json").mkdir()
+    result = registry.ensure_ready_atomic(required_adapters=["coder"])
+    assert not result.success and "active-adapters.json" in result.error_message
+    assert not registry.models.path(registry.models.get("bitnet-tiny")).exists()
+
+
+def test_sync_into_unwritable_cache_is_a_clear_error_and_all_or_nothing(
+    world: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    registry, chain, store = world
+    registry.sync_all()
+    cache = registry.local.home.cache
+    before = {p.name: p.read_text() for p in cache.glob("registry-*.json")}
+    chain.entries.append(
+        _entry(store, b"new data", id="fresh", kind="dataset", version="1", approved_height=9)
+    )
+    chain.entries.append(
+        _entry(
+            store,
+            _bundle(tmp_path, "m2", b"N" * 10),
+            id="other",
+            kind="model",
+            version="1",
+        )
+    )
+    _read_only(monkeypatch, "registry-adapter.json")  # the last of the three lists
+    with pytest.raises(StorageWriteError, match="registry-adapter.json"):
+        registry.sync_all()
+    after = {p.name: p.read_text() for p in cache.glob("registry-*.json")}
+    assert after == before  # the model and dataset lists were put back
+    monkeypatch.undo()
+    # a file where the cache folder should be: the single-kind sync names the path too
+    for p in cache.iterdir():
+        p.unlink()
+    cache.rmdir()
+    cache.write_text("not a folder")
+    with pytest.raises(StorageWriteError, match="registry-model.json"):
+        registry.models.sync_from_chain()
+
+
+def test_ensure_ready_atomic_re_hashes_adapters_and_datasets(world: Any) -> None:
+    registry, _, _ = world
+    registry.sync_all()
+    assert registry.ensure_ready_atomic(required_adapters=["coder"], require_dataset="chat").success
+    coder = registry.adapters.get("coder")
+    weights = registry.adapters.path(coder) / "weights.safetensors"
+    weights.write_bytes(b"tampered")
+    trusted = registry.ensure_ready_atomic(required_adapters=["coder"], verify=())
+    assert trusted.success and trusted.downloaded == ()
+    assert weights.read_bytes() == b"tampered"
+    checked = registry.ensure_ready_atomic(required_adapters=["coder"], require_dataset="chat")
+    assert checked.success and checked.downloaded == (coder.ref,)
+    assert weights.read_bytes() == b"B" * 300 and registry.adapters.verify("coder")
+
+
+def test_find_names_every_kind_when_nothing_matches(world: Any) -> None:
+    registry, _, _ = world
+    registry.sync_all()
+    with pytest.raises(ArtifactNotFound, match="no approved artifact 'nothing'"):
+        registry.find("nothing")
+    assert registry.find("chat").kind == "dataset"
+    assert json.loads((registry.local.home.cache / "registry-dataset.json").read_text())

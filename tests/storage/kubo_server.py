@@ -1,14 +1,23 @@
 """A small real HTTP server speaking the slice of Kubo's RPC API and gateway R3MES uses.
 
-Backed by a `Blockstore`, on 127.0.0.1 with an ephemeral port. `mode` makes it misbehave:
-"good", "wrong-bytes" (flips one byte of every answer), "flaky" (first `fail_times`
-requests answer 503), "down-api" (RPC answers 500 forever; gateway still works).
+Backed by a `Blockstore`, on 127.0.0.1 with an ephemeral port. Like Kubo: errors are HTTP 500
+with `{"Message", "Code": 0, "Type": "error"}`; a CID the node does not have is not an error
+but a search that never ends, so `cat` and the gateway hold the request open until the client
+gives up (or `missing_block_s` passes: then 500 / 504, as Kubo's own timeouts answer).
+
+`mode` makes it misbehave: "good", "wrong-bytes" (flips one byte of every answer), "flaky"
+(first `fail_times` requests answer 503), "down-api" (RPC answers 500 forever; gateway still
+works), "redirect" (the gateway answers 301 to a subdomain gateway, as Kubo does for
+`/ipfs/CID` on `localhost` with subdomain gateways enabled).
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from r3mes.storage.blockstore import Blockstore, NotPinned
-from r3mes.storage.errors import StorageError
+from r3mes.storage.errors import BlockNotFound, StorageError
 
 
 @dataclass
@@ -25,7 +34,14 @@ class ServerState:
     store: Blockstore
     mode: str = "good"
     fail_times: int = 0
+    missing_block_s: float = 60.0
     requests: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def kubo_error(message: str) -> bytes:
+    """Kubo's error body."""
+    return json.dumps({"Message": message, "Code": 0, "Type": "error"}).encode()
 
 
 def _multipart_file(body: bytes, content_type: str) -> bytes:
@@ -55,23 +71,54 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
             state.requests.append(self.path)
             if state.mode == "flaky" and state.fail_times > 0:
                 state.fail_times -= 1
-                self._send(503, b'{"Message":"busy"}')
+                self._send(503, kubo_error("busy"))
                 return True
             return False
+
+        def _hold_until_client_leaves(self) -> bool:
+            """Kubo searching the network for a block nobody has; True if the client left."""
+            end = time.monotonic() + state.missing_block_s
+            while time.monotonic() < end and not state.stopping.is_set():
+                readable, _, _ = select.select([self.connection], [], [], 0.05)
+                if readable:
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            return True
+                    except OSError:
+                        return True
+            return False
+
+        def _read(self, cid: str) -> bytes | None:
+            """The content, or None once the request was answered (missing: held first)."""
+            try:
+                return state.store.get_bytes(cid)
+            except BlockNotFound:
+                if not self._hold_until_client_leaves():
+                    self._send(504 if self.command == "GET" else 500, kubo_error("timed out"))
+                self.close_connection = True
+            except StorageError as exc:
+                self._send(500, kubo_error(str(exc)))
+            return None
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             if self._flaky():
                 return
             path = urlparse(self.path).path
             if not path.startswith("/ipfs/"):
-                self._send(404, b"not found", "text/plain")
+                self._send(404, b"404 page not found", "text/plain")
                 return
-            try:
-                data = state.store.get_bytes(path[len("/ipfs/") :])
-            except StorageError:
-                self._send(404, b"not found", "text/plain")
+            cid = path[len("/ipfs/") :]
+            if state.mode == "redirect":
+                body = b"<a href='/'>Moved Permanently</a>."
+                self.send_response(301)
+                self.send_header("Location", f"http://{cid}.ipfs.localhost:8080/")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
                 return
-            self._send(200, data, "application/octet-stream")
+            data = self._read(cid)
+            if data is not None:
+                self._send(200, data, "application/octet-stream")
 
         def do_POST(self) -> None:  # noqa: N802 - http.server API
             if self._flaky():
@@ -81,14 +128,14 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length) if length else b""
             if state.mode == "down-api":
-                self._send(500, b'{"Message":"down"}')
+                self._send(500, kubo_error("down"))
                 return
             try:
                 self._dispatch(url.path, query, body)
             except NotPinned:
-                self._send(500, b'{"Message":"not pinned or pinned indirectly"}')
+                self._send(500, kubo_error("not pinned or pinned indirectly"))
             except StorageError as exc:
-                self._send(500, json.dumps({"Message": str(exc)}).encode())
+                self._send(500, kubo_error(str(exc)))
 
         def _dispatch(self, path: str, query: dict[str, str], body: bytes) -> None:
             if path == "/api/v0/add":
@@ -100,7 +147,9 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 )
                 self._send(200, json.dumps({"Name": "blob", "Hash": cid, "Size": "1"}).encode())
             elif path == "/api/v0/cat":
-                self._send(200, state.store.get_bytes(query["arg"]), "text/plain")
+                data = self._read(query["arg"])
+                if data is not None:
+                    self._send(200, data, "text/plain")
             elif path == "/api/v0/pin/add":
                 state.store.pin(query["arg"])
                 self._send(200, json.dumps({"Pins": [query["arg"]]}).encode())
@@ -108,23 +157,26 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 state.store.unpin(query["arg"])
                 self._send(200, json.dumps({"Pins": [query["arg"]]}).encode())
             else:
-                self._send(404, b'{"Message":"unknown command"}')
+                self._send(404, b"404 page not found", "text/plain")
 
     return Handler
 
 
 @contextmanager
 def kubo_server(
-    root: Path, mode: str = "good", fail_times: int = 0
+    root: Path, mode: str = "good", fail_times: int = 0, missing_block_s: float = 60.0
 ) -> Iterator[tuple[str, ServerState]]:
     """Run the server in a thread; yield (base URL, state)."""
-    state = ServerState(store=Blockstore(root), mode=mode, fail_times=fail_times)
+    state = ServerState(
+        store=Blockstore(root), mode=mode, fail_times=fail_times, missing_block_s=missing_block_s
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", state
     finally:
+        state.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -23,6 +23,7 @@ from r3mes.storage.errors import (
     SizeLimitExceeded,
     StorageWriteError,
 )
+from r3mes.storage.tempfiles import TEMP_PREFIX
 from r3mes.storage.unixfs import compute_cid
 
 BIG = bytes(range(256)) * 4100  # 1,049,600 bytes: 5 leaves
@@ -184,3 +185,51 @@ def test_sigkill_during_cat_leaves_no_partial_file(tmp_path: Path) -> None:
     proc.wait(timeout=10)
     assert not dest.exists()
     assert store.get_bytes(cid) == payload
+
+
+def _age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_stale_temp_files_are_removed_on_open_and_by_gc(tmp_path: Path) -> None:
+    root = tmp_path / "blocks"
+    store = Blockstore(root)
+    cid = store.add_bytes(BIG)
+    stale_tmp = root / "tmp" / f"{TEMP_PREFIX}dead.part"
+    fresh_tmp = root / "tmp" / f"{TEMP_PREFIX}busy.part"
+    shard = next(p for p in (root / "data").iterdir() if p.is_dir())
+    legacy = shard / ".tmp-abc.part"  # what earlier releases left beside the blocks
+    for path in (stale_tmp, fresh_tmp, legacy):
+        path.write_bytes(b"partial")
+    _age(stale_tmp, 3600)
+    _age(legacy, 3600)
+    Blockstore(root)  # opening cleans tmp/
+    assert not stale_tmp.exists() and fresh_tmp.exists() and legacy.exists()
+    stale_pin = root / "pins" / f"{TEMP_PREFIX}pin.part"
+    stale_pin.write_bytes(b"")
+    _age(stale_pin, 3600)
+    result = store.gc()
+    assert result.temp_files == 2 and result.removed == 0
+    assert not legacy.exists() and not stale_pin.exists() and fresh_tmp.exists()
+    assert store.get_bytes(cid) == BIG and store.pins() == [cid]
+
+
+def test_add_writes_blocks_then_flushes_once_before_the_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed flush is a clear error and leaves no pin: the content is not claimed durable."""
+    import r3mes.storage.blockstore as blockstore_module
+
+    def failing_sync(fd: int) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    store = Blockstore(tmp_path / "blocks")
+    monkeypatch.setattr(blockstore_module, "_SYNCFS", failing_sync)
+    with pytest.raises(StorageWriteError, match="Input/output error"):
+        store.add_bytes(BIG)
+    assert store.pins() == []
+    monkeypatch.setattr(blockstore_module, "_SYNCFS", None)  # the per-file fsync fallback
+    cid = store.add_bytes(BIG)
+    assert store.pins() == [cid] and store.verify(cid)
+    assert list((tmp_path / "blocks" / "tmp").iterdir()) == []

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from r3mes.cli.storage import registry_app, storage_app
+from r3mes.paths import Home
+from r3mes.registry.errors import ArtifactNotFound
+from r3mes.storage.blockstore import Blockstore
+from r3mes.storage.tempfiles import TEMP_PREFIX
+
+_spec = importlib.util.spec_from_file_location(
+    "kubo_server", Path(__file__).with_name("kubo_server.py")
+)
+assert _spec and _spec.loader
+kubo_server_mod = importlib.util.module_from_spec(_spec)
+sys.modules["kubo_server"] = kubo_server_mod
+_spec.loader.exec_module(kubo_server_mod)
+kubo_server = kubo_server_mod.kubo_server
 
 runner = CliRunner()
 
@@ -55,3 +72,45 @@ def test_registry_list_empty_home(tmp_path: Path) -> None:
     result = runner.invoke(registry_app, ["list", "--home", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "kind" in result.output
+
+
+def test_get_falls_back_when_the_local_copy_is_damaged_and_repairs_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    data = bytes(range(256)) * 3000
+    with kubo_server(tmp_path / "kubo") as (url, state):
+        cid = state.store.add_bytes(data)
+        local = Blockstore(Home(home).blocks)
+        assert local.add_bytes(data) == cid
+        leaf = next((Home(home).blocks / "data").rglob("bafkrei*"))
+        leaf.write_bytes(b"rotten")
+        out = tmp_path / "dl"
+        out.mkdir()
+        stale = out / f"{TEMP_PREFIX}killed.part"  # left by a `get` that was killed
+        stale.write_bytes(b"partial")
+        past = time.time() - 3600
+        os.utime(stale, (past, past))
+        dest = out / "copy.bin"
+        got = runner.invoke(
+            storage_app, ["get", cid, "-o", str(dest), "--home", str(home), "--gateway", url]
+        )
+        assert got.exit_code == 0, got.output
+        assert dest.read_bytes() == data
+        assert local.verify(cid)
+        assert sorted(p.name for p in out.iterdir()) == ["copy.bin"]
+        # without a remote, the damage is an error and nothing is written
+        leaf.write_bytes(b"rotten")
+        again = runner.invoke(storage_app, ["get", cid, "-o", str(out / "b"), "--home", str(home)])
+        assert again.exit_code != 0 and not (out / "b").exists()
+
+
+def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
+    home = ["--home", str(tmp_path)]
+    bogus = runner.invoke(registry_app, ["list", "--kind", "bogus", *home])
+    assert bogus.exit_code == 2
+    assert all(word in bogus.output for word in ("bogus", "'model'", "'dataset'", "'adapter'"))
+    pulled = runner.invoke(registry_app, ["pull", "nothing", *home])
+    assert isinstance(pulled.exception, ArtifactNotFound)
+    assert "no approved artifact 'nothing'" in str(pulled.exception)
+    cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    gw = runner.invoke(storage_app, ["get", cid, "--gateway", "ftp://x", *home])
+    assert "IPFS gateway URL 'ftp://x'" in str(gw.exception)

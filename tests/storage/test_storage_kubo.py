@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +111,105 @@ def test_add_file_streams_large_file(tmp_path: Path) -> None:
         cid = client.add_file(src, cid_version=0)
         assert cid == compute_cid(DATA * 3, cid_version=0)
         assert state.store.get_bytes(cid) == DATA * 3
+
+
+def test_kubo_500_is_final_and_reports_kubos_message(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "node") as (url, state), _client(url) as client:
+        with pytest.raises(RemoteError) as info:
+            client.unpin(compute_cid(b"never pinned"))
+        assert len(state.requests) == 1  # not retried
+        assert info.value.status == 500
+        assert "not pinned or pinned indirectly" in str(info.value)
+
+
+def test_only_502_503_504_and_transport_errors_are_retried(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "node", mode="flaky", fail_times=2) as (url, state):
+        cid = _client(url).add_bytes(DATA)  # two 503s, then success
+        assert len(state.requests) == 3 and cid == compute_cid(DATA)
+    with kubo_server(tmp_path / "node2", mode="down-api") as (url, state):
+        with pytest.raises(RemoteError, match="HTTP 500: down"):
+            _client(url).add_bytes(DATA)
+        assert len(state.requests) == 1
+
+
+def test_redirecting_gateway_is_a_clear_error(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "node", mode="redirect") as (url, state):
+        cid = state.store.add_bytes(DATA)
+        with KuboClient.gateway(url, timeout=5.0, retry=FAST) as gateway:
+            with pytest.raises(RemoteError) as info:
+                gateway.get_bytes(cid)
+            dest = tmp_path / "out.bin"
+            with pytest.raises(RemoteError):
+                gateway.cat_to_file(cid, dest)
+        assert f"redirected to http://{cid}.ipfs.localhost:8080/" in str(info.value)
+        assert "use a path gateway" in str(info.value)
+        assert len(state.requests) == 2 and not dest.exists()
+
+
+def test_missing_cid_holds_until_the_client_gives_up(tmp_path: Path) -> None:
+    absent = compute_cid(b"nobody has this")
+    with kubo_server(tmp_path / "node") as (url, state):
+        client = KuboClient(url, timeout=0.3, retry=RetryPolicy(attempts=2, base_delay=0.0))
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="gave up after 2 tries"):
+            client.get_bytes(absent)
+        assert 0.5 < time.monotonic() - start < 3.0
+        # an overall deadline bounds even a generous retry policy
+        patient = KuboClient(url, timeout=0.3, retry=RetryPolicy(attempts=100, base_delay=0.0))
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="deadline"):
+            patient.get_bytes(absent, deadline=time.monotonic() + 1.0)
+        assert time.monotonic() - start < 2.0
+        client.close()
+        patient.close()
+    with kubo_server(tmp_path / "node", missing_block_s=0.1) as (url, state):
+        with _client(url, gateway_url=url) as both, pytest.raises(RemoteError, match="504"):
+            both.get_bytes(absent)  # Kubo's own timeout: 500 from cat, 504 from the gateway
+
+
+def test_bad_urls_name_what_they_are() -> None:
+    with pytest.raises(StorageError, match="IPFS API URL 'ftp://x'"):
+        KuboClient("ftp://x")
+    with pytest.raises(StorageError, match="IPFS gateway URL 'ftp://x'"):
+        KuboClient.gateway("ftp://x")
+    with pytest.raises(StorageError, match="IPFS gateway URL 'gw'"):
+        KuboClient("http://127.0.0.1:5001", gateway_url="gw")
+
+
+@pytest.mark.skipif(shutil.which("ipfs") is None, reason="no `ipfs` (Kubo) binary on PATH")
+def test_against_a_real_kubo_node(tmp_path: Path) -> None:
+    """The same calls against a real, offline Kubo daemon (skipped where none is installed)."""
+    env = {**os.environ, "IPFS_PATH": str(tmp_path / "ipfs")}
+    subprocess.run(["ipfs", "init", "--profile=test"], env=env, check=True, capture_output=True)
+    api_port, gw_port = _free_port(), _free_port()
+    for key, value in (
+        ("Addresses.API", f"/ip4/127.0.0.1/tcp/{api_port}"),
+        ("Addresses.Gateway", f"/ip4/127.0.0.1/tcp/{gw_port}"),
+    ):
+        subprocess.run(["ipfs", "config", key, value], env=env, check=True)
+    daemon = subprocess.Popen(
+        ["ipfs", "daemon", "--offline"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert daemon.stdout is not None
+        for line in daemon.stdout:
+            if "Daemon is ready" in line:
+                break
+        api, gw = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{gw_port}"
+        with KuboClient(api, gateway_url=gw, timeout=10.0, retry=FAST) as client:
+            for version in (0, 1):
+                cid = client.add_bytes(DATA * 2, cid_version=version)
+                assert cid == compute_cid(DATA * 2, cid_version=version)
+                assert client.get_bytes(cid) == DATA * 2
+            with pytest.raises(RemoteError) as info:
+                client.unpin(compute_cid(b"never pinned"))
+            assert info.value.status == 500 and "not pinned" in str(info.value)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -91,3 +91,24 @@ def test_gateway_only_store_reads(tmp_path: Path) -> None:
         store = open_store(tmp_path / "local", gateway_url=url)
         assert store.get_bytes(cid) == DATA and store.has(cid)
         store.close()
+
+
+def test_corrupt_local_block_falls_back_to_the_remote_and_is_repaired(tmp_path: Path) -> None:
+    with kubo_server(tmp_path / "kubo") as (url, state):
+        store = _tiered(tmp_path / "local", url)
+        cid = store.add_bytes(DATA)
+        leaf = next((tmp_path / "local" / "data").rglob("bafkrei*"))
+        damaged = bytearray(leaf.read_bytes())
+        damaged[0] ^= 1
+        leaf.write_bytes(bytes(damaged))
+        with pytest.raises(CidMismatch):
+            store.local.get_bytes(cid)
+        before = len(state.requests)
+        assert store.get_bytes(cid) == DATA
+        assert len(state.requests) == before + 1  # one remote read
+        assert store.local.verify(cid) and store.local.is_pinned(cid)
+        assert store.get_bytes(cid) == DATA and len(state.requests) == before + 1
+    # without a remote the damage is reported, never returned
+    leaf.write_bytes(bytes(damaged))
+    with pytest.raises(CidMismatch):
+        TieredStore(Blockstore(tmp_path / "local")).get_bytes(cid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -91,15 +92,19 @@ def get_cmd(
     ipfs_url: IpfsOpt = None,
     gateway: GatewayOpt = None,
 ) -> None:
-    """Write the verified content of CID to a file (default ./CID); local first, then IPFS."""
-    from r3mes.storage.errors import BlockNotFound
+    """Write the verified content of CID to a file (default ./CID): from the local blockstore,
+    else (missing or damaged there) from IPFS, which also repairs a damaged local copy."""
+    from r3mes.storage.errors import BlockNotFound, CidMismatch, MalformedBlock, StorageError
     from r3mes.storage.kubo import KuboClient
+    from r3mes.storage.multiformats import parse_cid
+    from r3mes.storage.tempfiles import remove_stale
 
     dest = output or Path(cid)
+    remove_stale(dest.parent)  # temp files of earlier `get`s that were killed
     store = _blockstore(home)
     try:
         size = store.cat_to_file(cid, dest, max_size=max_size)
-    except BlockNotFound:
+    except (BlockNotFound, CidMismatch, MalformedBlock) as local_error:
         if not (ipfs_url or gateway):
             raise
         if ipfs_url:
@@ -108,6 +113,11 @@ def get_cmd(
             client = KuboClient.gateway(str(gateway))
         with client:
             size = client.cat_to_file(cid, dest, max_size=max_size)
+        if not isinstance(local_error, BlockNotFound):
+            try:  # the remote bytes are verified: rewrite the damaged blocks with them
+                store.add_file(dest, cid_version=parse_cid(cid).version, pin=False)
+            except StorageError as exc:
+                Console(stderr=True).print(f"[yellow]could not repair the local copy:[/] {exc}")
     Console().print(f"wrote {size} bytes to {dest}")
 
 
@@ -176,16 +186,24 @@ def sync_cmd(chain: ChainOpt = "http://127.0.0.1:26657", home: HomeOpt = None) -
             console.print(f"  [yellow]rejected[/] {reason}")
 
 
+class Kind(StrEnum):
+    """Artifact kinds, as `--kind` accepts them."""
+
+    model = "model"
+    dataset = "dataset"
+    adapter = "adapter"
+
+
 @registry_app.command("list")
 def list_cmd(
-    kind: Annotated[str | None, typer.Option(help="model, dataset or adapter.")] = None,
+    kind: Annotated[Kind | None, typer.Option(help="Only this kind.")] = None,
     home: HomeOpt = None,
 ) -> None:
     """List approved artifacts from the last sync and whether each is installed."""
     registry = _registry(home, None, None, None)
     table = Table("kind", "id", "version", "size", "cid", "installed")
     for record in registry.all_records():
-        if kind and record.kind != kind:
+        if kind is not None and record.kind != kind.value:
             continue
         ready = "yes" if registry.local.is_installed(record) else "no"
         table.add_row(record.kind, record.id, record.version, str(record.size), record.cid, ready)

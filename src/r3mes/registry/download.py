@@ -3,9 +3,13 @@
 Sources are tried in order (local blockstore, Kubo, HTTP gateway, Hugging Face when configured).
 Each attempt writes to a temp file beside the destination; the file is renamed into place only
 after its size and SHA-256 match the approved record (and, for IPFS sources, after every block
-matched its CID). Wrong bytes are discarded and the next source is tried; transient network
-failures are retried with exponential backoff; local disk failures stop at once with a clear
-error, leaving nothing half-written.
+matched its CID). Wrong bytes are discarded and the next source is tried; local disk failures
+stop at once with a clear error, leaving nothing half-written.
+
+Retries live in one layer: the network client (`KuboClient` retries transport errors and
+502/503/504 with exponential backoff). The manager tries each source once, within an overall
+deadline per source (`deadline_s` plus the time the file takes at `min_bytes_per_s`), so one
+unresponsive source cannot stall a download for long.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-from r3mes.registry.errors import ChecksumMismatch, DownloadFailed
+from r3mes.errors import R3mesError
+from r3mes.registry.errors import ChecksumMismatch, DownloadFailed, RegistryError
 from r3mes.registry.records import ArtifactRecord
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.errors import (
@@ -33,8 +38,9 @@ from r3mes.storage.errors import (
     StorageError,
     StorageWriteError,
 )
-from r3mes.storage.kubo import KuboClient, RetryPolicy
+from r3mes.storage.kubo import KuboClient, remaining
 from r3mes.storage.multiformats import parse_cid
+from r3mes.storage.tempfiles import TEMP_PREFIX, remove_stale, unlink_quietly
 
 log = logging.getLogger(__name__)
 _HASH_PIECE = 1024 * 1024
@@ -50,9 +56,17 @@ class ArtifactFetcher(Protocol):
 
     name: str
 
-    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
+    def fetch(
+        self,
+        record: ArtifactRecord,
+        dest: Path,
+        on_bytes: Progressed = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         """Write the artifact's bytes to `dest` (a temp path the manager owns); call
-        `on_bytes(n)` as bytes arrive when the source can report progress."""
+        `on_bytes(n)` as bytes arrive when the source can report progress; give up with
+        RemoteError at `deadline` (a `time.monotonic()` value) when the source is remote."""
         ...
 
 
@@ -63,7 +77,14 @@ class BlockstoreFetcher:
         self.store = store
         self.name = "local blockstore"
 
-    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
+    def fetch(
+        self,
+        record: ArtifactRecord,
+        dest: Path,
+        on_bytes: Progressed = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         if not self.store.has(record.cid):
             raise BlockNotFound(record.cid, self.name)
         self.store.cat_to_file(record.cid, dest, max_size=record.size, on_bytes=on_bytes)
@@ -76,43 +97,147 @@ class IpfsFetcher:
         self.client = client
         self.name = name
 
-    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
-        self.client.cat_to_file(record.cid, dest, max_size=record.size, on_bytes=on_bytes)
+    def fetch(
+        self,
+        record: ArtifactRecord,
+        dest: Path,
+        on_bytes: Progressed = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        self.client.cat_to_file(
+            record.cid, dest, max_size=record.size, on_bytes=on_bytes, deadline=deadline
+        )
 
 
-class HuggingFaceFetcher:
-    """`hf_hub_download` of `<kind>s/<id>/<version>` in the record's repo, when available."""
+class HubFiles(Protocol):
+    """The two Hugging Face Hub calls the fetcher needs (a seam for tests: the hub is an
+    external service they cannot reach)."""
+
+    def size(self, *, repo: str, filename: str, revision: str | None) -> int | None:
+        """The file's size as the repo's metadata lists it (None when it lists none)."""
+        ...
+
+    def open(
+        self, *, repo: str, filename: str, revision: str | None, timeout: float
+    ) -> AbstractContextManager[Iterator[bytes]]:
+        """The file's bytes, streamed."""
+        ...
+
+
+class HfHubFiles:
+    """The real hub: URLs, auth headers and metadata from `huggingface_hub`, bytes streamed
+    with httpx (redirects to the hub's CDN followed; the bytes are verified afterwards)."""
 
     def __init__(self, *, token: str | None = None, timeout: float = 30.0) -> None:
-        self.name = "Hugging Face"
+        try:
+            import huggingface_hub
+        except ImportError:
+            raise SourceUnavailable("huggingface_hub is not installed") from None
+        self._hub = huggingface_hub
         self._token = token
         self._timeout = timeout
 
-    def fetch(self, record: ArtifactRecord, dest: Path, on_bytes: Progressed = None) -> None:
+    def size(self, *, repo: str, filename: str, revision: str | None) -> int | None:
+        url = self._hub.hf_hub_url(repo, filename, revision=revision)
+        meta = self._hub.get_hf_file_metadata(url, token=self._token, timeout=self._timeout)
+        return None if meta.size is None else int(meta.size)
+
+    @contextlib.contextmanager
+    def open(
+        self, *, repo: str, filename: str, revision: str | None, timeout: float
+    ) -> Iterator[Iterator[bytes]]:
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        url = self._hub.hf_hub_url(repo, filename, revision=revision)
+        headers = build_hf_headers(token=self._token)
+        with httpx.stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                raise RemoteError(url, f"HTTP {response.status_code}", status=response.status_code)
+            yield response.iter_bytes()
+
+
+class HuggingFaceFetcher:
+    """`<kind>s/<id>/<version>` in the record's Hugging Face repo, when one is named.
+
+    The repo's listed size must equal the approved size before a byte is fetched, and the
+    transfer stops as soon as it goes past that size.
+    """
+
+    def __init__(
+        self, *, token: str | None = None, timeout: float = 30.0, hub: HubFiles | None = None
+    ) -> None:
+        self.name = "Hugging Face"
+        self._token = token
+        self._timeout = timeout
+        self._hub = hub
+
+    def fetch(
+        self,
+        record: ArtifactRecord,
+        dest: Path,
+        on_bytes: Progressed = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         if not record.hf_repo:
             raise SourceUnavailable(f"{record.ref} names no Hugging Face repo")
+        hub = self._hub or HfHubFiles(token=self._token, timeout=self._timeout)
+        where = f"hf://{record.hf_repo}"
+        repo, filename = record.hf_repo, f"{record.kind}s/{record.id}/{record.version}"
         try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            log.debug("huggingface_hub is not installed; skipping Hugging Face")
-            raise SourceUnavailable("huggingface_hub is not installed") from None
-        staging = dest.parent / f".hf-{uuid.uuid4().hex}"
-        try:
-            path = hf_hub_download(
-                repo_id=record.hf_repo,
-                filename=f"{record.kind}s/{record.id}/{record.version}",
-                revision=record.hf_revision,
-                local_dir=str(staging),
-                token=self._token,
-                etag_timeout=self._timeout,
-            )
-            os.replace(path, dest)
-        except OSError as exc:
-            raise RemoteError(f"hf://{record.hf_repo}", str(exc)) from exc
+            listed = hub.size(repo=repo, filename=filename, revision=record.hf_revision)
+        except R3mesError:
+            raise
         except Exception as exc:  # huggingface_hub raises its own HTTP/repo error types
-            raise RemoteError(f"hf://{record.hf_repo}", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            raise RemoteError(where, f"{type(exc).__name__}: {exc}") from exc
+        if listed is not None and listed != record.size:
+            raise ChecksumMismatch(
+                record.ref, self.name, f"the repo lists {listed} bytes, approved {record.size}"
+            )
+        left = remaining(deadline)
+        timeout = self._timeout if left is None else max(0.001, min(self._timeout, left))
+        try:
+            with hub.open(
+                repo=repo, filename=filename, revision=record.hf_revision, timeout=timeout
+            ) as pieces:
+                self._copy_capped(record, pieces, dest, on_bytes, deadline)
+        except R3mesError:
+            raise
+        except Exception as exc:
+            raise RemoteError(where, f"{type(exc).__name__}: {exc}") from exc
+
+    def _copy_capped(
+        self,
+        record: ArtifactRecord,
+        pieces: Iterator[bytes],
+        dest: Path,
+        on_bytes: Progressed,
+        deadline: float | None,
+    ) -> None:
+        written = 0
+        try:
+            out = dest.open("wb")
+        except OSError as exc:
+            raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
+        with out:
+            for piece in pieces:
+                written += len(piece)
+                if written > record.size:
+                    raise ChecksumMismatch(
+                        record.ref, self.name, f"more than the approved {record.size} bytes"
+                    )
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise RemoteError(f"hf://{record.hf_repo}", "no full answer by the deadline")
+                try:
+                    out.write(piece)
+                except OSError as exc:
+                    raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
+                if on_bytes is not None:
+                    on_bytes(len(piece))
 
 
 def file_sha256(path: Path, advance: Callable[[int], None] | None = None) -> str:
@@ -133,16 +258,24 @@ class DownloadManager:
         self,
         fetchers: Sequence[ArtifactFetcher],
         *,
-        retry: RetryPolicy | None = None,
         progress: bool = False,
         cache: Blockstore | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        deadline_s: float = 120.0,
+        min_bytes_per_s: float = 1_000_000.0,
     ) -> None:
+        if deadline_s <= 0 or min_bytes_per_s <= 0:
+            raise ValueError("deadline_s and min_bytes_per_s must be positive")
         self.fetchers = list(fetchers)
-        self.retry = retry or RetryPolicy(attempts=3)
         self.progress = progress
         self.cache = cache
-        self._sleep = sleep
+        self.deadline_s = deadline_s
+        """Seconds each source gets for an empty file (retries included)."""
+        self.min_bytes_per_s = min_bytes_per_s
+        """Slowest transfer rate allowed for: a source gets `size / rate` seconds more."""
+
+    def source_seconds(self, record: ArtifactRecord) -> float:
+        """The overall time one source gets for `record`."""
+        return self.deadline_s + record.size / self.min_bytes_per_s
 
     def download(self, record: ArtifactRecord, dest: Path) -> Path:
         """Put the verified artifact file at `dest`; DownloadFailed when no source works."""
@@ -151,6 +284,7 @@ class DownloadManager:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageWriteError(str(dest.parent), exc.strerror or str(exc)) from exc
+        remove_stale(dest.parent)  # temp files of downloads killed earlier
         reasons: list[str] = []
         with self._progress() as bar:
             for fetcher in self.fetchers:
@@ -167,36 +301,34 @@ class DownloadManager:
         reasons: list[str],
         bar: Progress | None,
     ) -> bool:
-        for attempt in range(self.retry.attempts):
-            tmp = dest.parent / f".tmp-{uuid.uuid4().hex}.part"
-            try:
-                fetcher.fetch(
-                    record, tmp, self._advance(bar, f"{record.id} <- {fetcher.name}", record)
-                )
-                self._verify(record, tmp, fetcher.name, bar)
-                os.replace(tmp, dest)
-                log.info("fetched %s from %s", record.ref, fetcher.name)
-                return True
-            except (SourceUnavailable, BlockNotFound) as exc:
-                log.debug("%s: %s", fetcher.name, exc)
-                reasons.append(f"{fetcher.name}: not available")
-                return False
-            except (CidMismatch, ChecksumMismatch) as exc:
-                log.error("%s", exc)
-                reasons.append(f"{fetcher.name}: wrong bytes")
-                return False
-            except RemoteError as exc:
-                reasons.append(f"{fetcher.name}: {exc.reason}")
-                if attempt + 1 < self.retry.attempts:
-                    self._sleep(self.retry.delay(attempt))
-            except OSError as exc:
-                raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
-            except StorageError as exc:
-                reasons.append(f"{fetcher.name}: {exc}")
-                return False
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        """One try at one source (its client retries transient network errors itself)."""
+        tmp = dest.parent / f"{TEMP_PREFIX}{os.urandom(8).hex()}.part"
+        deadline = time.monotonic() + self.source_seconds(record)
+        try:
+            progress = self._advance(bar, f"{record.id} <- {fetcher.name}", record)
+            fetcher.fetch(record, tmp, progress, deadline=deadline)
+            self._verify(record, tmp, fetcher.name, bar)
+            os.replace(tmp, dest)
+            log.info("fetched %s from %s", record.ref, fetcher.name)
+            return True
+        except (SourceUnavailable, BlockNotFound) as exc:
+            log.debug("%s: %s", fetcher.name, exc)
+            reasons.append(f"{fetcher.name}: not available")
+        except (CidMismatch, ChecksumMismatch) as exc:
+            log.error("%s", exc)
+            detail = exc.detail if isinstance(exc, ChecksumMismatch) else "CID mismatch"
+            reasons.append(f"{fetcher.name}: wrong bytes ({detail})")
+        except RemoteError as exc:
+            log.warning("%s: %s", fetcher.name, exc)
+            reasons.append(f"{fetcher.name}: {exc.reason}")
+        except StorageWriteError:
+            raise
+        except OSError as exc:
+            raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
+        except (StorageError, RegistryError) as exc:
+            reasons.append(f"{fetcher.name}: {exc}")
+        finally:
+            unlink_quietly(tmp)
         return False
 
     @staticmethod
@@ -254,5 +386,5 @@ def default_fetchers(
         client = KuboClient.gateway(gateway_url, timeout=timeout)
         fetchers.append(IpfsFetcher(client, f"gateway {gateway_url}"))
     if use_hugging_face:
-        fetchers.append(HuggingFaceFetcher())
+        fetchers.append(HuggingFaceFetcher(timeout=timeout))
     return fetchers

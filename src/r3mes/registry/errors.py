@@ -38,6 +38,7 @@ class ChecksumMismatch(RegistryError):
     def __init__(self, artifact: str, source: str, detail: str) -> None:
         self.artifact = artifact
         self.source = source
+        self.detail = detail
         super().__init__(
             f"{artifact} from {source} failed its checksum ({detail}); bytes discarded"
         )

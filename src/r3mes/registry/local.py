@@ -8,13 +8,11 @@ exist. `verify` re-hashes every file against that manifest.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,13 @@ from r3mes.registry.bundle import unpack_bundle
 from r3mes.registry.errors import RegistryError
 from r3mes.registry.records import ArtifactRecord
 from r3mes.storage.errors import StorageWriteError
+from r3mes.storage.tempfiles import (
+    TEMP_PREFIX,
+    make_temp_dir,
+    make_temp_file,
+    remove_stale,
+    unlink_quietly,
+)
 
 log = logging.getLogger(__name__)
 MANIFEST = ".r3mes-artifact.json"
@@ -89,7 +94,8 @@ class LocalArtifacts:
         parent = final.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-install-"))
+            remove_stale(parent)  # staging folders of installs killed earlier
+            staging = make_temp_dir(parent)
         except OSError as exc:
             raise StorageWriteError(str(parent), exc.strerror or str(exc)) from exc
         try:
@@ -114,7 +120,7 @@ class LocalArtifacts:
     def _swap_in(self, staged: Path, final: Path) -> None:
         old = None
         if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            old = final.with_name(f"{TEMP_PREFIX}old-{final.name}-{os.getpid()}")
             os.replace(final, old)
         try:
             os.replace(staged, final)
@@ -129,7 +135,7 @@ class LocalArtifacts:
         """Delete an installed artifact folder (used for rollback)."""
         path = self.path_for(record)
         if path.exists():
-            doomed = path.with_name(f".rm-{path.name}-{os.getpid()}")
+            doomed = path.with_name(f"{TEMP_PREFIX}rm-{path.name}-{os.getpid()}")
             os.replace(path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
 
@@ -158,15 +164,20 @@ class LocalArtifacts:
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    """Write JSON via temp file + fsync + rename; StorageWriteError (naming `path`) when the
+    folder is read-only or full, with `path` left as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = make_temp_file(path.parent, suffix=".json")
+    except OSError as exc:
+        raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, sort_keys=True, indent=1)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        unlink_quietly(tmp)

@@ -22,6 +22,7 @@ from r3mes.registry.errors import (
 )
 from r3mes.registry.local import LocalArtifacts, write_json_atomic
 from r3mes.registry.records import ArtifactRecord, ArtifactSource
+from r3mes.storage.tempfiles import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,14 @@ class ArtifactRegistry:
         return self.local.home.cache / f"registry-{self.kind}.json"
 
     def sync_from_chain(self) -> SyncResult:
-        """Replace the cached approved list with the chain's; malformed entries are rejected."""
+        """Replace the cached approved list with the chain's; malformed entries are rejected.
+        A cache that cannot be written is a StorageWriteError and the old list stays."""
+        result = self.fetch_from_chain()
+        self.store_records(result.records)
+        return result
+
+    def fetch_from_chain(self) -> SyncResult:
+        """The chain's approved list, validated; nothing is written."""
         if self.source is None:
             raise RegistryError("no chain client configured; pass --chain URL or R3MES_CHAIN_URL")
         accepted: list[ArtifactRecord] = []
@@ -71,8 +79,11 @@ class ArtifactRegistry:
             if record.kind == self.kind:
                 accepted.append(record)
         accepted.sort(key=lambda r: (r.id, r.approved_height, r.version))
-        write_json_atomic(self._cache_file, [r.to_dict() for r in accepted])
         return SyncResult(tuple(accepted), tuple(rejected))
+
+    def store_records(self, records: tuple[ArtifactRecord, ...] | list[ArtifactRecord]) -> None:
+        """Write the approved list to the cache (atomically)."""
+        write_json_atomic(self._cache_file, [r.to_dict() for r in records])
 
     def records(self) -> list[ArtifactRecord]:
         """The approved list from the last sync (empty before the first)."""
@@ -111,7 +122,8 @@ class ArtifactRegistry:
         if not force and self.local.is_installed(record):
             return self.local.path_for(record)
         cache = self.local.home.cache / "downloads"
-        payload = self.downloader.download(record, cache / f"{record.sha256}.part-artifact")
+        # a temp name, so a payload left by a process killed before the install is cleaned up
+        payload = self.downloader.download(record, cache / f"{TEMP_PREFIX}{record.sha256}.artifact")
         try:
             return self.local.install(record, payload)
         finally:

@@ -1,21 +1,28 @@
 """A local, IPFS-compatible blockstore on disk (the default content store).
 
 Layout under `root` (normally `$R3MES_HOME/blocks`):
-    data/<last two CID chars>/<cid>   one file per block, written atomically
+    data/<last two CID chars>/<cid>   one file per block, renamed into place from tmp/
     pins/<cid>                        one empty marker per recursive pin
-    tmp/                              temp files, renamed into place once fsync'd
+    tmp/                              temp files of writes in progress
     lock                              flock held while adding or collecting garbage
 
 Every block read is hashed against its CID; a corrupt block is reported, never returned.
+
+Durability: an add writes and renames all its blocks, then flushes them to disk at once
+(`syncfs`, or one fsync per block where that is missing) and only then writes the pin. A crash
+before the flush can leave a block file torn; it fails its CID check on read (never returned)
+and the next add or fetch of that content rewrites it. Temp files that a killed process left
+in tmp/ are deleted when a blockstore is opened or collected, once they are stale.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +35,8 @@ from r3mes.storage.errors import (
 )
 from r3mes.storage.multiformats import DAG_PB, Cid, parse_cid
 from r3mes.storage.reader import iter_dag_cids, iter_file, verified_block
-from r3mes.storage.unixfs import Block, DagBuilder, DagParams, decode_file_node, iter_chunks
+from r3mes.storage.tempfiles import make_temp_file, remove_stale, unlink_quietly
+from r3mes.storage.unixfs import Block, DagBuilder, DagParams, Rechunker, decode_file_node
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ class GcResult:
     """Bytes those blocks occupied."""
     kept: int
     """Blocks still stored."""
+    temp_files: int = 0
+    """Stale temp files of interrupted writes deleted."""
 
 
 class NotPinned(StorageError):
@@ -57,13 +67,16 @@ class NotPinned(StorageError):
         super().__init__(f"{cid} is not pinned; `r3mes storage pin --list` shows the pins")
 
 
-def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
+def atomic_write(path: Path, chunks: Iterable[bytes], *, tmp_dir: Path | None = None) -> int:
     """Write `chunks` to `path` via temp file + fsync + rename; return bytes written.
 
-    On any failure the temp file is removed and `path` is untouched.
+    The temp file lives in `tmp_dir` (same filesystem; default: beside `path`). On any
+    failure it is removed and `path` is untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = make_temp_file(tmp_dir or path.parent)
     written = 0
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -74,10 +87,25 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
+        unlink_quietly(tmp_name)
         raise
     return written
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc `syncfs(fd)` (Linux): flush one filesystem with one call; None where missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+_SYNCFS = _load_syncfs()
 
 
 def _counted(stream: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
@@ -94,6 +122,8 @@ class Blockstore:
         self.root = Path(root)
         self._data = self.root / "data"
         self._pins = self.root / "pins"
+        self._tmp = self.root / "tmp"
+        remove_stale(self._tmp)  # left by a killed writer; cheap: one small folder
 
     # ---- writing -------------------------------------------------------------------
 
@@ -101,7 +131,7 @@ class Blockstore:
         """Store `data` as a UnixFS file; return its CID (identical to `ipfs add`)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError("add_bytes expects bytes")
-        return self.add_stream([bytes(data)], cid_version=cid_version, pin=pin)
+        return self.add_stream([data], cid_version=cid_version, pin=pin)
 
     def add_file(self, path: Path, *, cid_version: int = 1, pin: bool = True) -> str:
         """Store the file at `path`, streaming it in 1 MiB pieces; return its CID."""
@@ -120,11 +150,17 @@ class Blockstore:
         """Store the concatenation of `pieces`; return its root CID."""
         params = DagParams(cid_version=cid_version)
         builder = DagBuilder(params=params)
+        chunks = Rechunker(params.chunk_size)
+        written: list[Path] = []
         with self._locked():
-            for chunk in iter_chunks(pieces, params.chunk_size):
-                self._put_blocks(builder.add_chunk(chunk))
+            for piece in pieces:
+                for chunk in chunks.feed(piece):
+                    written += self._put_blocks(builder.add_chunk(chunk))
+            for chunk in chunks.flush():
+                written += self._put_blocks(builder.add_chunk(chunk))
             root, tail = builder.finish()
-            self._put_blocks(tail)
+            written += self._put_blocks(tail)
+            self._flush(written)
             if pin:
                 self._write_pin(root)
         log.debug("added %s (%d bytes, pin=%s)", root, builder.file_size, pin)
@@ -134,28 +170,78 @@ class Blockstore:
         """Store one block received from elsewhere, after checking it against `cid`."""
         parsed = parse_cid(cid)
         verified_block(parsed, data, "caller")
-        self._put_blocks([Block(parsed, data)])
+        with self._locked():
+            self._flush(self._put_blocks([Block(parsed, data)]))
 
-    def _put_blocks(self, blocks: Iterable[Block]) -> None:
+    def _put_blocks(self, blocks: Iterable[Block]) -> list[Path]:
+        """Write blocks not yet stored intact (rename only, no fsync: see `_flush`)."""
+        written = []
         for block in blocks:
             path = self._block_path(block.cid)
             if path.is_file() and self._intact(block.cid, path):
                 continue  # re-adding repairs a corrupt copy, skips a good one
             try:
-                atomic_write(path, [block.data])
+                self._write_block(path, block.data)
             except OSError as exc:
                 raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
+            written.append(path)
+        return written
+
+    def _write_block(self, path: Path, data: bytes) -> None:
+        try:
+            fd, tmp = make_temp_file(self._tmp)
+        except FileNotFoundError:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            fd, tmp = make_temp_file(self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # first block of this shard
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+
+    def _flush(self, paths: list[Path]) -> None:
+        """Make freshly written blocks durable: one `syncfs` for the whole batch, else one
+        fsync per block and per folder."""
+        if not paths:
+            return
+        try:
+            if _SYNCFS is not None:
+                fd = os.open(self._data, os.O_RDONLY)
+                try:
+                    if _SYNCFS(fd) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, os.strerror(err))
+                finally:
+                    os.close(fd)
+                return
+            for target in [*paths, *{p.parent for p in paths}]:
+                fd = os.open(target, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise StorageWriteError(str(self._data), exc.strerror or str(exc)) from exc
 
     # ---- reading -------------------------------------------------------------------
 
     def get_block(self, cid: Cid) -> bytes:
         """One block's bytes, verified against its CID."""
-        path = self._block_path(cid)
+        return verified_block(cid, self._read_block(cid), SOURCE)
+
+    def _read_block(self, cid: Cid) -> bytes:
+        """One block's bytes as stored, unchecked: only for readers that verify every block
+        themselves (`iter_file`, `iter_dag_cids`), so each block is hashed once."""
         try:
-            data = path.read_bytes()
+            return self._block_path(cid).read_bytes()
         except FileNotFoundError:
             raise BlockNotFound(str(cid), SOURCE) from None
-        return verified_block(cid, data, SOURCE)
 
     def has_block(self, cid: Cid) -> bool:
         return self._block_path(cid).is_file()
@@ -166,7 +252,7 @@ class Blockstore:
 
     def open_stream(self, cid: str, *, max_size: int | None = None) -> Iterator[bytes]:
         """The file's bytes in order, each block verified before it is yielded."""
-        return iter_file(parse_cid(cid), self.get_block, source=SOURCE, max_size=max_size)
+        return iter_file(parse_cid(cid), self._read_block, source=SOURCE, max_size=max_size)
 
     def cat_to_file(
         self,
@@ -255,13 +341,21 @@ class Blockstore:
                 freed += path.stat().st_size
                 path.unlink()
                 removed += 1
+            temps = self._remove_stale_temps()
         log.info("gc removed %d blocks (%d bytes), kept %d", removed, freed, kept)
-        return GcResult(removed=removed, freed_bytes=freed, kept=kept)
+        return GcResult(removed=removed, freed_bytes=freed, kept=kept, temp_files=temps)
+
+    def _remove_stale_temps(self) -> int:
+        """Stale temp files in tmp/, pins/ and (from older releases) the shard folders."""
+        folders = [self._tmp, self._pins]
+        if self._data.is_dir():
+            folders += [p for p in self._data.iterdir() if p.is_dir()]
+        return sum(remove_stale(folder) for folder in folders)
 
     # ---- internals -----------------------------------------------------------------
 
     def _dag_cids(self, cid: Cid) -> list[Cid]:
-        return list(iter_dag_cids(cid, self.get_block, source=SOURCE, exists=self.has_block))
+        return list(iter_dag_cids(cid, self._read_block, source=SOURCE, exists=self.has_block))
 
     @staticmethod
     def _intact(cid: Cid, path: Path) -> bool:
@@ -275,7 +369,7 @@ class Blockstore:
         if path.exists():
             return
         try:
-            atomic_write(path, [b""])
+            atomic_write(path, [b""], tmp_dir=self._tmp)
         except OSError as exc:
             raise StorageWriteError(str(path), exc.strerror or str(exc)) from exc
 

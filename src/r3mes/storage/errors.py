@@ -79,7 +79,15 @@ class StorageWriteError(StorageError):
 class RemoteError(StorageError):
     """A remote IPFS node or gateway failed or answered with an error."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"request to {url} failed: {reason}; check that the node is reachable")
+        self.status = status
+        """The HTTP status of a final error answer; None for transport failures."""
+        if status is None:
+            hint = "; check that the node is reachable"
+        elif status >= 400:
+            hint = "; the node answered but refused the request"
+        else:
+            hint = ""
+        super().__init__(f"request to {url} failed: {reason}{hint}")

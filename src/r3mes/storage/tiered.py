@@ -2,8 +2,9 @@
 
 A role on its own machine writes what it produces both locally and to the shared Kubo node,
 so that every other machine can fetch it by CID; reads come from the local blockstore
-first and fall back to Kubo (API, then gateway), and what Kubo returns is kept locally
-(unpinned, so `gc` may reclaim it). Every remote read is verified against its CID by
+first and fall back to Kubo (API, then gateway) when the local copy is missing or fails its
+CID check, and what Kubo returns is kept locally (unpinned, so `gc` may reclaim it; a corrupt
+local block is overwritten with the verified one). Every remote read is verified against its CID by
 `KuboClient` before anyone sees the bytes; a remote that disagrees about a CID is an error,
 never silently accepted. Without a remote, this is exactly the local blockstore.
 """
@@ -14,7 +15,7 @@ import logging
 from pathlib import Path
 
 from r3mes.storage.blockstore import Blockstore, NotPinned
-from r3mes.storage.errors import CidMismatch, StorageError
+from r3mes.storage.errors import BlockNotFound, CidMismatch, MalformedBlock, StorageError
 from r3mes.storage.kubo import DEFAULT_MAX_SIZE, KuboClient
 from r3mes.storage.multiformats import parse_cid
 from r3mes.storage.unixfs import compute_cid
@@ -51,9 +52,15 @@ class TieredStore:
         return cid
 
     def get_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
-        """Verified bytes of `cid`: local blockstore, else the remote (then cached locally)."""
-        if self.local.has(cid) or self.remote is None:
+        """Verified bytes of `cid`: the local blockstore, else (missing or corrupt there) the
+        remote, whose verified bytes are then stored locally, repairing a corrupt copy."""
+        try:
             return self.local.get_bytes(cid, max_size=max_size)
+        except (BlockNotFound, CidMismatch, MalformedBlock) as exc:
+            if self.remote is None:
+                raise
+            if not isinstance(exc, BlockNotFound):
+                logger.warning("local copy of %s is damaged (%s); reading the remote", cid, exc)
         data = self.remote.get_bytes(cid, max_size=max_size)
         try:
             cached = self.local.add_bytes(data, cid_version=parse_cid(cid).version, pin=False)

@@ -245,16 +245,43 @@ def _leaf_empty(params: DagParams) -> tuple[Block, Link]:
     return Block(cid, encoded), Link(cid, len(encoded), 0)
 
 
+class Rechunker:
+    """Re-cut arbitrary byte pieces into fixed-size chunks, copying each byte once."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self._buf = bytearray()
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """Chunks completed by `piece` (full `chunk_size` ones only)."""
+        view = memoryview(piece).cast("B")
+        size = self.chunk_size
+        start = 0
+        if self._buf:
+            start = min(size - len(self._buf), len(view))
+            self._buf += view[:start]
+            if len(self._buf) < size:
+                return
+            yield bytes(self._buf)
+            self._buf = bytearray()
+        while len(view) - start >= size:
+            yield bytes(view[start : start + size])
+            start += size
+        self._buf += view[start:]
+
+    def flush(self) -> Iterator[bytes]:
+        """The last, shorter chunk (if any bytes are left)."""
+        if self._buf:
+            yield bytes(self._buf)
+            self._buf = bytearray()
+
+
 def iter_chunks(stream: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
     """Re-cut arbitrary byte pieces into fixed-size chunks (the last may be shorter)."""
-    buf = bytearray()
+    rechunker = Rechunker(chunk_size)
     for piece in stream:
-        buf += piece
-        while len(buf) >= chunk_size:
-            yield bytes(buf[:chunk_size])
-            del buf[:chunk_size]
-    if buf:
-        yield bytes(buf)
+        yield from rechunker.feed(piece)
+    yield from rechunker.flush()
 
 
 def build_dag(pieces: Iterable[bytes], params: DagParams | None = None) -> Iterator[Block]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from r3mes.storage.errors import CidMismatch, SizeLimitExceeded
 from r3mes.storage.multiformats import Cid
-from r3mes.storage.unixfs import DagBuilder, DagParams
+from r3mes.storage.unixfs import DagBuilder, DagParams, Rechunker
 
 
 class StreamVerifier:
@@ -21,23 +21,19 @@ class StreamVerifier:
         self.source = source
         self.max_size = max_size
         self._builder = DagBuilder(params=DagParams(cid_version=cid.version))
-        self._buf = bytearray()
+        self._chunks = Rechunker(self._builder.params.chunk_size)
         self.size = 0
 
     def feed(self, piece: bytes) -> None:
         self.size += len(piece)
         if self.max_size is not None and self.size > self.max_size:
             raise SizeLimitExceeded(str(self.cid), self.size, self.max_size)
-        self._buf += piece
-        chunk = self._builder.params.chunk_size
-        while len(self._buf) >= chunk:
-            self._builder.add_chunk(bytes(self._buf[:chunk]))
-            del self._buf[:chunk]
+        for chunk in self._chunks.feed(piece):
+            self._builder.add_chunk(chunk)
 
     def finish(self) -> None:
-        if self._buf:
-            self._builder.add_chunk(bytes(self._buf))
-            self._buf.clear()
+        for chunk in self._chunks.flush():
+            self._builder.add_chunk(chunk)
         root, _ = self._builder.finish()
         if root != self.cid:
             raise CidMismatch(str(self.cid), self.source, f"bytes hash to {root}")
