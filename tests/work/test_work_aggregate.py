@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from r3mes.work.aggregate import aggregate
+from r3mes.work.aggregate import aggregate, aggregate_dense
 from r3mes.work.compression import compress
 from r3mes.work.data import shard_of
 from r3mes.work.encoding import UpdateMeta, decode_update, encode_update, layout_of
@@ -90,3 +90,25 @@ def test_a_round_of_three_miners_lowers_heldout_loss(domain_dataset, tiny_model,
     after = heldout_loss(tiny_model, new, domain_dataset, max_chunks=64, lora_config=cfg)
     assert with_genesis == pytest.approx(before, abs=1e-6)  # B = 0: the genesis adapter is a no-op
     assert after < before - 0.03
+
+
+def test_dense_aggregation_rejects_malformed_input_with_clear_errors():
+    adapter = {"a": torch.ones(2)}
+    one = {"a": torch.ones(2)}
+    cases = {
+        "sum to": [(one, 2**62)] * 4,  # each weight allowed, the total is not
+        "pair": [(one,)],
+        "pairs": "not a list",
+        "map tensor names": [([1, 2], 1)],
+        "map tensor names to tensors": [({"a": [1.0, 2.0]}, 1)],
+    }
+    for match, updates in cases.items():
+        with pytest.raises(AggregationError, match=match):
+            aggregate_dense(adapter, updates)  # type: ignore[arg-type]
+    with pytest.raises(AggregationError, match="adapter state"):
+        aggregate_dense({"a": [1.0]}, [(one, 1)])  # type: ignore[dict-item]
+    with pytest.raises(AggregationError, match="DecodedUpdate"):
+        aggregate(adapter, [(one, 1)])  # type: ignore[list-item]
+    # the largest allowed total still divides exactly
+    half = aggregate_dense(adapter, [(one, 2**61), ({"a": torch.zeros(2)}, 2**61)])
+    assert torch.equal(half["a"], torch.full((2,), 1.5))

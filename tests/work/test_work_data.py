@@ -139,3 +139,25 @@ def test_shipped_tokenizer_builds_a_dataset(tmp_path):
     path = build_dataset(build_domain_corpus()[:1], tok, chunk_len=64, out_path=tmp_path / "d")
     ds = TokenDataset(path)
     assert len(ds) > 10 and int(ds.chunks([0, 1]).max()) < tok.vocab_size
+
+
+def test_entry_points_reject_wrong_types(tmp_path, byte_tokenizer, domain_dataset):
+    with pytest.raises(DatasetError, match="chunk_len"):
+        build_dataset(["x" * 64], byte_tokenizer, chunk_len=2.5, out_path=tmp_path / "d")  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="does not exist"):
+        build_dataset(["x" * 64], byte_tokenizer, chunk_len=8, out_path=tmp_path / "no" / "d")
+    with pytest.raises(DatasetError, match="path"):
+        build_dataset(["x" * 64], byte_tokenizer, chunk_len=8, out_path=5)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="integers"):
+        shard_of(domain_dataset, shard_index=0, n_shards=2.0)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="integers"):
+        shard_of(domain_dataset, shard_index="0", n_shards=2)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="miner"):
+        preferred_shard(seed=1, miner=5, n_shards=4)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="seed"):
+        preferred_shard(seed=1.0, miner="m", n_shards=4)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="n_shards"):
+        assign_shard(seed=1, miner="m", n_shards=True)  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="claimed"):
+        assign_shard(seed=1, miner="m", n_shards=4, claimed=[1])  # type: ignore[arg-type]
+    assert not list(tmp_path.glob("**/*.tmp"))

@@ -260,3 +260,47 @@ def test_layout_digest_depends_on_names_and_shapes_not_order():
     assert layout_digest(a) != layout_digest({"a": (3, 2), "b": (4,)})
     assert layout_digest(a) != layout_digest({"a": (2, 3), "c": (4,)})
     assert np.frombuffer(bytes.fromhex(layout_digest(a)), dtype=np.uint8).size == 32
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"a": 5}, {"a": "ab"}, {"a": (2.0,)}, {"a": (True,)}, {"a": ()}, {3: (2,)}, [("a", (2,))], {}],
+    ids=["int", "str", "float", "bool", "empty-shape", "int-key", "list", "empty"],
+)
+def test_malformed_layout_is_an_encoding_error(layout):
+    with pytest.raises(EncodingError, match="layout"):
+        decode_update(_update(), layout=layout)
+
+
+@pytest.mark.parametrize(
+    "tensors, metadata, match",
+    [
+        ({1: torch.ones(1)}, {}, "names must be strings"),
+        ({"__metadata__": torch.ones(1)}, {}, "names must be strings"),
+        ({"a": [1.0]}, {}, "not a torch.Tensor"),
+        ({"a": torch.ones(1)}, {"k": 1}, "metadata"),
+        ({"a": torch.ones(1)}, {2: "v"}, "metadata"),
+        ([("a", torch.ones(1))], {}, "mappings"),
+    ],
+)
+def test_dump_canonical_rejects_malformed_input(tensors, metadata, match):
+    with pytest.raises(EncodingError, match=match):
+        dump_canonical(tensors, metadata)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"[" * 2000 + b"]" * 2000, b'{"a":' * 2000 + b"1" + b"}" * 2000, b'{"a":[[[[1]]]]}'],
+    ids=["lists", "objects", "four-levels"],
+)
+def test_deeply_nested_header_is_an_encoding_error(header):
+    header += b" " * (-len(header) % 8)
+    with pytest.raises(EncodingError, match="nests"):
+        load_canonical(struct.pack("<Q", len(header)) + header)
+
+
+def test_encode_rejects_an_invalid_executor_class():
+    sparse = compress(_raw(), topk_ppm=250_000, value_format="fp16")
+    for bad in ("", "cpu fp32", "x" * 129):
+        with pytest.raises(EncodingError, match="executor_class"):
+            encode_update(sparse, UpdateMeta(META.task_id, bad, "fp16"))

@@ -139,3 +139,75 @@ def test_checkpoint_decoding_is_strict(trace):
         decode_train_state(dump_canonical({"param/x": torch.ones(1)}, {"step": "01"}))
     with pytest.raises(EncodingError):
         decode_train_state(dump_canonical({"junk": torch.ones(1)}, {"step": "1"}))
+
+
+def _state_bytes(state, **edits) -> bytes:
+    from r3mes.work.canonical import dump_canonical
+
+    tensors = {f"param/{k}": v for k, v in state.params.items()}
+    tensors |= {f"exp_avg/{k}": v for k, v in state.exp_avg.items()}
+    tensors |= {f"exp_avg_sq/{k}": v for k, v in state.exp_avg_sq.items()}
+    metadata = {"step": str(state.step)}
+    for name, value in edits.items():
+        if name == "step":
+            metadata["step"] = value
+        else:
+            tensors[name] = value
+    return dump_canonical(tensors, metadata)
+
+
+def test_checkpoint_with_non_ascii_step_is_rejected(trace):
+    _, _, result = trace
+    state = result.checkpoints[1]
+    for step in ("\u00b9", "\u0661", "1\n", "-1", "", "99999999999999999999999"):
+        with pytest.raises(EncodingError, match="step"):
+            decode_train_state(_state_bytes(state, step=step))
+
+
+def test_checkpoint_moments_must_match_param_shape_and_dtype(trace):
+    _, _, result = trace
+    state = result.checkpoints[1]
+    key = sorted(state.params)[0]
+    shape = tuple(state.params[key].shape)
+    bad = {
+        "moment shape": {f"exp_avg/{key}": torch.zeros(shape[0] + 1, *shape[1:])},
+        "moment dtype": {f"exp_avg_sq/{key}": torch.zeros(shape, dtype=torch.float16)},
+        "param dtype": {f"param/{key}": torch.zeros(shape, dtype=torch.int32)},
+    }
+    for label, edit in bad.items():
+        with pytest.raises(EncodingError, match="shape|float32") as info:
+            decode_train_state(_state_bytes(state, **edit))
+        assert key in str(info.value), label
+
+
+def test_verify_steps_fails_a_committed_checkpoint_of_the_wrong_shape(trace, tiny_model):
+    """A miner that commits to a malformed state fails that step; nothing is raised."""
+    task, shard, result = trace
+    state = result.checkpoints[2]
+    key = sorted(state.params)[0]
+    wrong = dict(state.exp_avg)
+    wrong[key] = torch.zeros(3)
+    forged = dataclasses.replace(state, exp_avg=wrong)
+    digests = list(result.step_digests)
+    digests[2] = forged.digest()  # the miner committed to the malformed state itself
+    check = verify_steps(
+        task=task,
+        model=tiny_model,
+        shard=shard,
+        adapter_state=None,
+        step_digests=digests,
+        checkpoints={**result.checkpoints, 2: forged},
+        indices=[2],
+    )
+    assert not check.ok and check.failed == (2,)
+    for index in ("1", 1.0, True):
+        with pytest.raises(WorkError, match="step indices"):
+            verify_steps(
+                task=task,
+                model=tiny_model,
+                shard=shard,
+                adapter_state=None,
+                step_digests=result.step_digests,
+                checkpoints=result.checkpoints,
+                indices=[index],  # type: ignore[list-item]
+            )

@@ -57,6 +57,12 @@ def _mutate(data: bytes, fn) -> bytes:
         lambda o: o["hyper"].__setitem__("lr", "1e-3"),
         lambda o: o["hyper"].__setitem__("target_modules", ["v_proj", "q_proj"]),
         lambda o: o["hyper"].__setitem__("target_modules", ["bogus"]),
+        lambda o: o["hyper"].__setitem__("target_modules", [["q_proj"]]),
+        lambda o: o["hyper"].__setitem__("target_modules", [{"q": 1}, "v_proj"]),
+        lambda o: o.__setitem__("seed", "\u00b9"),
+        lambda o: o.__setitem__("seed", "\u0661"),
+        lambda o: o.__setitem__("seed", "12\n"),
+        lambda o: o.__setitem__("miner", "remes1miner0\n"),
         lambda o: o["hyper"].__setitem__("topk_ppm", 0),
         lambda o: o.__setitem__("shard_index", 4),
         lambda o: o.__setitem__("miner", "has space"),
@@ -111,3 +117,30 @@ def test_round_trip_property(round_, seed, n_shards, data, lr):
         executor_class="cpu-fp32-det-v1",
     )
     assert decode_task(encode_task(task)) == task
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 2000 + b"]" * 2000,
+        b"{" * 3000,
+        b'{"":' * 800 + b"1" + b"}" * 800,
+        b'{"v":1,"hyper":{"target_modules":[["q_proj"]]}}',
+    ],
+    ids=["lists", "open", "objects", "four-levels"],
+)
+def test_deep_nesting_is_a_task_error_not_a_recursion_error(data):
+    with pytest.raises(TaskError, match="nests|keys"):
+        decode_task(data)
+
+
+def test_superscript_seed_is_a_task_error(make_task):
+    data = encode_task(make_task()).replace(b'"seed":"123456789"', b'"seed":"\\u00b9"')
+    assert b"u00b9" in data
+    with pytest.raises(TaskError, match="seed"):
+        decode_task(data)
+
+
+def test_hyper_params_reject_unhashable_targets():
+    with pytest.raises(TaskError, match="target_modules"):
+        HyperParams(target_modules=(["q_proj"],))  # type: ignore[arg-type]

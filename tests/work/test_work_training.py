@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -10,13 +11,23 @@ import torch
 from r3mes.model.lora import adapter_names
 from r3mes.work.canonical import tensors_digest
 from r3mes.work.data import shard_of
+from r3mes.work.encoding import decode_update
 from r3mes.work.errors import TrainingError
-from r3mes.work.executor import CPU_DET_V1, current_executor_class
+from r3mes.work.executor import (
+    CPU_DET_V1,
+    current_executor_class,
+    executor_numerics,
+    is_deterministic_class,
+)
+from r3mes.work.submission import build_submission, encode_for_task
 from r3mes.work.training import (
     batch_positions,
     initial_adapter_state,
+    run_steps,
+    start_state,
     train_update,
     train_with_trace,
+    trained_layout,
 )
 
 
@@ -121,9 +132,69 @@ def test_bad_inputs_raise_training_errors(domain_dataset, tiny_model, make_task)
 
 def test_executor_class_is_declared_honestly():
     assert current_executor_class("cpu") == CPU_DET_V1
-    assert current_executor_class("mps").endswith("-nondet-v1")
+    assert current_executor_class(torch.device("cpu")) == CPU_DET_V1
+    assert current_executor_class("mps") == "mps-nondet-v1"
+    assert not is_deterministic_class(current_executor_class("cuda:0"))
     if not torch.cuda.is_available():
         assert current_executor_class("cuda") == "cuda-nondet-v1"
+    for bad in ("gpu0", 3, None):
+        with pytest.raises(TrainingError, match="device"):
+            current_executor_class(bad)  # type: ignore[arg-type]
+
+
+def test_submission_is_labelled_with_the_class_of_its_device(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    shard = _shard(domain_dataset, task)
+    sub = build_submission(
+        task=task, model=tiny_model, adapter_state=None, shard=shard, residual=None
+    )
+    layout = trained_layout(initial_adapter_state(tiny_model, task))
+    assert decode_update(sub.encoded, layout=layout).meta.executor_class == CPU_DET_V1
+    # asking for another device than the model's is refused before any work is done
+    for device in ("cuda", "meta"):
+        with pytest.raises(TrainingError, match="model is on cpu"):
+            build_submission(
+                task=task,
+                model=tiny_model,
+                adapter_state=None,
+                shard=shard,
+                residual=None,
+                device=device,
+            )
+    assert adapter_names(tiny_model) == []
+
+
+def test_off_cpu_tensors_cannot_claim_the_deterministic_class(make_task):
+    raw = {"x.lora_B.weight": torch.zeros(4, 2, device="meta")}
+    with pytest.raises(TrainingError, match="cpu-fp32-det-v1"):
+        encode_for_task(task=make_task(), raw=raw, residual=None, executor_class=CPU_DET_V1)
+
+
+def test_off_cpu_numerics_restore_the_callers_settings():
+    threads = torch.get_num_threads()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    with executor_numerics("cuda"):
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.are_deterministic_algorithms_enabled()  # no promise made
+        assert torch.get_num_threads() == threads
+    assert torch.backends.cuda.matmul.allow_tf32 == tf32
+
+
+def test_training_refuses_a_state_whose_moments_do_not_fit(domain_dataset, tiny_model, make_task):
+    task = make_task()
+    adapter = initial_adapter_state(tiny_model, task)
+    start = start_state(adapter)
+    key = sorted(start.params)[0]
+    bad = dataclasses.replace(start, exp_avg={**start.exp_avg, key: torch.zeros(1)})
+    with pytest.raises(TrainingError, match="shape"):
+        run_steps(
+            task=task,
+            model=tiny_model,
+            shard=_shard(domain_dataset, task),
+            adapter_state=adapter,
+            start=bad,
+            stop=1,
+        )
 
 
 _CHILD = textwrap.dedent(

@@ -17,6 +17,27 @@ from r3mes.work.encoding import DecodedUpdate
 from r3mes.work.errors import AggregationError
 
 MAX_WEIGHT = 2**62
+MAX_TOTAL_WEIGHT = 2**62
+"""The sum of the weights is capped too, so it stays an exact int64 and float64 divisor."""
+
+
+def _pairs(updates: object) -> list[tuple[object, object]]:
+    """`updates` as a list of 2-tuples, or `AggregationError`."""
+    if not isinstance(updates, Sequence) or isinstance(updates, str | bytes):
+        raise AggregationError("updates must be a sequence of (update, weight) pairs")
+    if not updates:
+        raise AggregationError("no updates to aggregate; keep the current adapter version")
+    for n, item in enumerate(updates):
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise AggregationError(f"update {n} must be an (update, weight) pair, got {item!r:.60}")
+    return [(item[0], item[1]) for item in updates]
+
+
+def _check_adapter(adapter_state: object) -> None:
+    if not isinstance(adapter_state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in adapter_state.items()
+    ):
+        raise AggregationError("the adapter state must map tensor names to tensors")
 
 
 def aggregate(
@@ -24,6 +45,9 @@ def aggregate(
     updates: Sequence[tuple[DecodedUpdate, int]],
 ) -> dict[str, torch.Tensor]:
     """The new adapter state: `adapter_state` plus the weighted mean of decoded `updates`."""
+    for n, item in enumerate(_pairs(updates)):
+        if not isinstance(item[0], DecodedUpdate):
+            raise AggregationError(f"update {n} must be a DecodedUpdate, got {type(item[0])}")
     ordered = sorted(updates, key=lambda uw: uw[0].digest)
     return aggregate_dense(adapter_state, [(u.dense(), w) for u, w in ordered])
 
@@ -33,13 +57,20 @@ def aggregate_dense(
     updates: Sequence[tuple[Mapping[str, torch.Tensor], int]],
 ) -> dict[str, torch.Tensor]:
     """`adapter_state` plus the weighted mean of dense updates, summed in the given order."""
-    if not updates:
-        raise AggregationError("no updates to aggregate; keep the current adapter version")
     total = 0
-    for _, weight in updates:
+    for n, (dense, weight) in enumerate(_pairs(updates)):
+        if not isinstance(dense, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in dense.items()
+        ):
+            raise AggregationError(f"update {n} must map tensor names to tensors")
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= MAX_WEIGHT:
-            raise AggregationError(f"weights must be positive integers, got {weight!r}")
+            raise AggregationError(f"weights must be integers in [1, 2**62], got {weight!r}")
         total += weight
+    if total > MAX_TOTAL_WEIGHT:
+        raise AggregationError(
+            f"weights sum to {total}, over 2**62; scale them down (only their ratios matter)"
+        )
+    _check_adapter(adapter_state)
     keys = sorted(adapter_state)
     acc = {k: torch.zeros(adapter_state[k].shape, dtype=torch.float64) for k in keys}
     for n, (dense, weight) in enumerate(updates):

@@ -23,10 +23,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from r3mes.work.boundedjson import parse_json
 from r3mes.work.errors import EncodingError
 
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_BYTES = 64 << 20
+MAX_HEADER_DEPTH = 3
+"""A header is {name: {"shape": [...], ...}}: three levels; anything deeper is rejected."""
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "F32",
@@ -41,12 +44,11 @@ _NAME_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
 
 def dump_canonical(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     """Encode `tensors` and string `metadata` canonically (see module docstring)."""
+    _check_dump_inputs(tensors, metadata)
     header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
     blobs = []
     offset = 0
     for name in sorted(tensors):
-        if name == "__metadata__":
-            raise EncodingError("a tensor may not be named '__metadata__'")
         t = tensors[name]
         if t.dtype not in _DTYPE_NAMES:
             raise EncodingError(f"tensor {name!r} has unsupported dtype {t.dtype}")
@@ -64,6 +66,19 @@ def dump_canonical(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
 
 
+def _check_dump_inputs(tensors: object, metadata: object) -> None:
+    if not isinstance(tensors, Mapping) or not isinstance(metadata, Mapping):
+        raise EncodingError("tensors and metadata must be mappings")
+    for name, t in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise EncodingError(f"tensor names must be strings other than '__metadata__': {name!r}")
+        if not isinstance(t, torch.Tensor):
+            raise EncodingError(f"tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise EncodingError(f"metadata keys and values must be strings: {key!r}: {value!r}")
+
+
 def load_canonical(
     data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -79,9 +94,12 @@ def load_canonical(
     if head_len > MAX_HEADER_BYTES or 8 + head_len > len(data):
         raise EncodingError(f"encoding is truncated or corrupt: header length {head_len}")
     try:
-        header = json.loads(data[8 : 8 + head_len].decode("ascii"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EncodingError(f"encoding header is not ASCII JSON: {exc}") from exc
+        text = data[8 : 8 + head_len].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise EncodingError(f"encoding header is not ASCII: {exc}") from exc
+    header = parse_json(
+        text, max_depth=MAX_HEADER_DEPTH, error=EncodingError, what="encoding header"
+    )
     if not isinstance(header, dict):
         raise EncodingError("encoding header must be a JSON object")
     metadata = _parse_metadata(header.pop("__metadata__", None))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -98,6 +98,10 @@ class DatasetHeader:
         )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _dtype_code_for(vocab_size: int) -> int:
     return 1 if vocab_size <= 2**16 else 2
 
@@ -114,8 +118,10 @@ def build_dataset(
     Texts stream through; the trailing partial chunk is dropped. The file is written to a
     temporary name and renamed, so `out_path` is either the old file or the complete new one.
     """
-    if not 2 <= chunk_len <= 2**20:
-        raise DatasetError(f"chunk_len must be in [2, 2**20], got {chunk_len}")
+    if not _is_int(chunk_len) or not 2 <= chunk_len <= 2**20:
+        raise DatasetError(f"chunk_len must be an integer in [2, 2**20], got {chunk_len!r}")
+    if not isinstance(out_path, str | os.PathLike):
+        raise DatasetError(f"out_path must be a path, got {type(out_path).__name__}")
     code = _dtype_code_for(tokenizer.vocab_size)
     dtype = _DTYPES[code]
     eos = tokenizer.eos_id
@@ -123,6 +129,8 @@ def build_dataset(
     tmp = out_path.with_name(out_path.name + ".tmp")
     pending: list[int] = []
     n_chunks = 0
+    if not out_path.parent.is_dir():
+        raise DatasetError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
     try:
         with open(tmp, "wb") as fh:
             fh.write(b"\0" * HEADER_SIZE)
@@ -143,6 +151,8 @@ def build_dataset(
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out_path)
+    except OSError as exc:
+        raise DatasetError(f"cannot write dataset {out_path}: {exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -253,6 +263,12 @@ class Shard:
 
 def shard_of(dataset: TokenDataset, *, shard_index: int, n_shards: int) -> Shard:
     """Shard `shard_index` of `n_shards` of the dataset's training split."""
+    if not isinstance(dataset, TokenDataset):
+        raise DatasetError(f"dataset must be a TokenDataset, got {type(dataset).__name__}")
+    if not _is_int(n_shards) or not _is_int(shard_index):
+        raise DatasetError(
+            f"shard_index and n_shards must be integers, got {shard_index!r}, {n_shards!r}"
+        )
     train = dataset.train_indices()
     n = len(train)
     if not 1 <= n_shards <= n:
@@ -268,10 +284,12 @@ def shard_of(dataset: TokenDataset, *, shard_index: int, n_shards: int) -> Shard
 
 def preferred_shard(*, seed: int, miner: str, n_shards: int) -> int:
     """sha256(seed as u64 little-endian || miner address) mod n_shards."""
-    if n_shards < 1:
-        raise DatasetError(f"n_shards must be >= 1, got {n_shards}")
-    if not 0 <= seed < 2**64:
-        raise DatasetError(f"seed must be an unsigned 64-bit integer, got {seed}")
+    if not _is_int(n_shards) or n_shards < 1:
+        raise DatasetError(f"n_shards must be an integer >= 1, got {n_shards!r}")
+    if not _is_int(seed) or not 0 <= seed < 2**64:
+        raise DatasetError(f"seed must be an unsigned 64-bit integer, got {seed!r}")
+    if not isinstance(miner, str) or not miner:
+        raise DatasetError(f"miner must be a non-empty address string, got {miner!r}")
     digest = hashlib.sha256(seed.to_bytes(8, "little") + miner.encode()).digest()
     return int.from_bytes(digest, "big") % n_shards
 
@@ -281,6 +299,8 @@ def assign_shard(
 ) -> int:
     """The miner's shard: the preferred one, linearly probed past `claimed` shards."""
     start = preferred_shard(seed=seed, miner=miner, n_shards=n_shards)
+    if not isinstance(claimed, Set):
+        raise DatasetError(f"claimed must be a set of shard indices, got {type(claimed).__name__}")
     for step in range(n_shards):
         candidate = (start + step) % n_shards
         if candidate not in claimed:

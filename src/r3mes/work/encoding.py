@@ -111,6 +111,10 @@ def encode_update(sparse: Mapping[str, SparseTensor], meta: UpdateMeta) -> bytes
         raise EncodingError("an update must hold at least one tensor")
     if meta.value_format not in VALUE_FORMATS:
         raise EncodingError(f"value_format must be one of {VALUE_FORMATS}")
+    if not isinstance(meta.task_id, str) or not _HEX64.fullmatch(meta.task_id):
+        raise EncodingError("task_id must be 64 lowercase hex characters")
+    if not isinstance(meta.executor_class, str) or not _CLASS.fullmatch(meta.executor_class):
+        raise EncodingError("executor_class must be 1-128 characters of [A-Za-z0-9._:/+-]")
     int8 = meta.value_format == "int8"
     want = torch.int8 if int8 else torch.float16
     positions, values, scales = [], [], []
@@ -177,13 +181,20 @@ def decode_update(
 
 
 def _check_layout(layout: Layout) -> dict[str, tuple[int, ...]]:
-    if not layout:
-        raise EncodingError("a layout must name at least one tensor")
+    if not isinstance(layout, Mapping) or not layout:
+        raise EncodingError("a layout must map at least one tensor name to its shape")
+    if not all(isinstance(k, str) for k in layout):
+        raise EncodingError("layout tensor names must be strings")
     shapes: dict[str, tuple[int, ...]] = {}
     for key in sorted(layout):
-        dims = tuple(layout[key])
-        if not 1 <= len(dims) <= 8 or not all(isinstance(d, int) and d > 0 for d in dims):
-            raise EncodingError(f"layout shape for {key!r} is invalid: {dims!r}")
+        raw = layout[key]
+        dims = tuple(raw) if isinstance(raw, tuple | list | torch.Size) else ()
+        if not 1 <= len(dims) <= 8 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_NUMEL for d in dims
+        ):
+            raise EncodingError(
+                f"layout shape for {key!r} must be a tuple of 1-8 positive ints, got {raw!r}"
+            )
         shapes[key] = dims
     if sum(math.prod(s) for s in shapes.values()) > MAX_NUMEL:
         raise EncodingError(f"layout has over {MAX_NUMEL} entries")
@@ -225,9 +236,9 @@ def _parse_meta(md: dict[str, str], values: torch.Tensor | None) -> UpdateMeta:
     if set(md) != _META_KEYS:
         raise EncodingError(f"update metadata must have exactly the keys {sorted(_META_KEYS)}")
     for name in ("task_id", "layout_sha256"):
-        if not _HEX64.match(md[name]):
+        if not _HEX64.fullmatch(md[name]):
             raise EncodingError(f"update metadata {name!r} must be 64 lowercase hex characters")
-    if not _CLASS.match(md["executor_class"]):
+    if not _CLASS.fullmatch(md["executor_class"]):
         raise EncodingError("update executor_class must be 1-128 characters of [A-Za-z0-9._:/+-]")
     value_format = _VALUE_DTYPES.get(values.dtype) if values is not None else None
     if value_format is None:

@@ -4,8 +4,13 @@
 one thread for every reduction (`torch.set_num_threads(1)` while working, restored after), no
 TF32, every random choice drawn from a `torch.Generator` seeded by the task. Two runs of the
 same task in this class give the same bytes, in any process, whatever the caller's thread
-count. Other hardware must not claim it: `current_executor_class()` reports what the running
-process would produce, e.g. `cuda-8.0-nondet-v1` on an A100.
+count. Other hardware must not claim it: `current_executor_class(device)` reports what work on
+`device` in the running process produces, e.g. `cuda-8.0-nondet-v1` on an A100 and
+`mps-nondet-v1` on Apple silicon. Work on those devices runs under `executor_numerics`: fp32
+matmuls (TF32 off, so results stay close to the CPU reference) but no determinism promise, so
+validators judge it by distance, not by digest (`r3mes.work.verify`).
+
+A class name ending in ``-det-vN`` promises bit-identical results (`is_deterministic_class`).
 """
 
 from __future__ import annotations
@@ -14,18 +19,58 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import nn
+
+from r3mes.work.errors import TrainingError
 
 CPU_DET_V1 = "cpu-fp32-det-v1"
+Device = str | torch.device
 
 
-def current_executor_class(device: str = "cpu") -> str:
-    """The executor class for work run on `device` ("cpu", "cuda", "mps") in this process."""
-    if device == "cpu":
+def as_device(device: object) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:1", "mps" or a `torch.device`) as a `torch.device`."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TrainingError(f"device must be a string like 'cpu' or 'cuda', got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise TrainingError(f"unknown device {device!r}; use cpu, cuda or mps") from exc
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The one device all of `model`'s parameters live on."""
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1:
+        raise TrainingError(
+            f"the model's parameters are on {sorted(map(str, devices)) or 'no device'}; "
+            "work needs a model on exactly one device"
+        )
+    return devices.pop()
+
+
+def same_device(requested: Device, actual: torch.device) -> bool:
+    """True when `actual` is `requested` ("cuda" without an index matches any cuda device)."""
+    want = as_device(requested)
+    return want.type == actual.type and want.index in (None, actual.index)
+
+
+def current_executor_class(device: Device = "cpu") -> str:
+    """The executor class of work run on `device` in this process."""
+    kind = as_device(device)
+    if kind.type == "cpu":
         return CPU_DET_V1
-    if device == "cuda" and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
+    if kind.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(kind)
         return f"cuda-{major}.{minor}-nondet-v1"
-    return f"{device}-nondet-v1"
+    return f"{kind.type}-nondet-v1"
+
+
+def is_deterministic_class(executor_class: str) -> bool:
+    """True for classes that promise bit-identical results ("...-det-vN")."""
+    parts = executor_class.split("-")
+    return len(parts) >= 2 and parts[-2] == "det"
 
 
 @contextmanager
@@ -45,5 +90,27 @@ def deterministic_cpu() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+@contextmanager
+def executor_numerics(device: Device) -> Iterator[None]:
+    """The numerics of `current_executor_class(device)` for the body.
+
+    CPU: `deterministic_cpu()`. Other devices: TF32 off (fp32 matmuls and convolutions),
+    nothing more; the caller's settings are restored.
+    """
+    if as_device(device).type == "cpu":
+        with deterministic_cpu():
+            yield
+        return
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         torch.backends.cudnn.allow_tf32 = cudnn_tf32

@@ -25,9 +25,16 @@ from r3mes.work.canonical import load_canonical
 from r3mes.work.data import Shard
 from r3mes.work.errors import EncodingError, WorkError
 from r3mes.work.task import Task
-from r3mes.work.training import TrainState, initial_adapter_state, run_steps
+from r3mes.work.training import (
+    TrainState,
+    initial_adapter_state,
+    run_steps,
+    start_state,
+    train_state_problem,
+)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CANONICAL_UINT = re.compile(r"0|[1-9][0-9]{0,18}")
 _PARTS = ("param/", "exp_avg/", "exp_avg_sq/")
 
 
@@ -51,7 +58,7 @@ def merkle_root(digests: Sequence[str]) -> str:
 
 
 def _digest_bytes(d: str) -> bytes:
-    if not isinstance(d, str) or not _HEX64.match(d):
+    if not isinstance(d, str) or not _HEX64.fullmatch(d):
         raise WorkError(f"step digests must be 64 lowercase hex characters, got {d!r}")
     return bytes.fromhex(d)
 
@@ -79,9 +86,9 @@ def decode_train_state(data: bytes, *, max_bytes: int = 256 << 20) -> TrainState
     """Strictly decode `TrainState.encode()` bytes (a committed checkpoint)."""
     tensors, metadata = load_canonical(data, max_bytes=max_bytes)
     step = metadata.get("step", "")
-    if set(metadata) != {"step"} or not step.isdigit() or str(int(step)) != step:
-        raise EncodingError("checkpoint metadata must be exactly a canonical 'step'")
-    groups: list[dict[str, object]] = [{}, {}, {}]
+    if set(metadata) != {"step"} or not _CANONICAL_UINT.fullmatch(step):
+        raise EncodingError("checkpoint metadata must be exactly a canonical decimal 'step'")
+    groups: list[dict[str, torch.Tensor]] = [{}, {}, {}]
     for name, t in tensors.items():
         for i, prefix in enumerate(_PARTS):
             if name.startswith(prefix):
@@ -89,10 +96,19 @@ def decode_train_state(data: bytes, *, max_bytes: int = 256 << 20) -> TrainState
                 break
         else:
             raise EncodingError(f"checkpoint holds an unexpected tensor {name!r}")
-    if not groups[0] or not set(groups[0]) == set(groups[1]) == set(groups[2]):
-        raise EncodingError("checkpoint params and Adam moments must have the same keys")
     params, m, v = ({k: g[k] for k in sorted(g)} for g in groups)
-    return TrainState(int(step), params, m, v)  # type: ignore[arg-type]
+    state = TrainState(int(step), params, m, v)
+    problem = train_state_problem(state)
+    if problem:
+        raise EncodingError(f"checkpoint is not a training state: {problem}")
+    return state
+
+
+def _fits(ckpt: TrainState, start: TrainState) -> bool:
+    """True when `ckpt` is a well-formed state over the same B weights as `start`."""
+    if train_state_problem(ckpt) is not None or set(ckpt.params) != set(start.params):
+        return False
+    return all(ckpt.params[k].shape == start.params[k].shape for k in start.params)
 
 
 @dataclass(frozen=True)
@@ -125,12 +141,19 @@ def verify_steps(
         adapter_state = initial_adapter_state(model, task)
     if len(step_digests) != steps + 1:
         return StepCheck(False, (), f"expected {steps + 1} step digests, got {len(step_digests)}")
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < steps:
+            raise WorkError(f"step indices must be integers in [0, {steps}), got {i!r}")
+    start = start_state(adapter_state)
     failed: list[int] = []
     for i in sorted(set(indices)):
-        if not 0 <= i < steps:
-            raise WorkError(f"step index {i} out of range [0, {steps})")
         ckpt = checkpoints.get(i)
-        if ckpt is None or ckpt.step != i or ckpt.digest() != step_digests[i]:
+        if (
+            not isinstance(ckpt, TrainState)
+            or ckpt.step != i
+            or not _fits(ckpt, start)
+            or ckpt.digest() != step_digests[i]
+        ):
             failed.append(i)
             continue
         state, _, _ = run_steps(

@@ -3,6 +3,11 @@
 `encode_for_task` is the one function both sides call after training: it adds the carried
 error-feedback residual, compresses with the task's top-k ratio and value format, and encodes
 with the task's identity and the executor class.
+
+The executor class is never chosen by hand on the miner's side: `build_submission` derives it
+from the device the work ran on (`current_executor_class`), so GPU work is labelled with its
+own non-deterministic class and judged by distance, and `encode_for_task` refuses a
+deterministic label for tensors that are not on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from torch import nn
 from r3mes.work.compression import compress_with_feedback
 from r3mes.work.data import Shard
 from r3mes.work.encoding import UpdateMeta, encode_update, update_digest
-from r3mes.work.executor import CPU_DET_V1
+from r3mes.work.errors import TrainingError
+from r3mes.work.executor import (
+    Device,
+    current_executor_class,
+    is_deterministic_class,
+    model_device,
+)
 from r3mes.work.task import Task
 from r3mes.work.training import train_update
 
@@ -42,6 +53,13 @@ def encode_for_task(
     executor_class: str,
 ) -> Submission:
     """Compress `raw + residual` for `task` and encode it canonically."""
+    if is_deterministic_class(executor_class) and any(
+        t.device.type != "cpu" for t in (*raw.values(), *(residual or {}).values())
+    ):
+        raise TrainingError(
+            f"tensors off the CPU cannot be labelled {executor_class}; label them with "
+            "current_executor_class(device) of the device they were computed on"
+        )
     h = task.hyper
     sparse, next_residual = compress_with_feedback(
         raw, residual, topk_ppm=h.topk_ppm, value_format=h.value_format
@@ -60,7 +78,17 @@ def build_submission(
     adapter_state: Mapping[str, torch.Tensor] | None,
     shard: Shard,
     residual: Mapping[str, torch.Tensor] | None,
+    device: Device | None = None,
 ) -> Submission:
-    """Train `task` (executor class `cpu-fp32-det-v1`) and encode the result: the miner's job."""
-    raw = train_update(task=task, model=model, adapter_state=adapter_state, shard=shard)
-    return encode_for_task(task=task, raw=raw, residual=residual, executor_class=CPU_DET_V1)
+    """Train `task` on `device` and encode the result: the miner's job.
+
+    `device` None means wherever the model is. The update is labelled with that device's
+    executor class: `cpu-fp32-det-v1` on the CPU, e.g. `cuda-9.0-nondet-v1` on an H100.
+    """
+    where = model_device(model) if device is None else device
+    raw = train_update(
+        task=task, model=model, adapter_state=adapter_state, shard=shard, device=where
+    )
+    return encode_for_task(
+        task=task, raw=raw, residual=residual, executor_class=current_executor_class(where)
+    )

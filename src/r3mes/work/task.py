@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from r3mes.work.boundedjson import parse_json
 from r3mes.work.errors import TaskError
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ LORA_TARGETS = frozenset(
 VALUE_FORMATS = ("fp16", "int8")
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,8})(\.[0-9]{0,17}[1-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9._:/+-]{1,128}$")
+_CANONICAL_UINT = re.compile(r"0|[1-9][0-9]*")
+"""A canonical unsigned decimal (ASCII digits only: `str.isdigit` also accepts "\u00b9")."""
+MAX_TASK_DEPTH = 3
+"""Task JSON nests three levels (task -> hyper -> target_modules); deeper is rejected."""
 _U64 = 2**64
 
 
@@ -44,7 +49,7 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> None:
 
 
 def _check_name(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise TaskError(
             f"task field {name!r} must be 1-128 characters of [A-Za-z0-9._:/+-], got {value!r}"
         )
@@ -74,7 +79,7 @@ class HyperParams:
     """Encoding of kept values: "fp16", or "int8" with one fp32 scale per tensor."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.lr, str) or not _DECIMAL.match(self.lr):
+        if not isinstance(self.lr, str) or not _DECIMAL.fullmatch(self.lr):
             raise TaskError(f"lr must be a canonical decimal string like '0.002', got {self.lr!r}")
         if not Decimal(0) < Decimal(self.lr) <= Decimal(10):
             raise TaskError(f"lr must be in (0, 10], got {self.lr}")
@@ -87,6 +92,7 @@ class HyperParams:
         targets = self.target_modules
         if (
             not isinstance(targets, tuple)
+            or not all(isinstance(t, str) for t in targets)
             or not targets
             or list(targets) != sorted(set(targets))
             or not set(targets) <= LORA_TARGETS
@@ -218,15 +224,22 @@ def decode_task(data: bytes) -> Task:
     if len(data) > MAX_TASK_BYTES:
         raise TaskError(f"task encoding is {len(data)} bytes, the limit is {MAX_TASK_BYTES}")
     try:
-        obj = json.loads(bytes(data).decode("ascii"), parse_float=_reject_float)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TaskError(f"task encoding is not canonical ASCII JSON: {exc}") from exc
+        text = bytes(data).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task encoding is not ASCII: {exc}") from exc
+    obj = parse_json(
+        text,
+        max_depth=MAX_TASK_DEPTH,
+        error=TaskError,
+        what="task encoding",
+        parse_float=_reject_float,
+    )
     top = _expect_keys(obj, set(_task_to_obj_keys()), "task")
     if top["v"] != TASK_VERSION:
         raise TaskError(f"unsupported task version {top['v']!r}; this node speaks {TASK_VERSION}")
     hyper = _expect_keys(top["hyper"], set(_HYPER_KEYS), "task 'hyper'")
     seed = top["seed"]
-    if not isinstance(seed, str) or not seed.isdigit() or (seed != "0" and seed.startswith("0")):
+    if not isinstance(seed, str) or not _CANONICAL_UINT.fullmatch(seed):
         raise TaskError(f"task seed must be a canonical decimal string, got {seed!r}")
     targets = hyper["target_modules"]
     if not isinstance(targets, list):

@@ -16,7 +16,10 @@ task, starting from the adapter version's state. Everything that could vary is p
   holds `lora_B` keys only;
 * the optimizer is Adam written out here (beta1 0.9, beta2 0.999, eps 1e-8, bias-corrected,
   no weight decay) so its state is explicit and can be checkpointed;
-* numerics run under `deterministic_cpu()`.
+* numerics run under `deterministic_cpu()` on the CPU (`cpu-fp32-det-v1`); `device="cuda"`
+  (or "mps") trains where the model lives, under `executor_numerics`, and the result belongs
+  to that device's non-deterministic class (`r3mes.work.executor`). Deltas, states and
+  checkpoints come back on the CPU either way.
 
 The model is borrowed: an adapter named `WORK_ADAPTER` is added for the run and removed after,
 and parameters' `requires_grad` flags are restored.
@@ -38,7 +41,14 @@ from torch import nn
 from r3mes.work.canonical import dump_canonical
 from r3mes.work.data import Shard
 from r3mes.work.errors import TrainingError
-from r3mes.work.executor import deterministic_cpu
+from r3mes.work.executor import (
+    Device,
+    as_device,
+    deterministic_cpu,
+    executor_numerics,
+    model_device,
+    same_device,
+)
 from r3mes.work.task import Task
 
 if TYPE_CHECKING:
@@ -75,6 +85,29 @@ class TrainState:
         return dump_canonical(tensors, {"step": str(self.step)})
 
 
+def train_state_problem(state: TrainState) -> str | None:
+    """Why `state` cannot be trained from (None when it can).
+
+    Params and both Adam moments must hold the same keys, each a float32 tensor of the
+    param's shape; the step must be a non-negative integer.
+    """
+    if isinstance(state.step, bool) or not isinstance(state.step, int) or state.step < 0:
+        return f"step must be a non-negative integer, got {state.step!r}"
+    parts = (state.params, state.exp_avg, state.exp_avg_sq)
+    if not all(isinstance(p, Mapping) for p in parts):
+        return "params and Adam moments must be mappings of tensors"
+    if not state.params or not set(state.params) == set(state.exp_avg) == set(state.exp_avg_sq):
+        return "params and Adam moments must have the same, non-empty keys"
+    for key, param in state.params.items():
+        tensors = (param, state.exp_avg[key], state.exp_avg_sq[key])
+        if not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in tensors):
+            return f"{key!r}: params and Adam moments must be float32 tensors"
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) != 1:
+            return f"{key!r}: param and Adam moments differ in shape ({sorted(shapes)})"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """A finished run: the delta, the final state and the per-step state digests."""
@@ -95,7 +128,7 @@ def initial_adapter_state(model: nn.Module, task: Task) -> Tensors:
     with deterministic_cpu():
         apply_lora(model, task.lora_config(), name=WORK_ADAPTER, generator=gen)
         try:
-            return lora_state_dict(model, WORK_ADAPTER)
+            return {k: v.cpu() for k, v in lora_state_dict(model, WORK_ADAPTER).items()}
         finally:
             remove_adapter(model, WORK_ADAPTER)
 
@@ -122,7 +155,13 @@ def batch_for_step(task: Task, shard: Shard, step: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(chunks)[:, : task.hyper.seq_len].copy())
 
 
-def _check_inputs(task: Task, shard: Shard) -> None:
+def _check_inputs(task: Task, shard: Shard, model: nn.Module, device: Device) -> None:
+    actual = model_device(model)
+    if not same_device(device, actual):
+        raise TrainingError(
+            f"the model is on {actual}, but training was asked to run on {device}; "
+            f"move it first (model.to({str(device)!r})) or pass device={str(actual)!r}"
+        )
     if (shard.shard_index, shard.n_shards) != (task.shard_index, task.n_shards):
         raise TrainingError(
             f"shard {shard.shard_index}/{shard.n_shards} is not the task's shard "
@@ -212,12 +251,16 @@ def run_steps(
     start: TrainState,
     stop: int,
     checkpoint_every: int = 0,
+    device: Device = "cpu",
 ) -> tuple[TrainState, list[str], dict[int, TrainState]]:
-    """Train from `start` (B weights over `adapter_state`) up to step `stop`.
+    """Train from `start` (B weights over `adapter_state`) up to step `stop` on `device`.
 
-    Returns (final state, digests after each step, checkpoints).
+    Returns (final state, digests after each step, checkpoints), all on the CPU.
     """
-    _check_inputs(task, shard)
+    _check_inputs(task, shard, model, device)
+    problem = train_state_problem(start)
+    if problem:
+        raise TrainingError(f"cannot train from this state: {problem}")
     unknown = sorted(set(start.params) - set(adapter_state))
     if unknown:
         raise TrainingError(f"training state holds keys the adapter lacks, e.g. {unknown[:2]}")
@@ -225,21 +268,29 @@ def run_steps(
     lr = task.hyper.lr_float
     digests: list[str] = []
     ckpts: dict[int, TrainState] = {}
-    with deterministic_cpu(), borrowed_adapter(model, task.lora_config(), full) as params:
+    where = as_device(device)
+    with executor_numerics(where), borrowed_adapter(model, task.lora_config(), full) as params:
         if set(params) != set(start.params):
             raise TrainingError("training state must hold exactly the adapter's B weights")
-        state = start
+        state = _state_on(start, where)
         for step in range(start.step, stop):
-            loss = next_token_loss(model, batch_for_step(task, shard, step))
+            loss = next_token_loss(model, batch_for_step(task, shard, step).to(where))
             if not bool(torch.isfinite(loss)):
                 raise TrainingError(f"loss became non-finite at step {step}; lower the lr")
             grads = torch.autograd.grad(loss, list(params.values()))
             state = _adam_step(state, params, dict(zip(params, grads, strict=True)), lr)
             digests.append(state.digest())
             if checkpoint_every and state.step % checkpoint_every == 0:
-                ckpts[state.step] = state
-        log.debug("task %s: steps %d..%d done", task.task_id[:12], start.step, stop)
-    return state, digests, ckpts
+                ckpts[state.step] = _state_on(state, torch.device("cpu"))
+        log.debug("task %s: steps %d..%d done on %s", task.task_id[:12], start.step, stop, where)
+    return _state_on(state, torch.device("cpu")), digests, ckpts
+
+
+def _state_on(state: TrainState, device: torch.device) -> TrainState:
+    def move(tensors: Tensors) -> Tensors:
+        return {k: v.to(device) for k, v in tensors.items()}
+
+    return TrainState(state.step, move(state.params), move(state.exp_avg), move(state.exp_avg_sq))
 
 
 def is_trainable_key(key: str) -> bool:
@@ -257,7 +308,7 @@ def start_state(adapter_state: Mapping[str, torch.Tensor]) -> TrainState:
     keys = sorted(k for k in adapter_state if is_trainable_key(k))
     if not keys:
         raise TrainingError("the adapter state holds no lora_B weights to train")
-    params = {k: adapter_state[k].detach().to(torch.float32).clone() for k in keys}
+    params = {k: adapter_state[k].detach().to("cpu", torch.float32).clone() for k in keys}
     zeros = {k: torch.zeros_like(v) for k, v in params.items()}
     return TrainState(0, params, zeros, {k: v.clone() for k, v in zeros.items()})
 
@@ -269,8 +320,9 @@ def train_with_trace(
     adapter_state: Mapping[str, torch.Tensor] | None,
     shard: Shard,
     checkpoint_every: int = 0,
+    device: Device = "cpu",
 ) -> TrainResult:
-    """Run the whole task, keeping per-step digests (and checkpoints if asked)."""
+    """Run the whole task on `device`, keeping per-step digests (and checkpoints if asked)."""
     if adapter_state is None:
         adapter_state = initial_adapter_state(model, task)
     start = start_state(adapter_state)
@@ -282,6 +334,7 @@ def train_with_trace(
         start=start,
         stop=task.hyper.steps,
         checkpoint_every=checkpoint_every,
+        device=device,
     )
     delta = {k: final.params[k] - start.params[k] for k in sorted(start.params)}
     return TrainResult(delta, final, (start.digest(), *digests), {0: start} | ckpts)
@@ -293,9 +346,14 @@ def train_update(
     model: nn.Module,
     adapter_state: Mapping[str, torch.Tensor] | None,
     shard: Shard,
+    device: Device = "cpu",
 ) -> Tensors:
     """The raw LoRA delta (trained - start, float32, PEFT `lora_B` keys) of `task` on `shard`.
 
-    `adapter_state` None means the genesis adapter (`initial_adapter_state`).
+    `adapter_state` None means the genesis adapter (`initial_adapter_state`). `device` is where
+    the model lives and the work runs ("cpu": class `cpu-fp32-det-v1`; anything else belongs to
+    `current_executor_class(device)`). The delta is returned on the CPU.
     """
-    return train_with_trace(task=task, model=model, adapter_state=adapter_state, shard=shard).delta
+    return train_with_trace(
+        task=task, model=model, adapter_state=adapter_state, shard=shard, device=device
+    ).delta

@@ -28,7 +28,13 @@ from torch import nn
 from r3mes.work.compression import check_same_layout, decompress
 from r3mes.work.data import Shard
 from r3mes.work.encoding import DecodedUpdate, decode_update
-from r3mes.work.errors import CompressionError, EncodingError
+from r3mes.work.errors import CompressionError, EncodingError, TrainingError
+from r3mes.work.executor import (
+    Device,
+    current_executor_class,
+    is_deterministic_class,
+    model_device,
+)
 from r3mes.work.submission import encode_for_task
 from r3mes.work.task import Task
 from r3mes.work.training import initial_adapter_state, train_update, trained_layout
@@ -49,12 +55,6 @@ class Verdict:
     digest_match: bool
     next_residual: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     """The miner's residual after this round, as replayed here (set when accepted)."""
-
-
-def is_deterministic_class(executor_class: str) -> bool:
-    """True for classes that promise bit-identical results ("...-det-vN")."""
-    parts = executor_class.split("-")
-    return len(parts) >= 2 and parts[-2] == "det"
 
 
 def relative_distance(
@@ -95,21 +95,30 @@ def verify(
     shard: Shard,
     residual: Mapping[str, torch.Tensor] | None,
     executor_class: str,
+    device: Device | None = None,
 ) -> Verdict:
-    """Re-execute `task` and judge `submitted` (see module docstring).
+    """Re-execute `task` on `device` and judge `submitted` (see module docstring).
 
-    `executor_class` is the class of this validator's re-execution; `residual` is the miner's
-    replayed error-feedback residual (None in its first round).
+    `executor_class` is the class of this validator's re-execution and must be
+    `current_executor_class(device)`; `device` None means wherever the model is. `residual` is
+    the miner's replayed error-feedback residual (None in its first round). Bytes that do not
+    decode, or decode to an update for another task or layout, are rejected, never raised.
     """
+    where = model_device(model) if device is None else device
+    if executor_class != current_executor_class(where):
+        raise TrainingError(
+            f"this validator re-executes on {where}, whose class is "
+            f"{current_executor_class(where)}, not {executor_class!r}"
+        )
     start = adapter_state if adapter_state is not None else initial_adapter_state(model, task)
     try:
         update = decode_update(submitted, layout=trained_layout(start))
-    except EncodingError as exc:
+    except (EncodingError, CompressionError) as exc:
         return _reject(f"malformed update: {exc}")
     problem = _check_identity(task, update)
     if problem:
         return _reject(problem)
-    raw = train_update(task=task, model=model, adapter_state=start, shard=shard)
+    raw = train_update(task=task, model=model, adapter_state=start, shard=shard, device=where)
     try:
         expected = encode_for_task(
             task=task, raw=raw, residual=residual, executor_class=update.meta.executor_class
