@@ -1,14 +1,26 @@
 """BitLinear figures: frozen-packed BitLinear + LoRA vs nn.Linear fp32 + LoRA, and weight bytes.
 
-Run: .venv/bin/python -m benchmarks.bitlinear [--quick]
-Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
+Run: .venv/bin/python -m benchmarks.bitlinear [--quick] [--threads N]
+Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"};
+ratio = value / baseline, both measured in this run. Times are the best of N forward+backward
+steps, ours and the baseline timed alternately (N = 7 with --quick, 25 without).
+
+Goal bases:
+* time (ours / fp32 dense, goal <= 2.0): the packed layer does the same matmuls as the dense
+  one plus, per forward, an unpack of the 2-bit weights into a transient ternary copy and an
+  8-bit fake-quantization of the activations - elementwise passes over the weight and the
+  input that cost a fraction of the (tokens x width^2) matmul at this shape. Paying for the
+  16x smaller weights with at most twice the time is the trade the frozen mode offers.
+* bytes per parameter (ours / fp32 nn.Linear, goal <= 0.065): 2 bits = 0.25 bytes against 4
+  bytes is 0.0625, plus the one fp32 scale; 0.065 (1/15.4) is the issue's "at most 0.26
+  bytes, at least 15x smaller than fp32" stated against the fp32 layer measured here.
+* trainable parameters (LoRA / full fine-tuning of the same layer, goal <= 0.05).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 
@@ -19,14 +31,25 @@ from r3mes.model.bitlinear import BitLinear
 from r3mes.model.lora import LoraConfig, LoraLinear
 
 
-def _median_ms(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm up
-    times = []
+def _best_ms_pair(
+    first: Callable[[], None], second: Callable[[], None], repeats: int
+) -> tuple[float, float]:
+    """Best ms of each step, timed alternately: load from other processes hits both alike,
+    and the fastest run is the one it disturbed least."""
+    first(), second()  # warm up
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for step, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            step()
+            out.append((time.perf_counter() - start) * 1000)
+    return min(times[0]), min(times[1])
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer `module` holds."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class _DenseLora(nn.Module):
@@ -45,22 +68,38 @@ class _DenseLora(nn.Module):
         return out
 
 
+def _line(figure: str, value: float, unit: str, baseline: float, goal: str) -> str:
+    return json.dumps(
+        {
+            "figure": figure,
+            "value": round(value, 4),
+            "unit": unit,
+            "baseline": round(baseline, 4),
+            "ratio": round(value / baseline, 4),
+            "goal": goal,
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (>= 1)")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens, width, rank = 512, 1024, 16
-    repeats = 5 if args.quick else 20
+    repeats = 7 if args.quick else 25
 
     packed = BitLinear(width, width)
     packed.freeze()
     ours = LoraLinear(packed)
     ours.add_adapter("bench", LoraConfig(r=rank, alpha=2 * rank, target_modules=("q_proj",)))
     ours.active_adapter = "bench"
-    dense = _DenseLora(nn.Linear(width, width, bias=False), rank, 2 * rank)
+    dense_linear = nn.Linear(width, width, bias=False)
+    dense = _DenseLora(dense_linear, rank, 2 * rank)
     x = torch.randn(tokens, width, requires_grad=True)
 
     def run(module: nn.Module) -> Callable[[], None]:
@@ -71,44 +110,34 @@ def main() -> None:
 
         return step
 
-    ours_ms = _median_ms(run(ours), repeats)
-    dense_ms = _median_ms(run(dense), repeats)
+    ours_ms, dense_ms = _best_ms_pair(run(ours), run(dense), repeats)
     print(
-        json.dumps(
-            {
-                "figure": f"packed_bitlinear_lora_fwd_bwd_ms ({tokens}x{width}^2, r={rank})",
-                "value": round(ours_ms, 3),
-                "unit": "ms",
-                "baseline": round(dense_ms, 3),
-                "ratio": round(dense_ms / ours_ms, 3),
-                "goal": ">= 0.5",
-            }
+        _line(
+            f"packed_bitlinear_lora_fwd_bwd_ms ({tokens}x{width}^2, r={rank}) vs fp32 dense",
+            ours_ms,
+            "ms",
+            dense_ms,
+            "<= 2.0",
         )
     )
-    bytes_per_param = packed.weight_bytes() / (width * width)
+    params = width * width
     print(
-        json.dumps(
-            {
-                "figure": "ternary_weight_bytes_per_param (packed, as held)",
-                "value": round(bytes_per_param, 4),
-                "unit": "bytes/param",
-                "baseline": 4.0,
-                "ratio": round(bytes_per_param / 4.0, 4),
-                "goal": "value <= 0.26",
-            }
+        _line(
+            "weight_bytes_per_param (packed 2-bit + scale, as held) vs fp32 nn.Linear",
+            packed.weight_bytes() / params,
+            "bytes/param",
+            _tensor_bytes(dense_linear) / params,
+            "<= 0.065",
         )
     )
-    grads = sum(p.numel() for p in ours.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
     print(
-        json.dumps(
-            {
-                "figure": "trainable_params_frozen_packed_plus_lora",
-                "value": grads,
-                "unit": "params",
-                "baseline": width * width + grads,
-                "ratio": round(grads / (width * width + grads), 4),
-                "goal": "<= 0.05",
-            }
+        _line(
+            "trainable_params_frozen_packed_plus_lora vs full fine-tuning (+ LoRA)",
+            trainable,
+            "params",
+            sum(p.numel() for p in dense.parameters()),
+            "<= 0.05",
         )
     )
 

@@ -79,3 +79,21 @@ def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
 def save(model: Any, path: Path) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def from_pretrained(path: Path) -> Any:
+    """transformers' own loader (its BitNet quantizer picks the layer class from config.json).
+
+    Cast to float32 afterwards (exact for bf16 values): the quantizer keeps config.json's
+    bf16 `torch_dtype` for some tensors, and r3mes computes in float32.
+    """
+    with torch.compiler.set_stance("force_eager"):
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # PreTrainedModel.float refuses quantized models; the plain module cast is what we want
+    return torch.nn.Module.float(model).eval()
+
+
+def pack_weights(ternary: torch.Tensor) -> torch.Tensor:
+    """transformers' own 2-bit packing."""
+    packed: torch.Tensor = bitnet_integration.pack_weights(ternary.clone())
+    return packed

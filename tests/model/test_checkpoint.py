@@ -181,3 +181,57 @@ def test_bf16_packed_and_sharded_checkpoints_load(tmp_path: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(CheckpointError, match="plain file names"):
         load_pretrained(folder)
+
+
+def test_huge_config_is_refused_from_the_header_before_allocating(tmp_path: Path) -> None:
+    """vocab_size 2e9 would need 256 GB; the header check refuses it without allocating."""
+    folder = _folder(tmp_path)
+    data = json.loads((folder / "config.json").read_text())
+    data["vocab_size"] = 2_000_000_000
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"embed_tokens\.weight has shape \(256, 32\)"):
+        load_pretrained(folder)
+
+
+def test_save_refuses_a_file_as_destination(tmp_path: Path) -> None:
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        save_pretrained(make_tiny_model(0), target, packed=True)
+    assert target.read_text() == "keep me"
+
+
+_SAVE_SCRIPT = """
+import hashlib, sys
+from r3mes.model.checkpoint import save_pretrained
+from r3mes.model.tiny import make_tiny_model
+model = make_tiny_model(7)
+model.freeze_backbone()
+for packed in (True, False):
+    kind = "packed" if packed else "master"
+    folder = save_pretrained(model, sys.argv[1] + "/" + kind, packed=packed)
+    for name in ("model.safetensors", "config.json"):
+        print(hashlib.sha256((folder / name).read_bytes()).hexdigest())
+"""
+
+
+def test_saved_bytes_are_identical_across_fresh_processes(tmp_path: Path) -> None:
+    """The protocol names the base model by content id: saving must not depend on the process."""
+    import subprocess
+
+    digests = []
+    for run in ("one", "two"):
+        done = subprocess.run(
+            [sys.executable, "-c", _SAVE_SCRIPT, str(tmp_path / run)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        digests.append(done.stdout.split())
+    assert len(digests[0]) == 4 and digests[0] == digests[1]
+    # safetensors writes its metadata map in hash order; one key leaves no order to vary
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "one" / "packed" / "model.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}

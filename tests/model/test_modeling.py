@@ -101,3 +101,17 @@ def test_training_from_scratch_reduces_loss() -> None:
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.5
     assert tiny_config().num_hidden_layers == 2
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_word_embeddings": False}, {"num_key_value_heads": 4, "intermediate_size": 40}],
+)
+def test_tensor_shapes_match_a_built_model(overrides: dict[str, object]) -> None:
+    from r3mes.model.modeling import tensor_shapes
+
+    model = make_tiny_model(0, **overrides)
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        built.pop("lm_head.weight")
+    assert tensor_shapes(model.config) == built

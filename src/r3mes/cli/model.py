@@ -18,10 +18,29 @@ ModelOpt = Annotated[
 ]
 
 
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto (CUDA, else Apple MPS, else CPU), cpu or cuda.",
+    ),
+]
+
+
 def _model_dir(model: Path | None) -> Path:
     from r3mes.model.shipped import shipped_model_dir
 
     return model if model is not None else shipped_model_dir()
+
+
+def _base_name(model: Path | None) -> str:
+    """The base-model name an adapter for this model must record."""
+    from r3mes.model.checkpoint import recorded_name
+    from r3mes.model.shipped import SHIPPED_MODEL_NAME, shipped_model_dir
+
+    if model is None or model.resolve() == shipped_model_dir().resolve():
+        return SHIPPED_MODEL_NAME
+    return recorded_name(model)
 
 
 @app.command()
@@ -42,11 +61,15 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Initialisation and sampling seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     eval_windows: Annotated[int, typer.Option(help="Held-out windows scored (0: all).")] = 200,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a BitNet b1.58 model from scratch on the stdlib docs corpus (PSF licence)."""
+    from r3mes.model.checkpoint import check_destination
+    from r3mes.model.device import resolve_device
     from r3mes.model.pretrain import PretrainConfig
     from r3mes.model.pretrain import pretrain as run_pretrain
 
+    check_destination(out)
     config = PretrainConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -63,6 +86,7 @@ def pretrain(
         seed=seed,
         threads=threads,
         eval_windows=eval_windows,
+        device=resolve_device(device),
     )
     console = Console()
     metrics = run_pretrain(config, out, report=console.print)
@@ -83,20 +107,17 @@ def generate(
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Continue PROMPT with the model, streaming the text as it is generated."""
     import torch
 
     from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.device import resolve_device
     from r3mes.model.generate import GenerationConfig, stream_generate
     from r3mes.model.peft_io import attach_peft_adapter
     from r3mes.model.tokenizer import load_tokenizer
 
-    folder = _model_dir(model)
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    net, tokenizer = load_pretrained(folder), load_tokenizer(folder)
-    if adapter is not None:
-        attach_peft_adapter(net, adapter, name="cli")
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -105,17 +126,26 @@ def generate(
         seed=seed,
         stop_strings=tuple(stop or ()),
     )
+    target = resolve_device(device)
+    folder = _model_dir(model)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    net, tokenizer = load_pretrained(folder), load_tokenizer(folder)
+    if adapter is not None:
+        attach_peft_adapter(net, adapter, name="cli", expected_base=_base_name(model))
+    net.to(target)
+    pieces = stream_generate(net, tokenizer, prompt, config)  # checks the request first
     console = Console(highlight=False)
     console.print(prompt, end="", style="bold")
-    for piece in stream_generate(net, tokenizer, prompt, config):
+    for piece in pieces:
         console.print(piece, end="", markup=False)
     console.print()
 
 
 @app.command()
 def info(model: ModelOpt = None) -> None:
-    """Show a checkpoint's configuration, parameter count and packed size."""
+    """Show a checkpoint's configuration, sizes, and this machine's device and memory profile."""
     from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.device import default_profile, detect_device
 
     folder = _model_dir(model)
     net = load_pretrained(folder)
@@ -133,11 +163,23 @@ def info(model: ModelOpt = None) -> None:
     files = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     table.add_row("folder size", f"{files:,} bytes")
     metrics = folder / "metrics.json"
+    data: Any = None
     if metrics.is_file():
-        data: dict[str, Any] = json.loads(metrics.read_text())
+        try:
+            data = json.loads(metrics.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            table.add_row("metrics.json", "unreadable (not valid JSON)")
+    if isinstance(data, dict):
         for key in ("heldout_perplexity", "unigram_perplexity"):
-            if key in data:
+            if isinstance(data.get(key), int | float):
                 table.add_row(key, f"{data[key]:.2f}")
+    detected = detect_device()
+    profile = default_profile(detected)
+    table.add_row("detected device", detected)
+    table.add_row(
+        "memory profile",
+        f"{profile.name} (default LoRA rank {profile.lora_rank}, batch {profile.batch_size})",
+    )
     Console().print(table)
 
 
@@ -152,11 +194,12 @@ def convert(
     """Convert a checkpoint between HF float master weights and the packed 2-bit format."""
     import shutil
 
-    from r3mes.model.checkpoint import load_pretrained, save_pretrained
+    from r3mes.model.checkpoint import check_destination, load_pretrained, save_pretrained
     from r3mes.model.errors import CheckpointError
 
     if destination.resolve() == source.resolve():
         raise CheckpointError(destination, "destination must differ from the source folder")
+    check_destination(destination)
     net = load_pretrained(source)
     save_pretrained(net, destination, packed=packed)
     for extra in ("tokenizer.json", "SOURCES.md", "metrics.json"):

@@ -1,32 +1,45 @@
 """Checkpoints in HF's layout: `config.json` + `model.safetensors`, master or packed.
 
-* master: every BitLinear as a float `weight` (what `BitNetForCausalLM.save_pretrained` writes;
-  bf16 or fp32 on load, quantized online);
-* packed: the layout of microsoft/bitnet-b1.58-2B-4T - BitLinear `weight` as uint8 with four
-  ternary values per byte (transformers' `pack_weights`) plus `weight_scale`
-  (`W ~= ternary / weight_scale`), and `quantization_config` in config.json.
+* master: every BitLinear as a float `weight` (bf16 or fp32 on load, quantized online), with
+  `quantization_config` autobitlinear/online as microsoft/bitnet-b1.58-2B-4T-bf16;
+* packed: BitLinear `weight` as uint8 with four ternary values per byte (transformers'
+  `pack_weights`) plus `weight_scale`. r3mes writes transformers' `bitlinear` convention
+  (`W ~= ternary / weight_scale`) and also reads microsoft/bitnet-b1.58-2B-4T's autobitlinear
+  offline one (`W ~= ternary * weight_scale`); see `r3mes.model.quantization`.
 
 Converting packed to master writes `ternary / (weight_scale * nonzero_fraction)`, the one float
 tensor whose absmean quantization gives back the same ternary values and the same scale, so
 packed -> master -> packed is exact and logits are unchanged.
 
-Loading never unpickles; every problem raises `CheckpointError` naming the file.
+Loading never unpickles, and checks every tensor's shape and dtype against config.json from
+the safetensors headers before any weight memory is allocated; every problem raises
+`CheckpointError` naming the file. Saving is byte-deterministic (the weights file is content
+addressed by the protocol).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from r3mes.model.bitlinear import BitLinear, pack_ternary, ternarize, unpack_ternary
+from r3mes.model.bitlinear import (
+    VALUES_PER_BYTE,
+    BitLinear,
+    pack_ternary,
+    ternarize,
+    unpack_ternary,
+)
 from r3mes.model.config import BitNetConfig
 from r3mes.model.errors import CheckpointError, ConfigError, ModelError
-from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.modeling import BitNetForCausalLM, tensor_shapes
+from r3mes.model.quantization import MASTER, PACKED, BitNetQuantization, parse_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +47,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_CONFIG_BYTES = 1024 * 1024
-QUANTIZATION_CONFIG = {
-    "quant_method": "bitnet",
-    "linear_class": "bitlinear",
-    "quantization_mode": "offline",
-}
+# One metadata key only: safetensors writes its metadata map in hash order, so two keys can
+# come out in either order from one process to the next and change the file's bytes.
+WEIGHTS_METADATA = {"format": "pt"}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+Tensors = dict[str, tuple[torch.Tensor, Path]]
 
 
 def _hf_name(module_path: str) -> str:
@@ -46,7 +60,7 @@ def _hf_name(module_path: str) -> str:
 
 
 def model_state(model: BitNetForCausalLM, *, packed: bool) -> dict[str, torch.Tensor]:
-    """The HF-named tensors of `model` (without LoRA), packed or as float masters."""
+    """The HF-named tensors of `model` (without LoRA) on the CPU, packed or as float masters."""
     state: dict[str, torch.Tensor] = {}
     linear_names = set()
     for path, module in model.bit_linears():
@@ -69,8 +83,8 @@ def model_state(model: BitNetForCausalLM, *, packed: bool) -> dict[str, torch.Te
             continue
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
-        state[key] = tensor.detach().float().contiguous().clone()
-    return state
+        state[key] = tensor.detach().float().clone()
+    return {k: v.cpu().contiguous() for k, v in state.items()}
 
 
 def _master_from_ternary(module: BitLinear) -> torch.Tensor:
@@ -79,18 +93,31 @@ def _master_from_ternary(module: BitLinear) -> torch.Tensor:
     return (ternary / (scale * nonzero)).float().contiguous()
 
 
+def check_destination(directory: Path) -> None:
+    """Refuse a destination that exists and is not a folder, before any work is done."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(directory, "exists and is not a folder; choose another destination")
+
+
 def save_pretrained(model: BitNetForCausalLM, directory: Path | str, *, packed: bool) -> Path:
-    """Write config.json and model.safetensors into `directory` (each replaced atomically)."""
+    """Write config.json and model.safetensors into `directory` (each replaced atomically).
+
+    The same model gives the same bytes in any process (sorted JSON, fixed tensor order, one
+    metadata key).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    check_destination(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(directory, f"cannot create the folder ({exc})") from exc
     config = model.config.to_dict()
-    if packed:
-        config["quantization_config"] = dict(QUANTIZATION_CONFIG)
-    state = {k: v.contiguous() for k, v in model_state(model, packed=packed).items()}
+    config["quantization_config"] = (PACKED if packed else MASTER).to_dict()
+    state = model_state(model, packed=packed)
     weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(weights_tmp), metadata={"format": "pt", "r3mes_packed": str(packed)})
+    save_file(state, str(weights_tmp), metadata=dict(WEIGHTS_METADATA))
     config_tmp = directory / f".{CONFIG_FILE}.tmp"
     config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for tmp in (weights_tmp, config_tmp):
@@ -101,8 +128,7 @@ def save_pretrained(model: BitNetForCausalLM, directory: Path | str, *, packed: 
     return directory
 
 
-def load_config(directory: Path) -> BitNetConfig:
-    """Read and validate `directory/config.json`."""
+def _read_config_json(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(path, "missing; a checkpoint folder needs config.json")
@@ -112,21 +138,29 @@ def load_config(directory: Path) -> BitNetConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(path, f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_config(directory: Path) -> tuple[BitNetConfig, BitNetQuantization | None]:
+    """Read and validate `directory/config.json`: the architecture and its quantization."""
+    data = _read_config_json(directory)
     try:
-        if isinstance(data, dict):
-            _check_quantization(data.get("quantization_config"))
-        return BitNetConfig.from_dict(data)
+        return BitNetConfig.from_dict(data), parse_quantization(data.get("quantization_config"))
     except ConfigError as exc:
-        raise CheckpointError(path, str(exc)) from exc
+        raise CheckpointError(directory / CONFIG_FILE, str(exc)) from exc
 
 
-def _check_quantization(quant: Any) -> None:
-    if quant is None:
-        return
-    if not isinstance(quant, dict) or quant.get("quant_method") != "bitnet":
-        raise ConfigError(f"unsupported quantization_config {quant!r}")
-    if quant.get("linear_class", "bitlinear") != "bitlinear":
-        raise ConfigError("only linear_class 'bitlinear' packed checkpoints are supported")
+def recorded_name(directory: Path | str) -> str:
+    """The model name a checkpoint records (`_name_or_path` in config.json), else its folder's."""
+    directory = Path(directory)
+    data = _read_config_json(directory)
+    for key in ("_name_or_path", "name_or_path"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return directory.resolve().name
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -138,7 +172,7 @@ def _weight_files(directory: Path) -> list[Path]:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(index, f"malformed shard index ({exc})") from exc
         files = [directory / n for n in names]
-        if any(Path(n).name != n for n in names):
+        if any(not isinstance(n, str) or Path(n).name != n for n in names):
             raise CheckpointError(index, "shard names must be plain file names")
     else:
         files = [directory / WEIGHTS_FILE]
@@ -148,11 +182,41 @@ def _weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def read_tensors(directory: Path) -> dict[str, tuple[torch.Tensor, Path]]:
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it (no data read)."""
+
+    shape: tuple[int, ...]
+    """Its shape."""
+    dtype: str
+    """safetensors dtype code: "F32", "BF16", "U8", ..."""
+    file: Path
+    """The file that holds it."""
+
+
+def read_header(directory: Path) -> dict[str, TensorInfo]:
+    """Shape and dtype of every tensor in the checkpoint's safetensors file(s)."""
+    from safetensors import SafetensorError, safe_open
+
+    infos: dict[str, TensorInfo] = {}
+    for file in _weight_files(directory):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    if key in infos:
+                        raise CheckpointError(file, f"tensor {key} appears in two shards")
+                    view = handle.get_slice(key)
+                    infos[key] = TensorInfo(tuple(view.get_shape()), view.get_dtype(), file)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(file, f"corrupt or truncated safetensors file ({exc})") from exc
+    return infos
+
+
+def read_tensors(directory: Path) -> Tensors:
     """Every tensor of the checkpoint's safetensors file(s), with the file it came from."""
     from safetensors import SafetensorError, safe_open
 
-    tensors: dict[str, tuple[torch.Tensor, Path]] = {}
+    tensors: Tensors = {}
     for file in _weight_files(directory):
         try:
             with safe_open(str(file), framework="pt") as handle:
@@ -170,49 +234,127 @@ def load_pretrained(directory: Path | str) -> BitNetForCausalLM:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(directory, "not a folder; pass the checkpoint directory")
-    config = load_config(directory)
-    tensors = read_tensors(directory)
+    config, quant = load_config(directory)
+    # shapes from the headers only: nothing is allocated before they fit the config
+    frozen = _check_layout(config, read_header(directory), quant)
     model = BitNetForCausalLM(config)
-    packed = _install_linears(model, tensors)
+    tensors = read_tensors(directory)
+    _install_linears(model, tensors, quant, frozen=frozen)
     _install_rest(model, tensors)
-    leftovers = sorted(
-        k for k in tensors if not (config.tie_word_embeddings and k == "lm_head.weight")
-    )
-    if leftovers:
-        file = tensors[leftovers[0]][1]
-        raise CheckpointError(file, f"unexpected tensors {leftovers[:4]} (another architecture?)")
-    if packed:
+    if frozen:
         model.freeze_backbone()
     model.eval()
     return model
 
 
-def _take(
-    tensors: dict[str, tuple[torch.Tensor, Path]], key: str, directory_hint: Path
-) -> tuple[torch.Tensor, Path]:
-    if key not in tensors:
-        raise CheckpointError(directory_hint, f"missing tensor {key}")
-    return tensors.pop(key)
+def _check_layout(
+    config: BitNetConfig, header: dict[str, TensorInfo], quant: BitNetQuantization | None
+) -> bool:
+    """Every tensor the model needs is present with its shape and dtype, and nothing else.
+
+    Returns True when the BitLinear weights are stored ternary (packed or offline), False for
+    float masters.
+    """
+    remaining = dict(header)
+    hint = next(iter(header.values())).file if header else Path(WEIGHTS_FILE)
+    kinds = set()
+    for key, shape in tensor_shapes(config).items():
+        module = key.removesuffix(".weight")
+        if module.rsplit(".", 1)[-1].endswith("_proj"):
+            kinds.add(_check_linear(module, shape, remaining, quant, hint))
+        else:
+            _check_info(_take_info(remaining, key, hint), shape, key)
+    if len(kinds) > 1:
+        raise CheckpointError(hint, "mixes packed and master BitLinear weights")
+    if config.tie_word_embeddings:
+        remaining.pop("lm_head.weight", None)  # some tied checkpoints store the head anyway
+    if remaining:
+        leftovers = sorted(remaining)
+        raise CheckpointError(
+            remaining[leftovers[0]].file,
+            f"unexpected tensors {leftovers[:4]} (another architecture?)",
+        )
+    return kinds == {True}
+
+
+def _take_info(remaining: dict[str, TensorInfo], key: str, hint: Path) -> TensorInfo:
+    if key not in remaining:
+        raise CheckpointError(hint, f"missing tensor {key}")
+    return remaining.pop(key)
+
+
+def _check_info(info: TensorInfo, shape: tuple[int, ...], key: str) -> None:
+    if info.shape != shape:
+        raise CheckpointError(info.file, f"tensor {key} has shape {info.shape}, expected {shape}")
+    if info.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(info.file, f"tensor {key} has dtype {info.dtype}, expected a float")
+
+
+def _check_linear(
+    name: str,
+    shape: tuple[int, ...],
+    remaining: dict[str, TensorInfo],
+    quant: BitNetQuantization | None,
+    hint: Path,
+) -> bool:
+    """Check one projection's tensors (`shape` is (out, in)); True when stored ternary."""
+    info = _take_info(remaining, f"{name}.weight", hint)
+    scale = remaining.pop(f"{name}.weight_scale", None)
+    packed = info.dtype == "U8"
+    if packed:
+        expected = ((shape[0] + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE, *shape[1:])
+        if info.shape != expected:
+            raise CheckpointError(
+                info.file,
+                f"tensor {name}.weight has shape {info.shape}, expected {expected} (packed uint8)",
+            )
+    else:
+        _check_info(info, shape, f"{name}.weight")
+    if quant is not None and quant.float_masters and packed:
+        raise CheckpointError(
+            info.file,
+            f"{name}.weight is packed uint8, but quantization_config says float master weights "
+            "quantized online (quantization_mode 'online')",
+        )
+    if quant is not None and quant.linear_class == "bitlinear" and not packed:
+        raise CheckpointError(
+            info.file,
+            f"{name}.weight is {info.dtype}, but linear_class 'bitlinear' stores packed uint8",
+        )
+    ternary = packed or (quant is not None and quant.scale_multiplies)
+    if ternary and scale is None:
+        raise CheckpointError(info.file, f"missing tensor {name}.weight_scale")
+    if (
+        ternary
+        and scale is not None
+        and (scale.dtype not in FLOAT_DTYPES or math.prod(scale.shape) != 1)
+    ):
+        raise CheckpointError(
+            scale.file,
+            f"tensor {name}.weight_scale must be one float, got {scale.dtype} {scale.shape}",
+        )
+    if not ternary and scale is not None:
+        raise CheckpointError(
+            scale.file, f"unexpected tensor {name}.weight_scale next to float master weights"
+        )
+    if f"{name}.bias" in remaining:
+        raise CheckpointError(info.file, f"{name}.bias present but the architecture has no bias")
+    return ternary
 
 
 def _install_linears(
-    model: BitNetForCausalLM, tensors: dict[str, tuple[torch.Tensor, Path]]
-) -> bool:
-    hint = next(iter(tensors.values()))[1] if tensors else Path(".")
-    kinds: set[bool] = set()
+    model: BitNetForCausalLM, tensors: Tensors, quant: BitNetQuantization | None, *, frozen: bool
+) -> None:
+    multiplies = quant is not None and quant.scale_multiplies
     for name, module in model.bit_linears():
-        weight, file = _take(tensors, f"{name}.weight", hint)
-        is_packed = weight.dtype == torch.uint8
-        kinds.add(is_packed)
+        weight, file = tensors.pop(f"{name}.weight")
         try:
-            if is_packed:
-                scale, _ = _take(tensors, f"{name}.weight_scale", file)
-                ternary = unpack_ternary(weight, (module.out_features, module.in_features))
-                module.load_packed(
-                    pack_ternary(ternary), _finite(scale, f"{name}.weight_scale", file)
-                )
+            if frozen:
+                scale = _positive_scale(tensors.pop(f"{name}.weight_scale")[0], name, file)
+                ternary = _ternary(weight, module, name, file)
+                # r3mes holds the dividing scale (W ~= ternary / scale), as `bitlinear`
+                module.load_packed(pack_ternary(ternary), 1.0 / scale if multiplies else scale)
             else:
-                _check_shape(weight, (module.out_features, module.in_features), name, file)
                 assert module.weight is not None
                 with torch.no_grad():
                     module.weight.copy_(_finite(weight, f"{name}.weight", file))
@@ -220,39 +362,37 @@ def _install_linears(
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(file, f"{name}.weight: {exc}") from exc
-        tensors.pop(f"{name}.weight_scale", None)
-        if module.bias is None and f"{name}.bias" in tensors:
-            raise CheckpointError(file, f"{name}.bias present but the architecture has no bias")
-    if len(kinds) > 1:
-        raise CheckpointError(hint, "mixes packed and master BitLinear weights")
-    return kinds == {True}
 
 
-def _install_rest(model: BitNetForCausalLM, tensors: dict[str, tuple[torch.Tensor, Path]]) -> None:
-    hint = next(iter(tensors.values()))[1] if tensors else Path(".")
-    own = {
-        k: v
-        for k, v in model.state_dict().items()
-        if not (k == "lm_head.weight" and model.config.tie_word_embeddings)
-        and not k.endswith(("packed_weight", "weight_scale"))
-    }
+def _positive_scale(scale: torch.Tensor, name: str, file: Path) -> torch.Tensor:
+    value = _finite(scale, f"{name}.weight_scale", file).reshape(1)
+    if not bool((value > 0).all()):
+        raise CheckpointError(file, f"tensor {name}.weight_scale must be positive, got {value}")
+    return value
+
+
+def _ternary(weight: torch.Tensor, module: BitLinear, name: str, file: Path) -> torch.Tensor:
+    shape = (module.out_features, module.in_features)
+    if weight.dtype == torch.uint8:
+        return unpack_ternary(weight, shape)  # rejects the invalid code 3
+    values = _finite(weight, f"{name}.weight", file)
+    if not bool(((values == -1) | (values == 0) | (values == 1)).all()):
+        raise CheckpointError(
+            file, f"tensor {name}.weight: offline float weights must hold only -1, 0 and 1"
+        )
+    return values
+
+
+def _install_rest(model: BitNetForCausalLM, tensors: Tensors) -> None:
     linear_weights = {f"{n}.weight" for n, _ in model.bit_linears()}
     with torch.no_grad():
-        for key, target in own.items():
-            if key in linear_weights:
+        for key, target in model.state_dict().items():
+            if key in linear_weights or key.endswith(("packed_weight", "weight_scale")):
                 continue
-            tensor, file = _take(tensors, key, hint)
-            _check_shape(tensor, tuple(target.shape), key, file)
+            if key == "lm_head.weight" and model.config.tie_word_embeddings:
+                continue
+            tensor, file = tensors.pop(key)
             target.copy_(_finite(tensor, key, file))
-
-
-def _check_shape(tensor: torch.Tensor, shape: tuple[int, ...], key: str, file: Path) -> None:
-    if tuple(tensor.shape) != shape:
-        raise CheckpointError(
-            file, f"tensor {key} has shape {tuple(tensor.shape)}, expected {shape}"
-        )
-    if not tensor.is_floating_point():
-        raise CheckpointError(file, f"tensor {key} has dtype {tensor.dtype}, expected a float type")
 
 
 def _finite(tensor: torch.Tensor, key: str, file: Path) -> torch.Tensor:

@@ -31,14 +31,16 @@ class MemoryProfile:
     """Default training batch size."""
 
 
-# (upper bound in bytes, exclusive; profile); the last one has no bound.
+# (upper bound in bytes, exclusive; profile); the last one has no bound. ultra_high is
+# "> 32 GB", so a device of exactly 32 GiB is still high.
 PROFILES: tuple[tuple[int | None, MemoryProfile], ...] = (
     (4 * GIB, MemoryProfile("ultra_low", 4, 1)),
     (8 * GIB, MemoryProfile("low", 8, 2)),
     (16 * GIB, MemoryProfile("medium", 16, 4)),
-    (32 * GIB, MemoryProfile("high", 32, 8)),
+    (32 * GIB + 1, MemoryProfile("high", 32, 8)),
     (None, MemoryProfile("ultra_high", 64, 16)),
 )
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def memory_profile(total_bytes: int) -> MemoryProfile:
@@ -77,3 +79,19 @@ def device_memory_bytes(device: str) -> int:
 def default_profile(device: str | None = None) -> MemoryProfile:
     """The memory profile of `device` (detected when None)."""
     return memory_profile(device_memory_bytes(device or detect_device()))
+
+
+def resolve_device(choice: str) -> str:
+    """The torch device for a `--device` choice: "auto" detects (cuda, mps, cpu).
+
+    "cuda" must exist here; anything else is refused.
+    """
+    if choice == "auto":
+        return detect_device()
+    if choice == "cpu":
+        return "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError("--device cuda: no usable CUDA GPU here; use --device cpu or auto")
+        return "cuda"
+    raise ModelError(f"unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}")

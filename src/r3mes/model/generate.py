@@ -92,11 +92,11 @@ def _pick(logits: torch.Tensor, config: GenerationConfig, gen: torch.Generator) 
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= config.top_p  # keeps >= 1
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    # sample on the CPU with the CPU generator, so a seed gives the same draw on any device
+    probs = logits.float().softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
 
 
-@torch.no_grad()
 def generate_token_ids(
     model: BitNetForCausalLM,
     prompts: Sequence[Sequence[int]],
@@ -104,15 +104,27 @@ def generate_token_ids(
     *,
     pad_id: int,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row (B,) per step; the caller decides when to stop."""
+    """An iterator of the next token of every row (B,) per step; the caller decides when to stop.
+
+    The request is checked here, before the iterator is returned (not at its first step).
+    """
     rows = [list(p) for p in prompts]
     if not rows or len(rows) > MAX_BATCH or any(not r for r in rows):
         raise GenerationError(f"need 1..{MAX_BATCH} non-empty prompts")
     limit = model.config.max_position_embeddings
-    if max(len(r) for r in rows) + config.max_new_tokens > limit:
+    longest = max(len(r) for r in rows)
+    if longest + config.max_new_tokens > limit:
         raise GenerationError(
-            f"prompt plus max_new_tokens exceeds the model's {limit} positions; shorten either"
+            f"prompt ({longest} tokens) plus max_new_tokens ({config.max_new_tokens}) exceeds "
+            f"the model's {limit} positions; shorten either"
         )
+    return _decode_steps(model, rows, config, pad_id=pad_id)
+
+
+@torch.no_grad()
+def _decode_steps(
+    model: BitNetForCausalLM, rows: list[list[int]], config: GenerationConfig, *, pad_id: int
+) -> Iterator[torch.Tensor]:
     gen = torch.Generator()
     if config.seed is not None:
         gen.manual_seed(config.seed)
@@ -192,14 +204,24 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 def stream_generate(
     model: BitNetForCausalLM, tokenizer: Tokenizer, prompt: str, config: GenerationConfig
 ) -> Iterator[str]:
-    """Yield the continuation of `prompt` piece by piece; the pieces join to `generate`'s text."""
+    """The continuation of `prompt` piece by piece; the pieces join to `generate`'s text.
+
+    A bad request (prompt too long for max_new_tokens, ...) raises here, before any piece.
+    """
+    steps = generate_token_ids(
+        model, [_encode_prompt(tokenizer, prompt)], config, pad_id=tokenizer.pad_id
+    )
+    return _pieces(steps, tokenizer, config)
+
+
+def _pieces(
+    steps: Iterator[torch.Tensor], tokenizer: Tokenizer, config: GenerationConfig
+) -> Iterator[str]:
     stop_ids = _stop_ids(tokenizer, config)
     ids: list[int] = []
     emitted = 0
     text = ""
-    for tokens in generate_token_ids(
-        model, [_encode_prompt(tokenizer, prompt)], config, pad_id=tokenizer.pad_id
-    ):
+    for tokens in steps:
         token = int(tokens[0])
         if token in stop_ids:
             break

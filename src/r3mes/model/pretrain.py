@@ -15,14 +15,14 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from r3mes.model.checkpoint import save_pretrained
+from r3mes.model.checkpoint import check_destination, save_pretrained
 from r3mes.model.config import BitNetConfig
 from r3mes.model.corpus import HELDOUT_MODULUS, SOURCES, build_corpus, split_corpus
 from r3mes.model.errors import ModelError
@@ -30,6 +30,8 @@ from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.tokenizer import Tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
+MAX_POSITIONS = 2048
+"""max_position_embeddings of every pretrained model."""
 
 
 @dataclass(frozen=True)
@@ -66,29 +68,66 @@ class PretrainConfig:
     """torch CPU threads."""
     eval_windows: int = 200
     """Held-out windows scored for perplexity (0 = all)."""
+    device: str = "cpu"
+    """torch device that trains: "cpu", "cuda" or "mps" (numerics differ between devices)."""
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "steps", "threads", "hidden_size"):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, str):
+                if not isinstance(value, str):
+                    raise ModelError(f"pretrain {f.name} must be a string, got {value!r}")
+                continue
+            wants_int = isinstance(f.default, int)
+            ok = isinstance(value, int) if wants_int else isinstance(value, int | float)
+            if isinstance(value, bool) or not ok:
+                kind = "an integer" if wants_int else "a number"
+                raise ModelError(f"pretrain {f.name} must be {kind}, got {value!r}")
+        for name in ("seq_len", "batch_size", "steps", "threads"):
             if getattr(self, name) <= 0:
-                raise ModelError(f"pretrain {name} must be positive")
-        if not 0 < self.lr < 1:
+                raise ModelError(f"pretrain {name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_windows", "seed"):
+            if getattr(self, name) < 0:
+                raise ModelError(f"pretrain {name} must be >= 0, got {getattr(self, name)}")
+        if self.seq_len > MAX_POSITIONS:
+            raise ModelError(
+                f"pretrain seq_len must be at most {MAX_POSITIONS} (max_position_embeddings), "
+                f"got {self.seq_len}"
+            )
+        if not 259 <= self.vocab_size <= 1_000_000:
+            raise ModelError(
+                f"pretrain vocab_size must be in 259..1000000 (256 bytes + 3 special tokens), "
+                f"got {self.vocab_size}"
+            )
+        if self.seed >= 2**63:
+            raise ModelError(f"pretrain seed must be below 2**63, got {self.seed}")
+        if not 0 < self.lr < 1:  # also refuses NaN
             raise ModelError(f"pretrain lr must be in (0, 1), got {self.lr}")
+        if not 0 <= self.weight_decay <= 1:
+            raise ModelError(f"pretrain weight_decay must be in [0, 1], got {self.weight_decay}")
+        if self.device not in ("cpu", "cuda", "mps"):
+            raise ModelError(f"pretrain device must be cpu, cuda or mps, got {self.device!r}")
+        self.architecture(self.vocab_size)  # bad sizes fail now, before any corpus work
 
-    def model_config(self, tokenizer: Tokenizer) -> BitNetConfig:
-        """The architecture this run trains."""
+    def architecture(self, vocab_size: int, tokenizer: Tokenizer | None = None) -> BitNetConfig:
+        """The architecture this run trains (special token ids from `tokenizer` when given)."""
         return BitNetConfig(
-            vocab_size=tokenizer.vocab_size,
+            vocab_size=vocab_size,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
-            max_position_embeddings=2048,
+            max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_id,
-            eos_token_id=tokenizer.eos_id,
-            pad_token_id=tokenizer.pad_id,
+            bos_token_id=tokenizer.bos_id if tokenizer else None,
+            eos_token_id=tokenizer.eos_id if tokenizer else None,
+            pad_token_id=tokenizer.pad_id if tokenizer else None,
         )
+
+    def model_config(self, tokenizer: Tokenizer) -> BitNetConfig:
+        """The architecture this run trains, sized to the trained tokenizer."""
+        return self.architecture(tokenizer.vocab_size, tokenizer)
 
 
 def token_stream(tokenizer: Tokenizer, docs: list[str]) -> torch.Tensor:
@@ -114,9 +153,10 @@ def heldout_windows(stream: torch.Tensor, seq_len: int, limit: int) -> torch.Ten
 def perplexity(model: BitNetForCausalLM, windows: torch.Tensor, batch_size: int = 16) -> float:
     """exp(mean next-token cross-entropy) over every position of `windows`."""
     model.eval()
+    device = model.lm_head.weight.device
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):
-        chunk = windows[start : start + batch_size]
+        chunk = windows[start : start + batch_size].to(device)
         logits = model(chunk[:, :-1])
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
@@ -166,6 +206,7 @@ def train_model(
             0, train.numel() - config.seq_len - 1, (config.batch_size,), generator=gen
         )
         batch = torch.stack([train[s : s + config.seq_len + 1] for s in starts.tolist()])
+        batch = batch.to(config.device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, config)
         logits = model(batch[:, :-1])
@@ -185,6 +226,7 @@ def pretrain(
     config: PretrainConfig, out_dir: Path, report: Callable[[str], None] = logger.info
 ) -> dict[str, Any]:
     """Build corpus and tokenizer, train, freeze, evaluate, and write the model folder."""
+    check_destination(out_dir)
     torch.set_num_threads(config.threads)
     started = time.monotonic()
     train_docs, heldout_docs = split_corpus(build_corpus())
@@ -195,7 +237,8 @@ def pretrain(
     report(f"tokens: {train.numel()} train / {heldout.numel()} held-out")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = BitNetForCausalLM(config.model_config(tokenizer))
+        model = BitNetForCausalLM(config.model_config(tokenizer))  # initialised on the CPU
+    model.to(config.device)
     final_loss = train_model(config, model, train, report)
     model.freeze_backbone()
     windows = heldout_windows(heldout, config.seq_len, config.eval_windows)
@@ -220,14 +263,18 @@ def pretrain(
 
 
 def pretrain_command(config: PretrainConfig, out_dir: Path) -> str:
-    """The `r3mes model pretrain` command line that reproduces `config`."""
+    """The `r3mes model pretrain` command line that reproduces `config`.
+
+    `--device` is always written: numerics differ between devices and the command's own
+    default is "auto".
+    """
     defaults = PretrainConfig()
     flags = [
         f"--{name.replace('_', '-')} {value}"
         for name, value in asdict(config).items()
-        if value != getattr(defaults, name)
+        if value != getattr(defaults, name) and name != "device"
     ]
-    return " ".join(["r3mes model pretrain --out", str(out_dir), *flags])
+    return " ".join(["r3mes model pretrain --out", str(out_dir), *flags, "--device", config.device])
 
 
 def write_model_folder(

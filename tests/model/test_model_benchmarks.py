@@ -1,0 +1,43 @@
+"""Bad arguments to the model benchmarks end in argparse's usage error, never a traceback."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import bitlinear, decode  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        (decode, ["--model", "/nonexistent"], "not a checkpoint folder"),
+        (decode, ["--threads", "0"], "--threads must be at least 1"),
+        (bitlinear, ["--threads", "0"], "--threads must be at least 1"),
+        (bitlinear, ["--threads", "-3"], "--threads must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    module: object,
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()  # type: ignore[attr-defined]
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_decode_reports_a_corrupt_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text("{")
+    monkeypatch.setattr(sys, "argv", ["decode.py", "--model", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        decode.main()
+    assert "not valid JSON" in capsys.readouterr().err
