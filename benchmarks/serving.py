@@ -8,6 +8,7 @@ All in one run, on one engine configuration each:
   vs the same 8 requests on the base model alone (goal: ratio >= 0.8);
 * the same 8 adapter requests served by switching one adapter at a time (max_loras=1,
   so each adapter's request runs alone) (goal: mixed batching >= 3x);
+* the first comparison again with the network's own adapter shape (r=8 on q/v/o);
 * median time to first token under that load, and adapter load latency from a PEFT dir.
 The model is the shipped base model when present, else a random model of similar shape.
 """
@@ -37,6 +38,7 @@ from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest
 
 N_REQUESTS = 8
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+NETWORK_TARGETS = ("q_proj", "v_proj", "o_proj")  # what the network's miners train
 PROMPTS = [
     "write a python function that adds two numbers",
     "the court ruled that the contract was void",
@@ -74,9 +76,11 @@ def load_model() -> tuple[BitNetForCausalLM, Tokenizer, str]:
         return BitNetForCausalLM(config), tok, "random-256x4"
 
 
-def write_adapters(model: BitNetForCausalLM, folder: Path, rank: int) -> list[Path]:
+def write_adapters(
+    model: BitNetForCausalLM, folder: Path, rank: int, targets: tuple[str, ...] = TARGETS
+) -> list[Path]:
     """Eight random PEFT adapters for `model`, written to disk."""
-    config = LoraConfig(r=rank, alpha=2 * rank, target_modules=TARGETS)
+    config = LoraConfig(r=rank, alpha=2 * rank, target_modules=targets)
     apply_lora(model, config, name="bench")
     shapes = {k: v.shape for k, v in lora_state_dict(model, "bench").items()}
     from r3mes.model.lora import remove_adapter
@@ -86,7 +90,7 @@ def write_adapters(model: BitNetForCausalLM, folder: Path, rank: int) -> list[Pa
     for i in range(N_REQUESTS):
         gen = torch.Generator().manual_seed(i)
         state = {k: torch.randn(s, generator=gen) * 0.05 for k, s in shapes.items()}
-        paths.append(save_peft_adapter(folder / f"a{i}", state, config, "bench"))
+        paths.append(save_peft_adapter(folder / f"{folder.name}{i}", state, config, "bench"))
     return paths
 
 
@@ -158,7 +162,8 @@ def main() -> None:
     fresh = copy.deepcopy(model)  # each engine wraps its model's projections once
     names: list[str | None] = [f"a{i}" for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_adapters(model, Path(tmp), args.rank)
+        paths = write_adapters(model, Path(tmp) / "a", args.rank)
+        real = write_adapters(model, Path(tmp) / "r", 8, NETWORK_TARGETS)
         multi = engine_for(model, tok, name, paths, max_loras=N_REQUESTS)
         with multi:
             run_batch(multi, names, 4)  # warm up: adapters into the model
@@ -167,6 +172,15 @@ def main() -> None:
                 bases.append(run_batch(multi, [None] * N_REQUESTS, max_tokens))
                 mixes.append(run_batch(multi, names, max_tokens))
             base, mixed = _median(bases), _median(mixes)
+            real_names: list[str | None] = [f"r{i}" for i in range(N_REQUESTS)]
+            for i, path in enumerate(real):
+                multi.load_adapter(f"r{i}", path)
+            run_batch(multi, real_names, 4)
+            real_bases, real_mixes = [], []
+            for _ in range(args.repeats):
+                real_bases.append(run_batch(multi, [None] * N_REQUESTS, max_tokens))
+                real_mixes.append(run_batch(multi, real_names, max_tokens))
+            real_base, real_mixed = _median(real_bases), _median(real_mixes)
             loads = []
             for i in range(5):
                 t0 = time.perf_counter()
@@ -184,6 +198,15 @@ def main() -> None:
         "tokens/s",
         baseline=round(base["tokens_per_s"], 4),
         ratio=round(ratio_base, 4),
+        goal=">= 0.8",
+    )
+    emit(
+        f"multi_lora_decode_tokens_per_s vs base model (network adapter shape: r=8 on "
+        f"{'/'.join(t[0] for t in NETWORK_TARGETS)}, {N_REQUESTS} requests x {max_tokens} tokens)",
+        real_mixed["tokens_per_s"],
+        "tokens/s",
+        baseline=round(real_base["tokens_per_s"], 4),
+        ratio=round(real_mixed["tokens_per_s"] / real_base["tokens_per_s"], 4),
         goal=">= 0.8",
     )
     emit(
