@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.genesis import Genesis, GenesisAccount, Params
 from r3mes.chain.msgs import ArtifactSpec, Msg
+from r3mes.chain.proto.gen.remes.remes.v1 import tx_pb2
+from r3mes.chain.shards import assigned_shard
 from r3mes.chain.state import State, genesis_state
 from r3mes.chain.transition import BlockResult, TxResult, apply_block, make_block
-from r3mes.chain.tx import build_tx
+from r3mes.chain.tx import build_tx, sign_doc_bytes
 
 CHAIN_ID = "r3mes-test-1"
 MODEL = ArtifactSpec(
@@ -84,9 +86,58 @@ class Harness:
         while self.state.height < height:
             self.block()
 
+    def assigned(self, miner: SigningKey, round_number: int | None = None) -> int:
+        """The shard the ledger accepts from `miner` in the round, given its claims now."""
+        rnd = self.state.rounds[round_number or self.state.current_round]
+        return assigned_shard(
+            seed_hex=rnd.seed,
+            miner=miner.address,
+            n_shards=self.state.params.shards_per_round,
+            claimed={s for s, _ in rnd.claims},
+        )
+
     def balance(self, signer: SigningKey) -> int:
         acc = self.state.accounts.get(signer.address)
         return acc.balance if acc else 0
+
+
+_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+FORGERIES = ("other_key", "flipped_bit", "high_s")
+
+
+def forge(raw: bytes, how: str, *, account_number: int, salt: int = 0) -> bytes:
+    """`raw` with only its signature replaced; pubkey, creator and sequence are kept.
+
+    other_key: another key's valid signature over the same sign doc; flipped_bit: one bit
+    of the real signature flipped; high_s: the real signature's mirror (r, n - s), valid
+    ECDSA math but not the canonical low-S form.
+    """
+    envelope = tx_pb2.TxRaw.FromString(raw)
+    signature = bytes(envelope.signatures[0])
+    if how == "other_key":
+        doc = sign_doc_bytes(
+            body_bytes=envelope.body_bytes,
+            auth_info_bytes=envelope.auth_info_bytes,
+            chain_id=CHAIN_ID,
+            account_number=account_number,
+        )
+        signature = key(1000 + salt).sign(doc)
+    elif how == "flipped_bit":
+        bit = salt % (8 * len(signature))
+        flipped = bytearray(signature)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        signature = bytes(flipped)
+    elif how == "high_s":
+        s_value = int.from_bytes(signature[32:], "big")
+        signature = signature[:32] + (_ORDER - s_value).to_bytes(32, "big")
+    else:
+        raise ValueError(how)
+    forged = tx_pb2.TxRaw(
+        body_bytes=envelope.body_bytes,
+        auth_info_bytes=envelope.auth_info_bytes,
+        signatures=[signature],
+    )
+    return bytes(forged.SerializeToString(deterministic=True))
 
 
 def free_port() -> int:

@@ -87,3 +87,29 @@ def test_devnet_lifecycle_tx_and_queries(tmp_path: Path) -> None:
         assert json.loads(run(query_app, ["params", *node]))["devnet"] is True
     finally:
         assert "stopped" in run(devnet_app, ["stop", *home])
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf", "5000"])
+def test_devnet_start_refuses_bad_block_intervals(tmp_path: Path, interval: str) -> None:
+    from r3mes.chain.errors import ChainError
+
+    args = ["start", "--block-interval", interval, "--home", str(tmp_path)]
+    with pytest.raises(ChainError, match=r"block interval must be a number of seconds in \[0.01"):
+        runner.invoke(devnet_app, args, env=ENV, catch_exceptions=False)
+
+
+def test_real_commands_report_bad_input_in_one_line(tmp_path: Path) -> None:
+    """Through `python -m r3mes.cli.main`, as a user runs it: no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "200"}
+    base = [sys.executable, "-m", "r3mes.cli.main"]
+    for args, says in [
+        (["query", "params", "--node", "http://127.0.0.1:abc"], "is not valid"),
+        (["devnet", "start", "--block-interval", "nan", "--home", str(tmp_path)], "[0.01, 3600"),
+    ]:
+        proc = subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:")

@@ -18,7 +18,7 @@ from chain_harness import free_port, key
 from typer.testing import CliRunner, Result
 
 from r3mes.chain import msgs
-from r3mes.chain.client import BlockchainClient
+from r3mes.chain.client import BlockchainClient, round_assigned_shard
 from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
 from r3mes.chain.keystore import Keystore
 from r3mes.chain.msgs import ArtifactSpec
@@ -110,11 +110,16 @@ def test_role_messages_through_the_cli(devnet: tuple[Home, str], tmp_path: Path)
     wait_until(lambda: client.current_round().close_height - client.status().height > 15)
     digest = hashlib.sha256(b"update").hexdigest()
     update_cid = compute_cid(b"update")
-    args = ["--shard", "2", "--cid", update_cid, "--digest", digest]
-    submitted = ok(devnet, "submit-gradient", "--from", "miner", *args)
+    args = ["--cid", update_cid, "--digest", digest]
+    rnd = client.current_round()
+    assigned = round_assigned_shard(rnd, ADDR["miner"])
+    wrong = (assigned + 1) % rnd.shards_per_round
+    refused = cli(devnet, "tx", "submit-gradient", "--from", "miner", "--shard", str(wrong), *args)
+    assert refused.exit_code == 1 and f"assigns you shard {assigned}" in str(refused.exception)
+    submitted = ok(devnet, "submit-gradient", "--from", "miner", *args)  # --shard defaults
     sid = int(event(submitted, "submit_gradient")["submission_id"])
     sub = next(s for s in client.submissions() if s.id == sid)
-    assert (sub.shard, sub.cid, sub.digest, sub.status) == (2, update_cid, digest, "pending")
+    assert (sub.shard, sub.cid, sub.digest, sub.status) == (assigned, update_cid, digest, "pending")
 
     attested = ok(devnet, "attest", "--from", "validator", str(sid), "accept", "--distance", "0.01")
     assert event(attested, "submission_verified")["miner"] == ADDR["miner"]
@@ -200,7 +205,7 @@ def test_register_and_approve_artifacts_then_registry_sync(
 GOOD_CID = compute_cid(b"x")
 GOOD_HEX = "ab" * 32
 FLAGS = ["--cid", GOOD_CID, "--sha256", GOOD_HEX, "--size", "1"]
-SUBMIT = ["submit-gradient", "--shard", "0"]
+SUBMIT = ["submit-gradient"]
 REGISTER = ["register-artifact"]
 BAD_INPUT = [
     # (signer, args, exit code, what the message says)

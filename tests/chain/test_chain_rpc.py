@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import httpx
 import pytest
 from chain_harness import DATASET, MODEL, free_port, key
 
-from r3mes.chain.client import AsyncBlockchainClient, BlockchainClient
+from r3mes.chain.client import AsyncBlockchainClient, BlockchainClient, round_assigned_shard
 from r3mes.chain.codes import Code
 from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
-from r3mes.chain.errors import NotFound, TxRejected
-from r3mes.chain.msgs import Attest, RegisterNode, TransferCredits
+from r3mes.chain.errors import ClientError, NotFound, TxRejected
+from r3mes.chain.msgs import Attest, ProposeAdapter, RegisterNode, TransferCredits
 from r3mes.chain.proto.gen.remes.remes.v1 import query_pb2
+from r3mes.chain.tx import MAX_TX_BYTES, build_tx
 from r3mes.paths import Home
 
 MINER, VALIDATOR, OTHER = key(1), key(2), key(3)
@@ -84,12 +86,13 @@ def test_full_flow_through_client(client: BlockchainClient, node: DevnetNode) ->
     assert {n.address for n in client.nodes("miner")} == {MINER.address}
     rnd = client.current_round()
     assert rnd.base_model_cid == "bafymodel" and rnd.status == "open"
+    shard = round_assigned_shard(rnd, MINER.address)
     included = client.submit_gradient(
-        MINER, round_number=rnd.number, shard=2, cid="bafyupd", digest="ab" * 32
+        MINER, round_number=rnd.number, cid="bafyupd", digest="ab" * 32
     )
     assert included.height > 0
     subs = client.submissions(rnd.number)
-    assert [(s.miner, s.shard, s.status) for s in subs] == [(MINER.address, 2, "pending")]
+    assert [(s.miner, s.shard, s.status) for s in subs] == [(MINER.address, shard, "pending")]
     client.sign_and_broadcast(
         VALIDATOR, [Attest(creator=VALIDATOR.address, submission_id=subs[0].id, verdict="accept")]
     )
@@ -99,7 +102,7 @@ def test_full_flow_through_client(client: BlockchainClient, node: DevnetNode) ->
     acc = client.account(MINER.address)
     assert acc.balance == 10_000 - 10 + 100 and acc.sequence == 2 and acc.roles == ["miner"]
     tasks = client.tasks(rnd.number)
-    assert tasks["shards"][2]["claimed_by"] == MINER.address
+    assert tasks["shards"][shard]["claimed_by"] == MINER.address
 
 
 def test_rejections_are_not_retried(client: BlockchainClient) -> None:
@@ -183,10 +186,11 @@ def test_client_retries_5xx_and_network_errors_but_not_4xx() -> None:
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        if request.url.path == "/status" and len(calls) < 3:
+        method = json.loads(request.content)["method"] if request.method == "POST" else ""
+        calls.append(f"/{method}" if method else request.url.path)
+        if method == "status" and len(calls) < 3:
             return httpx.Response(503, json={"error": {"message": "busy"}})
-        if request.url.path == "/status":
+        if method == "status":
             return httpx.Response(
                 200,
                 json={
@@ -250,3 +254,225 @@ def test_stale_pid_file_is_not_a_running_devnet(tmp_path: Path) -> None:
     pid_path(home).parent.mkdir(parents=True)
     pid_path(home).write_text(json.dumps({"pid": os.getpid(), "url": "x", "start": "0"}))
     assert running_devnet(home) is None and stop_devnet(home) is None
+
+
+def test_large_tx_travels_in_a_post_body(client: BlockchainClient) -> None:
+    """A ~56 KB tx (far past URL limits) is broadcast, included and judged by the chain."""
+    sender = key(77)
+    msgs = [
+        ProposeAdapter(
+            creator=sender.address,
+            round=1,
+            adapter_cid="bafyadapter",
+            sha256="cd" * 32,
+            size=1,
+            version=1,
+            parent_version=0,
+            submission_ids=tuple(range(2**62 + i * 1024, 2**62 + (i + 1) * 1024)),
+        )
+        for i in range(6)
+    ]
+    raw = build_tx(msgs, key=sender, chain_id="r3mes-devnet-1", account_number=0, sequence=0)
+    assert 50_000 < len(raw) <= MAX_TX_BYTES
+    with pytest.raises(TxRejected) as info:
+        client.sign_and_broadcast(sender, msgs)  # checked, queued, then refused in the block
+    assert info.value.code == Code.NOT_PERMITTED and "proposer" in info.value.log
+
+
+def test_bad_urls_and_arguments_are_client_errors() -> None:
+    for url in ("http://127.0.0.1:abc", "http://", "ftp://x", "http://[::1"):
+        with pytest.raises(ClientError, match="ledger URL"):
+            BlockchainClient(url)
+
+
+def test_jsonrpc_errors_echo_the_id_and_say_what_is_wrong(client: BlockchainClient) -> None:
+    base = client.base_url
+
+    def post(body: object) -> tuple[int, dict[str, object]]:
+        response = httpx.post(base + "/", content=json.dumps(body))
+        return response.status_code, response.json()
+
+    status, doc = post({"jsonrpc": "2.0", "id": 42, "method": "teleport"})
+    assert status == 404 and doc["id"] == 42 and "unknown method 'teleport'" in str(doc["error"])
+    status, doc = post({"jsonrpc": "2.0", "id": "a", "method": "tx", "params": {"hash": "zz"}})
+    assert status == 400 and doc["id"] == "a" and "64 hex" in str(doc["error"])
+    status, doc = post({"jsonrpc": "2.0", "id": 3, "method": "status", "params": {"foo": 1}})
+    assert status == 400 and doc["id"] == 3 and "takes no parameter 'foo'" in str(doc["error"])
+    status, doc = post({"jsonrpc": "2.0", "id": 4, "method": "tx", "params": {}})
+    assert status == 400 and "needs the parameter 'hash'" in str(doc["error"])
+    status, doc = post(None)
+    assert status == 400 and doc["id"] is None and "JSON object" in str(doc["error"])
+    for body in (None, [], {"id": 9}, {"method": "status", "params": [1]}):
+        assert "object is not" not in json.dumps(post(body)[1])  # no Python internals
+    assert httpx.get(f"{base}/tx_search", params={"query": "x=1"}).status_code == 400
+    bad_page = httpx.get(f"{base}/tx_search", params={"query": "tx.height=1", "per_page": "nan"})
+    assert bad_page.status_code == 400 and "per_page" in bad_page.text
+
+
+def test_tx_search_total_count_counts_every_match(client: BlockchainClient) -> None:
+    for amount in (1, 2, 3):
+        client.sign_and_broadcast(
+            VALIDATOR, [TransferCredits(creator=VALIDATOR.address, to=OTHER.address, amount=amount)]
+        )
+    query = {"query": f"message.sender='{VALIDATOR.address}'", "per_page": "1"}
+    first = httpx.get(f"{client.base_url}/tx_search", params=query).json()["result"]
+    total = int(first["total_count"])
+    assert total >= 3 and len(first["txs"]) == 1
+    last = httpx.get(f"{client.base_url}/tx_search", params={**query, "page": str(total)}).json()[
+        "result"
+    ]
+    newest = httpx.get(f"{client.base_url}/tx_search", params={**query, "order_by": "desc"}).json()[
+        "result"
+    ]
+    assert last["txs"][0]["hash"] == newest["txs"][0]["hash"] != first["txs"][0]["hash"]
+
+
+def test_rest_validation_errors_read_as_sentences(client: BlockchainClient) -> None:
+    response = httpx.get(f"{client.base_url}/remes/remes/v1/submissions", params={"round": -1})
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert message.startswith("round:") and "[" not in message and "{" not in message
+    with pytest.raises(ClientError) as info:
+        client.submissions(-1)
+    assert "round:" in str(info.value) and "'loc'" not in str(info.value)
+
+
+def test_async_client_broadcasts_and_waits(node: DevnetNode) -> None:
+    async def run() -> tuple[str, dict[str, object], int, int]:
+        client = AsyncBlockchainClient(node.url, timeout_s=5)
+        try:
+            chain_id = await client.chain_id()
+            tasks = await client.tasks()
+            acc = await client.account(VALIDATOR.address)
+            msg = TransferCredits(creator=VALIDATOR.address, to=OTHER.address, amount=1)
+            raw = build_tx(
+                [msg],
+                key=VALIDATOR,
+                chain_id=chain_id,
+                account_number=acc.account_number,
+                sequence=acc.sequence,
+            )
+            sent = await client.broadcast(raw)
+            done = await client.wait_for_tx(sent.hash, timeout_s=10)
+            found = await client.tx(sent.hash)
+            assert found is not None and await client.tx("00" * 32) is None
+            return chain_id, tasks, done.height, found.height
+        finally:
+            await client.aclose()
+
+    chain_id, tasks, done_height, found_height = asyncio.run(run())
+    assert chain_id == "r3mes-devnet-1" and "shards" in tasks
+    assert done_height == found_height > 0
+
+
+def test_status_and_block_have_cometbft_identity_and_commit(client: BlockchainClient) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from r3mes.chain.rpc_json import commit_sign_bytes
+
+    status = httpx.get(f"{client.base_url}/status").json()["result"]
+    node_id = status["node_info"]["id"]
+    validator = status["validator_info"]
+    assert len(node_id) == 40 and node_id == node_id.lower() and int(node_id, 16) >= 0
+    assert validator["address"] == node_id.upper() and validator["voting_power"] == "1"
+    assert validator["pub_key"]["type"] == "tendermint/PubKeyEd25519"
+    pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(validator["pub_key"]["value"]))
+    height = int(status["sync_info"]["latest_block_height"])
+    doc = httpx.get(f"{client.base_url}/block", params={"height": height}).json()["result"]
+    header, commit = doc["block"]["header"], doc["block"]["last_commit"]
+    assert header["version"] == {"block": "11", "app": "1"}
+    assert header["proposer_address"] == validator["address"]
+    assert commit["height"] == str(height - 1) and commit["round"] == 0
+    assert commit["block_id"]["hash"] == header["last_block_id"]["hash"]
+    previous = httpx.get(f"{client.base_url}/block", params={"height": height - 1}).json()
+    assert commit["block_id"]["hash"] == previous["result"]["block_id"]["hash"]
+    sig = commit["signatures"][0]
+    assert sig["block_id_flag"] == 2 and sig["validator_address"] == validator["address"]
+    signed = commit_sign_bytes(
+        chain_id="r3mes-devnet-1", height=height - 1, block_hash=commit["block_id"]["hash"]
+    )
+    pub.verify(base64.b64decode(sig["signature"]), signed)  # raises if forged
+    first = httpx.get(f"{client.base_url}/block", params={"height": 1}).json()["result"]
+    assert first["block"]["last_commit"]["signatures"] == []
+
+
+def test_websocket_jsonrpc_subscribe_unsubscribe(
+    node: DevnetNode, client: BlockchainClient
+) -> None:
+    import websockets.sync.client
+
+    def recv(ws: object) -> dict[str, object]:
+        return dict(json.loads(ws.recv(timeout=5)))  # type: ignore[attr-defined]
+
+    with websockets.sync.client.connect(
+        node.url.replace("http", "ws") + "/websocket", open_timeout=5
+    ) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": "nb",
+                    "method": "subscribe",
+                    "params": {"query": "tm.event='NewBlock'"},
+                }
+            )
+        )
+        assert recv(ws) == {"jsonrpc": "2.0", "id": "nb", "result": {}}
+        event = recv(ws)
+        assert event["id"] == "nb"
+        result = event["result"]
+        assert result["query"] == "tm.event='NewBlock'"  # type: ignore[index]
+        assert result["data"]["type"] == "tendermint/event/NewBlock"  # type: ignore[index]
+        query = f"tm.event='Tx' AND message.sender='{VALIDATOR.address}'"
+        ws.send(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": 7, "method": "subscribe", "params": {"query": query}}
+            )
+        )
+        ws.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 8,
+                    "method": "subscribe",
+                    "params": {"query": "tm.event='Vote'"},
+                }
+            )
+        )
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 9, "method": "status"}))
+        ws.send("not json")
+        sent = client.sign_and_broadcast(
+            VALIDATOR, [TransferCredits(creator=VALIDATOR.address, to=OTHER.address, amount=1)]
+        )
+        answers: dict[object, dict[str, object]] = {}
+        tx_event = None
+        deadline = time.monotonic() + 10
+        while tx_event is None and time.monotonic() < deadline:
+            msg = recv(ws)
+            if msg["id"] == 7 and msg.get("result"):
+                tx_event = msg["result"]
+            elif msg["id"] != "nb":
+                answers[msg["id"]] = msg
+        assert answers[7]["result"] == {}
+        assert "tm.event='NewBlock' or tm.event='Tx'" in str(answers[8]["error"])
+        assert answers[9]["result"]["node_info"]["network"] == "r3mes-devnet-1"  # type: ignore[index]
+        assert "JSON-RPC" in str(answers[None]["error"])
+        assert tx_event is not None
+        tx_result = tx_event["data"]["value"]["TxResult"]  # type: ignore[index]
+        assert tx_event["events"]["tx.hash"] == [sent.hash]  # type: ignore[index]
+        assert tx_result["height"] == str(sent.height) and tx_result["result"]["code"] == 0
+        ws.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": "u",
+                    "method": "unsubscribe",
+                    "params": {"query": "tm.event='NewBlock'"},
+                }
+            )
+        )
+        while (msg := recv(ws))["id"] != "u":
+            assert msg["id"] == "nb"  # blocks already on their way
+        assert msg["result"] == {}
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.6)  # several block intervals: no NewBlock any more

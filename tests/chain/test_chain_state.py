@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from chain_harness import CHAIN_ID, Harness, key, make_genesis
+from chain_harness import CHAIN_ID, FORGERIES, Harness, forge, key, make_genesis
 
 from r3mes.chain.codes import Code
+from r3mes.chain.crypto import SigningKey
 from r3mes.chain.errors import BlockInvalid, GenesisError
 from r3mes.chain.genesis import Genesis, Params
 from r3mes.chain.msgs import (
@@ -21,19 +22,25 @@ from r3mes.chain.msgs import (
     TransferCredits,
 )
 from r3mes.chain.pow import pow_ok, solve_pow
-from r3mes.chain.state import decode_state, genesis_state, tier
-from r3mes.chain.transition import apply_block, make_block
+from r3mes.chain.state import genesis_state, state_from_entries, tier
+from r3mes.chain.transition import apply_block, check_tx, make_block
+
+UNAUTHORIZED_LOG = "signature verification failed (wrong key, chain id or account number)"
 
 MINER, MINER2, VAL1, VAL2, PROPOSER, AUTH = key(1), key(2), key(3), key(4), key(5), key(99)
 
 
-def submission(h: Harness, miner: object, shard: int, rnd: int | None = None) -> SubmitGradient:
+def submission(
+    h: Harness, miner: SigningKey, shard: int | None = None, rnd: int | None = None
+) -> SubmitGradient:
+    """A solved submission of `miner`'s assigned shard (or of `shard`, to test refusals)."""
+    chosen = h.assigned(miner) if shard is None else shard
     msg = SubmitGradient(
-        creator=miner.address,  # type: ignore[attr-defined]
+        creator=miner.address,
         round=rnd or h.state.current_round,
-        shard=shard,
-        cid=f"bafyupdate{shard}",
-        digest=f"{shard:02x}" * 32,
+        shard=chosen,
+        cid=f"bafyupdate{chosen}",
+        digest=f"{chosen:02x}" * 32,
     )
     return solve_pow(msg, chain_id=CHAIN_ID, difficulty=h.state.params.pow_difficulty)
 
@@ -70,8 +77,8 @@ def test_round_names_genesis_artifacts_and_seed() -> None:
 
 def test_full_round_rewards_and_adapter_proposal() -> None:
     h = registered()
-    assert h.send(MINER, submission(h, MINER, 0)).code == 0
-    assert h.send(MINER2, submission(h, MINER2, 1)).code == 0
+    assert h.send(MINER, submission(h, MINER)).code == 0
+    assert h.send(MINER2, submission(h, MINER2)).code == 0
     supply = h.state.supply
     assert h.send(VAL1, Attest(creator=VAL1.address, submission_id=1, verdict="accept")).code == 0
     assert h.state.submissions[1].status == "pending"
@@ -112,27 +119,35 @@ def test_full_round_rewards_and_adapter_proposal() -> None:
 
 def test_submission_rules() -> None:
     h = registered()
-    assert h.send(VAL1, submission(h, VAL1, 0)).code == Code.NOT_PERMITTED
-    good = submission(h, MINER, 0)
+    assert h.send(VAL1, submission(h, VAL1)).code == Code.NOT_PERMITTED
+    good = submission(h, MINER)
     assert h.send(
         MINER, SubmitGradient(**{**good.__dict__, "pow_nonce": good.pow_nonce + 1})
     ).code in (0, Code.BAD_POW)
     h2 = registered()
-    unsolved = SubmitGradient(creator=MINER.address, round=1, shard=0, cid="bafy", digest="00" * 32)
+    mine = h2.assigned(MINER)
+    unsolved = SubmitGradient(
+        creator=MINER.address, round=1, shard=mine, cid="bafy", digest="00" * 32
+    )
     if not pow_ok(unsolved, chain_id=CHAIN_ID, difficulty=2):
         assert h2.send(MINER, unsolved).code == Code.BAD_POW
-    assert h2.send(MINER, submission(h2, MINER, 0)).code == 0
-    assert h2.send(MINER, submission(h2, MINER, 1)).code == Code.DUPLICATE  # one per round
-    assert h2.send(MINER2, submission(h2, MINER2, 0)).code == Code.DUPLICATE  # shard taken
+    assert h2.send(MINER, submission(h2, MINER)).code == 0
+    other = (mine + 1) % 4
+    assert h2.send(MINER, submission(h2, MINER, other)).code == Code.DUPLICATE  # one per round
+    assert h2.send(MINER2, submission(h2, MINER2, mine)).code == Code.DUPLICATE  # shard taken
     assert h2.send(MINER2, submission(h2, MINER2, 9)).code == Code.INVALID  # no such shard
-    assert h2.send(MINER2, submission(h2, MINER2, 1, rnd=2)).code == Code.WRONG_ROUND
-    assert h2.state.rounds[1].claims == ((0, MINER.address),)
+    theirs = h2.assigned(MINER2)
+    wrong = next(s for s in range(4) if s not in (mine, theirs))
+    assert h2.send(MINER2, submission(h2, MINER2, wrong)).code == Code.WRONG_SHARD
+    assert h2.send(MINER2, submission(h2, MINER2, theirs, rnd=2)).code == Code.WRONG_ROUND
+    assert h2.state.rounds[1].claims == ((mine, MINER.address),)
+    assert h2.send(MINER2, submission(h2, MINER2)).code == 0
 
 
 def test_validator_cannot_attest_own_submission_or_twice() -> None:
     h = registered()
     assert h.send(VAL1, RegisterNode(creator=VAL1.address, role="miner", stake=10)).code == 0
-    assert h.send(VAL1, submission(h, VAL1, 2)).code == 0
+    assert h.send(VAL1, submission(h, VAL1)).code == 0
     assert (
         h.send(VAL1, Attest(creator=VAL1.address, submission_id=1, verdict="accept")).code
         == Code.NOT_PERMITTED
@@ -177,6 +192,26 @@ def test_replay_wrong_chain_and_forgery_rejected() -> None:
     assert h.block([other]).tx_results[0].code == Code.UNAUTHORIZED
     forged = h.sign(VAL2, [TransferCredits(creator=MINER.address, to=VAL2.address, amount=5)])
     assert h.block([forged]).tx_results[0].code == Code.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("how", FORGERIES)
+def test_forged_signature_of_the_real_signer_is_rejected(how: str) -> None:
+    """The victim's own pubkey, creator, chain, account number and sequence: only the
+    signature bytes are wrong, so nothing but signature verification can refuse it."""
+    h = Harness()
+    number = h.state.accounts[MINER.address].number
+    msg = TransferCredits(creator=MINER.address, to=VAL2.address, amount=5)
+    honest = h.sign(MINER, [msg])
+    for salt in range(3):
+        forged = forge(honest, how, account_number=number, salt=salt)
+        assert forged != honest
+        checked = check_tx(h.state, forged)
+        assert (checked.code, checked.log) == (Code.UNAUTHORIZED, UNAUTHORIZED_LOG)
+        result = h.block([forged]).tx_results[0]
+        assert (result.code, result.log) == (Code.UNAUTHORIZED, UNAUTHORIZED_LOG)
+    assert h.balance(VAL2) == 1000 and h.state.accounts[MINER.address].sequence == 0
+    assert check_tx(h.state, honest).code == 0  # the untouched tx was valid all along
+    assert h.block([honest]).tx_results[0].code == 0
 
 
 def test_artifacts_registry_and_authority() -> None:
@@ -233,7 +268,7 @@ def test_faucet_devnet_only_and_limited() -> None:
 
 def test_apply_block_is_pure_and_replay_reproduces_hashes() -> None:
     h = registered()
-    h.send(MINER, submission(h, MINER, 0))
+    h.send(MINER, submission(h, MINER))
     hashes = [h.state.app_hash()]
     replay = Harness(h.genesis)
     for block in h.blocks:
@@ -242,7 +277,7 @@ def test_apply_block_is_pure_and_replay_reproduces_hashes() -> None:
         assert replay.state.app_hash() == before  # input untouched
         replay.state = new
     assert replay.state.app_hash() == hashes[0]
-    assert decode_state(replay.state.encode()).app_hash() == hashes[0]
+    assert state_from_entries(replay.state.entries()).app_hash() == hashes[0]
 
 
 def test_bad_blocks_rejected() -> None:

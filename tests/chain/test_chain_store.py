@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -43,10 +44,8 @@ def test_mempool_sequences_blocks_and_restart(tmp_path: Path) -> None:
     engine.produce_block()  # empty blocks advance height
     stored = engine.store.tx(result.tx_results[1].hash)
     assert stored is not None and stored.height == 1 and stored.index == 1 and stored.code == 0
-    assert (
-        engine.store.tx_search(height=None, signer=A.address, limit=10)[2].hash == stored.hash
-        or True
-    )
+    page, total = engine.store.tx_search(height=None, signer=A.address, limit=2, offset=1)
+    assert total == 3 and [t.hash for t in page][0] == stored.hash and len(page) == 2
     app_hash, height = engine.app_hash, engine.state.height
     engine.store.close()
     reopened = DevnetEngine(BlockStore(tmp_path / "chain.db"))
@@ -84,16 +83,61 @@ def test_mempool_rechecks_after_block(tmp_path: Path) -> None:
     assert engine.state.accounts[A.address].sequence == 2
 
 
+def stored_entries(path: Path) -> dict[str, bytes]:
+    db = sqlite3.connect(path)
+    try:
+        return {k: bytes(v) for k, v in db.execute("SELECT key, value FROM entries")}
+    finally:
+        db.close()
+
+
+def test_commit_writes_only_the_changed_entries(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path)
+    engine.produce_block()  # opens round 1
+    before = stored_entries(tmp_path / "chain.db")
+    engine.produce_block()  # empty, mid-round: only the height/time/hash scalars change
+    assert set(engine.state.delta) == {"meta"}
+    assert engine.submit(transfer(engine, 0)).code == 0
+    engine.produce_block()
+    assert set(engine.state.delta) == {"meta", f"accounts/{A.address}", f"accounts/{B.address}"}
+    after = stored_entries(tmp_path / "chain.db")
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed == set(engine.state.delta)
+    # What is stored is exactly the committed state, and rebuilds to the same app hash.
+    assert after == dict(engine.state.entries())
+    assert BlockStore(tmp_path / "chain.db").load_state().app_hash() == engine.app_hash
+
+
 def test_corrupt_state_is_detected(tmp_path: Path) -> None:
     engine = engine_at(tmp_path)
     engine.produce_block()
     engine.store.close()
     db = sqlite3.connect(tmp_path / "chain.db")
-    db.execute("UPDATE state SET app_hash = 'ff'")
+    db.execute("UPDATE head SET app_hash = 'ff'")
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="corrupt"):
         BlockStore(tmp_path / "chain.db").load_state()
+    # A well-formed entry with a different value (a minted balance) breaks the app hash.
+    key = f"accounts/{A.address}"
+    row = json.loads(stored_entries(tmp_path / "chain.db")[key])
+    row["balance"] += 10**6
+    db = sqlite3.connect(tmp_path / "chain.db")
+    db.execute("UPDATE head SET app_hash = ?", (engine.app_hash,))
+    db.execute("UPDATE entries SET value = ? WHERE key = ?", (json.dumps(row).encode(), key))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="corrupt"):
+        BlockStore(tmp_path / "chain.db").load_state()
+
+
+def test_store_from_an_older_release_is_refused_with_advice(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("CREATE TABLE state (id INTEGER PRIMARY KEY, height INTEGER, data BLOB)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="--overwrite"):
+        BlockStore(tmp_path / "old.db")
 
 
 def test_different_genesis_refused(tmp_path: Path) -> None:

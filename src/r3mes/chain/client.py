@@ -1,7 +1,10 @@
 """BlockchainClient: what every node uses to talk to a ledger node over HTTP.
 
-Retries with exponential backoff on network errors and 5xx answers only; never on 4xx or
-on a rejected transaction (those raise at once). Every request has a timeout.
+JSON-RPC methods (status, tx, broadcast_tx_sync, ...) go as POST JSON-RPC 2.0 requests, so
+a transaction of any allowed size travels in the body, never in a URL; REST queries are
+GETs. Retries with exponential backoff on network errors and 5xx answers only; never on
+4xx or on a rejected transaction (those raise at once). Every request has a timeout, and
+every failure, a malformed URL or answer included, is a ClientError.
 `AsyncBlockchainClient` offers the same methods as coroutines.
 """
 
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import httpx
 
@@ -30,15 +35,25 @@ from r3mes.chain.client_types import (
 )
 from r3mes.chain.codes import Code
 from r3mes.chain.crypto import SigningKey
-from r3mes.chain.errors import ClientError, NotFound, TxRejected
+from r3mes.chain.errors import ClientError, GenesisError, NotFound, TxRejected
 from r3mes.chain.genesis import Params
 from r3mes.chain.msgs import Msg, SubmitGradient
 from r3mes.chain.pow import solve_pow
 from r3mes.chain.rest import PREFIX
+from r3mes.chain.shards import assigned_shard
 from r3mes.chain.tx import build_tx
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:26657"
+T = TypeVar("T")
+
+
+def _parsed(what: str, parse: Callable[[], T]) -> T:
+    """Run `parse` over a node's answer; a missing or mistyped field is a ClientError."""
+    try:
+        return parse()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ClientError(f"node answered a malformed {what}: {type(exc).__name__} {exc}") from exc
 
 
 class BlockchainClient:
@@ -53,12 +68,22 @@ class BlockchainClient:
         backoff_s: float = 0.2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ClientError(f"ledger URL {base_url!r} must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        try:
+            url = httpx.URL(self.base_url)
+            url.port  # noqa: B018 - parsing the port is what validates it
+            if not url.host:
+                raise ValueError("no host")
+            self._http = httpx.Client(base_url=url, timeout=timeout_s, transport=transport)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise ClientError(
+                f"ledger URL {base_url!r} is not valid ({exc}); use http://HOST:PORT"
+            ) from exc
+        self._ids = itertools.count(1)
         self._chain_id: str | None = None
         self._next_sequence: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -76,40 +101,80 @@ class BlockchainClient:
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self._send("GET", path, params=clean)
+
+    def _get_field(self, key: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        """`key` of the JSON object a GET of `path` answers."""
+        doc = self._get(path, params)
+        if not isinstance(doc, dict) or key not in doc:
+            raise ClientError(f"{path}: node answered without {key!r}")
+        return doc[key]
+
+    def _get_list(self, key: str, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        docs = self._get_field(key, path, params)
+        if not isinstance(docs, list):
+            raise ClientError(f"{path}: node answered a {key!r} that is not a list")
+        return docs
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        what = f"{path} {body['method']}" if body and "method" in body else path
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.get(path, params=clean)
+                response = self._http.request(method, path, params=params, json=body)
             except httpx.TransportError as exc:
                 error: Exception = exc
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise ClientError(f"cannot send {what} to {self.base_url}: {exc}") from exc
             else:
                 if response.status_code < 500:
-                    return _decode(response, path)
-                error = ClientError(f"{path}: node answered {response.status_code}")
+                    return _decode(response, what)
+                error = ClientError(f"{what}: node answered {response.status_code}")
             if attempt == self.retries:
                 raise ClientError(
-                    f"ledger node {self.base_url} unreachable for {path} after "
+                    f"ledger node {self.base_url} unreachable for {what} after "
                     f"{self.retries + 1} tries: {error}; is `r3mes devnet start` running?"
                 ) from error
             delay = self.backoff_s * (2**attempt)
-            log.warning("ledger request %s failed (%s); retrying in %.2f s", path, error, delay)
+            log.warning("ledger request %s failed (%s); retrying in %.2f s", what, error, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _rpc(self, method: str, **params: Any) -> Any:
-        return self._get(f"/{method}", params)["result"]
+        """One JSON-RPC 2.0 call, POSTed (large params such as a tx stay out of the URL)."""
+        request = {
+            "jsonrpc": "2.0",
+            "id": next(self._ids),
+            "method": method,
+            "params": {k: v for k, v in params.items() if v is not None},
+        }
+        doc = self._send("POST", "/", body=request)
+        if not isinstance(doc, dict) or "result" not in doc:
+            raise ClientError(f"{method}: node answered without a result: {_message(doc)}")
+        return doc["result"]
 
     # -- queries ----------------------------------------------------------------------
 
     def status(self) -> ChainStatus:
         result = self._rpc("status")
-        sync = result["sync_info"]
-        return ChainStatus(
-            chain_id=result["node_info"]["network"],
-            height=int(sync["latest_block_height"]),
-            app_hash=sync["latest_app_hash"],
-            block_hash=sync["latest_block_hash"],
-            block_time=sync["latest_block_time"],
-        )
+
+        def parse() -> ChainStatus:
+            sync = result["sync_info"]
+            return ChainStatus(
+                chain_id=str(result["node_info"]["network"]),
+                height=int(sync["latest_block_height"]),
+                app_hash=str(sync["latest_app_hash"]),
+                block_hash=str(sync["latest_block_hash"]),
+                block_time=str(sync["latest_block_time"]),
+            )
+
+        return _parsed("status", parse)
 
     def chain_id(self) -> str:
         if self._chain_id is None:
@@ -117,37 +182,41 @@ class BlockchainClient:
         return self._chain_id
 
     def account(self, address: str) -> AccountInfo:
-        return from_json(AccountInfo, self._get(f"{PREFIX}/accounts/{address}")["account"])
+        return from_json(AccountInfo, self._get_field("account", f"{PREFIX}/accounts/{address}"))
 
     def params(self) -> Params:
-        doc = dict(self._get(f"{PREFIX}/params")["params"])
-        doc.pop("chain_id", None)
-        return Params(**doc)
+        doc = _parsed("params", lambda: dict(self._get_field("params", f"{PREFIX}/params")))
+        known = {f.name for f in fields(Params)}
+        try:
+            return Params(**{k: v for k, v in doc.items() if k in known})
+        except GenesisError as exc:
+            raise ClientError(f"node answered invalid params: {exc}") from exc
 
     def current_round(self) -> RoundInfo:
-        return from_json(RoundInfo, self._get(f"{PREFIX}/rounds/current")["round"])
+        return from_json(RoundInfo, self._get_field("round", f"{PREFIX}/rounds/current"))
 
     def round(self, number: int) -> RoundInfo:
-        return from_json(RoundInfo, self._get(f"{PREFIX}/rounds/{int(number)}")["round"])
+        return from_json(RoundInfo, self._get_field("round", f"{PREFIX}/rounds/{int(number)}"))
 
     def tasks(self, round_number: int | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = self._get(f"{PREFIX}/tasks", {"round": round_number})
         return doc
 
     def submissions(self, round_number: int | None = None) -> list[SubmissionInfo]:
-        docs = self._get(f"{PREFIX}/submissions", {"round": round_number})["submissions"]
+        docs = self._get_list("submissions", f"{PREFIX}/submissions", {"round": round_number})
         return [from_json(SubmissionInfo, d) for d in docs]
 
     def nodes(self, role: str | None = None) -> list[NodeInfo]:
-        docs = self._get(f"{PREFIX}/nodes", {"role": role})["nodes"]
+        docs = self._get_list("nodes", f"{PREFIX}/nodes", {"role": role})
         return [from_json(NodeInfo, d) for d in docs]
 
     def approved_artifacts(self, kind: str | None = None) -> list[ArtifactInfo]:
-        docs = self._get(f"{PREFIX}/artifacts", {"kind": kind, "status": "approved"})["artifacts"]
+        query = {"kind": kind, "status": "approved"}
+        docs = self._get_list("artifacts", f"{PREFIX}/artifacts", query)
         return [from_json(ArtifactInfo, d) for d in docs]
 
     def leaderboard(self, limit: int = 100) -> list[LeaderboardEntry]:
-        docs = self._get(f"{PREFIX}/leaderboard", {"limit": limit})["leaderboard"]
+        docs = self._get_list("leaderboard", f"{PREFIX}/leaderboard", {"limit": limit})
         return [from_json(LeaderboardEntry, d) for d in docs]
 
     def tx(self, tx_hash: str) -> BroadcastResult | None:
@@ -156,10 +225,18 @@ class BlockchainClient:
             doc = self._rpc("tx", hash=tx_hash)
         except NotFound:
             return None
-        res = doc["tx_result"]
-        return BroadcastResult(
-            doc["hash"], res["code"], res["log"], int(doc["height"]), tuple(res["events"])
-        )
+
+        def parse() -> BroadcastResult:
+            res = doc["tx_result"]
+            return BroadcastResult(
+                str(doc["hash"]),
+                int(res["code"]),
+                str(res["log"]),
+                int(doc["height"]),
+                tuple(res["events"]),
+            )
+
+        return _parsed("tx", parse)
 
     # -- transactions -----------------------------------------------------------------
 
@@ -167,11 +244,15 @@ class BlockchainClient:
         """broadcast_tx_sync; raises TxRejected if check_tx refuses the tx."""
         encoded = base64.b64encode(raw).decode()
         result = self._rpc("broadcast_tx_sync", tx=encoded)
-        if result["code"] == Code.DUPLICATE and "mempool" in result["log"]:
-            return BroadcastResult(result["hash"], 0, "already queued")  # a retried broadcast
-        if result["code"] != 0:
-            raise TxRejected(result["code"], result["log"], result["hash"])
-        return BroadcastResult(result["hash"], 0, result["log"])
+        code, log_line, digest = _parsed(
+            "broadcast_tx_sync answer",
+            lambda: (int(result["code"]), str(result["log"]), str(result["hash"])),
+        )
+        if code == Code.DUPLICATE and "mempool" in log_line:
+            return BroadcastResult(digest, 0, "already queued")  # a retried broadcast
+        if code != 0:
+            raise TxRejected(code, log_line, digest)
+        return BroadcastResult(digest, 0, log_line)
 
     def wait_for_tx(
         self, tx_hash: str, *, timeout_s: float = 30.0, poll_s: float = 0.2
@@ -222,17 +303,34 @@ class BlockchainClient:
         key: SigningKey,
         *,
         round_number: int,
-        shard: int,
         cid: str,
         digest: str,
+        shard: int | None = None,
         wait: bool = True,
     ) -> BroadcastResult:
-        """Solve the anti-spam proof of work for this submission and send it."""
+        """Solve the anti-spam proof of work for this submission and send it.
+
+        `shard` defaults to the one the ledger assigns `key` in that round (the only one
+        it accepts); see r3mes.chain.shards.
+        """
+        if shard is None:
+            shard = round_assigned_shard(self.round(round_number), key.address)
         msg = SubmitGradient(
             creator=key.address, round=round_number, shard=shard, cid=cid, digest=digest
         )
         solved = solve_pow(msg, chain_id=self.chain_id(), difficulty=self.params().pow_difficulty)
         return self.sign_and_broadcast(key, [solved], wait=wait)
+
+
+def round_assigned_shard(rnd: RoundInfo, miner: str) -> int:
+    """The shard `miner` must take in `rnd`, given the claims the round shows."""
+    claimed = _parsed("round claims", lambda: {int(c["shard"]) for c in rnd.claims})
+    try:
+        return assigned_shard(
+            seed_hex=rnd.seed, miner=miner, n_shards=rnd.shards_per_round, claimed=claimed
+        )
+    except ValueError as exc:
+        raise ClientError(f"round {rnd.number} has an unusable seed or shard count: {exc}") from exc
 
 
 def _decode(response: httpx.Response, path: str) -> Any:
@@ -291,6 +389,33 @@ class AsyncBlockchainClient:
 
     async def leaderboard(self, limit: int = 100) -> list[LeaderboardEntry]:
         return await asyncio.to_thread(self.sync.leaderboard, limit)
+
+    async def chain_id(self) -> str:
+        return await asyncio.to_thread(self.sync.chain_id)
+
+    async def tasks(self, round_number: int | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync.tasks, round_number)
+
+    async def tx(self, tx_hash: str) -> BroadcastResult | None:
+        return await asyncio.to_thread(self.sync.tx, tx_hash)
+
+    async def broadcast(self, raw: bytes) -> BroadcastResult:
+        return await asyncio.to_thread(self.sync.broadcast, raw)
+
+    async def wait_for_tx(
+        self, tx_hash: str, *, timeout_s: float = 30.0, poll_s: float = 0.2
+    ) -> BroadcastResult:
+        """Poll until the tx is in a block without blocking the event loop between polls."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = await self.tx(tx_hash)
+            if found is not None:
+                if found.code != 0:
+                    raise TxRejected(found.code, found.log, tx_hash)
+                return found
+            if time.monotonic() >= deadline:
+                raise ClientError(f"tx {tx_hash} not included within {timeout_s} s")
+            await asyncio.sleep(poll_s)
 
     async def sign_and_broadcast(
         self, key: SigningKey, msgs: Sequence[Msg], **kw: Any

@@ -22,3 +22,4 @@ class Code(IntEnum):
     DEVNET_ONLY = 13
     MEMPOOL_FULL = 14
     INTERNAL = 15
+    WRONG_SHARD = 16

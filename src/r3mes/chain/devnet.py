@@ -16,6 +16,7 @@ import argparse
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from typing import IO, Any
 from r3mes.chain.engine import DevnetEngine, EngineConfig
 from r3mes.chain.errors import ChainError, GenesisError
 from r3mes.chain.genesis import Genesis, GenesisAccount, Params
+from r3mes.chain.identity import load_or_create_identity
 from r3mes.chain.msgs import ArtifactSpec
 from r3mes.chain.store import BlockStore
 from r3mes.paths import Home
@@ -38,6 +40,8 @@ from r3mes.paths import Home
 log = logging.getLogger(__name__)
 DEFAULT_CHAIN_ID = "r3mes-devnet-1"
 DEFAULT_PORT = 26657
+MIN_BLOCK_INTERVAL_S = 0.01
+MAX_BLOCK_INTERVAL_S = 3600.0
 
 
 def genesis_path(home: Home) -> Path:
@@ -134,11 +138,26 @@ class DevnetConfig:
     """Interface to listen on; loopback by default (the devnet has no auth)."""
     port: int = DEFAULT_PORT
     block_interval_s: float = 1.0
-    """Seconds between blocks, empty or not."""
+    """Seconds between blocks, empty or not: a finite number in [0.01, 3600]."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ChainError("host must be an interface address such as 127.0.0.1")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise ChainError(f"port must be an integer, not {self.port!r}")
         if not 0 <= self.port <= 65535:
             raise ChainError("port must be in [0, 65535]")
+        interval = self.block_interval_s
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int | float)
+            or not math.isfinite(interval)
+            or not MIN_BLOCK_INTERVAL_S <= interval <= MAX_BLOCK_INTERVAL_S
+        ):
+            raise ChainError(
+                f"block interval must be a number of seconds in "
+                f"[{MIN_BLOCK_INTERVAL_S}, {MAX_BLOCK_INTERVAL_S}], not {interval!r}"
+            )
 
 
 class DevnetNode:
@@ -150,9 +169,13 @@ class DevnetNode:
         if not genesis_path(home).exists():
             raise ChainError(f"no devnet in {home.root}; run `r3mes devnet init` first")
         self._lock_file = _lock_home(home)
+        self.identity = load_or_create_identity(home.chain / "node_key.json")
         self.store = BlockStore(db_path(home))
-        interval = self.config.block_interval_s
-        self.engine = DevnetEngine(self.store, EngineConfig(block_interval_s=interval))
+        engine_config = EngineConfig(
+            block_interval_s=self.config.block_interval_s,
+            proposer=self.identity.validator_address,
+        )
+        self.engine = DevnetEngine(self.store, engine_config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
@@ -169,7 +192,7 @@ class DevnetNode:
         from r3mes.chain.rpc import create_app
 
         config = uvicorn.Config(
-            create_app(self.engine),
+            create_app(self.engine, self.identity),
             host=self.config.host,
             port=self.config.port,
             log_level="warning",
@@ -260,8 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-interval", type=float, default=1.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = DevnetConfig(host=args.host, port=args.port, block_interval_s=args.block_interval)
-    DevnetNode(Home.from_env(args.home), config).serve()
+    try:
+        config = DevnetConfig(host=args.host, port=args.port, block_interval_s=args.block_interval)
+        DevnetNode(Home.from_env(args.home), config).serve()
+    except ChainError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

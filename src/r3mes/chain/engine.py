@@ -39,10 +39,12 @@ class EngineConfig:
     """Byte budget of one block's transactions (PrepareProposal's max_tx_bytes)."""
 
     def __post_init__(self) -> None:
-        if not 0.01 <= self.block_interval_s <= 3600:
-            raise ValueError("block_interval_s must be in [0.01, 3600]")
+        if not 0.01 <= self.block_interval_s <= 3600:  # also refuses nan
+            raise ChainError(
+                f"block_interval_s must be in [0.01, 3600], not {self.block_interval_s}"
+            )
         if self.max_mempool_txs < 1:
-            raise ValueError("max_mempool_txs must be >= 1")
+            raise ChainError("max_mempool_txs must be >= 1")
 
 
 Listener = Callable[[Block, BlockResult], None]

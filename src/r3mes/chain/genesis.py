@@ -2,6 +2,9 @@
 
 Parameters are integers (credits, blocks, milliseconds, ppm); the document is JSON with a
 version tag and is validated on load, so a bad genesis fails before any block is made.
+Types are strict (an integer field takes no float, bool or string, a bool field only
+true/false) and addresses are stored in their canonical lower-case form, the form every
+transaction must use.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError, GenesisError, TxInvalid
-from r3mes.chain.msgs import ArtifactSpec, validate_artifact
+from r3mes.chain.msgs import ArtifactSpec, valid_artifact_id, validate_artifact
 
 GENESIS_VERSION = 1
 _CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -64,10 +67,12 @@ class Params:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 0
-            ):
-                raise GenesisError(f"param {f.name} must be a non-negative integer")
+            if f.type in ("int", int):
+                _require_uint(value, f"param {f.name}")
+            elif f.type in ("bool", bool) and not isinstance(value, bool):
+                raise GenesisError(f"param {f.name} must be true or false, not {value!r}")
+            elif f.type in ("str", str) and not isinstance(value, str):
+                raise GenesisError(f"param {f.name} must be a string, not {value!r}")
         if self.round_length < 1 or self.shards_per_round < 1 or self.attestation_quorum < 1:
             raise GenesisError("round_length, shards_per_round and attestation_quorum must be >= 1")
         low = 0 if self.devnet else 16
@@ -79,16 +84,56 @@ class Params:
         if self.max_block_txs < 1:
             raise GenesisError("max_block_txs must be >= 1")
         if self.authority:
-            try:
-                validate_address(self.authority)
-            except AddressError as exc:
-                raise GenesisError(f"authority: {exc}") from exc
+            object.__setattr__(self, "authority", _address(self.authority, "param authority"))
+        if not valid_artifact_id(self.adapter_id):
+            raise GenesisError("param adapter_id must be 1-128 characters of [A-Za-z0-9._/:-]")
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Params:
+        """Params from their JSON object; unknown names are errors (typos must not pass)."""
+        return cls(**_known_fields(cls, doc, "params"))
+
+
+def _require_uint(value: object, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise GenesisError(f"{what} must be a non-negative integer, not {value!r}")
+
+
+def _address(value: object, what: str) -> str:
+    """`value` as a canonical (lower-case) address, or GenesisError saying why not."""
+    if not isinstance(value, str):
+        raise GenesisError(f"{what} must be an address string, not {value!r}")
+    try:
+        return validate_address(value)
+    except AddressError as exc:
+        raise GenesisError(f"{what}: {exc}") from exc
+
+
+def _known_fields(cls: type[Any], doc: object, what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise GenesisError(f"genesis {what} must be a JSON object")
+    unknown = sorted(set(doc) - {f.name for f in fields(cls)})
+    if unknown:
+        raise GenesisError(f"unknown genesis {what} fields: {unknown}")
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in doc
+    ]
+    if missing:
+        raise GenesisError(f"genesis {what} lacks fields: {missing}")
+    return doc
 
 
 @dataclass(frozen=True)
 class GenesisAccount:
     address: str
+    """Normalised to lower case (bech32 is case-insensitive; mixed case is invalid)."""
     balance: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _address(self.address, "genesis account"))
+        _require_uint(self.balance, f"genesis account {self.address} balance")
 
 
 @dataclass(frozen=True)
@@ -101,18 +146,17 @@ class Genesis:
     """Artifacts approved from the start (the shipped base model and dataset)."""
 
     def __post_init__(self) -> None:
-        if not _CHAIN_ID_RE.match(self.chain_id):
+        if not isinstance(self.chain_id, str) or not _CHAIN_ID_RE.match(self.chain_id):
             raise GenesisError("chain_id must be 1-64 characters of [A-Za-z0-9_.-]")
-        if self.genesis_time_ms < 0:
-            raise GenesisError("genesis_time_ms must be >= 0")
+        _require_uint(self.genesis_time_ms, "genesis_time_ms")
+        if not isinstance(self.params, Params):
+            raise GenesisError("genesis params must be a Params")
         seen: set[str] = set()
         for acc in self.accounts:
-            try:
-                validate_address(acc.address)
-            except AddressError as exc:
-                raise GenesisError(f"genesis account: {exc}") from exc
-            if acc.address in seen or acc.balance < 0:
-                raise GenesisError(f"genesis account {acc.address} duplicated or negative")
+            if not isinstance(acc, GenesisAccount):
+                raise GenesisError("genesis accounts must be GenesisAccount records")
+            if acc.address in seen:
+                raise GenesisError(f"genesis account {acc.address} is listed twice")
             seen.add(acc.address)
         keys = set()
         for art in self.artifacts:
@@ -120,6 +164,8 @@ class Genesis:
                 validate_artifact(art)
             except TxInvalid as exc:
                 raise GenesisError(f"genesis artifact {art.id}: {exc.log}") from exc
+            except TypeError as exc:  # a field of the wrong type reaching a regex
+                raise GenesisError(f"genesis artifact {art.id}: wrong field type") from exc
             keys.add((art.kind, art.id, art.version))
         if len(keys) != len(self.artifacts):
             raise GenesisError("genesis artifacts must be unique by (kind, id, version)")
@@ -142,19 +188,25 @@ class Genesis:
             raise GenesisError("genesis document is too large")
         try:
             doc = json.loads(text)
-            if doc.pop("version", None) != GENESIS_VERSION:
-                raise GenesisError(f"genesis version must be {GENESIS_VERSION}")
-            return cls(
-                chain_id=doc["chain_id"],
-                genesis_time_ms=int(doc["genesis_time_ms"]),
-                params=Params(**doc.get("params", {})),
-                accounts=tuple(GenesisAccount(**a) for a in doc.get("accounts", [])),
-                artifacts=tuple(artifact_from_dict(a) for a in doc.get("artifacts", [])),
-            )
-        except GenesisError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise GenesisError(f"genesis document is malformed: {exc}") from exc
+        except ValueError as exc:
+            raise GenesisError(f"genesis document is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise GenesisError("genesis document must be a JSON object")
+        if doc.get("version") != GENESIS_VERSION:
+            raise GenesisError(f"genesis version must be {GENESIS_VERSION}")
+        body = _known_fields(cls, {k: v for k, v in doc.items() if k != "version"}, "document")
+        accounts, artifacts = body.get("accounts", []), body.get("artifacts", [])
+        if not isinstance(accounts, list) or not isinstance(artifacts, list):
+            raise GenesisError("genesis accounts and artifacts must be JSON lists")
+        return cls(
+            chain_id=body["chain_id"],
+            genesis_time_ms=body["genesis_time_ms"],
+            params=Params.from_dict(body.get("params", {})),
+            accounts=tuple(
+                GenesisAccount(**_known_fields(GenesisAccount, a, "account")) for a in accounts
+            ),
+            artifacts=tuple(artifact_from_dict(a) for a in artifacts),
+        )
 
     @classmethod
     def load(cls, path: Path) -> Genesis:
@@ -166,12 +218,11 @@ class Genesis:
             ) from exc
 
 
-def artifact_from_dict(doc: dict[str, Any]) -> ArtifactSpec:
+def artifact_from_dict(doc: object) -> ArtifactSpec:
     """An ArtifactSpec from its JSON form (lists become tuples; unknown keys are errors)."""
-    allowed = {f.name for f in fields(ArtifactSpec)}
-    unknown = set(doc) - allowed
-    if unknown:
-        raise GenesisError(f"unknown artifact fields: {sorted(unknown)}")
-    data = dict(doc)
-    data["target_modules"] = tuple(data.get("target_modules", ()))
+    data = dict(_known_fields(ArtifactSpec, doc, "artifact"))
+    modules = data.get("target_modules", ())
+    if not isinstance(modules, list | tuple):
+        raise GenesisError("artifact target_modules must be a list of module names")
+    data["target_modules"] = tuple(modules)
     return ArtifactSpec(**data)

@@ -26,6 +26,7 @@ from r3mes.chain.msgs import (
     TransferCredits,
 )
 from r3mes.chain.pow import pow_ok
+from r3mes.chain.shards import assigned_shard
 from r3mes.chain.state import (
     ArtifactRecord,
     Attestation,
@@ -78,6 +79,18 @@ def submit_gradient(state: State, msg: SubmitGradient, ctx: BlockContext) -> lis
         raise invalid(Code.DUPLICATE, f"{msg.creator} already submitted in round {msg.round}")
     if any(shard == msg.shard for shard, _ in rnd.claims):
         raise invalid(Code.DUPLICATE, f"shard {msg.shard} of round {msg.round} is taken")
+    expected = assigned_shard(
+        seed_hex=rnd.seed,
+        miner=msg.creator,
+        n_shards=state.params.shards_per_round,
+        claimed={shard for shard, _ in rnd.claims},
+    )
+    if msg.shard != expected:
+        raise invalid(
+            Code.WRONG_SHARD,
+            f"{msg.creator} must take shard {expected} of round {msg.round}, not {msg.shard} "
+            "(the shard follows from the round seed, the address and the claims so far)",
+        )
     if not pow_ok(msg, chain_id=ctx.chain_id, difficulty=state.params.pow_difficulty):
         raise invalid(Code.BAD_POW, "proof of work does not meet the difficulty")
     sid = state.next_submission_id

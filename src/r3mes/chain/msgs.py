@@ -235,6 +235,11 @@ def _check_uint(value: int, what: str, *, low: int = 0, high: int = MAX_U64) -> 
     )
 
 
+def valid_artifact_id(value: object) -> bool:
+    """True iff `value` is an artifact id: 1-128 characters of [A-Za-z0-9._/:-]."""
+    return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
 def validate_artifact(a: ArtifactSpec) -> None:
     _check(a.kind in KINDS, f"artifact kind must be one of {KINDS}")
     _check(bool(_ID_RE.match(a.id)), "artifact id must be 1-128 chars of [A-Za-z0-9._/:-]")

@@ -1,7 +1,9 @@
-"""CometBFT-shaped JSON-RPC over HTTP (+ websocket /subscribe) and the REST router.
+"""CometBFT-shaped JSON-RPC over HTTP (and websocket, see rpc_ws.py) and the REST router.
 
-Endpoints answer like a CometBFT node (`{"jsonrpc": "2.0", "id": -1, "result": ...}`,
-heights as strings, tx bytes as base64), so tools written for CometBFT can read them.
+Every method answers through one dispatcher, whichever way it is called: GET /<method>
+with URI parameters, POST / with a JSON-RPC 2.0 body (the request id is echoed, errors
+included), or a JSON-RPC message on the websocket. Answers look like a CometBFT node's
+(`{"jsonrpc": "2.0", "id": ..., "result": ...}`), so tools written for CometBFT read them.
 Invalid input answers 400 and unknown objects 404 (clients must not retry those).
 """
 
@@ -9,88 +11,47 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import inspect
 import json
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from r3mes import __version__
 from r3mes.chain import abci
+from r3mes.chain.application import APP_VERSION
 from r3mes.chain.engine import DevnetEngine
+from r3mes.chain.identity import NodeIdentity
 from r3mes.chain.rest import rest_router
-from r3mes.chain.store import StoredTx
-from r3mes.chain.transition import Block, BlockResult, Header, TxResult
+from r3mes.chain.rpc_json import (
+    RpcError,
+    block_json,
+    number_param,
+    parse_bytes,
+    rfc3339,
+    stored_tx_json,
+)
+from r3mes.chain.rpc_ws import install_websocket
 from r3mes.chain.tx import MAX_TX_BYTES
 from r3mes.chain.views import QueryError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * MAX_TX_BYTES
 MAX_COMMIT_WAIT_S = 30.0
-MAX_SUBSCRIBERS = 64
-
-
-class RpcError(Exception):
-    def __init__(self, status: int, message: str, code: int = -32602) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-def rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
-
-
-def header_json(h: Header) -> dict[str, Any]:
-    return {
-        "chain_id": h.chain_id,
-        "height": str(h.height),
-        "time": rfc3339(h.time_ms),
-        "time_ms": h.time_ms,
-        "last_block_id": {"hash": h.last_block_hash.upper()},
-        "app_hash": h.app_hash.upper(),
-        "data_hash": h.data_hash.upper(),
-        "proposer_address": h.proposer,
-    }
-
-
-def block_json(block: Block) -> dict[str, Any]:
-    return {
-        "block_id": {"hash": block.hash.upper()},
-        "block": {
-            "header": header_json(block.header),
-            "data": {"txs": [base64.b64encode(t).decode() for t in block.txs]},
-        },
-    }
-
-
-def tx_result_json(r: TxResult) -> dict[str, Any]:
-    return {"code": r.code, "log": r.log, "events": [e.to_json() for e in r.events]}
-
-
-def stored_tx_json(t: StoredTx) -> dict[str, Any]:
-    return {
-        "hash": t.hash,
-        "height": str(t.height),
-        "index": t.index,
-        "tx_result": {"code": t.code, "log": t.log, "events": t.events},
-        "tx": base64.b64encode(t.raw).decode(),
-    }
-
-
-def parse_bytes(value: str, what: str, limit: int = MAX_TX_BYTES) -> bytes:
-    """CometBFT URI convention: 0x-prefixed hex, else (optionally quoted) base64."""
-    text = value.strip().strip('"')
-    if len(text) > 2 * limit + 2:
-        raise RpcError(400, f"{what} is larger than {limit} bytes")
-    try:
-        if text.startswith(("0x", "0X")):
-            return bytes.fromhex(text[2:])
-        return base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise RpcError(400, f"{what} must be 0x-hex or base64") from exc
+METHODS = (
+    "status",
+    "block",
+    "block_results",
+    "broadcast_tx_sync",
+    "broadcast_tx_commit",
+    "tx",
+    "tx_search",
+    "abci_query",
+)
 
 
 def _height(engine: DevnetEngine, height: str | int | None) -> int:
@@ -107,26 +68,71 @@ def _height(engine: DevnetEngine, height: str | int | None) -> int:
 
 
 class Methods:
-    """The JSON-RPC methods, shared by GET /<method> and POST / dispatch."""
+    """The JSON-RPC methods; `call` is the one entry point all transports use."""
 
-    def __init__(self, engine: DevnetEngine) -> None:
+    def __init__(self, engine: DevnetEngine, identity: NodeIdentity) -> None:
         self.engine = engine
+        self.identity = identity
+
+    def call(self, name: str, params: object) -> Any:
+        """Run method `name` with `params` (a JSON object of strings or scalars)."""
+        if name not in METHODS:
+            raise RpcError(404, f"unknown method {name!r}; methods: {', '.join(METHODS)}", -32601)
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RpcError(400, f"params of {name} must be a JSON object")
+        func: Callable[..., Any] = getattr(self, name)
+        accepted = inspect.signature(func).parameters
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise RpcError(
+                400, f"{name} takes no parameter {unknown[0]!r}; it takes {list(accepted)}"
+            )
+        missing = [
+            p
+            for p, spec in accepted.items()
+            if spec.default is inspect.Parameter.empty and params.get(p) is None
+        ]
+        if missing:
+            raise RpcError(400, f"{name} needs the parameter {missing[0]!r}")
+        args = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in params.items()
+            if v is not None
+        }
+        return func(**args)
 
     def status(self) -> dict[str, Any]:
         state, app_hash = self.engine.snapshot()
         found = self.engine.store.block(state.height) if state.height else None
+        first = self.engine.store.block(1) if state.height else None
         return {
             "node_info": {
+                "protocol_version": {"p2p": "8", "block": "11", "app": str(APP_VERSION)},
+                "id": self.identity.node_id,
+                "listen_addr": "",
                 "network": state.chain_id,
                 "version": __version__,
+                "channels": "",
                 "moniker": "r3mes-devnet",
+                "other": {"tx_index": "on", "rpc_address": ""},
             },
             "sync_info": {
                 "latest_block_hash": found[0].hash.upper() if found else "",
                 "latest_app_hash": app_hash.upper(),
                 "latest_block_height": str(state.height),
                 "latest_block_time": rfc3339(state.last_block_time_ms),
+                "earliest_block_hash": first[0].hash.upper() if first else "",
+                "earliest_app_hash": first[0].header.app_hash.upper() if first else "",
+                "earliest_block_height": "1" if first else "0",
+                "earliest_block_time": rfc3339(first[0].header.time_ms) if first else "",
                 "catching_up": False,
+            },
+            "validator_info": {
+                "address": self.identity.validator_address,
+                "pub_key": self.identity.pub_key_json(),
+                "voting_power": "1",
             },
             "mempool_size": self.engine.mempool_size(),
         }
@@ -135,7 +141,7 @@ class Methods:
         found = self.engine.store.block(_height(self.engine, height))
         if found is None:
             raise RpcError(404, "no block at that height yet")
-        return block_json(found[0])
+        return block_json(found[0], identity=self.identity, app_version=APP_VERSION)
 
     def block_results(self, height: str | None = None) -> dict[str, Any]:
         h = _height(self.engine, height)
@@ -158,7 +164,8 @@ class Methods:
             "hash": result.hash,
         }
 
-    def broadcast_tx_commit(self, tx: str, timeout: str | float = 10.0) -> dict[str, Any]:
+    def broadcast_tx_commit(self, tx: str, timeout: str = "10") -> dict[str, Any]:
+        wait = number_param(timeout, "timeout", low=0, high=MAX_COMMIT_WAIT_S)
         check = self.engine.submit(parse_bytes(tx, "tx"))
         out: dict[str, Any] = {
             "check_tx": {"code": check.code, "log": check.log},
@@ -170,10 +177,9 @@ class Methods:
                 "tx_result": {"code": check.code, "log": check.log, "events": []},
                 "height": "0",
             }
-        wait = min(float(timeout), MAX_COMMIT_WAIT_S)
         stored = self.engine.wait_for_tx(check.hash, timeout_s=wait)
         if stored is None:
-            raise RpcError(503, f"tx {check.hash} not committed within {wait} s", code=-32603)
+            raise RpcError(503, f"tx {check.hash} not committed within {wait:g} s", code=-32603)
         return {
             **out,
             "tx_result": stored_tx_json(stored)["tx_result"],
@@ -189,33 +195,35 @@ class Methods:
             raise RpcError(404, f"tx {digest} not found")
         return stored_tx_json(found)
 
-    def tx_search(self, query: str, per_page: str | int = 30) -> dict[str, Any]:
+    def tx_search(
+        self, query: str, page: str = "1", per_page: str = "30", order_by: str = "asc"
+    ) -> dict[str, Any]:
+        """Matching txs, one page at a time; total_count counts every match."""
         height, signer = parse_tx_query(query)
-        limit = max(1, min(int(per_page), 100))
-        found = self.engine.store.tx_search(height=height, signer=signer, limit=limit)
-        return {"txs": [stored_tx_json(t) for t in found], "total_count": str(len(found))}
+        size = int(number_param(per_page, "per_page", low=1, high=100))
+        number = int(number_param(page, "page", low=1, high=2**31))
+        order = order_by.strip('"') or "asc"
+        if order not in ("asc", "desc"):
+            raise RpcError(400, "order_by must be asc or desc")
+        found, total = self.engine.store.tx_search(
+            height=height,
+            signer=signer,
+            limit=size,
+            offset=(number - 1) * size,
+            descending=order == "desc",
+        )
+        return {"txs": [stored_tx_json(t) for t in found], "total_count": str(total)}
 
     def abci_query(self, path: str, data: str = "", height: str | None = None) -> dict[str, Any]:
         raw = parse_bytes(data, "data", limit=4096) if data else b""
+        state = self.engine.state
         try:
-            value = abci.query(self.engine.state, path.strip('"'), raw)
+            value = abci.query(state, path.strip('"'), raw)
         except QueryError as exc:
-            return {
-                "response": {
-                    "code": 1,
-                    "log": str(exc),
-                    "value": "",
-                    "height": str(self.engine.state.height),
-                }
-            }
-        return {
-            "response": {
-                "code": 0,
-                "log": "",
-                "value": base64.b64encode(value).decode(),
-                "height": str(self.engine.state.height),
-            }
-        }
+            response = {"code": 1, "log": str(exc), "value": "", "height": str(state.height)}
+            return {"response": response}
+        encoded = base64.b64encode(value).decode()
+        return {"response": {"code": 0, "log": "", "value": encoded, "height": str(state.height)}}
 
 
 def parse_tx_query(query: str) -> tuple[int | None, str | None]:
@@ -234,11 +242,11 @@ def parse_tx_query(query: str) -> tuple[int | None, str | None]:
     return height, signer
 
 
-def create_app(engine: DevnetEngine) -> FastAPI:
+def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
     """The node's HTTP app; nothing global, the engine is held on app.state."""
     app = FastAPI(title="R3MES ledger RPC", version=__version__)
     app.state.engine = engine
-    methods = Methods(engine)
+    methods = Methods(engine, identity)
     app.include_router(rest_router())
     _install_errors(app)
 
@@ -246,20 +254,11 @@ def create_app(engine: DevnetEngine) -> FastAPI:
     async def limit_body(request: Request, call_next: Any) -> Any:
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-            return _rpc_error(413, f"request body limited to {MAX_BODY_BYTES} bytes")
+            return rpc_error(413, f"request body limited to {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 
-    for name in (
-        "status",
-        "block",
-        "block_results",
-        "broadcast_tx_sync",
-        "broadcast_tx_commit",
-        "tx",
-        "tx_search",
-        "abci_query",
-    ):
-        _route(app, name, getattr(methods, name))
+    for name in METHODS:
+        _route(app, methods, name)
 
     @app.post("/")
     async def jsonrpc(request: Request) -> JSONResponse:
@@ -267,105 +266,63 @@ def create_app(engine: DevnetEngine) -> FastAPI:
         async for chunk in request.stream():
             data.extend(chunk)
             if len(data) > MAX_BODY_BYTES:
-                raise RpcError(413, f"request body limited to {MAX_BODY_BYTES} bytes")
+                return rpc_error(413, f"request body limited to {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(data)
-            name, params, rid = body["method"], body.get("params") or {}, body.get("id", -1)
-            func = getattr(methods, name) if name in _METHODS else None
-            if func is None or not isinstance(params, dict):
-                raise RpcError(400, f"unknown method {name!r} or params not an object", -32601)
-            result = await asyncio.to_thread(func, **{k: str(v) for k, v in params.items()})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RpcError(400, f"malformed JSON-RPC request: {exc}") from exc
+        except ValueError:
+            return rpc_error(400, "request body is not JSON", -32700, rid=None)
+        if not isinstance(body, dict):
+            return rpc_error(400, "a JSON-RPC request must be a JSON object", -32600, rid=None)
+        rid = body.get("id", -1)
+        name = body.get("method")
+        if not isinstance(name, str):
+            return rpc_error(400, "the request names no method", -32600, rid=rid)
+        try:
+            result = await asyncio.to_thread(methods.call, name, body.get("params"))
+        except RpcError as exc:
+            return rpc_error(exc.status, exc.message, exc.code, rid=rid)
         return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
 
-    _install_websocket(app, engine)
+    install_websocket(app, engine, methods)
     return app
 
 
-_METHODS = {
-    "status",
-    "block",
-    "block_results",
-    "broadcast_tx_sync",
-    "broadcast_tx_commit",
-    "tx",
-    "tx_search",
-    "abci_query",
-}
-
-
-def _route(app: FastAPI, name: str, func: Any) -> None:
+def _route(app: FastAPI, methods: Methods, name: str) -> None:
     async def handler(request: Request) -> JSONResponse:
         params = dict(request.query_params)
-        try:
-            result = await asyncio.to_thread(func, **params)
-        except TypeError as exc:
-            raise RpcError(400, f"bad parameters for {name}: {exc}") from exc
-        except ValueError as exc:
-            raise RpcError(400, f"bad parameter value for {name}: {exc}") from exc
+        result = await asyncio.to_thread(methods.call, name, params)
         return JSONResponse({"jsonrpc": "2.0", "id": -1, "result": result})
 
     app.add_api_route(f"/{name}", handler, methods=["GET"], name=name)
 
 
-def _rpc_error(status: int, message: str, code: int = -32602) -> JSONResponse:
+def rpc_error(status: int, message: str, code: int = -32602, *, rid: Any = -1) -> JSONResponse:
     body = {
         "jsonrpc": "2.0",
-        "id": -1,
+        "id": rid,
         "error": {"code": code, "message": message, "data": message},
     }
     return JSONResponse(body, status_code=status)
 
 
+def validation_message(exc: RequestValidationError) -> str:
+    """'round: Input should be greater than or equal to 1' from pydantic's error list."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RpcError)
-    async def rpc_error(request: Request, exc: RpcError) -> JSONResponse:
-        return _rpc_error(exc.status, exc.message, exc.code)
+    async def rpc_failed(request: Request, exc: RpcError) -> JSONResponse:
+        return rpc_error(exc.status, exc.message, exc.code)
 
     @app.exception_handler(QueryError)
     async def query_error(request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"code": exc.status, "message": str(exc)}, status_code=exc.status)
 
-
-def _install_websocket(app: FastAPI, engine: DevnetEngine) -> None:
-    subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = set()
-
-    def on_block(block: Block, result: BlockResult) -> None:
-        event = {
-            "query": "tm.event='NewBlock'",
-            "data": {
-                "type": "tendermint/event/NewBlock",
-                "value": {**block_json(block), "app_hash": result.app_hash.upper()},
-            },
-        }
-        for loop, queue in list(subscribers):
-            loop.call_soon_threadsafe(_offer, queue, event)
-
-    engine.add_listener(on_block)
-
-    async def subscribe(ws: WebSocket) -> None:
-        if len(subscribers) >= MAX_SUBSCRIBERS:
-            await ws.close(code=1013, reason="too many subscribers; retry later")
-            return
-        await ws.accept()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
-        entry = (asyncio.get_running_loop(), queue)
-        subscribers.add(entry)
-        try:
-            while True:
-                event = await queue.get()
-                await ws.send_json({"jsonrpc": "2.0", "id": 0, "result": event})
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            subscribers.discard(entry)
-
-    app.add_api_websocket_route("/subscribe", subscribe)
-    app.add_api_websocket_route("/websocket", subscribe)
-
-
-def _offer(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
-    if queue.full():
-        queue.get_nowait()  # drop the oldest for a slow subscriber rather than block the chain
-    queue.put_nowait(event)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"code": 400, "message": validation_message(exc)}, status_code=400)

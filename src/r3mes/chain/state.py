@@ -1,24 +1,42 @@
-"""Ledger state: frozen records in sorted-by-key maps, canonical encoding and the app hash.
+"""Ledger state: frozen records in maps, their canonical entries and the app hash.
 
 A `State` is never changed in place by the consensus code's callers: `apply_block` works on
-an `overlay()` (ChainMaps over the parent's dicts) and returns a flattened new State. The
-app hash is SHA-256 of the canonical JSON encoding (sorted keys, integers only, versioned).
+an `overlay()` (ChainMaps over the parent's dicts) and seals it with `advance`, which
+returns a new State sharing what did not change. The state is a set of entries, one per
+record (`accounts/<address>`, `rounds/<n>`, ...) plus `meta` for the scalars and params,
+each as canonical JSON (sorted keys, integers only, versioned). The app hash is the root
+of a sparse Merkle tree over those entries (r3mes.chain.commitment), updated per block for
+the changed entries only; the store likewise writes only the changed rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import ChainMap
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from r3mes.chain import commitment
+from r3mes.chain.commitment import Tree
 from r3mes.chain.errors import StoreError
 from r3mes.chain.genesis import Genesis, Params
 from r3mes.chain.msgs import ArtifactSpec
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active")
+SCALARS = (
+    "chain_id",
+    "height",
+    "last_block_hash",
+    "last_block_time_ms",
+    "supply",
+    "minted",
+    "burned",
+    "next_account_number",
+    "next_submission_id",
+)
+META_KEY = "meta"
 TIERS = ((1000, "diamond"), (500, "platinum"), (200, "gold"), (50, "silver"))
 
 
@@ -119,9 +137,21 @@ def node_key(role: str, address: str) -> str:
     return f"{role}/{address}"
 
 
+class _Unbuilt:
+    """Marks a State whose commitment has not been computed yet."""
+
+
+_UNBUILT = _Unbuilt()
+
+
 @dataclass
 class State:
-    """The whole ledger state after block `height` (0 = genesis)."""
+    """The whole ledger state after block `height` (0 = genesis).
+
+    A committed State (one `apply_block` returned, or the store loaded) is never written
+    to again: new blocks write through an `overlay()`. That is what lets `advance` share
+    unchanged maps and commitment subtrees with the parent state.
+    """
 
     chain_id: str
     params: Params
@@ -140,110 +170,165 @@ class State:
     artifacts: MutableMapping[str, ArtifactRecord] = field(default_factory=dict)
     active: MutableMapping[str, str] = field(default_factory=dict)
     """kind -> artifact key of the artifact rounds currently use."""
-
-    _MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active")
+    _tree: Tree | _Unbuilt = field(default=_UNBUILT, init=False, repr=False, compare=False)
+    """The commitment over `entries()`; built on first use, or by `advance`."""
+    _delta: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    """Entries `advance` changed relative to the parent state (what the store writes)."""
 
     def overlay(self) -> State:
         """A cheap child state whose writes do not touch this one until `absorb`ed."""
-        maps: dict[str, Any] = {name: ChainMap({}, getattr(self, name)) for name in self._MAPS}
+        maps: dict[str, Any] = {name: ChainMap({}, getattr(self, name)) for name in MAPS}
         return replace(self, **maps)
 
     def absorb(self, child: State) -> None:
         """Commit an overlay's writes into this state."""
         for f in fields(self):
-            if f.name in self._MAPS:
+            if not f.init:
+                continue
+            if f.name in MAPS:
                 writes = getattr(child, f.name).maps[0]
                 getattr(self, f.name).update(writes)
             else:
                 setattr(self, f.name, getattr(child, f.name))
 
-    def flattened(self) -> State:
-        """A new State with plain dicts holding every entry (parents untouched)."""
-        maps: dict[str, Any] = {name: dict(getattr(self, name)) for name in self._MAPS}
-        return replace(self, **maps)
+    def advance(self, parent: State) -> State:
+        """Seal this overlay of `parent` into a new committed State.
+
+        Only the written entries are re-encoded and re-hashed: maps without writes are
+        shared with `parent`, changed ones are copied (a C-level dict copy) and updated,
+        and the commitment is `parent`'s tree with the changed leaves replaced.
+        """
+        maps: dict[str, Any] = {}
+        delta: dict[str, bytes] = {}
+        for name in MAPS:
+            writes = getattr(self, name).maps[0]
+            base = getattr(parent, name)
+            if not writes:
+                maps[name] = base
+                continue
+            merged = base.copy() if isinstance(base, dict) else dict(base)
+            merged.update(writes)
+            maps[name] = merged
+            for key, value in writes.items():
+                delta[entry_key(name, key)] = entry_bytes(value)
+        new = replace(self, **maps)
+        delta[META_KEY] = meta_bytes(new)
+        new._tree = commitment.update(parent.commitment(), delta)
+        new._delta = delta
+        return new
+
+    @property
+    def delta(self) -> dict[str, bytes]:
+        """The entries this state changed relative to its parent (see `advance`)."""
+        if self._delta is None:
+            raise StoreError("this state was not produced by a block; it has no delta")
+        return self._delta
 
     @property
     def current_round(self) -> int:
         """Round of the next block (or of the last one, before any block: round 1)."""
         return max(self.height - 1, 0) // self.params.round_length + 1
 
-    def encode(self) -> bytes:
-        """Canonical bytes of the whole state (the app hash preimage)."""
-        return json.dumps(state_to_obj(self), sort_keys=True, separators=(",", ":")).encode()
+    def entries(self) -> Iterator[tuple[str, bytes]]:
+        """Every entry's (key, canonical bytes): the leaves of the commitment."""
+        yield META_KEY, meta_bytes(self)
+        for name in MAPS:
+            for key, value in getattr(self, name).items():
+                yield entry_key(name, key), entry_bytes(value)
+
+    def commitment(self) -> Tree:
+        if isinstance(self._tree, _Unbuilt):
+            self._tree = commitment.build(self.entries())
+        return self._tree
 
     def app_hash(self) -> str:
-        return hashlib.sha256(self.encode()).hexdigest()
+        """Hex root of the sparse Merkle tree over `entries()` (see r3mes.chain.commitment)."""
+        return commitment.root_hash(self.commitment()).hex()
 
 
-def state_to_obj(state: State) -> dict[str, Any]:
-    obj: dict[str, Any] = {"version": STATE_VERSION}
-    for f in fields(state):
-        value = getattr(state, f.name)
-        if f.name in State._MAPS:
-            obj[f.name] = {str(k): _record(v) for k, v in sorted(value.items())}
-        elif f.name == "params":
-            obj[f.name] = asdict(value)
-        else:
-            obj[f.name] = value
-    return obj
+def entry_key(map_name: str, key: object) -> str:
+    return f"{map_name}/{key}"
 
 
-def _record(value: Any) -> Any:
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+def entry_bytes(value: Any) -> bytes:
+    return _canonical(_plain(value))
 
 
-def _load_map(raw: dict[str, Any], build: Any, key: Any = str) -> dict[Any, Any]:
-    return {key(k): build(v) for k, v in raw.items()}
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict` for these records (dataclasses, tuples, scalars), without its
+    deep copies: this runs for every changed entry of every block."""
+    names = getattr(value, "__dataclass_fields__", None)
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def meta_bytes(state: State) -> bytes:
+    """The scalar part of the state (and the params) as one entry."""
+    obj: dict[str, Any] = {"version": STATE_VERSION, "params": asdict(state.params)}
+    for name in SCALARS:
+        obj[name] = getattr(state, name)
+    return _canonical(obj)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _canonical(obj: Any) -> bytes:
+    return _ENCODER.encode(obj).encode()
 
 
 def _spec(doc: dict[str, Any]) -> ArtifactSpec:
     return ArtifactSpec(**{**doc, "target_modules": tuple(doc["target_modules"])})
 
 
-def state_from_obj(obj: dict[str, Any]) -> State:
-    """Inverse of `state_to_obj`; raises StoreError on anything malformed."""
+_DECODERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
+    "accounts": (str, lambda d: Account(**d)),
+    "nodes": (str, lambda d: Node(**d)),
+    "rounds": (int, lambda d: Round(**{**d, "claims": tuple(tuple(c) for c in d["claims"])})),
+    "submissions": (
+        int,
+        lambda d: Submission(
+            **{**d, "attestations": tuple(Attestation(**a) for a in d["attestations"])}
+        ),
+    ),
+    "artifacts": (str, lambda d: ArtifactRecord(**{**d, "spec": _spec(d["spec"])})),
+    "active": (str, str),
+}
+
+
+def state_from_entries(entries: Iterable[tuple[str, bytes]]) -> State:
+    """Inverse of `State.entries()`; raises StoreError on anything malformed.
+
+    The commitment is built from the stored bytes themselves, so any change to them shows
+    up as an app hash that no longer matches the committed one.
+    """
+    rows = list(entries)
+    maps: dict[str, Any] = {name: {} for name in MAPS}
+    meta: dict[str, Any] | None = None
     try:
-        if obj.get("version") != STATE_VERSION:
-            raise StoreError(f"stored state version {obj.get('version')} is not {STATE_VERSION}")
-        scalars = {
-            f.name: obj[f.name]
-            for f in fields(State)
-            if f.name not in State._MAPS and f.name != "params"
-        }
-        return State(
-            **scalars,
-            params=Params(**obj["params"]),
-            accounts=_load_map(obj["accounts"], lambda d: Account(**d)),
-            nodes=_load_map(obj["nodes"], lambda d: Node(**d)),
-            rounds=_load_map(
-                obj["rounds"],
-                lambda d: Round(**{**d, "claims": tuple(tuple(c) for c in d["claims"])}),
-                int,
-            ),
-            submissions=_load_map(
-                obj["submissions"],
-                lambda d: Submission(
-                    **{**d, "attestations": tuple(Attestation(**a) for a in d["attestations"])}
-                ),
-                int,
-            ),
-            artifacts=_load_map(
-                obj["artifacts"], lambda d: ArtifactRecord(**{**d, "spec": _spec(d["spec"])})
-            ),
-            active=dict(obj["active"]),
-        )
+        for key, data in rows:
+            if key == META_KEY:
+                meta = json.loads(data)
+                continue
+            name, _, raw_key = key.partition("/")
+            parse_key, build = _DECODERS[name]
+            value = json.loads(data)
+            maps[name][parse_key(raw_key)] = build(value)
+        if meta is None:
+            raise StoreError("stored state has no meta entry")
+        if meta.get("version") != STATE_VERSION:
+            raise StoreError(f"stored state version {meta.get('version')} is not {STATE_VERSION}")
+        scalars = {name: meta[name] for name in SCALARS}
+        state = State(**scalars, params=Params(**meta["params"]), **maps)
     except StoreError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StoreError(f"stored state is malformed: {exc}") from exc
-
-
-def decode_state(data: bytes) -> State:
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"stored state is not JSON: {exc}") from exc
-    return state_from_obj(obj)
+    state._tree = commitment.build(rows)
+    return state
 
 
 def genesis_state(genesis: Genesis) -> State:

@@ -1,13 +1,15 @@
 """Persistent block, tx-result and state store on SQLite (WAL).
 
-Each block is committed in one SQLite transaction together with its tx results and the
-state snapshot after it, so a crash at any moment leaves either the whole block or none of
-it. On open, the snapshot's app hash is checked against the last block's recorded one.
+The state lives in `entries` (one row per state entry, the leaves of the app-hash tree)
+and `head` (the committed height and app hash). Each block is committed in one SQLite
+transaction with its tx results and only the entries it changed, so a crash at any moment
+leaves either the whole block or none of it, and a commit costs what the block changed,
+not the size of the state. On open, the entries' app hash is recomputed and checked
+against `head` and the last block's recorded one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
@@ -20,7 +22,7 @@ from typing import Any
 from r3mes.chain.errors import StoreError
 from r3mes.chain.genesis import Genesis
 from r3mes.chain.ledger import Event
-from r3mes.chain.state import State, decode_state, genesis_state
+from r3mes.chain.state import State, genesis_state, state_from_entries
 from r3mes.chain.transition import Block, BlockResult, Header, TxResult, apply_block
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,9 @@ CREATE TABLE IF NOT EXISTS txs (
   PRIMARY KEY (height, idx));
 CREATE INDEX IF NOT EXISTS txs_hash ON txs(hash);
 CREATE INDEX IF NOT EXISTS txs_signer ON txs(signer);
-CREATE TABLE IF NOT EXISTS state (
-  id INTEGER PRIMARY KEY CHECK (id = 1), height INTEGER NOT NULL, app_hash TEXT NOT NULL,
-  data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS head (
+  id INTEGER PRIMARY KEY CHECK (id = 1), height INTEGER NOT NULL, app_hash TEXT NOT NULL);
 """
 
 
@@ -71,6 +73,14 @@ class BlockStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        legacy = self._one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'state'")
+        if legacy is not None:
+            self._db.close()
+            raise StoreError(
+                f"{path} was written by an older r3mes (whole-state snapshots); its app "
+                "hashes cannot be carried over. Reset the devnet with "
+                "`r3mes devnet init --overwrite`"
+            )
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -96,38 +106,47 @@ class BlockStore:
             state = genesis_state(genesis)
             with self._tx():
                 self._db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis.to_json(),))
-                self._save_state(state)
+                self._db.execute("DELETE FROM entries")
+                self._db.executemany("INSERT INTO entries VALUES (?, ?)", state.entries())
+                self._set_head(state.height, state.app_hash())
             return state
 
     def load_state(self) -> State:
-        """The latest committed state, checked against the last block's app hash."""
-        row = self._one("SELECT height, app_hash, data FROM state WHERE id = 1")
-        if row is None:
+        """The latest committed state, checked against its app hash and the last block's."""
+        head = self._one("SELECT height, app_hash FROM head WHERE id = 1")
+        if head is None:
             return self.init_genesis(self.genesis())
-        state = decode_state(row[2])
-        if state.app_hash() != row[1] or state.height != row[0]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM entries").fetchall()
+        state = state_from_entries((str(k), bytes(v)) for k, v in rows)
+        if state.app_hash() != head[1] or state.height != head[0]:
             raise StoreError("stored state does not match its app hash; the store is corrupt")
         last = self._one("SELECT app_hash FROM blocks WHERE height = ?", (state.height,))
-        if state.height and (last is None or last[0] != row[1]):
+        if state.height and (last is None or last[0] != head[1]):
             raise StoreError("stored state does not match the last block; the store is corrupt")
         return state
 
-    def _save_state(self, state: State) -> str:
-        data = state.encode()
-        app_hash = hashlib.sha256(data).hexdigest()
-        self._db.execute(
-            "INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?)", (state.height, app_hash, data)
-        )
-        return app_hash
+    def _set_head(self, height: int, app_hash: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO head VALUES (1, ?, ?)", (height, app_hash))
 
     # -- blocks -----------------------------------------------------------------------
 
     def commit(self, block: Block, result: BlockResult, state: State) -> None:
-        """Atomically persist `block`, its results, and the state after it."""
+        """Atomically persist `block`, its results, and the entries the block changed.
+
+        `state` is what `apply_block` returned for `block` on top of the stored state; its
+        `delta` is written, so the cost follows the block's changes, not the state size.
+        """
         h = block.header
         if state.height != h.height:
             raise StoreError("commit: state and block heights disagree")
+        if state.app_hash() != result.app_hash:
+            raise StoreError("commit: state does not match the block result's app hash")
+        delta = state.delta
         with self._lock, self._tx():
+            head = self._db.execute("SELECT height FROM head WHERE id = 1").fetchone()
+            if head is None or head[0] != h.height - 1:
+                raise StoreError(f"commit: block {h.height} does not follow the stored state")
             self._db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -147,8 +166,8 @@ class BlockStore:
                     for i, (raw, r) in enumerate(zip(block.txs, result.tx_results, strict=True))
                 ],
             )
-            if self._save_state(state) != result.app_hash:
-                raise StoreError("commit: state does not match the block result's app hash")
+            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", delta.items())
+            self._set_head(h.height, result.app_hash)
 
     def height(self) -> int:
         row = self._one("SELECT MAX(height) FROM blocks")
@@ -188,7 +207,16 @@ class BlockStore:
         )
         return found[0] if found else None
 
-    def tx_search(self, *, height: int | None, signer: str | None, limit: int) -> list[StoredTx]:
+    def tx_search(
+        self,
+        *,
+        height: int | None,
+        signer: str | None,
+        limit: int,
+        offset: int = 0,
+        descending: bool = False,
+    ) -> tuple[list[StoredTx], int]:
+        """One page of the txs matching the filters, and how many match in all."""
         clauses: list[str] = []
         args: list[Any] = []
         if height is not None:
@@ -198,7 +226,11 @@ class BlockStore:
             clauses.append("signer = ?")
             args.append(signer)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return self._txs(f"{where} ORDER BY height, idx LIMIT ?", (*args, limit))
+        order = "height DESC, idx DESC" if descending else "height, idx"
+        with self._lock:
+            total = int(self._db.execute(f"SELECT COUNT(*) FROM txs {where}", args).fetchone()[0])
+            page = self._txs(f"{where} ORDER BY {order} LIMIT ? OFFSET ?", (*args, limit, offset))
+        return page, total
 
     def replay(self) -> Iterator[tuple[int, str, str]]:
         """Re-apply every stored block from genesis: yields (height, stored, recomputed)."""

@@ -245,5 +245,5 @@ def apply_block(state: State, block: Block) -> tuple[State, BlockResult]:
     results = tuple(deliver_tx(work, raw, ctx) for raw in block.txs)
     end = end_block(work, ctx)
     work.height, work.last_block_hash, work.last_block_time_ms = h.height, block.hash, h.time_ms
-    new = work.flattened()
+    new = work.advance(state)
     return new, BlockResult(h.height, new.app_hash(), results, tuple(begin), tuple(end))

@@ -189,7 +189,9 @@ def devnet_start(
         str, typer.Option(help="Listen address (keep loopback unless needed).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="RPC/REST port.")] = 26657,
-    block_interval: Annotated[float, typer.Option(help="Seconds between blocks.")] = 1.0,
+    block_interval: Annotated[
+        float, typer.Option(help="Seconds between blocks, in [0.01, 3600].")
+    ] = 1.0,
     detach: Annotated[bool, typer.Option(help="Run in the background.")] = False,
     home: HomeOpt = None,
 ) -> None:
@@ -247,7 +249,7 @@ def devnet_status(node: NodeOpt = DEFAULT_NODE, home: HomeOpt = None) -> None:
 
 @query_app.command("round")
 def query_round(
-    number: Annotated[int, typer.Argument(help="Round number; 0 = current.")] = 0,
+    number: Annotated[int, typer.Argument(min=0, help="Round number; 0 = current.")] = 0,
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """Show a training round (current by default)."""
@@ -264,7 +266,9 @@ def query_account(address: str, node: NodeOpt = DEFAULT_NODE) -> None:
 
 @query_app.command("submissions")
 def query_submissions(
-    round_number: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    round_number: Annotated[
+        int | None, typer.Option("--round", min=1, help="Only this round (>= 1).")
+    ] = None,
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """List gradient submissions and their attestations."""
@@ -313,7 +317,7 @@ def query_nodes(
 
 @query_app.command("tasks")
 def query_tasks(
-    number: Annotated[int, typer.Argument(help="Round number; 0 = current.")] = 0,
+    number: Annotated[int, typer.Argument(min=0, help="Round number; 0 = current.")] = 0,
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """Show a round's task pool: each shard and who claimed it."""

@@ -208,7 +208,6 @@ def tx_register_node(
 def tx_submit_gradient(
     sender: FromOpt,
     passphrase: PassOpt,
-    shard: Annotated[int, typer.Option(min=0, help="Shard of the round's task pool.")],
     cid: Annotated[str, typer.Option(callback=_check_cid, help="CID of the stored update.")],
     digest: Annotated[
         str, typer.Option(callback=_check_hex64, help="Digest of the update (64 hex).")
@@ -216,10 +215,15 @@ def tx_submit_gradient(
     round_number: Annotated[
         int, typer.Option("--round", min=0, help="Round number; 0 = the current round.")
     ] = 0,
+    shard: Annotated[
+        int | None,
+        typer.Option(min=0, help="Shard to claim; default: the one the ledger assigns you."),
+    ] = None,
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
 ) -> None:
-    """Claim a shard with a trained update; finds the proof-of-work nonce itself."""
+    """Claim your assigned shard with a trained update; finds the proof-of-work nonce."""
+    from r3mes.chain.client import round_assigned_shard
     from r3mes.chain.msgs import SubmitGradient
 
     def build(client: BlockchainClient, address: str) -> SubmitGradient:
@@ -227,15 +231,21 @@ def tx_submit_gradient(
         rnd = client.round(round_number) if round_number else client.current_round()
         if rnd.status != "open":
             raise CliError(f"round {rnd.number} is {rnd.status}; submit to the current round")
-        if shard >= rnd.shards_per_round:
-            raise CliError(f"--shard must be below {rnd.shards_per_round}")
         for claim in rnd.claims:
             if claim["shard"] == shard or claim["miner"] == address:
                 raise CliError(
                     f"shard {claim['shard']} of round {rnd.number} is already claimed by "
                     f"{claim['miner']}; one shard per miner per round (`r3mes query tasks`)"
                 )
-        msg = SubmitGradient(creator=address, round=rnd.number, shard=shard, cid=cid, digest=digest)
+        assigned = round_assigned_shard(rnd, address)
+        if shard is not None and shard != assigned:
+            raise CliError(
+                f"round {rnd.number} assigns you shard {assigned}, not {shard}; "
+                "leave out --shard to use it"
+            )
+        msg = SubmitGradient(
+            creator=address, round=rnd.number, shard=assigned, cid=cid, digest=digest
+        )
         difficulty = client.params().pow_difficulty
         return _solve_pow(msg, chain_id=client.chain_id(), difficulty=difficulty)
 

@@ -1,0 +1,131 @@
+"""CometBFT JSON shapes of blocks, headers, commits and transactions, and RPC errors.
+
+Heights are strings, hashes upper-case hex, tx bytes base64, as CometBFT's RPC writes them
+(https://docs.cometbft.com/v0.38/rpc/), so clients written for CometBFT read our answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from r3mes.chain.identity import NodeIdentity
+from r3mes.chain.store import StoredTx
+from r3mes.chain.transition import Block, Header, TxResult
+from r3mes.chain.tx import MAX_TX_BYTES
+
+BLOCK_PROTOCOL = "11"
+"""CometBFT 0.38's block protocol version, reported in header.version.block."""
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer: HTTP status, message and JSON-RPC error code."""
+
+    def __init__(self, status: int, message: str, code: int = -32602) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def _block_id(block_hash: str) -> dict[str, Any]:
+    # One part: the devnet does not split blocks for gossip.
+    return {"hash": block_hash.upper(), "parts": {"total": 1 if block_hash else 0, "hash": ""}}
+
+
+def header_json(h: Header, *, app_version: int) -> dict[str, Any]:
+    return {
+        "version": {"block": BLOCK_PROTOCOL, "app": str(app_version)},
+        "chain_id": h.chain_id,
+        "height": str(h.height),
+        "time": rfc3339(h.time_ms),
+        "time_ms": h.time_ms,
+        "last_block_id": _block_id(h.last_block_hash),
+        "app_hash": h.app_hash.upper(),
+        "data_hash": h.data_hash.upper(),
+        "proposer_address": h.proposer,
+    }
+
+
+def commit_sign_bytes(*, chain_id: str, height: int, block_hash: str) -> bytes:
+    """What the devnet validator signs to commit a block (R3MES devnet's own vote
+    encoding; a CometBFT network signs its canonical protobuf vote instead)."""
+    doc = {"chain_id": chain_id, "height": height, "block_hash": block_hash.upper()}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def last_commit_json(h: Header, identity: NodeIdentity) -> dict[str, Any]:
+    """The commit of block h-1 carried in block h: the single devnet validator's signature."""
+    if h.height <= 1:
+        return {"height": "0", "round": 0, "block_id": _block_id(""), "signatures": []}
+    signed = commit_sign_bytes(
+        chain_id=h.chain_id, height=h.height - 1, block_hash=h.last_block_hash
+    )
+    return {
+        "height": str(h.height - 1),
+        "round": 0,
+        "block_id": _block_id(h.last_block_hash),
+        "signatures": [
+            {
+                "block_id_flag": 2,  # BLOCK_ID_FLAG_COMMIT
+                "validator_address": identity.validator_address,
+                "timestamp": rfc3339(h.time_ms),
+                "signature": base64.b64encode(identity.sign(signed)).decode(),
+            }
+        ],
+    }
+
+
+def block_json(block: Block, *, identity: NodeIdentity, app_version: int) -> dict[str, Any]:
+    return {
+        "block_id": _block_id(block.hash),
+        "block": {
+            "header": header_json(block.header, app_version=app_version),
+            "data": {"txs": [base64.b64encode(t).decode() for t in block.txs]},
+            "evidence": {"evidence": []},
+            "last_commit": last_commit_json(block.header, identity),
+        },
+    }
+
+
+def tx_result_json(r: TxResult) -> dict[str, Any]:
+    return {"code": r.code, "log": r.log, "events": [e.to_json() for e in r.events]}
+
+
+def stored_tx_json(t: StoredTx) -> dict[str, Any]:
+    return {
+        "hash": t.hash,
+        "height": str(t.height),
+        "index": t.index,
+        "tx_result": {"code": t.code, "log": t.log, "events": t.events},
+        "tx": base64.b64encode(t.raw).decode(),
+    }
+
+
+def parse_bytes(value: str, what: str, limit: int = MAX_TX_BYTES) -> bytes:
+    """CometBFT URI convention: 0x-prefixed hex, else (optionally quoted) base64."""
+    text = value.strip().strip('"')
+    if len(text) > 2 * limit + 2:
+        raise RpcError(400, f"{what} is larger than {limit} bytes")
+    try:
+        if text.startswith(("0x", "0X")):
+            return bytes.fromhex(text[2:])
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise RpcError(400, f"{what} must be 0x-hex or base64") from exc
+
+
+def number_param(value: str | int | float, name: str, *, low: float, high: float) -> float:
+    """A numeric parameter (possibly a quoted string) within [low, high]."""
+    try:
+        number = float(str(value).strip('"'))
+    except ValueError as exc:
+        raise RpcError(400, f"{name} must be a number, not {value!r}") from exc
+    if not low <= number <= high:  # also false for nan
+        raise RpcError(400, f"{name} must be in [{low:g}, {high:g}]")
+    return number

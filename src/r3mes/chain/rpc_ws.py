@@ -1,0 +1,230 @@
+"""JSON-RPC over websocket: CometBFT's subscribe / unsubscribe / unsubscribe_all.
+
+A client sends `{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"query":
+"tm.event='NewBlock'"}}` and gets `{"id": 1, "result": {}}`, then one message per matching
+event carrying the same id: `{"query", "data": {"type": "tendermint/event/NewBlock" |
+"tendermint/event/Tx", "value"}, "events": {"tm.event": [...], ...}}`. A query is
+`tm.event='NewBlock'` or `tm.event='Tx'`, optionally AND-ed with conditions `key='value'`
+on the event's attributes (`tx.hash`, `tx.height`, `message.sender`, `transfer.recipient`,
+...). Other RPC methods may be called over the same socket. `/subscribe` (R3MES's own
+path) starts with a NewBlock subscription already open (id 0); `/websocket` with none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from r3mes.chain.application import APP_VERSION
+from r3mes.chain.engine import DevnetEngine
+from r3mes.chain.rpc_json import RpcError, block_json, tx_result_json
+from r3mes.chain.transition import Block, BlockResult
+from r3mes.chain.tx import tx_hash
+
+if TYPE_CHECKING:
+    from r3mes.chain.rpc import Methods
+
+log = logging.getLogger(__name__)
+MAX_SUBSCRIBERS = 64
+MAX_QUERIES = 16
+MAX_MESSAGE_BYTES = 64 * 1024
+NEW_BLOCK = "tm.event='NewBlock'"
+EVENT_TYPES = ("NewBlock", "Tx")
+
+Event = tuple[dict[str, list[str]], dict[str, Any]]
+"""(attribute map the query matches against, the `data` object sent)."""
+Conditions = tuple[tuple[str, str], ...]
+
+
+def parse_query(query: object) -> Conditions:
+    """`tm.event='X' AND key='v' ...` into (key, value) pairs; RpcError if unsupported."""
+    if not isinstance(query, str) or not query.strip() or len(query) > 512:
+        raise RpcError(400, "query must be a non-empty string such as tm.event='NewBlock'")
+    conditions = []
+    for clause in query.split(" AND "):
+        key, sep, value = clause.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or len(value) < 2 or value[0] != "'" or value[-1] != "'":
+            raise RpcError(400, f"query clause {clause.strip()!r} is not key='value'")
+        conditions.append((key, value[1:-1]))
+    kinds = [v for k, v in conditions if k == "tm.event"]
+    if len(kinds) != 1 or kinds[0] not in EVENT_TYPES:
+        raise RpcError(400, "query must contain exactly one tm.event='NewBlock' or tm.event='Tx'")
+    return tuple(conditions)
+
+
+def matches(conditions: Conditions, attributes: dict[str, list[str]]) -> bool:
+    return all(value in attributes.get(key, ()) for key, value in conditions)
+
+
+def block_events(block: Block, result: BlockResult, data_of_block: dict[str, Any]) -> list[Event]:
+    """The NewBlock event and one Tx event per transaction of a committed block."""
+    height = str(block.header.height)
+    finalize = {
+        "events": [e.to_json() for e in (*result.begin_events, *result.end_events)],
+        "tx_results": [tx_result_json(r) for r in result.tx_results],
+        "app_hash": result.app_hash.upper(),
+    }
+    value = {
+        **data_of_block,
+        "result_finalize_block": finalize,
+        "app_hash": result.app_hash.upper(),
+    }
+    events: list[Event] = [
+        (
+            {"tm.event": ["NewBlock"], "block.height": [height]},
+            {"type": "tendermint/event/NewBlock", "value": value},
+        )
+    ]
+    for index, (raw, res) in enumerate(zip(block.txs, result.tx_results, strict=True)):
+        attributes: dict[str, list[str]] = {
+            "tm.event": ["Tx"],
+            "tx.hash": [tx_hash(raw)],
+            "tx.height": [height],
+        }
+        for ev in res.events:
+            for key, val in ev.attributes:
+                attributes.setdefault(f"{ev.type}.{key}", []).append(val)
+        tx_result = {
+            "height": height,
+            "index": index,
+            "tx": base64.b64encode(raw).decode(),
+            "result": tx_result_json(res),
+        }
+        events.append(
+            (attributes, {"type": "tendermint/event/Tx", "value": {"TxResult": tx_result}})
+        )
+    return events
+
+
+class Session:
+    """One websocket connection: its subscriptions (query -> request id) and its sends."""
+
+    def __init__(self, ws: WebSocket, methods: Methods) -> None:
+        self.ws = ws
+        self.methods = methods
+        self.queries: dict[str, tuple[Any, Conditions]] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, doc: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_json(doc)
+
+    async def reply(self, rid: Any, result: Any = None, error: RpcError | None = None) -> None:
+        doc: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
+        if error is None:
+            doc["result"] = result
+        else:
+            doc["error"] = {"code": error.code, "message": error.message, "data": error.message}
+        await self.send(doc)
+
+    async def handle(self, text: str) -> None:
+        """Answer one client message (a JSON-RPC request)."""
+        try:
+            request = json.loads(text) if len(text) <= MAX_MESSAGE_BYTES else None
+        except ValueError:
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            error = RpcError(400, "send a JSON-RPC 2.0 request object with a method", -32600)
+            await self.reply(
+                None if not isinstance(request, dict) else request.get("id"), error=error
+            )
+            return
+        rid, method, params = request.get("id"), request["method"], request.get("params") or {}
+        try:
+            if not isinstance(params, dict):
+                raise RpcError(400, "params must be a JSON object")
+            result = await self._dispatch(rid, method, params)
+        except RpcError as exc:
+            await self.reply(rid, error=exc)
+            return
+        await self.reply(rid, result)
+
+    async def _dispatch(self, rid: Any, method: str, params: dict[str, Any]) -> Any:
+        if method == "subscribe":
+            query = params.get("query")
+            conditions = parse_query(query)
+            if query in self.queries and query != NEW_BLOCK:
+                raise RpcError(400, f"already subscribed to {query}")
+            if len(self.queries) >= MAX_QUERIES and query not in self.queries:
+                raise RpcError(400, f"at most {MAX_QUERIES} subscriptions per connection")
+            self.queries[str(query)] = (rid, conditions)
+            return {}
+        if method == "unsubscribe":
+            query = params.get("query")
+            if not isinstance(query, str) or query not in self.queries:
+                raise RpcError(400, f"not subscribed to {query!r}")
+            del self.queries[query]
+            return {}
+        if method == "unsubscribe_all":
+            self.queries.clear()
+            return {}
+        return await asyncio.to_thread(self.methods.call, method, params)
+
+    async def deliver(self, events: list[Event]) -> None:
+        for query, (rid, conditions) in list(self.queries.items()):
+            for attributes, data in events:
+                if matches(conditions, attributes):
+                    result = {"query": query, "data": data, "events": attributes}
+                    await self.send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def install_websocket(app: FastAPI, engine: DevnetEngine, methods: Methods) -> None:
+    queues: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[list[Event]]]] = set()
+
+    def on_block(block: Block, result: BlockResult) -> None:
+        if not queues:
+            return
+        data = block_json(block, identity=methods.identity, app_version=APP_VERSION)
+        events = block_events(block, result, data)
+        for loop, queue in list(queues):
+            loop.call_soon_threadsafe(_offer, queue, events)
+
+    engine.add_listener(on_block)
+
+    def endpoint(implicit_new_block: bool) -> Callable[[WebSocket], Any]:
+        async def session(ws: WebSocket) -> None:
+            if len(queues) >= MAX_SUBSCRIBERS:
+                await ws.close(code=1013, reason="too many subscribers; retry later")
+                return
+            await ws.accept()
+            state = Session(ws, methods)
+            if implicit_new_block:
+                state.queries[NEW_BLOCK] = (0, parse_query(NEW_BLOCK))
+            queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=256)
+            entry = (asyncio.get_running_loop(), queue)
+            queues.add(entry)
+            sender = asyncio.create_task(_pump(queue, state))
+            try:
+                while True:
+                    await state.handle(await ws.receive_text())
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                queues.discard(entry)
+                sender.cancel()
+
+        return session
+
+    app.add_api_websocket_route("/subscribe", endpoint(True))
+    app.add_api_websocket_route("/websocket", endpoint(False))
+
+
+async def _pump(queue: asyncio.Queue[list[Event]], session: Session) -> None:
+    try:
+        while True:
+            await session.deliver(await queue.get())
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the connection went away; the receive loop ends the session
+
+
+def _offer(queue: asyncio.Queue[list[Event]], events: list[Event]) -> None:
+    if queue.full():
+        queue.get_nowait()  # drop the oldest for a slow subscriber rather than block the chain
+    queue.put_nowait(events)
