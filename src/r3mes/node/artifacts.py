@@ -95,6 +95,11 @@ class ArtifactCache:
             os.replace(tmp, dest)
         return dest
 
+    def is_loaded(self, kind: str, cid: str) -> bool:
+        """Whether the `kind` ("model", "dataset", "adapter") artifact `cid` is in memory."""
+        with self._lock:
+            return (kind, cid) in self._loaded
+
     def _remember(self, key: tuple[str, str], value: object) -> None:
         self._loaded[key] = value
         self._loaded.move_to_end(key)

@@ -58,7 +58,9 @@ class MinerSettings:
     blocks: Path
     """Root of the local blockstore that holds artifacts and updates."""
     max_prefetch: int = 2
-    """Tasks whose artifacts are prepared ahead (R3MES_MAX_PREFETCH)."""
+    """Artifact sets (base model, dataset, adapter) of current and upcoming rounds fetched,
+    unpacked and loaded ahead of the work (R3MES_MAX_PREFETCH); 2 covers this round's and
+    the next adapter version's, which is all the ledger announces ahead."""
     cheat: str | None = None
     """FAULT INJECTION for tests and demos only ("random" or "copy")."""
     stake: int = 0
@@ -110,7 +112,11 @@ class Miner(RoleService):
             config=TrainerConfig(
                 profile=settings.profile, miner=self.address, cheat=settings.cheat
             ),
-            artifacts=ArtifactCache(store=self.store, root=state / "artifacts"),
+            artifacts=ArtifactCache(
+                store=self.store,
+                root=state / "artifacts",
+                max_loaded=3 * settings.max_prefetch,  # model, dataset, adapter per set
+            ),
             residuals=self.residuals,
             client=self.client,
         )

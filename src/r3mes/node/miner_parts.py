@@ -17,6 +17,7 @@ from r3mes.node.coordinator import MiningTask, SubmissionRef, TrainedUpdate
 from r3mes.node.errors import NodeError, RetryableError, ValidationError
 from r3mes.node.journal import Journal, TxState
 from r3mes.node.residual import ResidualStore
+from r3mes.node.task_pool import ArtifactSet
 from r3mes.node.tasks import WorkProfile, derive_task, round_seed
 from r3mes.node.workload import mine_update, random_update, start_adapter
 
@@ -98,6 +99,20 @@ class ChainTaskSource:
             return []
         mined = any(r.state is TxState.COMMITTED for r in self.journal.for_round(task.round_id))
         return [] if mined else [task]
+
+    def upcoming(self) -> list[ArtifactSet]:
+        """The current round's artifacts, then the next round's: the same base model and
+        dataset with the newest approved adapter (a round trains on the adapter active
+        when it opens, so a version approved now is what the next round uses)."""
+        rnd = self.client.current_round()
+        if not (rnd.base_model_cid and rnd.dataset_cid):
+            return []
+        current = ArtifactSet(rnd.base_model_cid, rnd.dataset_cid, rnd.adapter_cid)
+        adapters = self.client.approved_artifacts("adapter")
+        if not adapters:
+            return [current]
+        newest = max(adapters, key=lambda a: a.version)
+        return [current, ArtifactSet(rnd.base_model_cid, rnd.dataset_cid, newest.cid)]
 
 
 class ContentUpdateStore:
@@ -189,12 +204,14 @@ class WorkTrainer:
         self.residuals = residuals
         self.client = client
 
-    def prepare(self, task: MiningTask) -> None:
-        """Prefetch: make the task's model, dataset and adapter local and loaded."""
-        work = task_from_details(task, miner=self.config.miner, profile=self.config.profile)
-        self.artifacts.model(work.base_model_cid)
-        self.artifacts.dataset(work.dataset_cid)
-        self._adapter(work)
+    def prepare(self, artifacts: ArtifactSet) -> None:
+        """Prefetch: fetch, unpack and load a set's model, dataset and adapter."""
+        from r3mes.node.tasks import NO_ADAPTER
+
+        self.artifacts.model(artifacts.base_model_cid)
+        self.artifacts.dataset(artifacts.dataset_cid)
+        if artifacts.adapter_cid not in ("", NO_ADAPTER):
+            self.artifacts.adapter(artifacts.adapter_cid)
 
     def _adapter(self, work: Task) -> Any:
         from r3mes.node.tasks import NO_ADAPTER

@@ -1,10 +1,14 @@
-"""The miner's task pool: which tasks are open, which are taken, which are done.
+"""The miner's task pool: which tasks are open, which are taken, which are done, and which
+artifacts are prepared ahead of the work that needs them.
 
-`refresh()` asks a `TaskSource` (the chain) for this miner's open tasks and queues up to
-`max_prefetch` of them; each queued task is handed to a `prepare` callback on a background
-thread so its artifacts (base model, adapter, dataset shard) are local before training
-starts. `take()` hands out the next task, `complete()` retires it, `release()` gives it back
-after a rollback so the source can offer it again while its round is open.
+The ledger hands a miner one task per round, so the queue rarely holds more than one task.
+What prefetching buys is time between rounds: `refresh()` asks the `TaskSource` both for
+open tasks and for the artifact sets (base model, dataset, adapter) that upcoming work will
+use - the current round's, and the adapter version the proposer just got approved, which
+the next round will train on. Up to `max_prefetch` distinct sets are fetched, unpacked and
+loaded by the `prepare` callback on a background thread, so when the next round opens its
+training starts without a download. `take()` hands out the next task (waiting for its
+set's preparation), `complete()` retires it, `release()` gives it back after a rollback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from r3mes.node.coordinator import MiningTask
@@ -22,21 +27,42 @@ from r3mes.node.errors import ValidationError
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ArtifactSet:
+    """The artifacts one round's work needs; "" for an adapter means none yet."""
+
+    base_model_cid: str
+    dataset_cid: str
+    adapter_cid: str
+
+    @classmethod
+    def of(cls, task: MiningTask) -> ArtifactSet | None:
+        """The set a task names in its details (None for a task that names none)."""
+        d = task.details
+        if not d.get("base_model_cid") or not d.get("dataset_cid"):
+            return None
+        return cls(str(d["base_model_cid"]), str(d["dataset_cid"]), str(d.get("adapter_cid", "")))
+
+
 class TaskSource(Protocol):
     def open_tasks(self) -> list[MiningTask]:
         """Tasks this miner may work on now, oldest round first."""
         ...
 
+    def upcoming(self) -> list[ArtifactSet]:
+        """Artifact sets current and upcoming work will use, soonest first."""
+        ...
+
 
 class TaskPool:
-    """Bounded, thread-safe queue of prefetched tasks."""
+    """Bounded, thread-safe queue of tasks plus background preparation of artifact sets."""
 
     def __init__(
         self,
         *,
         source: TaskSource,
         max_prefetch: int = 2,
-        prepare: Callable[[MiningTask], None] | None = None,
+        prepare: Callable[[ArtifactSet], None] | None = None,
     ) -> None:
         if not 1 <= max_prefetch <= 64:
             raise ValidationError(f"max_prefetch must be in [1, 64], got {max_prefetch}")
@@ -47,11 +73,12 @@ class TaskPool:
         self._queued: OrderedDict[str, MiningTask] = OrderedDict()
         self._taken: dict[str, MiningTask] = {}
         self._done: set[str] = set()
-        self._prefetch: dict[str, Future[None]] = {}
+        self._prepared: OrderedDict[ArtifactSet, Future[None]] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
 
     def refresh(self) -> int:
-        """Queue newly open tasks (up to the prefetch limit); returns how many were added."""
+        """Queue newly open tasks and start preparing upcoming artifact sets; returns how
+        many tasks were added."""
         added = 0
         tasks = self.source.open_tasks()
         if tasks:
@@ -65,22 +92,48 @@ class TaskPool:
                     continue
                 self._queued[key] = task
                 added += 1
-            if self._prepare is not None:
-                self._prefetch[task.task_id] = self._executor.submit(self._prepare, task)
+        wanted = [s for s in (ArtifactSet.of(t) for t in self._queued.values()) if s]
+        wanted += self.source.upcoming()
+        for artifacts in dict.fromkeys(wanted):  # soonest first, no repeats
+            self._start(artifacts)
         return added
 
+    def _start(self, artifacts: ArtifactSet) -> None:
+        if self._prepare is None:
+            return
+        with self._lock:
+            if artifacts in self._prepared:
+                self._prepared.move_to_end(artifacts)
+                return
+            if len(self._prepared) >= self.max_prefetch and not self._evict_one():
+                return  # every slot is still being prepared: try again next refresh
+            self._prepared[artifacts] = self._executor.submit(self._prepare, artifacts)
+
+    def _evict_one(self) -> bool:
+        """Forget the oldest finished preparation (caller holds the lock)."""
+        for artifacts, future in self._prepared.items():
+            if future.done():
+                del self._prepared[artifacts]
+                return True
+        return False
+
     def take(self) -> MiningTask | None:
-        """The next queued task (waiting for its prefetch to finish), or None."""
+        """The next queued task (waiting for its artifacts' preparation), or None."""
         with self._lock:
             if not self._queued:
                 return None
             key, task = self._queued.popitem(last=False)
             self._taken[key] = task
-        future = self._prefetch.pop(key, None)
-        if future is not None:
-            exc = future.exception()  # waits; a failed prefetch is retried by training itself
-            if exc is not None:
-                logger.warning("prefetch of %s failed: %s", key, exc)
+        artifacts = ArtifactSet.of(task)
+        if artifacts is not None:
+            self._start(artifacts)
+            with self._lock:
+                future = self._prepared.get(artifacts)
+            exc = future.exception() if future is not None else None  # waits
+            if exc is not None:  # training fetches again and reports the real error
+                logger.warning("prefetch for %s failed: %s", key, exc)
+                with self._lock:
+                    self._prepared.pop(artifacts, None)
         return task
 
     def complete(self, task: MiningTask) -> None:
@@ -99,7 +152,6 @@ class TaskPool:
         with self._lock:
             for key in [k for k, t in self._queued.items() if t.round_id < round_id]:
                 del self._queued[key]
-                self._prefetch.pop(key, None)
 
     def mark_done(self, task_id: str) -> None:
         """Record a task as finished elsewhere (e.g. recovered from the journal)."""
@@ -107,12 +159,20 @@ class TaskPool:
             self._queued.pop(task_id, None)
             self._done.add(task_id)
 
+    def prepared(self) -> list[ArtifactSet]:
+        """Artifact sets whose preparation finished without error, oldest first."""
+        with self._lock:
+            futures = list(self._prepared.items())
+        return [a for a, f in futures if f.done() and f.exception() is None]
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {
                 "queued": len(self._queued),
                 "taken": len(self._taken),
                 "done": len(self._done),
+                "prefetching": sum(not f.done() for f in self._prepared.values()),
+                "prefetched": sum(f.done() for f in self._prepared.values()),
             }
 
     def close(self) -> None:

@@ -1,0 +1,81 @@
+"""The serving node against a real devnet: it registers, and its heartbeats land on the
+ledger (the node listing shows it active, with the time of its last heartbeat)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from r3mes.chain.client_types import NodeInfo
+from r3mes.chain.devnet import DevnetConfig, DevnetNode
+from r3mes.node.launch import RoleLaunch, build_role
+from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.serving_node import ServingNode
+from r3mes.paths import Home
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
+    spec = NetworkSpec(
+        home=Home(root=tmp_path),
+        miners=1,
+        round_blocks=10,
+        serving=True,
+        base_model="tiny",
+        dataset_chars=20_000,
+    )
+    prepare_genesis(spec, ensure_keys(spec))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.3))
+    node.start()
+    try:
+        yield spec.home, f"http://127.0.0.1:{port}"
+    finally:
+        node.stop()
+
+
+@pytest.mark.timeout(180)
+def test_serving_node_registers_and_heartbeats_land_on_chain(
+    chain: tuple[Home, str],
+) -> None:
+    home, url = chain
+    launch = RoleLaunch(
+        role="serving",
+        name="serving-1",
+        home=home,
+        chain_url=url,
+        key_name="serving-1",
+        passphrase=passphrase(home),
+    )
+    serving = build_role(launch, heartbeat_s=0.2)
+    assert isinstance(serving, ServingNode)
+    serving.on_start()
+    try:
+
+        def listed() -> NodeInfo:
+            nodes = serving.client.nodes("serving")
+            found = [n for n in nodes if n.address == serving.address]
+            assert found, "registered on start"
+            return found[0]
+
+        registered = listed()
+        assert registered.endpoint == serving.api_url and registered.active
+        beats: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(set(beats)) < 3:  # three heartbeats, each in a later block
+            assert time.monotonic() < deadline, f"heartbeats not on chain: {beats}"
+            serving.step()
+            beats.append(listed().last_heartbeat_ms)
+            time.sleep(0.3)
+        assert beats == sorted(beats) and beats[-1] > registered.last_heartbeat_ms
+        node = listed()
+        assert node.active and node.adapter_version == serving.adapter_version >= 1
+        assert node.capacity == serving.settings.capacity
+    finally:
+        serving.on_stop()
