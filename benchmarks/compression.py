@@ -7,10 +7,21 @@ adapter moves by the mean of the decoded updates. Settings: uncompressed fp32; t
 1 %, 0.1 % with fp16 values; top-k 1 % and 0.6 % with int8 values; each with and without error
 feedback. Every setting gets the same rounds, steps, shards and seeds.
 
-Reported per setting: the final held-out loss (ratio to uncompressed, goal <= 1.02) and the
-bytes shipped per round (ratio = uncompressed bytes / these bytes, goal >= 100). The
-uncompressed baseline counts only the fp32 payload (4 bytes per entry, no header at all), so
-the compression ratios are lower bounds. The last two lines are the headline (`HEADLINE`).
+Reported per setting: the final held-out loss (ratio to uncompressed, goal <= 1.02), the
+bytes shipped per round (ratio = uncompressed bytes / these bytes, goal >= 100) and the gain
+retained, ``(base loss - loss) / (base loss - uncompressed loss)``: the share of the loss
+improvement that uncompressed training makes which this setting keeps (goal >= 0.5, stated
+here: compression may cost at most half of what training gains). The uncompressed baseline
+counts only the fp32 payload (4 bytes per entry, no header at all), so the compression ratios
+are lower bounds. The last three lines are the headline (`HEADLINE`).
+
+The loss goal means something only when training moves the loss by clearly more than its 2 %
+tolerance: `training_gain` (uncompressed loss / base loss, goal <= 0.96) is printed first, and
+when it misses, the loss and gain-retained lines say they are not goal-bearing.
+
+`--quick` (under a minute) runs only the uncompressed baseline and the headline setting, with
+2 miners over 30 rounds: enough training for the figures to be goal-bearing, but a shorter
+schedule than the full run (4 miners, 40 rounds), which error feedback needs to catch up.
 
     .venv/bin/python -m benchmarks.compression [--quick]
 """
@@ -84,6 +95,11 @@ SETTINGS = [Setting("uncompressed", None, False)] + [
     for ef in (True, False)
 ]
 HEADLINE = "topk0.6%_int8_ef"
+LOSS_GOAL = "<= 1.02"
+GAIN_GOAL = ">= 0.5"
+TRAINING_GAIN_GOAL = 0.96
+"""Uncompressed loss / base loss must be at most this (a 4 % gain, twice the loss tolerance)."""
+NOT_GOAL_BEARING = "none (training gain under 4 %: not goal-bearing)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +167,7 @@ def simulate(
 
 def line(figure: str, value: float, unit: str, baseline: float | None, goal: str) -> None:
     """One result line; for bytes the ratio is the compression factor (higher is better)."""
-    ratio = None if baseline is None else round(value / baseline, 4)
+    ratio = None if not baseline else round(value / baseline, 4)
     if unit == "bytes" and baseline is not None:
         ratio = round(baseline / value, 2)
     out = {"figure": figure, "value": round(value, 4), "unit": unit}
@@ -162,16 +178,31 @@ def line(figure: str, value: float, unit: str, baseline: float | None, goal: str
     )
 
 
-def report(name: str, got: Outcome, ref: Outcome, base_loss: float, seconds: float) -> None:
-    """The lines of one setting: loss and bytes against uncompressed, plus context."""
-    line(f"heldout_loss/{name}", got.loss, "nats", ref.loss, "<= 1.02")
-    line(f"bytes_per_round/{name}", got.bytes_per_round, "bytes", ref.bytes_per_round, ">= 100")
-    gained = (base_loss - got.loss) / (base_loss - ref.loss) if base_loss != ref.loss else 1.0
+def gain_retained(got: Outcome, ref: Outcome, base_loss: float) -> float:
+    """(base - loss) / (base - uncompressed loss); 0 when uncompressed training gained nothing."""
+    gain = base_loss - ref.loss
+    return (base_loss - got.loss) / gain if gain > 0 else 0.0
+
+
+def report(
+    name: str, got: Outcome, ref: Outcome, *, base_loss: float, seconds: float, prefix: str = ""
+) -> None:
+    """The lines of one setting: loss, bytes and gain retained against uncompressed."""
+    bearing = ref.loss / base_loss <= TRAINING_GAIN_GOAL
+    loss_goal, gain_goal = (LOSS_GOAL, GAIN_GOAL) if bearing else (NOT_GOAL_BEARING,) * 2
+    line(f"{prefix}heldout_loss/{name}", got.loss, "nats", ref.loss, loss_goal)
+    line(
+        f"{prefix}bytes_per_round/{name}",
+        got.bytes_per_round,
+        "bytes",
+        ref.bytes_per_round,
+        ">= 100",
+    )
+    line(f"{prefix}gain_retained/{name}", gain_retained(got, ref, base_loss), "1", None, gain_goal)
+    if prefix:
+        return
     info = {
         "setting": name,
-        "loss_ratio": round(got.loss / ref.loss, 4),
-        "bytes_ratio": round(ref.bytes_per_round / got.bytes_per_round, 2),
-        "improvement_retained": round(gained, 4),  # (base - loss) / (base - uncompressed)
         "kept_per_update": round(got.kept_per_update, 1),
         "seconds": round(seconds, 1),
     }
@@ -207,13 +238,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--miners", type=int, default=None, help="default 4 (quick: 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 40 (quick: 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 40 (quick: 30)")
     parser.add_argument("--steps", type=int, default=None, help="steps per task, default 2")
     parser.add_argument("--lr", default="0.005")
     args = parser.parse_args()
     torch.set_num_threads(1)
     miners = args.miners or (2 if args.quick else 4)
-    rounds = args.rounds or (3 if args.quick else 40)
+    rounds = args.rounds or (30 if args.quick else 40)
+    settings = (
+        [s for s in SETTINGS if s.name in ("uncompressed", HEADLINE)] if args.quick else SETTINGS
+    )
     steps = args.steps or 2
     eval_chunks = 32 if args.quick else 128
     model, tokenizer, model_name = load_model()
@@ -224,11 +258,12 @@ def main() -> None:
         dataset = TokenDataset(path)
         run = {"model": model_name, "chunks": len(dataset), "miners": miners, "rounds": rounds}
         run |= {"steps": steps, "lr": args.lr, "eval_chunks": eval_chunks}
+        run |= {"settings": [s.name for s in settings]}
         print(json.dumps(run | {"source": domain_corpus_source()[:80]}))
         base_loss = heldout_loss(model, None, dataset, max_chunks=eval_chunks)
         line("heldout_loss/base_model", base_loss, "nats", None, "reference")
         results: dict[str, Outcome] = {}
-        for setting in SETTINGS:
+        for setting in settings:
             t0 = time.perf_counter()
             results[setting.name] = simulate(
                 setting,
@@ -240,16 +275,13 @@ def main() -> None:
                 eval_chunks=eval_chunks,
             )
             ref = results["uncompressed"]
-            report(setting.name, results[setting.name], ref, base_loss, time.perf_counter() - t0)
+            if setting.name == "uncompressed":
+                goal = f"<= {TRAINING_GAIN_GOAL}"
+                line("training_gain", ref.loss, "nats", base_loss, goal)
+            seconds = time.perf_counter() - t0
+            report(setting.name, results[setting.name], ref, base_loss=base_loss, seconds=seconds)
     best, ref = results[HEADLINE], results["uncompressed"]
-    line(
-        f"HEADLINE/bytes_per_round/{HEADLINE}",
-        best.bytes_per_round,
-        "bytes",
-        ref.bytes_per_round,
-        ">= 100",
-    )
-    line(f"HEADLINE/heldout_loss/{HEADLINE}", best.loss, "nats", ref.loss, "<= 1.02")
+    report(HEADLINE, best, ref, base_loss=base_loss, seconds=0.0, prefix="HEADLINE/")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Miner, validator and proposer all call the same functions:
 * `task`        -- `Task` / `HyperParams`, canonical versioned bytes, `task_id`
 * `data`        -- token dataset files (memmap), train / held-out split, shards, shard assignment
 * `domain`      -- the domain corpus (Python standard library source)
+* `executor`    -- executor classes by device (`current_executor_class`), their numerics
 * `training`    -- deterministic LoRA training: `train_update`, `train_with_trace`
 * `compression` -- top-k with error feedback
 * `encoding`    -- canonical update encoding (layout by digest) and digest
@@ -14,4 +15,5 @@ Miner, validator and proposer all call the same functions:
 * `proof`       -- step digests, Merkle root, `verify_steps`, `first_divergence`
 * `aggregate`   -- weighted mean of verified updates into the next adapter version
 * `evaluate`    -- held-out loss, perplexity, contribution score
+* `canonical`, `boundedjson` -- canonical safetensors bytes, JSON parsing with a depth bound
 """
