@@ -95,19 +95,24 @@ def _until(steps: list[Callable[[], bool]], done: Callable[[], bool], timeout: f
 
 def _bogus_submission(client: BlockchainClient, key: SigningKey, tag: bytes) -> SubmissionInfo:
     """Submit, signed by `key`, a CID whose bytes nobody stores; returns it as recorded."""
+    from r3mes.chain.errors import TxRejected
+
     ensure_registered(client, key, role="miner", endpoint="http://127.0.0.1:9", stake=10)
-    rnd = client.current_round()
-    taken = {int(c["shard"]) for c in rnd.claims}
-    shard = next(s for s in range(rnd.shards_per_round) if s not in taken)
     data = b"bytes nobody stores " + tag
-    client.submit_gradient(
-        key,
-        round_number=rnd.number,
-        shard=shard,
-        cid=compute_cid(data, cid_version=1),
-        digest=hashlib.sha256(data).hexdigest(),
-    )
-    return next(s for s in client.submissions(rnd.number) if s.miner == key.address)
+    for attempt in range(3):  # a round may close between reading it and submitting
+        number = client.current_round().number
+        try:
+            client.submit_gradient(
+                key,
+                round_number=number,
+                cid=compute_cid(data, cid_version=1),
+                digest=hashlib.sha256(data).hexdigest(),
+            )
+            break
+        except TxRejected:
+            if attempt == 2:
+                raise
+    return next(s for s in client.submissions(number) if s.miner == key.address)
 
 
 def _subs_of(client: BlockchainClient, miner: str) -> list[SubmissionInfo]:
