@@ -3,14 +3,13 @@ through one Kubo node (the test's Kubo-API server), over a real devnet."""
 
 from __future__ import annotations
 
-import importlib.util
-import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.kubo_server import kubo_server
+from support.net import free_port
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.journal import TxState
@@ -21,21 +20,6 @@ from r3mes.node.retry import RetryPolicy
 from r3mes.node.validator import Validator
 from r3mes.paths import Home
 from r3mes.storage.tiered import TieredStore
-
-_spec = importlib.util.spec_from_file_location(
-    "kubo_server", Path(__file__).parents[1] / "storage" / "kubo_server.py"
-)
-assert _spec and _spec.loader
-kubo_server_mod = importlib.util.module_from_spec(_spec)
-sys.modules["kubo_server"] = kubo_server_mod
-_spec.loader.exec_module(kubo_server_mod)
-kubo_server = kubo_server_mod.kubo_server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -49,7 +33,7 @@ def genesis(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         dataset_chars=40_000,
     )
     prepare_genesis(spec, ensure_keys(spec))
-    port = _free_port()
+    port = free_port()
     node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
     node.start()
     try:

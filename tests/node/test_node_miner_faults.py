@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.net import free_port
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.journal import TxState
@@ -26,12 +26,6 @@ from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepa
 from r3mes.node.retry import RetryPolicy
 from r3mes.paths import Home
 from r3mes.storage.blockstore import Blockstore
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Net:
@@ -62,7 +56,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         dataset_chars=40_000,
     )
     prepare_genesis(spec, ensure_keys(spec))
-    network = Net(spec.home, _free_port())
+    network = Net(spec.home, free_port())
     network.start()
     yield network
     network.stop()

@@ -5,7 +5,6 @@ residuals, and the validator never attests its own submission."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.net import free_port
 
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.client_types import SubmissionInfo
@@ -34,12 +34,6 @@ from r3mes.work.task import HyperParams
 SETTLE_ROUNDS = 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
     profile = WorkProfile(
@@ -57,7 +51,7 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         profile=profile,
     )
     prepare_genesis(spec, ensure_keys(spec))
-    port = _free_port()
+    port = free_port()
     node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
     node.start()
     try:

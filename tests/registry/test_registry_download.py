@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import importlib.util
 import os
 import signal
 import socket
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.kubo_server import kubo_server
 
 from r3mes.registry.download import (
     BlockstoreFetcher,
@@ -32,14 +32,6 @@ from r3mes.storage.errors import RemoteError, StorageWriteError
 from r3mes.storage.kubo import KuboClient, RetryPolicy
 from r3mes.storage.tempfiles import TEMP_PREFIX
 from r3mes.storage.unixfs import compute_cid
-
-_path = Path(__file__).parent.parent / "storage" / "kubo_server.py"
-_spec = importlib.util.spec_from_file_location("r3mes_test_kubo_server", _path)
-assert _spec and _spec.loader
-_mod = importlib.util.module_from_spec(_spec)
-sys.modules["r3mes_test_kubo_server"] = _mod
-_spec.loader.exec_module(_mod)
-kubo_server = _mod.kubo_server
 
 PAYLOAD = os.urandom(600_000)
 FAST = RetryPolicy(attempts=2, base_delay=0.0)

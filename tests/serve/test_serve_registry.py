@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from support.net import free_port
 
 from r3mes.cli.serving import _parse_adapters
 from r3mes.model.checkpoint import save_pretrained
@@ -193,7 +193,7 @@ def test_lora_id_without_a_registry_is_refused(engine_factory: EngineFactory) ->
 def test_start_serves_a_registry_adapter(home: Home, tmp_path: Path) -> None:
     registry = home_registry(home)
     model_dir = registry.models.pull("tiny-base")  # the base model from the registry too
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "r3mes.cli.main", "serving", "start", "--model", str(model_dir)]
     cmd += ["--registry-home", str(home.root), "--adapter", "mine=registry:coder@1"]
     cmd += ["--port", str(port)]
@@ -209,7 +209,7 @@ def test_start_serves_a_registry_adapter(home: Home, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(20)
     bad = subprocess.run(
-        [*cmd[:-2], "--port", str(_free_port()), "--adapter", "x=registry:nope"],
+        [*cmd[:-2], "--port", str(free_port()), "--adapter", "x=registry:nope"],
         env=env,
         capture_output=True,
         text=True,
@@ -235,12 +235,6 @@ def _greedy(engine: ServingEngine, adapter: str) -> list[int]:
     engine.submit(GenerationRequest(prompt_ids=prompt, adapter=adapter, params=params), sink)
     assert done.wait(30)
     return tokens
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:

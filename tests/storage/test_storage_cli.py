@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 
+from support.kubo_server import kubo_server
 from typer.testing import CliRunner
 
 from r3mes.cli.storage import registry_app, storage_app
@@ -15,15 +14,6 @@ from r3mes.paths import Home
 from r3mes.registry.errors import ArtifactNotFound
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.tempfiles import TEMP_PREFIX
-
-_spec = importlib.util.spec_from_file_location(
-    "kubo_server", Path(__file__).with_name("kubo_server.py")
-)
-assert _spec and _spec.loader
-kubo_server_mod = importlib.util.module_from_spec(_spec)
-sys.modules["kubo_server"] = kubo_server_mod
-_spec.loader.exec_module(kubo_server_mod)
-kubo_server = kubo_server_mod.kubo_server
 
 runner = CliRunner()
 

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from support.kubo_server import kubo_server
+from support.net import free_port
 
 from r3mes.storage.content import ContentStore
 from r3mes.storage.errors import CidMismatch, RemoteError, SizeLimitExceeded, StorageError
 from r3mes.storage.kubo import KuboClient, RetryPolicy
 from r3mes.storage.unixfs import compute_cid
-
-_spec = importlib.util.spec_from_file_location(
-    "kubo_server", Path(__file__).with_name("kubo_server.py")
-)
-assert _spec and _spec.loader
-kubo_server_mod = importlib.util.module_from_spec(_spec)
-sys.modules["kubo_server"] = kubo_server_mod
-_spec.loader.exec_module(kubo_server_mod)
-kubo_server = kubo_server_mod.kubo_server
 
 DATA = bytes(range(256)) * 3000  # 768,000 bytes: 3 leaves
 FAST = RetryPolicy(attempts=3, base_delay=0.0)
@@ -181,7 +171,7 @@ def test_against_a_real_kubo_node(tmp_path: Path) -> None:
     """The same calls against a real, offline Kubo daemon (skipped where none is installed)."""
     env = {**os.environ, "IPFS_PATH": str(tmp_path / "ipfs")}
     subprocess.run(["ipfs", "init", "--profile=test"], env=env, check=True, capture_output=True)
-    api_port, gw_port = _free_port(), _free_port()
+    api_port, gw_port = free_port(), free_port()
     for key, value in (
         ("Addresses.API", f"/ip4/127.0.0.1/tcp/{api_port}"),
         ("Addresses.Gateway", f"/ip4/127.0.0.1/tcp/{gw_port}"),
@@ -207,9 +197,3 @@ def test_against_a_real_kubo_node(tmp_path: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

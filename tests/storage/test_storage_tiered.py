@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from support.kubo_server import kubo_server
 
 from r3mes.storage.blockstore import Blockstore, NotPinned
 from r3mes.storage.errors import BlockNotFound, CidMismatch, StorageError
 from r3mes.storage.kubo import KuboClient, RetryPolicy
 from r3mes.storage.tiered import TieredStore, open_store
 from r3mes.storage.unixfs import compute_cid
-
-_spec = importlib.util.spec_from_file_location(
-    "kubo_server", Path(__file__).with_name("kubo_server.py")
-)
-assert _spec and _spec.loader
-kubo_server_mod = importlib.util.module_from_spec(_spec)
-sys.modules["kubo_server"] = kubo_server_mod
-_spec.loader.exec_module(kubo_server_mod)
-kubo_server = kubo_server_mod.kubo_server
 
 DATA = bytes(range(256)) * 3000  # 768,000 bytes: 3 leaves
 FAST = RetryPolicy(attempts=2, base_delay=0.0)

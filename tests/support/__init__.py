@@ -1,0 +1,1 @@
+"""Helpers shared by tests of several packages (on sys.path via pytest's `pythonpath`)."""
