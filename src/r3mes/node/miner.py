@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from r3mes.node.coordinator import AtomicMiningCoordinator, CoordinatorConfig
 from r3mes.node.errors import TransactionError, ValidationError
 from r3mes.node.journal import Journal, TxState
+from r3mes.node.ledger_role import LedgerRole
 from r3mes.node.miner_parts import (
     ChainSubmissions,
     ChainTaskSource,
@@ -27,7 +28,7 @@ from r3mes.node.miner_parts import (
 )
 from r3mes.node.residual import ResidualStore
 from r3mes.node.retry import RetryPolicy
-from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.service import ServiceConfig
 from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.task_pool import TaskPool
 from r3mes.node.tasks import WorkProfile
@@ -82,7 +83,7 @@ class MinerSettings:
             )
 
 
-class Miner(RoleService):
+class Miner(LedgerRole):
     """The miner service."""
 
     def __init__(
@@ -95,16 +96,17 @@ class Miner(RoleService):
     ) -> None:
         from prometheus_client import Counter, Gauge
 
-        from r3mes.chain.client import BlockchainClient
         from r3mes.node.artifacts import ArtifactCache
-        from r3mes.storage.blockstore import Blockstore
 
-        super().__init__(settings.service)
+        super().__init__(
+            settings.service,
+            chain_url=settings.chain_url,
+            blocks=settings.blocks,
+            key=key,
+            client=client,
+            store=store,
+        )
         self.settings = settings
-        self.key = key
-        self.address = key.address
-        self.client = client or BlockchainClient(settings.chain_url)
-        self.store: BlobStore = store or Blockstore(settings.blocks)
         state = settings.service.state_dir
         self.journal = Journal(state / "journal.sqlite")
         self.residuals = ResidualStore(state / "residual")

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NetworkError, NodeError, ValidationError, classify
-from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.ledger_role import LedgerRole
+from r3mes.node.service import ServiceConfig
 from r3mes.node.tasks import WorkProfile, derive_task
 from r3mes.node.workload import AdapterInfo, merge_updates, package_adapter, start_adapter
 
@@ -52,7 +53,7 @@ class ProposerSettings:
             raise ValidationError("ProposerSettings.service.role must be 'proposer'")
 
 
-class Proposer(RoleService):
+class Proposer(LedgerRole):
     """The proposer service."""
 
     def __init__(
@@ -65,16 +66,17 @@ class Proposer(RoleService):
     ) -> None:
         from prometheus_client import Gauge
 
-        from r3mes.chain.client import BlockchainClient
         from r3mes.node.artifacts import ArtifactCache
-        from r3mes.storage.blockstore import Blockstore
 
-        super().__init__(settings.service)
+        super().__init__(
+            settings.service,
+            chain_url=settings.chain_url,
+            blocks=settings.blocks,
+            key=key,
+            client=client,
+            store=store,
+        )
         self.settings = settings
-        self.key = key
-        self.address = key.address
-        self.client = client or BlockchainClient(settings.chain_url)
-        self.store: BlobStore = store or Blockstore(settings.blocks)
         state = settings.service.state_dir
         self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
         self._history_path = state / "versions.json"

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NetworkError, ValidationError, classify
+from r3mes.node.ledger_role import LedgerRole
 from r3mes.node.residual import ResidualStore
 from r3mes.node.retry import RetryPolicy
-from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.service import ServiceConfig
 from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.tasks import WorkProfile, derive_task
 
@@ -147,7 +148,7 @@ class _Backoff:
     next_at: float = 0.0
 
 
-class Validator(RoleService):
+class Validator(LedgerRole):
     """The validator service."""
 
     def __init__(
@@ -160,16 +161,17 @@ class Validator(RoleService):
     ) -> None:
         from prometheus_client import Counter
 
-        from r3mes.chain.client import BlockchainClient
         from r3mes.node.artifacts import ArtifactCache
-        from r3mes.storage.blockstore import Blockstore
 
-        super().__init__(settings.service)
+        super().__init__(
+            settings.service,
+            chain_url=settings.chain_url,
+            blocks=settings.blocks,
+            key=key,
+            client=client,
+            store=store,
+        )
         self.settings = settings
-        self.key = key
-        self.address = key.address
-        self.client = client or BlockchainClient(settings.chain_url)
-        self.store: BlobStore = store or Blockstore(settings.blocks)
         state = settings.service.state_dir
         self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
