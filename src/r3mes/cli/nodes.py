@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from r3mes.node.launch import RoleLaunch
+    from r3mes.node.service import RoleService
     from r3mes.paths import Home
 
 HomeOpt = Annotated[
@@ -134,30 +136,41 @@ proposer_app = _role_app("proposer")
 serving_node_app = _role_app("serving")
 
 
-def _launch(role: str, **kw: object):  # type: ignore[no-untyped-def]
+def _launch(
+    role: str,
+    *,
+    key: str,
+    passphrase: str,
+    chain: str,
+    name: str | None,
+    home: Path | None,
+    port: int,
+    blocks: Path | None,
+    ipfs_url: str | None,
+    gateway: str | None,
+    profile: Path | None,
+) -> RoleLaunch:
     from r3mes.node.launch import RoleLaunch
 
-    home = _home(kw.pop("home"))  # type: ignore[arg-type]
-    key = str(kw["key"])
     return RoleLaunch(
         role=role,
-        name=str(kw.get("name") or key),
-        home=home,
-        chain_url=str(kw["chain"]),
+        name=name or key,
+        home=_home(home),
+        chain_url=chain,
         key_name=key,
-        passphrase=str(kw["passphrase"]),
-        port=int(kw["port"]),  # type: ignore[call-overload]
-        blocks=kw.get("blocks"),  # type: ignore[arg-type]
-        ipfs_url=kw.get("ipfs_url") or None,  # type: ignore[arg-type]
-        gateway_url=kw.get("gateway") or None,  # type: ignore[arg-type]
-        profile_path=kw.get("profile"),  # type: ignore[arg-type]
+        passphrase=passphrase,
+        port=port,
+        blocks=blocks,
+        ipfs_url=ipfs_url or None,
+        gateway_url=gateway or None,
+        profile_path=profile,
     )
 
 
-def _run(service: object) -> None:
+def _run(service: RoleService) -> None:
     from r3mes.node.launch import run_role
 
-    code = run_role(service)  # type: ignore[arg-type]
+    code = run_role(service)
     if code:
         raise typer.Exit(code)
 
@@ -234,68 +247,50 @@ def miner_start(
     )
 
 
-@validator_app.command("start")
-def validator_start(
-    key: KeyOpt,
-    passphrase: PassOpt,
-    chain: ChainOpt = DEFAULT_CHAIN,
-    name: InstanceOpt = None,
-    home: HomeOpt = None,
-    port: PortOpt = 0,
-    blocks: BlocksOpt = None,
-    ipfs_url: IpfsOpt = None,
-    gateway: GatewayOpt = None,
-    profile: ProfileOpt = None,
-) -> None:
-    """Validate: re-execute every pending submission and attest (never one's own)."""
-    from r3mes.node.launch import build_role
+def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
+    """`start` for the roles that need nothing beyond the common flags."""
 
-    launch = _launch(
-        "validator",
-        key=key,
-        passphrase=passphrase,
-        chain=chain,
-        name=name,
-        home=home,
-        port=port,
-        blocks=blocks,
-        ipfs_url=ipfs_url,
-        gateway=gateway,
-        profile=profile,
-    )
-    _run(build_role(launch))
+    @app.command("start", help=doc)
+    def start(
+        key: KeyOpt,
+        passphrase: PassOpt,
+        chain: ChainOpt = DEFAULT_CHAIN,
+        name: InstanceOpt = None,
+        home: HomeOpt = None,
+        port: PortOpt = 0,
+        blocks: BlocksOpt = None,
+        ipfs_url: IpfsOpt = None,
+        gateway: GatewayOpt = None,
+        profile: ProfileOpt = None,
+    ) -> None:
+        from r3mes.node.launch import build_role
+
+        launch = _launch(
+            role,
+            key=key,
+            passphrase=passphrase,
+            chain=chain,
+            name=name,
+            home=home,
+            port=port,
+            blocks=blocks,
+            ipfs_url=ipfs_url,
+            gateway=gateway,
+            profile=profile,
+        )
+        _run(build_role(launch))
 
 
-@proposer_app.command("start")
-def proposer_start(
-    key: KeyOpt,
-    passphrase: PassOpt,
-    chain: ChainOpt = DEFAULT_CHAIN,
-    name: InstanceOpt = None,
-    home: HomeOpt = None,
-    port: PortOpt = 0,
-    blocks: BlocksOpt = None,
-    ipfs_url: IpfsOpt = None,
-    gateway: GatewayOpt = None,
-    profile: ProfileOpt = None,
-) -> None:
-    """Propose: merge each closed round's verified updates into the next adapter version."""
-    from r3mes.node.launch import build_role
-
-    launch = _launch(
-        "proposer",
-        key=key,
-        passphrase=passphrase,
-        chain=chain,
-        name=name,
-        home=home,
-        port=port,
-        blocks=blocks,
-        ipfs_url=ipfs_url,
-        gateway=gateway,
-        profile=profile,
-    )
-    _run(build_role(launch))
+_register_checker_start(
+    validator_app,
+    "validator",
+    "Validate: re-execute every pending submission and attest (never one's own).",
+)
+_register_checker_start(
+    proposer_app,
+    "proposer",
+    "Propose: merge each closed round's verified updates into the next adapter version.",
+)
 
 
 @serving_node_app.command("start")
