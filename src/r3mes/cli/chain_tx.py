@@ -333,6 +333,7 @@ ShaOpt = Annotated[
     typer.Option("--sha256", callback=_check_hex64, help="SHA-256 of the content (64 hex)."),
 ]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Size in bytes.")]
+KindArg = Annotated[str, typer.Argument(callback=_choice(*KINDS), help="model|dataset|adapter")]
 AddOpt = Annotated[
     bool, typer.Option("--add", help="Also store PATH in the local blockstore (pinned).")
 ]
@@ -413,10 +414,7 @@ def _store(home: Path | None, content: _Content) -> str:
 def tx_register_artifact(
     sender: FromOpt,
     passphrase: PassOpt,
-    kind: Annotated[
-        str,
-        typer.Argument(callback=_choice(*KINDS), help="model|dataset|adapter"),
-    ],
+    kind: KindArg,
     artifact_id: Annotated[str, typer.Argument(help="Artifact id, e.g. bitnet-b1.58-tiny.")],
     version: Annotated[int, typer.Argument(min=1, help="Version number (1, 2, ...).")],
     path: ContentPath = None,
@@ -486,10 +484,7 @@ def _check_installable(spec: ArtifactSpec) -> None:
 def tx_approve_artifact(
     sender: FromOpt,
     passphrase: PassOpt,
-    kind: Annotated[
-        str,
-        typer.Argument(callback=_choice(*KINDS), help="model|dataset|adapter"),
-    ],
+    kind: KindArg,
     artifact_id: Annotated[str, typer.Argument(help="Artifact id.")],
     version: Annotated[int, typer.Argument(min=1, help="Version number.")],
     node: NodeOpt = DEFAULT_NODE,
