@@ -138,11 +138,3 @@ def forge(raw: bytes, how: str, *, account_number: int, salt: int = 0) -> bytes:
         signatures=[signature],
     )
     return bytes(forged.SerializeToString(deterministic=True))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

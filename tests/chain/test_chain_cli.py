@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_harness import free_port
+from support.net import free_port
 from typer.testing import CliRunner
 
 from r3mes.chain.errors import KeystoreError

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_harness import free_port, key
+from chain_harness import key
+from support.net import free_port
 from typer.testing import CliRunner, Result
 
 from r3mes.chain import msgs

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from chain_harness import free_port, key
+from chain_harness import key
+from support.net import free_port
 
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.devnet import (

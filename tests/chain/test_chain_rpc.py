@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chain_harness import DATASET, MODEL, free_port, key
+from chain_harness import DATASET, MODEL, key
+from support.net import free_port
 
 from r3mes.chain.client import AsyncBlockchainClient, BlockchainClient, round_assigned_shard
 from r3mes.chain.codes import Code

@@ -8,14 +8,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.devnet import running_devnet
 from support.kubo_server import kubo_server
-from support.net import free_port
 
-from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.journal import TxState
 from r3mes.node.launch import RoleLaunch, build_role
 from r3mes.node.miner import Miner
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.retry import RetryPolicy
 from r3mes.node.validator import Validator
 from r3mes.paths import Home
@@ -32,14 +31,8 @@ def genesis(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         base_model="tiny",
         dataset_chars=40_000,
     )
-    prepare_genesis(spec, ensure_keys(spec))
-    port = free_port()
-    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
-    node.start()
-    try:
-        yield spec.home, f"http://127.0.0.1:{port}"
-    finally:
-        node.stop()
+    with running_devnet(spec) as running:
+        yield running
 
 
 def _until(step: Callable[[], bool], done: Callable[[], bool], timeout: float = 120.0) -> None:

@@ -3,17 +3,16 @@ ledger (the node listing shows it active, with the time of its last heartbeat)."
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.devnet import running_devnet
 
 from r3mes.chain.client_types import NodeInfo
-from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.launch import RoleLaunch, build_role
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.serving_node import ServingNode
 from r3mes.paths import Home
 
@@ -28,16 +27,8 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         base_model="tiny",
         dataset_chars=20_000,
     )
-    prepare_genesis(spec, ensure_keys(spec))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.3))
-    node.start()
-    try:
-        yield spec.home, f"http://127.0.0.1:{port}"
-    finally:
-        node.stop()
+    with running_devnet(spec, block_interval_s=0.3) as running:
+        yield running
 
 
 @pytest.mark.timeout(180)

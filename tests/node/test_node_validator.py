@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.net import free_port
+from support.devnet import running_devnet
 
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.client_types import SubmissionInfo
 from r3mes.chain.crypto import SigningKey
-from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.chain.keystore import Keystore
 from r3mes.node.journal import TxState
 from r3mes.node.launch import RoleLaunch, build_role
 from r3mes.node.miner import Miner
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.registration import ensure_registered
 from r3mes.node.retry import RetryPolicy
 from r3mes.node.tasks import WorkProfile
@@ -50,14 +49,8 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         dataset_chars=40_000,
         profile=profile,
     )
-    prepare_genesis(spec, ensure_keys(spec))
-    port = free_port()
-    node = DevnetNode(spec.home, DevnetConfig(port=port, block_interval_s=0.5))
-    node.start()
-    try:
-        yield spec.home, f"http://127.0.0.1:{port}"
-    finally:
-        node.stop()
+    with running_devnet(spec) as running:
+        yield running
 
 
 def _role(home: Home, url: str, role: str, name: str) -> Miner | Validator:

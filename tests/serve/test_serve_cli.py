@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from support.net import free_port
 from typer.testing import CliRunner
 
 from r3mes.cli.serving import _parse_adapters, app
@@ -81,12 +81,6 @@ def test_route_eval_prints_accuracy_and_writes_calibrated_routes(tmp_path: Path)
     assert thresholds["code"] <= 1.0 and thresholds["law"] <= 1.0
     assert [r.name for r in load_routes(out)] == ["code", "law", "baking"]
     assert "off" in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
