@@ -8,10 +8,10 @@ from r3mes.chain.crypto import SigningKey
 from r3mes.chain.genesis import Genesis, GenesisAccount, Params
 from r3mes.chain.msgs import ArtifactSpec, Msg
 from r3mes.chain.proto.gen.remes.remes.v1 import tx_pb2
-from r3mes.chain.shards import assigned_shard
 from r3mes.chain.state import State, genesis_state
 from r3mes.chain.transition import BlockResult, TxResult, apply_block, make_block
 from r3mes.chain.tx import build_tx, sign_doc_bytes
+from r3mes.spec.shards import round_shard
 
 CHAIN_ID = "r3mes-test-1"
 MODEL = ArtifactSpec(
@@ -89,7 +89,7 @@ class Harness:
     def assigned(self, miner: SigningKey, round_number: int | None = None) -> int:
         """The shard the ledger accepts from `miner` in the round, given its claims now."""
         rnd = self.state.rounds[round_number or self.state.current_round]
-        return assigned_shard(
+        return round_shard(
             seed_hex=rnd.seed,
             miner=miner.address,
             n_shards=self.state.params.shards_per_round,

@@ -1,43 +1,86 @@
-"""The ledger's shard rule agrees with the miners' (r3mes.work.data.assign_shard)."""
+"""The ledger enforces the same shard rule the miners follow (both use r3mes.spec.shards)."""
 
 from __future__ import annotations
 
-import random
+import json
+from dataclasses import replace
 
 from chain_harness import Harness, key, make_genesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from r3mes.chain.client_types import RoundInfo, from_json
 from r3mes.chain.codes import Code
+from r3mes.chain.errors import TxInvalid
+from r3mes.chain.handlers import submit_gradient
+from r3mes.chain.ledger import BlockContext
 from r3mes.chain.msgs import RegisterNode, SubmitGradient
 from r3mes.chain.pow import solve_pow
-from r3mes.chain.shards import assigned_shard, preferred_shard, seed_u64
-from r3mes.node.tasks import round_seed
-from r3mes.work.data import assign_shard
-from r3mes.work.data import preferred_shard as work_preferred
+from r3mes.chain.state import Node, Round, genesis_state, node_key
+from r3mes.chain.views import round_json
+from r3mes.node.miner_parts import mining_task
+from r3mes.spec.shards import round_shard
+
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
 
-def test_rule_matches_the_miners_rule_on_random_inputs() -> None:
-    rng = random.Random(2024)
-    for _ in range(2000):
-        seed_hex = rng.randbytes(32).hex()
-        miner = (
-            key(rng.randrange(1, 10**9)).address
-            if rng.random() < 0.1
-            else (
-                "remes1"
-                + "".join(rng.choice("qpzry9x8gf2tvdw0s3jn54khce6mua7l") for _ in range(38))
-            )
-        )
-        n_shards = rng.randrange(1, 70)
-        claimed = frozenset(rng.sample(range(n_shards), rng.randrange(0, n_shards + 1)))
-        assert seed_u64(seed_hex) == round_seed(seed_hex)
-        seed = seed_u64(seed_hex)
-        assert preferred_shard(seed=seed, miner=miner, n_shards=n_shards) == work_preferred(
-            seed=seed, miner=miner, n_shards=n_shards
-        )
-        ours = assigned_shard(seed_hex=seed_hex, miner=miner, n_shards=n_shards, claimed=claimed)
-        theirs = assign_shard(seed=seed, miner=miner, n_shards=n_shards, claimed=claimed)
-        assert ours == theirs
-    assert seed_u64("") == round_seed("") == 0
+def _ledger_accepts(state: object, miner: str, rnd: Round, shard: int) -> int:
+    """The code the ledger's handler gives `miner` submitting `shard` (0 = accepted)."""
+    msg = SubmitGradient(
+        creator=miner, round=rnd.number, shard=shard, cid="bafyu", digest="ab" * 32
+    )
+    ctx = BlockContext(chain_id="r3mes-test-1", height=rnd.open_height, time_ms=2_000_000)
+    try:
+        submit_gradient(state.overlay(), msg, ctx)  # type: ignore[attr-defined]
+    except TxInvalid as exc:
+        return exc.code
+    return 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.binary(min_size=32, max_size=32),
+    miner_tail=st.text(alphabet=_BECH32, min_size=38, max_size=38),
+    n_shards=st.integers(min_value=1, max_value=40),
+    claim_bits=st.integers(min_value=0, max_value=2**40 - 1),
+)
+def test_the_miners_shard_is_the_one_the_ledger_accepts(
+    seed: bytes, miner_tail: str, n_shards: int, claim_bits: int
+) -> None:
+    miner = "remes1" + miner_tail
+    claimed = sorted(s for s in range(n_shards) if claim_bits >> s & 1)
+    state = genesis_state(make_genesis(pow_difficulty=0, shards_per_round=n_shards))
+    state.nodes[node_key("miner", miner)] = Node(
+        address=miner, role="miner", endpoint="", stake=10, registered_height=1
+    )
+    rnd = Round(
+        number=1,
+        open_height=1,
+        close_height=5,
+        seed=seed.hex(),
+        base_model_cid="bafymodel",
+        dataset_cid="bafydata",
+        claims=tuple((s, f"remes1other{s}") for s in claimed),
+    )
+    state.rounds[1] = rnd
+    # the miner reads the round as the REST route serves it, through the client's type
+    info = from_json(RoundInfo, json.loads(json.dumps(round_json(rnd, state))))
+    task = mining_task(info, miner=miner)
+    free = [s for s in range(n_shards) if s not in claimed]
+    if not free:
+        assert task is not None  # every shard taken: the miner still has a task ...
+        assert _ledger_accepts(state, miner, rnd, task.details["shard"]) == Code.DUPLICATE
+        return  # ... which the ledger refuses as a duplicate shard
+    assert task is not None
+    mine = task.details["shard"]
+    accepted = [s for s in free if _ledger_accepts(state, miner, rnd, s) == 0]
+    assert accepted == [mine]
+    assert all(_ledger_accepts(state, miner, rnd, s) == Code.WRONG_SHARD for s in free if s != mine)
+    # a closed round gives the miner no task and the ledger no acceptance
+    closed = replace(rnd, status="closed")
+    state.rounds[1] = closed
+    assert mining_task(replace(info, status="closed"), miner=miner) is None
+    assert _ledger_accepts(state, miner, closed, mine) == Code.WRONG_ROUND
 
 
 def _submit(h: Harness, miner: object, shard: int) -> int:
@@ -61,7 +104,7 @@ def test_ledger_accepts_only_the_assigned_shard_with_probing_past_claims() -> No
     rnd = h.state.rounds[1]
     for m in miners[:3]:
         claimed = {s for s, _ in h.state.rounds[1].claims}
-        expected = assigned_shard(seed_hex=rnd.seed, miner=m.address, n_shards=3, claimed=claimed)
+        expected = round_shard(seed_hex=rnd.seed, miner=m.address, n_shards=3, claimed=claimed)
         free_wrong = [s for s in range(3) if s not in claimed and s != expected]
         for wrong in free_wrong:  # a free shard that is not this miner's
             assert _submit(h, m, wrong) == Code.WRONG_SHARD

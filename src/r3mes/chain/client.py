@@ -40,8 +40,8 @@ from r3mes.chain.genesis import Params
 from r3mes.chain.msgs import Msg, SubmitGradient
 from r3mes.chain.pow import solve_pow
 from r3mes.chain.rest import PREFIX
-from r3mes.chain.shards import assigned_shard
 from r3mes.chain.tx import build_tx
+from r3mes.spec.shards import round_shard
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:26657"
@@ -311,7 +311,7 @@ class BlockchainClient:
         """Solve the anti-spam proof of work for this submission and send it.
 
         `shard` defaults to the one the ledger assigns `key` in that round (the only one
-        it accepts); see r3mes.chain.shards.
+        it accepts); see r3mes.spec.shards.
         """
         if shard is None:
             shard = round_assigned_shard(self.round(round_number), key.address)
@@ -326,7 +326,7 @@ def round_assigned_shard(rnd: RoundInfo, miner: str) -> int:
     """The shard `miner` must take in `rnd`, given the claims the round shows."""
     claimed = _parsed("round claims", lambda: {int(c["shard"]) for c in rnd.claims})
     try:
-        return assigned_shard(
+        return round_shard(
             seed_hex=rnd.seed, miner=miner, n_shards=rnd.shards_per_round, claimed=claimed
         )
     except ValueError as exc:

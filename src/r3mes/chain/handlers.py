@@ -26,7 +26,6 @@ from r3mes.chain.msgs import (
     TransferCredits,
 )
 from r3mes.chain.pow import pow_ok
-from r3mes.chain.shards import assigned_shard
 from r3mes.chain.state import (
     ArtifactRecord,
     Attestation,
@@ -36,6 +35,7 @@ from r3mes.chain.state import (
     artifact_key,
     node_key,
 )
+from r3mes.spec.shards import round_shard
 
 
 def _require_node(state: State, role: str, address: str) -> Node:
@@ -79,7 +79,7 @@ def submit_gradient(state: State, msg: SubmitGradient, ctx: BlockContext) -> lis
         raise invalid(Code.DUPLICATE, f"{msg.creator} already submitted in round {msg.round}")
     if any(shard == msg.shard for shard, _ in rnd.claims):
         raise invalid(Code.DUPLICATE, f"shard {msg.shard} of round {msg.round} is taken")
-    expected = assigned_shard(
+    expected = round_shard(
         seed_hex=rnd.seed,
         miner=msg.creator,
         n_shards=state.params.shards_per_round,

@@ -10,18 +10,17 @@ and hands it to every role.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from r3mes.node.errors import ValidationError
+from r3mes.spec import shards as spec_shards
 from r3mes.work.executor import CPU_DET_V1
 from r3mes.work.task import HyperParams, Task
 
 NO_ADAPTER = "genesis"
 """`Task.adapter_cid` of a round that has no adapter yet: train from the initial state."""
-_HEX = re.compile(r"^[0-9a-f]{16,128}$")
 MAX_PROFILE_BYTES = 16 * 1024
 
 
@@ -117,15 +116,11 @@ class WorkProfile:
 
 
 def round_seed(seed_hex: str) -> int:
-    """The round's 64-bit task seed: the first 8 bytes (big-endian) of its block-hash seed.
-
-    Round 1 follows the genesis state, whose block hash is empty: its seed is 0.
-    """
-    if seed_hex == "":
-        return 0
-    if not _HEX.match(seed_hex):
-        raise ValidationError(f"round seed {seed_hex[:80]!r} is not a lowercase hex hash")
-    return int(seed_hex[:16], 16)
+    """The round's 64-bit task seed (the rule lives in `r3mes.spec.shards.round_seed`)."""
+    try:
+        return spec_shards.round_seed(seed_hex)
+    except spec_shards.RuleInputError as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 def derive_task(

@@ -20,12 +20,12 @@ chunk); all other chunks form the TRAINING split, in increasing order. The train
 cut into `n_shards` contiguous, near-equal shards: shard s holds training positions
 ``[s * n // n_shards, (s + 1) * n // n_shards)``.
 
-Shard assignment: a miner's shard starts at ``sha256(seed_u64_le || miner) mod n_shards``
-(`preferred_shard`). Collisions are resolved by linear probing over the shards the caller has
-already handed out this round (`assign_shard(..., claimed=...)`): the chain assigns miners in a
-fixed order (e.g. sorted address) and passes the set claimed so far, so miners get distinct
-shards while shards >= miners. When every shard is claimed the preferred shard is reused; the
-task still differs (it names the miner), so the batch order and the result differ too.
+Shard assignment (the consensus rule in `r3mes.spec.shards`, which the ledger enforces): a
+miner's shard starts at ``sha256(seed_u64_le || miner) mod n_shards`` (`preferred_shard`).
+Collisions are resolved by linear probing over the shards already claimed this round
+(`assign_shard(..., claimed=...)`), so miners get distinct shards while shards >= miners.
+When every shard is claimed the preferred shard is reused; the task still differs (it names
+the miner), so the batch order and the result differ too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from r3mes.spec import shards as spec_shards
 from r3mes.work.errors import DatasetError
 
 MAGIC = b"R3TOKDS\0"
@@ -283,26 +284,18 @@ def shard_of(dataset: TokenDataset, *, shard_index: int, n_shards: int) -> Shard
 
 
 def preferred_shard(*, seed: int, miner: str, n_shards: int) -> int:
-    """sha256(seed as u64 little-endian || miner address) mod n_shards."""
-    if not _is_int(n_shards) or n_shards < 1:
-        raise DatasetError(f"n_shards must be an integer >= 1, got {n_shards!r}")
-    if not _is_int(seed) or not 0 <= seed < 2**64:
-        raise DatasetError(f"seed must be an unsigned 64-bit integer, got {seed!r}")
-    if not isinstance(miner, str) or not miner:
-        raise DatasetError(f"miner must be a non-empty address string, got {miner!r}")
-    digest = hashlib.sha256(seed.to_bytes(8, "little") + miner.encode()).digest()
-    return int.from_bytes(digest, "big") % n_shards
+    """The miner's first-choice shard; the rule itself lives in `r3mes.spec.shards`."""
+    try:
+        return spec_shards.preferred_shard(seed=seed, miner=miner, n_shards=n_shards)
+    except spec_shards.RuleInputError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def assign_shard(
     *, seed: int, miner: str, n_shards: int, claimed: frozenset[int] = frozenset()
 ) -> int:
-    """The miner's shard: the preferred one, linearly probed past `claimed` shards."""
-    start = preferred_shard(seed=seed, miner=miner, n_shards=n_shards)
-    if not isinstance(claimed, Set):
-        raise DatasetError(f"claimed must be a set of shard indices, got {type(claimed).__name__}")
-    for step in range(n_shards):
-        candidate = (start + step) % n_shards
-        if candidate not in claimed:
-            return candidate
-    return start
+    """The miner's shard, probed past `claimed`; the rule lives in `r3mes.spec.shards`."""
+    try:
+        return spec_shards.assign_shard(seed=seed, miner=miner, n_shards=n_shards, claimed=claimed)
+    except spec_shards.RuleInputError as exc:
+        raise DatasetError(str(exc)) from exc
