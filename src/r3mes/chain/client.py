@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from r3mes.chain.client_types import (
+    PREFIX,
     AccountInfo,
     ArtifactInfo,
     BroadcastResult,
@@ -39,7 +40,6 @@ from r3mes.chain.errors import ClientError, GenesisError, NotFound, TxRejected
 from r3mes.chain.genesis import Params
 from r3mes.chain.msgs import Msg, SubmitGradient
 from r3mes.chain.pow import solve_pow
-from r3mes.chain.rest import PREFIX
 from r3mes.chain.tx import build_tx
 from r3mes.spec.shards import round_shard
 

@@ -1,4 +1,8 @@
-"""Typed answers of BlockchainClient, parsed from the node's JSON documents."""
+"""The ledger's wire: REST paths and the typed answers BlockchainClient parses from them.
+
+Both sides import this module (the server's routes and the client), so it must stay light:
+importing it, or the client, never loads FastAPI, the engine, the store or the state machine.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any, TypeVar
 from r3mes.chain.errors import ClientError
 
 T = TypeVar("T")
+
+PREFIX = "/remes/remes/v1"
+"""Where the REST queries live (Cosmos gRPC-gateway style paths)."""
 
 
 def from_json(cls: type[T], doc: Any) -> T:

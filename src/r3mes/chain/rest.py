@@ -7,10 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from r3mes.chain import views
+from r3mes.chain.client_types import PREFIX
 from r3mes.chain.engine import DevnetEngine
 from r3mes.chain.state import State
-
-PREFIX = "/remes/remes/v1"
 
 
 def get_state(request: Request) -> State:
