@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 import os
 import struct
 import subprocess
@@ -304,3 +306,39 @@ def test_encode_rejects_an_invalid_executor_class():
     for bad in ("", "cpu fp32", "x" * 129):
         with pytest.raises(EncodingError, match="executor_class"):
             encode_update(sparse, UpdateMeta(META.task_id, bad, "fp16"))
+
+
+def _crafted(shape: list[int], *, dtype: str = "U8", metadata: dict[str, str] | None = None):
+    """A safetensors file whose one tensor has `shape` and exactly the bytes it claims."""
+    size = math.prod(shape)
+    header = {"__metadata__": metadata or {}}
+    header["x"] = {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"\0" * size
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ([1] * 65, "65 dimensions"),  # torch: ValueError "number of dimensions must be..."
+        ([0] * 65, "65 dimensions"),
+        ([1] * 9, "9 dimensions"),
+        ([0, 2**47, 2**47], "spans over"),  # torch: RuntimeError "Stride calculation overflowed"
+        ([2**40, 0], "spans over"),
+    ],
+)
+def test_crafted_shapes_are_encoding_errors_before_any_allocation(shape, match):
+    """Issue 19 item 9: 120-216 byte headers whose shape made torch raise untyped errors."""
+    data = _crafted(shape)
+    assert len(data) <= 216
+    with pytest.raises(EncodingError, match=match):
+        load_canonical(data)
+    with pytest.raises(EncodingError, match=match):
+        decode_update(data, layout=LAYOUT)
+
+
+def test_dump_canonical_refuses_what_load_would_refuse():
+    with pytest.raises(EncodingError, match="9 dimensions"):
+        dump_canonical({"a": torch.zeros([1] * 9)}, {})
+    assert load_canonical(dump_canonical({"a": torch.zeros([1] * 8)}, {}))[0]["a"].dim() == 8

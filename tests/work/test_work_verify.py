@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 
 import pytest
@@ -237,3 +238,19 @@ def test_error_feedback_residual_feeds_the_next_round(setup):
         raw, sub.next_residual, topk_ppm=100_000, value_format="fp16"
     )
     assert any(st.values.abs().sum() > 0 for st in sparse.values())
+
+
+@pytest.mark.parametrize("shape", [[1] * 65, [0, 2**47, 2**47]], ids=["65-dims", "huge-empty"])
+def test_crafted_shape_is_a_rejection_not_an_exception(setup, tiny_model, shape):
+    """Issue 19 item 9: these escaped `verify` as ValueError / RuntimeError, so the validator
+    retried them forever instead of attesting a rejection."""
+    task, shard, _ = setup
+    header = json.dumps(
+        {"__metadata__": {}, "x": {"dtype": "U8", "shape": shape, "data_offsets": [0, 0]}},
+        separators=(",", ":"),
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    data = struct.pack("<Q", len(header)) + header
+    verdict = _verify(task, data, tiny_model, shard)
+    assert not verdict.accepted and verdict.reason.startswith("malformed update")
+    assert "dimensions" in verdict.reason or "spans over" in verdict.reason

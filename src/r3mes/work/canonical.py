@@ -30,6 +30,11 @@ MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_BYTES = 64 << 20
 MAX_HEADER_DEPTH = 3
 """A header is {name: {"shape": [...], ...}}: three levels; anything deeper is rejected."""
+MAX_DIMS = 8
+"""Most dimensions a tensor may have (updates are 1-D, LoRA states 2-D)."""
+MAX_ELEMENTS = 1 << 31
+"""Bound on the product of a shape's dimensions, zeros counted as ones: torch computes its
+strides from that product, so `[0, 2**47, 2**47]` (no data at all) would overflow them."""
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "F32",
@@ -52,6 +57,7 @@ def dump_canonical(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
         t = tensors[name]
         if t.dtype not in _DTYPE_NAMES:
             raise EncodingError(f"tensor {name!r} has unsupported dtype {t.dtype}")
+        _check_shape(name, list(t.shape))
         arr = t.detach().cpu().contiguous().numpy()
         blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {
@@ -127,6 +133,7 @@ def _parse_tensor(name: str, spec: object, body: bytes) -> torch.Tensor:
         raise EncodingError(f"tensor {name!r}: unsupported dtype {spec['dtype']!r}")
     if not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2:
         raise EncodingError(f"tensor {name!r}: shape and data_offsets must be integer lists")
+    _check_shape(name, shape)
     begin, end = offsets
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = math.prod(shape)
@@ -137,6 +144,18 @@ def _parse_tensor(name: str, spec: object, body: bytes) -> torch.Tensor:
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype.newbyteorder("<")
     flat = np.frombuffer(body[begin:end], dtype=np_dtype).astype(np_dtype.newbyteorder("="))
     return torch.from_numpy(flat.copy()).reshape(shape)
+
+
+def _check_shape(name: str, shape: list[int]) -> None:
+    """Bound rank and size before anything is allocated (torch allows 64 dims and raises
+    untyped errors past its own limits)."""
+    if len(shape) > MAX_DIMS:
+        raise EncodingError(f"tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS}")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise EncodingError(
+            f"tensor {name!r}: shape {shape} spans over {MAX_ELEMENTS} elements "
+            "(zero dimensions counted as one)"
+        )
 
 
 def _int_list(value: object) -> bool:
