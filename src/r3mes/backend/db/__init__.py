@@ -1,0 +1,1 @@
+"""The data layer: SQLAlchemy 2 models, async sessions, Alembic migrations."""

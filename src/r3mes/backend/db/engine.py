@@ -1,0 +1,83 @@
+"""Async engines and sessions for SQLite (embedded, WAL) and PostgreSQL.
+
+`Database` holds two session factories:
+
+- `write()`: transactions that change state. On SQLite they start with `BEGIN IMMEDIATE`,
+  so two writers queue on the busy timeout instead of failing when a read lock is upgraded
+  (SQLite's "database is locked" under concurrency). On PostgreSQL it is a normal session;
+  rules that need row locks take them (`SELECT ... FOR UPDATE`) or use atomic `UPDATE`s.
+- `read()`: read-only work. On SQLite a separate engine with deferred transactions, so
+  readers never wait behind the writer (WAL). On PostgreSQL the same engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from r3mes.backend.errors import ConfigError
+from r3mes.backend.settings import BackendSettings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """The backend's engines and session factories (see the module docstring)."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.url = settings.sqlalchemy_url
+        self.is_sqlite = settings.is_sqlite
+        if self.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.engine = _sqlite_engine(self.url, immediate=True)
+            self.read_engine = _sqlite_engine(self.url, immediate=False)
+        elif self.url.startswith("postgresql+asyncpg://"):
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=20,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"timeout": 10, "command_timeout": 30},
+            )
+            self.read_engine = self.engine
+        else:
+            raise ConfigError(
+                f"unsupported database URL scheme {self.url.split('://', 1)[0]!r}: use "
+                "postgresql://... or leave R3MES_DATABASE_URL empty for SQLite in $R3MES_HOME"
+            )
+        self.write = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.read = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours (SQLAlchemy's recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(sync, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

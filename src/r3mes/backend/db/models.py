@@ -1,0 +1,7 @@
+"""Every backend table, imported in one place so `Base.metadata` is complete."""
+
+from __future__ import annotations
+
+from r3mes.backend.db.base import Base
+
+__all__ = ["Base"]
