@@ -30,6 +30,8 @@ from r3mes.chain.rest import rest_router
 from r3mes.chain.rpc_json import (
     RpcError,
     block_json,
+    decode_request,
+    height_param,
     number_param,
     parse_bytes,
     rfc3339,
@@ -58,10 +60,7 @@ def _height(engine: DevnetEngine, height: str | int | None) -> int:
     latest = engine.state.height
     if height in (None, "", 0, "0"):
         return latest
-    try:
-        value = int(str(height).strip('"'))
-    except ValueError as exc:
-        raise RpcError(400, "height must be an integer") from exc
+    value = height_param(str(height), "height")
     if not 1 <= value <= latest:
         raise RpcError(404, f"height {value} is not available (latest is {latest})")
     return value
@@ -233,8 +232,8 @@ def parse_tx_query(query: str) -> tuple[int | None, str | None]:
     for clause in query.strip('"').split(" AND "):
         key, _, value = clause.partition("=")
         key, value = key.strip(), value.strip().strip("'")
-        if key == "tx.height" and value.isdigit():
-            height = int(value)
+        if key == "tx.height" and value:
+            height = height_param(value, "tx.height")
         elif key == "message.sender" and value:
             signer = value
         else:
@@ -268,9 +267,9 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
             if len(data) > MAX_BODY_BYTES:
                 return rpc_error(413, f"request body limited to {MAX_BODY_BYTES} bytes")
         try:
-            body = json.loads(data)
-        except ValueError:
-            return rpc_error(400, "request body is not JSON", -32700, rid=None)
+            body = decode_request(data)
+        except RpcError as exc:
+            return rpc_error(exc.status, exc.message, exc.code, rid=None)
         if not isinstance(body, dict):
             return rpc_error(400, "a JSON-RPC request must be a JSON object", -32600, rid=None)
         rid = body.get("id", -1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,14 @@ from r3mes.chain.identity import NodeIdentity
 from r3mes.chain.store import StoredTx
 from r3mes.chain.transition import Block, Header, TxResult
 from r3mes.chain.tx import MAX_TX_BYTES
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request may have (CometBFT requests need 3)."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_HEIGHT = re.compile(r"[0-9]{1,19}")
+MAX_HEIGHT = 2**63 - 1
+"""Heights are SQLite INTEGERs (signed 64-bit), as CometBFT's int64."""
 
 BLOCK_PROTOCOL = "11"
 """CometBFT 0.38's block protocol version, reported in header.version.block."""
@@ -27,6 +36,40 @@ class RpcError(Exception):
     def __init__(self, status: int, message: str, code: int = -32602) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in `data` (brackets inside strings do not count).
+
+    Runs before `json.loads`, whose recursion would otherwise fail on a deep document.
+    """
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def decode_request(data: bytes | bytearray | str) -> Any:
+    """A JSON-RPC request document; RpcError (-32700) when it is not JSON or nests too deep."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise RpcError(400, f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels", -32700)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RpcError(400, "the request is not JSON; send a JSON-RPC 2.0 request", -32700) from exc
+
+
+def height_param(value: str, name: str) -> int:
+    """A block height written in ASCII digits, within SQLite's signed 64-bit range."""
+    text = value.strip().strip('"')
+    if not _HEIGHT.fullmatch(text) or int(text) > MAX_HEIGHT:
+        raise RpcError(400, f"{name} must be an integer in [0, {MAX_HEIGHT}], not {value[:40]!r}")
+    return int(text)
 
 
 def rfc3339(ms: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from r3mes.chain.application import APP_VERSION
 from r3mes.chain.engine import DevnetEngine
-from r3mes.chain.rpc_json import RpcError, block_json, tx_result_json
+from r3mes.chain.rpc_json import RpcError, block_json, decode_request, tx_result_json
 from r3mes.chain.transition import Block, BlockResult
 from r3mes.chain.tx import tx_hash
 
@@ -127,9 +126,12 @@ class Session:
     async def handle(self, text: str) -> None:
         """Answer one client message (a JSON-RPC request)."""
         try:
-            request = json.loads(text) if len(text) <= MAX_MESSAGE_BYTES else None
-        except ValueError:
-            request = None
+            if len(text) > MAX_MESSAGE_BYTES:
+                raise RpcError(400, f"messages are limited to {MAX_MESSAGE_BYTES} bytes", -32600)
+            request = decode_request(text)
+        except RpcError as exc:
+            await self.reply(None, error=exc)
+            return
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
             error = RpcError(400, "send a JSON-RPC 2.0 request object with a method", -32600)
             await self.reply(

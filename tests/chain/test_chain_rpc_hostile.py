@@ -1,0 +1,101 @@
+"""The ledger RPC answers hostile input with JSON-RPC errors, never HTTP 500 or a dropped socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from chain_harness import DATASET, MODEL, key
+from support.net import free_port
+
+from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
+from r3mes.paths import Home
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = Home(root=tmp_path_factory.mktemp("devnet"))
+    init_devnet(home, devnet_genesis(accounts={key(1).address: 100}, artifacts=[MODEL, DATASET]))
+    devnet = DevnetNode(home, DevnetConfig(port=free_port(), block_interval_s=0.2))
+    devnet.start()
+    yield devnet.url
+    devnet.stop()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _is_rpc_error(response: httpx.Response, *, status: int, says: str) -> dict[str, object]:
+    assert response.status_code == status, response.text[:300]
+    doc = response.json()
+    assert doc["jsonrpc"] == "2.0"
+    assert says in doc["error"]["message"], doc
+    return dict(doc)
+
+
+@pytest.mark.parametrize("depth", [50_000, 100_000])
+def test_a_deeply_nested_body_is_a_parse_error(url: str, depth: int) -> None:
+    response = httpx.post(url + "/", content=_nested(depth), timeout=10)
+    doc = _is_rpc_error(response, status=400, says="nested")
+    assert doc["error"]["code"] == -32700  # type: ignore[index]
+
+
+@pytest.mark.parametrize("depth", [50_000, 100_000])
+def test_deeply_nested_params_are_an_error(url: str, depth: int) -> None:
+    body = '{"jsonrpc": "2.0", "id": 5, "method": "status", "params": ' + _nested(depth) + "}"
+    response = httpx.post(url + "/", content=body, timeout=10)
+    _is_rpc_error(response, status=400, says="nested")
+
+
+def test_moderate_nesting_in_params_is_an_ordinary_error(url: str) -> None:
+    body = {"jsonrpc": "2.0", "id": 6, "method": "tx_search", "params": {"query": [[[1]]]}}
+    response = httpx.post(url + "/", content=json.dumps(body), timeout=10)
+    assert response.status_code == 400 and response.json()["id"] == 6
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("tx.height=\u00b2", "tx.height"),
+        ("tx.height=\u0661\u0662", "tx.height"),
+        ("tx.height=99999999999999999999999", "tx.height"),
+        ("tx.height=9223372036854775808", "tx.height"),
+    ],
+)
+def test_tx_search_bad_heights_are_errors_over_get_and_post(
+    url: str, query: str, says: str
+) -> None:
+    got = httpx.get(url + "/tx_search", params={"query": query}, timeout=10)
+    _is_rpc_error(got, status=400, says=says)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tx_search", "params": {"query": query}}
+    posted = httpx.post(url + "/", content=json.dumps(body), timeout=10)
+    assert _is_rpc_error(posted, status=400, says=says)["id"] == 1
+
+
+def test_tx_search_largest_height_is_fine(url: str) -> None:
+    got = httpx.get(url + "/tx_search", params={"query": "tx.height=9223372036854775807"})
+    assert got.status_code == 200 and got.json()["result"]["total_count"] == "0"
+
+
+def test_unicode_digits_are_not_heights(url: str) -> None:
+    got = httpx.get(url + "/block", params={"height": "\u0661"}, timeout=10)
+    _is_rpc_error(got, status=400, says="height")
+
+
+@pytest.mark.parametrize("depth", [20_000, 32_000])
+def test_nested_json_over_the_websocket_gets_an_error_reply(url: str, depth: int) -> None:
+    import websockets.sync.client
+
+    with websockets.sync.client.connect(
+        url.replace("http", "ws") + "/websocket", open_timeout=5
+    ) as ws:
+        ws.send(_nested(depth))
+        reply = json.loads(ws.recv(timeout=5))
+        assert reply["error"]["code"] == -32700 and "nested" in reply["error"]["message"]
+        # the connection is still usable afterwards
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "status"}))
+        status = json.loads(ws.recv(timeout=5))
+        assert status["id"] == 2 and "sync_info" in status["result"]
