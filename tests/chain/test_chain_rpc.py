@@ -115,7 +115,7 @@ def test_rejections_are_not_retried(client: BlockchainClient) -> None:
     with pytest.raises(NotFound):
         client.round(10_000)
     unknown = client.account(OTHER.address)
-    assert unknown.sequence == 1  # the failed tx still consumed its sequence
+    assert unknown.sequence == 0 and not unknown.exists  # refused at admission: no sequence
 
 
 def test_cometbft_shapes(client: BlockchainClient, node: DevnetNode) -> None:

@@ -309,7 +309,7 @@ def test_tiers_and_genesis_bounds() -> None:
         Genesis.from_json('{"version": 1, "chain_id": "bad id!", "genesis_time_ms": 0}')
 
 
-def test_handler_bug_fails_the_tx_not_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handler_bug_raises_instead_of_becoming_a_result(monkeypatch: pytest.MonkeyPatch) -> None:
     from r3mes.chain import handlers
 
     def broken(state: object, msg: object, ctx: object) -> list[object]:
@@ -317,7 +317,8 @@ def test_handler_bug_fails_the_tx_not_the_chain(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setitem(handlers.HANDLERS, TransferCredits, broken)
     h = Harness()
-    before = h.balance(MINER)
-    result = h.send(MINER, TransferCredits(creator=MINER.address, to=VAL1.address, amount=1))
-    assert result.code == Code.INTERNAL and h.balance(MINER) == before
-    assert h.state.accounts[MINER.address].sequence == 1 and h.state.height == 1
+    before = h.state
+    with pytest.raises(KeyError, match="bug"):
+        h.send(MINER, TransferCredits(creator=MINER.address, to=VAL1.address, amount=1))
+    assert h.state is before and h.state.height == 0  # apply_block is pure: nothing changed
+    assert h.balance(MINER) == 1000 and h.state.accounts[MINER.address].sequence == 0

@@ -5,12 +5,13 @@ Handlers run on a per-transaction overlay, so a rejected message leaves no trace
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from r3mes.chain import ledger
 from r3mes.chain.codes import Code
+from r3mes.chain.genesis import Params
 from r3mes.chain.ledger import BlockContext, Event, event, invalid
 from r3mes.chain.msgs import (
     ApproveArtifact,
@@ -231,11 +232,15 @@ def transfer(state: State, msg: TransferCredits, ctx: BlockContext) -> list[Even
     return [event("transfer", sender=msg.creator, recipient=msg.to, amount=msg.amount)]
 
 
-def faucet(state: State, msg: Faucet, ctx: BlockContext) -> list[Event]:
-    if not state.params.devnet:
+def check_faucet(params: Params, msg: Faucet) -> None:
+    if not params.devnet:
         raise invalid(Code.DEVNET_ONLY, "the faucet exists only on devnets")
-    if msg.amount > state.params.faucet_max_amount:
-        raise invalid(Code.INVALID, f"faucet amount is limited to {state.params.faucet_max_amount}")
+    if msg.amount > params.faucet_max_amount:
+        raise invalid(Code.INVALID, f"faucet amount is limited to {params.faucet_max_amount}")
+
+
+def faucet(state: State, msg: Faucet, ctx: BlockContext) -> list[Event]:
+    check_faucet(state.params, msg)
     ledger.mint(state, msg.to, msg.amount)
     return [event("faucet", recipient=msg.to, amount=msg.amount)]
 
@@ -255,3 +260,29 @@ HANDLERS: dict[type[Any], Callable[[State, Any, BlockContext], list[Event]]] = {
 
 def handle(state: State, msg: Msg, ctx: BlockContext) -> list[Event]:
     return HANDLERS[type(msg)](state, msg, ctx)
+
+
+def spends(msg: Msg) -> int:
+    """Credits `msg` takes from its signer's balance when it is delivered."""
+    if isinstance(msg, TransferCredits):
+        return msg.amount
+    if isinstance(msg, RegisterNode):
+        return msg.stake
+    return 0
+
+
+def admit(state: State, signer: str, msgs: Sequence[Msg]) -> None:
+    """Ante checks: what check_tx can already rule out from the committed state.
+
+    Like Cosmos's ante handler this checks funds and limits, not the messages' business
+    rules (roles, rounds, shards depend on what commits first): the signer cannot spend
+    more than its committed balance (credits still in flight to it must commit before it
+    spends them), and a faucet request must fit the params. The handlers make the same
+    checks again at delivery, through the same functions.
+    """
+    total = sum(spends(msg) for msg in msgs)
+    if total:
+        ledger.require_funds(state, signer, total)
+    for msg in msgs:
+        if isinstance(msg, Faucet):
+            check_faucet(state.params, msg)

@@ -56,12 +56,18 @@ def credit(state: State, address: str, amount: int) -> None:
     state.accounts[address] = replace(acc, balance=acc.balance + amount)
 
 
-def debit(state: State, address: str, amount: int) -> None:
+def require_funds(state: State, address: str, amount: int) -> Account:
+    """The account at `address` if it holds at least `amount` credits; TxInvalid otherwise."""
     acc = state.accounts.get(address)
     balance = acc.balance if acc else 0
     if acc is None or balance < amount:
         raise invalid(Code.INSUFFICIENT_FUNDS, f"{address} has {balance} credits, needs {amount}")
-    state.accounts[address] = replace(acc, balance=balance - amount)
+    return acc
+
+
+def debit(state: State, address: str, amount: int) -> None:
+    acc = require_funds(state, address, amount)
+    state.accounts[address] = replace(acc, balance=acc.balance - amount)
 
 
 def mint_reward(state: State, address: str, amount: int, reputation: int) -> None:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from r3mes.chain.codes import Code
 from r3mes.chain.errors import BlockInvalid, TxDecodeError, TxInvalid
-from r3mes.chain.handlers import handle
+from r3mes.chain.handlers import admit, handle
 from r3mes.chain.ledger import BlockContext, Event, account, event, invalid
 from r3mes.chain.msgs import SubmitGradient, validate_basic
 from r3mes.chain.pow import pow_ok
 from r3mes.chain.state import Round, State
 from r3mes.chain.tx import SignedTx, decode_tx, tx_hash
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,11 @@ def _authenticate(state: State, tx: SignedTx, *, expected_sequence: int | None) 
 
 
 def check_tx(state: State, raw: bytes, *, pending: Mapping[str, int] | None = None) -> TxResult:
-    """Mempool admission; `pending` maps signer -> next sequence counting queued txs."""
+    """Mempool admission; `pending` maps signer -> next sequence counting queued txs.
+
+    Decoding, signature, sequence and proof of work, then the ante checks (`admit`): a tx
+    that can already be seen to fail is refused here, so it never uses a sequence number.
+    """
     digest = tx_hash(raw) if isinstance(raw, bytes) else ""
     try:
         tx = _decode(raw)
@@ -141,6 +142,7 @@ def check_tx(state: State, raw: bytes, *, pending: Mapping[str, int] | None = No
                 msg, chain_id=state.chain_id, difficulty=state.params.pow_difficulty
             ):
                 raise invalid(Code.BAD_POW, "proof of work does not meet the difficulty")
+        admit(state, tx.signer, tx.msgs)
     except TxInvalid as exc:
         return TxResult(code=exc.code, log=exc.log, hash=digest)
     return TxResult(code=0, hash=digest, signer=tx.signer, sequence=tx.sequence)
@@ -165,12 +167,9 @@ def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
         for msg in tx.msgs:
             events.extend(handle(child, msg, ctx))
     except TxInvalid as exc:
+        # Only typed rejections are results; any other exception is a bug in a handler and
+        # propagates (apply_block is pure, so nothing was committed).
         return TxResult(exc.code, exc.log, tuple(events[:1]), digest, tx.signer, tx.sequence)
-    except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
-        # A handler bug must fail this tx (deterministically), not halt the chain.
-        log.exception("handler error in tx %s", digest)
-        log_line = f"internal error: {type(exc).__name__}"
-        return TxResult(Code.INTERNAL, log_line, tuple(events[:1]), digest, tx.signer, tx.sequence)
     state.absorb(child)
     return TxResult(0, "", tuple(events), digest, tx.signer, tx.sequence)
 
