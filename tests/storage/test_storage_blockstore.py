@@ -219,17 +219,15 @@ def test_add_writes_blocks_then_flushes_once_before_the_pin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed flush is a clear error and leaves no pin: the content is not claimed durable."""
-    import r3mes.storage.blockstore as blockstore_module
 
     def failing_sync(fd: int) -> int:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    store = Blockstore(tmp_path / "blocks")
-    monkeypatch.setattr(blockstore_module, "_SYNCFS", failing_sync)
+    store = Blockstore(tmp_path / "blocks", syncfs=failing_sync)
     with pytest.raises(StorageWriteError, match="Input/output error"):
         store.add_bytes(BIG)
     assert store.pins() == []
-    monkeypatch.setattr(blockstore_module, "_SYNCFS", None)  # the per-file fsync fallback
+    monkeypatch.setattr(store, "_syncfs", None)  # the per-file fsync fallback
     cid = store.add_bytes(BIG)
     assert store.pins() == [cid] and store.verify(cid)
     assert list((tmp_path / "blocks" / "tmp").iterdir()) == []

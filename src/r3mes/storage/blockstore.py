@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from r3mes.storage.errors import (
     BlockNotFound,
@@ -34,7 +34,7 @@ from r3mes.storage.errors import (
     StorageWriteError,
 )
 from r3mes.storage.multiformats import DAG_PB, Cid, parse_cid
-from r3mes.storage.reader import iter_dag_cids, iter_file, verified_block
+from r3mes.storage.reader import iter_dag_cids, iter_file, verified_block, verify_dag
 from r3mes.storage.tempfiles import make_temp_file, remove_stale, unlink_quietly
 from r3mes.storage.unixfs import Block, DagBuilder, DagParams, Rechunker, decode_file_node
 
@@ -92,20 +92,22 @@ def atomic_write(path: Path, chunks: Iterable[bytes], *, tmp_dir: Path | None = 
     return written
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc `syncfs(fd)` (Linux): flush one filesystem with one call; None where missing."""
-    name = ctypes.util.find_library("c")
+SyncFs = Callable[[int], int]
+"""`syncfs(fd)`: flush the filesystem holding `fd`; 0 on success, -1 with errno set."""
+
+
+def load_syncfs() -> SyncFs | None:
+    """libc `syncfs(fd)` (Linux): flush one filesystem with one call; None where missing.
+
+    Looked up in the symbols already loaded into this process (no library search, no
+    subprocess), so a `Blockstore` can afford it when it is created."""
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        func = libc.syncfs
+        func = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
-    return func
-
-
-_SYNCFS = _load_syncfs()
+    return cast(SyncFs, func)
 
 
 def _counted(stream: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
@@ -118,8 +120,11 @@ def _counted(stream: Iterator[bytes], on_bytes: Callable[[int], None] | None) ->
 class Blockstore:
     """Content-addressed blocks on local disk with recursive pins and GC."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, syncfs: SyncFs | None = None) -> None:
+        """`syncfs` flushes an add; None means libc's (`load_syncfs`). Where neither is
+        available an add falls back to one fsync per block and per folder."""
         self.root = Path(root)
+        self._syncfs = syncfs if syncfs is not None else load_syncfs()
         self._data = self.root / "data"
         self._pins = self.root / "pins"
         self._tmp = self.root / "tmp"
@@ -211,10 +216,10 @@ class Blockstore:
         if not paths:
             return
         try:
-            if _SYNCFS is not None:
+            if self._syncfs is not None:
                 fd = os.open(self._data, os.O_RDONLY)
                 try:
-                    if _SYNCFS(fd) != 0:
+                    if self._syncfs(fd) != 0:
                         err = ctypes.get_errno()
                         raise OSError(err, os.strerror(err))
                 finally:
@@ -280,10 +285,10 @@ class Blockstore:
         return True
 
     def verify(self, cid: str) -> bool:
-        """True when the whole DAG under `cid` is present and every block hashes correctly."""
+        """True when the whole DAG under `cid` is present, every block hashes correctly and
+        the file reads back (each distinct block is read once, however often it is linked)."""
         try:
-            for _ in self.open_stream(cid):
-                pass
+            verify_dag(parse_cid(cid), self._read_block, source=SOURCE)
         except StorageError:
             return False
         return True
