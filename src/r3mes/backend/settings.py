@@ -9,13 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError
 
 DEFAULT_DB_FILE = "backend.db"
+
+
+class ChatPrice(BaseModel):
+    """Credits charged per 1,000 prompt tokens and per 1,000 completion tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt_per_1k: int = Field(default=10, ge=0, le=10**12)
+    completion_per_1k: int = Field(default=20, ge=0, le=10**12)
+
+
+class RateTier(BaseModel):
+    """Token-bucket sizes: requests and tokens (prompt + max_tokens) per minute."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    requests_per_min: int = Field(default=600, ge=1, le=10**9)
+    tokens_per_min: int = Field(default=1_000_000, ge=1, le=10**12)
 
 
 class BackendSettings(BaseSettings):
@@ -97,7 +113,63 @@ class BackendSettings(BaseSettings):
     follow_chain: bool = True
     """Follow the ledger (deposits, indexer, node discovery); off only in isolated tests."""
 
-    @field_validator("admins", "cors_origins", mode="before")
+    # -- paid chat (gateway) -----------------------------------------------------------
+
+    chat_prices: dict[str, ChatPrice] = Field(default_factory=dict)
+    """Price per model name (`r3mes-adapter`, the base model's id, `auto`); JSON in the env."""
+
+    chat_default_price: ChatPrice = ChatPrice()
+    """Price of a model not listed in `chat_prices`."""
+
+    chat_default_max_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    """Completion tokens asked of the node when a request names no `max_tokens`."""
+
+    chat_max_tokens_cap: int = Field(default=4096, ge=1, le=1_000_000)
+    """Largest `max_tokens` forwarded (and held for); larger requests are clamped to it."""
+
+    chat_upstream_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    """Longest a serving node may take to finish one request."""
+
+    chat_first_byte_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Longest a serving node may take to start answering before another is tried."""
+
+    chat_attempts: int = Field(default=3, ge=1, le=10)
+    """Nodes tried for one request when they fail before their first byte."""
+
+    rate_tiers: dict[str, RateTier] = Field(default_factory=lambda: {"default": RateTier()})
+    """Rate limits per account tier (the tier named `default` covers unknown tiers)."""
+
+    ip_rate: RateTier = RateTier(requests_per_min=1200, tokens_per_min=2_000_000)
+    """Rate limits per client IP address (on top of the key's)."""
+
+    serving_endpoints: tuple[str, ...] = ()
+    """Serving nodes not on the ledger (`URL` or `remes1...=URL`), added to the ledger's."""
+
+    node_capacity_default: int = Field(default=8, ge=1, le=100_000)
+    """Capacity assumed for a node that announced none (static endpoints)."""
+
+    node_failures_to_trip: int = Field(default=3, ge=1, le=1000)
+    """Consecutive failures that put a node in cool-down (circuit open)."""
+
+    node_cooldown_s: float = Field(default=15.0, gt=0, le=3600)
+    """How long a tripped node gets no traffic before a health probe may bring it back."""
+
+    node_probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds between health probes (`GET /v1/models`) of each serving node."""
+
+    node_refresh_s: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between checks for a new block (the node list is re-read on each new one)."""
+
+    payout_every_blocks: int = Field(default=100, ge=1, le=10**9)
+    """Blocks between payout runs to serving operators."""
+
+    operator_share_bps: int = Field(default=8000, ge=0, le=10_000)
+    """Operators' share of the credits captured on their nodes, in basis points."""
+
+    treasury_passphrase: SecretStr = SecretStr("")
+    """Passphrase of the treasury key in the keystore (payouts are off while empty)."""
+
+    @field_validator("admins", "cors_origins", "serving_endpoints", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """Env and flags give one comma-separated string; the config file gives a list."""
@@ -112,6 +184,13 @@ class BackendSettings(BaseSettings):
             return tuple(validate_address(address) for address in value)
         except AddressError as exc:
             raise ValueError(f"admin {exc}") from exc
+
+    @field_validator("rate_tiers")
+    @classmethod
+    def _default_tier(cls, value: dict[str, RateTier]) -> dict[str, RateTier]:
+        if "default" not in value:
+            raise ValueError("rate_tiers needs a 'default' tier (it covers unknown tiers)")
+        return value
 
     @field_validator("home")
     @classmethod
