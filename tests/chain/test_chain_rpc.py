@@ -477,3 +477,14 @@ def test_websocket_jsonrpc_subscribe_unsubscribe(
         assert msg["result"] == {}
         with pytest.raises(TimeoutError):
             ws.recv(timeout=0.6)  # several block intervals: no NewBlock any more
+
+
+def test_genesis_method_returns_the_genesis_document(node: DevnetNode) -> None:
+    from r3mes.chain.genesis import Genesis
+
+    answer = httpx.post(
+        node.url, json={"jsonrpc": "2.0", "id": 7, "method": "genesis"}, timeout=5
+    ).json()
+    doc = answer["result"]["genesis"]
+    assert Genesis.from_json(json.dumps(doc)) == node.engine.store.genesis()
+    assert {a["address"] for a in doc["accounts"]} == {MINER.address, VALIDATOR.address}

@@ -46,6 +46,7 @@ MAX_BODY_BYTES = 4 * MAX_TX_BYTES
 MAX_COMMIT_WAIT_S = 30.0
 METHODS = (
     "status",
+    "genesis",
     "block",
     "block_results",
     "broadcast_tx_sync",
@@ -135,6 +136,11 @@ class Methods:
             },
             "mempool_size": self.engine.mempool_size(),
         }
+
+    def genesis(self) -> dict[str, Any]:
+        """The genesis document (CometBFT's `genesis`): what indexers start from."""
+        doc: dict[str, Any] = json.loads(self.engine.store.genesis().to_json())
+        return {"genesis": doc}
 
     def block(self, height: str | None = None) -> dict[str, Any]:
         found = self.engine.store.block(_height(self.engine, height))
