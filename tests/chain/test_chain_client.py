@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
+from pathlib import Path
+
+import pytest
+from chain_harness import key
+from support.net import free_port
+
+from r3mes.chain.client import BlockchainClient
+from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
+from r3mes.chain.errors import ClientError
+from r3mes.paths import Home
 
 SERVER_MODULES = (
     "fastapi",
@@ -36,3 +48,35 @@ def test_the_rest_routes_and_the_client_share_one_prefix() -> None:
     from r3mes.chain import client_types, rest
 
     assert rest.PREFIX is client_types.PREFIX == "/remes/remes/v1"
+
+
+def test_waiting_for_a_ledger_that_is_starting_is_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = Home(root=tmp_path)
+    init_devnet(home, devnet_genesis(accounts={key(1).address: 10}))
+    port = free_port()
+    node = DevnetNode(home, DevnetConfig(port=port, block_interval_s=0.1))
+    later = threading.Timer(0.6, node.start)
+    later.start()
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="r3mes.chain.client"),
+            BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=2) as client,
+        ):
+            status = client.wait_ready(timeout_s=30)
+        assert status.chain_id == "r3mes-devnet-1"
+        assert caplog.records == []  # connection refused while it started: not worth a word
+    finally:
+        later.join()
+        node.stop()
+
+
+def test_waiting_gives_up_with_a_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=1) as client:
+        with pytest.raises(ClientError, match="did not answer within 0.3 s"):
+            client.wait_ready(timeout_s=0.3, patience_s=0.1, poll_s=0.05)
+        assert "still waiting for the ledger" in caplog.text
+        with pytest.raises(ClientError, match="stopped before it answered"):
+            client.wait_ready(timeout_s=5, alive=lambda: False)

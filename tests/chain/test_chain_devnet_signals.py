@@ -32,7 +32,7 @@ CLI = [sys.executable, "-m", "r3mes.cli.main"]
 
 
 def wait_serving(home: Home, client: BlockchainClient, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"devnet exited with {proc.returncode}"
         if running_devnet(home) is not None:
@@ -70,7 +70,7 @@ def test_foreground_devnet_stops_cleanly(tmp_path: Path, sig: signal.Signals) ->
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=15)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -88,6 +88,9 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
     start = [*CLI, "devnet", "start", "--detach", "--port", str(port), "--block-interval", "0.05"]
     started = subprocess.run([*start, *home_args], capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
+    # waiting for the server to come up is not a failure: nothing but the result is printed
+    assert started.stderr == "", started.stderr
+    assert started.stdout.startswith("devnet running in the background"), started.stdout
     info = running_devnet(home)
     assert info is not None
     try:

@@ -123,9 +123,11 @@ class BlockchainClient:
         *,
         params: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
+        retries: int | None = None,
     ) -> Any:
         what = f"{path} {body['method']}" if body and "method" in body else path
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 response = self._http.request(method, path, params=params, json=body)
             except httpx.TransportError as exc:
@@ -136,17 +138,17 @@ class BlockchainClient:
                 if response.status_code < 500:
                     return _decode(response, what)
                 error = ClientError(f"{what}: node answered {response.status_code}")
-            if attempt == self.retries:
+            if attempt == retries:
                 raise ClientError(
                     f"ledger node {self.base_url} unreachable for {what} after "
-                    f"{self.retries + 1} tries: {error}; is `r3mes devnet start` running?"
+                    f"{retries + 1} tries: {error}; is `r3mes devnet start` running?"
                 ) from error
             delay = self.backoff_s * (2**attempt)
             log.warning("ledger request %s failed (%s); retrying in %.2f s", what, error, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _rpc(self, method: str, **params: Any) -> Any:
+    def _rpc(self, method: str, *, retries: int | None = None, **params: Any) -> Any:
         """One JSON-RPC 2.0 call, POSTed (large params such as a tx stay out of the URL)."""
         request = {
             "jsonrpc": "2.0",
@@ -154,15 +156,52 @@ class BlockchainClient:
             "method": method,
             "params": {k: v for k, v in params.items() if v is not None},
         }
-        doc = self._send("POST", "/", body=request)
+        doc = self._send("POST", "/", body=request, retries=retries)
         if not isinstance(doc, dict) or "result" not in doc:
             raise ClientError(f"{method}: node answered without a result: {_message(doc)}")
         return doc["result"]
 
     # -- queries ----------------------------------------------------------------------
 
+    def wait_ready(
+        self,
+        *,
+        timeout_s: float,
+        alive: Callable[[], bool] | None = None,
+        patience_s: float = 10.0,
+        poll_s: float = 0.1,
+    ) -> ChainStatus:
+        """Poll `status` until a ledger that is still starting answers; returns its status.
+
+        A refused connection while a server comes up is expected, not a failure: nothing
+        is logged until the wait passes `patience_s` (then one line says what it waits
+        for), and only the timeout raises. `alive` (e.g. "the process has not exited")
+        ends the wait early with a ClientError.
+        """
+        started = time.monotonic()
+        warned = False
+        while True:
+            try:
+                return self._status(retries=0)
+            except ClientError as exc:
+                error = exc
+            waited = time.monotonic() - started
+            if alive is not None and not alive():
+                raise ClientError(f"the ledger at {self.base_url} stopped before it answered")
+            if waited >= timeout_s:
+                raise ClientError(
+                    f"ledger node {self.base_url} did not answer within {timeout_s:g} s: {error}"
+                ) from error
+            if waited >= patience_s and not warned:
+                log.warning("still waiting for the ledger at %s (%.0f s)", self.base_url, waited)
+                warned = True
+            time.sleep(poll_s)
+
     def status(self) -> ChainStatus:
-        result = self._rpc("status")
+        return self._status(retries=None)
+
+    def _status(self, *, retries: int | None) -> ChainStatus:
+        result = self._rpc("status", retries=retries)
 
         def parse() -> ChainStatus:
             sync = result["sync_info"]

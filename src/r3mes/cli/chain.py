@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -210,16 +209,15 @@ def devnet_start(
         return
     proc = spawn_devnet(h, config)
     url = f"http://{host}:{port}"
-    for _ in range(100):
+    try:
+        client_of(url).wait_ready(timeout_s=20, alive=lambda: proc.poll() is None)
+    except R3mesError as exc:
         if proc.poll() is not None:
-            raise CliError(f"devnet exited (code {proc.returncode}); see {h.logs / 'devnet.log'}")
-        try:
-            client_of(url).status()
-            console.print(f"devnet running in the background (pid {proc.pid}) at {url}")
-            return
-        except R3mesError:
-            time.sleep(0.2)
-    raise CliError(f"devnet did not answer on {url}; see {h.logs / 'devnet.log'}")
+            raise CliError(
+                f"devnet exited (code {proc.returncode}); see {h.logs / 'devnet.log'}"
+            ) from exc
+        raise CliError(f"devnet did not answer on {url}; see {h.logs / 'devnet.log'}") from exc
+    console.print(f"devnet running in the background (pid {proc.pid}) at {url}")
 
 
 @devnet_app.command("stop")
