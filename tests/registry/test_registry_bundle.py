@@ -95,3 +95,44 @@ def test_truncated_archive_and_path_input(tmp_path: Path) -> None:
     digests = unpack_bundle(path, tmp_path / "from-path")
     assert (tmp_path / "from-path" / "config.json").read_text() == '{"hidden": 32}'
     assert len(digests) == 2
+
+
+def _tar(*entries: tuple[str, bytes | None]) -> bytes:
+    """A tar of (name, data) entries in order; data None makes a folder."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if data is None else tarfile.REGTYPE
+            info.size = len(data or b"")
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "entries, match",
+    [
+        ((("a", b"1"), ("a/b", b"2")), "inside 'a', a file"),  # was FileExistsError
+        ((("a", b"1"), ("a/", None)), "both a folder and a file"),  # was FileExistsError
+        ((("a/b", b"1"), ("a", b"2")), "both a folder and a file"),
+        ((("a", b"1"), ("a", b"2")), "appears twice"),
+        (((("d/" * 2000) + "f", b"1"),), "2001 folders deep"),  # was RecursionError
+        ((("n" * 256, b"1"),), "too long"),  # was OSError (ENAMETOOLONG)
+        ((("a\udcff", b"1"),), "not valid UTF-8"),
+    ],
+    ids=["file-then-child", "file-then-dir", "dir-then-file", "twice", "deep", "long", "utf8"],
+)
+def test_conflicting_deep_or_odd_paths_are_bundle_errors(
+    tmp_path: Path, entries: tuple[tuple[str, bytes | None], ...], match: str
+) -> None:
+    """Issue 19 item 12: these raised FileExistsError, RecursionError or OSError."""
+    dest = tmp_path / "out"
+    with pytest.raises(BundleError, match=match):
+        unpack_bundle(_tar(*entries), dest)
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_folders_named_before_after_or_never_all_unpack(tmp_path: Path) -> None:
+    archive = _tar(("a/b/c", b"1"), ("a/", None), ("a/b/", None), ("x/", None), ("x/y", b"2"))
+    assert sorted(unpack_bundle(archive, tmp_path / "out")) == ["a/b/c", "x/y"]
+    assert (tmp_path / "out" / "a" / "b" / "c").read_bytes() == b"1"

@@ -4,8 +4,10 @@
 owner names, mode 0644 for files and 0755 for folders, no compression: the same folder always
 gives the same bytes, hence the same SHA-256 and CID. `unpack_bundle` accepts only regular
 files and folders with relative, normalised names (no absolute paths, no `..`, no links or
-devices), within size and count limits, and writes them under a temp folder that is renamed
-into place, so `dest` is either complete or absent.
+devices; at most `MAX_DEPTH` folders deep and names a filesystem holds; each path once, no
+file used as a folder), within size and count limits, and writes them under a temp folder
+that is renamed into place, so `dest` is either complete or absent. Every defect is a
+`BundleError`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from r3mes.registry.errors import BundleError
 
 MAX_FILES = 10_000
 MAX_TOTAL = 64 * 1024**3
+MAX_DEPTH = 64
+"""Most folders an entry's path may cross (model folders nest two or three)."""
+MAX_NAME_BYTES = 255
+"""Longest file or folder name (in UTF-8) Linux and macOS filesystems accept."""
+MAX_PATH_BYTES = 1024
+"""Longest entry path (in UTF-8), well inside the 4096 bytes Linux allows a whole path."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,26 @@ def pack_dir(directory: Path) -> bytes:
 
 
 def _safe_name(name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if not name or name.startswith("/") or "\\" in name or path.is_absolute():
-        raise BundleError(f"entry {name!r} has an absolute or odd path")
-    if any(part in ("..", ".", "") for part in name.rstrip("/").split("/")):
-        raise BundleError(f"entry {name!r} is not a normalised relative path")
-    return path
+    """`name` as a relative path that stays inside the bundle and that any filesystem holds."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        raise BundleError(f"entry {name[:200]!r} has an absolute or odd path")
+    parts = name.rstrip("/").split("/")
+    if any(part in ("..", ".", "") for part in parts):
+        raise BundleError(f"entry {name[:200]!r} is not a normalised relative path")
+    if len(parts) > MAX_DEPTH:
+        raise BundleError(
+            f"entry {name[:200]!r} is {len(parts)} folders deep; at most {MAX_DEPTH} are allowed"
+        )
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleError(f"entry {name[:200]!r} is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise BundleError(
+            f"entry {name[:200]!r} is too long: at most {MAX_PATH_BYTES} bytes, "
+            f"{MAX_NAME_BYTES} per name"
+        )
+    return PurePosixPath(*parts)
 
 
 def unpack_bundle(
@@ -139,21 +161,42 @@ def _extract_members(
     members = tar.getmembers()
     if len(members) > limits.max_files:
         raise BundleError(f"{len(members)} entries, over the limit of {limits.max_files}")
+    kinds: dict[PurePosixPath, str] = {}  # every path written so far: "dir" or "file"
     for member in members:
         rel = _safe_name(member.name)
-        target = into / rel
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        if not member.isreg():
+        if not (member.isdir() or member.isreg()):
             raise BundleError(f"entry {member.name!r} is not a regular file or folder")
+        _claim(kinds, rel, "dir" if member.isdir() else "file")
+        if member.isdir():
+            _make_dirs(into, rel)
+            continue
         total += member.size
         if total > limits.max_total:
             raise BundleError(f"content over the limit of {limits.max_total} bytes")
         handle = tar.extractfile(member)
         if handle is None:
             raise BundleError(f"entry {member.name!r} has no content")
-        if target.exists():
-            raise BundleError(f"entry {member.name!r} appears twice")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digests[rel.as_posix()] = _copy_member(handle, target)
+        _make_dirs(into, rel.parent)
+        digests[rel.as_posix()] = _copy_member(handle, into / rel)
+
+
+def _claim(kinds: dict[PurePosixPath, str], rel: PurePosixPath, kind: str) -> None:
+    """Record `rel` as `kind` and its folders as folders; a file named twice, or used as a
+    folder (`a` then `a/b`), or a folder named as a file, is a BundleError."""
+    for parent in reversed(rel.parents[:-1]):  # outermost first; [-1] is "."
+        if kinds.setdefault(parent, "dir") != "dir":
+            raise BundleError(f"entry {rel.as_posix()!r} is inside {parent.as_posix()!r}, a file")
+    previous = kinds.get(rel)
+    if previous == "file" and kind == "file":
+        raise BundleError(f"entry {rel.as_posix()!r} appears twice")
+    if previous is not None and previous != kind:
+        raise BundleError(f"entry {rel.as_posix()!r} is both a folder and a file")
+    kinds[rel] = kind
+
+
+def _make_dirs(into: Path, rel: PurePosixPath) -> None:
+    """Create `into/rel` one level at a time (`_claim` has ruled out files on the way)."""
+    target = into
+    for part in rel.parts:
+        target = target / part
+        target.mkdir(exist_ok=True)
