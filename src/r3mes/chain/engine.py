@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from r3mes.chain.application import LedgerApplication
 from r3mes.chain.codes import Code
 from r3mes.chain.errors import ChainError
+from r3mes.chain.metrics import LedgerMetrics
 from r3mes.chain.state import State
 from r3mes.chain.store import BlockStore, StoredTx
 from r3mes.chain.transition import Block, BlockResult, TxResult, make_block
@@ -69,6 +70,9 @@ class DevnetEngine:
         self._mempool: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, int] = {}
         self._listeners: list[Listener] = []
+        self.metrics = LedgerMetrics(mempool_size=self.mempool_size)
+        self.metrics.height.set(self.app.state.height)
+        self.metrics.block_time.set(self.app.state.last_block_time_ms / 1000)
         info = self.app.info()
         log.info(
             "engine ready at height %d app_hash %s",
@@ -113,6 +117,7 @@ class DevnetEngine:
                     code=Code.MEMPOOL_FULL, log="mempool is full; retry later", hash=digest
                 )
             result = self.app.check_tx(raw, pending=self._pending)
+            self.metrics.observe_check(result.code)
             if result.code == 0:
                 self._mempool[digest] = raw
                 self._pending[result.signer] = result.sequence + 1
@@ -135,7 +140,12 @@ class DevnetEngine:
                 app_hash=self.app.app_hash,
             )
             result = self.app.finalize_block(block)
+            started = time.perf_counter()
             self.app.commit()
+            commit_s = time.perf_counter() - started
+            self.metrics.observe_commit(
+                block, result, commit_s=commit_s, previous_time_ms=state.last_block_time_ms
+            )
             for raw in txs:
                 self._mempool.pop(tx_hash(raw), None)
             self._recheck()

@@ -19,13 +19,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from r3mes import __version__
 from r3mes.chain import abci
 from r3mes.chain.application import APP_VERSION
 from r3mes.chain.engine import DevnetEngine
 from r3mes.chain.identity import NodeIdentity
+from r3mes.chain.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from r3mes.chain.rest import rest_router
 from r3mes.chain.rpc_json import (
     RpcError,
@@ -264,6 +265,11 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
 
     for name in METHODS:
         _route(app, methods, name)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text format: height, block times, txs, mempool, commit latency."""
+        return Response(engine.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/")
     async def jsonrpc(request: Request) -> JSONResponse:
