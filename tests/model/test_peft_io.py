@@ -18,7 +18,12 @@ from r3mes.model.lora import (  # noqa: E402
     load_lora_state_dict,
     lora_state_dict,
 )
-from r3mes.model.peft_io import attach_peft_adapter, load_peft_adapter, save_peft_adapter  # noqa: E402
+from r3mes.model.peft_io import (  # noqa: E402
+    attach_peft_adapter,
+    load_peft_adapter,
+    parse_adapter_config,
+    save_peft_adapter,
+)
 from r3mes.model.tiny import make_tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
@@ -122,3 +127,43 @@ def test_state_round_trip_exact(tmp_path: Path) -> None:
     assert torch.equal(other(IDS), model(IDS))
     with pytest.raises(AdapterError, match="not a PEFT LoRA key"):
         save_peft_adapter(tmp_path / "bad", {"x": torch.zeros(2, 2)}, CONFIG, "tiny")
+
+
+GOOD_CONFIG = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+
+
+@pytest.mark.parametrize(
+    "key, raw, message",
+    [
+        ("lora_dropout", "1" * 400, "lora_dropout must be in"),  # was OverflowError -> HTTP 500
+        ("lora_alpha", "1" * 400, "lora_alpha must be in"),
+        ("r", "1" * 400, "r must be an integer"),
+        ("lora_alpha", "1e400", "lora_alpha must be in"),  # inf was accepted as alpha
+        ("lora_alpha", "NaN", "NaN is not a JSON number"),  # nan was accepted as alpha
+        ("lora_dropout", "-Infinity", "Infinity is not a JSON number"),
+        ("lora_alpha", '"8"', "lora_alpha must be a number"),
+        ("bias", "[" * 5000 + "]" * 5000, "nests too deeply"),  # was RecursionError
+        ("bias", "[" * 200 + "]" * 200, "nests more than 8 levels"),
+    ],
+)
+def test_hostile_numbers_and_nesting_are_adapter_errors(
+    tmp_path: Path, key: str, raw: str, message: str
+) -> None:
+    """Issue 19 item 12: a 400-digit lora_dropout escaped as OverflowError (HTTP 500)."""
+    text = json.dumps(GOOD_CONFIG)[:-1] + f', "{key}": {raw}}}'
+    with pytest.raises(AdapterError, match=message):
+        parse_adapter_config(text, where="adapter_config.json")
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(text)
+    with pytest.raises(AdapterError, match=message):
+        load_peft_adapter(folder)
+
+
+def test_float_alpha_and_dropout_within_range_parse() -> None:
+    text = json.dumps({**GOOD_CONFIG, "lora_alpha": 16.0, "lora_dropout": 0.05})
+    config, base = parse_adapter_config(text, where="x")
+    assert config.alpha == 16 and isinstance(config.alpha, int) and config.dropout == 0.05
+    assert base == ""
+    config, _ = parse_adapter_config(json.dumps({**GOOD_CONFIG, "lora_alpha": 0.5}), where="x")
+    assert config.alpha == 0.5

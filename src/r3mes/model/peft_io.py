@@ -30,6 +30,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_WEIGHTS_BYTES = 4 * 1024**3
+MAX_CONFIG_DEPTH = 8
+"""PEFT configs nest two or three levels (rank_pattern, layer_replication); deeper is hostile."""
+MAX_RANK = 4096
+MAX_ALPHA = 1e6
 # PEFT options that change the maths; each must hold its plain-LoRA value.
 _PLAIN_LORA: dict[str, Any] = {
     "use_rslora": False,
@@ -99,34 +103,97 @@ def _read_config(path: Path) -> tuple[LoraConfig, str]:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise AdapterError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise AdapterError(f"{path}: not valid JSON ({exc})") from exc
+    return parse_adapter_config(text, where=str(path))
+
+
+def parse_adapter_config(text: str, *, where: str) -> tuple[LoraConfig, str]:
+    """(LoraConfig, base model name) of a PEFT adapter_config.json's text.
+
+    The text is untrusted (adapters are downloaded): anything but a plain-LoRA config of
+    bounded size, depth and finite, in-range numbers is an `AdapterError` naming `where`.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes")
+    data = _load_json(text, where)
     if not isinstance(data, dict) or data.get("peft_type") != "LORA":
-        raise AdapterError(f"{path}: not a PEFT LoRA adapter config (peft_type must be LORA)")
+        raise AdapterError(f"{where}: not a PEFT LoRA adapter config (peft_type must be LORA)")
     for key, plain in _PLAIN_LORA.items():
         value = data.get(key, plain)
         if value != plain and not (plain is None and not value):
-            raise AdapterError(f"{path}: {key}={value!r} is not supported (plain LoRA only)")
+            raise AdapterError(f"{where}: {key}={_short(value)} is not supported (plain LoRA only)")
     targets = data.get("target_modules")
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise AdapterError(f"{path}: target_modules must be a list of module names")
+        raise AdapterError(f"{where}: target_modules must be a list of module names")
     base = data.get("base_model_name_or_path") or ""
     if not isinstance(base, str):
-        raise AdapterError(f"{path}: base_model_name_or_path must be a string")
-    alpha = data.get("lora_alpha", 8)
-    if isinstance(alpha, float) and math.isfinite(alpha) and alpha.is_integer():
-        alpha = int(alpha)
+        raise AdapterError(f"{where}: base_model_name_or_path must be a string")
+    rank = data.get("r", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank <= MAX_RANK:
+        raise AdapterError(f"{where}: r must be an integer in 1..{MAX_RANK}, not {_short(rank)}")
+    alpha = _number(data.get("lora_alpha", 8), "lora_alpha", where, low=0.0, high=MAX_ALPHA)
+    if alpha <= 0:
+        raise AdapterError(f"{where}: lora_alpha must be positive, not {alpha}")
+    dropout = _number(data.get("lora_dropout", 0.0), "lora_dropout", where, low=0.0, high=1.0)
+    # LoraConfig takes a float alpha too (PEFT writes 16.0 or 0.5); an integral one is an int
+    whole: Any = int(alpha) if float(alpha).is_integer() else alpha
     try:
         config = LoraConfig(
-            r=data.get("r", 8),
-            alpha=alpha,
+            r=rank,
+            alpha=whole,
             target_modules=tuple(targets),
-            dropout=float(data.get("lora_dropout", 0.0)),
+            dropout=float(dropout),
         )
     except (AdapterError, TypeError, ValueError) as exc:
-        raise AdapterError(f"{path}: {exc}") from exc
+        raise AdapterError(f"{where}: {exc}") from exc
     return config, base
+
+
+def _load_json(text: str, where: str) -> Any:
+    """`json.loads` that refuses NaN / Infinity and nesting deeper than MAX_CONFIG_DEPTH."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise AdapterError(f"{where}: nests too deeply (at most {MAX_CONFIG_DEPTH})") from None
+    except ValueError as exc:
+        raise AdapterError(f"{where}: not valid JSON ({exc})") from exc
+    level, depth = [data], 0
+    while level:  # breadth-first, one list per depth: no recursion on hostile input
+        depth += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise AdapterError(f"{where}: nests more than {MAX_CONFIG_DEPTH} levels deep")
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return data
+
+
+def _number(value: object, name: str, where: str, *, low: float, high: float) -> int | float:
+    """`value` when it is a finite int or float in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AdapterError(f"{where}: {name} must be a number, not {_short(value)}")
+    # compared as they are: float() of a 400-digit int raises OverflowError
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or not low <= value <= high:
+        raise AdapterError(f"{where}: {name} must be in [{low:g}, {high:g}], not {_short(value)}")
+    return value
+
+
+def _short(value: object) -> str:
+    """repr of a config value for an error message, cut to 80 characters."""
+    if isinstance(value, dict | list):
+        return f"<JSON {type(value).__name__}>"  # repr would recurse into hostile nesting
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "<huge int>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_peft_adapter(directory: Path | str) -> tuple[dict[str, torch.Tensor], LoraConfig, str]:
