@@ -7,7 +7,7 @@ environment after that. Field docstrings are the documentation of each option.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -168,6 +168,42 @@ class BackendSettings(BaseSettings):
 
     treasury_passphrase: SecretStr = SecretStr("")
     """Passphrase of the treasury key in the keystore (payouts are off while empty)."""
+
+    # -- explorer, faucet and websockets -----------------------------------------------
+
+    network_kind: Literal["devnet", "testnet", "mainnet"] = "mainnet"
+    """What the chain's operators declare it to be; the faucet runs on devnet/testnet only."""
+
+    faucet_key: str = "backend-faucet"
+    """Keystore name of the key the faucet signs with (MsgFaucet on a devnet ledger,
+    MsgTransferCredits from its own balance otherwise)."""
+
+    faucet_passphrase: SecretStr = SecretStr("")
+    """Passphrase of the faucet key (the faucet is off while empty)."""
+
+    faucet_amount: int = Field(default=1000, ge=1, le=10**15)
+    """Credits one faucet request gives when it names no amount."""
+
+    faucet_max_amount: int = Field(default=10_000, ge=1, le=10**15)
+    """Largest amount one faucet request may ask for."""
+
+    faucet_address_cooldown_s: int = Field(default=86_400, ge=0)
+    """Seconds before the same address may be funded again."""
+
+    faucet_ip_cooldown_s: int = Field(default=3600, ge=0)
+    """Seconds before the same client IP may ask again (for any address)."""
+
+    explorer_cache_ttl_s: float = Field(default=30.0, gt=0, le=3600)
+    """Longest an explorer answer is cached (each new block invalidates the cache anyway)."""
+
+    ws_queue_size: int = Field(default=64, ge=1, le=100_000)
+    """Messages queued per websocket client; a client that falls further behind is dropped."""
+
+    ws_max_per_ip: int = Field(default=64, ge=1, le=1_000_000)
+    """Websocket connections one client IP may hold at once."""
+
+    ws_ping_interval_s: float = Field(default=20.0, gt=0, le=3600)
+    """Seconds between server pings; a client silent for 3 intervals is closed."""
 
     @field_validator("admins", "cors_origins", "serving_endpoints", mode="before")
     @classmethod
