@@ -1,4 +1,4 @@
-"""A real devnet process stops cleanly on SIGTERM as on SIGINT: it finishes the block in
+"""A real devnet process stops cleanly on SIGTERM as on SIGINT (and SIGHUP): it finishes the block in
 progress, closes the store, removes its pid file and exits 0; `r3mes devnet stop` from
 another process relies on that."""
 
@@ -23,6 +23,7 @@ from r3mes.chain.devnet import (
     init_devnet,
     pid_path,
     running_devnet,
+    spawn_devnet,
 )
 from r3mes.chain.msgs import TransferCredits
 from r3mes.paths import Home
@@ -53,7 +54,9 @@ def assert_closed_cleanly(home: Home, committed_height: int) -> None:
         node.stop()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_foreground_devnet_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     home = Home(root=tmp_path)
     init_devnet(home, devnet_genesis(accounts={A.address: 1_000}))
@@ -77,6 +80,32 @@ def test_foreground_devnet_stops_cleanly(tmp_path: Path, sig: signal.Signals) ->
             proc.wait()
     assert proc.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr and b"Aborted" not in stderr
+    assert_closed_cleanly(home, height)
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
+def test_background_devnet_process_exits_0_on_any_stop_signal(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    home = Home(root=tmp_path)
+    init_devnet(home, devnet_genesis(accounts={A.address: 1_000}))
+    port = free_port()
+    proc = spawn_devnet(home, DevnetConfig(port=port, block_interval_s=0.05))
+    try:
+        with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=2, retries=0) as client:
+            wait_serving(home, client, proc)
+            msg = TransferCredits(creator=A.address, to=B.address, amount=5)
+            height = client.sign_and_broadcast(A, [msg]).height
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0, (home.logs / "devnet.log").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (home.logs / "devnet.log").read_text()
+    assert f"signal {int(sig)} received" in log and "Traceback" not in log
     assert_closed_cleanly(home, height)
 
 

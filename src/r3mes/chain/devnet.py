@@ -207,7 +207,7 @@ class DevnetNode:
         self._threads.append(thread)
 
     def serve(self) -> None:
-        """Run in the foreground until SIGINT or SIGTERM, then stop cleanly and return.
+        """Run in the foreground until SIGINT, SIGTERM or SIGHUP, then stop cleanly and return.
 
         uvicorn would capture both signals and re-raise them once it has shut down, which
         kills the process (-15) before the store is closed. So the server runs from a
@@ -220,7 +220,7 @@ class DevnetNode:
         def request_stop(signum: int, _frame: object) -> None:
             requested.append(signum)
 
-        handled = (signal.SIGINT, signal.SIGTERM)
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # a closed terminal: SIGHUP
         previous = {sig: signal.signal(sig, request_stop) for sig in handled}
         pid_file = pid_path(self.home)
         try:
