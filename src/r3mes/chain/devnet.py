@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = DevnetConfig(host=args.host, port=args.port, block_interval_s=args.block_interval)
-        DevnetNode(Home.from_env(args.home), config).serve()
+        DevnetNode(Home(root=Path(args.home).expanduser().resolve()), config).serve()
     except ChainError as exc:
         parser.exit(2, f"error: {exc}\n")
 
