@@ -93,3 +93,26 @@ def test_addresses_are_stored_in_canonical_lower_case() -> None:
     with pytest.raises(GenesisError, match="true or false"):
         Params(devnet="yes")  # type: ignore[arg-type]
     assert Genesis.from_json(make_genesis().to_json()) == make_genesis()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply"),  # was RecursionError
+        ('{"a":' * 3000 + "1" + "}" * 3000, "nests too deeply"),
+        ('{"version": 1, "chain_id": ' + "[" * 500 + "]" * 500 + "}", "nests more than 6"),
+        (b"{}", "JSON text"),
+    ],
+    ids=["lists", "objects", "deep-value", "bytes"],
+)
+def test_deeply_nested_genesis_is_a_genesis_error(text: Any, match: str) -> None:
+    """Issue 19 item 12: `Genesis.from_json` raised RecursionError on nested JSON."""
+    with pytest.raises(GenesisError, match=match):
+        Genesis.from_json(text)
+
+
+def test_a_genesis_with_artifacts_is_within_the_depth_bound() -> None:
+    doc = json.loads(make_genesis().to_json())
+    doc["artifacts"] = [{"target_modules": ["q_proj"]}]  # four levels, then field checks
+    with pytest.raises(GenesisError, match="genesis artifact lacks fields"):
+        Genesis.from_json(json.dumps(doc))

@@ -23,6 +23,8 @@ from r3mes.chain.msgs import ArtifactSpec, valid_artifact_id, validate_artifact
 GENESIS_VERSION = 1
 _CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_GENESIS_BYTES = 16 * 1024 * 1024
+MAX_GENESIS_DEPTH = 6
+"""document > artifacts > artifact > target_modules is four levels; deeper is not a genesis."""
 
 
 @dataclass(frozen=True)
@@ -184,12 +186,19 @@ class Genesis:
 
     @classmethod
     def from_json(cls, text: str) -> Genesis:
+        if not isinstance(text, str):
+            raise GenesisError("a genesis document is JSON text")
         if len(text) > MAX_GENESIS_BYTES:
             raise GenesisError("genesis document is too large")
         try:
             doc = json.loads(text)
+        except RecursionError:
+            raise GenesisError(
+                f"genesis document nests too deeply (at most {MAX_GENESIS_DEPTH} levels)"
+            ) from None
         except ValueError as exc:
             raise GenesisError(f"genesis document is not JSON: {exc}") from exc
+        _check_depth(doc)
         if not isinstance(doc, dict):
             raise GenesisError("genesis document must be a JSON object")
         if doc.get("version") != GENESIS_VERSION:
@@ -216,6 +225,24 @@ class Genesis:
             raise GenesisError(
                 f"cannot read genesis {path}: {exc}; run `r3mes devnet init`"
             ) from exc
+
+
+def _check_depth(doc: object) -> None:
+    """Refuse nesting beyond MAX_GENESIS_DEPTH before any check formats a value (repr recurses)."""
+    level, depth = [doc], 0
+    while level:  # breadth-first, one list per depth
+        depth += 1
+        if depth > MAX_GENESIS_DEPTH:
+            raise GenesisError(
+                f"genesis document nests more than {MAX_GENESIS_DEPTH} levels deep; "
+                "a genesis is an object of params, accounts and artifacts"
+            )
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
 
 
 def artifact_from_dict(doc: object) -> ArtifactSpec:
