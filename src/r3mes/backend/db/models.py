@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from r3mes.backend.db import accounts
 from r3mes.backend.db.base import Base
 
-__all__ = ["Base"]
+__all__ = ["Base", "accounts"]

@@ -1,0 +1,586 @@
+"""The credit ledger: double-entry movements of integer credits, idempotent by key.
+
+Every operation takes an `AsyncSession` inside the caller's transaction
+(`async with runtime.db.write() as s, s.begin(): ...`) and writes one balanced journal
+transaction (its entries sum to zero) plus the account balance change, so they commit or
+roll back together. Books:
+
+    user     available   spendable credits            (accounts.available, CHECK >= 0)
+    user     held        reserved for open holds      (accounts.held, CHECK >= 0)
+    system:deposits      source of ledger deposits    (negative: what users brought in)
+    system:revenue       captured spend, less refunds and payouts
+    system:grants        source of admin grants
+    system:payouts       paid out to serving-node operators
+
+    deposit   system:deposits -> available
+    hold      available -> held                     (InsufficientCredits if not enough)
+    capture   held -> system:revenue (+ the rest back to available)
+    release   held -> available                     (also what the expiry sweeper does)
+    refund    system:revenue -> available
+    grant     system:grants -> available            (admin; audited)
+    payout    system:revenue -> system:payouts
+
+Spending is one guarded `UPDATE accounts SET available = available - n ... WHERE
+available >= n`: the database serialises racing writers on the row, so concurrent holds can
+never take an account below zero (and the CHECK constraint backs it). Each operation carries
+an idempotency key, unique per account (`scope`): a retry with the same body returns the
+first result; the same key with a different body raises Conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from r3mes.backend.db import accounts as tables
+from r3mes.backend.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+
+MAX_KEY_LENGTH = 200
+SYSTEM_SCOPE = "system"
+AVAILABLE, HELD = "available", "held"
+DEPOSITS, REVENUE, GRANTS, PAYOUTS = (
+    "system:deposits",
+    "system:revenue",
+    "system:grants",
+    "system:payouts",
+)
+
+
+@dataclass(frozen=True)
+class Balance:
+    available: int
+    """Spendable now."""
+    held: int
+    """Reserved by open holds (captured or released later)."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: int
+    account_id: int
+    amount: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Capture:
+    hold_id: int
+    amount: int
+    """Credits charged (moved to revenue)."""
+    released: int
+    """The rest of the hold, returned to available."""
+    journal_id: int
+
+
+@dataclass(frozen=True)
+class Movement:
+    """The result of deposit, release, refund, grant and payout."""
+
+    journal_id: int
+    kind: str
+    account_id: int | None
+    amount: int
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+async def ensure_account(s: AsyncSession, *, address: str, now: datetime | None = None) -> int:
+    """The id of `address`'s account, created (with zero credits) on first sight."""
+    found = await s.scalar(select(tables.Account.id).where(tables.Account.address == address))
+    if found is not None:
+        return int(found)
+    try:
+        async with s.begin_nested():
+            account = tables.Account(
+                address=address,
+                tier="default",
+                is_admin=False,
+                available=0,
+                held=0,
+                created_at=now or utcnow(),
+            )
+            s.add(account)
+            await s.flush()
+            return int(account.id)
+    except IntegrityError:
+        # Another request created it between our SELECT and INSERT.
+        again = await s.scalar(select(tables.Account.id).where(tables.Account.address == address))
+        if again is None:
+            raise
+        return int(again)
+
+
+async def balance(s: AsyncSession, *, account_id: int) -> Balance:
+    row = (
+        await s.execute(
+            select(tables.Account.available, tables.Account.held).where(
+                tables.Account.id == account_id
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"account {account_id} does not exist")
+    return Balance(available=int(row.available), held=int(row.held))
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+async def hold(
+    s: AsyncSession,
+    *,
+    account_id: int,
+    amount: int,
+    idempotency_key: str,
+    ttl_s: float,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Hold:
+    """Reserve `amount` credits until captured, released, or `ttl_s` passes."""
+    _positive(amount)
+    if ttl_s <= 0:
+        raise InvalidRequest("a hold needs a positive time to live")
+    body = {"account_id": account_id, "amount": amount, "ttl_s": ttl_s, "ref": ref}
+    first = await _first_result(s, str(account_id), idempotency_key, "hold", body)
+    if first is not None:
+        held = await s.get(tables.Hold, first.hold_id)
+        assert held is not None
+        return Hold(held.id, held.account_id, held.amount, held.expires_at)
+    now = now or utcnow()
+    moved = await s.execute(
+        update(tables.Account)
+        .where(tables.Account.id == account_id, tables.Account.available >= amount)
+        .values(available=tables.Account.available - amount, held=tables.Account.held + amount)
+    )
+    if _rowcount(moved) != 1:
+        have = await balance(s, account_id=account_id)  # NotFound if there is no account
+        raise InsufficientCredits(
+            f"this request needs {amount} credits but only {have.available} are available; "
+            "deposit credits on the ledger to your account's deposit address"
+        )
+    row = tables.Hold(
+        account_id=account_id,
+        amount=amount,
+        status="open",
+        ref=ref[:200],
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_s),
+        captured=0,
+    )
+    s.add(row)
+    await s.flush()
+    await _journal(
+        s,
+        scope=str(account_id),
+        key=idempotency_key,
+        kind="hold",
+        body=body,
+        account_id=account_id,
+        amount=amount,
+        legs=[(account_id, AVAILABLE, -amount), (account_id, HELD, amount)],
+        hold_id=row.id,
+        ref=ref,
+        now=now,
+    )
+    return Hold(row.id, account_id, amount, row.expires_at)
+
+
+async def capture(
+    s: AsyncSession,
+    *,
+    hold_id: int,
+    amount: int,
+    idempotency_key: str,
+    node: str | None = None,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Capture:
+    """Charge `amount` (<= the hold) to revenue for `node`; the rest goes back to available."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise InvalidRequest("capture amount must be a non-negative integer of credits")
+    found = await _hold_row(s, hold_id)
+    body = {"hold_id": hold_id, "amount": amount, "node": node, "ref": ref}
+    first = await _first_result(s, str(found.account_id), idempotency_key, "capture", body)
+    if first is not None:
+        return Capture(hold_id, first.amount, found.amount - first.amount, first.id)
+    if amount > found.amount:
+        raise InvalidRequest(f"cannot capture {amount} credits from a hold of {found.amount}")
+    now = now or utcnow()
+    await _settle(s, found, status="captured", captured=amount, now=now, allow_expired=False)
+    rest = found.amount - amount
+    journal_id = await _journal(
+        s,
+        scope=str(found.account_id),
+        key=idempotency_key,
+        kind="capture",
+        body=body,
+        account_id=found.account_id,
+        amount=amount,
+        legs=[
+            (found.account_id, HELD, -found.amount),
+            (None, REVENUE, amount),
+            (found.account_id, AVAILABLE, rest),
+        ],
+        hold_id=hold_id,
+        node=node,
+        ref=ref,
+        now=now,
+    )
+    return Capture(hold_id, amount, rest, journal_id)
+
+
+async def release(
+    s: AsyncSession,
+    *,
+    hold_id: int,
+    idempotency_key: str,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Movement:
+    """Give a hold's credits back to available (nothing charged)."""
+    found = await _hold_row(s, hold_id)
+    body = {"hold_id": hold_id}
+    first = await _first_result(s, str(found.account_id), idempotency_key, "release", body)
+    if first is not None:
+        return Movement(first.id, "release", found.account_id, first.amount)
+    now = now or utcnow()
+    await _settle(s, found, status="released", captured=0, now=now, allow_expired=True)
+    journal_id = await _journal(
+        s,
+        scope=str(found.account_id),
+        key=idempotency_key,
+        kind="release",
+        body=body,
+        account_id=found.account_id,
+        amount=found.amount,
+        legs=[(found.account_id, HELD, -found.amount), (found.account_id, AVAILABLE, found.amount)],
+        hold_id=hold_id,
+        ref=ref,
+        now=now,
+    )
+    return Movement(journal_id, "release", found.account_id, found.amount)
+
+
+async def deposit(
+    s: AsyncSession,
+    *,
+    account_id: int,
+    amount: int,
+    idempotency_key: str,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Movement:
+    """Credits that arrived from outside (a ledger transfer to the deposit address)."""
+    return await _credit(s, "deposit", DEPOSITS, account_id, amount, idempotency_key, ref, now)
+
+
+async def refund(
+    s: AsyncSession,
+    *,
+    account_id: int,
+    amount: int,
+    idempotency_key: str,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Movement:
+    """Give back credits that were captured (a failed or cancelled request)."""
+    return await _credit(s, "refund", REVENUE, account_id, amount, idempotency_key, ref, now)
+
+
+async def grant(
+    s: AsyncSession,
+    *,
+    account_id: int,
+    amount: int,
+    idempotency_key: str,
+    actor: str,
+    reason: str = "",
+    now: datetime | None = None,
+) -> Movement:
+    """Credits an admin gives; recorded in the journal and the admin audit log."""
+    now = now or utcnow()
+    moved = await _credit(
+        s, "grant", GRANTS, account_id, amount, idempotency_key, reason, now, actor=actor
+    )
+    s.add(
+        tables.AdminAudit(
+            actor=actor,
+            action="grant",
+            target=f"account:{account_id}",
+            detail=json.dumps({"amount": amount, "reason": reason, "journal": moved.journal_id}),
+            created_at=now,
+        )
+    )
+    return moved
+
+
+async def payout(
+    s: AsyncSession,
+    *,
+    node: str,
+    amount: int,
+    idempotency_key: str,
+    ref: str = "",
+    now: datetime | None = None,
+) -> Movement:
+    """Revenue paid out to serving-node operator `node` (idempotency scope: the system)."""
+    _positive(amount)
+    body = {"node": node, "amount": amount, "ref": ref}
+    first = await _first_result(s, SYSTEM_SCOPE, idempotency_key, "payout", body)
+    if first is not None:
+        return Movement(first.id, "payout", None, first.amount)
+    journal_id = await _journal(
+        s,
+        scope=SYSTEM_SCOPE,
+        key=idempotency_key,
+        kind="payout",
+        body=body,
+        account_id=None,
+        amount=amount,
+        legs=[(None, REVENUE, -amount), (None, PAYOUTS, amount)],
+        node=node,
+        ref=ref,
+        now=now or utcnow(),
+    )
+    return Movement(journal_id, "payout", None, amount)
+
+
+async def expire_holds(s: AsyncSession, *, now: datetime | None = None, limit: int = 200) -> int:
+    """Release every open hold past its deadline (the sweeper); returns how many."""
+    now = now or utcnow()
+    due = (
+        await s.scalars(
+            select(tables.Hold.id)
+            .where(tables.Hold.status == "open", tables.Hold.expires_at <= now)
+            .order_by(tables.Hold.expires_at)
+            .limit(limit)
+        )
+    ).all()
+    released = 0
+    for hold_id in due:
+        try:
+            await release(s, hold_id=hold_id, idempotency_key=f"expire:{hold_id}", now=now)
+        except Conflict:
+            continue  # captured or released by someone else since the SELECT
+        released += 1
+    return released
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+async def journal_imbalance(s: AsyncSession) -> int:
+    """Sum of every journal entry: 0 in a consistent ledger."""
+    total = await s.scalar(select(func.coalesce(func.sum(tables.JournalEntry.amount), 0)))
+    return int(total or 0)
+
+
+async def book_mismatches(s: AsyncSession) -> list[str]:
+    """Accounts whose stored balances differ from the sum of their journal entries."""
+    sums = {
+        (int(r.account_id), str(r.book)): int(r.total)
+        for r in await s.execute(
+            select(
+                tables.JournalEntry.account_id,
+                tables.JournalEntry.book,
+                func.sum(tables.JournalEntry.amount).label("total"),
+            )
+            .where(tables.JournalEntry.account_id.is_not(None))
+            .group_by(tables.JournalEntry.account_id, tables.JournalEntry.book)
+        )
+    }
+    problems = []
+    for account in await s.scalars(select(tables.Account)):
+        for book, stored in ((AVAILABLE, account.available), (HELD, account.held)):
+            journal = sums.get((account.id, book), 0)
+            if journal != stored:
+                problems.append(f"account {account.id} {book}: stored {stored}, journal {journal}")
+    return problems
+
+
+# -- internals ----------------------------------------------------------------------------
+
+
+def _positive(amount: int) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise InvalidRequest("amount must be a positive integer of credits")
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0))
+
+
+def request_hash(kind: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps({"op": kind, **body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _first_result(
+    s: AsyncSession, scope: str, key: str, kind: str, body: dict[str, Any]
+) -> tables.JournalTransaction | None:
+    """The journal transaction an earlier call with this key wrote, if any."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"idempotency key must be 1..{MAX_KEY_LENGTH} characters")
+    found = await s.scalar(
+        select(tables.JournalTransaction).where(
+            tables.JournalTransaction.scope == scope,
+            tables.JournalTransaction.idempotency_key == key,
+        )
+    )
+    if found is None:
+        return None
+    if found.kind != kind or found.request_hash != request_hash(kind, body):
+        raise Conflict(
+            f"idempotency key {key!r} was already used for a different {found.kind} request; "
+            "use a new key for a new request"
+        )
+    return found
+
+
+async def _hold_row(s: AsyncSession, hold_id: int) -> tables.Hold:
+    found = await s.scalar(select(tables.Hold).where(tables.Hold.id == hold_id))
+    if found is None:
+        raise NotFound(f"hold {hold_id} does not exist")
+    return found
+
+
+async def _settle(
+    s: AsyncSession,
+    found: tables.Hold,
+    *,
+    status: str,
+    captured: int,
+    now: datetime,
+    allow_expired: bool,
+) -> None:
+    """Close an open hold exactly once (guarded UPDATE) and move its credits out of held."""
+    guard = [tables.Hold.id == found.id, tables.Hold.status == "open"]
+    if not allow_expired:
+        guard.append(tables.Hold.expires_at > now)
+    closed = await s.execute(
+        update(tables.Hold)
+        .where(*guard)
+        .values(status=status, captured=captured, settled_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(closed) != 1:
+        current = await s.scalar(select(tables.Hold.status).where(tables.Hold.id == found.id))
+        if current == "open":
+            raise Conflict(f"hold {found.id} expired; its credits are being released")
+        raise Conflict(f"hold {found.id} was already {current}")
+    rest = found.amount - captured
+    await s.execute(
+        update(tables.Account)
+        .where(tables.Account.id == found.account_id)
+        .values(
+            held=tables.Account.held - found.amount,
+            available=tables.Account.available + rest,
+        )
+    )
+
+
+async def _credit(
+    s: AsyncSession,
+    kind: str,
+    source: str,
+    account_id: int,
+    amount: int,
+    key: str,
+    ref: str,
+    now: datetime | None,
+    *,
+    actor: str | None = None,
+) -> Movement:
+    _positive(amount)
+    body = {"account_id": account_id, "amount": amount, "ref": ref}
+    first = await _first_result(s, str(account_id), key, kind, body)
+    if first is not None:
+        return Movement(first.id, kind, account_id, first.amount)
+    moved = await s.execute(
+        update(tables.Account)
+        .where(tables.Account.id == account_id)
+        .values(available=tables.Account.available + amount)
+    )
+    if _rowcount(moved) != 1:
+        raise NotFound(f"account {account_id} does not exist")
+    journal_id = await _journal(
+        s,
+        scope=str(account_id),
+        key=key,
+        kind=kind,
+        body=body,
+        account_id=account_id,
+        amount=amount,
+        legs=[(None, source, -amount), (account_id, AVAILABLE, amount)],
+        ref=ref,
+        actor=actor,
+        now=now or utcnow(),
+    )
+    return Movement(journal_id, kind, account_id, amount)
+
+
+async def _journal(
+    s: AsyncSession,
+    *,
+    scope: str,
+    key: str,
+    kind: str,
+    body: dict[str, Any],
+    account_id: int | None,
+    amount: int,
+    legs: list[tuple[int | None, str, int]],
+    now: datetime,
+    hold_id: int | None = None,
+    node: str | None = None,
+    ref: str = "",
+    actor: str | None = None,
+) -> int:
+    """Write one balanced journal transaction; the unique key makes a racing retry fail."""
+    if sum(amount for _, _, amount in legs) != 0:
+        raise AssertionError(f"unbalanced {kind} journal: {legs}")
+    try:
+        journal_id = await s.scalar(
+            insert(tables.JournalTransaction)
+            .values(
+                scope=scope,
+                idempotency_key=key,
+                request_hash=request_hash(kind, body),
+                kind=kind,
+                account_id=account_id,
+                amount=amount,
+                hold_id=hold_id,
+                node=node,
+                ref=ref[:200],
+                actor=actor,
+                created_at=now,
+            )
+            .returning(tables.JournalTransaction.id)
+        )
+    except IntegrityError as exc:
+        # A concurrent request with the same key committed first; this transaction must
+        # roll back (the caller's `begin()` does) and a retry returns the first result.
+        raise Conflict(
+            f"a request with idempotency key {key!r} is already in progress; retry it"
+        ) from exc
+    assert journal_id is not None
+    await s.execute(
+        insert(tables.JournalEntry),
+        [
+            {"transaction_id": journal_id, "account_id": acc, "book": book, "amount": leg}
+            for acc, book, leg in legs
+            if leg != 0
+        ],
+    )
+    return int(journal_id)
