@@ -93,7 +93,7 @@ def event(doc: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(e for e in doc["events"] if e["type"] == kind)
 
 
-def wait_until(check: Any, timeout_s: float = 10.0) -> None:
+def wait_until(check: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "timed out"

@@ -38,7 +38,7 @@ def launch(home: Home, port: int) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(client: BlockchainClient, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, "devnet process exited"
         try:

@@ -33,11 +33,12 @@ def test_snapshot_line_and_render() -> None:
 def test_supervisor_stops_children_last_first(tmp_path: Path) -> None:
     marker = tmp_path / "order"
     code = (
-        "import signal, sys, time\n"
+        "import pathlib, signal, sys, time\n"
         "def bye(*_):\n"
         f"    open({str(marker)!r}, 'a').write(sys.argv[1] + '\\n'); sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, bye)\n"
-        "time.sleep(60)\n"
+        f"pathlib.Path({str(tmp_path)!r}, sys.argv[1] + '.ready').touch()\n"
+        "time.sleep(120)\n"
     )
     supervisor = Supervisor()
     for name in ("first", "second"):
@@ -51,6 +52,9 @@ def test_supervisor_stops_children_last_first(tmp_path: Path) -> None:
     assert set(supervisor.pids()) == {"first", "second"} and supervisor.exited() == []
     import time
 
-    time.sleep(1.0)  # let both install their handlers
+    deadline = time.monotonic() + 60  # both have installed their SIGTERM handlers
+    while not all((tmp_path / f"{name}.ready").exists() for name in ("first", "second")):
+        assert time.monotonic() < deadline and supervisor.exited() == []
+        time.sleep(0.05)
     assert supervisor.stop_all(timeout=10) == {"second": 0, "first": 0}
     assert marker.read_text().split() == ["second", "first"]

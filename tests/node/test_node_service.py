@@ -51,7 +51,7 @@ sys.exit(run_with_logging(Counting(config)))
 """
 
 
-def _wait_for_pidfile(path: Path, timeout: float = 20.0) -> None:
+def _wait_for_pidfile(path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -69,7 +69,7 @@ def test_service_process_lifecycle(tmp_path: Path) -> None:
         info = read_pid_file(pidfile)
         assert info is not None and info.pid == proc.pid and info.alive()
         with httpx.Client(base_url=info.url, timeout=5) as client:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while client.get("/stats").json().get("count", 0) < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
@@ -83,8 +83,8 @@ def test_service_process_lifecycle(tmp_path: Path) -> None:
         )
         assert second.returncode != 0 and b"already running" in second.stderr
         # `stop` from "another shell": SIGTERM via the pid file
-        assert stop_service(pidfile, timeout=20) == "stopped"
-        assert proc.wait(10) == 0
+        assert stop_service(pidfile, timeout=60) == "stopped"
+        assert proc.wait(30) == 0
         assert not pidfile.exists()
     finally:
         if proc.poll() is None:

@@ -16,6 +16,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from r3mes.node.launch import RoleLaunch
     from r3mes.node.service import RoleService
+    from r3mes.node.shutdown import Shutdown
     from r3mes.paths import Home
 
 HomeOpt = Annotated[
@@ -66,6 +67,17 @@ IpfsOpt = Annotated[
 GatewayOpt = Annotated[
     str | None,
     typer.Option("--gateway", envvar="R3MES_IPFS_GATEWAY", help="IPFS HTTP gateway for reads."),
+]
+StartDelayOpt = Annotated[
+    float,
+    typer.Option(
+        "--test-start-delay",
+        envvar="R3MES_TEST_START_DELAY",
+        hidden=True,
+        min=0.0,
+        max=3600.0,
+        help="TEST-ONLY FAULT INJECTION: wait this many seconds before starting the role.",
+    ),
 ]
 DEFAULT_CHAIN = "http://127.0.0.1:26657"
 
@@ -149,6 +161,7 @@ def _launch(
     ipfs_url: str | None,
     gateway: str | None,
     profile: Path | None,
+    start_delay: float = 0.0,
 ) -> RoleLaunch:
     from r3mes.node.launch import RoleLaunch
 
@@ -164,7 +177,18 @@ def _launch(
         ipfs_url=ipfs_url or None,
         gateway_url=gateway or None,
         profile_path=profile,
+        start_delay_s=start_delay,
     )
+
+
+def _shutdown() -> Shutdown:
+    """SIGTERM and SIGINT handled from here on: a stop asked for while the role is still
+    being built is carried into its run, which then exits 0."""
+    from r3mes.node.shutdown import Shutdown
+
+    shutdown = Shutdown()
+    shutdown.install()
+    return shutdown
 
 
 def _run(service: RoleService) -> None:
@@ -216,8 +240,10 @@ def miner_start(
             "mining transaction after that step so a test can kill the miner there.",
         ),
     ] = None,
+    test_start_delay: StartDelayOpt = 0.0,
 ) -> None:
     """Mine: train this miner's task each round, store the update, prove work, submit."""
+    shutdown = _shutdown()
     from r3mes.node.launch import build_role
     from r3mes.node.retry import RetryPolicy
 
@@ -233,6 +259,7 @@ def miner_start(
         ipfs_url=ipfs_url,
         gateway=gateway,
         profile=profile,
+        start_delay=test_start_delay,
     )
     policy = RetryPolicy(max_retries=retries, initial_delay=0.5, max_delay=10.0)
     _run(
@@ -243,6 +270,7 @@ def miner_start(
             max_prefetch=max_prefetch,
             retry=policy,
             pause_after=test_pause_after or None,
+            shutdown=shutdown,
         )
     )
 
@@ -262,7 +290,9 @@ def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
         ipfs_url: IpfsOpt = None,
         gateway: GatewayOpt = None,
         profile: ProfileOpt = None,
+        test_start_delay: StartDelayOpt = 0.0,
     ) -> None:
+        shutdown = _shutdown()
         from r3mes.node.launch import build_role
 
         launch = _launch(
@@ -277,8 +307,9 @@ def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
             ipfs_url=ipfs_url,
             gateway=gateway,
             profile=profile,
+            start_delay=test_start_delay,
         )
-        _run(build_role(launch))
+        _run(build_role(launch, shutdown=shutdown))
 
 
 _register_checker_start(
@@ -310,8 +341,10 @@ def serving_start(
     heartbeat: Annotated[
         float, typer.Option(min=0.1, max=3600, help="Seconds between heartbeats.")
     ] = 10.0,
+    test_start_delay: StartDelayOpt = 0.0,
 ) -> None:
     """Serve chat with the approved base model and adapters; hot-swaps new versions."""
+    shutdown = _shutdown()
     from r3mes.node.launch import build_role
 
     launch = _launch(
@@ -326,8 +359,9 @@ def serving_start(
         ipfs_url=ipfs_url,
         gateway=gateway,
         profile=None,
+        start_delay=test_start_delay,
     )
-    _run(build_role(launch, api_port=api_port, heartbeat_s=heartbeat))
+    _run(build_role(launch, api_port=api_port, heartbeat_s=heartbeat, shutdown=shutdown))
 
 
 def down(home: HomeOpt = None, timeout: TimeoutOpt = 60.0) -> None:
@@ -374,10 +408,12 @@ def up(
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
-    serving node - each a real process. Ctrl-C or `r3mes down` stops everything."""
-    import signal
+    serving node - each a real process. Ctrl-C or `r3mes down` stops everything (exit 0)."""
+    from r3mes.node.shutdown import Shutdown
+
+    shutdown = Shutdown(interrupt_on_second=False)  # a second Ctrl-C must not skip the stop
+    shutdown.install()
     import sys
-    import threading
 
     from rich.live import Live
 
@@ -401,9 +437,7 @@ def up(
         rounds=rounds,
         max_rounds=None if rounds is None else rounds + 6,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = shutdown.event
     live_view = not headless and sys.stdout.isatty()
     console = Console() if live_view else Console(width=200)
     console.print(f"starting the network in {spec.home.root} (logs: {spec.home.logs})")
@@ -424,12 +458,16 @@ def up(
             console.print(line, highlight=False)
             last_line = line
 
+    def ready(roles: list[str]) -> None:
+        if live is None:
+            console.print(f"network ready: {', '.join(roles)}", highlight=False)
+
     live: Live | None = Live(console=console, refresh_per_second=2) if live_view else None
     if live is not None:
         with live:
-            result = run_network(spec, options, stop=stop, on_snapshot=show)
+            result = run_network(spec, options, stop=stop, on_snapshot=show, on_ready=ready)
     else:
-        result = run_network(spec, options, stop=stop, on_snapshot=show)
+        result = run_network(spec, options, stop=stop, on_snapshot=show, on_ready=ready)
     if result.snapshot is not None:
         console.print(result.snapshot.line(), highlight=False)
     console.print(f"stopped: {result.exit_codes}")

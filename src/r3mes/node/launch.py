@@ -9,6 +9,7 @@ from pathlib import Path
 from r3mes.node.errors import ValidationError
 from r3mes.node.retry import RetryPolicy
 from r3mes.node.service import RoleService, ServiceConfig, run_with_logging
+from r3mes.node.shutdown import Shutdown
 from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
 
@@ -37,6 +38,8 @@ class RoleLaunch:
     profile_path: Path | None = None
     """Work profile JSON; defaults to `$R3MES_HOME/work.json`, else built-in defaults."""
     idle_interval: float = 1.0
+    start_delay_s: float = 0.0
+    """TEST-ONLY FAULT INJECTION (R3MES_TEST_START_DELAY): see `ServiceConfig`."""
 
 
 def load_profile(home: Home, path: Path | None) -> WorkProfile:
@@ -57,6 +60,7 @@ def build_role(
     api_port: int = 0,
     heartbeat_s: float = 10.0,
     pause_after: str | None = None,
+    shutdown: Shutdown | None = None,
 ) -> RoleService:
     """Load the key and assemble the role service (nothing runs yet)."""
     from r3mes.chain.errors import KeystoreError
@@ -75,6 +79,7 @@ def build_role(
         home=launch.home,
         port=launch.port,
         idle_interval=launch.idle_interval,
+        start_delay_s=launch.start_delay_s,
     )
     blocks = launch.blocks or launch.home.blocks
     from r3mes.storage.tiered import open_store
@@ -94,6 +99,7 @@ def build_role(
                 heartbeat_s=heartbeat_s,
             ),
             key=key,
+            shutdown=shutdown,
         )
     profile = load_profile(launch.home, launch.profile_path)
     if launch.role == "miner":
@@ -115,6 +121,7 @@ def build_role(
             ),
             key=key,
             store=store,
+            shutdown=shutdown,
         )
     if launch.role == "validator":
         from r3mes.node.validator import Validator, ValidatorSettings
@@ -125,6 +132,7 @@ def build_role(
             ),
             key=key,
             store=store,
+            shutdown=shutdown,
         )
     if launch.role == "proposer":
         from r3mes.node.proposer import Proposer, ProposerSettings
@@ -135,6 +143,7 @@ def build_role(
             ),
             key=key,
             store=store,
+            shutdown=shutdown,
         )
     raise ValidationError(f"unknown role {launch.role!r}")
 

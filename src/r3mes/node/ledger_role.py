@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
+    from r3mes.node.shutdown import Shutdown
 
 
 class LedgerRole(RoleService):
@@ -26,11 +27,12 @@ class LedgerRole(RoleService):
         key: SigningKey,
         client: BlockchainClient | None = None,
         store: BlobStore | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from r3mes.chain.client import BlockchainClient
         from r3mes.storage.blockstore import Blockstore
 
-        super().__init__(service)
+        super().__init__(service, shutdown=shutdown)
         self.key = key
         self.address = key.address
         self.client = client or BlockchainClient(chain_url)

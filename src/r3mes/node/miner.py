@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
+    from r3mes.node.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Miner(LedgerRole):
         key: SigningKey,
         client: BlockchainClient | None = None,
         store: BlobStore | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from prometheus_client import Counter, Gauge
 
@@ -105,6 +107,7 @@ class Miner(LedgerRole):
             key=key,
             client=client,
             store=store,
+            shutdown=shutdown,
         )
         self.settings = settings
         state = settings.service.state_dir
@@ -122,10 +125,11 @@ class Miner(LedgerRole):
             residuals=self.residuals,
             client=self.client,
         )
+        self.tasks = ChainTaskSource(
+            client=self.client, miner=self.address, journal=self.journal, ready=self._settled
+        )
         self.pool = TaskPool(
-            source=ChainTaskSource(
-                client=self.client, miner=self.address, journal=self.journal, ready=self._settled
-            ),
+            source=self.tasks,
             max_prefetch=settings.max_prefetch,
             prepare=self.trainer.prepare,
         )
@@ -172,6 +176,8 @@ class Miner(LedgerRole):
         for record in resolved:
             logger.info("recovered %s -> %s", record.tx_id, record.state)
             self._tx_total.labels(state=record.state.value).inc()
+        height = self.tasks.join()
+        logger.info("ready: mining from the first round that opens at height %d or later", height)
 
     def on_stop(self) -> None:
         self.pool.close()

@@ -48,12 +48,13 @@ def task_from_details(task: MiningTask, *, miner: str, profile: WorkProfile) -> 
     )
 
 
-def mining_task(rnd: RoundInfo, *, miner: str) -> MiningTask | None:
-    """This miner's task in `rnd`, or None when it may not mine there (closed, claimed)."""
+def mining_task(rnd: RoundInfo, *, miner: str, join_height: int = 0) -> MiningTask | None:
+    """This miner's task in `rnd`, or None when it may not mine there (closed, claimed, or
+    opened before `join_height`, the height at which the miner was ready)."""
     from r3mes.work.data import assign_shard
 
     claims = {int(c["shard"]): str(c["miner"]) for c in rnd.claims}
-    if rnd.status != "open" or miner in claims.values():
+    if rnd.status != "open" or miner in claims.values() or rnd.open_height < join_height:
         return None
     if not (rnd.base_model_cid and rnd.dataset_cid):
         return None  # the ledger has no approved model / dataset yet
@@ -76,7 +77,12 @@ def mining_task(rnd: RoundInfo, *, miner: str) -> MiningTask | None:
 
 
 class ChainTaskSource:
-    """Open tasks for one miner: the current round, unless already mined or gated."""
+    """Open tasks for one miner: the current round, unless already mined or gated.
+
+    A miner joins at the first round that opens once it is ready (`join`): a round
+    already under way when it started may close before its first, cold training is done,
+    and the ledger would refuse that submission.
+    """
 
     def __init__(
         self,
@@ -90,11 +96,20 @@ class ChainTaskSource:
         self.miner = miner
         self.journal = journal
         self._ready = ready
+        self.join_height = 0
+        """Rounds that opened below this height are not mined (0: any round)."""
+
+    def join(self) -> int:
+        """Mine from the next round that opens; returns the height joined at."""
+        self.join_height = self.client.status().height + 1
+        return self.join_height
 
     def open_tasks(self) -> list[MiningTask]:
         if not self._ready():
             return []
-        task = mining_task(self.client.current_round(), miner=self.miner)
+        task = mining_task(
+            self.client.current_round(), miner=self.miner, join_height=self.join_height
+        )
         if task is None:
             return []
         mined = any(r.state is TxState.COMMITTED for r in self.journal.for_round(task.round_id))

@@ -1,7 +1,10 @@
 """`r3mes up`: a whole network on one machine, each role a real subprocess.
 
 Order: prepare the home (keys, artifacts, genesis), start the devnet ledger and wait for
-it, then miners, validator, proposer and serving node. The caller watches snapshots
+it, then miners, validator, proposer and serving node, and wait until every one of them
+says it is ready (`/health` "ok": registered, recovered, joined). Only then do rounds
+count: `rounds` and `max_rounds` are measured from the ledger's round and adapter version
+at that moment, however long start-up took. The caller watches snapshots
 (`dashboard.collect`) until it is told to stop or `rounds` adapter versions were proposed;
 then every child is stopped in reverse order with SIGTERM.
 """
@@ -26,6 +29,9 @@ from r3mes.node.supervisor import ProcessSpec, Supervisor
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
+"""Longest wait for the devnet ledger to answer."""
+READY_TIMEOUT_S = 600.0
+"""Longest wait for every role process to say it is ready (slow disks, busy CPUs)."""
 STATS_SETTLE_S = 15.0
 """Longest wait, once the target is reached, for the proposer's /stats to show it."""
 
@@ -62,11 +68,14 @@ class UpResult:
     """True when `rounds` proposals happened (or no target was set)."""
     exit_codes: dict[str, int]
     error: str | None = None
-    """Why the network stopped by itself (the ledger or every role process died)."""
+    """Why the network stopped by itself (the ledger or a role process died)."""
+    stopped: bool = False
+    """True when it was asked to stop (signal, `r3mes down`) before reaching the target."""
 
     @property
     def ok(self) -> bool:
-        return self.reached and self.error is None
+        """A clean run: the target reached, or a requested stop, and nothing died."""
+        return (self.reached or self.stopped) and self.error is None
 
 
 def _free_port() -> int:
@@ -77,6 +86,65 @@ def _free_port() -> int:
 
 def _cli(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "r3mes.cli.main", *args)
+
+
+def role_pid_files(spec: NetworkSpec) -> dict[str, Path]:
+    """Process name -> the pid file that role process writes once it listens."""
+    return {name: pid_path(spec.home.run, role, name) for role, name in spec.role_keys()}
+
+
+def _role_health(path: Path) -> str | None:
+    """The `/health` status of the service behind `path` (None: not up yet)."""
+    import httpx
+
+    from r3mes.node.errors import ServiceError
+    from r3mes.node.pidfile import read_pid_file
+
+    try:
+        info = read_pid_file(path)
+    except ServiceError:
+        return None  # being written
+    if info is None or not info.alive():
+        return None
+    try:
+        body = httpx.get(f"{info.url}/health", timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    status = body.get("status") if isinstance(body, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def wait_until_ready(
+    supervisor: Supervisor,
+    pid_files: dict[str, Path],
+    *,
+    stop: threading.Event,
+    timeout_s: float = READY_TIMEOUT_S,
+    logs: Path,
+) -> bool:
+    """Block until every role answers `/health` with "ok"; False when `stop` was set first.
+
+    Raises `ServiceError` when a role process (or the ledger) exits during start-up, or
+    when start-up takes longer than `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = set(pid_files)
+    while waiting:
+        dead = dict(supervisor.exited())
+        if dead:
+            codes = ", ".join(f"{name} {code}" for name, code in sorted(dead.items()))
+            raise ServiceError(f"exited during start-up ({codes}); see the logs in {logs}")
+        waiting = {name for name in waiting if _role_health(pid_files[name]) != "ok"}
+        if not waiting:
+            return True
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"not ready within {timeout_s:.0f}s: {', '.join(sorted(waiting))}; "
+                f"see the logs in {logs}"
+            )
+        if stop.wait(0.25):
+            return False
+    return True
 
 
 def role_processes(spec: NetworkSpec, *, chain_url: str) -> list[ProcessSpec]:
@@ -113,7 +181,9 @@ def _stats_current(snapshot: Snapshot) -> bool:
     return any(v.get("version") == snapshot.adapter_version for v in snapshot.versions)
 
 
-def _wait_for_chain(url: str, supervisor: Supervisor, timeout_s: float) -> None:
+def _wait_for_chain(
+    url: str, supervisor: Supervisor, timeout_s: float, stop: threading.Event
+) -> None:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.errors import ClientError
 
@@ -127,7 +197,8 @@ def _wait_for_chain(url: str, supervisor: Supervisor, timeout_s: float) -> None:
                 client.status()
                 return
             except ClientError:
-                time.sleep(0.2)
+                if stop.wait(0.2):
+                    return
     raise ServiceError(f"the devnet did not answer on {url} within {timeout_s:.0f}s")
 
 
@@ -137,8 +208,12 @@ def run_network(
     *,
     stop: threading.Event,
     on_snapshot: Callable[[Snapshot], None],
+    on_ready: Callable[[list[str]], None] | None = None,
 ) -> UpResult:
-    """Prepare, start, watch until `stop` is set or the target is reached, stop all."""
+    """Prepare, start, watch until `stop` is set or the target is reached, stop all.
+
+    `on_ready` is called with the role process names once every one of them is ready.
+    """
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.errors import ClientError
 
@@ -177,13 +252,30 @@ def run_network(
                 log_path=spec.home.logs / "devnet.out",
             )
         )
-        _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S)
+        _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S, stop)
         for process in role_processes(spec, chain_url=chain_url):
+            if stop.is_set():
+                break
             supervisor.spawn(process)
             roles.add(process.name)
+        try:
+            ready = not stop.is_set() and wait_until_ready(
+                supervisor,
+                {n: p for n, p in role_pid_files(spec).items() if n in roles},
+                stop=stop,
+                logs=spec.home.logs,
+            )
+        except ServiceError as exc:
+            error = str(exc)
+            logger.error("stopping: %s", error)
+            ready = False
+        if ready:
+            logger.info("every role is ready: %s", ", ".join(sorted(roles)))
+            if on_ready is not None:
+                on_ready(sorted(roles))
         miners = {n: a for n, a in addresses.items() if n.startswith(("miner-", "cheater-"))}
         with BlockchainClient(chain_url, retries=1, timeout_s=5.0) as client:
-            while not stop.is_set():
+            while ready and not stop.is_set():
                 error = check_children(supervisor, roles, reported, logs=spec.home.logs)
                 if error is not None:
                     logger.error("stopping: %s", error)
@@ -221,7 +313,13 @@ def run_network(
     finally:
         codes = supervisor.stop_all(timeout=60.0)
         remove_pid_file(up_pid)
-    return UpResult(snapshot=snapshot, reached=reached, exit_codes=codes, error=error)
+    return UpResult(
+        snapshot=snapshot,
+        reached=reached,
+        exit_codes=codes,
+        error=error,
+        stopped=stop.is_set() and not reached,
+    )
 
 
 def check_children(

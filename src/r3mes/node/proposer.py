@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
+    from r3mes.node.shutdown import Shutdown
     from r3mes.work.task import Task
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Proposer(LedgerRole):
         key: SigningKey,
         client: BlockchainClient | None = None,
         store: BlobStore | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from prometheus_client import Gauge
 
@@ -75,6 +77,7 @@ class Proposer(LedgerRole):
             key=key,
             client=client,
             store=store,
+            shutdown=shutdown,
         )
         self.settings = settings
         state = settings.service.state_dir

@@ -3,24 +3,25 @@
 `RoleService.run()` claims the pid file, starts the HTTP server, calls `on_start()`, then
 `step()` until asked to stop, and always undoes all of that on the way out. The first
 SIGTERM/SIGINT asks the loop to stop after the current step (in-flight work finishes or
-rolls back by itself); a second SIGINT/SIGTERM raises `KeyboardInterrupt` inside the step
-so the step's own rollback runs at once.
+rolls back by itself) and the process exits 0 whichever signal it was; a second
+SIGINT/SIGTERM raises `KeyboardInterrupt` inside the step so the step's own rollback runs
+at once (exit 130). A `Shutdown` installed by the CLI before the role is built carries a
+stop asked for during start-up into `run()`, which then exits 0 without starting.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NodeError, RetryableError, ValidationError, classify
 from r3mes.node.pidfile import pid_path, remove_pid_file, service_id, write_pid_file
+from r3mes.node.shutdown import Shutdown
 from r3mes.paths import Home
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ class ServiceConfig:
     """Seconds to wait after a step that found nothing to do."""
     error_interval: float = 2.0
     """Seconds to wait after a step failed with a retryable error."""
+    start_delay_s: float = 0.0
+    """TEST-ONLY FAULT INJECTION (R3MES_TEST_START_DELAY): seconds to wait, stoppable,
+    before `on_start`, so tests can exercise a network whose roles are slow to start."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -62,6 +66,8 @@ class ServiceConfig:
             raise ValidationError(f"port {self.port} out of range")
         if self.idle_interval < 0 or self.error_interval < 0:
             raise ValidationError("intervals must be >= 0")
+        if not 0 <= self.start_delay_s <= 3600:
+            raise ValidationError(f"start delay must be in [0, 3600] s, got {self.start_delay_s}")
 
     @property
     def service_id(self) -> str:
@@ -75,15 +81,17 @@ class ServiceConfig:
 class RoleService(ABC):
     """Base class of `Miner`, `Validator`, `Proposer` and `ServingNode`."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, *, shutdown: Shutdown | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.config = config
         self.registry: CollectorRegistry = CollectorRegistry()
-        self.stop_event = threading.Event()
+        self.shutdown = shutdown or Shutdown()
+        self.stop_event = self.shutdown.event
+        self.ready = threading.Event()
+        """Set once `on_start` finished: the service does its work from then on."""
         self.started_at = time.time()
         self.port: int | None = None
-        self._signals_seen = 0
         self._steps = Counter(
             "r3mes_service_steps", "Loop steps run", ["outcome"], registry=self.registry
         )
@@ -116,8 +124,10 @@ class RoleService(ABC):
     # -- common behaviour -------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """`status` is "starting" until `on_start` finished, then "ok", then "stopping"."""
+        status = "ok" if self.ready.is_set() else "starting"
         return {
-            "status": "stopping" if self.stop_event.is_set() else "ok",
+            "status": "stopping" if self.stop_event.is_set() else status,
             "role": self.config.role,
             "name": self.config.name,
             "uptime_s": round(time.time() - self.started_at, 3),
@@ -133,26 +143,11 @@ class RoleService(ABC):
         """Sleep up to `seconds`, waking early on stop; True when stopping."""
         return self.stop_event.wait(seconds)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals_seen += 1
-        if self._signals_seen == 1:
-            logger.info("signal %d: stopping after the current step", signum)
-            self.stop_event.set()
-            return
-        logger.warning("signal %d again: interrupting the current step", signum)
-        raise KeyboardInterrupt
-
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
     def run(self) -> int:
         """Run until stopped; returns a process exit code (0 on a clean stop)."""
         from r3mes.node.http import HttpServer, create_app
 
-        self._install_signal_handlers()
+        self.shutdown.install()
         pidfile = pid_path(self.config.home.run, self.config.role, self.config.name)
         server = HttpServer(create_app(self), host=self.config.host, port=self.config.port)
         self.port = server.port
@@ -162,7 +157,12 @@ class RoleService(ABC):
             "%s listening on http://%s:%d", self.config.service_id, server.host, server.port
         )
         try:
+            if self.config.start_delay_s and self.wait(self.config.start_delay_s):
+                return 0  # asked to stop while (artificially) starting up
+            if self.stop_event.is_set():
+                return 0
             self.on_start()
+            self.ready.set()
             self._up.set(1)
             self._loop()
             return 0

@@ -21,6 +21,7 @@ from r3mes.node.service import RoleService, ServiceConfig
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.crypto import SigningKey
+    from r3mes.node.shutdown import Shutdown
     from r3mes.registry.unified import UnifiedRegistry
     from r3mes.serve.server import ServerThread
 
@@ -94,13 +95,18 @@ class ServingNode(RoleService):
     """The serving node service."""
 
     def __init__(
-        self, settings: ServingSettings, *, key: SigningKey, client: BlockchainClient | None = None
+        self,
+        settings: ServingSettings,
+        *,
+        key: SigningKey,
+        client: BlockchainClient | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from prometheus_client import Gauge
 
         from r3mes.chain.client import BlockchainClient
 
-        super().__init__(settings.service)
+        super().__init__(settings.service, shutdown=shutdown)
         self.settings = settings
         self.key = key
         self.address = key.address

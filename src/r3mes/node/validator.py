@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
+    from r3mes.node.shutdown import Shutdown
     from r3mes.work.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class Validator(LedgerRole):
         key: SigningKey,
         client: BlockchainClient | None = None,
         store: BlobStore | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         from prometheus_client import Counter
 
@@ -170,6 +172,7 @@ class Validator(LedgerRole):
             key=key,
             client=client,
             store=store,
+            shutdown=shutdown,
         )
         self.settings = settings
         state = settings.service.state_dir
