@@ -9,10 +9,12 @@ from chain_harness import CHAIN_ID, Harness, key, make_genesis
 
 from r3mes.chain.codes import Code
 from r3mes.chain.engine import DevnetEngine, EngineConfig
-from r3mes.chain.msgs import MAX_U64, Faucet, Msg, RegisterNode, TransferCredits
+from r3mes.chain.msgs import MAX_U64, Faucet, Msg, RegisterNode, SubmitGradient, TransferCredits
+from r3mes.chain.pow import solve_pow
 from r3mes.chain.store import BlockStore
-from r3mes.chain.transition import check_tx
+from r3mes.chain.transition import check_tx, simulate_tx
 from r3mes.chain.tx import build_tx
+from r3mes.spec.shards import round_shard
 
 A, B = key(1), key(2)  # make_genesis funds each with 1000
 
@@ -70,3 +72,37 @@ def test_a_refused_transfer_does_not_use_a_sequence_number(tmp_path: Path) -> No
     engine.produce_block()
     assert engine.state.accounts[A.address].sequence == 1
     assert engine.state.accounts[B.address].balance == 1007
+
+
+def test_simulation_answers_what_delivery_would_and_writes_nothing() -> None:
+    h = Harness(make_genesis(round_length=5))
+    h.block()
+    before = h.state
+    app_hash = before.app_hash()
+    ok = simulate_tx(
+        h.state,
+        h.sign(A, [TransferCredits(creator=A.address, to=B.address, amount=5)]),
+        time_ms=h.time_ms,
+    )
+    assert ok.code == 0 and [e.type for e in ok.events] == ["message", "transfer"]
+    update = SubmitGradient(creator=A.address, round=1, shard=0, cid="bafyu", digest="ab" * 32)
+    solved = solve_pow(update, chain_id=CHAIN_ID, difficulty=h.state.params.pow_difficulty)
+    refused = simulate_tx(h.state, h.sign(A, [solved]), time_ms=h.time_ms)
+    assert refused.code == Code.NOT_PERMITTED and "not a registered miner" in refused.log
+    assert h.state is before and before.app_hash() == app_hash
+    assert before.accounts[A.address].sequence == 0 and before.accounts[B.address].balance == 1000
+
+
+def test_simulation_sees_the_round_the_next_block_opens() -> None:
+    h = Harness(make_genesis(round_length=3))
+    assert h.send(A, RegisterNode(creator=A.address, role="miner", stake=10)).code == 0
+    h.advance_to_height(3)  # block 4 opens round 2 and closes round 1
+    for number, expected in ((1, Code.WRONG_ROUND), (2, 0)):
+        rnd_seed = h.state.last_block_hash if number == 2 else h.state.rounds[1].seed
+        shard = round_shard(seed_hex=rnd_seed, miner=A.address, n_shards=4, claimed=set())
+        msg = SubmitGradient(
+            creator=A.address, round=number, shard=shard, cid="bafyu", digest="ab" * 32
+        )
+        solved = solve_pow(msg, chain_id=CHAIN_ID, difficulty=h.state.params.pow_difficulty)
+        result = simulate_tx(h.state, h.sign(A, [solved]), time_ms=h.time_ms)
+        assert result.code == expected, result.log

@@ -116,7 +116,8 @@ def test_role_messages_through_the_cli(devnet: tuple[Home, str], tmp_path: Path)
     assigned = round_assigned_shard(rnd, ADDR["miner"])
     wrong = (assigned + 1) % rnd.shards_per_round
     refused = cli(devnet, "tx", "submit-gradient", "--from", "miner", "--shard", str(wrong), *args)
-    assert refused.exit_code == 1 and f"assigns you shard {assigned}" in str(refused.exception)
+    assert refused.exit_code == 1 and f"must take shard {assigned}" in str(refused.exception)
+    assert "leave out --shard" in str(refused.exception)
     submitted = ok(devnet, "submit-gradient", "--from", "miner", *args)  # --shard defaults
     sid = int(event(submitted, "submit_gradient")["submission_id"])
     sub = next(s for s in client.submissions() if s.id == sid)
@@ -215,11 +216,12 @@ BAD_INPUT = [
     ("nobody", ["transfer", "--to", ADDR["poor"], "--amount", "5"], 1, "r3mes wallet list"),
     ("poor", ["transfer", "--to", ADDR["miner"], "--amount", "5"], 1, "get credits first"),
     ("miner", ["faucet", "--amount", "0"], 2, "'--amount'"),
+    ("miner", ["faucet", "--amount", "2000000"], 1, "faucet amount is limited to 1000000"),
     ("miner", ["register-node", "--role", "king"], 2, "not one of miner"),
     ("miner", ["register-node", "--role", "miner", "--endpoint", "a b"], 1, "endpoint must be"),
     ("poor", [*SUBMIT, "--cid", "Qmnope", "--digest", GOOD_HEX], 2, "not a CID"),
     ("poor", [*SUBMIT, "--cid", GOOD_CID, "--digest", "xyz"], 2, "64 hex"),
-    ("poor", [*SUBMIT, "--cid", GOOD_CID, "--digest", GOOD_HEX], 1, "register-node --role miner"),
+    ("poor", [*SUBMIT, "--cid", GOOD_CID, "--digest", GOOD_HEX], 1, "not a registered miner"),
     ("poor", ["attest", "1", "maybe"], 2, "not one of accept, reject"),
     ("poor", ["attest", "1", "accept", "--distance", "-1"], 2, "greater than or equal to 0"),
     ("poor", ["attest", "1", "accept", "--distance", "inf"], 2, "finite"),

@@ -23,6 +23,7 @@ from r3mes.chain.transition import (
     TxResult,
     apply_block,
     check_tx,
+    simulate_tx,
     validate_header,
 )
 from r3mes.chain.tx import MAX_TX_BYTES
@@ -69,6 +70,12 @@ class LedgerApplication:
     def check_tx(self, raw: bytes, *, pending: Mapping[str, int] | None = None) -> TxResult:
         """Mempool admission against the last committed state."""
         return check_tx(self._state, raw, pending=pending)
+
+    def simulate(
+        self, raw: bytes, *, time_ms: int, pending: Mapping[str, int] | None = None
+    ) -> TxResult:
+        """The result delivering `raw` in the next block would have (nothing is written)."""
+        return simulate_tx(self._state, raw, time_ms=time_ms, pending=pending)
 
     def prepare_proposal(
         self, txs: Iterable[bytes], *, max_txs: int, max_bytes: int

@@ -337,6 +337,32 @@ class BlockchainClient:
             self._next_sequence[key.address] = sequence + 1
         return self.wait_for_tx(sent.hash, timeout_s=timeout_s) if wait else sent
 
+    def simulate(self, key: SigningKey, msgs: Sequence[Msg], *, memo: str = "") -> BroadcastResult:
+        """Sign `msgs` as `sign_and_broadcast` would and ask the ledger what delivering them
+        in the next block would answer (code, log, events); nothing is sent or committed."""
+        with self._lock:
+            acc = self.account(key.address)
+            sequence = max(acc.sequence, self._next_sequence.get(key.address, 0))
+            raw = build_tx(
+                list(msgs),
+                key=key,
+                chain_id=self.chain_id(),
+                account_number=acc.account_number,
+                sequence=sequence,
+                memo=memo,
+            )
+        result = self._rpc("simulate_tx", tx=base64.b64encode(raw).decode())
+
+        def parse() -> BroadcastResult:
+            return BroadcastResult(
+                hash=str(result["hash"]),
+                code=int(result["code"]),
+                log=str(result["log"]),
+                events=tuple(dict(e) for e in result["events"]),
+            )
+
+        return _parsed("simulate_tx", parse)
+
     def submit_gradient(
         self,
         key: SigningKey,

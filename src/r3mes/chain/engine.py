@@ -123,6 +123,14 @@ class DevnetEngine:
                 self._pending[result.signer] = result.sequence + 1
             return result
 
+    def simulate(self, raw: bytes) -> TxResult:
+        """What `raw` would answer in the next block, counting the queued txs' sequences."""
+        if len(raw) > MAX_TX_BYTES:
+            return TxResult(code=Code.TOO_LARGE, log=f"tx exceeds {MAX_TX_BYTES} bytes")
+        with self._lock:
+            now_ms = int(self._clock() * 1000)
+            return self.app.simulate(raw, time_ms=now_ms, pending=self._pending)
+
     def produce_block(self) -> BlockResult:
         """Take queued txs (up to the block limit), apply, commit, recheck the rest."""
         with self._lock:

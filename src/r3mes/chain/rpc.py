@@ -52,6 +52,7 @@ METHODS = (
     "block_results",
     "broadcast_tx_sync",
     "broadcast_tx_commit",
+    "simulate_tx",
     "tx",
     "tx_search",
     "abci_query",
@@ -190,6 +191,17 @@ class Methods:
             **out,
             "tx_result": stored_tx_json(stored)["tx_result"],
             "height": str(stored.height),
+        }
+
+    def simulate_tx(self, tx: str) -> dict[str, Any]:
+        """R3MES's own method: the result the tx would have in the next block, nothing sent."""
+        result = self.engine.simulate(parse_bytes(tx, "tx"))
+        return {
+            "code": result.code,
+            "log": result.log,
+            "codespace": "",
+            "hash": result.hash,
+            "events": [e.to_json() for e in result.events],
         }
 
     def tx(self, hash: str) -> dict[str, Any]:

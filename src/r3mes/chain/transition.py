@@ -148,6 +148,38 @@ def check_tx(state: State, raw: bytes, *, pending: Mapping[str, int] | None = No
     return TxResult(code=0, hash=digest, signer=tx.signer, sequence=tx.sequence)
 
 
+def simulate_tx(
+    state: State, raw: bytes, *, time_ms: int, pending: Mapping[str, int] | None = None
+) -> TxResult:
+    """What the ledger would answer if `raw` were delivered in the next block; writes nothing.
+
+    check_tx first (decoding, signature, sequence, proof of work, ante checks), then the
+    next block's begin-block bookkeeping (a round may open or close) and the message
+    handlers, each on a throw-away overlay of `state`. Clients ask this instead of copying
+    the handlers' rules (roles, rounds, shards, authority).
+    """
+    checked = check_tx(state, raw, pending=pending)
+    if checked.code:
+        return checked
+    tx = decode_tx(raw)
+    ctx = BlockContext(
+        chain_id=state.chain_id,
+        height=state.height + 1,
+        time_ms=max(time_ms, state.last_block_time_ms),
+    )
+    work = state.overlay()
+    begin_block(work, ctx, state.last_block_hash)
+    events: list[Event] = [event("message", sender=tx.signer)]
+    try:
+        if tx.timeout_height and ctx.height > tx.timeout_height:
+            raise invalid(Code.EXPIRED, f"tx timed out at height {tx.timeout_height}")
+        for msg in tx.msgs:
+            events.extend(handle(work, msg, ctx))
+    except TxInvalid as exc:
+        return TxResult(exc.code, exc.log, (), checked.hash, tx.signer, tx.sequence)
+    return TxResult(0, "", tuple(events), checked.hash, tx.signer, tx.sequence)
+
+
 def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
     """Apply one tx to `state` (a block's working overlay). The sequence bump survives a
     failing message; the messages' writes apply all together or not at all."""

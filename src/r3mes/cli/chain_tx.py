@@ -1,9 +1,10 @@
 """`r3mes tx`: build, check, sign and broadcast every ledger message.
 
-A tx command refuses bad input before anything is signed: option callbacks check each
-value (a usage error naming the flag), the command checks the chain state the message
-depends on (registered role, open round, authority, balance), and `validate_basic` - the
-chain's own stateless rules - runs last. A refused command changes nothing on chain.
+A tx command refuses bad input before anything is sent: option callbacks check each
+value (a usage error naming the flag), `validate_basic` - the chain's own stateless rules -
+checks the message, and then the ledger itself simulates the signed tx in its next block
+(`simulate_tx`: roles, open rounds, shards, balance, authority are the ledger's rules, not
+copies of them here). A refused command changes nothing on chain.
 Each prints the committed tx as JSON: hash, height and the events (ids the chain assigned).
 """
 
@@ -105,6 +106,9 @@ def _send(
             validate_basic(msg)
         except TxInvalid as exc:
             raise CliError(f"not sent: {exc.log}; fix that value and retry") from exc
+        check = client.simulate(key, [msg])
+        if check.code != 0:
+            raise CliError(f"not sent: the ledger refuses it: {check.log}{_hint(check.code)}")
         result = client.sign_and_broadcast(key, [msg])
     events = [
         {"type": e.get("type"), **{a["key"]: a["value"] for a in e.get("attributes", [])}}
@@ -114,21 +118,23 @@ def _send(
     return {"hash": result.hash, "height": result.height, "events": events}
 
 
-def _require_role(client: BlockchainClient, address: str, role: str) -> None:
-    if role not in client.account(address).roles:
-        raise CliError(
-            f"{address} is not a registered {role}; "
-            f"run `r3mes tx register-node --role {role}` first"
-        )
+def _hint(code: int) -> str:
+    """What to do about a refusal, by its code (the ledger's log says what was wrong)."""
+    from r3mes.chain.codes import Code
 
-
-def _require_balance(client: BlockchainClient, address: str, amount: int) -> None:
-    balance = client.account(address).balance
-    if amount > balance:
-        raise CliError(
-            f"{address} holds {balance} credits, fewer than {amount}; "
-            "get credits first (on a devnet: `r3mes tx faucet`)"
-        )
+    hints = {
+        Code.INSUFFICIENT_FUNDS: "get credits first (on a devnet: `r3mes tx faucet`)",
+        Code.NOT_PERMITTED: "`r3mes query account ADDRESS` lists the roles; "
+        "`r3mes tx register-node --role ROLE` registers one",
+        Code.WRONG_ROUND: "`r3mes query round` shows the current round",
+        Code.WRONG_SHARD: "leave out --shard to take the one the ledger assigns",
+        Code.DUPLICATE: "`r3mes query tasks` and `r3mes query submissions` show what is taken",
+    }
+    try:
+        hint = hints.get(Code(code))
+    except ValueError:  # a code this CLI does not know yet
+        return ""
+    return f"; {hint}" if hint else ""
 
 
 @tx_app.command("faucet")
@@ -146,11 +152,6 @@ def tx_faucet(
     from r3mes.chain.msgs import Faucet
 
     def build(client: BlockchainClient, address: str) -> Faucet:
-        params = client.params()
-        if not params.devnet:
-            raise CliError("this chain is not a devnet; only devnets have a faucet")
-        if amount > params.faucet_max_amount:
-            raise CliError(f"--amount is limited to {params.faucet_max_amount} per faucet tx")
         return Faucet(creator=address, to=to or address, amount=amount)
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
@@ -169,7 +170,6 @@ def tx_transfer(
     from r3mes.chain.msgs import TransferCredits
 
     def build(client: BlockchainClient, address: str) -> TransferCredits:
-        _require_balance(client, address, amount)
         return TransferCredits(creator=address, to=to, amount=amount)
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
@@ -195,10 +195,6 @@ def tx_register_node(
     from r3mes.chain.msgs import RegisterNode
 
     def build(client: BlockchainClient, address: str) -> RegisterNode:
-        min_stake = client.params().min_stake
-        if role not in client.account(address).roles and stake < min_stake:
-            raise CliError(f"a new {role} must stake at least {min_stake}; raise --stake")
-        _require_balance(client, address, stake)
         return RegisterNode(creator=address, role=role, endpoint=endpoint, stake=stake)
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
@@ -227,24 +223,10 @@ def tx_submit_gradient(
     from r3mes.chain.msgs import SubmitGradient
 
     def build(client: BlockchainClient, address: str) -> SubmitGradient:
-        _require_role(client, address, "miner")
         rnd = client.round(round_number) if round_number else client.current_round()
-        if rnd.status != "open":
-            raise CliError(f"round {rnd.number} is {rnd.status}; submit to the current round")
-        for claim in rnd.claims:
-            if claim["shard"] == shard or claim["miner"] == address:
-                raise CliError(
-                    f"shard {claim['shard']} of round {rnd.number} is already claimed by "
-                    f"{claim['miner']}; one shard per miner per round (`r3mes query tasks`)"
-                )
-        assigned = round_assigned_shard(rnd, address)
-        if shard is not None and shard != assigned:
-            raise CliError(
-                f"round {rnd.number} assigns you shard {assigned}, not {shard}; "
-                "leave out --shard to use it"
-            )
+        chosen = round_assigned_shard(rnd, address) if shard is None else shard
         msg = SubmitGradient(
-            creator=address, round=rnd.number, shard=assigned, cid=cid, digest=digest
+            creator=address, round=rnd.number, shard=chosen, cid=cid, digest=digest
         )
         difficulty = client.params().pow_difficulty
         return _solve_pow(msg, chain_id=client.chain_id(), difficulty=difficulty)
@@ -288,16 +270,6 @@ def tx_attest(
     ppm = min(int(min(distance, 1e6) * 1_000_000), 10**12)  # as the validator role does
 
     def build(client: BlockchainClient, address: str) -> Attest:
-        _require_role(client, address, "validator")
-        sub = next((s for s in client.submissions() if s.id == submission_id), None)
-        if sub is None:
-            raise CliError(f"no submission {submission_id}; see `r3mes query submissions`")
-        if sub.miner == address:
-            raise CliError("a validator may not attest its own submission")
-        if sub.status != "pending":
-            raise CliError(f"submission {submission_id} is already {sub.status}")
-        if any(a.get("validator") == address for a in sub.attestations):
-            raise CliError(f"{address} already attested submission {submission_id}")
         return Attest(
             creator=address, submission_id=submission_id, verdict=verdict, distance_ppm=ppm
         )
@@ -456,10 +428,6 @@ def tx_register_artifact(
     _check_installable(spec)
 
     def build(client: BlockchainClient, address: str) -> RegisterArtifact:
-        if any(
-            (a.id, a.version) == (artifact_id, version) for a in client.approved_artifacts(kind)
-        ):
-            raise CliError(f"{kind} {artifact_id}@{version} is already approved; bump the version")
         return RegisterArtifact(creator=address, artifact=spec)
 
     doc = _send(node=node, home=home, sender=sender, passphrase=passphrase, build=build)
@@ -494,14 +462,6 @@ def tx_approve_artifact(
     from r3mes.chain.msgs import ApproveArtifact
 
     def build(client: BlockchainClient, address: str) -> ApproveArtifact:
-        authority = client.params().authority
-        if address != authority:
-            who = authority or "nobody (this chain has no authority)"
-            raise CliError(f"only the genesis authority may approve artifacts: {who}")
-        if any(
-            (a.id, a.version) == (artifact_id, version) for a in client.approved_artifacts(kind)
-        ):
-            raise CliError(f"{kind} {artifact_id}@{version} is already approved")
         return ApproveArtifact(creator=address, kind=kind, id=artifact_id, version=version)
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
@@ -531,22 +491,12 @@ def tx_propose_adapter(
         raise CliError("--add needs a FILE/DIR path to read the content from")
 
     def build(client: BlockchainClient, address: str) -> ProposeAdapter:
-        _require_role(client, address, "proposer")
-        rnd = client.round(round_number)
-        if rnd.status != "closed":
-            raise CliError(f"round {rnd.number} is {rnd.status}; propose once it has closed")
-        if rnd.proposed_version:
-            raise CliError(f"round {rnd.number} already produced adapter v{rnd.proposed_version}")
-        verified = {s.id for s in client.submissions(rnd.number) if s.status == "verified"}
-        missing = sorted(set(submission) - verified)
-        if missing:
-            raise CliError(f"submissions {missing} are not verified ones of round {rnd.number}")
         adapter_id = client.params().adapter_id
         versions = [a.version for a in client.approved_artifacts("adapter") if a.id == adapter_id]
         parent = max(versions, default=0)
         return ProposeAdapter(
             creator=address,
-            round=rnd.number,
+            round=round_number,
             adapter_cid=content.cid,
             sha256=content.sha256,
             size=content.size,
@@ -584,7 +534,6 @@ def tx_heartbeat(
     from r3mes.chain.msgs import ServingHeartbeat
 
     def build(client: BlockchainClient, address: str) -> ServingHeartbeat:
-        _require_role(client, address, "serving")
         return ServingHeartbeat(
             creator=address, endpoint=endpoint, adapter_version=adapter_version, capacity=capacity
         )
