@@ -29,8 +29,10 @@ first result; the same key with a different body raises Conflict.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,7 +42,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db import accounts as tables
+from r3mes.backend.db.engine import Database
 from r3mes.backend.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 200
 SYSTEM_SCOPE = "system"
@@ -584,3 +589,21 @@ async def _journal(
         ],
     )
     return int(journal_id)
+
+
+async def sweep_forever(db: Database, *, interval_s: float) -> None:
+    """The hold-expiry worker: release overdue holds every `interval_s` seconds."""
+    while True:
+        try:
+            async with db.write() as s, s.begin():
+                released = await expire_holds(s)
+            if released:
+                log.info("released %d expired credit holds", released)
+        except Exception:
+            log.exception("hold sweeper failed; retrying")
+        await asyncio.sleep(interval_s)
+
+
+def sweep_interval(hold_ttl_s: float) -> float:
+    """Sweep often enough that a hold outlives its deadline by at most ~1/5 of its TTL."""
+    return max(0.5, min(10.0, hold_ttl_s / 5))

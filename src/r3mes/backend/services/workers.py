@@ -5,9 +5,12 @@ Each concern adds its own entry; `create_app`'s lifespan spawns them all on the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from r3mes.backend.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 Worker = tuple[str, Callable[[], Awaitable[None]]]
 
@@ -15,4 +18,30 @@ Worker = tuple[str, Callable[[], Awaitable[None]]]
 def workers(runtime: Runtime) -> list[Worker]:
     """(name, coroutine factory) for every worker this configuration runs."""
     found: list[Worker] = []
+    _accounts_workers(runtime, found)
+    # Chain handlers register on `chain_follower(runtime)` above this line; it runs last.
+    if runtime.settings.follow_chain:
+        from r3mes.backend.services.chain_follower import chain_follower
+
+        found.append(("chain-follower", chain_follower(runtime).run))
     return found
+
+
+def _accounts_workers(runtime: Runtime, found: list[Worker]) -> None:
+    """Hold expiry, and (when following the chain) the follower with the deposits handler."""
+    from r3mes.backend.services import credits, deposits
+    from r3mes.backend.services.chain_follower import chain_follower
+
+    interval = credits.sweep_interval(runtime.settings.hold_ttl_s)
+    found.append(("hold-sweeper", lambda: credits.sweep_forever(runtime.db, interval_s=interval)))
+    if not runtime.settings.follow_chain:
+        return
+    follower = chain_follower(runtime)
+    address = deposits.deposit_address(runtime.settings)
+    if address is not None:
+        follower.register(deposits.HANDLER_NAME, deposits.handler(address))
+    else:
+        log.warning(
+            "no deposit address (set R3MES_DEPOSIT_ADDRESS or create the treasury key); "
+            "ledger deposits are not credited"
+        )
