@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from r3mes.backend.api.routes import health
+from r3mes.backend.api.routes import health, web
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+
+# The dashboard (`/`, `/ui/...`) stays last: it must never shadow /api, /v1 or /ws.
+api_router.include_router(web.router)

@@ -1,0 +1,35 @@
+// Model output as Markdown, rendered safely: marked makes HTML text, DOMPurify turns it into a
+// sanitised DOM fragment. The HTML string itself is never assigned to innerHTML.
+
+import { Marked } from "../vendor/marked.esm.js";
+import DOMPurify from "../vendor/purify.es.mjs";
+
+const marked = new Marked({ gfm: true, breaks: true, async: false });
+
+const PURIFY = {
+  RETURN_DOM_FRAGMENT: true,
+  USE_PROFILES: { html: true },
+  FORBID_TAGS: ["style", "img", "svg", "math", "form", "input", "button", "textarea", "select", "iframe", "video", "audio", "source", "picture"],
+  FORBID_ATTR: ["style", "id", "name", "class", "srcset"],
+  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#)/i,
+};
+
+let hooked = false;
+
+function hook() {
+  if (hooked) return;
+  hooked = true;
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("rel", "noopener noreferrer nofollow");
+      node.setAttribute("target", "_blank");
+    }
+  });
+}
+
+/** A DocumentFragment for `text` (Markdown); safe to append anywhere. */
+export function renderMarkdown(text) {
+  hook();
+  const html = marked.parse(String(text ?? ""));
+  return DOMPurify.sanitize(html, PURIFY);
+}

@@ -1,0 +1,247 @@
+// Account: balance and holds, how to top up, usage per day (table and chart), API keys.
+
+import { ApiError, del, get, itemsOf, post } from "../api.js";
+import { daySeconds, lineChart } from "../chart.js";
+import { copyText, field, fmtInt, fmtTime, h, replace, table, toast } from "../dom.js";
+import { session } from "../session.js";
+import { subscribe } from "../ws.js";
+
+const SCOPES = ["chat", "read"];
+
+export async function accountPage(main) {
+  main.append(h("h1", { tabindex: "-1" }, "Account"));
+  const s = session();
+  if (s.state !== "in" || s.via === "api-key") {
+    main.append(
+      h(
+        "section",
+        { class: "card" },
+        h("p", {}, s.via === "api-key" ? "The account page needs a wallet login (API keys cannot manage keys)." : "Log in to see your balance, usage and API keys."),
+        h("a", { href: "#/login", class: "button" }, "Log in"),
+      ),
+    );
+    return null;
+  }
+  const balance = h("section", { class: "card", "aria-labelledby": "bal-h" });
+  const topUp = h("section", { class: "card", "aria-labelledby": "top-h" });
+  const usage = h("section", { class: "card wide", "aria-labelledby": "use-h" });
+  const keys = h("section", { class: "card wide", "aria-labelledby": "keys-h" });
+  main.append(h("div", { class: "grid" }, balance, topUp, usage, keys));
+
+  async function refreshBalance() {
+    try {
+      const me = await get("/api/me");
+      renderBalance(balance, me);
+      renderTopUp(topUp, me);
+    } catch (error) {
+      replace(balance, h("h2", { id: "bal-h" }, "Balance"), h("p", { class: "error" }, error.message));
+    }
+  }
+  await refreshBalance();
+  renderUsage(usage);
+  renderKeys(keys);
+  const onBalance = () => refreshBalance();
+  window.addEventListener("r3mes:balance-changed", onBalance);
+  const live = subscribe("/ws/usage", (message) => {
+    if (message.type === "balance" || message.type === "charge" || message.balance) refreshBalance();
+  });
+  return () => {
+    window.removeEventListener("r3mes:balance-changed", onBalance);
+    live.close();
+  };
+}
+
+function amountOf(me, name) {
+  const b = me.balance && typeof me.balance === "object" ? me.balance : me;
+  return b[name];
+}
+
+function renderBalance(section, me) {
+  const holds = itemsOf(me.holds ?? [], "holds");
+  replace(
+    section,
+    h("h2", { id: "bal-h" }, "Balance"),
+    h(
+      "dl",
+      { class: "stats" },
+      h("div", {}, h("dt", {}, "Available"), h("dd", { "data-testid": "balance-available" }, fmtInt(amountOf(me, "available")), " credits")),
+      h("div", {}, h("dt", {}, "Held"), h("dd", { "data-testid": "balance-held" }, fmtInt(amountOf(me, "held")), " credits")),
+      me.tier ? h("div", {}, h("dt", {}, "Tier"), h("dd", {}, me.tier)) : null,
+      me.reputation !== undefined && me.reputation !== null ? h("div", {}, h("dt", {}, "Reputation"), h("dd", {}, String(me.reputation))) : null,
+    ),
+    h("p", { class: "address" }, "Wallet: ", h("code", {}, me.address || "")),
+    holds.length
+      ? table(
+          "Credit holds",
+          [
+            { label: "Held", value: (r) => fmtInt(r.amount), class: "num" },
+            { label: "For", value: (r) => r.ref || "" },
+            { label: "Expires", value: (r) => fmtTime(r.expires_at) },
+          ],
+          holds,
+        )
+      : h("p", { class: "hint" }, "No credits are held by a chat in progress."),
+  );
+}
+
+function renderTopUp(section, me) {
+  const deposit = me.deposit_address || me.deposit?.address || "";
+  const rpc = me.chain_rpc || me.deposit?.chain_rpc || "";
+  const amount = h("input", { type: "number", name: "amount", min: "1", step: "1", value: "1000", inputmode: "numeric" });
+  const command = h("code", { "data-testid": "deposit-command" });
+  const update = () => {
+    const n = Math.max(1, Math.floor(Number(amount.value) || 1));
+    command.textContent = `r3mes tx transfer --from YOUR_KEY_NAME --to ${deposit} --amount ${n}${rpc ? ` --node ${rpc}` : ""}`;
+  };
+  amount.addEventListener("input", update);
+  update();
+  replace(
+    section,
+    h("h2", { id: "top-h" }, "Top up"),
+    deposit
+      ? [
+          h("p", {}, "Send credits on the ledger from your wallet address to the deposit address. They arrive after the next block."),
+          h("p", { class: "address" }, "Deposit address: ", h("code", { "data-testid": "deposit-address" }, deposit), " ", h("button", { type: "button", onclick: () => copyText(deposit) }, "Copy address")),
+          field("Amount (credits)", amount),
+          h("div", { class: "command" }, command, h("button", { type: "button", onclick: () => copyText(command.textContent) }, "Copy command")),
+          h("p", { class: "hint" }, "Run it where your key lives; it asks for the keystore passphrase (or reads R3MES_PASSPHRASE)."),
+        ]
+      : h("p", {}, "This backend has no deposit address configured."),
+  );
+}
+
+async function renderUsage(section) {
+  replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "hint" }, "Loading…"));
+  let days = [];
+  try {
+    const body = await get("/api/me/usage?days=30");
+    days = itemsOf(body, "days", "usage");
+  } catch (error) {
+    replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "error" }, `Usage is not available: ${error.message}`));
+    return;
+  }
+  days.sort((a, b) => String(a.day).localeCompare(String(b.day)));
+  const tokens = (d) => Number(d.tokens ?? Number(d.prompt_tokens || 0) + Number(d.completion_tokens || 0));
+  replace(
+    section,
+    h("h2", { id: "use-h" }, "Usage, last 30 days"),
+    lineChart({
+      caption: "Credits spent and tokens per day",
+      x: days.map((d) => daySeconds(d.day)),
+      series: [
+        { label: "credits", values: days.map((d) => Number(d.credits || 0)) },
+        { label: "tokens", values: days.map(tokens), axis: "right" },
+      ],
+      yLabel: "credits",
+      y2Label: "tokens",
+    }),
+    table(
+      "Usage per day",
+      [
+        { label: "Day", value: (d) => String(d.day) },
+        { label: "Requests", value: (d) => fmtInt(d.requests), class: "num" },
+        { label: "Tokens", value: (d) => fmtInt(tokens(d)), class: "num" },
+        { label: "Credits", value: (d) => fmtInt(d.credits), class: "num" },
+      ],
+      [...days].reverse(),
+      "No chat usage yet.",
+    ),
+  );
+}
+
+async function renderKeys(section) {
+  const name = h("input", { type: "text", name: "key-name", maxlength: "100", required: true, value: "dashboard" });
+  const scopeBoxes = SCOPES.map((scope) => h("input", { type: "checkbox", name: "scope", value: scope, checked: true, id: `scope-${scope}` }));
+  const expiry = h(
+    "select",
+    { name: "expiry" },
+    h("option", { value: "" }, "never"),
+    h("option", { value: String(7 * 86400) }, "in 7 days"),
+    h("option", { value: String(30 * 86400) }, "in 30 days"),
+    h("option", { value: String(365 * 86400) }, "in a year"),
+  );
+  const created = h("div", { class: "created-key", "aria-live": "polite" });
+  const list = h("div", {});
+  const form = h(
+    "form",
+    { class: "key-form", "aria-label": "Create an API key" },
+    field("Key name", name),
+    h("fieldset", {}, h("legend", {}, "Scopes"), scopeBoxes.map((box) => h("label", { for: box.id, class: "check" }, box, ` ${box.value}`))),
+    field("Expires", expiry),
+    h("button", { type: "submit", class: "primary" }, "Create key"),
+  );
+  replace(section, h("h2", { id: "keys-h" }, "API keys"), form, created, list);
+
+  async function reload() {
+    try {
+      const body = await get("/api/keys");
+      const keys = itemsOf(body, "keys");
+      replace(
+        list,
+        table(
+          "Your API keys",
+          [
+            { label: "Name", value: (k) => k.name },
+            { label: "Key", value: (k) => h("code", {}, `${k.prefix || k.lookup_id || ""}…`) },
+            { label: "Scopes", value: (k) => (Array.isArray(k.scopes) ? k.scopes.join(", ") : String(k.scopes || "")) },
+            { label: "Created", value: (k) => fmtTime(k.created_at) },
+            { label: "Last used", value: (k) => fmtTime(k.last_used_at) },
+            { label: "Expires", value: (k) => (k.expires_at ? fmtTime(k.expires_at) : "never") },
+            { label: "Status", value: (k) => (k.revoked_at ? "revoked" : "active") },
+            {
+              label: "Actions",
+              value: (k) =>
+                k.revoked_at
+                  ? ""
+                  : h("button", { type: "button", class: "danger", "aria-label": `Revoke key ${k.name}`, onclick: () => revoke(k) }, "Revoke"),
+            },
+          ],
+          keys,
+          "No API keys yet.",
+        ),
+      );
+    } catch (error) {
+      replace(list, h("p", { class: "error" }, `Keys could not be listed: ${error.message}`));
+    }
+  }
+
+  async function revoke(key) {
+    if (!window.confirm(`Revoke the key "${key.name}"? Programs using it stop working at once.`)) return;
+    try {
+      await del(`/api/keys/${encodeURIComponent(key.id)}`);
+      toast(`Key "${key.name}" revoked.`);
+      await reload();
+    } catch (error) {
+      toast(`Revoke failed: ${error.message}`, "error");
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const scopes = scopeBoxes.filter((b) => b.checked).map((b) => b.value);
+    if (!scopes.length) {
+      toast("Pick at least one scope.", "error");
+      return;
+    }
+    const body = { name: name.value.trim() || "key", scopes };
+    if (expiry.value) body.expires_in_s = Number(expiry.value);
+    try {
+      const made = await post("/api/keys", body);
+      const secret = made.key || made.secret || made.api_key;
+      const code = h("code", { "data-testid": "new-key" }, secret);
+      replace(
+        created,
+        h(
+          "div",
+          { class: "banner ok", role: "alert" },
+          h("p", {}, "Your new key. It is shown only this once: copy it now."),
+          h("div", { class: "command" }, code, h("button", { type: "button", onclick: () => copyText(secret) }, "Copy key")),
+        ),
+      );
+      await reload();
+    } catch (error) {
+      toast(error instanceof ApiError ? `Key not created: ${error.message}` : String(error), "error");
+    }
+  });
+  await reload();
+}
