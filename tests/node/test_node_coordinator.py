@@ -21,7 +21,7 @@ from r3mes.node.errors import TransactionError
 from r3mes.node.journal import Journal, TxState
 from r3mes.node.miner_parts import ContentUpdateStore
 from r3mes.node.residual import ResidualStore
-from r3mes.node.retry import RetryPolicy
+from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.storage.blockstore import Blockstore
 
 

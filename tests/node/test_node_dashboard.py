@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from r3mes.node.dashboard import MinerView, RoundView, Snapshot, render
-from r3mes.node.supervisor import ProcessSpec, Supervisor
+from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
 
 
 def test_snapshot_line_and_render() -> None:

@@ -16,7 +16,7 @@ from r3mes.node.errors import (
     classify,
     is_retryable,
 )
-from r3mes.node.retry import RetryPolicy, call_with_retry
+from r3mes.node.runtime.retry import RetryPolicy, call_with_retry
 
 
 def _status(code: int) -> httpx.HTTPStatusError:

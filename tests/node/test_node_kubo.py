@@ -15,7 +15,7 @@ from r3mes.node.journal import TxState
 from r3mes.node.launch import RoleLaunch, build_role
 from r3mes.node.miner import Miner
 from r3mes.node.network_setup import NetworkSpec, passphrase
-from r3mes.node.retry import RetryPolicy
+from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.validator import Validator
 from r3mes.paths import Home
 from r3mes.storage.tiered import TieredStore

@@ -23,7 +23,7 @@ from r3mes.node.launch import RoleLaunch, build_role
 from r3mes.node.miner import Miner
 from r3mes.node.miner_parts import ContentUpdateStore
 from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
-from r3mes.node.retry import RetryPolicy
+from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.paths import Home
 from r3mes.storage.blockstore import Blockstore
 
@@ -124,7 +124,7 @@ def test_storage_failure_rolls_back_then_mining_resumes(net: Net) -> None:
     assert miner.client.submissions(record.round_id) == []
     from fastapi.testclient import TestClient
 
-    from r3mes.node.http import create_app
+    from r3mes.node.runtime.http import create_app
 
     with TestClient(create_app(miner)) as http:
         assert http.get(f"/transaction/{record.tx_id}").json()["state"] == "ROLLED_BACK"

@@ -16,9 +16,9 @@ from support.process import OutputWatcher
 from r3mes.node.dashboard import Snapshot
 from r3mes.node.network import UpOptions, check_children, run_network
 from r3mes.node.network_setup import NetworkSpec
-from r3mes.node.pidfile import list_services
-from r3mes.node.supervisor import ProcessSpec, Supervisor
+from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
 from r3mes.paths import Home
+from r3mes.runtime.pidfile import list_services
 
 
 def _spawn(supervisor: Supervisor, tmp_path: Path, name: str, code: str) -> None:

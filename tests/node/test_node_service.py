@@ -13,19 +13,19 @@ import httpx
 import pytest
 
 from r3mes.node.errors import ServiceError, ValidationError
-from r3mes.node.pidfile import (
+from r3mes.node.runtime.service import ServiceConfig
+from r3mes.paths import Home
+from r3mes.runtime.pidfile import (
     list_services,
     pid_path,
     read_pid_file,
     stop_service,
     write_pid_file,
 )
-from r3mes.node.service import ServiceConfig
-from r3mes.paths import Home
 
 SCRIPT = """
 import sys, time, logging
-from r3mes.node.service import RoleService, ServiceConfig, run_with_logging
+from r3mes.node.runtime.service import RoleService, ServiceConfig, run_with_logging
 from r3mes.paths import Home
 
 class Counting(RoleService):

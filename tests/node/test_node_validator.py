@@ -23,7 +23,7 @@ from r3mes.node.launch import RoleLaunch, build_role
 from r3mes.node.miner import Miner
 from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.registration import ensure_registered
-from r3mes.node.retry import RetryPolicy
+from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.tasks import WorkProfile
 from r3mes.node.validator import Validator
 from r3mes.paths import Home

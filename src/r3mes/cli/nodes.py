@@ -15,9 +15,9 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from r3mes.node.launch import RoleLaunch
-    from r3mes.node.service import RoleService
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.node.runtime.service import RoleService
     from r3mes.paths import Home
+    from r3mes.runtime.shutdown import Shutdown
 
 HomeOpt = Annotated[
     Path | None,
@@ -96,7 +96,7 @@ def _home(home: Path | None) -> Home:
 
 
 def _stop(role: str | None, name: str | None, home: Path | None, timeout: float) -> None:
-    from r3mes.node.control import stop_services
+    from r3mes.node.runtime.control import stop_services
 
     console = Console()
     for service_id, outcome in stop_services(_home(home), role=role, name=name, timeout=timeout):
@@ -105,7 +105,7 @@ def _stop(role: str | None, name: str | None, home: Path | None, timeout: float)
 
 
 def _status(role: str | None, home: Path | None) -> None:
-    from r3mes.node.control import service_statuses
+    from r3mes.node.runtime.control import service_statuses
 
     statuses = service_statuses(_home(home), role=role)
     console = Console()
@@ -184,7 +184,7 @@ def _launch(
 def _shutdown() -> Shutdown:
     """SIGTERM and SIGINT handled from here on: a stop asked for while the role is still
     being built is carried into its run, which then exits 0."""
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
 
     shutdown = Shutdown()
     shutdown.install()
@@ -245,7 +245,7 @@ def miner_start(
     """Mine: train this miner's task each round, store the update, prove work, submit."""
     shutdown = _shutdown()
     from r3mes.node.launch import build_role
-    from r3mes.node.retry import RetryPolicy
+    from r3mes.node.runtime.retry import RetryPolicy
 
     launch = _launch(
         "miner",
@@ -367,7 +367,7 @@ def serving_start(
 def down(home: HomeOpt = None, timeout: TimeoutOpt = 60.0) -> None:
     """Stop a network started with `r3mes up` (or every role service under --home)."""
     from r3mes.node.errors import ServiceError
-    from r3mes.node.pidfile import pid_path, read_pid_file, stop_service
+    from r3mes.runtime.pidfile import pid_path, read_pid_file, stop_service
 
     paths = _home(home)
     up_pid = pid_path(paths.run, "up", "network")
@@ -409,7 +409,7 @@ def up(
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
     serving node - each a real process. Ctrl-C or `r3mes down` stops everything (exit 0)."""
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
 
     shutdown = Shutdown(interrupt_on_second=False)  # a second Ctrl-C must not skip the stop
     shutdown.install()

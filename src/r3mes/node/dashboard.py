@@ -82,7 +82,7 @@ def _json(url: str) -> dict[str, Any] | None:
 
 def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> Snapshot:
     """Read the ledger and the role services' /stats into one snapshot."""
-    from r3mes.node.control import service_statuses
+    from r3mes.node.runtime.control import service_statuses
 
     status = client.status()
     current = client.current_round().number

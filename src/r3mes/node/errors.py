@@ -8,6 +8,20 @@ both; `classify` turns foreign exceptions (httpx, OS, timeouts) into one of thes
 from __future__ import annotations
 
 from r3mes.errors import R3mesError
+from r3mes.runtime.errors import ServiceError
+
+__all__ = [
+    "AuthenticationError",
+    "NetworkError",
+    "NodeError",
+    "ResourceError",
+    "RetryableError",
+    "ServiceError",
+    "TransactionError",
+    "ValidationError",
+    "classify",
+    "is_retryable",
+]
 
 
 class NodeError(R3mesError):
@@ -41,10 +55,6 @@ class TransactionError(NodeError):
         super().__init__(message)
         self.tx_id = tx_id
         self.state = state
-
-
-class ServiceError(NodeError):
-    """A role service could not start, stop or be found (pid files, ports)."""
 
 
 def _status_code(exc: BaseException) -> int | None:

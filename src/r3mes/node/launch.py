@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r3mes.node.errors import ValidationError
-from r3mes.node.retry import RetryPolicy
-from r3mes.node.service import RoleService, ServiceConfig, run_with_logging
-from r3mes.node.shutdown import Shutdown
+from r3mes.node.runtime.retry import RetryPolicy
+from r3mes.node.runtime.service import RoleService, ServiceConfig, run_with_logging
 from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
+from r3mes.runtime.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.runtime.service import RoleService, ServiceConfig
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
 
 
 class LedgerRole(RoleService):

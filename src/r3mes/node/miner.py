@@ -27,8 +27,8 @@ from r3mes.node.miner_parts import (
     WorkTrainer,
 )
 from r3mes.node.residual import ResidualStore
-from r3mes.node.retry import RetryPolicy
-from r3mes.node.service import ServiceConfig
+from r3mes.node.runtime.retry import RetryPolicy
+from r3mes.node.runtime.service import ServiceConfig
 from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.task_pool import TaskPool
 from r3mes.node.tasks import WorkProfile
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 

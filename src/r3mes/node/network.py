@@ -23,8 +23,8 @@ from pathlib import Path
 from r3mes.node.dashboard import Snapshot, collect
 from r3mes.node.errors import ServiceError, ValidationError
 from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
-from r3mes.node.pidfile import pid_path, remove_pid_file, write_pid_file
-from r3mes.node.supervisor import ProcessSpec, Supervisor
+from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
+from r3mes.runtime.pidfile import pid_path, remove_pid_file, write_pid_file
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _role_health(path: Path) -> str | None:
     import httpx
 
     from r3mes.node.errors import ServiceError
-    from r3mes.node.pidfile import read_pid_file
+    from r3mes.runtime.pidfile import read_pid_file
 
     try:
         info = read_pid_file(path)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NetworkError, NodeError, ValidationError, classify
 from r3mes.node.ledger_role import LedgerRole
-from r3mes.node.service import ServiceConfig
+from r3mes.node.runtime.service import ServiceConfig
 from r3mes.node.tasks import WorkProfile, derive_task
 from r3mes.node.workload import AdapterInfo, merge_updates, package_adapter, start_adapter
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
     from r3mes.work.task import Task
 
 logger = logging.getLogger(__name__)

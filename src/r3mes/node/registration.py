@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
@@ -11,9 +11,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+Role = Literal["miner", "validator", "proposer", "serving"]
+"""The ledger's node roles (as its `RegisterNode` message spells them)."""
+
 
 def ensure_registered(
-    client: BlockchainClient, key: SigningKey, *, role: str, endpoint: str, stake: int = 0
+    client: BlockchainClient, key: SigningKey, *, role: Role, endpoint: str, stake: int = 0
 ) -> bool:
     """Send `RegisterNode` unless the account already holds `role`; True if it was sent."""
     from r3mes.chain.msgs import RegisterNode

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NodeError, ValidationError
-from r3mes.node.service import RoleService, ServiceConfig
+from r3mes.node.runtime.service import RoleService, ServiceConfig
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.crypto import SigningKey
-    from r3mes.node.shutdown import Shutdown
     from r3mes.registry.unified import UnifiedRegistry
+    from r3mes.runtime.shutdown import Shutdown
     from r3mes.serve.server import ServerThread
 
 logger = logging.getLogger(__name__)

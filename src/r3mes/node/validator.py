@@ -21,13 +21,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from r3mes.node.errors import NetworkError, ValidationError, classify
 from r3mes.node.ledger_role import LedgerRole
 from r3mes.node.residual import ResidualStore
-from r3mes.node.retry import RetryPolicy
-from r3mes.node.service import ServiceConfig
+from r3mes.node.runtime.retry import RetryPolicy
+from r3mes.node.runtime.service import ServiceConfig
 from r3mes.node.settlement import Fate, fate_on_chain
 from r3mes.node.tasks import WorkProfile, derive_task
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.chain.crypto import SigningKey
     from r3mes.node.artifacts import BlobStore
-    from r3mes.node.shutdown import Shutdown
+    from r3mes.runtime.shutdown import Shutdown
     from r3mes.work.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class Validator(LedgerRole):
     def _attest(self, sid: int, *, accepted: bool, distance: float) -> None:
         from r3mes.chain.msgs import Attest
 
-        verdict = "accept" if accepted else "reject"
+        verdict: Literal["accept", "reject"] = "accept" if accepted else "reject"
         ppm = int(min(distance, 1e6) * 1_000_000) if distance == distance else 10**12
         msg = Attest(
             creator=self.address,

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.errors import NodeError, RetryableError, ValidationError, classify
-from r3mes.node.pidfile import pid_path, remove_pid_file, service_id, write_pid_file
-from r3mes.node.shutdown import Shutdown
 from r3mes.paths import Home
+from r3mes.runtime.pidfile import pid_path, remove_pid_file, service_id, write_pid_file
+from r3mes.runtime.shutdown import Shutdown
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -145,7 +145,7 @@ class RoleService(ABC):
 
     def run(self) -> int:
         """Run until stopped; returns a process exit code (0 on a clean stop)."""
-        from r3mes.node.http import HttpServer, create_app
+        from r3mes.node.runtime.http import HttpServer, create_app
 
         self.shutdown.install()
         pidfile = pid_path(self.config.home.run, self.config.role, self.config.name)
@@ -204,7 +204,7 @@ class RoleService(ABC):
 
 def run_with_logging(service: RoleService, *, level: int = logging.INFO) -> int:
     """Run `service` with JSON logs in `$R3MES_HOME/logs/<role>-<name>.log`; exit code."""
-    from r3mes.node.jsonlog import configure_service_logging
+    from r3mes.node.runtime.jsonlog import configure_service_logging
 
     config = service.config
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise

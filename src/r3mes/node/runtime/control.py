@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from r3mes.node.errors import ServiceError
-from r3mes.node.pidfile import PidInfo, list_services, stop_service
 from r3mes.paths import Home
+from r3mes.runtime.pidfile import PidInfo, list_services, stop_service
 
 logger = logging.getLogger(__name__)
 

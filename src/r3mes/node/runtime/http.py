@@ -20,7 +20,7 @@ from r3mes.node.errors import ServiceError
 if TYPE_CHECKING:
     import uvicorn
 
-    from r3mes.node.service import RoleService
+    from r3mes.node.runtime.service import RoleService
 
 
 def create_app(service: RoleService) -> FastAPI:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from r3mes.node.errors import ServiceError
+from r3mes.runtime.errors import ServiceError
 
 _MAX_PIDFILE_BYTES = 4096
 
