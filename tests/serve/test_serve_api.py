@@ -147,11 +147,77 @@ def test_auto_reports_the_route_and_score_in_headers(
     assert "x-r3mes-route" not in plain.headers  # no router, no route headers
 
 
-def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
+def test_unknown_model_is_404_naming_every_model_served(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         chat(client, "no-such-adapter", "hi")
     assert info.value.code == "model_not_found"
-    assert "ad0" in info.value.message
+    message = info.value.message
+    assert "'no-such-adapter' is not served here" in message
+    assert f"{BASE} (the base model), ad0, ad1, ad2, auto" in message  # base model first
+    assert "loaded adapters: none" not in message
+
+
+def test_unknown_model_without_adapters_still_names_the_base_model(
+    engine_factory: EngineFactory,
+) -> None:
+    with ServerThread(engine_factory(n_adapters=0), ServerSettings()) as srv:
+        body = {"model": "x", "prompt": "hi", "max_tokens": 2}
+        r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=10)
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert f"available models: {BASE} (the base model)." in message
+
+
+def test_requests_beyond_the_queue_get_429_with_retry_after(
+    engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batch slot, one queue place, a 0.5 s wait limit: a third request is refused at
+    once; a queued one is refused when its wait runs out, streamed or not."""
+    engine = engine_factory(n_adapters=0, max_batch_size=1, max_waiting=1, max_queue_wait_s=0.5)
+    decode = engine._scheduler._decode_step
+
+    def slow_decode() -> None:  # the running stream outlasts the wait limit on any machine
+        time.sleep(0.01)
+        decode()
+
+    monkeypatch.setattr(engine._scheduler, "_decode_step", slow_decode)
+    with ServerThread(engine, ServerSettings()) as srv:
+        url = f"{srv.url}/v1/completions"
+        long_body = {
+            "model": BASE,
+            "prompt": "hello",
+            "max_tokens": 490,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        gate = threading.Event()
+        with httpx.stream("POST", url, json=long_body, timeout=60) as running:
+            assert running.status_code == 200
+            lines = running.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))  # it is decoding
+            results: dict[str, httpx.Response] = {}
+
+            def queued(stream: bool) -> None:
+                body = {"model": BASE, "prompt": "hi", "max_tokens": 2, "stream": stream}
+                results[f"stream={stream}"] = httpx.post(url, json=body, timeout=60)
+                gate.set()
+
+            waiter = threading.Thread(target=queued, args=(True,))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while engine.stats().waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            full = httpx.post(url, json={"model": BASE, "prompt": "x", "max_tokens": 2}, timeout=10)
+            assert full.status_code == 429
+            assert int(full.headers["retry-after"]) >= 1
+            assert full.json()["error"]["type"] == "rate_limit_error"
+            assert "queue is full" in full.json()["error"]["message"]
+            waiter.join(30)
+            assert gate.is_set()
+            refused = results["stream=True"]
+            assert refused.status_code == 429  # a status, not a stream that breaks later
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "waited" in refused.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

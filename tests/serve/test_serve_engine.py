@@ -14,10 +14,10 @@ from r3mes.serve.adapters import LoadedAdapter
 from r3mes.serve.engine import ServingEngine
 from r3mes.serve.errors import (
     AdapterLoadError,
-    AdapterNotFound,
     EngineClosed,
     EngineOverloaded,
     InvalidRequest,
+    ModelNotFound,
 )
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest, TokenEvent
@@ -159,7 +159,7 @@ def test_hot_reload_keeps_running_requests_on_their_version(
 
 
 def test_submit_rejects_bad_requests(engine: ServingEngine) -> None:
-    with pytest.raises(AdapterNotFound, match="ad0, ad1, ad2"):
+    with pytest.raises(ModelNotFound, match=r"tiny-base \(the base model\), ad0, ad1, ad2"):
         submit(engine, "hi", "missing")
     with pytest.raises(InvalidRequest, match="at most"):
         engine.submit(GenerationRequest(prompt_ids=(1,) * 600, adapter=None), Collector())
@@ -177,7 +177,7 @@ def test_unloaded_adapter_is_refused_but_running_ones_finish(engine: ServingEngi
     engine.unload_adapter("ad1")
     assert running.wait().finish is not None
     assert running.finish.reason == "length"  # type: ignore[union-attr]
-    with pytest.raises(AdapterNotFound):
+    with pytest.raises(ModelNotFound):
         submit(engine, "hello", "ad1")
 
 
@@ -225,8 +225,9 @@ def test_full_queue_is_refused(engine_factory: EngineFactory) -> None:
     while not first.tokens:
         time.sleep(0.001)
     second = submit(engine, "hello", None, max_tokens=2)
-    with pytest.raises(EngineOverloaded, match="retry later"):
+    with pytest.raises(EngineOverloaded, match="queue is full") as refused:
         submit(engine, "hello", None, max_tokens=2)
+    assert refused.value.retry_after_s >= 1
     assert second.wait().finish is not None
     first.wait()
 

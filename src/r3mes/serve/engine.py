@@ -21,7 +21,13 @@ import torch
 
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.serve.adapters import AdapterCache, AdapterEntry, AdapterLoader
-from r3mes.serve.errors import EngineClosed, EngineOverloaded, InvalidRequest
+from r3mes.serve.errors import (
+    AdapterNotFound,
+    EngineClosed,
+    EngineOverloaded,
+    InvalidRequest,
+    ModelNotFound,
+)
 from r3mes.serve.scheduler import Pending, Scheduler
 from r3mes.serve.types import GenerationRequest, RequestHandle, Sink
 
@@ -58,7 +64,16 @@ class EngineConfig:
     max_cpu_loras: int = 16
     """Most adapters whose weights stay loaded in host memory (LRU)."""
     max_waiting: int = 256
-    """Most queued requests; more are refused with EngineOverloaded."""
+    """Most queued requests; more are refused with EngineOverloaded (HTTP 429)."""
+    max_queue_wait_s: float = 30.0
+    """Longest a request waits for a batch slot before it is refused (HTTP 429)."""
+    size_priority_s_per_token: float = 0.05
+    """Fairness: a request of n tokens queues as if it arrived n times this later, so short
+    requests pass long ones queued up to that long before them."""
+    kv_cache_mb: int = 1024
+    """KV-cache memory budget of the running batch (MiB); requests wait (then get 429)
+    rather than grow the cache past it. Never more than max_batch_size x max_model_len
+    tokens is allocated, whatever the budget."""
     max_prefills_per_step: int = 4
     """Most new requests prefilled between two decode steps (bounds decode stalls)."""
     max_model_len: int | None = None
@@ -73,6 +88,14 @@ class EngineConfig:
             raise InvalidRequest("max_prefills_per_step must be at least 1")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise InvalidRequest("max_model_len must be at least 2", param="max_model_len")
+        if self.kv_cache_mb < 1:
+            raise InvalidRequest("kv_cache_mb must be at least 1", param="kv_cache_mb")
+        if not self.max_queue_wait_s > 0:
+            raise InvalidRequest("max_queue_wait_s must be positive", param="max_queue_wait_s")
+        if not self.size_priority_s_per_token >= 0:
+            raise InvalidRequest(
+                "size_priority_s_per_token must be zero or more", param="size_priority_s_per_token"
+            )
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,9 @@ class ServingEngine:
             max_lora_rank=self.config.max_lora_rank,
             max_model_len=self.max_model_len,
             max_prefills_per_step=self.config.max_prefills_per_step,
+            kv_cache_bytes=self.config.kv_cache_mb * 2**20,
+            max_queue_wait_s=self.config.max_queue_wait_s,
+            size_priority_s_per_token=self.config.size_priority_s_per_token,
         )
         slots = self._scheduler.slots
         self.adapters.check = lambda adapter: slots.check(adapter.state, adapter.config)
@@ -176,12 +202,30 @@ class ServingEngine:
         vocab = self.model.config.vocab_size
         if any(not 0 <= t < vocab for t in request.prompt_ids):
             raise InvalidRequest(f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
-        entry = self.adapters.entry(request.adapter) if request.adapter is not None else None
-        if self._inbox.qsize() + len(self._scheduler.waiting) >= self.config.max_waiting:
-            raise EngineOverloaded(self.config.max_waiting)
+        entry = self._entry(request.adapter) if request.adapter is not None else None
+        sched = self._scheduler
+        if self._inbox.qsize() + len(sched.waiting) >= self.config.max_waiting:
+            raise EngineOverloaded(
+                f"the server queue is full ({self.config.max_waiting} waiting requests)",
+                retry_after_s=sched.retry_after_s(),
+            )
         handle = RequestHandle(f"req-{next(self._ids)}")
-        self._inbox.put(Pending(handle=handle, request=request, entry=entry, sink=sink))
+        pending = Pending(handle=handle, request=request, entry=entry, sink=sink)
+        pending.rank = sched.rank(request, pending.submitted)
+        self._inbox.put(pending)
         return handle
+
+    def _entry(self, name: str) -> AdapterEntry:
+        try:
+            return self.adapters.entry(name)
+        except AdapterNotFound as exc:
+            raise self.model_not_found(name, router=False) from exc
+
+    def model_not_found(self, name: str, *, router: bool) -> ModelNotFound:
+        """The error for a request naming `name`, listing what this engine serves."""
+        return ModelNotFound(
+            name, base=self.model_name, adapters=self.adapters.names(), router=router
+        )
 
     # ---- adapters --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ class InvalidRequest(ServeError):
 
 
 class AdapterNotFound(ServeError):
-    """The named adapter is neither loaded nor registered."""
+    """The named adapter is not registered (loading, unloading)."""
 
     def __init__(self, name: str, known: list[str]) -> None:
         listing = ", ".join(sorted(known)) or "none"
@@ -31,6 +31,21 @@ class AdapterNotFound(ServeError):
             "Load it with /v1/load_lora_adapter or `--adapter NAME=PATH|registry:ID`."
         )
         self.name = name
+
+
+class ModelNotFound(ServeError):
+    """A request named a model this server does not serve."""
+
+    def __init__(self, name: str, *, base: str, adapters: list[str], router: bool) -> None:
+        names = [f"{base} (the base model)", *sorted(adapters)]
+        if router:
+            names.append("auto (the semantic router picks an adapter)")
+        super().__init__(
+            f"model {name!r} is not served here; available models: {', '.join(names)}. "
+            "Load another adapter with /v1/load_lora_adapter or `--adapter NAME=PATH`."
+        )
+        self.name = name
+        self.available = [base, *sorted(adapters), *(["auto"] if router else [])]
 
 
 class AdapterLoadError(ServeError):
@@ -52,11 +67,25 @@ class EngineClosed(ServeError):
 
 
 class EngineOverloaded(ServeError):
-    """The waiting queue is full; the client should retry later."""
+    """The server cannot take (or could not start) the request now; retry later."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the server queue is full ({limit} waiting requests); retry later")
-        self.limit = limit
+    def __init__(self, reason: str, *, retry_after_s: int) -> None:
+        super().__init__(f"{reason}; retry in {retry_after_s} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        """Seconds the client should wait before retrying (the Retry-After header)."""
+
+
+class CacheBudgetExceeded(ServeError):
+    """The batch would need more KV-cache memory than the configured budget allows."""
+
+    def __init__(self, *, needed: int, budget: int) -> None:
+        super().__init__(
+            f"the KV cache would need {needed} bytes, over its budget of {budget} bytes; "
+            "raise --kv-cache-mb or lower --max-batch-size"
+        )
+        self.needed = needed
+        self.budget = budget
 
 
 class RouterError(ServeError):

@@ -5,11 +5,19 @@ Every decode step is one forward pass over all running sequences, whatever adapt
 uses: the LoRA term is gathered per row from slot-indexed weights (`LoraSlots`). At most
 `max_loras` adapters live in the model's slots at once; a request whose adapter cannot get
 a slot waits until a running adapter goes idle.
+
+Admission order is earliest virtual deadline first: a request of n generated tokens ranks
+as if it had arrived `n * size_priority_s_per_token` seconds later, so a short request
+passes long ones queued shortly before it, and no request waits forever behind shorter
+ones. A request is admitted only if the batch, with it, can never need more KV cache than
+the budget: the worst case (every sequence running to its max_tokens) is projected before
+it joins. A request still waiting after `max_queue_wait_s` finishes as "rejected" (HTTP 429).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +56,8 @@ class Pending:
     entry: AdapterEntry | None
     sink: Sink
     submitted: float = field(default_factory=time.monotonic)
+    rank: float = 0.0
+    """Admission order, smallest first: the arrival time pushed back by the request's size."""
 
 
 @dataclass
@@ -81,7 +91,12 @@ class Scheduler:
         max_lora_rank: int,
         max_model_len: int,
         max_prefills_per_step: int,
+        kv_cache_bytes: int | None = None,
+        max_queue_wait_s: float = 30.0,
+        size_priority_s_per_token: float = 0.05,
     ) -> None:
+        """`kv_cache_bytes` caps the batch's KV cache (None: room for max_batch_size
+        sequences of max_model_len tokens); see the module docstring for the queue."""
         self.model = model
         self.adapters = adapters
         self._decode_text = decode
@@ -90,12 +105,17 @@ class Scheduler:
         self.max_loras = max_loras
         self.max_model_len = max_model_len
         self.max_prefills_per_step = max_prefills_per_step
+        self.max_queue_wait_s = max_queue_wait_s
+        self.size_priority_s_per_token = size_priority_s_per_token
         cfg = model.config
         self.device = model.model.embed_tokens.weight.device
         self.kv = BatchKV(
             cfg.num_hidden_layers,
             n_kv_heads=cfg.num_key_value_heads,
             head_dim=cfg.head_dim,
+            max_rows=max_batch_size,
+            max_length=max_model_len,
+            max_bytes=kv_cache_bytes,
             dtype=model.model.embed_tokens.weight.dtype,
             device=self.device,
         )
@@ -105,6 +125,24 @@ class Scheduler:
         self.slots = LoraSlots(model, slots=max_loras, max_rank=max_lora_rank)
         self.resident: dict[str, int] = {}  # model key -> slot, least recently used first
         self.tokens_generated = 0
+        self.step_s = 0.01  # moving average of a decode step's wall time, for Retry-After
+
+    # ---- sizes and estimates (read from other threads too: copies, no locks) ----------------
+
+    def limit(self, request: GenerationRequest) -> int:
+        """Most tokens `request` can generate: its max_tokens, within the model's length."""
+        return min(request.params.max_tokens, self.max_model_len - len(request.prompt_ids))
+
+    def rank(self, request: GenerationRequest, submitted: float) -> float:
+        """Admission key of a request submitted at `submitted` (monotonic seconds)."""
+        return submitted + self.limit(request) * self.size_priority_s_per_token
+
+    def retry_after_s(self) -> int:
+        """Seconds until the work now running and queued is likely done (1 to 600)."""
+        running = [self.limit(s.pending.request) - s.generated for s in list(self.running)]
+        queued = [self.limit(p.request) for p in list(self.waiting)]
+        steps = (sum(running) + sum(queued)) / self.max_batch_size
+        return int(min(600, max(1, math.ceil(steps * self.step_s))))
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -141,12 +179,20 @@ class Scheduler:
     # ---- admission and prefill -------------------------------------------------------------
 
     def _admit(self) -> None:
+        self._expire_waiting(time.monotonic())
         admitted: list[Pending] = []
         still_waiting: deque[Pending] = deque()
-        while self.waiting:
-            pending = self.waiting.popleft()
-            room = min(self.max_batch_size - len(self.running), self.max_prefills_per_step)
-            verdict = "wait" if len(admitted) >= room else self._place(pending, admitted)
+        room = min(self.max_batch_size - len(self.running), self.max_prefills_per_step)
+        held = False  # once the budget holds a request back, nothing ranked after it passes
+        for pending in sorted(self.waiting, key=lambda p: p.rank):
+            if held or len(admitted) >= room:
+                still_waiting.append(pending)
+                continue
+            if not self._fits(pending, admitted):
+                held = True
+                still_waiting.append(pending)
+                continue
+            verdict = self._place(pending, admitted)
             if verdict == "wait":
                 still_waiting.append(pending)
             elif verdict == "ready":
@@ -156,6 +202,44 @@ class Scheduler:
             self.admitting = admitted
             self._prefill(admitted)
             self.admitting = []
+
+    def _fits(self, pending: Pending, admitted: list[Pending]) -> bool:
+        """Whether the batch plus `admitted` and `pending` stays within the KV budget even
+        if every sequence runs to its limit.
+
+        A row with `length` cached tokens and `left` decode steps to go is alive at step s
+        while s <= left; the left-padded cache then needs alive(s) rows of
+        max(length over alive) + s columns. Between two rows leaving the need only grows,
+        so the peak is at some row's last step.
+        """
+        rows = [
+            (self.kv.lengths[i], self.limit(s.pending.request) - s.generated)
+            for i, s in enumerate(self.running)
+        ]
+        for p in (*admitted, pending):
+            left = self.limit(p.request) - 1  # the prefill generates the first token
+            if left > 0:  # a one-token request never enters the batch cache
+                rows.append((len(p.request.prompt_ids), left))
+        peak = 0
+        for _, last in rows:
+            alive = [length for length, left in rows if left >= last]
+            peak = max(peak, self.kv.rectangle_bytes(len(alive), max(alive) + last))
+        return peak <= self.kv.buffer_limit
+
+    def _expire_waiting(self, now: float) -> None:
+        """Refuse requests that waited longer than max_queue_wait_s (the client retries)."""
+        expired = [p for p in self.waiting if now - p.submitted > self.max_queue_wait_s]
+        if not expired:
+            return
+        retry = self.retry_after_s()
+        for pending in expired:
+            self.waiting.remove(pending)
+            waited = now - pending.submitted
+            message = (
+                f"the server is busy: the request waited {waited:.1f} s without a free batch "
+                f"slot (limit {self.max_queue_wait_s:g} s)"
+            )
+            self._finish(pending, "rejected", 0, error=message, retry_after_s=retry)
 
     def _place(self, pending: Pending, admitted: list[Pending]) -> Placement:
         """Make sure the request's adapter is in the model, or say why not."""
@@ -223,6 +307,7 @@ class Scheduler:
             mask[row, width - lengths[row] :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = SequenceKV(self.model.config.num_hidden_layers)
+        self.kv.reserve(len(self.running) + len(batch))
         self._select_rows([p.entry.model_key if p.entry else None for p in batch])
         logits = self.model(
             ids.to(self.device),
@@ -242,10 +327,12 @@ class Scheduler:
             if self._accept(seq, choose_token(logits[row], params, seq.generator)):
                 self.kv.add(cache, row=row, length=lengths[row])
                 self.running.append(seq)
+        self.kv.trim()  # rows reserved for requests that finished at their first token
 
     # ---- decoding --------------------------------------------------------------------------
 
     def _decode_step(self) -> None:
+        started = time.monotonic()
         tokens = torch.tensor(
             [[s.next_token] for s in self.running], dtype=torch.long, device=self.device
         )
@@ -265,6 +352,7 @@ class Scheduler:
         if len(keep) != len(self.running):
             self.running = [self.running[r] for r in keep]
             self.kv.keep_rows(keep)
+        self.step_s = 0.9 * self.step_s + 0.1 * (time.monotonic() - started)
 
     def _select_rows(self, keys: list[str | None]) -> None:
         """Per-row adapter slots for the next forward (0: the base model)."""
@@ -310,6 +398,7 @@ class Scheduler:
         *,
         text: str = "",
         error: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         event = FinishEvent(
             reason=reason,
@@ -317,6 +406,7 @@ class Scheduler:
             completion_tokens=generated,
             text=text,
             error=error,
+            retry_after_s=retry_after_s,
         )
         self._emit(pending, event)
 

@@ -9,7 +9,8 @@ from typing import Literal
 
 from r3mes.serve.sampling import SamplingParams
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "rejected"]
+""""rejected": never admitted (the queue wait ran out); the client should retry later."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class FinishEvent:
     text: str = ""
     """Text held back until the end (a partial stop-string match that never completed)."""
     error: str | None = None
+    retry_after_s: int | None = None
+    """For "rejected": seconds after which a retry is likely to be admitted."""
 
 
 EngineEvent = TokenEvent | FinishEvent

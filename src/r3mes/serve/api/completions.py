@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from r3mes.serve.api.errors import ApiError
+from r3mes.serve.api.errors import ApiError, busy
 from r3mes.serve.api.metrics import ServeMetrics
 from r3mes.serve.api.schemas import SamplingFields
 from r3mes.serve.api.streaming import SSE_DONE, EventStream, sse
@@ -24,7 +24,7 @@ from r3mes.serve.errors import InvalidRequest
 from r3mes.serve.router import RouteDecision, SemanticRouter
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.settings import ServerSettings
-from r3mes.serve.types import FinishEvent, GenerationRequest, TokenEvent
+from r3mes.serve.types import EngineEvent, FinishEvent, GenerationRequest, TokenEvent
 
 AUTO_MODEL = RESERVED_AUTO
 
@@ -123,7 +123,8 @@ async def resolve_adapter(
         if decision.adapter is None or decision.adapter not in engine.adapters.names():
             return Resolved(adapter=None, model=engine.model_name, route=decision)
         return Resolved(adapter=decision.adapter, model=decision.adapter, route=decision)
-    engine.adapters.entry(model)  # raises AdapterNotFound (404) with the known names
+    if model not in engine.adapters.names():
+        raise engine.model_not_found(model, router=router is not None)
     return Resolved(adapter=model, model=model)
 
 
@@ -156,6 +157,7 @@ def sampling_params(
         top_k=body.top_k,
         seed=body.seed,
         stop=body.stop_strings() + extra_stop,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -219,32 +221,49 @@ async def respond(
     is_disconnected: Callable[[], Awaitable[bool]],
     headers: dict[str, str],
 ) -> JSONResponse | StreamingResponse:
-    """Answer with one JSON body or an SSE stream ending in `data: [DONE]`."""
-    if stream:
-        return StreamingResponse(
-            _sse_body(run, timeout_s, is_disconnected),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-        )
+    """Answer with one JSON body or an SSE stream ending in `data: [DONE]`.
+
+    A stream opens only once the request is admitted (its first event), so a request the
+    server refuses still gets its HTTP status (429 with Retry-After), not a broken stream.
+    """
+    deadline = time.monotonic() + timeout_s
+    events = run.stream.events(is_disconnected)
     try:
         async with asyncio.timeout(timeout_s):
-            response = await _collect(run, is_disconnected)
-            response.headers.update(headers)
-            return response
+            if not stream:
+                response = await _collect(run, events)
+                response.headers.update(headers)
+                return response
+            first = await anext(events, None)
     except TimeoutError as exc:
-        run.stream.handle.cancel()
+        await events.aclose()  # cancels the request
         message = f"the request ran longer than {timeout_s:.0f} s"
         raise ApiError(504, message, type="timeout") from exc
+    if first is None:
+        raise ApiError(499, "the client disconnected", code="client_closed")
+    if isinstance(first, FinishEvent) and first.reason == "rejected":
+        raise _rejected(first)
+    return StreamingResponse(
+        _sse_body(run, first, events, deadline),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    )
 
 
-async def _collect(run: Run, is_disconnected: Callable[[], Awaitable[bool]]) -> JSONResponse:
+def _rejected(event: FinishEvent) -> ApiError:
+    return busy(event.error or "the server is busy", retry_after_s=event.retry_after_s or 1)
+
+
+async def _collect(run: Run, events: AsyncIterator[EngineEvent]) -> JSONResponse:
     parts: list[str] = []
     c = run.completion
-    async for event in run.stream.events(is_disconnected):
+    async for event in events:
         run.observe(event)
         if isinstance(event, TokenEvent):
             parts.append(event.text)
             continue
+        if event.reason == "rejected":
+            raise _rejected(event)
         if event.reason == "error":
             raise ApiError(500, event.error or "generation failed", type="server_error")
         parts.append(event.text)
@@ -256,22 +275,30 @@ async def _collect(run: Run, is_disconnected: Callable[[], Awaitable[bool]]) -> 
 
 
 async def _sse_body(
-    run: Run, timeout_s: float, is_disconnected: Callable[[], Awaitable[bool]]
+    run: Run, first: EngineEvent, events: AsyncGenerator[EngineEvent], deadline: float
 ) -> AsyncIterator[str]:
     c = run.completion
     if c.kind == "chat":
         yield sse(c.envelope([c.choice("", None, chunk=True, first=True)], chunk=True))
     try:
-        async with asyncio.timeout(timeout_s):
-            async for event in run.stream.events(is_disconnected):
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            run.observe(first)
+            for chunk in _chunks(c, first):
+                yield sse(chunk)
+            async for event in events:
                 run.observe(event)
                 for chunk in _chunks(c, event):
                     yield sse(chunk)
     except TimeoutError:
-        run.stream.handle.cancel()
+        await events.aclose()  # cancels the request
         error = {"message": "the request timed out", "type": "timeout", "param": None}
         yield sse({"error": {**error, "code": None}})
     yield SSE_DONE
+
+
+def _loop_time(deadline: float) -> float:
+    """A `time.monotonic()` deadline on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def _chunks(c: Completion, event: TokenEvent | FinishEvent) -> list[dict[str, Any]]:

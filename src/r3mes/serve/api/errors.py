@@ -22,6 +22,7 @@ from r3mes.serve.errors import (
     EngineClosed,
     EngineOverloaded,
     InvalidRequest,
+    ModelNotFound,
     RouterError,
     ServeError,
 )
@@ -40,6 +41,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -47,6 +49,18 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers or {}
+
+
+def busy(message: str, *, retry_after_s: int) -> ApiError:
+    """429 with the Retry-After header: the server refused work it has no room for now."""
+    return ApiError(
+        429,
+        message,
+        type="rate_limit_error",
+        code="server_busy",
+        headers={"Retry-After": str(max(1, retry_after_s))},
+    )
 
 
 def envelope(
@@ -57,14 +71,16 @@ def envelope(
 
 def from_serve_error(exc: ServeError) -> ApiError:
     """Map an engine error onto an HTTP status and OpenAI error type."""
-    if isinstance(exc, AdapterNotFound):
+    if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, AdapterNotFound):
+        return ApiError(404, str(exc), param="lora_name", code="adapter_not_found")
     if isinstance(exc, InvalidRequest):
         return ApiError(400, str(exc), param=exc.param)
     if isinstance(exc, AdapterLoadError):
         return ApiError(400, str(exc), param=exc.param, code="adapter_load_failed")
     if isinstance(exc, EngineOverloaded):
-        return ApiError(429, str(exc), type="rate_limit_error", code="queue_full")
+        return busy(str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, EngineClosed):
         return ApiError(503, str(exc), type="server_error", code="engine_stopped")
     if isinstance(exc, RouterError):
@@ -158,7 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         body = envelope(exc.message, type=exc.type, param=exc.param, code=exc.code)
-        return JSONResponse(body, status_code=exc.status)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     async def on_serve_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeError)

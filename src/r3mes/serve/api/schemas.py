@@ -56,6 +56,9 @@ class SamplingFields(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: Annotated[str, Field(max_length=256)] | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past the end-of-sequence token, up to max_tokens
+    (load tests and benchmarks use it to get completions of a known length)."""
 
     @field_validator("stop")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from r3mes.serve.engine import ServingEngine
@@ -42,7 +42,7 @@ class EventStream:
 
     async def events(
         self, is_disconnected: Callable[[], Any] | None = None
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent]:
         """Yield events until the finish event; cancel the request on early exit."""
         try:
             while True:
