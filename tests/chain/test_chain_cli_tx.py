@@ -18,7 +18,7 @@ from chain_harness import key
 from support.net import free_port
 from typer.testing import CliRunner, Result
 
-from r3mes.chain import msgs
+from r3mes.chain import msgs, vocab
 from r3mes.chain.client import BlockchainClient, round_assigned_shard
 from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
 from r3mes.chain.keystore import Keystore
@@ -67,12 +67,13 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Home, str
     node.stop()
 
 
-def test_cli_choices_match_the_chain() -> None:
+def test_cli_choices_are_the_chains_vocabulary() -> None:
     assert (chain_tx.ROLES, chain_tx.VERDICTS, chain_tx.KINDS) == (
         msgs.ROLES,
         msgs.VERDICTS,
         msgs.KINDS,
     )
+    assert chain_tx.ROLES is vocab.ROLES and chain_tx.KINDS is vocab.KINDS
 
 
 def cli(devnet: tuple[Home, str], *args: str, passphrase: str = PASS) -> Result:

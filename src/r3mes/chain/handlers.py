@@ -36,10 +36,11 @@ from r3mes.chain.state import (
     artifact_key,
     node_key,
 )
+from r3mes.chain.vocab import Role
 from r3mes.spec.shards import round_shard
 
 
-def _require_node(state: State, role: str, address: str) -> Node:
+def _require_node(state: State, role: Role, address: str) -> Node:
     node = state.nodes.get(node_key(role, address))
     if node is None:
         raise invalid(Code.NOT_PERMITTED, f"{address} is not a registered {role}; register first")

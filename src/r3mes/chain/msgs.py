@@ -16,10 +16,8 @@ from r3mes.chain.codes import Code
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError, TxInvalid
 from r3mes.chain.proto.gen.remes.remes.v1 import tx_pb2
+from r3mes.chain.vocab import KINDS, ROLES, VERDICTS, ArtifactKind, Role, Verdict
 
-ROLES = ("miner", "validator", "proposer", "serving")
-KINDS = ("model", "dataset", "adapter")
-VERDICTS = ("accept", "reject")
 MAX_U64 = 2**64 - 1
 MAX_U32 = 2**32 - 1
 MAX_IDS = 1024
@@ -34,7 +32,7 @@ _TEXT_RE = re.compile(r"^[\x21-\x7e]{0,256}$")
 @dataclass(frozen=True)
 class RegisterNode:
     creator: str
-    role: str
+    role: Role
     endpoint: str = ""
     stake: int = 0
 
@@ -53,7 +51,7 @@ class SubmitGradient:
 class Attest:
     creator: str
     submission_id: int
-    verdict: str
+    verdict: Verdict
     distance_ppm: int = 0
 
 
@@ -73,7 +71,7 @@ class ProposeAdapter:
 class ArtifactSpec:
     """An artifact record as registered (the registry's JSON has the same field names)."""
 
-    kind: str
+    kind: ArtifactKind
     id: str
     version: int
     cid: str
@@ -96,7 +94,7 @@ class RegisterArtifact:
 @dataclass(frozen=True)
 class ApproveArtifact:
     creator: str
-    kind: str
+    kind: ArtifactKind
     id: str
     version: int
 

@@ -22,6 +22,13 @@ from r3mes.chain.commitment import Tree
 from r3mes.chain.errors import StoreError
 from r3mes.chain.genesis import Genesis, Params
 from r3mes.chain.msgs import ArtifactSpec
+from r3mes.chain.vocab import (
+    ArtifactStatus,
+    Role,
+    RoundStatus,
+    SubmissionStatus,
+    Verdict,
+)
 
 STATE_VERSION = 2
 MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active")
@@ -64,7 +71,7 @@ class Account:
 @dataclass(frozen=True)
 class Node:
     address: str
-    role: str
+    role: Role
     endpoint: str
     stake: int
     registered_height: int
@@ -81,7 +88,7 @@ class Round:
     close_height: int
     """Last height that belongs to this round."""
     seed: str
-    status: str = "open"
+    status: RoundStatus = "open"
     base_model_id: str = ""
     base_model_version: int = 0
     base_model_cid: str = ""
@@ -98,7 +105,7 @@ class Round:
 @dataclass(frozen=True)
 class Attestation:
     validator: str
-    verdict: str
+    verdict: Verdict
     distance_ppm: int
     height: int
 
@@ -112,14 +119,14 @@ class Submission:
     cid: str
     digest: str
     height: int
-    status: str = "pending"
+    status: SubmissionStatus = "pending"
     attestations: tuple[Attestation, ...] = ()
 
 
 @dataclass(frozen=True)
 class ArtifactRecord:
     spec: ArtifactSpec
-    status: str
+    status: ArtifactStatus
     registered_by: str
     registered_height: int
     approved_height: int = 0

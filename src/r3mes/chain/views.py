@@ -10,8 +10,8 @@ from typing import Any
 
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError, ChainError
-from r3mes.chain.msgs import KINDS, ROLES
 from r3mes.chain.state import ArtifactRecord, Round, State, Submission, tier
+from r3mes.chain.vocab import KINDS, ROLES
 
 ARTIFACT_FIELDS = (
     "id",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from r3mes.chain.vocab import KINDS, ROLES, VERDICTS, one_of
 from r3mes.cli.chain_shared import (
     DEFAULT_NODE,
     CliError,
@@ -37,11 +38,6 @@ if TYPE_CHECKING:
 tx_app = typer.Typer(help="Sign and broadcast ledger transactions.")
 
 Msg_ = TypeVar("Msg_", bound="Msg")
-# r3mes.chain.msgs' ROLES, VERDICTS and KINDS, spelled out so `--help` imports no protobuf
-# (a test checks they match).
-ROLES = ("miner", "validator", "proposer", "serving")
-VERDICTS = ("accept", "reject")
-KINDS = ("model", "dataset", "adapter")
 FromOpt = Annotated[str, typer.Option("--from", help="Name of the signing key in the wallet.")]
 
 
@@ -195,7 +191,9 @@ def tx_register_node(
     from r3mes.chain.msgs import RegisterNode
 
     def build(client: BlockchainClient, address: str) -> RegisterNode:
-        return RegisterNode(creator=address, role=role, endpoint=endpoint, stake=stake)
+        return RegisterNode(
+            creator=address, role=one_of(role, ROLES, "--role"), endpoint=endpoint, stake=stake
+        )
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
 
@@ -271,7 +269,10 @@ def tx_attest(
 
     def build(client: BlockchainClient, address: str) -> Attest:
         return Attest(
-            creator=address, submission_id=submission_id, verdict=verdict, distance_ppm=ppm
+            creator=address,
+            submission_id=submission_id,
+            verdict=one_of(verdict, VERDICTS, "VERDICT"),
+            distance_ppm=ppm,
         )
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
@@ -412,7 +413,7 @@ def tx_register_artifact(
 
     content = _content(path, kind=kind, cid=cid, sha256=sha256, size=size)
     spec = ArtifactSpec(
-        kind=kind,
+        kind=one_of(kind, KINDS, "KIND"),
         id=artifact_id,
         version=version,
         cid=content.cid,
@@ -462,7 +463,9 @@ def tx_approve_artifact(
     from r3mes.chain.msgs import ApproveArtifact
 
     def build(client: BlockchainClient, address: str) -> ApproveArtifact:
-        return ApproveArtifact(creator=address, kind=kind, id=artifact_id, version=version)
+        return ApproveArtifact(
+            creator=address, kind=one_of(kind, KINDS, "KIND"), id=artifact_id, version=version
+        )
 
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
 
