@@ -38,8 +38,13 @@ def _upgrade(connection: Connection) -> None:
 
 def _pending(connection: Connection) -> list[str]:
     script = ScriptDirectory.from_config(alembic_config())
-    current = set(MigrationContext.configure(connection).get_current_heads())
-    return sorted(set(script.get_heads()) - current)
+    current = list(MigrationContext.configure(connection).get_current_heads())
+    # A revision another branch `depends_on` leaves the version table once that branch is
+    # applied, so "applied" is everything below the current heads, dependencies included.
+    applied = (
+        {r.revision for r in script.iterate_revisions(tuple(current), "base")} if current else set()
+    )
+    return sorted(set(script.get_heads()) - applied)
 
 
 async def migrate(db: Database) -> None:
