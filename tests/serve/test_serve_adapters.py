@@ -46,6 +46,8 @@ def test_reregistering_gives_a_new_serial_and_weights(adapter_factory: AdapterFa
     w = cache.weights(second)
     key = next(iter(w.state))
     assert torch.equal(w.state[key], adapter_factory(2).state[key])
+    other = AdapterCache(max_cpu_loras=4)  # serials belong to the cache, not the process
+    assert other.register("x", loader=lambda: adapter_factory(1), origin="v1").serial == 1
 
 
 def test_unknown_and_bad_adapters(adapter_factory: AdapterFactory) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from copy import deepcopy as copy_module
+
 import pytest
 import torch
 
@@ -85,8 +88,21 @@ def test_bad_adapters_are_refused() -> None:
         slots.load(2, good, small)
 
 
-def test_one_engine_per_model() -> None:
+def test_one_engine_per_model_and_a_copy_is_another_model() -> None:
     m = model()
-    LoraSlots(m, slots=1, max_rank=4)
+    first = LoraSlots(m, slots=1, max_rank=4)
     with pytest.raises(ServeError, match="own copy"):
         LoraSlots(m, slots=1, max_rank=4)
+    copy = LoraSlots(copy_module(m), slots=1, max_rank=4)  # the ownership mark came along
+    assert first.serves(m) and not copy.serves(m)
+    del first, copy
+    gc.collect()
+    LoraSlots(m, slots=1, max_rank=4)  # the owner is gone: the model is free again
+
+
+def test_no_module_level_registries() -> None:
+    """Issue 18: ownership and serials live on instances, not in module globals."""
+    import r3mes.serve.adapters as adapters
+    import r3mes.serve.lora_slots as lora_slots
+
+    assert not hasattr(lora_slots, "_SERVED") and not hasattr(adapters, "_SERIALS")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,7 +161,11 @@ def test_minilm_routes_by_meaning() -> None:
             threshold=0.35,
         ),
     )
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    before = {k: os.environ.get(k) for k in offline}
     router = SemanticRouter(routes, minilm_embedder())
+    # offline by argument, not by switching the whole process (issue 18)
+    assert {k: os.environ.get(k) for k in offline} == before
     assert router.route("my javascript program crashes with a null pointer").adapter == "coder"
     assert router.route("can my employer break the agreement I signed?").adapter == "lawyer"
     assert router.route("a recipe for banana bread").adapter is None

@@ -29,9 +29,6 @@ from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
 
 log = logging.getLogger(__name__)
 
-# Serials are unique per process, so two engines sharing one model never collide.
-_SERIALS = itertools.count(1)
-
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -109,6 +106,8 @@ class AdapterCache:
         self._lock = threading.Lock()
         self._entries: dict[str, AdapterEntry] = {}
         self._loaded: OrderedDict[int, LoadedAdapter] = OrderedDict()
+        # unique within this cache, which is all that needs them: one engine per model
+        self._serials = itertools.count(1)
         self.hits = 0
         self.misses = 0
 
@@ -122,7 +121,9 @@ class AdapterCache:
             except ServeError as exc:
                 raise AdapterLoadError(name, str(exc)) from exc
         with self._lock:
-            entry = AdapterEntry(name=name, serial=next(_SERIALS), loader=loader, origin=origin)
+            entry = AdapterEntry(
+                name=name, serial=next(self._serials), loader=loader, origin=origin
+            )
             old = self._entries.get(name)
             self._entries[name] = entry
             if old is not None:

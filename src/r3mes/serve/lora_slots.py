@@ -152,8 +152,9 @@ class SharedInput:
         self.a = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)) if parts else None
 
 
-# Models that already have slots: two engines swapping modules in one model would clash.
-_SERVED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+OWNER_ATTR = "_r3mes_lora_slots"
+"""The model attribute holding a weak reference to the `LoraSlots` that serve it: two
+engines swapping modules in one model would clash."""
 
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -164,12 +165,14 @@ class LoraSlots:
     def __init__(self, model: nn.Module, *, slots: int, max_rank: int) -> None:
         if slots < 1 or max_rank < 1:
             raise ServeError("LoRA slots and max rank must be at least 1")
-        if model in _SERVED:
+        owner = getattr(model, OWNER_ATTR, None)
+        if isinstance(owner, weakref.ref) and (live := owner()) is not None and live.serves(model):
             raise ServeError(
                 "this model already belongs to a serving engine; give each engine its own "
                 "copy (copy.deepcopy(model) or load it again)"
             )
-        _SERVED.add(model)
+        self._model = weakref.ref(model)
+        setattr(model, OWNER_ATTR, weakref.ref(self))  # a deepcopy keeps pointing here
         self.slots = slots
         self.max_rank = max_rank
         self.selection = SlotSelection()
@@ -186,6 +189,10 @@ class LoraSlots:
         if not self.layers:
             raise ServeError("the model has no BitLinear projections to attach LoRA slots to")
         self._group_shared_inputs()
+
+    def serves(self, model: nn.Module) -> bool:
+        """Whether these slots were built on `model` (not merely on a copy of it)."""
+        return self._model() is model
 
     def _group_shared_inputs(self) -> None:
         for path in self.layers:

