@@ -204,7 +204,7 @@ class NodeDirectory:
             node.open_until = time.monotonic() + self.cooldown_s
             node.probed_ok = False
             log.warning(
-                "serving node %s cools down for %.0f s after %d failures (%s)",
+                "serving node %s cools down for %.1f s after %d failures (%s)",
                 node.key,
                 self.cooldown_s,
                 node.failures,
@@ -244,7 +244,8 @@ class NodeDirectory:
         due = [
             n
             for n in self.nodes.values()
-            if now - n.last_probe >= self.probe_interval_s and now >= n.open_until
+            if now >= n.open_until
+            and (now - n.last_probe >= self.probe_interval_s or (n.open_until and not n.probed_ok))
         ]
         if due:
             await asyncio.gather(*(self.probe(n) for n in due))
