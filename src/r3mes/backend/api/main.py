@@ -4,12 +4,47 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from r3mes.backend.api.routes import chat, health, metrics, models, payouts, pricing, web
+from r3mes.backend.api.routes import (
+    adapters,
+    analytics,
+    blocks,
+    chat,
+    faucet,
+    health,
+    leaderboard,
+    metrics,
+    miners,
+    models,
+    network,
+    payouts,
+    pricing,
+    rounds,
+    serving,
+    txs,
+    validators,
+    web,
+    ws,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 for chat_router in (chat.router, models.router, pricing.router, payouts.router, metrics.router):
     api_router.include_router(chat_router)
+for explorer_router in (
+    network.router,
+    leaderboard.router,
+    miners.router,
+    validators.router,
+    serving.router,
+    rounds.router,
+    adapters.router,
+    blocks.router,
+    txs.router,
+    analytics.router,
+    faucet.router,
+    ws.router,
+):
+    api_router.include_router(explorer_router)
 
 # The dashboard (`/`, `/ui/...`) stays last: it must never shadow /api, /v1 or /ws.
 api_router.include_router(web.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from r3mes.backend.db import accounts, chat
+from r3mes.backend.db import accounts, chat, index
 from r3mes.backend.db.base import Base
 
-__all__ = ["Base", "accounts", "chat"]
+__all__ = ["Base", "accounts", "chat", "index"]

@@ -20,6 +20,7 @@ def workers(runtime: Runtime) -> list[Worker]:
     found: list[Worker] = []
     _accounts_workers(runtime, found)
     _chat_workers(runtime, found)
+    _explorer_workers(runtime, found)
     # Chain handlers register on `chain_follower(runtime)` above this line; it runs last.
     if runtime.settings.follow_chain:
         from r3mes.backend.services.chain_follower import chain_follower
@@ -46,6 +47,21 @@ def _accounts_workers(runtime: Runtime, found: list[Worker]) -> None:
             "no deposit address (set R3MES_DEPOSIT_ADDRESS or create the treasury key); "
             "ledger deposits are not credited"
         )
+
+
+def _explorer_workers(runtime: Runtime, found: list[Worker]) -> None:
+    """The indexer (a chain handler; websocket pushes after each commit) and the poller of
+    adapter versions' held-out loss."""
+    if not runtime.settings.follow_chain:
+        return
+    from r3mes.backend.services.chain_follower import chain_follower
+    from r3mes.backend.services.live import HANDLER_NAME, explorer_service
+
+    explorer = explorer_service(runtime)
+    follower = chain_follower(runtime)
+    follower.register(HANDLER_NAME, explorer.handle)
+    follower.add_listener(explorer.on_block)
+    found.append(("adapter-loss-poller", explorer.poll_losses_forever))
 
 
 def _chat_workers(runtime: Runtime, found: list[Worker]) -> None:

@@ -1,0 +1,409 @@
+"""Ranked and aggregated explorer answers: network stats, leaderboards, operator pages,
+serving nodes and analytics.
+
+Definitions (also in docs/backend.md):
+- verified rate: verified / (verified + rejected) submissions of a miner (None before any
+  settled);
+- trend: a miner's verified and rejected submissions in each of the last N rounds;
+- trust score: the share of a validator's attestations on settled submissions that matched
+  the final verdict;
+- uptime: the share of the last N rounds with submissions in which the validator attested
+  at least once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Date, and_, cast, distinct, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from r3mes.backend.db.chat import ChatRequest
+from r3mes.backend.db.index import (
+    IxAccount,
+    IxAttestation,
+    IxDaily,
+    IxNode,
+    IxReward,
+    IxRound,
+    IxSlash,
+    IxSubmission,
+)
+from r3mes.backend.errors import InvalidRequest, NotFound
+from r3mes.backend.services import explorer
+from r3mes.backend.services.explorer import account_doc, decode_cursor, node_doc, page
+from r3mes.chain.state import tier
+
+
+async def network_stats(s: AsyncSession) -> dict[str, Any]:
+    m = await explorer.meta(s)
+    active = await explorer.node_counts(s)
+    totals = (
+        await s.execute(
+            select(
+                func.coalesce(func.sum(IxDaily.submissions), 0),
+                func.coalesce(func.sum(IxDaily.verified), 0),
+                func.coalesce(func.sum(IxDaily.rejected), 0),
+                func.coalesce(func.sum(IxDaily.txs), 0),
+            )
+        )
+    ).one()
+    submissions, verified, rejected, txs = (int(x) for x in totals)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    chat_users = await explorer.count(
+        s,
+        select(func.count(distinct(ChatRequest.account_id))).where(ChatRequest.created_at >= since),
+    )
+    return {
+        "chain_id": m.chain_id,
+        "height": m.height,
+        "round": explorer.current_round(m),
+        "block_time": m.last_block_time_ms,
+        "active_miners": active.get("miner", 0),
+        "active_validators": active.get("validator", 0),
+        "active_proposers": active.get("proposer", 0),
+        "active_serving_nodes": active.get("serving", 0),
+        "submissions": submissions,
+        "verified": verified,
+        "rejected": rejected,
+        "verified_rate": verified / (verified + rejected) if verified + rejected else None,
+        "txs": txs,
+        "credits_in_circulation": m.supply,
+        "minted": m.minted,
+        "burned": m.burned,
+        "chat_users_30d": chat_users,
+    }
+
+
+async def _trend(
+    s: AsyncSession, miners: list[str], first_round: int
+) -> dict[str, list[dict[str, int]]]:
+    out: dict[str, list[dict[str, int]]] = {m: [] for m in miners}
+    if not miners:
+        return out
+    rows = await s.execute(
+        select(IxSubmission.miner, IxSubmission.round, IxSubmission.status, func.count())
+        .where(IxSubmission.miner.in_(miners), IxSubmission.round >= first_round)
+        .group_by(IxSubmission.miner, IxSubmission.round, IxSubmission.status)
+    )
+    per: dict[tuple[str, int], dict[str, int]] = {}
+    for miner, rnd, status, n in rows:
+        entry = per.setdefault(
+            (miner, int(rnd)), {"round": int(rnd), "verified": 0, "rejected": 0, "pending": 0}
+        )
+        entry[str(status)] = int(n)
+    for (miner, _), entry in sorted(per.items()):
+        out[miner].append(entry)
+    return out
+
+
+async def _stakes(s: AsyncSession, role: str, addresses: list[str]) -> dict[str, IxNode]:
+    if not addresses:
+        return {}
+    rows = await s.scalars(select(IxNode).where(IxNode.role == role, IxNode.address.in_(addresses)))
+    return {n.address: n for n in rows}
+
+
+async def miners(s: AsyncSession, *, limit: int, cursor: str | None, rounds: int) -> dict[str, Any]:
+    """Registered miners by (reputation, earnings) descending, address ascending."""
+    m = await explorer.meta(s)
+    after = decode_cursor(cursor, (int, int, str, int))
+    q = (
+        select(IxAccount)
+        .where(IxAccount.is_miner.is_(True))
+        .order_by(IxAccount.reputation.desc(), IxAccount.earned.desc(), IxAccount.address)
+        .limit(limit + 1)
+    )
+    rank = 0
+    if after:
+        rep, earned, address, rank = after
+        q = q.where(
+            or_(
+                IxAccount.reputation < rep,
+                and_(IxAccount.reputation == rep, IxAccount.earned < earned),
+                and_(
+                    IxAccount.reputation == rep,
+                    IxAccount.earned == earned,
+                    IxAccount.address > address,
+                ),
+            )
+        )
+    accs = list(await s.scalars(q))
+    addresses = [a.address for a in accs]
+    trend = await _trend(s, addresses, explorer.current_round(m) - rounds + 1)
+    nodes = await _stakes(s, "miner", addresses)
+    items = []
+    for i, a in enumerate(accs):
+        doc = _rank_doc(a, rank + i + 1)
+        node = nodes.get(a.address)
+        doc.update(
+            stake=node.stake if node else 0,
+            active=bool(node and node.active),
+            trend=trend[a.address],
+        )
+        items.append(doc)
+    return page(items, limit, lambda d: [d["reputation"], d["earned"], d["address"], d["rank"]])
+
+
+def _rank_doc(a: IxAccount, rank: int) -> dict[str, Any]:
+    settled = a.verified + a.rejected
+    return {
+        "rank": rank,
+        "address": a.address,
+        "reputation": a.reputation,
+        "tier": tier(a.reputation),
+        "earned": a.earned,
+        "slashed": a.slashed,
+        "submissions": a.submissions,
+        "verified": a.verified,
+        "rejected": a.rejected,
+        "verified_rate": a.verified / settled if settled else None,
+    }
+
+
+async def validators(
+    s: AsyncSession, *, limit: int, cursor: str | None, rounds: int
+) -> dict[str, Any]:
+    """Registered validators by agreed attestations descending (then address)."""
+    m = await explorer.meta(s)
+    after = decode_cursor(cursor, (int, str, int))
+    q = (
+        select(IxAccount)
+        .where(IxAccount.is_validator.is_(True))
+        .order_by(IxAccount.attest_agreed.desc(), IxAccount.address)
+        .limit(limit + 1)
+    )
+    rank = 0
+    if after:
+        agreed, address, rank = after
+        q = q.where(
+            or_(
+                IxAccount.attest_agreed < agreed,
+                and_(IxAccount.attest_agreed == agreed, IxAccount.address > address),
+            )
+        )
+    accs = list(await s.scalars(q))
+    addresses = [a.address for a in accs]
+    uptime = await _uptime(s, addresses, explorer.current_round(m), rounds)
+    nodes = await _stakes(s, "validator", addresses)
+    items = []
+    for i, a in enumerate(accs):
+        node = nodes.get(a.address)
+        items.append(
+            {
+                "rank": rank + i + 1,
+                "address": a.address,
+                "agreed": a.attest_agreed,
+                "trust_score": a.attest_agreed / a.attest_settled if a.attest_settled else None,
+                "attestations": a.attestations,
+                "settled_attestations": a.attest_settled,
+                "uptime": uptime[a.address],
+                "stake": node.stake if node else 0,
+                "active": bool(node and node.active),
+                "reputation": a.reputation,
+                "earned": a.earned,
+            }
+        )
+    return page(items, limit, lambda d: [d["agreed"], d["address"], d["rank"]])
+
+
+async def _uptime(
+    s: AsyncSession, validators_: list[str], current: int, rounds: int
+) -> dict[str, float | None]:
+    first = max(1, current - rounds + 1)
+    busy = await explorer.count(
+        s,
+        select(func.count())
+        .select_from(IxRound)
+        .where(IxRound.number >= first, IxRound.submissions > 0),
+    )
+    out: dict[str, float | None] = dict.fromkeys(validators_)
+    if not validators_ or not busy:
+        return out
+    rows = await s.execute(
+        select(IxAttestation.validator, func.count(distinct(IxAttestation.round)))
+        .where(IxAttestation.validator.in_(validators_), IxAttestation.round >= first)
+        .group_by(IxAttestation.validator)
+    )
+    seen = {str(v): int(n) for v, n in rows}
+    return {v: min(1.0, seen.get(v, 0) / busy) for v in validators_}
+
+
+async def miner(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]:
+    m = await explorer.meta(s)
+    acc = await s.get(IxAccount, address)
+    node = await s.get(IxNode, ("miner", address))
+    if acc is None or node is None:
+        raise NotFound(f"{address} is not a registered miner")
+    doc = account_doc(acc, address)
+    doc["node"] = node_doc(node)
+    doc["trend"] = (await _trend(s, [address], explorer.current_round(m) - rounds + 1))[address]
+    doc["recent_submissions"] = (
+        await explorer.submissions(s, limit=20, cursor=None, miner=address)
+    )["items"]
+    doc["recent_rewards"] = [
+        {
+            "height": r.height,
+            "kind": r.kind,
+            "amount": r.amount,
+            "round": r.round,
+            "submission_id": r.submission_id,
+        }
+        for r in await s.scalars(
+            select(IxReward)
+            .where(IxReward.address == address)
+            .order_by(IxReward.id.desc())
+            .limit(20)
+        )
+    ]
+    doc["slashes"] = [
+        {
+            "height": x.height,
+            "submission_id": x.submission_id,
+            "burned": x.burned,
+            "reputation_lost": x.reputation_lost,
+        }
+        for x in await s.scalars(
+            select(IxSlash).where(IxSlash.address == address).order_by(IxSlash.id.desc()).limit(20)
+        )
+    ]
+    return doc
+
+
+async def validator(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]:
+    m = await explorer.meta(s)
+    acc = await s.get(IxAccount, address)
+    node = await s.get(IxNode, ("validator", address))
+    if acc is None or node is None:
+        raise NotFound(f"{address} is not a registered validator")
+    doc = account_doc(acc, address)
+    doc["node"] = node_doc(node)
+    doc["uptime"] = (await _uptime(s, [address], explorer.current_round(m), rounds))[address]
+    recent = await s.scalars(
+        select(IxAttestation)
+        .where(IxAttestation.validator == address)
+        .order_by(IxAttestation.round.desc(), IxAttestation.submission_id.desc())
+        .limit(20)
+    )
+    doc["recent_attestations"] = [
+        {
+            "submission_id": a.submission_id,
+            "round": a.round,
+            "verdict": a.verdict,
+            "distance_ppm": a.distance_ppm,
+            "height": a.height,
+            "agreed": a.agreed,
+        }
+        for a in recent
+    ]
+    return doc
+
+
+async def serving(s: AsyncSession) -> dict[str, Any]:
+    """Serving nodes: liveness from the ledger, load and served tokens from paid chat."""
+    m = await explorer.meta(s)
+    params = explorer.params_of(m)
+    nodes = list(
+        await s.scalars(select(IxNode).where(IxNode.role == "serving").order_by(IxNode.address))
+    )
+    served: dict[str, tuple[int, int, int]] = {}
+    if nodes:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        rows = await s.execute(
+            select(
+                ChatRequest.node,
+                func.count(),
+                func.coalesce(
+                    func.sum(ChatRequest.prompt_tokens + ChatRequest.completion_tokens), 0
+                ),
+                func.count().filter(ChatRequest.created_at >= since),
+            )
+            .where(ChatRequest.node.in_([n.address for n in nodes]), ChatRequest.status == "ok")
+            .group_by(ChatRequest.node)
+        )
+        served = {
+            str(node): (int(n), int(tokens), int(last_hour)) for node, n, tokens, last_hour in rows
+        }
+    items = []
+    for n in nodes:
+        requests, tokens, last_hour = served.get(n.address, (0, 0, 0))
+        age = m.last_block_time_ms - n.last_heartbeat_ms
+        items.append(
+            {
+                **node_doc(n),
+                "heartbeat_age_ms": age,
+                "live": n.active and age <= int(params["serving_stale_after_ms"]),
+                "served_requests": requests,
+                "served_tokens": tokens,
+                "requests_last_hour": last_hour,
+                "load": last_hour / (n.capacity * 60) if n.capacity else None,
+            }
+        )
+    return {"height": m.height, "nodes": items}
+
+
+async def analytics(s: AsyncSession, *, days: int) -> dict[str, Any]:
+    """Per UTC day: chat (per model) and network totals, oldest day first."""
+    if not 1 <= days <= 366:
+        raise InvalidRequest("days must be in [1, 366]")
+    today = dt.datetime.now(dt.UTC).date()
+    first = today - dt.timedelta(days=days - 1)
+    start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+    day_col = (
+        cast(ChatRequest.created_at, Date)
+        if s.get_bind().dialect.name == "postgresql"
+        else func.date(ChatRequest.created_at)
+    )
+    chat_rows = await s.execute(
+        select(
+            day_col,
+            ChatRequest.model,
+            func.count(),
+            func.coalesce(func.sum(ChatRequest.prompt_tokens), 0),
+            func.coalesce(func.sum(ChatRequest.completion_tokens), 0),
+            func.coalesce(func.sum(ChatRequest.credits), 0),
+            func.count(distinct(ChatRequest.account_id)),
+        )
+        .where(ChatRequest.created_at >= start)
+        .group_by(day_col, ChatRequest.model)
+    )
+    chat: dict[str, list[dict[str, Any]]] = {}
+    for day, model, n, prompt, completion, credits, users in chat_rows:
+        chat.setdefault(str(day), []).append(
+            {
+                "model": model,
+                "requests": int(n),
+                "prompt_tokens": int(prompt),
+                "completion_tokens": int(completion),
+                "credits": int(credits),
+                "active_users": int(users),
+            }
+        )
+    network = {str(d.day): d for d in await s.scalars(select(IxDaily).where(IxDaily.day >= first))}
+    out: list[dict[str, Any]] = []
+    for i in range(days):
+        day = first + dt.timedelta(days=i)
+        key = day.isoformat()
+        row = network.get(key)
+        models: list[dict[str, Any]] = sorted(chat.get(key, []), key=_model_name)
+        out.append(
+            {
+                "day": key,
+                "chat": models,
+                "network": {
+                    "blocks": row.blocks if row else 0,
+                    "txs": row.txs if row else 0,
+                    "submissions": row.submissions if row else 0,
+                    "verified": row.verified if row else 0,
+                    "rejected": row.rejected if row else 0,
+                    "rewards": row.rewards if row else 0,
+                    "slashes": row.slashes if row else 0,
+                },
+            }
+        )
+    return {"days": out}
+
+
+def _model_name(entry: dict[str, Any]) -> str:
+    return str(entry["model"])

@@ -1,0 +1,306 @@
+"""A devnet with every kind of ledger activity, for the explorer's indexer tests.
+
+`start_devnet` makes a chain whose rounds are short; `play(url, rounds)` drives it: nodes
+register (with stakes), a serving node beats, an honest miner and a cheating miner submit
+every round, three validators accept the honest update and reject the cheat (settling one
+as verified and slashing the other), the proposer merges each closed round's verified
+updates into a new adapter version, credits move by transfer and faucet, an artifact is
+registered and approved, and some transactions fail inside blocks (code != 0). Then
+`compare` holds the explorer's answers against the ledger's own REST and RPC answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from r3mes.chain.client import BlockchainClient
+from r3mes.chain.crypto import SigningKey
+from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
+from r3mes.chain.errors import ClientError, TxRejected
+from r3mes.chain.msgs import (
+    ApproveArtifact,
+    ArtifactSpec,
+    Attest,
+    Faucet,
+    ProposeAdapter,
+    RegisterArtifact,
+    RegisterNode,
+    ServingHeartbeat,
+    TransferCredits,
+)
+from r3mes.paths import Home
+
+
+def key(n: int) -> SigningKey:
+    return SigningKey(secret=(1000 + n).to_bytes(32, "big"))
+
+
+HONEST, CHEAT, V1, V2, V3, PROPOSER, SERVING, AUTHORITY, USER = (key(i) for i in range(1, 10))
+MODEL = ArtifactSpec(
+    kind="model", id="bitnet-tiny", version=1, cid="bafymodel", sha256="11" * 32, size=100
+)
+DATASET = ArtifactSpec(
+    kind="dataset", id="ds", version=1, cid="bafydata", sha256="22" * 32, size=50
+)
+
+
+def start_devnet(home: Home, port: int, *, block_interval_s: float = 0.05) -> DevnetNode:
+    """Initialise (once) and start the scenario's devnet."""
+    genesis = devnet_genesis(
+        accounts={k.address: 100_000 for k in (HONEST, CHEAT, V1, V2, V3, PROPOSER, SERVING, USER)},
+        artifacts=[MODEL, DATASET],
+        genesis_time_ms=1_700_000_000_000,
+        pow_difficulty=2,
+        attestation_quorum=2,
+        round_length=12,
+        shards_per_round=8,
+        min_stake=10,
+        slash_amount=30,
+        authority=AUTHORITY.address,
+    )
+    init_devnet(home, genesis)
+    node = DevnetNode(home, DevnetConfig(port=port, block_interval_s=block_interval_s))
+    node.start()
+    return node
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _send(client: BlockchainClient, signer: SigningKey, msgs: list[Any]) -> int:
+    """Send and wait; a tx failing in its block is fine (it is indexed too): its code."""
+    try:
+        return client.sign_and_broadcast(signer, msgs, timeout_s=30).code
+    except TxRejected as exc:
+        return exc.code
+
+
+def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None) -> None:
+    """Drive `rounds` rounds of activity on the devnet at `url` (see the module docstring)."""
+    with BlockchainClient(url, timeout_s=10, retries=3) as c:
+        for signer, role, stake in (
+            (HONEST, "miner", 100),
+            (CHEAT, "miner", 100),
+            (V1, "validator", 50),
+            (V2, "validator", 50),
+            (V3, "validator", 50),
+            (PROPOSER, "proposer", 10),
+            (SERVING, "serving", 10),
+        ):
+            endpoint = "http://127.0.0.1:1/" if role != "miner" else ""
+            _send(
+                c,
+                signer,
+                [RegisterNode(creator=signer.address, role=role, endpoint=endpoint, stake=stake)],
+            )
+        _send(
+            c,
+            SERVING,
+            [
+                ServingHeartbeat(
+                    creator=SERVING.address,
+                    endpoint="http://127.0.0.1:2/",
+                    adapter_version=0,
+                    capacity=4,
+                )
+            ],
+        )
+        # Fails inside its block: USER is no validator (check_tx does not look at roles).
+        _send(c, USER, [Attest(creator=USER.address, submission_id=1, verdict="accept")])
+        spec = ArtifactSpec(
+            kind="dataset", id="ds", version=2, cid="bafydata2", sha256="33" * 32, size=60
+        )
+        _send(c, USER, [RegisterArtifact(creator=USER.address, artifact=spec)])
+        _send(c, AUTHORITY, [Faucet(creator=AUTHORITY.address, to=AUTHORITY.address, amount=5)])
+        _send(
+            c,
+            AUTHORITY,
+            [ApproveArtifact(creator=AUTHORITY.address, kind="dataset", id="ds", version=2)],
+        )
+        for i in range(rounds):
+            _play_round(c, i)
+            if on_round is not None:
+                on_round(i)
+
+
+def _play_round(c: BlockchainClient, i: int) -> None:
+    rnd = c.current_round()
+    subs = {}
+    for miner in (HONEST, CHEAT):
+        try:
+            c.submit_gradient(
+                miner,
+                round_number=rnd.number,
+                cid=f"bafyupd{i}{miner.address[-6:]}",
+                digest=_digest(f"{i}{miner.address}"),
+            )
+        except (TxRejected, ClientError):
+            continue  # the round closed between reading it and sending (a failed tx)
+    for sub in c.submissions(rnd.number):
+        subs[sub.miner] = sub.id
+    for validator in (V1, V2, V3):
+        for miner, sid in subs.items():
+            verdict = "accept" if miner == HONEST.address else "reject"
+            _send(
+                c,
+                validator,
+                [
+                    Attest(
+                        creator=validator.address,
+                        submission_id=sid,
+                        verdict=verdict,
+                        distance_ppm=7 * (i + 1),
+                    )
+                ],
+            )
+    _send(c, USER, [TransferCredits(creator=USER.address, to=key(50 + i).address, amount=10 + i)])
+    _send(
+        c,
+        SERVING,
+        [ServingHeartbeat(creator=SERVING.address, endpoint="", adapter_version=i, capacity=4 + i)],
+    )
+    # Wait for the round to close, then merge its verified update(s).
+    while c.current_round().number <= rnd.number:
+        time.sleep(0.05)
+    verified = [s.id for s in c.submissions(rnd.number) if s.status == "verified"]
+    if verified:
+        current = list(c.approved_artifacts(kind="adapter"))
+        parent = max((a.version for a in current), default=0)
+        _send(
+            c,
+            PROPOSER,
+            [
+                ProposeAdapter(
+                    creator=PROPOSER.address,
+                    round=rnd.number,
+                    adapter_cid=f"bafyadapter{parent + 1}",
+                    sha256=_digest(f"adapter{parent + 1}"),
+                    size=1000 + i,
+                    version=parent + 1,
+                    parent_version=parent,
+                    submission_ids=tuple(verified),
+                )
+            ],
+        )
+
+
+# -- comparison ----------------------------------------------------------------------------
+
+
+def _get(http: httpx.Client, url: str) -> Any:
+    response = http.get(url, timeout=10)
+    assert response.status_code == 200, (url, response.status_code, response.text[:300])
+    return response.json()
+
+
+def _all_pages(http: httpx.Client, url: str) -> list[Any]:
+    items: list[Any] = []
+    cursor = None
+    while True:
+        sep = "&" if "?" in url else "?"
+        doc = _get(http, url + (f"{sep}cursor={cursor}" if cursor else ""))
+        items.extend(doc["items"])
+        cursor = doc["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def _same(ledger: dict[str, Any], ours: dict[str, Any], what: str) -> None:
+    mine = {k: ours.get(k, "<missing>") for k in ledger}
+    assert mine == ledger, f"{what}: explorer {mine} != ledger {ledger}"
+
+
+def compare(ledger_url: str, explorer_url: str, height: int) -> dict[str, int]:
+    """Assert that the explorer's answers equal the ledger's at `height` (which both must
+    stand at); returns how many records of each kind were compared."""
+    prefix = f"{ledger_url}/remes/remes/v1"
+    counts: dict[str, int] = {}
+    with httpx.Client() as http:
+        status = http.post(ledger_url, json={"jsonrpc": "2.0", "id": 1, "method": "status"}).json()
+        assert int(status["result"]["sync_info"]["latest_block_height"]) == height
+        stats = _get(http, f"{explorer_url}/api/network/stats")
+        assert stats["height"] == height
+        ledger_rounds = _get(http, f"{prefix}/rounds?limit=1000")
+        assert stats["round"] == ledger_rounds["current_round"]
+        ours = {r["number"]: r for r in _all_pages(http, f"{explorer_url}/api/rounds?limit=200")}
+        assert sorted(ours) == sorted(r["number"] for r in ledger_rounds["rounds"])
+        for r in ledger_rounds["rounds"]:
+            _same(r, ours[r["number"]], f"round {r['number']}")
+        counts["rounds"] = len(ours)
+        subs = _get(http, f"{prefix}/submissions")["submissions"]
+        ours = {s["id"]: s for s in _all_pages(http, f"{explorer_url}/api/submissions?limit=200")}
+        assert sorted(ours) == [s["id"] for s in subs]
+        for s in subs:
+            _same(s, ours[s["id"]], f"submission {s['id']}")
+        counts["submissions"] = len(subs)
+        nodes = _get(http, f"{prefix}/nodes?include_inactive=true")["nodes"]
+        ours_nodes = {(n["role"], n["address"]): n for n in _get(http, f"{explorer_url}/api/nodes")}
+        assert sorted(ours_nodes) == sorted((n["role"], n["address"]) for n in nodes)
+        for n in nodes:
+            _same(n, ours_nodes[(n["role"], n["address"])], f"node {n['role']}/{n['address']}")
+        counts["nodes"] = len(nodes)
+        arts = _get(http, f"{prefix}/artifacts?status=all")["artifacts"]
+        ours_arts = _get(http, f"{explorer_url}/api/artifacts")
+        assert len(ours_arts) == len(arts)
+        for a, b in zip(arts, ours_arts, strict=True):
+            _same(a, b, f"artifact {a['kind']}/{a['id']}/{a['version']}")
+        counts["artifacts"] = len(arts)
+        addresses = set()
+        txs = _ledger_txs(http, ledger_url, height)
+        for t in txs:
+            mine = _get(http, f"{explorer_url}/api/txs/{t['hash']}")
+            assert (mine["height"], mine["index"], mine["code"], mine["log"], mine["events"]) == (
+                int(t["height"]),
+                t["index"],
+                t["tx_result"]["code"],
+                t["tx_result"]["log"],
+                t["tx_result"]["events"],
+            ), t["hash"]
+            addresses.add(mine["signer"])
+            for m in mine["msgs"]:
+                addresses.update(v for k, v in m.items() if k in ("creator", "to"))
+        counts["txs"] = len(txs)
+        addresses.discard("")
+        for entry in _get(http, f"{prefix}/leaderboard?limit=1000")["leaderboard"]:
+            addresses.add(entry["address"])
+        for address in sorted(addresses):
+            ledger_acc = _get(http, f"{prefix}/accounts/{address}")["account"]
+            _same(
+                ledger_acc,
+                _get(http, f"{explorer_url}/api/accounts/{address}"),
+                f"account {address}",
+            )
+        counts["accounts"] = len(addresses)
+        for h in range(1, height + 1):
+            block = http.post(
+                ledger_url,
+                json={"jsonrpc": "2.0", "id": 1, "method": "block", "params": {"height": str(h)}},
+            ).json()["result"]
+            mine = _get(http, f"{explorer_url}/api/blocks/{h}")
+            assert mine["hash"] == block["block_id"]["hash"].lower(), h
+            assert len(mine["txs"]) == len(block["block"]["data"]["txs"]), h
+        counts["blocks"] = height
+    return counts
+
+
+def _ledger_txs(http: httpx.Client, ledger_url: str, height: int) -> list[dict[str, Any]]:
+    """Every tx of heights 1..height, by asking tx_search height by height (txs only)."""
+    out: list[dict[str, Any]] = []
+    for h in range(1, height + 1):
+        answer = http.post(
+            ledger_url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tx_search",
+                "params": {"query": f"tx.height={h}", "per_page": "100"},
+            },
+        ).json()["result"]
+        out.extend(answer["txs"])
+    return out
