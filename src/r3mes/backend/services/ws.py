@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +74,15 @@ class Hub:
         """Offer `text` to every client of channel `key`; returns how many took it."""
         taken = 0
         for client in list(self.channels.get(key, ())):
-            try:
-                client.queue.put_nowait(text)
-                taken += 1
-            except asyncio.QueueFull:
-                self._drop(client)
+            self._push(client, text)
+            taken += not client.dropped
         return taken
+
+    def _push(self, client: Client, text: str) -> None:
+        try:
+            client.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self._drop(client)
 
     def _drop(self, client: Client) -> None:
         if client.dropped:
@@ -97,8 +100,12 @@ class Hub:
         key: str,
         hello: list[str],
         on_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        producer: Callable[[Callable[[str], None]], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
-        """Accept `ws` into channel `key`, send `hello`, then stream until it goes."""
+        """Accept `ws` into channel `key`, send `hello`, then stream until it goes.
+
+        `producer(push)`, if given, runs for the connection's life and sends this client
+        its own messages through `push` (bounded like everything else)."""
         if self.per_ip[ip] >= self.max_per_ip:
             await ws.close(code=CLOSE_TOO_MANY, reason="too many connections from this address")
             return
@@ -112,10 +119,10 @@ class Hub:
             sender = asyncio.create_task(self._send_loop(client))
             pinger = asyncio.create_task(self._ping_loop(client))
             receiver = asyncio.create_task(self._receive_loop(client, on_message))
-            dropped = asyncio.create_task(client.gone.wait())
-            done, pending = await asyncio.wait(
-                {sender, pinger, receiver, dropped}, return_when=asyncio.FIRST_COMPLETED
-            )
+            tasks = {sender, pinger, receiver, asyncio.create_task(client.gone.wait())}
+            if producer is not None:
+                tasks.add(asyncio.create_task(producer(lambda text: self._push(client, text))))
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             for task in pending:
