@@ -1,5 +1,5 @@
 """Roles on separate machines: each has its own empty blockstore and shares content only
-through one Kubo node (the test's Kubo-API server), over a real devnet."""
+through real Kubo nodes, swarm-connected on loopback (bitswap), over a real devnet."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 from support.devnet import running_devnet
-from support.kubo_server import kubo_server
+from support.kubo import kubo_node
 
-from r3mes.node.journal import TxState
-from r3mes.node.launch import RoleLaunch, build_role
-from r3mes.node.miner import Miner
+from r3mes.node.launch import RoleLaunch, build_miner, build_validator
+from r3mes.node.miner.journal import TxState
 from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.runtime.retry import RetryPolicy
-from r3mes.node.validator import Validator
 from r3mes.paths import Home
+from r3mes.storage.blockstore import Blockstore
+from r3mes.storage.kubo import KuboClient
+from r3mes.storage.multiformats import Cid, parse_cid
 from r3mes.storage.tiered import TieredStore
 
 
@@ -49,12 +50,17 @@ def test_miner_and_validator_share_updates_only_through_kubo(
     genesis: tuple[Home, str], tmp_path: Path
 ) -> None:
     home, chain = genesis
-    # the genesis machine's blockstore is what its IPFS node serves
-    with kubo_server(home.blocks) as (ipfs_url, kubo):
+    # the genesis machine publishes its artifacts through Kubo node A; the miner uses A,
+    # the validator node B, which finds everything over bitswap
+    with kubo_node(tmp_path / "kubo-a") as node_a, kubo_node(tmp_path / "kubo-b") as node_b:
+        node_b.connect(node_a)
+        genesis_store = Blockstore(home.blocks)
+        with KuboClient(node_a.api_url, timeout=30.0) as publisher:
+            for cid in genesis_store.pins():
+                assert publisher.add_bytes(genesis_store.get_bytes(cid)) == cid
 
-        def launch(role: str, name: str) -> RoleLaunch:
+        def launch(name: str, ipfs_url: str) -> RoleLaunch:
             return RoleLaunch(
-                role=role,
                 name=name,
                 home=home,
                 chain_url=chain,
@@ -64,9 +70,8 @@ def test_miner_and_validator_share_updates_only_through_kubo(
                 ipfs_url=ipfs_url,
             )
 
-        miner = build_role(launch("miner", "miner-1"), retry=RetryPolicy(max_retries=1))
-        validator = build_role(launch("validator", "validator-1"))
-        assert isinstance(miner, Miner) and isinstance(validator, Validator)
+        miner = build_miner(launch("miner-1", node_a.api_url), retry=RetryPolicy(max_retries=1))
+        validator = build_validator(launch("validator-1", node_b.api_url))
         assert isinstance(miner.store, TieredStore) and miner.store.remote is not None
         miner.on_start()
         validator.on_start()
@@ -76,7 +81,9 @@ def test_miner_and_validator_share_updates_only_through_kubo(
                 lambda: any(r.state is TxState.COMMITTED for r in miner.journal.recent(10)),
             )
             record = next(r for r in miner.journal.recent(10) if r.state is TxState.COMMITTED)
-            assert kubo.store.is_pinned(record.cid), "the update was added to the shared node"
+            v1 = parse_cid(record.cid)
+            pinned = str(Cid(version=1, codec=v1.codec, digest=v1.digest))
+            assert pinned in node_a.pins(), "the update was added through node A"
             assert not validator.store.has(record.cid)  # type: ignore[attr-defined]
 
             def attested() -> bool:

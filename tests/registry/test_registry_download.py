@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.kubo_server import kubo_server
+from support.kubo import fault_proxy, kubo_node
 
 from r3mes.registry.download import (
     BlockstoreFetcher,
@@ -57,13 +57,13 @@ def test_local_blockstore_first(tmp_path: Path) -> None:
 
 
 def test_wrong_bytes_from_one_source_fall_through_to_next(tmp_path: Path) -> None:
-    node = tmp_path / "node"
-    Blockstore(node).add_bytes(PAYLOAD)
     empty_local = Blockstore(tmp_path / "local")
     with (
-        kubo_server(node, mode="wrong-bytes") as (bad_url, _),
-        kubo_server(node) as (good_url, _),
+        kubo_node(tmp_path / "kubo") as node,
+        fault_proxy(node.api_url, mode="wrong-bytes") as (bad_url, _),
     ):
+        good_url = node.gateway_url
+        KuboClient(node.api_url, timeout=10).add_bytes(PAYLOAD)
         manager = DownloadManager(
             [
                 BlockstoreFetcher(empty_local),
@@ -240,9 +240,10 @@ def test_fetchers_report_progress_bytes(tmp_path: Path) -> None:
     seen: list[int] = []
     BlockstoreFetcher(Blockstore(node)).fetch(record_for(PAYLOAD), tmp_path / "a", seen.append)
     assert sum(seen) == len(PAYLOAD) and len(seen) > 1
-    with kubo_server(node) as (url, _):
+    with kubo_node(tmp_path / "kubo") as kubo:
         seen.clear()
-        fetcher = IpfsFetcher(KuboClient(url, timeout=5, retry=FAST), "kubo")
+        KuboClient(kubo.api_url, timeout=10).add_bytes(PAYLOAD)
+        fetcher = IpfsFetcher(KuboClient(kubo.api_url, timeout=5, retry=FAST), "kubo")
         fetcher.fetch(record_for(PAYLOAD), tmp_path / "b", seen.append)
     assert sum(seen) == len(PAYLOAD)
     assert (tmp_path / "b").read_bytes() == PAYLOAD

@@ -6,13 +6,14 @@ import os
 import time
 from pathlib import Path
 
-from support.kubo_server import kubo_server
+from support.kubo import kubo_node
 from typer.testing import CliRunner
 
 from r3mes.cli.storage import registry_app, storage_app
 from r3mes.paths import Home
 from r3mes.registry.errors import ArtifactNotFound
 from r3mes.storage.blockstore import Blockstore
+from r3mes.storage.kubo import KuboClient
 from r3mes.storage.tempfiles import TEMP_PREFIX
 
 runner = CliRunner()
@@ -67,8 +68,9 @@ def test_registry_list_empty_home(tmp_path: Path) -> None:
 def test_get_falls_back_when_the_local_copy_is_damaged_and_repairs_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
     data = bytes(range(256)) * 3000
-    with kubo_server(tmp_path / "kubo") as (url, state):
-        cid = state.store.add_bytes(data)
+    with kubo_node(tmp_path / "kubo") as node:
+        url = node.gateway_url
+        cid = KuboClient(node.api_url, timeout=10.0).add_bytes(data)
         local = Blockstore(Home(home).blocks)
         assert local.add_bytes(data) == cid
         leaf = next((Home(home).blocks / "data").rglob("bafkrei*"))

@@ -316,12 +316,24 @@ class KuboClient:
     def _pieces(
         self, response: httpx.Response, source: str, deadline: float | None
     ) -> Iterator[bytes]:
-        """The body in pieces; RemoteError once `deadline` passes (a trickling source)."""
+        """The body in pieces; RemoteError once `deadline` passes (a trickling source).
+
+        Kubo streams `cat` with `X-Content-Length`; a body that ends short of it (the daemon
+        stopped mid-stream and closed the chunked body cleanly, reporting the error only in
+        its `X-Stream-Error` trailer) is a transient failure to retry, not a CID mismatch.
+        """
+        declared = response.headers.get("x-content-length") or response.headers.get(
+            "content-length"
+        )
+        received = 0
         for piece in response.iter_bytes():
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise RemoteError(source, "the transfer did not finish within the deadline")
+            received += len(piece)
             yield piece
+        if declared is not None and declared.isdigit() and received < int(declared):
+            raise _Transient(f"the body ended after {received} of {declared} bytes")
 
     def _read_verified(
         self, cid: str, source: str, opener: Opener, max_size: int, deadline: float | None
