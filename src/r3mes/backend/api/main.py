@@ -6,12 +6,16 @@ from fastapi import APIRouter
 
 from r3mes.backend.api.routes import (
     adapters,
+    admin,
     analytics,
+    auth,
     blocks,
     chat,
     faucet,
     health,
+    keys,
     leaderboard,
+    me,
     metrics,
     miners,
     models,
@@ -28,6 +32,8 @@ from r3mes.backend.api.routes import (
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+for accounts_router in (auth.router, me.router, keys.router, admin.router):
+    api_router.include_router(accounts_router)
 for chat_router in (chat.router, models.router, pricing.router, payouts.router, metrics.router):
     api_router.include_router(chat_router)
 for explorer_router in (

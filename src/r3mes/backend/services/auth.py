@@ -215,7 +215,11 @@ async def login(
 
 
 class RefreshReused(Unauthorized):
-    """A spent refresh token came back: its family was revoked (commit, then refuse)."""
+    """A spent refresh token came back: the caller revokes `family` (commits), then refuses."""
+
+    def __init__(self, message: str, *, family: str) -> None:
+        super().__init__(message)
+        self.family = family
 
 
 async def refresh(
@@ -228,8 +232,8 @@ async def refresh(
 ) -> Tokens:
     """Rotate: spend `refresh_token`, issue a new pair in the same family.
 
-    Raises RefreshReused *after* revoking the family in `s`: the caller must commit the
-    revocation before answering 401.
+    Raises RefreshReused for a spent token: the caller rolls this transaction back, revokes
+    the family (`revoke_family`) in a new one, and answers 401.
     """
     now = now or credits.utcnow()
     row = await s.scalar(
@@ -240,9 +244,9 @@ async def refresh(
     if row.revoked_at is not None:
         raise Unauthorized("this session was revoked; log in again")
     if row.used_at is not None:
-        await revoke_family(s, family=row.family, now=now)
         raise RefreshReused(
-            "refresh token was already used; every session of this login is revoked. Log in again"
+            "refresh token was already used; every session of this login is revoked. Log in again",
+            family=row.family,
         )
     if now >= row.expires_at:
         raise Unauthorized("refresh token expired; log in again")
@@ -253,8 +257,9 @@ async def refresh(
         .execution_options(synchronize_session=False)
     )
     if int(getattr(spent, "rowcount", 0)) != 1:
-        await revoke_family(s, family=row.family, now=now)
-        raise RefreshReused("refresh token was used twice at once; the session is revoked")
+        raise RefreshReused(
+            "refresh token was used twice at once; the session is revoked", family=row.family
+        )
     address = await s.scalar(select(Account.address).where(Account.id == row.account_id))
     if address is None:
         raise Unauthorized("the account of this session no longer exists")

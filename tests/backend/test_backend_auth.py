@@ -1,0 +1,245 @@
+"""Wallet login on SQLite and PostgreSQL: the happy path, cookies, and every attack refused
+with 401 and a reason (replay, expiry, wrong domain / chain, foreign key, other bytes,
+tampered and alg-none JWTs, a refresh token used twice)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from support.backend import make_settings, running
+
+from r3mes.backend import adr036
+from r3mes.backend.app import create_app
+from r3mes.backend.db.engine import Database
+from r3mes.backend.db.migrate import migrate
+from r3mes.backend.services import auth, credits
+from r3mes.backend.settings import BackendSettings
+from r3mes.chain.crypto import SigningKey
+
+pytestmark = pytest.mark.anyio
+
+ALICE = SigningKey(secret=bytes([1]) * 32)
+MALLORY = SigningKey(secret=bytes([2]) * 32)
+
+
+async def challenge(client: httpx.AsyncClient, key: SigningKey = ALICE) -> dict[str, Any]:
+    response = await client.post("/api/auth/challenge", json={"address": key.address})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def signed(message: str, key: SigningKey = ALICE, data: bytes | None = None) -> dict[str, Any]:
+    sig = adr036.sign(key, message.encode() if data is None else data).to_json()
+    return {"message": message, "signature": sig["signature"], "pub_key": sig["pub_key"]}
+
+
+async def login(client: httpx.AsyncClient, key: SigningKey = ALICE) -> dict[str, Any]:
+    made = await challenge(client, key)
+    response = await client.post("/api/auth/login", json=signed(made["message"], key))
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def refused(response: httpx.Response, reason: str) -> None:
+    assert response.status_code == 401, response.text
+    assert reason in response.json()["error"]["message"]
+
+
+async def test_challenge_names_domain_chain_and_times(client: httpx.AsyncClient) -> None:
+    made = await challenge(client)
+    assert made["domain"] == "localhost" and made["chain_id"] == "r3mes-devnet"
+    assert made["address"] == ALICE.address
+    assert f"Nonce: {made['nonce']}" in made["message"]
+    assert "Chain ID: r3mes-devnet" in made["message"]
+    assert made["message"].startswith("localhost wants you to sign in")
+    bad = await client.post("/api/auth/challenge", json={"address": "cosmos1nope"})
+    assert bad.status_code == 400
+
+
+async def test_login_gives_tokens_and_cookies_that_work(client: httpx.AsyncClient) -> None:
+    tokens = await login(client)
+    assert tokens["address"] == ALICE.address
+    for name in ("r3mes_access", "r3mes_refresh", "r3mes_csrf"):
+        assert name in client.cookies
+    saved = dict(client.cookies)
+    client.cookies.clear()
+    me = await client.get("/api/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert me.status_code == 200, me.text
+    client.cookies.update(saved)
+    assert me.json()["address"] == ALICE.address
+    assert me.json()["available"] == 0
+    # The cookie session works too; an unsafe method by cookie needs the CSRF header.
+    assert (await client.get("/api/me")).status_code == 200
+    no_csrf = await client.post("/api/keys", json={"name": "k"})
+    assert no_csrf.status_code == 403
+    with_csrf = await client.post(
+        "/api/keys", json={"name": "k"}, headers={"X-CSRF-Token": client.cookies["r3mes_csrf"]}
+    )
+    assert with_csrf.status_code == 201, with_csrf.text
+
+
+async def test_replayed_nonce_is_refused(client: httpx.AsyncClient) -> None:
+    made = await challenge(client)
+    body = signed(made["message"])
+    assert (await client.post("/api/auth/login", json=body)).status_code == 200
+    refused(await client.post("/api/auth/login", json=body), "already used")
+
+
+async def test_expired_challenge_is_refused(settings: BackendSettings) -> None:
+    db = Database(settings)
+    await migrate(db)
+    try:
+        past = credits.utcnow() - timedelta(seconds=settings.challenge_ttl_s + 5)
+        async with db.write() as s, s.begin():
+            made = await auth.create_challenge(
+                s, settings=settings, address=ALICE.address, now=past
+            )
+    finally:
+        await db.dispose()
+    async with running(create_app(settings)) as client:
+        refused(await client.post("/api/auth/login", json=signed(made.message)), "expired")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [("domain", "evil.example", "domain"), ("Chain ID", "other-chain", "chain")],
+)
+async def test_wrong_domain_or_chain_is_refused(
+    client: httpx.AsyncClient, field: str, value: str, reason: str
+) -> None:
+    made = await challenge(client)
+    if field == "domain":
+        message = made["message"].replace("localhost", value, 1)
+    else:
+        message = made["message"].replace("r3mes-devnet", value)
+    refused(await client.post("/api/auth/login", json=signed(message)), reason)
+
+
+async def test_signature_by_another_key_is_refused(client: httpx.AsyncClient) -> None:
+    made = await challenge(client)
+    refused(
+        await client.post("/api/auth/login", json=signed(made["message"], MALLORY)),
+        "public key is not the key of",
+    )
+    # Mallory's signature presented with Alice's public key: the signature fails.
+    body = signed(made["message"], MALLORY)
+    body["pub_key"] = adr036.sign(ALICE, b"x").to_json()["pub_key"]
+    refused(await client.post("/api/auth/login", json=body), "does not verify")
+
+
+async def test_signature_over_other_bytes_is_refused(client: httpx.AsyncClient) -> None:
+    made = await challenge(client)
+    refused(
+        await client.post("/api/auth/login", json=signed(made["message"], data=b"other bytes")),
+        "does not verify",
+    )
+    edited = made["message"].replace("costs nothing", "costs everything")
+    refused(await client.post("/api/auth/login", json=signed(edited)), "differs")
+
+
+async def test_tampered_and_alg_none_jwts_are_refused(client: httpx.AsyncClient) -> None:
+    tokens = await login(client)
+    client.cookies.clear()
+    token = tokens["access_token"]
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "999"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    tampered = f"{header}.{forged}.{signature}"
+    refused(
+        await client.get("/api/me", headers={"Authorization": f"Bearer {tampered}"}),
+        "signature is invalid",
+    )
+    none_token = jwt.encode(claims, key=None, algorithm="none")
+    refused(
+        await client.get("/api/me", headers={"Authorization": f"Bearer {none_token}"}),
+        "algorithm must be HS256",
+    )
+    other_key = jwt.encode(claims, "another-secret-of-32-bytes-xxxxxxxx", algorithm="HS256")
+    refused(
+        await client.get("/api/me", headers={"Authorization": f"Bearer {other_key}"}),
+        "signature is invalid",
+    )
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(client: httpx.AsyncClient) -> None:
+    first = await login(client)
+    client.cookies.clear()
+    rotated = await client.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert rotated.status_code == 200, rotated.text
+    second = rotated.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    client.cookies.clear()
+    bearer = {"Authorization": f"Bearer {second['access_token']}"}
+    assert (await client.get("/api/me", headers=bearer)).status_code == 200
+    refused(
+        await client.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]}),
+        "already used",
+    )
+    # The whole family is gone: the newest refresh token and its access token too.
+    refused(
+        await client.post("/api/auth/refresh", json={"refresh_token": second["refresh_token"]}),
+        "revoked",
+    )
+    refused(await client.get("/api/me", headers=bearer), "revoked")
+
+
+async def test_logout_revokes_the_session(client: httpx.AsyncClient) -> None:
+    tokens = await login(client)
+    csrf = client.cookies["r3mes_csrf"]
+    out = await client.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200
+    client.cookies.clear()
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    refused(await client.get("/api/me", headers=bearer), "revoked")
+
+
+async def test_missing_or_malformed_credentials(client: httpx.AsyncClient) -> None:
+    refused(await client.get("/api/me"), "no credentials")
+    refused(await client.get("/api/me", headers={"Authorization": "Basic abc"}), "Bearer")
+    refused(await client.get("/api/me", headers={"X-API-Key": "r3k_short"}), "malformed")
+
+
+async def test_admin_routes_need_an_admin_session(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, admins=(ALICE.address,))
+    async with running(create_app(settings)) as client:
+        await login(client, MALLORY)
+        client.cookies.clear()
+        mallory = (await login(client, MALLORY))["access_token"]
+        alice = (await login(client, ALICE))["access_token"]
+        client.cookies.clear()
+        as_mallory = {"Authorization": f"Bearer {mallory}"}
+        as_alice = {"Authorization": f"Bearer {alice}"}
+        assert (await client.get("/api/admin/accounts", headers=as_mallory)).status_code == 403
+        listed = await client.get("/api/admin/accounts", headers=as_alice)
+        assert listed.status_code == 200
+        target = next(a for a in listed.json()["accounts"] if a["address"] == MALLORY.address)
+        grant = await client.post(
+            f"/api/admin/accounts/{target['id']}/grants",
+            json={"amount": 70, "reason": "beta tester"},
+            headers={**as_alice, "Idempotency-Key": "g-1"},
+        )
+        assert grant.status_code == 201, grant.text
+        again = await client.post(
+            f"/api/admin/accounts/{target['id']}/grants",
+            json={"amount": 70, "reason": "beta tester"},
+            headers={**as_alice, "Idempotency-Key": "g-1"},
+        )
+        assert again.json()["journal_id"] == grant.json()["journal_id"]
+        conflict = await client.post(
+            f"/api/admin/accounts/{target['id']}/grants",
+            json={"amount": 71},
+            headers={**as_alice, "Idempotency-Key": "g-1"},
+        )
+        assert conflict.status_code == 409
+        me = await client.get("/api/me", headers=as_mallory)
+        assert me.json()["available"] == 70
+        history = await client.get("/api/me/transactions", headers=as_mallory)
+        assert [t["kind"] for t in history.json()["transactions"]] == ["grant"]
