@@ -1,6 +1,6 @@
-"""A real devnet process stops cleanly on SIGTERM as on SIGINT (and SIGHUP): it finishes the block in
-progress, closes the store, removes its pid file and exits 0; `r3mes devnet stop` from
-another process relies on that."""
+"""A real devnet process stops cleanly on SIGTERM, SIGINT and SIGHUP alike: it finishes the
+block in progress, closes the store, removes its pid file and exits 0; `r3mes devnet stop`
+from another process relies on that."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from r3mes.chain.state import (
     Node,
     State,
     Submission,
+    WorkingState,
     artifact_key,
     node_key,
 )
@@ -40,14 +41,14 @@ from r3mes.chain.vocab import Role
 from r3mes.spec.shards import round_shard
 
 
-def _require_node(state: State, role: Role, address: str) -> Node:
+def _require_node(state: WorkingState, role: Role, address: str) -> Node:
     node = state.nodes.get(node_key(role, address))
     if node is None:
         raise invalid(Code.NOT_PERMITTED, f"{address} is not a registered {role}; register first")
     return node
 
 
-def register_node(state: State, msg: RegisterNode, ctx: BlockContext) -> list[Event]:
+def register_node(state: WorkingState, msg: RegisterNode, ctx: BlockContext) -> list[Event]:
     key = node_key(msg.role, msg.creator)
     existing = state.nodes.get(key)
     if existing is None and msg.stake < state.params.min_stake:
@@ -70,7 +71,7 @@ def register_node(state: State, msg: RegisterNode, ctx: BlockContext) -> list[Ev
     return [event("register_node", address=msg.creator, role=msg.role, stake=msg.stake)]
 
 
-def submit_gradient(state: State, msg: SubmitGradient, ctx: BlockContext) -> list[Event]:
+def submit_gradient(state: WorkingState, msg: SubmitGradient, ctx: BlockContext) -> list[Event]:
     _require_node(state, "miner", msg.creator)
     rnd = state.rounds.get(msg.round)
     if rnd is None or rnd.status != "open":
@@ -112,7 +113,7 @@ def submit_gradient(state: State, msg: SubmitGradient, ctx: BlockContext) -> lis
     return [event("submit_gradient", submission_id=sid, round=msg.round, miner=msg.creator)]
 
 
-def attest(state: State, msg: Attest, ctx: BlockContext) -> list[Event]:
+def attest(state: WorkingState, msg: Attest, ctx: BlockContext) -> list[Event]:
     _require_node(state, "validator", msg.creator)
     sub = state.submissions.get(msg.submission_id)
     if sub is None:
@@ -134,7 +135,7 @@ def attest(state: State, msg: Attest, ctx: BlockContext) -> list[Event]:
     return events
 
 
-def _settle(state: State, sub: Submission, votes: list[Attestation]) -> Event:
+def _settle(state: WorkingState, sub: Submission, votes: list[Attestation]) -> Event:
     """Reward or slash the miner and reward the validators whose verdict won."""
     p = state.params
     for vote in votes:
@@ -152,7 +153,7 @@ def _settle(state: State, sub: Submission, votes: list[Attestation]) -> Event:
     return event("submission_rejected", submission_id=sub.id, miner=sub.miner, burned=burned)
 
 
-def propose_adapter(state: State, msg: ProposeAdapter, ctx: BlockContext) -> list[Event]:
+def propose_adapter(state: WorkingState, msg: ProposeAdapter, ctx: BlockContext) -> list[Event]:
     _require_node(state, "proposer", msg.creator)
     rnd = state.rounds.get(msg.round)
     if rnd is None or rnd.status != "closed":
@@ -191,7 +192,7 @@ def propose_adapter(state: State, msg: ProposeAdapter, ctx: BlockContext) -> lis
     return [event("adapter_approved", round=msg.round, version=msg.version, cid=msg.adapter_cid)]
 
 
-def register_artifact(state: State, msg: RegisterArtifact, ctx: BlockContext) -> list[Event]:
+def register_artifact(state: WorkingState, msg: RegisterArtifact, ctx: BlockContext) -> list[Event]:
     spec = msg.artifact
     key = artifact_key(spec.kind, spec.id, spec.version)
     if key in state.artifacts:
@@ -200,7 +201,7 @@ def register_artifact(state: State, msg: RegisterArtifact, ctx: BlockContext) ->
     return [event("register_artifact", key=key, creator=msg.creator)]
 
 
-def approve_artifact(state: State, msg: ApproveArtifact, ctx: BlockContext) -> list[Event]:
+def approve_artifact(state: WorkingState, msg: ApproveArtifact, ctx: BlockContext) -> list[Event]:
     if not state.params.authority or msg.creator != state.params.authority:
         raise invalid(Code.NOT_PERMITTED, "only the genesis authority may approve artifacts")
     key = artifact_key(msg.kind, msg.id, msg.version)
@@ -214,7 +215,7 @@ def approve_artifact(state: State, msg: ApproveArtifact, ctx: BlockContext) -> l
     return [event("approve_artifact", key=key)]
 
 
-def serving_heartbeat(state: State, msg: ServingHeartbeat, ctx: BlockContext) -> list[Event]:
+def serving_heartbeat(state: WorkingState, msg: ServingHeartbeat, ctx: BlockContext) -> list[Event]:
     node = _require_node(state, "serving", msg.creator)
     state.nodes[node_key("serving", msg.creator)] = replace(
         node,
@@ -227,7 +228,7 @@ def serving_heartbeat(state: State, msg: ServingHeartbeat, ctx: BlockContext) ->
     return [event("serving_heartbeat", address=msg.creator)]
 
 
-def transfer(state: State, msg: TransferCredits, ctx: BlockContext) -> list[Event]:
+def transfer(state: WorkingState, msg: TransferCredits, ctx: BlockContext) -> list[Event]:
     ledger.debit(state, msg.creator, msg.amount)
     ledger.credit(state, msg.to, msg.amount)
     return [event("transfer", sender=msg.creator, recipient=msg.to, amount=msg.amount)]
@@ -240,13 +241,13 @@ def check_faucet(params: Params, msg: Faucet) -> None:
         raise invalid(Code.INVALID, f"faucet amount is limited to {params.faucet_max_amount}")
 
 
-def faucet(state: State, msg: Faucet, ctx: BlockContext) -> list[Event]:
+def faucet(state: WorkingState, msg: Faucet, ctx: BlockContext) -> list[Event]:
     check_faucet(state.params, msg)
     ledger.mint(state, msg.to, msg.amount)
     return [event("faucet", recipient=msg.to, amount=msg.amount)]
 
 
-HANDLERS: dict[type[Any], Callable[[State, Any, BlockContext], list[Event]]] = {
+HANDLERS: dict[type[Any], Callable[[WorkingState, Any, BlockContext], list[Event]]] = {
     RegisterNode: register_node,
     SubmitGradient: submit_gradient,
     Attest: attest,
@@ -259,7 +260,7 @@ HANDLERS: dict[type[Any], Callable[[State, Any, BlockContext], list[Event]]] = {
 }
 
 
-def handle(state: State, msg: Msg, ctx: BlockContext) -> list[Event]:
+def handle(state: WorkingState, msg: Msg, ctx: BlockContext) -> list[Event]:
     return HANDLERS[type(msg)](state, msg, ctx)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from r3mes.chain.codes import Code
 from r3mes.chain.errors import TxInvalid
-from r3mes.chain.state import Account, State
+from r3mes.chain.state import Account, State, WorkingState
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def invalid(code: Code, log: str) -> TxInvalid:
     return TxInvalid(int(code), log)
 
 
-def account(state: State, address: str) -> Account:
+def account(state: WorkingState, address: str) -> Account:
     """The account at `address`, creating it (with the next account number) if new."""
     found = state.accounts.get(address)
     if found is not None:
@@ -51,12 +51,12 @@ def account(state: State, address: str) -> Account:
     return created
 
 
-def credit(state: State, address: str, amount: int) -> None:
+def credit(state: WorkingState, address: str, amount: int) -> None:
     acc = account(state, address)
     state.accounts[address] = replace(acc, balance=acc.balance + amount)
 
 
-def require_funds(state: State, address: str, amount: int) -> Account:
+def require_funds(state: State | WorkingState, address: str, amount: int) -> Account:
     """The account at `address` if it holds at least `amount` credits; TxInvalid otherwise."""
     acc = state.accounts.get(address)
     balance = acc.balance if acc else 0
@@ -65,12 +65,12 @@ def require_funds(state: State, address: str, amount: int) -> Account:
     return acc
 
 
-def debit(state: State, address: str, amount: int) -> None:
+def debit(state: WorkingState, address: str, amount: int) -> None:
     acc = require_funds(state, address, amount)
     state.accounts[address] = replace(acc, balance=acc.balance - amount)
 
 
-def mint_reward(state: State, address: str, amount: int, reputation: int) -> None:
+def mint_reward(state: WorkingState, address: str, amount: int, reputation: int) -> None:
     """Mint `amount` new credits to `address` as a reward and raise its reputation."""
     credit(state, address, amount)
     acc = state.accounts[address]
@@ -81,13 +81,13 @@ def mint_reward(state: State, address: str, amount: int, reputation: int) -> Non
     state.minted += amount
 
 
-def mint(state: State, address: str, amount: int) -> None:
+def mint(state: WorkingState, address: str, amount: int) -> None:
     credit(state, address, amount)
     state.supply += amount
     state.minted += amount
 
 
-def burn_stake(state: State, node_key: str, amount: int) -> int:
+def burn_stake(state: WorkingState, node_key: str, amount: int) -> int:
     """Burn up to `amount` of a node's stake; returns what was burned."""
     node = state.nodes[node_key]
     burned = min(node.stake, amount)

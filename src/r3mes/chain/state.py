@@ -1,8 +1,8 @@
 """Ledger state: frozen records in maps, their canonical entries and the app hash.
 
-A `State` is never changed in place by the consensus code's callers: `apply_block` works on
-an `overlay()` (ChainMaps over the parent's dicts) and seals it with `advance`, which
-returns a new State sharing what did not change. The state is a set of entries, one per
+A committed `State` is frozen: `apply_block` works on its `overlay()`, a `WorkingState`
+(ChainMaps over the parent's dicts), and `seal`s it into a new State sharing what did
+not change. The state is a set of entries, one per
 record (`accounts/<address>`, `rounds/<n>`, ...) plus `meta` for the scalars and params,
 each as canonical JSON (sorted keys, integers only, versioned). The app hash is the root
 of a sparse Merkle tree over those entries (r3mes.chain.commitment), updated per block for
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from r3mes.chain import commitment
@@ -151,13 +151,13 @@ class _Unbuilt:
 _UNBUILT = _Unbuilt()
 
 
-@dataclass
+@dataclass(frozen=True)
 class State:
-    """The whole ledger state after block `height` (0 = genesis).
+    """The whole committed ledger state after block `height` (0 = genesis); frozen.
 
-    A committed State (one `apply_block` returned, or the store loaded) is never written
-    to again: new blocks write through an `overlay()`. That is what lets `advance` share
-    unchanged maps and commitment subtrees with the parent state.
+    Blocks never write to a State: they write through a `WorkingState` from `overlay()`,
+    which `seal` turns into the next State, sharing the maps (and commitment subtrees)
+    the block did not change.
     """
 
     chain_id: str
@@ -170,36 +170,104 @@ class State:
     burned: int = 0
     next_account_number: int = 1
     next_submission_id: int = 1
-    accounts: MutableMapping[str, Account] = field(default_factory=dict)
-    nodes: MutableMapping[str, Node] = field(default_factory=dict)
-    rounds: MutableMapping[int, Round] = field(default_factory=dict)
-    submissions: MutableMapping[int, Submission] = field(default_factory=dict)
-    artifacts: MutableMapping[str, ArtifactRecord] = field(default_factory=dict)
-    active: MutableMapping[str, str] = field(default_factory=dict)
+    accounts: Mapping[str, Account] = field(default_factory=dict)
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    rounds: Mapping[int, Round] = field(default_factory=dict)
+    submissions: Mapping[int, Submission] = field(default_factory=dict)
+    artifacts: Mapping[str, ArtifactRecord] = field(default_factory=dict)
+    active: Mapping[str, str] = field(default_factory=dict)
     """kind -> artifact key of the artifact rounds currently use."""
     _tree: Tree | _Unbuilt = field(default=_UNBUILT, init=False, repr=False, compare=False)
-    """The commitment over `entries()`; built on first use, or by `advance`."""
+    """The commitment over `entries()`; built on first use (a cache), or by `seal`."""
     _delta: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
-    """Entries `advance` changed relative to the parent state (what the store writes)."""
+    """Entries `seal` changed relative to the parent state (what the store writes)."""
 
-    def overlay(self) -> State:
-        """A cheap child state whose writes do not touch this one until `absorb`ed."""
+    def overlay(self) -> WorkingState:
+        """A writable view whose writes do not touch this state; `seal` it into the next."""
         maps: dict[str, Any] = {name: ChainMap({}, getattr(self, name)) for name in MAPS}
-        return replace(self, **maps)
+        scalars = {name: getattr(self, name) for name in SCALARS}
+        return WorkingState(params=self.params, **scalars, **maps)
 
-    def absorb(self, child: State) -> None:
-        """Commit an overlay's writes into this state."""
-        for f in fields(self):
-            if not f.init:
-                continue
-            if f.name in MAPS:
-                writes = getattr(child, f.name).maps[0]
-                getattr(self, f.name).update(writes)
-            else:
-                setattr(self, f.name, getattr(child, f.name))
+    @property
+    def delta(self) -> dict[str, bytes]:
+        """The entries this state changed relative to its parent (see `WorkingState.seal`)."""
+        if self._delta is None:
+            raise StoreError("this state was not produced by a block; it has no delta")
+        return self._delta
 
-    def advance(self, parent: State) -> State:
-        """Seal this overlay of `parent` into a new committed State.
+    @property
+    def current_round(self) -> int:
+        """Round of the next block (or of the last one, before any block: round 1)."""
+        return _round_of(self.height, self.params)
+
+    def entries(self) -> Iterator[tuple[str, bytes]]:
+        """Every entry's (key, canonical bytes): the leaves of the commitment."""
+        yield META_KEY, meta_bytes(self)
+        for name in MAPS:
+            for key, value in getattr(self, name).items():
+                yield entry_key(name, key), entry_bytes(value)
+
+    def commitment(self) -> Tree:
+        if isinstance(self._tree, _Unbuilt):
+            # a cache of a pure function of the fields, so setting it keeps the state frozen
+            object.__setattr__(self, "_tree", commitment.build(self.entries()))
+        assert not isinstance(self._tree, _Unbuilt)
+        return self._tree
+
+    def app_hash(self) -> str:
+        """Hex root of the sparse Merkle tree over `entries()` (see r3mes.chain.commitment)."""
+        return commitment.root_hash(self.commitment()).hex()
+
+
+def _round_of(height: int, params: Params) -> int:
+    return max(height - 1, 0) // params.round_length + 1
+
+
+@dataclass
+class WorkingState:
+    """A block's (or one transaction's) writable view of a committed State.
+
+    Scalars are copies; each map is a ChainMap whose first dict takes the writes, so a
+    nested `overlay()` (one per transaction) is dropped on rejection or `absorb`ed on
+    success, and `seal` re-encodes only what was written.
+    """
+
+    chain_id: str
+    params: Params
+    height: int
+    last_block_hash: str
+    last_block_time_ms: int
+    supply: int
+    minted: int
+    burned: int
+    next_account_number: int
+    next_submission_id: int
+    accounts: ChainMap[str, Account]
+    nodes: ChainMap[str, Node]
+    rounds: ChainMap[int, Round]
+    submissions: ChainMap[int, Submission]
+    artifacts: ChainMap[str, ArtifactRecord]
+    active: ChainMap[str, str]
+
+    @property
+    def current_round(self) -> int:
+        return _round_of(self.height, self.params)
+
+    def overlay(self) -> WorkingState:
+        """A child view for one transaction: its writes reach this one only by `absorb`."""
+        maps: dict[str, Any] = {name: getattr(self, name).new_child() for name in MAPS}
+        scalars = {name: getattr(self, name) for name in SCALARS}
+        return WorkingState(params=self.params, **scalars, **maps)
+
+    def absorb(self, child: WorkingState) -> None:
+        """Commit a child view's writes into this one."""
+        for name in MAPS:
+            getattr(self, name).update(getattr(child, name).maps[0])
+        for name in SCALARS:
+            setattr(self, name, getattr(child, name))
+
+    def seal(self, parent: State) -> State:
+        """The committed State this view of `parent` describes.
 
         Only the written entries are re-encoded and re-hashed: maps without writes are
         shared with `parent`, changed ones are copied (a C-level dict copy) and updated,
@@ -218,39 +286,12 @@ class State:
             maps[name] = merged
             for key, value in writes.items():
                 delta[entry_key(name, key)] = entry_bytes(value)
-        new = replace(self, **maps)
+        scalars = {name: getattr(self, name) for name in SCALARS}
+        new = State(params=self.params, **scalars, **maps)
         delta[META_KEY] = meta_bytes(new)
-        new._tree = commitment.update(parent.commitment(), delta)
-        new._delta = delta
+        object.__setattr__(new, "_tree", commitment.update(parent.commitment(), delta))
+        object.__setattr__(new, "_delta", delta)
         return new
-
-    @property
-    def delta(self) -> dict[str, bytes]:
-        """The entries this state changed relative to its parent (see `advance`)."""
-        if self._delta is None:
-            raise StoreError("this state was not produced by a block; it has no delta")
-        return self._delta
-
-    @property
-    def current_round(self) -> int:
-        """Round of the next block (or of the last one, before any block: round 1)."""
-        return max(self.height - 1, 0) // self.params.round_length + 1
-
-    def entries(self) -> Iterator[tuple[str, bytes]]:
-        """Every entry's (key, canonical bytes): the leaves of the commitment."""
-        yield META_KEY, meta_bytes(self)
-        for name in MAPS:
-            for key, value in getattr(self, name).items():
-                yield entry_key(name, key), entry_bytes(value)
-
-    def commitment(self) -> Tree:
-        if isinstance(self._tree, _Unbuilt):
-            self._tree = commitment.build(self.entries())
-        return self._tree
-
-    def app_hash(self) -> str:
-        """Hex root of the sparse Merkle tree over `entries()` (see r3mes.chain.commitment)."""
-        return commitment.root_hash(self.commitment()).hex()
 
 
 def entry_key(map_name: str, key: object) -> str:
@@ -272,7 +313,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def meta_bytes(state: State) -> bytes:
+def meta_bytes(state: State | WorkingState) -> bytes:
     """The scalar part of the state (and the params) as one entry."""
     obj: dict[str, Any] = {"version": STATE_VERSION, "params": asdict(state.params)}
     for name in SCALARS:
@@ -334,26 +375,29 @@ def state_from_entries(entries: Iterable[tuple[str, bytes]]) -> State:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StoreError(f"stored state is malformed: {exc}") from exc
-    state._tree = commitment.build(rows)
+    object.__setattr__(state, "_tree", commitment.build(rows))
     return state
 
 
 def genesis_state(genesis: Genesis) -> State:
     """The state at height 0: funded accounts, approved genesis artifacts, no rounds yet."""
-    state = State(
+    accounts: dict[str, Account] = {}
+    for number, acc in enumerate(genesis.accounts, start=1):
+        accounts[acc.address] = Account(address=acc.address, number=number, balance=acc.balance)
+    artifacts: dict[str, ArtifactRecord] = {}
+    active: dict[str, str] = {}
+    for spec in genesis.artifacts:
+        record = ArtifactRecord(spec=spec, status="approved", registered_by="", registered_height=0)
+        artifacts[record.key] = record
+        active[spec.kind] = record.key
+    return State(
         chain_id=genesis.chain_id,
         params=genesis.params,
         last_block_hash=genesis.hash,
         last_block_time_ms=genesis.genesis_time_ms,
+        supply=sum(acc.balance for acc in genesis.accounts),
+        next_account_number=len(genesis.accounts) + 1,
+        accounts=accounts,
+        artifacts=artifacts,
+        active=active,
     )
-    for acc in genesis.accounts:
-        state.accounts[acc.address] = Account(
-            address=acc.address, number=state.next_account_number, balance=acc.balance
-        )
-        state.next_account_number += 1
-        state.supply += acc.balance
-    for spec in genesis.artifacts:
-        record = ArtifactRecord(spec=spec, status="approved", registered_by="", registered_height=0)
-        state.artifacts[record.key] = record
-        state.active[spec.kind] = record.key
-    return state

@@ -19,7 +19,7 @@ from r3mes.chain.handlers import admit, handle
 from r3mes.chain.ledger import BlockContext, Event, account, event, invalid
 from r3mes.chain.msgs import SubmitGradient, validate_basic
 from r3mes.chain.pow import pow_ok
-from r3mes.chain.state import Round, State
+from r3mes.chain.state import Round, State, WorkingState
 from r3mes.chain.tx import SignedTx, decode_tx, tx_hash
 
 
@@ -105,7 +105,9 @@ def _decode(raw: bytes) -> SignedTx:
         raise invalid(Code.DECODE, str(exc)) from exc
 
 
-def _authenticate(state: State, tx: SignedTx, *, expected_sequence: int | None) -> None:
+def _authenticate(
+    state: State | WorkingState, tx: SignedTx, *, expected_sequence: int | None
+) -> None:
     """Stateless message checks, signer, sequence, then the signature (the costly part)."""
     for msg in tx.msgs:
         validate_basic(msg)
@@ -180,7 +182,7 @@ def simulate_tx(
     return TxResult(0, "", tuple(events), checked.hash, tx.signer, tx.sequence)
 
 
-def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
+def deliver_tx(state: WorkingState, raw: bytes, ctx: BlockContext) -> TxResult:
     """Apply one tx to `state` (a block's working overlay). The sequence bump survives a
     failing message; the messages' writes apply all together or not at all."""
     digest = tx_hash(raw)
@@ -206,7 +208,7 @@ def deliver_tx(state: State, raw: bytes, ctx: BlockContext) -> TxResult:
     return TxResult(0, "", tuple(events), digest, tx.signer, tx.sequence)
 
 
-def begin_block(state: State, ctx: BlockContext, last_block_hash: str) -> list[Event]:
+def begin_block(state: WorkingState, ctx: BlockContext, last_block_hash: str) -> list[Event]:
     """Close the previous round and open the next one when a round boundary is reached."""
     length = state.params.round_length
     if (ctx.height - 1) % length:
@@ -238,7 +240,7 @@ def begin_block(state: State, ctx: BlockContext, last_block_hash: str) -> list[E
     return events
 
 
-def end_block(state: State, ctx: BlockContext) -> list[Event]:
+def end_block(state: WorkingState, ctx: BlockContext) -> list[Event]:
     """Drop serving nodes whose last heartbeat is older than the configured age."""
     events = []
     limit = state.params.serving_stale_after_ms
@@ -276,5 +278,5 @@ def apply_block(state: State, block: Block) -> tuple[State, BlockResult]:
     results = tuple(deliver_tx(work, raw, ctx) for raw in block.txs)
     end = end_block(work, ctx)
     work.height, work.last_block_hash, work.last_block_time_ms = h.height, block.hash, h.time_ms
-    new = work.advance(state)
+    new = work.seal(state)
     return new, BlockResult(h.height, new.app_hash(), results, tuple(begin), tuple(end))
