@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from support.net import free_port
 from typer.testing import CliRunner
@@ -20,6 +24,7 @@ from r3mes.cli.serving import _parse_adapters, app
 from r3mes.model.checkpoint import save_pretrained
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.peft_io import save_peft_adapter
+from r3mes.model.shipped import SHIPPED_MODEL_NAME
 from r3mes.model.tiny import make_tiny_model
 from r3mes.model.tokenizer import Tokenizer
 from r3mes.serve.adapters import LoadedAdapter
@@ -138,3 +143,96 @@ def test_route_shows_the_decision(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["route", "my program crashes", "--routes", str(routes)])
     assert result.exit_code == 0, result.output
     assert "-> code" in result.output
+
+
+def start_serving(*args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`r3mes serving start ARGS` on a free port; returns once /health answers 200."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "r3mes.cli.main", "serving", "start", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ)
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"the server exited with {proc.returncode}: {output}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_clean_shutdown_exits_0_whatever_the_signal(sig: signal.Signals) -> None:
+    """Issue 19 item 5: SIGTERM ended `r3mes serving start` with status 143."""
+    proc, url = start_serving()
+    try:
+        body = {"model": SHIPPED_MODEL_NAME, "prompt": "hello", "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, output.decode()
+    assert f"serving stopped ({sig.name})" in output.decode()
+
+
+@pytest.mark.slow
+def test_max_batch_at_max_length_keeps_the_server_rss_bounded() -> None:
+    """Issue 19 item 7: 16 concurrent completions against the default batch of 16 pushed
+    the server past 6 GB (the KV cache doubled its columns with every row) and none was
+    answered. The cache for 16 x 256 tokens of the shipped model is 16.8 MB; the server
+    must stay within 400 MB of its idle size. The sampler kills the server past the bound,
+    so a regression fails the test instead of taking the machine's memory."""
+    max_len, batch = 256, 16
+    proc, url = start_serving("--max-model-len", str(max_len), "--max-batch-size", str(batch))
+    server = psutil.Process(proc.pid)
+    bound = server.memory_info().rss + 400 * 2**20
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            rss = server.memory_info().rss
+            peak = max(peak, rss)
+            if rss > bound:
+                proc.kill()
+                return
+            time.sleep(0.02)
+
+    def complete(i: int) -> dict[str, int]:
+        body = {
+            "model": SHIPPED_MODEL_NAME,
+            "prompt": f"request {i}: tell me a long story about the sea",
+            "max_tokens": max_len,
+            "ignore_eos": True,
+            "temperature": 0,
+        }
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        usage: dict[str, int] = r.json()["usage"]
+        return usage
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(batch) as pool:
+            usages = list(pool.map(complete, range(batch)))
+    finally:
+        done.set()
+        sampler.join(5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    assert peak <= bound, f"peak RSS {peak / 2**20:.0f} MiB over the bound"
+    assert all(u["prompt_tokens"] + u["completion_tokens"] == max_len for u in usages)
+    assert proc.returncode == 0

@@ -93,9 +93,28 @@ def start(
     max_loras: Annotated[int, typer.Option(min=1, help="Distinct adapters per batch.")] = 4,
     max_cpu_loras: Annotated[int, typer.Option(min=1, help="Adapters kept in host memory.")] = 16,
     max_lora_rank: Annotated[int, typer.Option(min=1, help="Largest adapter rank served.")] = 64,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(min=2, help="Prompt plus completion limit (default: the model's context)."),
+    ] = None,
+    kv_cache_mb: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="KV-cache memory budget (MiB): requests beyond it queue, then get HTTP 429.",
+        ),
+    ] = 1024,
+    max_waiting: Annotated[
+        int, typer.Option(min=1, help="Queued requests at most; more get HTTP 429.")
+    ] = 256,
+    max_queue_wait: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds a request may wait for a batch slot before 429."),
+    ] = 30.0,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: default).")] = 0,
 ) -> None:
-    """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C."""
+    """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C or
+    SIGTERM (a clean shutdown exits 0 either way)."""
     import torch
 
     from r3mes.paths import Home
@@ -114,6 +133,10 @@ def start(
         max_loras=max_loras,
         max_cpu_loras=max_cpu_loras,
         max_lora_rank=max_lora_rank,
+        max_model_len=max_model_len,
+        kv_cache_mb=kv_cache_mb,
+        max_waiting=max_waiting,
+        max_queue_wait_s=max_queue_wait,
     )
     router = SemanticRouter(load_routes(routes), minilm_embedder()) if routes else None
     registry = home_registry(Home.from_env(registry_home))
@@ -125,7 +148,10 @@ def start(
         f"on http://{host}:{port}/v1 (admin API {'on' if admin_token else 'off'}, "
         f"router {'on' if router else 'off'})"
     )
-    run_server(engine, settings, host=host, port=port, router=router, registry=registry)
+    stopped_by = run_server(
+        engine, settings, host=host, port=port, router=router, registry=registry
+    )
+    console.print(f"serving stopped ({stopped_by or 'server exited'}); shut down cleanly")
 
 
 @app.command("route")

@@ -5,11 +5,15 @@ nodes that embed a server beside other work).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
+
+import uvicorn
 
 from r3mes.serve.engine import EngineConfig, ServingEngine
 from r3mes.serve.errors import InvalidRequest, ServeError
@@ -75,8 +79,6 @@ class ServerThread:
         registry: UnifiedRegistry | None = None,
         log_level: str = "warning",
     ) -> None:
-        import uvicorn
-
         from r3mes.serve.api.app import create_app
 
         self.engine = engine
@@ -126,15 +128,35 @@ def run_server(
     router: SemanticRouter | None = None,
     registry: UnifiedRegistry | None = None,
     log_level: str = "info",
-) -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine."""
-    import uvicorn
-
+) -> str | None:
+    """Serve until SIGINT or SIGTERM, shut down gracefully, stop the engine, and return
+    the name of the signal that asked for it (None if the server stopped by itself)."""
     from r3mes.serve.api.app import create_app
 
     app = create_app(engine, settings, router=router, registry=registry)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
+    server = _GracefulServer(config)
     engine.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        server.run()
     finally:
         engine.stop()
+    return server.stopped_by
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, minus its re-raising of the signal after a graceful shutdown.
+
+    uvicorn restores the default handlers and raises the captured signal again once it has
+    shut down, so a clean SIGTERM shutdown ended the process with status 143. Here a
+    signal only asks for the shutdown (a second one forces it) and is recorded.
+    """
+
+    stopped_by: str | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopped_by = signal.Signals(sig).name
+        if self.should_exit:
+            self.force_exit = True
+        else:
+            self.should_exit = True
