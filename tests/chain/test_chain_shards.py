@@ -16,22 +16,22 @@ from r3mes.chain.handlers import submit_gradient
 from r3mes.chain.ledger import BlockContext
 from r3mes.chain.msgs import RegisterNode, SubmitGradient
 from r3mes.chain.pow import solve_pow
-from r3mes.chain.state import Node, Round, genesis_state, node_key
+from r3mes.chain.state import Node, Round, WorkingState, genesis_state, node_key
 from r3mes.chain.views import round_json
-from r3mes.node.miner_parts import mining_task
+from r3mes.node.miner.parts import mining_task
 from r3mes.spec.shards import round_shard
 
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
 
-def _ledger_accepts(state: object, miner: str, rnd: Round, shard: int) -> int:
+def _ledger_accepts(state: WorkingState, miner: str, rnd: Round, shard: int) -> int:
     """The code the ledger's handler gives `miner` submitting `shard` (0 = accepted)."""
     msg = SubmitGradient(
         creator=miner, round=rnd.number, shard=shard, cid="bafyu", digest="ab" * 32
     )
     ctx = BlockContext(chain_id="r3mes-test-1", height=rnd.open_height, time_ms=2_000_000)
     try:
-        submit_gradient(state.overlay(), msg, ctx)  # type: ignore[attr-defined]
+        submit_gradient(state.overlay(), msg, ctx)
     except TxInvalid as exc:
         return exc.code
     return 0
@@ -49,7 +49,8 @@ def test_the_miners_shard_is_the_one_the_ledger_accepts(
 ) -> None:
     miner = "remes1" + miner_tail
     claimed = sorted(s for s in range(n_shards) if claim_bits >> s & 1)
-    state = genesis_state(make_genesis(pow_difficulty=0, shards_per_round=n_shards))
+    genesis = genesis_state(make_genesis(pow_difficulty=0, shards_per_round=n_shards))
+    state = genesis.overlay()
     state.nodes[node_key("miner", miner)] = Node(
         address=miner, role="miner", endpoint="", stake=10, registered_height=1
     )
@@ -64,7 +65,7 @@ def test_the_miners_shard_is_the_one_the_ledger_accepts(
     )
     state.rounds[1] = rnd
     # the miner reads the round as the REST route serves it, through the client's type
-    info = from_json(RoundInfo, json.loads(json.dumps(round_json(rnd, state))))
+    info = from_json(RoundInfo, json.loads(json.dumps(round_json(rnd, genesis))))
     task = mining_task(info, miner=miner)
     free = [s for s in range(n_shards) if s not in claimed]
     if not free:
