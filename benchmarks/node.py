@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from r3mes.node.coordinator import (
+from r3mes.node.miner.coordinator import (
     AtomicMiningCoordinator,
     MiningTask,
     SubmissionRef,
     TrainedUpdate,
 )
-from r3mes.node.journal import Journal, TxState
-from r3mes.node.miner_parts import ContentUpdateStore
-from r3mes.node.residual import ResidualStore, save_tensors_atomic
+from r3mes.node.miner.journal import Journal, TxState
+from r3mes.node.miner.parts import ContentUpdateStore
+from r3mes.node.miner.residual import ResidualStore, save_tensors_atomic
 from r3mes.storage.blockstore import Blockstore
 
 PAYLOAD_BYTES = 256 * 1024

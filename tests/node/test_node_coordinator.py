@@ -10,17 +10,17 @@ import httpx
 import pytest
 import torch
 
-from r3mes.node.coordinator import (
+from r3mes.node.errors import TransactionError
+from r3mes.node.miner.coordinator import (
     AtomicMiningCoordinator,
     CoordinatorConfig,
     MiningTask,
     SubmissionRef,
     TrainedUpdate,
 )
-from r3mes.node.errors import TransactionError
-from r3mes.node.journal import Journal, TxState
-from r3mes.node.miner_parts import ContentUpdateStore
-from r3mes.node.residual import ResidualStore
+from r3mes.node.miner.journal import Journal, TxState
+from r3mes.node.miner.parts import ContentUpdateStore
+from r3mes.node.miner.residual import ResidualStore
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.storage.blockstore import Blockstore
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from r3mes.node.errors import ValidationError
-from r3mes.node.journal import Journal, TxState, transition_allowed
+from r3mes.node.miner.journal import Journal, TxState, transition_allowed
 
 
 def test_happy_path_and_reopen(tmp_path: Path) -> None:

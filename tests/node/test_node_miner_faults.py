@@ -18,10 +18,10 @@ import pytest
 from support.net import free_port
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
-from r3mes.node.journal import TxState
-from r3mes.node.launch import RoleLaunch, build_role
-from r3mes.node.miner import Miner
-from r3mes.node.miner_parts import ContentUpdateStore
+from r3mes.node.launch import RoleLaunch, build_miner
+from r3mes.node.miner.journal import TxState
+from r3mes.node.miner.miner import Miner
+from r3mes.node.miner.parts import ContentUpdateStore
 from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.paths import Home
@@ -64,16 +64,13 @@ def net(tmp_path: Path) -> Iterator[Net]:
 
 def _miner(net: Net) -> Miner:
     launch = RoleLaunch(
-        role="miner",
         name="miner-1",
         home=net.home,
         chain_url=net.url,
         key_name="miner-1",
         passphrase=passphrase(net.home),
     )
-    miner = build_role(launch, retry=RetryPolicy(max_retries=2, initial_delay=0.2))
-    assert isinstance(miner, Miner)
-    return miner
+    return build_miner(launch, retry=RetryPolicy(max_retries=2, initial_delay=0.2))
 
 
 def _step_until(miner: Miner, done: Callable[[], bool], timeout: float = 90.0) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r3mes.node.errors import ValidationError
-from r3mes.node.residual import ResidualStore, load_tensors, save_tensors_atomic
+from r3mes.node.miner.residual import ResidualStore, load_tensors, save_tensors_atomic
 
 
 def test_stage_promote_discard(tmp_path: Path) -> None:

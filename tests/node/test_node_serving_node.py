@@ -11,9 +11,8 @@ import pytest
 from support.devnet import running_devnet
 
 from r3mes.chain.client_types import NodeInfo
-from r3mes.node.launch import RoleLaunch, build_role
+from r3mes.node.launch import RoleLaunch, build_serving_node
 from r3mes.node.network_setup import NetworkSpec, passphrase
-from r3mes.node.serving_node import ServingNode
 from r3mes.paths import Home
 
 
@@ -37,15 +36,13 @@ def test_serving_node_registers_and_heartbeats_land_on_chain(
 ) -> None:
     home, url = chain
     launch = RoleLaunch(
-        role="serving",
         name="serving-1",
         home=home,
         chain_url=url,
         key_name="serving-1",
         passphrase=passphrase(home),
     )
-    serving = build_role(launch, heartbeat_s=0.2)
-    assert isinstance(serving, ServingNode)
+    serving = build_serving_node(launch, heartbeat_s=0.2)
     serving.on_start()
     try:
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from r3mes.chain.client_types import SubmissionInfo
-from r3mes.node.settlement import Fate, deadline_height, residual_fate, settled_height
+from r3mes.node.miner.settlement import Fate, deadline_height, residual_fate, settled_height
 
 
 def _sub(status: str, *attestations: tuple[str, int]) -> SubmissionInfo:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from r3mes.node.coordinator import MiningTask
 from r3mes.node.errors import ValidationError
-from r3mes.node.task_pool import ArtifactSet, TaskPool
+from r3mes.node.miner.coordinator import MiningTask
+from r3mes.node.miner.task_pool import ArtifactSet, TaskPool
 
 A = ArtifactSet("bafymodel", "bafydata", "bafyadapter1")
 B = ArtifactSet("bafymodel", "bafydata", "bafyadapter2")
@@ -127,8 +127,8 @@ def test_trainer_prefetch_loads_the_next_adapter(tiny_net, tiny_profile, tmp_pat
     from the blockstore, so training on it later reads it from memory."""
     from r3mes.chain.client import BlockchainClient
     from r3mes.node.artifacts import ArtifactCache
-    from r3mes.node.miner_parts import TrainerConfig, WorkTrainer
-    from r3mes.node.residual import ResidualStore
+    from r3mes.node.miner.parts import TrainerConfig, WorkTrainer
+    from r3mes.node.miner.residual import ResidualStore
     from r3mes.storage.blockstore import Blockstore
 
     cache = ArtifactCache(store=Blockstore(tiny_net.store_root), root=tmp_path / "artifacts")

@@ -18,9 +18,9 @@ from r3mes.chain.client import BlockchainClient
 from r3mes.chain.client_types import SubmissionInfo
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.keystore import Keystore
-from r3mes.node.journal import TxState
-from r3mes.node.launch import RoleLaunch, build_role
-from r3mes.node.miner import Miner
+from r3mes.node.launch import RoleLaunch, build_miner, build_validator
+from r3mes.node.miner.journal import TxState
+from r3mes.node.miner.miner import Miner
 from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.registration import ensure_registered
 from r3mes.node.runtime.retry import RetryPolicy
@@ -53,18 +53,20 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         yield running
 
 
-def _role(home: Home, url: str, role: str, name: str) -> Miner | Validator:
-    launch = RoleLaunch(
-        role=role,
-        name=name,
-        home=home,
-        chain_url=url,
-        key_name=name,
-        passphrase=passphrase(home),
+def _launch(home: Home, url: str, name: str) -> RoleLaunch:
+    return RoleLaunch(
+        name=name, home=home, chain_url=url, key_name=name, passphrase=passphrase(home)
     )
-    service = build_role(launch, retry=RetryPolicy(max_retries=1, initial_delay=0.2))
-    assert isinstance(service, Miner | Validator)
-    return service
+
+
+def _miner(home: Home, url: str, name: str) -> Miner:
+    return build_miner(
+        _launch(home, url, name), retry=RetryPolicy(max_retries=1, initial_delay=0.2)
+    )
+
+
+def _validator(home: Home, url: str, name: str) -> Validator:
+    return build_validator(_launch(home, url, name))
 
 
 def _key(home: Home, name: str) -> SigningKey:
@@ -112,9 +114,8 @@ def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
     chain: tuple[Home, str],
 ) -> None:
     home, url = chain
-    miner = _role(home, url, "miner", "miner-1")
-    validator = _role(home, url, "validator", "validator-1")
-    assert isinstance(miner, Miner) and isinstance(validator, Validator)
+    miner = _miner(home, url, "miner-1")
+    validator = _validator(home, url, "validator-1")
     validator.settings = replace(
         validator.settings, fetch_retry=RetryPolicy(max_retries=2, initial_delay=0.2)
     )

@@ -6,6 +6,7 @@ Every role has `start` (runs in the foreground until SIGTERM/Ctrl-C), `stop` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -149,7 +150,6 @@ serving_node_app = _role_app("serving")
 
 
 def _launch(
-    role: str,
     *,
     key: str,
     passphrase: str,
@@ -166,7 +166,6 @@ def _launch(
     from r3mes.node.launch import RoleLaunch
 
     return RoleLaunch(
-        role=role,
         name=name or key,
         home=_home(home),
         chain_url=chain,
@@ -244,11 +243,10 @@ def miner_start(
 ) -> None:
     """Mine: train this miner's task each round, store the update, prove work, submit."""
     shutdown = _shutdown()
-    from r3mes.node.launch import build_role
+    from r3mes.node.launch import build_miner
     from r3mes.node.runtime.retry import RetryPolicy
 
     launch = _launch(
-        "miner",
         key=key,
         passphrase=passphrase,
         chain=chain,
@@ -263,7 +261,7 @@ def miner_start(
     )
     policy = RetryPolicy(max_retries=retries, initial_delay=0.5, max_delay=10.0)
     _run(
-        build_role(
+        build_miner(
             launch,
             cheat=cheat,
             stake=stake,
@@ -275,8 +273,9 @@ def miner_start(
     )
 
 
-def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
-    """`start` for the roles that need nothing beyond the common flags."""
+def _register_checker_start(app: typer.Typer, build: Callable[..., RoleService], doc: str) -> None:
+    """`start` for the roles that need nothing beyond the common flags (`build` is
+    `build_validator` or `build_proposer`)."""
 
     @app.command("start", help=doc)
     def start(
@@ -293,10 +292,7 @@ def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
         test_start_delay: StartDelayOpt = 0.0,
     ) -> None:
         shutdown = _shutdown()
-        from r3mes.node.launch import build_role
-
         launch = _launch(
-            role,
             key=key,
             passphrase=passphrase,
             chain=chain,
@@ -309,17 +305,29 @@ def _register_checker_start(app: typer.Typer, role: str, doc: str) -> None:
             profile=profile,
             start_delay=test_start_delay,
         )
-        _run(build_role(launch, shutdown=shutdown))
+        _run(build(launch, shutdown=shutdown))
+
+
+def _build_validator(launch: RoleLaunch, *, shutdown: Shutdown) -> RoleService:
+    from r3mes.node.launch import build_validator
+
+    return build_validator(launch, shutdown=shutdown)
+
+
+def _build_proposer(launch: RoleLaunch, *, shutdown: Shutdown) -> RoleService:
+    from r3mes.node.launch import build_proposer
+
+    return build_proposer(launch, shutdown=shutdown)
 
 
 _register_checker_start(
     validator_app,
-    "validator",
+    _build_validator,
     "Validate: re-execute every pending submission and attest (never one's own).",
 )
 _register_checker_start(
     proposer_app,
-    "proposer",
+    _build_proposer,
     "Propose: merge each closed round's verified updates into the next adapter version.",
 )
 
@@ -345,10 +353,9 @@ def serving_start(
 ) -> None:
     """Serve chat with the approved base model and adapters; hot-swaps new versions."""
     shutdown = _shutdown()
-    from r3mes.node.launch import build_role
+    from r3mes.node.launch import build_serving_node
 
     launch = _launch(
-        "serving",
         key=key,
         passphrase=passphrase,
         chain=chain,
@@ -361,7 +368,7 @@ def serving_start(
         profile=None,
         start_delay=test_start_delay,
     )
-    _run(build_role(launch, api_port=api_port, heartbeat_s=heartbeat, shutdown=shutdown))
+    _run(build_serving_node(launch, api_port=api_port, heartbeat_s=heartbeat, shutdown=shutdown))
 
 
 def down(home: HomeOpt = None, timeout: TimeoutOpt = 60.0) -> None:

@@ -1,17 +1,30 @@
-"""Build and run one role service from plain settings (what `r3mes <role> start` calls)."""
+"""Build and run one role service from plain settings (what `r3mes <role> start` calls).
+
+`RoleLaunch` holds the flags every role shares; `role_deps` loads the key and opens the
+content store they all use. One small factory per role (`build_miner`, `build_validator`,
+`build_proposer`, `build_serving_node`) takes just that role's own flags and assembles it.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from r3mes.node.errors import ValidationError
+from r3mes.node.ledger_role import RoleDeps
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.runtime.service import RoleService, ServiceConfig, run_with_logging
 from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
-from r3mes.runtime.shutdown import Shutdown
+
+if TYPE_CHECKING:
+    from r3mes.node.miner.miner import Miner
+    from r3mes.node.proposer import Proposer
+    from r3mes.node.serving_node import ServingNode
+    from r3mes.node.validator import Validator
+    from r3mes.runtime.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +35,6 @@ PROFILE_FILE = "work.json"
 class RoleLaunch:
     """Flags common to every role, as parsed by the CLI."""
 
-    role: str
     name: str
     home: Home
     chain_url: str
@@ -41,6 +53,23 @@ class RoleLaunch:
     start_delay_s: float = 0.0
     """TEST-ONLY FAULT INJECTION (R3MES_TEST_START_DELAY): see `ServiceConfig`."""
 
+    @property
+    def blocks_root(self) -> Path:
+        return self.blocks or self.home.blocks
+
+    def service(self, role: str) -> ServiceConfig:
+        return ServiceConfig(
+            role=role,
+            name=self.name,
+            home=self.home,
+            port=self.port,
+            idle_interval=self.idle_interval,
+            start_delay_s=self.start_delay_s,
+        )
+
+    def profile(self) -> WorkProfile:
+        return load_profile(self.home, self.profile_path)
+
 
 def load_profile(home: Home, path: Path | None) -> WorkProfile:
     """The network's work profile: the given file, the home's `work.json`, or defaults."""
@@ -50,21 +79,11 @@ def load_profile(home: Home, path: Path | None) -> WorkProfile:
     return WorkProfile.load(default) if default.is_file() else WorkProfile()
 
 
-def build_role(
-    launch: RoleLaunch,
-    *,
-    cheat: str | None = None,
-    stake: int = 0,
-    max_prefetch: int = 2,
-    retry: RetryPolicy | None = None,
-    api_port: int = 0,
-    heartbeat_s: float = 10.0,
-    pause_after: str | None = None,
-    shutdown: Shutdown | None = None,
-) -> RoleService:
-    """Load the key and assemble the role service (nothing runs yet)."""
+def role_deps(launch: RoleLaunch, *, shutdown: Shutdown | None = None) -> RoleDeps:
+    """Load the key and open the content store (local blockstore, Kubo behind it)."""
     from r3mes.chain.errors import KeystoreError
     from r3mes.chain.keystore import Keystore
+    from r3mes.storage.tiered import open_store
 
     try:
         key = Keystore(launch.home.keys).load(launch.key_name, passphrase=launch.passphrase)
@@ -73,79 +92,85 @@ def build_role(
             f"cannot load key {launch.key_name!r} from {launch.home.keys}: {exc}; "
             "create it with `r3mes wallet create` and pass its passphrase (R3MES_PASSPHRASE)"
         ) from exc
-    service = ServiceConfig(
-        role=launch.role,
-        name=launch.name,
-        home=launch.home,
-        port=launch.port,
-        idle_interval=launch.idle_interval,
-        start_delay_s=launch.start_delay_s,
+    store = open_store(launch.blocks_root, ipfs_url=launch.ipfs_url, gateway_url=launch.gateway_url)
+    return RoleDeps(key=key, store=store, shutdown=shutdown)
+
+
+def build_miner(
+    launch: RoleLaunch,
+    *,
+    cheat: str | None = None,
+    stake: int = 0,
+    max_prefetch: int = 2,
+    retry: RetryPolicy | None = None,
+    pause_after: str | None = None,
+    shutdown: Shutdown | None = None,
+) -> Miner:
+    """A miner (nothing runs yet)."""
+    from r3mes.node.miner.miner import Miner, MinerSettings
+
+    policy = retry or RetryPolicy()
+    settings = MinerSettings(
+        service=launch.service("miner"),
+        chain_url=launch.chain_url,
+        profile=launch.profile(),
+        blocks=launch.blocks_root,
+        max_prefetch=max_prefetch,
+        cheat=cheat,
+        stake=stake,
+        upload_retry=policy,
+        submit_retry=policy,
+        pause_after=pause_after,
     )
-    blocks = launch.blocks or launch.home.blocks
-    from r3mes.storage.tiered import open_store
+    return Miner(settings, role_deps(launch, shutdown=shutdown))
 
-    store = open_store(blocks, ipfs_url=launch.ipfs_url, gateway_url=launch.gateway_url)
-    if launch.role == "serving":
-        from r3mes.node.serving_node import ServingNode, ServingSettings
 
-        return ServingNode(
-            ServingSettings(
-                service=service,
-                chain_url=launch.chain_url,
-                blocks=blocks,
-                ipfs_url=launch.ipfs_url,
-                gateway_url=launch.gateway_url,
-                api_port=api_port,
-                heartbeat_s=heartbeat_s,
-            ),
-            key=key,
-            shutdown=shutdown,
-        )
-    profile = load_profile(launch.home, launch.profile_path)
-    if launch.role == "miner":
-        from r3mes.node.miner import Miner, MinerSettings
+def build_validator(launch: RoleLaunch, *, shutdown: Shutdown | None = None) -> Validator:
+    """A validator (nothing runs yet)."""
+    from r3mes.node.validator import Validator, ValidatorSettings
 
-        policy = retry or RetryPolicy()
-        return Miner(
-            MinerSettings(
-                service=service,
-                chain_url=launch.chain_url,
-                profile=profile,
-                blocks=blocks,
-                max_prefetch=max_prefetch,
-                cheat=cheat,
-                stake=stake,
-                upload_retry=policy,
-                submit_retry=policy,
-                pause_after=pause_after,
-            ),
-            key=key,
-            store=store,
-            shutdown=shutdown,
-        )
-    if launch.role == "validator":
-        from r3mes.node.validator import Validator, ValidatorSettings
+    settings = ValidatorSettings(
+        service=launch.service("validator"),
+        chain_url=launch.chain_url,
+        profile=launch.profile(),
+        blocks=launch.blocks_root,
+    )
+    return Validator(settings, role_deps(launch, shutdown=shutdown))
 
-        return Validator(
-            ValidatorSettings(
-                service=service, chain_url=launch.chain_url, profile=profile, blocks=blocks
-            ),
-            key=key,
-            store=store,
-            shutdown=shutdown,
-        )
-    if launch.role == "proposer":
-        from r3mes.node.proposer import Proposer, ProposerSettings
 
-        return Proposer(
-            ProposerSettings(
-                service=service, chain_url=launch.chain_url, profile=profile, blocks=blocks
-            ),
-            key=key,
-            store=store,
-            shutdown=shutdown,
-        )
-    raise ValidationError(f"unknown role {launch.role!r}")
+def build_proposer(launch: RoleLaunch, *, shutdown: Shutdown | None = None) -> Proposer:
+    """A proposer (nothing runs yet)."""
+    from r3mes.node.proposer import Proposer, ProposerSettings
+
+    settings = ProposerSettings(
+        service=launch.service("proposer"),
+        chain_url=launch.chain_url,
+        profile=launch.profile(),
+        blocks=launch.blocks_root,
+    )
+    return Proposer(settings, role_deps(launch, shutdown=shutdown))
+
+
+def build_serving_node(
+    launch: RoleLaunch,
+    *,
+    api_port: int = 0,
+    heartbeat_s: float = 10.0,
+    shutdown: Shutdown | None = None,
+) -> ServingNode:
+    """A serving node (nothing runs yet); it reads artifacts through the registry."""
+    from r3mes.node.serving_node import ServingNode, ServingSettings
+
+    settings = ServingSettings(
+        service=launch.service("serving"),
+        chain_url=launch.chain_url,
+        blocks=launch.blocks_root,
+        ipfs_url=launch.ipfs_url,
+        gateway_url=launch.gateway_url,
+        api_port=api_port,
+        heartbeat_s=heartbeat_s,
+    )
+    return ServingNode(settings, role_deps(launch, shutdown=shutdown))
 
 
 def run_role(service: RoleService) -> int:

@@ -15,21 +15,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from r3mes.node.errors import NetworkError, NodeError, ValidationError, classify
-from r3mes.node.ledger_role import LedgerRole
-from r3mes.node.runtime.service import ServiceConfig
-from r3mes.node.tasks import WorkProfile, derive_task
+from r3mes.node.errors import NetworkError, NodeError, classify
+from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
+from r3mes.node.tasks import derive_task
 from r3mes.node.workload import AdapterInfo, merge_updates, package_adapter, start_adapter
 
 if TYPE_CHECKING:
-    from r3mes.chain.client import BlockchainClient
     from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo
-    from r3mes.chain.crypto import SigningKey
-    from r3mes.node.artifacts import BlobStore
-    from r3mes.runtime.shutdown import Shutdown
     from r3mes.work.task import Task
 
 logger = logging.getLogger(__name__)
@@ -39,46 +33,26 @@ MAX_UPDATE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
-class ProposerSettings:
+class ProposerSettings(LedgerSettings):
     """Everything a proposer needs besides its key."""
 
-    service: ServiceConfig
-    chain_url: str
-    profile: WorkProfile
-    blocks: Path
+    ROLE: ClassVar[str] = "proposer"
+
     evaluate: bool = True
     """Measure held-out loss of each version (and the base model) for `/stats`."""
-
-    def __post_init__(self) -> None:
-        if self.service.role != "proposer":
-            raise ValidationError("ProposerSettings.service.role must be 'proposer'")
 
 
 class Proposer(LedgerRole):
     """The proposer service."""
 
-    def __init__(
-        self,
-        settings: ProposerSettings,
-        *,
-        key: SigningKey,
-        client: BlockchainClient | None = None,
-        store: BlobStore | None = None,
-        shutdown: Shutdown | None = None,
-    ) -> None:
+    settings: ProposerSettings
+
+    def __init__(self, settings: ProposerSettings, deps: RoleDeps) -> None:
         from prometheus_client import Gauge
 
         from r3mes.node.artifacts import ArtifactCache
 
-        super().__init__(
-            settings.service,
-            chain_url=settings.chain_url,
-            blocks=settings.blocks,
-            key=key,
-            client=client,
-            store=store,
-            shutdown=shutdown,
-        )
+        super().__init__(settings, deps)
         self.settings = settings
         state = settings.service.state_dir
         self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")

@@ -20,9 +20,8 @@ from r3mes.node.runtime.service import RoleService, ServiceConfig
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
-    from r3mes.chain.crypto import SigningKey
+    from r3mes.node.ledger_role import RoleDeps
     from r3mes.registry.unified import UnifiedRegistry
-    from r3mes.runtime.shutdown import Shutdown
     from r3mes.serve.server import ServerThread
 
 logger = logging.getLogger(__name__)
@@ -94,23 +93,16 @@ class ServingSettings:
 class ServingNode(RoleService):
     """The serving node service."""
 
-    def __init__(
-        self,
-        settings: ServingSettings,
-        *,
-        key: SigningKey,
-        client: BlockchainClient | None = None,
-        shutdown: Shutdown | None = None,
-    ) -> None:
+    def __init__(self, settings: ServingSettings, deps: RoleDeps) -> None:
         from prometheus_client import Gauge
 
         from r3mes.chain.client import BlockchainClient
 
-        super().__init__(settings.service, shutdown=shutdown)
+        super().__init__(settings.service, shutdown=deps.shutdown)
         self.settings = settings
-        self.key = key
-        self.address = key.address
-        self.client = client or BlockchainClient(settings.chain_url)
+        self.key = deps.key
+        self.address = deps.key.address
+        self.client = deps.client or BlockchainClient(settings.chain_url)
         self.artifacts: UnifiedRegistry = self._artifact_registry()
         self.server: ServerThread | None = None
         self.adapter_id = ""

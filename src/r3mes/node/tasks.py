@@ -36,7 +36,7 @@ class WorkProfile:
     """Held-out chunks used to score adapter versions."""
     settle_rounds: int = 2
     """Rounds after its own a submission has to be verified for its error-feedback
-    residual to carry forward (`r3mes.node.settlement`); miners and validators must agree."""
+    residual to carry forward (`r3mes.node.miner.settlement`); miners and validators must agree."""
 
     def __post_init__(self) -> None:
         if isinstance(self.settle_rounds, bool) or not isinstance(self.settle_rounds, int):

@@ -4,7 +4,7 @@ For each submission still pending on the ledger (oldest first, never one of its 
 validator fetches the update by CID, checks its digest, rebuilds the miner's task from the
 round, re-executes it with `r3mes.work.verify` and sends a signed `Attest`. It replays each
 miner's error-feedback residual: the residual a verified update leaves behind is staged
-per miner and becomes current by the ledger-derived rule of `r3mes.node.settlement`, the
+per miner and becomes current by the ledger-derived rule of `r3mes.node.miner.settlement`, the
 same rule the miner applies.
 
 Each submission is handled on its own: one that fails (its update cannot be fetched, the
@@ -21,22 +21,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from r3mes.node.errors import NetworkError, ValidationError, classify
-from r3mes.node.ledger_role import LedgerRole
-from r3mes.node.residual import ResidualStore
+from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
+from r3mes.node.miner.residual import ResidualStore
+from r3mes.node.miner.settlement import Fate, fate_on_chain
 from r3mes.node.runtime.retry import RetryPolicy
-from r3mes.node.runtime.service import ServiceConfig
-from r3mes.node.settlement import Fate, fate_on_chain
-from r3mes.node.tasks import WorkProfile, derive_task
+from r3mes.node.tasks import derive_task
 
 if TYPE_CHECKING:
-    from r3mes.chain.client import BlockchainClient
     from r3mes.chain.client_types import SubmissionInfo
-    from r3mes.chain.crypto import SigningKey
-    from r3mes.node.artifacts import BlobStore
-    from r3mes.runtime.shutdown import Shutdown
     from r3mes.work.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -46,23 +41,17 @@ LOOKBACK_ROUNDS = 3
 
 
 @dataclass(frozen=True)
-class ValidatorSettings:
+class ValidatorSettings(LedgerSettings):
     """Everything a validator needs besides its key."""
 
-    service: ServiceConfig
-    chain_url: str
-    profile: WorkProfile
-    blocks: Path
+    ROLE: ClassVar[str] = "validator"
+
     """Root of the local blockstore holding artifacts and updates."""
     fetch_retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_retries=3, initial_delay=1.0, max_delay=30.0)
     )
     """Backoff between attempts at one submission; an update still unfetchable after
     `max_retries` retries is rejected. Other failures keep backing off (capped)."""
-
-    def __post_init__(self) -> None:
-        if self.service.role != "validator":
-            raise ValidationError("ValidatorSettings.service.role must be 'validator'")
 
 
 class VerdictLog:
@@ -152,28 +141,14 @@ class _Backoff:
 class Validator(LedgerRole):
     """The validator service."""
 
-    def __init__(
-        self,
-        settings: ValidatorSettings,
-        *,
-        key: SigningKey,
-        client: BlockchainClient | None = None,
-        store: BlobStore | None = None,
-        shutdown: Shutdown | None = None,
-    ) -> None:
+    settings: ValidatorSettings
+
+    def __init__(self, settings: ValidatorSettings, deps: RoleDeps) -> None:
         from prometheus_client import Counter
 
         from r3mes.node.artifacts import ArtifactCache
 
-        super().__init__(
-            settings.service,
-            chain_url=settings.chain_url,
-            blocks=settings.blocks,
-            key=key,
-            client=client,
-            store=store,
-            shutdown=shutdown,
-        )
+        super().__init__(settings, deps)
         self.settings = settings
         state = settings.service.state_dir
         self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")

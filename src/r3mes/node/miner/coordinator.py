@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import torch
 
 from r3mes.node.errors import NodeError, RetryableError, TransactionError, classify
-from r3mes.node.journal import Journal, TxRecord, TxState
-from r3mes.node.residual import ResidualStore
+from r3mes.node.miner.journal import Journal, TxRecord, TxState
+from r3mes.node.miner.residual import ResidualStore
 from r3mes.node.runtime.retry import RetryPolicy, call_with_retry
 
 logger = logging.getLogger(__name__)

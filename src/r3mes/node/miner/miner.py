@@ -1,7 +1,7 @@
 """The miner role: take this miner's task each round, train, store, prove, submit.
 
 Every task runs as one atomic mining transaction (`AtomicMiningCoordinator`); the
-error-feedback residual advances by the ledger-derived rule of `r3mes.node.settlement`
+error-feedback residual advances by the ledger-derived rule of `r3mes.node.miner.settlement`
 (verified by the deadline: promoted; rejected, late or expired: dropped), the same rule
 validators apply, and the miner waits for that rule to decide before mining again, so its
 residual always equals the one validators replay.
@@ -12,35 +12,28 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from r3mes.node.coordinator import AtomicMiningCoordinator, CoordinatorConfig
 from r3mes.node.errors import TransactionError, ValidationError
-from r3mes.node.journal import Journal, TxState
-from r3mes.node.ledger_role import LedgerRole
-from r3mes.node.miner_parts import (
+from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
+from r3mes.node.miner.coordinator import AtomicMiningCoordinator, CoordinatorConfig
+from r3mes.node.miner.journal import Journal, TxState
+from r3mes.node.miner.parts import (
     ChainSubmissions,
     ChainTaskSource,
     ContentUpdateStore,
     TrainerConfig,
     WorkTrainer,
 )
-from r3mes.node.residual import ResidualStore
+from r3mes.node.miner.residual import ResidualStore
+from r3mes.node.miner.settlement import Fate, fate_on_chain
+from r3mes.node.miner.task_pool import TaskPool
 from r3mes.node.runtime.retry import RetryPolicy
-from r3mes.node.runtime.service import ServiceConfig
-from r3mes.node.settlement import Fate, fate_on_chain
-from r3mes.node.task_pool import TaskPool
-from r3mes.node.tasks import WorkProfile
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from r3mes.chain.client import BlockchainClient
     from r3mes.chain.client_types import SubmissionInfo
-    from r3mes.chain.crypto import SigningKey
-    from r3mes.node.artifacts import BlobStore
-    from r3mes.runtime.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +41,11 @@ PAUSE_POINTS = (TxState.IPFS_UPLOAD.value, TxState.BLOCKCHAIN_SUBMIT.value)
 
 
 @dataclass(frozen=True)
-class MinerSettings:
+class MinerSettings(LedgerSettings):
     """Everything a miner needs besides its key."""
 
-    service: ServiceConfig
-    """Role identity, home, HTTP port."""
-    chain_url: str
-    """Ledger RPC URL."""
-    profile: WorkProfile
-    """The network's shared training knobs."""
-    blocks: Path
-    """Root of the local blockstore that holds artifacts and updates."""
+    ROLE: ClassVar[str] = "miner"
+
     max_prefetch: int = 2
     """Artifact sets (base model, dataset, adapter) of current and upcoming rounds fetched,
     unpacked and loaded ahead of the work (R3MES_MAX_PREFETCH); 2 covers this round's and
@@ -76,8 +63,7 @@ class MinerSettings:
     submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
-        if self.service.role != "miner":
-            raise ValidationError("MinerSettings.service.role must be 'miner'")
+        super().__post_init__()
         if self.pause_after not in (None, *PAUSE_POINTS):
             raise ValidationError(
                 f"R3MES_TEST_PAUSE_AFTER must be one of {PAUSE_POINTS}, got {self.pause_after!r}"
@@ -87,28 +73,14 @@ class MinerSettings:
 class Miner(LedgerRole):
     """The miner service."""
 
-    def __init__(
-        self,
-        settings: MinerSettings,
-        *,
-        key: SigningKey,
-        client: BlockchainClient | None = None,
-        store: BlobStore | None = None,
-        shutdown: Shutdown | None = None,
-    ) -> None:
+    settings: MinerSettings
+
+    def __init__(self, settings: MinerSettings, deps: RoleDeps) -> None:
         from prometheus_client import Counter, Gauge
 
         from r3mes.node.artifacts import ArtifactCache
 
-        super().__init__(
-            settings.service,
-            chain_url=settings.chain_url,
-            blocks=settings.blocks,
-            key=key,
-            client=client,
-            store=store,
-            shutdown=shutdown,
-        )
+        super().__init__(settings, deps)
         self.settings = settings
         state = settings.service.state_dir
         self.journal = Journal(state / "journal.sqlite")
@@ -137,7 +109,7 @@ class Miner(LedgerRole):
             journal=self.journal,
             trainer=self.trainer,
             store=ContentUpdateStore(self.store),
-            ledger=ChainSubmissions(client=self.client, key=key),
+            ledger=ChainSubmissions(client=self.client, key=self.key),
             pool=self.pool,
             residuals=self.residuals,
             config=CoordinatorConfig(

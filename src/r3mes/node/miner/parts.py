@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from r3mes.node.artifacts import ArtifactCache, BlobStore
-from r3mes.node.coordinator import MiningTask, SubmissionRef, TrainedUpdate
 from r3mes.node.errors import NodeError, RetryableError, ValidationError
-from r3mes.node.journal import Journal, TxState
-from r3mes.node.residual import ResidualStore
-from r3mes.node.task_pool import ArtifactSet
+from r3mes.node.miner.coordinator import MiningTask, SubmissionRef, TrainedUpdate
+from r3mes.node.miner.journal import Journal, TxState
+from r3mes.node.miner.residual import ResidualStore
+from r3mes.node.miner.task_pool import ArtifactSet
 from r3mes.node.tasks import WorkProfile, derive_task, round_seed
 from r3mes.node.workload import mine_update, random_update, start_adapter
 

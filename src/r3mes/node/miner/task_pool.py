@@ -21,8 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from r3mes.node.coordinator import MiningTask
 from r3mes.node.errors import ValidationError
+from r3mes.node.miner.coordinator import MiningTask
 
 logger = logging.getLogger(__name__)
 
