@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,140 +27,32 @@ from pathlib import Path
 import httpx
 import pytest
 
+from r3mes.storage.kubo_daemon import KuboDaemon as KuboNode
+from r3mes.storage.kubo_daemon import KuboNotInstalled, find_ipfs, init_daemon
 from support.net import free_port
 
-KUBO_VERSION = "0.42.0"
-START_TIMEOUT_S = 60.0
+__all__ = ["KuboNode", "fault_proxy", "init_node", "ipfs_binary", "kubo_node"]
 
 
 def ipfs_binary() -> str:
     """Path of the `ipfs` binary: PATH, then Go's bin folder; skip (or fail under CI) if none."""
-    found = shutil.which("ipfs")
-    gopath_bin = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / "ipfs"
-    if found is None and gopath_bin.is_file():
-        found = str(gopath_bin)
-    if found:
-        return found
-    message = "no `ipfs` (Kubo) binary; install it: bash scripts/kubo.sh"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@dataclass
-class KuboNode:
-    """One running daemon; `ipfs(...)` runs the CLI against its repo."""
-
-    repo: Path
-    api_url: str
-    gateway_url: str
-    swarm_port: int
-    binary: str
-    process: subprocess.Popen[str] | None = None
-    peer_id: str = ""
-
-    def ipfs(self, *args: str, timeout: float = 120.0) -> str:
-        done = subprocess.run(
-            [self.binary, *args],
-            env={**os.environ, "IPFS_PATH": str(self.repo)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"ipfs {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout
-
-    @property
-    def swarm_addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.swarm_port}/p2p/{self.peer_id}"
-
-    def pins(self) -> set[str]:
-        """Recursively pinned CIDs, as `ipfs pin ls` reports them (CIDv1 base32 strings)."""
-        out = self.ipfs("pin", "ls", "--type=recursive", "--quiet", "--cid-base=base32")
-        return set(out.split())
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "daemon", "--enable-gc=false"],
-            env={**os.environ, "IPFS_PATH": str(self.repo)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out = self.process.stdout.read() if self.process.stdout else ""
-                raise RuntimeError(f"ipfs daemon exited: {out[-2000:]}")
-            try:
-                reply = httpx.post(f"{self.api_url}/api/v0/id", timeout=1.0)
-                if reply.status_code == 200:
-                    self.peer_id = reply.json()["ID"]
-                    # drain the daemon's output so it never blocks on a full pipe
-                    threading.Thread(target=self._drain, daemon=True).start()
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"ipfs daemon did not answer within {START_TIMEOUT_S} s")
-
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for _ in self.process.stdout:
-            continue
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def connect(self, other: KuboNode) -> None:
-        """Swarm-connect to `other` (bitswap then finds blocks between the two)."""
-        self.ipfs("swarm", "connect", other.swarm_addr)
+    gopath_bin = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin"
+    try:
+        return find_ipfs((gopath_bin,))
+    except KuboNotInstalled as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 def init_node(root: Path) -> KuboNode:
-    """`ipfs init --profile=test` in `root` with loopback ports; not started."""
-    binary = ipfs_binary()
-    repo = root / "ipfs"
-    repo.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "IPFS_PATH": str(repo)}
-    subprocess.run(
-        [binary, "init", "--profile=test"], env=env, check=True, capture_output=True, timeout=60
-    )
-    api, gateway, swarm = free_port(), free_port(), free_port()
-    settings = {
-        "Addresses.API": json.dumps(f"/ip4/127.0.0.1/tcp/{api}"),
-        "Addresses.Gateway": json.dumps(f"/ip4/127.0.0.1/tcp/{gateway}"),
-        "Addresses.Swarm": json.dumps([f"/ip4/127.0.0.1/tcp/{swarm}"]),
-        "Bootstrap": "[]",
-        "Routing.Type": json.dumps("none"),
-        "Discovery.MDNS.Enabled": "false",
-        "Swarm.DisableNatPortMap": "true",
-        "AutoTLS.Enabled": "false",
-        "AutoConf.Enabled": "false",
-    }
-    for key, value in settings.items():
-        subprocess.run(
-            [binary, "config", "--json", key, value],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-    return KuboNode(
-        repo=repo,
-        api_url=f"http://127.0.0.1:{api}",
-        gateway_url=f"http://127.0.0.1:{gateway}",
-        swarm_port=swarm,
-        binary=binary,
+    """`ipfs init --profile=test` in `root / "ipfs"` on free loopback ports; not started."""
+    return init_daemon(
+        root / "ipfs",
+        binary=ipfs_binary(),
+        api_port=free_port(),
+        gateway_port=free_port(),
+        swarm_port=free_port(),
     )
 
 
@@ -170,7 +60,7 @@ def init_node(root: Path) -> KuboNode:
 def kubo_node(root: Path) -> Iterator[KuboNode]:
     """A running daemon in `root`, stopped and removed afterwards."""
     node = init_node(root)
-    node.start()
+    node.start(log_path=root / "ipfs-daemon.log")
     try:
         yield node
     finally:
