@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -203,3 +209,53 @@ def running_upstream(behaviour: Behaviour | None = None) -> Iterator[Upstream]:
         yield node
     finally:
         node.stop()
+
+
+class UpstreamProcess:
+    """The stub node as its own process, so a test can SIGKILL it like a crashed node."""
+
+    def __init__(self, *, port: int | None = None, words: int = 6, token_delay_s: float = 0.0):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.words, self.token_delay_s = words, token_delay_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> UpstreamProcess:
+        tests = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "support.upstream",
+                str(self.port),
+                str(self.words),
+                str(self.token_delay_s),
+            ],
+            env=env,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("stub upstream process did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def main(argv: list[str]) -> None:
+    port, words, delay = int(argv[0]), int(argv[1]), float(argv[2])
+    app = make_app(Behaviour(words=words, token_delay_s=delay))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
