@@ -5,7 +5,7 @@ per operator covering that operator's captured, not yet paid chat requests (`gro
 payout `amount` is `gross * share_bps // 10000`), marks those requests with the payout id
 and moves the amount from revenue to payouts in the credit ledger; then (2) sends each
 pending payout as one `MsgTransferCredits` from the treasury key with memo
-`r3mes-payout:<id>`.
+`r3mes-payout:<id>:<random>`.
 
 Idempotent across crashes: before sending, it searches the treasury's transactions on the
 ledger (`tx_search message.sender=...`) for that memo; found, the payout is marked sent with
@@ -133,7 +133,9 @@ class PayoutJob:
             await nested.rollback()  # too little yet: the requests wait for the next run
             return None
         row.gross, row.amount, row.requests = gross, amount, len(paid)
-        row.memo = f"{MEMO_PREFIX}{row.id}"
+        # The id names the payout; the random tail keeps memos unique when several databases
+        # (a reset, a second deployment) pay from one treasury key.
+        row.memo = f"{MEMO_PREFIX}{row.id}:{uuid.uuid4().hex[:12]}"
         await credits.payout(
             s, node=operator, amount=amount, idempotency_key=f"payout:{row.id}", ref=row.memo
         )
