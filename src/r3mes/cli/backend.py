@@ -148,6 +148,36 @@ def migrate_cmd(home: HomeOpt = None, database_url: DatabaseOpt = "") -> None:
     Console().print(f"database is at the newest schema ({_describe(settings)})", highlight=False)
 
 
+@app.command("create-admin")
+def create_admin(
+    address: Annotated[str, typer.Argument(help="Wallet address (remes1...) to make an admin.")],
+    home: HomeOpt = None,
+    database_url: DatabaseOpt = "",
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Take admin rights away instead.")
+    ] = False,
+) -> None:
+    """Make a wallet address an admin (creating its account); audited. Applies migrations."""
+    from r3mes.backend.db.engine import Database
+    from r3mes.backend.db.migrate import migrate
+    from r3mes.backend.services.credits import set_admin
+
+    settings = build_settings(home=home, database_url=database_url or None)
+
+    async def run() -> int:
+        db = Database(settings)
+        try:
+            await migrate(db)
+            async with db.write() as s, s.begin():
+                return await set_admin(s, address=address, admin=not revoke, actor="cli")
+        finally:
+            await db.dispose()
+
+    account_id = asyncio.run(run())
+    state = "no longer an admin" if revoke else "an admin"
+    Console().print(f"{address} (account {account_id}) is {state}", highlight=False)
+
+
 @app.command("status")
 def status(
     url: Annotated[

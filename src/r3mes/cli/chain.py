@@ -29,7 +29,9 @@ from r3mes.errors import R3mesError
 
 __all__ = ["CliError", "devnet_app", "query_app", "tx_app", "wallet_app"]
 
-wallet_app = typer.Typer(help="Keys and addresses: create, import, list, show, export.")
+wallet_app = typer.Typer(
+    help="Keys and addresses: create, import, list, show, export; log in to a backend."
+)
 devnet_app = typer.Typer(help="The embedded single-node ledger: init, start, stop, status.")
 query_app = typer.Typer(help="Read ledger state: rounds, tasks, submissions, nodes, artifacts.")
 
@@ -132,6 +134,53 @@ def wallet_export(
             "private_key_hex": exported.secret_hex,
         }
     )
+
+
+@wallet_app.command("login")
+def wallet_login(
+    key: Annotated[str, typer.Option("--key", help="Keystore key to log in with.")],
+    passphrase: PassOpt,
+    backend: Annotated[
+        str, typer.Option("--backend", envvar="R3MES_BACKEND_URL", help="The backend's URL.")
+    ] = "http://127.0.0.1:8080",
+    show_tokens: Annotated[
+        bool, typer.Option("--show-tokens", help="Also print the access and refresh tokens.")
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Log in to an R3MES backend with a wallet key (ADR-036); saves the session 0600."""
+    from r3mes.backend import wallet_login
+
+    signing_key = keystore_of(home).load(key, passphrase=passphrase)
+    tokens = wallet_login.login(backend, signing_key)
+    saved = wallet_login.save_session(home_of(home).root, backend, tokens)
+    shown = {k: tokens.get(k) for k in ("address", "account_id", "expires_at")}
+    if show_tokens:
+        shown |= {k: tokens.get(k) for k in ("access_token", "refresh_token")}
+    print_json({**shown, "session_file": str(saved)})
+
+
+@wallet_app.command("sign-login")
+def wallet_sign_login(
+    key: Annotated[str, typer.Option("--key", help="Keystore key to sign with.")],
+    passphrase: PassOpt,
+    challenge: Annotated[
+        Path,
+        typer.Option(
+            "--challenge",
+            help="File holding the challenge message the dashboard shows ('-': stdin).",
+        ),
+    ],
+    home: HomeOpt = None,
+) -> None:
+    """Sign a login challenge (ADR-036) and print the JSON to paste into the dashboard."""
+    import sys
+
+    from r3mes.backend import wallet_login
+
+    message = sys.stdin.read() if str(challenge) == "-" else challenge.read_text()
+    signing_key = keystore_of(home).load(key, passphrase=passphrase)
+    print_json(wallet_login.login_body(signing_key, message.rstrip("\n")))
 
 
 # -- devnet ---------------------------------------------------------------------------

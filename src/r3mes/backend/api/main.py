@@ -11,6 +11,7 @@ from r3mes.backend.api.routes import (
     auth,
     blocks,
     chat,
+    credits,
     faucet,
     health,
     keys,
@@ -32,7 +33,7 @@ from r3mes.backend.api.routes import (
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-for accounts_router in (auth.router, me.router, keys.router, admin.router):
+for accounts_router in (auth.router, me.router, keys.router, credits.router, admin.router):
     api_router.include_router(accounts_router)
 for chat_router in (chat.router, models.router, pricing.router, payouts.router, metrics.router):
     api_router.include_router(chat_router)

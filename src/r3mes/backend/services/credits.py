@@ -607,3 +607,28 @@ async def sweep_forever(db: Database, *, interval_s: float) -> None:
 def sweep_interval(hold_ttl_s: float) -> float:
     """Sweep often enough that a hold outlives its deadline by at most ~1/5 of its TTL."""
     return max(0.5, min(10.0, hold_ttl_s / 5))
+
+
+async def set_admin(s: AsyncSession, *, address: str, admin: bool, actor: str) -> int:
+    """Grant or take admin rights of `address` (its account is created if new); audited."""
+    from r3mes.chain.crypto import validate_address
+    from r3mes.chain.errors import AddressError
+
+    try:
+        address = validate_address(address)
+    except AddressError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    account_id = await ensure_account(s, address=address)
+    await s.execute(
+        update(tables.Account).where(tables.Account.id == account_id).values(is_admin=admin)
+    )
+    s.add(
+        tables.AdminAudit(
+            actor=actor,
+            action="admin" if admin else "unadmin",
+            target=f"account:{account_id}",
+            detail=json.dumps({"address": address}),
+            created_at=utcnow(),
+        )
+    )
+    return account_id
