@@ -51,7 +51,7 @@ def _few_threads() -> None:
 @pytest.fixture(scope="session")
 def tiny_net(tmp_path_factory: pytest.TempPathFactory) -> TinyNet:
     from r3mes.model.tiny import make_tiny_model
-    from r3mes.node.bootstrap import (
+    from r3mes.node.localnet.bootstrap import (
         build_domain_dataset,
         publish_bytes,
         publish_genesis_adapter,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from r3mes.node.dashboard import MinerView, RoundView, Snapshot, render
+from r3mes.node.localnet.dashboard import MinerView, RoundView, Snapshot, render
 from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
 
 

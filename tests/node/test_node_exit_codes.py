@@ -19,7 +19,7 @@ import httpx
 import pytest
 from support.devnet import running_devnet
 
-from r3mes.node.network_setup import NetworkSpec, passphrase
+from r3mes.node.localnet.setup import NetworkSpec, passphrase
 from r3mes.paths import Home
 from r3mes.runtime.pidfile import pid_path, read_pid_file
 

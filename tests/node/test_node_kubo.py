@@ -12,8 +12,8 @@ from support.devnet import running_devnet
 from support.kubo import kubo_node
 
 from r3mes.node.launch import RoleLaunch, build_miner, build_validator
+from r3mes.node.localnet.setup import NetworkSpec, passphrase
 from r3mes.node.miner.journal import TxState
-from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.paths import Home
 from r3mes.storage.blockstore import Blockstore

@@ -19,10 +19,10 @@ from support.net import free_port
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.launch import RoleLaunch, build_miner
+from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
 from r3mes.node.miner.parts import ContentUpdateStore
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.paths import Home
 from r3mes.storage.blockstore import Blockstore

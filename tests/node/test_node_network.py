@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from support.process import OutputWatcher
 
-from r3mes.node.dashboard import Snapshot
-from r3mes.node.network import UpOptions, check_children, run_network
-from r3mes.node.network_setup import NetworkSpec
+from r3mes.node.localnet.dashboard import Snapshot
+from r3mes.node.localnet.network import UpOptions, check_children, run_network
+from r3mes.node.localnet.setup import NetworkSpec
 from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
 from r3mes.paths import Home
 from r3mes.runtime.pidfile import list_services

@@ -12,7 +12,7 @@ from support.devnet import running_devnet
 
 from r3mes.chain.client_types import NodeInfo
 from r3mes.node.launch import RoleLaunch, build_serving_node
-from r3mes.node.network_setup import NetworkSpec, passphrase
+from r3mes.node.localnet.setup import NetworkSpec, passphrase
 from r3mes.paths import Home
 
 

@@ -19,9 +19,9 @@ from r3mes.chain.client_types import SubmissionInfo
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.keystore import Keystore
 from r3mes.node.launch import RoleLaunch, build_miner, build_validator
+from r3mes.node.localnet.setup import NetworkSpec, passphrase
 from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
-from r3mes.node.network_setup import NetworkSpec, passphrase
 from r3mes.node.registration import ensure_registered
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.tasks import WorkProfile

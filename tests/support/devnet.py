@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, prepare_genesis
+from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, prepare_genesis
 from r3mes.paths import Home
 from support.net import free_port
 

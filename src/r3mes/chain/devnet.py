@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import logging
 import math
 import os
@@ -36,6 +35,8 @@ from r3mes.chain.identity import load_or_create_identity
 from r3mes.chain.msgs import ArtifactSpec
 from r3mes.chain.store import BlockStore
 from r3mes.paths import Home
+from r3mes.runtime.errors import ServiceError
+from r3mes.runtime.pidfile import read_pid_file, remove_pid_file, stop_service, write_pid_file
 
 log = logging.getLogger(__name__)
 DEFAULT_CHAIN_ID = "r3mes-devnet-1"
@@ -121,15 +122,6 @@ def _lock_home(home: Home) -> IO[bytes]:
             f"another devnet node is already using {home.chain}; stop it with `r3mes devnet stop`"
         ) from exc
     return handle
-
-
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of process `pid` (distinguishes a reused pid), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 @dataclass(frozen=True)
@@ -225,10 +217,14 @@ class DevnetNode:
         pid_file = pid_path(self.home)
         try:
             self.start()
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid = os.getpid()
-            info = {"pid": pid, "url": self.url, "start": _proc_start(pid)}
-            pid_file.write_text(json.dumps(info))
+            write_pid_file(  # the liveness rules every R3MES service's pid file follows
+                pid_file,
+                role="devnet",
+                name="devnet",
+                host=self.config.host,
+                port=self._bound_port or self.config.port,
+                stop_hint="r3mes devnet stop",
+            )
             log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
             while not requested and self._server_alive():
                 time.sleep(0.1)  # a signal interrupts the sleep; its handler only records it
@@ -237,7 +233,7 @@ class DevnetNode:
             log.info("signal %d received; stopping the devnet", requested[0])
         finally:
             self.stop()
-            pid_file.unlink(missing_ok=True)
+            remove_pid_file(pid_file)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         log.info("devnet stopped at height %d", self.engine.state.height)
@@ -297,18 +293,18 @@ if __name__ == "__main__":
 def running_devnet(home: Home) -> dict[str, Any] | None:
     """{"pid", "url"} of the devnet process serving `home`, or None if none is alive."""
     try:
-        info: dict[str, Any] = json.loads(pid_path(home).read_text())
-        pid = int(info["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        info = read_pid_file(pid_path(home))
+    except ServiceError:
+        return None  # malformed (an older format, a partial write): not trusted
+    if info is None or not info.alive():
         return None
-    started = _proc_start(pid)
-    return info if started is not None and started == info.get("start") else None
+    return {"pid": info.pid, "url": info.url}
 
 
-def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
-    """Start `python -m r3mes.chain.devnet` detached, logging to home/logs/devnet.log."""
-    home.logs.mkdir(parents=True, exist_ok=True)
-    cmd = [
+def devnet_command(home: Home, config: DevnetConfig) -> list[str]:
+    """The command line of a devnet process for `home` (`r3mes devnet start --detach` and
+    `r3mes up` both start it this way)."""
+    return [
         sys.executable,
         "-m",
         "r3mes.chain.devnet",
@@ -321,17 +317,15 @@ def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
         "--block-interval",
         str(config.block_interval_s),
     ]
+
+
+def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
+    """Start `python -m r3mes.chain.devnet` detached, logging to home/logs/devnet.log."""
+    home.logs.mkdir(parents=True, exist_ok=True)
     with open(home.logs / "devnet.log", "ab") as logfile:
-        return subprocess.Popen(cmd, stdout=logfile, stderr=logfile, start_new_session=True)
-
-
-def _running(pid: int) -> bool:
-    """True while `pid` exists and has not exited (an unreaped zombie counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return subprocess.Popen(
+            devnet_command(home, config), stdout=logfile, stderr=logfile, start_new_session=True
+        )
 
 
 def stop_devnet(home: Home, timeout_s: float = 10.0) -> int | None:
@@ -340,20 +334,16 @@ def stop_devnet(home: Home, timeout_s: float = 10.0) -> int | None:
     The node finishes its current block, closes the store and removes its pid file on
     SIGTERM; raises ChainError if it is still running after `timeout_s`.
     """
+    path = pid_path(home)
     info = running_devnet(home)
     if info is None:
         return None
     pid = int(info["pid"])
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return pid
-    deadline = time.monotonic() + timeout_s
-    while _running(pid):
-        if time.monotonic() >= deadline:
-            raise ChainError(
-                f"devnet (pid {pid}) did not stop within {timeout_s:g} s; "
-                f"see {home.logs / 'devnet.log'}, or end it with `kill -KILL {pid}`"
-            )
-        time.sleep(0.05)
+        stop_service(path, timeout=timeout_s, kill_after=False)
+    except ServiceError as exc:
+        raise ChainError(
+            f"devnet (pid {pid}) did not stop within {timeout_s:g} s; "
+            f"see {home.logs / 'devnet.log'}, or end it with `kill -KILL {pid}`"
+        ) from exc
     return pid

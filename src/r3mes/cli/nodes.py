@@ -424,9 +424,9 @@ def up(
 
     from rich.live import Live
 
-    from r3mes.node.dashboard import Snapshot, render
-    from r3mes.node.network import UpOptions, run_network
-    from r3mes.node.network_setup import NetworkSpec
+    from r3mes.node.localnet.dashboard import Snapshot, render
+    from r3mes.node.localnet.network import UpOptions, run_network
+    from r3mes.node.localnet.setup import NetworkSpec
 
     spec = NetworkSpec(
         home=_home(home),

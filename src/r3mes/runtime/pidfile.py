@@ -1,6 +1,7 @@
-"""Pid files under `$R3MES_HOME/run`: one per running role service.
+"""Pid files under `$R3MES_HOME/run`: one per running service (every role service, and the
+devnet ledger under its own name `devnet.json`).
 
-A pid file is a small JSON object (pid, role, name, HTTP port, process start time). The
+A pid file is a small JSON object (pid, role, name, host, port, process start time). The
 start time guards against pid reuse: a file whose pid now belongs to another process is
 *stale*, as is one whose process is gone; stale files are replaced, never trusted.
 `stop_service` and `service_status` work from any shell that knows `R3MES_HOME`.
@@ -68,6 +69,7 @@ class PidInfo:
     port: int
     started_at: float
     start_ticks: int | None
+    host: str = "127.0.0.1"
 
     def alive(self) -> bool:
         """True when the process still runs and is the one that wrote the file."""
@@ -80,7 +82,7 @@ class PidInfo:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 def service_id(role: str, name: str) -> str:
@@ -106,6 +108,7 @@ def read_pid_file(path: Path) -> PidInfo | None:
             port=int(data["port"]),
             started_at=float(data["started_at"]),
             start_ticks=None if data.get("start_ticks") is None else int(data["start_ticks"]),
+            host=str(data.get("host", "127.0.0.1")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ServiceError(
@@ -113,8 +116,19 @@ def read_pid_file(path: Path) -> PidInfo | None:
         ) from exc
 
 
-def write_pid_file(path: Path, *, role: str, name: str, port: int) -> PidInfo:
-    """Claim `path` for this process; refuses when a live service already holds it."""
+def write_pid_file(
+    path: Path,
+    *,
+    role: str,
+    name: str,
+    port: int,
+    host: str = "127.0.0.1",
+    stop_hint: str | None = None,
+) -> PidInfo:
+    """Claim `path` for this process; refuses when a live service already holds it.
+
+    `stop_hint` is the command the refusal names (default `r3mes ROLE stop --name NAME`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         existing = read_pid_file(path)
@@ -123,7 +137,7 @@ def write_pid_file(path: Path, *, role: str, name: str, port: int) -> PidInfo:
     if existing is not None and existing.alive() and existing.pid != os.getpid():
         raise ServiceError(
             f"{service_id(role, name)} is already running (pid {existing.pid}); "
-            f"stop it with `r3mes {role} stop --name {name}`"
+            f"stop it with `{stop_hint or f'r3mes {role} stop --name {name}'}`"
         )
     info = PidInfo(
         pid=os.getpid(),
@@ -132,6 +146,7 @@ def write_pid_file(path: Path, *, role: str, name: str, port: int) -> PidInfo:
         port=port,
         started_at=time.time(),
         start_ticks=process_start_time(os.getpid()),
+        host=host,
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(info)))

@@ -155,7 +155,7 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
     from r3mes.chain.msgs import ArtifactSpec
     from r3mes.model.checkpoint import load_pretrained
     from r3mes.model.tokenizer import load_tokenizer
-    from r3mes.node.bootstrap import (
+    from r3mes.node.localnet.bootstrap import (
         build_domain_dataset,
         publish_bytes,
         publish_genesis_adapter,

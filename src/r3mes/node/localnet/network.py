@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from r3mes.node.dashboard import Snapshot, collect
 from r3mes.node.errors import ServiceError, ValidationError
-from r3mes.node.network_setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.localnet.dashboard import Snapshot, collect
+from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
 from r3mes.runtime.pidfile import pid_path, remove_pid_file, write_pid_file
 
@@ -88,11 +88,6 @@ def _cli(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "r3mes.cli.main", *args)
 
 
-def role_pid_files(spec: NetworkSpec) -> dict[str, Path]:
-    """Process name -> the pid file that role process writes once it listens."""
-    return {name: pid_path(spec.home.run, role, name) for role, name in spec.role_keys()}
-
-
 def _role_health(path: Path) -> str | None:
     """The `/health` status of the service behind `path` (None: not up yet)."""
     import httpx
@@ -147,33 +142,57 @@ def wait_until_ready(
     return True
 
 
-def role_processes(spec: NetworkSpec, *, chain_url: str) -> list[ProcessSpec]:
-    """The command line of every role process."""
+@dataclass(frozen=True)
+class LocalProcess:
+    """One process `r3mes up` starts after the ledger, and how it says it is ready."""
+
+    process: ProcessSpec
+    pid_file: Path
+    """The pid file it writes once listening; ready when that service's `/health` says
+    "ok" (the `RoleService` convention; another service joins by following it)."""
+
+
+def _role_args(spec: NetworkSpec, role: str, name: str) -> list[str]:
+    """This role's own flags beyond the ones every role takes."""
+    if role == "miner":
+        args = ["--stake", "100", "--retries", "3"]
+        if name.startswith("cheater-"):
+            args += ["--cheat", spec.cheaters[int(name.removeprefix("cheater-")) - 1]]
+        return args
+    if role == "serving":
+        return ["--heartbeat", "5"]
+    return []
+
+
+def local_processes(spec: NetworkSpec, *, chain_url: str) -> list[LocalProcess]:
+    """Every process after the ledger, in start order (add one here to start it too)."""
     home = str(spec.home.root)
     env = {"R3MES_PASSPHRASE": passphrase(spec.home), "R3MES_HOME": home}
     out = []
-    cheats = iter(spec.cheaters)
     for role, name in spec.role_keys():
         command = "serving-node" if role == "serving" else role
         args = [command, "start", "--key", name, "--name", name, "--chain", chain_url]
         args += ["--home", home]
         if spec.ipfs_url:
             args += ["--ipfs-url", spec.ipfs_url]
-        if role == "miner":
-            args += ["--stake", "100", "--retries", "3"]
-            if name.startswith("cheater-"):
-                args += ["--cheat", next(cheats)]
-        if role == "serving":
-            args += ["--heartbeat", "5"]
-        out.append(
-            ProcessSpec(
-                name=name,
-                argv=_cli(*args),
-                log_path=spec.home.logs / f"{name}.out",
-                env=env,
-            )
+        args += _role_args(spec, role, name)
+        process = ProcessSpec(
+            name=name, argv=_cli(*args), log_path=spec.home.logs / f"{name}.out", env=env
         )
+        out.append(LocalProcess(process, pid_path(spec.home.run, role, name)))
     return out
+
+
+def devnet_process(spec: NetworkSpec, *, port: int) -> ProcessSpec:
+    """The devnet ledger, started as `r3mes devnet start --detach` starts it."""
+    from r3mes.chain.devnet import DevnetConfig, devnet_command
+
+    config = DevnetConfig(host="127.0.0.1", port=port, block_interval_s=spec.block_interval)
+    return ProcessSpec(
+        name="devnet",
+        argv=tuple(devnet_command(spec.home, config)),
+        log_path=spec.home.logs / "devnet.out",
+    )
 
 
 def _stats_current(snapshot: Snapshot) -> bool:
@@ -233,35 +252,19 @@ def run_network(
     roles: set[str] = set()
     error: str | None = None
     try:
-        supervisor.spawn(
-            ProcessSpec(
-                name="devnet",
-                argv=(
-                    sys.executable,
-                    "-m",
-                    "r3mes.chain.devnet",
-                    "--home",
-                    str(spec.home.root),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--block-interval",
-                    str(spec.block_interval),
-                ),
-                log_path=spec.home.logs / "devnet.out",
-            )
-        )
+        supervisor.spawn(devnet_process(spec, port=port))
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S, stop)
-        for process in role_processes(spec, chain_url=chain_url):
+        pid_files: dict[str, Path] = {}
+        for local in local_processes(spec, chain_url=chain_url):
             if stop.is_set():
                 break
-            supervisor.spawn(process)
-            roles.add(process.name)
+            supervisor.spawn(local.process)
+            roles.add(local.process.name)
+            pid_files[local.process.name] = local.pid_file
         try:
             ready = not stop.is_set() and wait_until_ready(
                 supervisor,
-                {n: p for n, p in role_pid_files(spec).items() if n in roles},
+                pid_files,
                 stop=stop,
                 logs=spec.home.logs,
             )
