@@ -28,12 +28,17 @@ class Funded:
 
 
 async def funded_key(
-    settings: BackendSettings, amount: int, *, scopes: tuple[str, ...] = ("chat", "read")
+    settings: BackendSettings,
+    amount: int,
+    *,
+    scopes: tuple[str, ...] = ("chat", "read"),
+    address: str | None = None,
 ) -> Funded:
-    """A new account holding `amount` credits (a ledger deposit) and an API key for it."""
+    """An account (of `address`, or a new one) holding `amount` credits more (recorded as a
+    deposit) and an API key for it."""
     db = Database(settings)
     try:
-        address = SigningKey.generate().address
+        address = address or SigningKey.generate().address
         async with db.write() as s, s.begin():
             account_id = await credits.ensure_account(s, address=address)
             if amount:
