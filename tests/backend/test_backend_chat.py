@@ -114,6 +114,19 @@ async def test_chat_bills_reported_usage_and_says_who_served(backend: BackendSer
         assert text.status_code == 200 and text.json()["choices"][0]["text"]
         prices = (await c.get("/v1/pricing")).json()
         assert prices["models"][ADAPTER] == PRICE.model_dump()
+        metrics = (await c.get("/metrics")).text
+        health = (await c.get("/health")).json()
+    node = r.headers["x-r3mes-node"]
+    assert f'r3mes_gateway_requests_total{{model="{ADAPTER}",node="{node}",status="ok"}} 1.0' in (
+        metrics
+    )
+    assert f'r3mes_gateway_ttft_seconds_count{{model="{ADAPTER}"}} 1.0' in metrics
+    assert f'r3mes_gateway_request_seconds_count{{model="{BASE}"}} 1.0' in metrics
+    assert f'r3mes_gateway_tokens_total{{kind="completion",model="{ADAPTER}"}} 4.0' in metrics
+    assert 'r3mes_gateway_credits_total{stage="captured"}' in metrics
+    assert 'r3mes_gateway_credits_total{stage="held"}' in metrics
+    nodes = health["checks"]["serving_nodes"]["nodes"]
+    assert set(nodes) == set(OPERATORS) and all(n["ok"] for n in nodes.values())
     spent = expected_cost(body(), 4) + cost(PRICE, Usage(len(b"once upon") // 4 + 3, 3))
     have = await balance(backend.settings, funded.account_id)
     assert (have.available, have.held) == (10_000 - spent, 0)
@@ -337,3 +350,35 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None
         if loop.time() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.05)
+
+
+async def test_two_backends_share_rate_limits_through_redis(
+    tmp_path: Path,
+    database_url: str,
+    upstreams: list[Upstream],
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    from r3mes.backend.settings import RateTier
+
+    settings = chat_settings(
+        tmp_path,
+        database_url,
+        upstreams,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        rate_tiers={"default": RateTier(requests_per_min=4)},
+    )
+    with (
+        serving_backend(settings, wait_nodes=2) as one,
+        serving_backend(settings, wait_nodes=2) as two,
+    ):
+        funded = await funded_key(one.settings, 10_000)
+        seen = []
+        async with httpx.AsyncClient(timeout=10) as c:
+            for url in (one.url, two.url) * 3:
+                r = await c.post(f"{url}/v1/chat/completions", json=body(), headers=auth(funded))
+                seen.append(r.status_code)
+        assert seen == [200, 200, 200, 200, 429, 429]  # 4 per minute across both processes
+        health = one.health()["checks"]
+        assert health["redis"]["ok"] is True  # type: ignore[index]
