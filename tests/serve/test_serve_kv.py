@@ -146,7 +146,7 @@ def test_random_joins_steps_and_leaves_keep_contents_and_bounded_capacity() -> N
         if kv.rows:
             assert kv.length == max(kv.lengths)  # shared padding trimmed
             needed = kv.length + 1
-            assert columns <= needed + max(MIN_HEADROOM, needed // 2)
+            assert columns <= needed + max(MIN_HEADROOM, needed // 4)
             assert kv.nbytes() <= kv.max_bytes
         for row, values in enumerate(expected):
             n = len(values)

@@ -11,7 +11,7 @@ holds its `lengths[b]` real positions in columns `length - lengths[b] .. length`
 
 Capacity follows what is live. Rows are exactly the running sequences: `reserve` makes
 room for a group about to join, `keep_rows` and `trim` give rows back as sequences leave.
-Columns grow by a quarter of what is needed (at least `MIN_HEADROOM`), never past
+Columns grow by an eighth of what is needed (at least `MIN_HEADROOM`), never past
 `max_length` (the engine's prompt-plus-completion limit), and shrink when the longest
 sequences leave. The buffers never hold more than `buffer_limit`, which leaves room under
 `max_bytes` for the one buffer a reallocation holds twice; `rectangle_bytes` is what the
@@ -109,6 +109,8 @@ class BatchKV(KVCache):
         self.lengths: list[int] = []
         self.peak_nbytes = 0
         """The most bytes the buffers held at once, reallocations' overlap included."""
+        self.peak_live_nbytes = 0
+        """The most bytes of real tokens' keys and values cached at once."""
         self._rebuild(keep=[], start=0, shift=0, rows_cap=0, cols_cap=0)
 
     # ---- what the model and the scheduler read ---------------------------------------------
@@ -169,6 +171,7 @@ class BatchKV(KVCache):
         self._mask[: self.rows, self.length] = 1
         self.length += 1
         self.lengths = [n + 1 for n in self.lengths]
+        self.peak_live_nbytes = max(self.peak_live_nbytes, self.live_nbytes())
 
     # ---- joining and leaving ---------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class BatchKV(KVCache):
         self._mask[new, start : self.length] = 1
         self.rows += 1
         self.lengths.append(n)
+        self.peak_live_nbytes = max(self.peak_live_nbytes, self.live_nbytes())
         return new
 
     def keep_rows(self, rows: list[int]) -> None:
@@ -237,19 +241,19 @@ class BatchKV(KVCache):
     # ---- buffers ---------------------------------------------------------------------------
 
     def _grown_columns(self, *, rows: int, needed: int) -> int:
-        """Columns to allocate for `needed`: a quarter more, within max_length and the budget."""
+        """Columns to allocate for `needed`: an eighth more, within max_length and the budget."""
         if self.rectangle_bytes(rows, needed) > self.buffer_limit:
             raise CacheBudgetExceeded(
                 needed=self.rectangle_bytes(rows, needed), budget=self.buffer_limit
             )
-        wanted = min(self.max_length or needed, needed + max(MIN_HEADROOM, needed // 4))
+        wanted = min(self.max_length or needed, needed + max(MIN_HEADROOM, needed // 8))
         affordable = self.buffer_limit // max(1, rows * self.cell_bytes)
         return max(needed, min(wanted, affordable))
 
     def _fitted_columns(self, *, rows: int, needed: int) -> int:
-        """The current column capacity, or a smaller one once it is half again what is needed."""
+        """The current column capacity, or a smaller one once it is a quarter over the need."""
         cap = self.capacity[1]
-        slack = max(MIN_HEADROOM, needed // 2)
+        slack = max(MIN_HEADROOM, needed // 4)
         fits = self.rectangle_bytes(rows, cap) <= self.buffer_limit
         if needed <= cap <= needed + slack and fits:
             return cap
