@@ -7,10 +7,10 @@ environment after that. Field docstrings are the documentation of each option.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError
@@ -142,7 +142,7 @@ class BackendSettings(BaseSettings):
     ip_rate: RateTier = RateTier(requests_per_min=1200, tokens_per_min=2_000_000)
     """Rate limits per client IP address (on top of the key's)."""
 
-    serving_endpoints: tuple[str, ...] = ()
+    serving_endpoints: Annotated[tuple[str, ...], NoDecode] = ()
     """Serving nodes not on the ledger (`URL` or `remes1...=URL`), added to the ledger's."""
 
     node_capacity_default: int = Field(default=8, ge=1, le=100_000)
