@@ -4,19 +4,13 @@
 
 import { get, itemsOf } from "./api.js";
 
-/** {prompt, completion} credits per 1K tokens for `model` from GET /v1/pricing, or null. */
+/** {prompt, completion} credits per 1K tokens for `model` from GET /v1/pricing, or null.
+ * A pinned `name@version` costs what `name` costs; unlisted models cost `default`. */
 export function priceOf(pricing, model) {
-  if (!pricing) return null;
-  const rows = itemsOf(pricing, "data", "models", "prices");
-  const row = rows.find((r) => r.model === model || r.id === model);
-  const pick = (r) =>
-    r && {
-      prompt: Number(r.prompt_per_1k ?? r.prompt ?? r.input_per_1k ?? 0),
-      completion: Number(r.completion_per_1k ?? r.completion ?? r.output_per_1k ?? 0),
-    };
-  if (row) return pick(row);
-  if (pricing.default) return pick(pricing.default);
-  return null;
+  if (!pricing || !model) return null;
+  const name = String(model).split("@")[0];
+  const row = (pricing.models && pricing.models[name]) || pricing.default;
+  return row ? { prompt: Number(row.prompt_per_1k || 0), completion: Number(row.completion_per_1k || 0) } : null;
 }
 
 /** The credits `usage` costs at `price` (rounded up, as the gateway charges whole credits). */
@@ -28,14 +22,15 @@ export function costOf(usage, price) {
 
 /** Label for a model entry of GET /v1/models: adapters by name and version. */
 export function modelLabel(model) {
-  const info = model.r3mes || model.metadata || {};
-  const kind = info.kind || model.kind || "";
-  const name = info.adapter || info.name || model.adapter || "";
-  const version = info.version ?? model.version;
-  if (model.id === "auto") return "auto (the router picks an adapter)";
-  if (name && version !== undefined && version !== null) return `${name} v${version}${kind ? ` (${kind})` : ""}`;
-  if (kind === "base") return `${model.id} (base model)`;
-  return model.id;
+  const id = String(model.id);
+  if (id === "auto") return "auto (the router picks an adapter)";
+  if (model.kind === "base") return `${id} (base model)`;
+  if (model.kind === "adapter") {
+    const name = id.split("@")[0];
+    if (id.includes("@")) return `${name} v${model.version} (pinned)`;
+    return model.version ? `${name} (newest, v${model.version})` : name;
+  }
+  return id;
 }
 
 function journalEntries(body) {
@@ -43,14 +38,15 @@ function journalEntries(body) {
 }
 
 /**
- * The credits captured for completion `id`: looked up in GET /api/me/transactions (a few
+ * The credits captured for the gateway's request `requestId` (its x-request-id header): looked up in GET /api/me/transactions (a few
  * tries: the capture lands just after the stream ends), else estimated from `usage`.
  */
-export async function billedFor(id, usage, pricing, model) {
+export async function billedFor(requestId, usage, pricing, model) {
+  const ref = `chat:${requestId}`;
   for (let attempt = 0; attempt < 6; attempt += 1) {
     try {
       const body = await get("/api/me/transactions?limit=20");
-      const hit = journalEntries(body).find((t) => String(t.ref || t.memo || "").includes(id) && /capture|charge/.test(String(t.kind || t.type || "")));
+      const hit = journalEntries(body).find((t) => String(t.ref || "") === ref && /capture|charge/.test(String(t.kind || t.type || "")));
       if (hit) return Math.abs(Number(hit.amount));
     } catch {
       break;

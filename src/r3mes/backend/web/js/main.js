@@ -96,18 +96,14 @@ async function render() {
   main.replaceChildren();
   main.dataset.page = route.name;
   cleanup = (await page(main, ...route.args)) || null;
-  const heading = main.querySelector("h1");
-  if (heading && document.activeElement === document.body) heading.focus({ preventScroll: true });
 }
 
 function start() {
   window.addEventListener("hashchange", () => {
     const route = parseRoute();
     if (!route) return;
-    render().then(() => {
-      const heading = document.querySelector("#main h1");
-      if (heading) heading.focus({ preventScroll: false });
-    });
+    // Moving focus to the new page's heading tells screen-reader users the page changed.
+    render().then(() => document.querySelector("#main h1")?.focus());
   });
   window.addEventListener("r3mes:auth-expired", () => markExpired());
   document.getElementById("skip").addEventListener("click", (event) => {

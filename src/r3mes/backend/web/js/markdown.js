@@ -4,7 +4,22 @@
 import { Marked } from "../vendor/marked.esm.js";
 import DOMPurify from "../vendor/purify.es.mjs";
 
-const marked = new Marked({ gfm: true, breaks: true, async: false });
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
+
+// Raw HTML in model output is shown as the text it is, never parsed as markup: a model that
+// writes "<div>" in an answer about HTML means the characters. DOMPurify still cleans what
+// marked itself produces (links, code blocks) as a second line of defence.
+const marked = new Marked({
+  gfm: true,
+  breaks: true,
+  async: false,
+  renderer: {
+    html(token) {
+      return escapeHtml(token.text);
+    },
+  },
+});
 
 const PURIFY = {
   RETURN_DOM_FRAGMENT: true,

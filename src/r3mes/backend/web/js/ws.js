@@ -39,8 +39,9 @@ export function subscribe(path, onMessage, { onState = () => {} } = {}) {
     socket.addEventListener("close", (event) => {
       socket = null;
       if (stopped) return;
-      // 1008 policy / 4401 unauthorised: retrying will not help until the user logs in.
-      if (event.code === 1008 || event.code === 4401 || event.code === 4403) {
+      // 1008 policy, 4001 unauthorised, 4003 bad request, 4029 too many sockets from this
+      // address: retrying will not help (until the user logs in or closes other tabs).
+      if ([1008, 4001, 4003, 4029].includes(event.code)) {
         onState("closed");
         return;
       }

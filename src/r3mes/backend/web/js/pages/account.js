@@ -2,7 +2,7 @@
 
 import { ApiError, del, get, itemsOf, post } from "../api.js";
 import { daySeconds, lineChart } from "../chart.js";
-import { copyText, field, fmtInt, fmtTime, h, replace, table, toast } from "../dom.js";
+import { copyText, field, fmtInt, fmtTime, h, replace, shortAddr, table, toast } from "../dom.js";
 import { session } from "../session.js";
 import { subscribe } from "../ws.js";
 
@@ -24,9 +24,10 @@ export async function accountPage(main) {
   }
   const balance = h("section", { class: "card", "aria-labelledby": "bal-h" });
   const topUp = h("section", { class: "card", "aria-labelledby": "top-h" });
+  const charges = h("section", { class: "card wide", "aria-labelledby": "charges-h" }, h("h2", { id: "charges-h" }, "Recent charges"), h("p", { class: "hint" }, "Connecting…"));
   const usage = h("section", { class: "card wide", "aria-labelledby": "use-h" });
   const keys = h("section", { class: "card wide", "aria-labelledby": "keys-h" });
-  main.append(h("div", { class: "grid" }, balance, topUp, usage, keys));
+  main.append(h("div", { class: "grid" }, balance, topUp, charges, usage, keys));
 
   async function refreshBalance() {
     try {
@@ -42,8 +43,19 @@ export async function accountPage(main) {
   renderKeys(keys);
   const onBalance = () => refreshBalance();
   window.addEventListener("r3mes:balance-changed", onBalance);
+  const recent = [];
   const live = subscribe("/ws/usage", (message) => {
-    if (message.type === "balance" || message.type === "charge" || message.balance) refreshBalance();
+    if (message.type !== "usage" || !message.data) return;
+    const { balance: b, charges: newCharges = [] } = message.data;
+    if (b) {
+      const available = balance.querySelector("[data-testid=balance-available]");
+      const held = balance.querySelector("[data-testid=balance-held]");
+      if (available) available.textContent = `${fmtInt(b.available)} credits`;
+      if (held) held.textContent = `${fmtInt(b.held)} credits`;
+    }
+    recent.unshift(...[...newCharges].reverse());
+    recent.splice(50);
+    renderCharges(charges, recent);
   });
   return () => {
     window.removeEventListener("r3mes:balance-changed", onBalance);
@@ -51,25 +63,24 @@ export async function accountPage(main) {
   };
 }
 
-function amountOf(me, name) {
-  const b = me.balance && typeof me.balance === "object" ? me.balance : me;
-  return b[name];
-}
-
 function renderBalance(section, me) {
-  const holds = itemsOf(me.holds ?? [], "holds");
+  const holds = me.holds || [];
+  const ledger = me.ledger || {};
   replace(
     section,
     h("h2", { id: "bal-h" }, "Balance"),
     h(
       "dl",
       { class: "stats" },
-      h("div", {}, h("dt", {}, "Available"), h("dd", { "data-testid": "balance-available" }, fmtInt(amountOf(me, "available")), " credits")),
-      h("div", {}, h("dt", {}, "Held"), h("dd", { "data-testid": "balance-held" }, fmtInt(amountOf(me, "held")), " credits")),
-      me.tier ? h("div", {}, h("dt", {}, "Tier"), h("dd", {}, me.tier)) : null,
-      me.reputation !== undefined && me.reputation !== null ? h("div", {}, h("dt", {}, "Reputation"), h("dd", {}, String(me.reputation))) : null,
+      h("div", {}, h("dt", {}, "Available"), h("dd", { "data-testid": "balance-available" }, `${fmtInt(me.available)} credits`)),
+      h("div", {}, h("dt", {}, "Held"), h("dd", { "data-testid": "balance-held" }, `${fmtInt(me.held)} credits`)),
+      h("div", {}, h("dt", {}, "Rate-limit tier"), h("dd", {}, me.tier)),
+      h("div", {}, h("dt", {}, "On the ledger"), h("dd", {}, ledger.balance === null || ledger.balance === undefined ? "-" : `${fmtInt(ledger.balance)} credits`)),
+      h("div", {}, h("dt", {}, "Ledger tier"), h("dd", {}, ledger.tier ?? "-")),
+      h("div", {}, h("dt", {}, "Reputation"), h("dd", {}, fmtInt(ledger.reputation))),
     ),
     h("p", { class: "address" }, "Wallet: ", h("code", {}, me.address || "")),
+    ledger.error ? h("p", { class: "hint" }, ledger.error) : null,
     holds.length
       ? table(
           "Credit holds",
@@ -81,6 +92,27 @@ function renderBalance(section, me) {
           holds,
         )
       : h("p", { class: "hint" }, "No credits are held by a chat in progress."),
+  );
+}
+
+function renderCharges(section, rows) {
+  replace(
+    section,
+    h("h2", { id: "charges-h" }, "Recent charges"),
+    table(
+      "Recent chat charges",
+      [
+        { label: "Time", value: (c) => fmtTime(c.created_at) },
+        { label: "Model", value: (c) => c.model },
+        { label: "Status", value: (c) => c.status },
+        { label: "Prompt tokens", value: (c) => fmtInt(c.prompt_tokens), class: "num" },
+        { label: "Completion tokens", value: (c) => fmtInt(c.completion_tokens), class: "num" },
+        { label: "Credits", value: (c) => fmtInt(c.credits), class: "num" },
+        { label: "Node", value: (c) => (c.node ? h("code", { title: c.node }, shortAddr(c.node)) : "-") },
+      ],
+      rows,
+      "No chat charges yet.",
+    ),
   );
 }
 
@@ -156,9 +188,9 @@ async function renderKeys(section) {
     "select",
     { name: "expiry" },
     h("option", { value: "" }, "never"),
-    h("option", { value: String(7 * 86400) }, "in 7 days"),
-    h("option", { value: String(30 * 86400) }, "in 30 days"),
-    h("option", { value: String(365 * 86400) }, "in a year"),
+    h("option", { value: "7" }, "in 7 days"),
+    h("option", { value: "30" }, "in 30 days"),
+    h("option", { value: "365" }, "in a year"),
   );
   const created = h("div", { class: "created-key", "aria-live": "polite" });
   const list = h("div", {});
@@ -175,15 +207,15 @@ async function renderKeys(section) {
   async function reload() {
     try {
       const body = await get("/api/keys");
-      const keys = itemsOf(body, "keys");
+      const keys = itemsOf(body);
       replace(
         list,
         table(
           "Your API keys",
           [
             { label: "Name", value: (k) => k.name },
-            { label: "Key", value: (k) => h("code", {}, `${k.prefix || k.lookup_id || ""}…`) },
-            { label: "Scopes", value: (k) => (Array.isArray(k.scopes) ? k.scopes.join(", ") : String(k.scopes || "")) },
+            { label: "Key", value: (k) => h("code", {}, `${k.prefix}…`) },
+            { label: "Scopes", value: (k) => k.scopes.join(", ") },
             { label: "Created", value: (k) => fmtTime(k.created_at) },
             { label: "Last used", value: (k) => fmtTime(k.last_used_at) },
             { label: "Expires", value: (k) => (k.expires_at ? fmtTime(k.expires_at) : "never") },
@@ -224,10 +256,10 @@ async function renderKeys(section) {
       return;
     }
     const body = { name: name.value.trim() || "key", scopes };
-    if (expiry.value) body.expires_in_s = Number(expiry.value);
+    if (expiry.value) body.expires_in_days = Number(expiry.value);
     try {
       const made = await post("/api/keys", body);
-      const secret = made.key || made.secret || made.api_key;
+      const secret = made.key;
       const code = h("code", { "data-testid": "new-key" }, secret);
       replace(
         created,

@@ -2,8 +2,7 @@
 // attestations. The address comes from the URL and the data from the chain: text only.
 
 import { ApiError, get, itemsOf } from "../api.js";
-import { fmtInt, fmtPct, fmtTime, h, table } from "../dom.js";
-import { addressLink } from "./network.js";
+import { fmtInt, fmtPct, h, table } from "../dom.js";
 
 const ADDRESS = /^remes1[02-9ac-hj-np-z]{6,90}$/;
 
@@ -40,9 +39,10 @@ function stat(label, value) {
 }
 
 function minerSections(m) {
-  const summary = m.miner || m.summary || m;
-  const submissions = itemsOf(m.submissions ?? [], "submissions", "items");
-  const rewards = itemsOf(m.rewards ?? [], "rewards", "items");
+  const summary = m;
+  const submissions = itemsOf(m.recent_submissions ?? [], "items");
+  const rewards = itemsOf(m.recent_rewards ?? [], "items");
+  const slashes = itemsOf(m.slashes ?? [], "items");
   return [
     h(
       "section",
@@ -57,9 +57,12 @@ function minerSections(m) {
         stat("Verified", fmtInt(summary.verified)),
         stat("Rejected", fmtInt(summary.rejected)),
         stat("Verified rate", fmtPct(summary.verified_rate)),
-        stat("Earnings", fmtInt(summary.earnings ?? summary.earned)),
+        stat("Earned", fmtInt(summary.earned)),
         stat("Slashed", fmtInt(summary.slashed)),
+        stat("Stake", fmtInt(summary.node?.stake)),
+        stat("Status", summary.node?.active ? "active" : "inactive"),
       ),
+      trendTable(summary.trend),
     ),
     h(
       "section",
@@ -71,6 +74,7 @@ function minerSections(m) {
           { label: "Round", value: (s) => fmtInt(s.round), class: "num" },
           { label: "Shard", value: (s) => fmtInt(s.shard), class: "num" },
           { label: "Verdict", value: (s) => h("span", { class: verdictClass(s.status) }, s.status ?? "-") },
+          { label: "Attested by", value: (s) => (s.attestations || []).map((a) => h("span", { class: verdictClass(a.verdict) }, `${a.verdict} `)) },
           { label: "Height", value: (s) => fmtInt(s.height), class: "num" },
           { label: "Merged into", value: (s) => (s.merged_version ? `v${fmtInt(s.merged_version)}` : "-") },
           { label: "Update", value: (s) => h("code", { title: s.cid || "" }, String(s.cid || "").slice(0, 16)) },
@@ -90,9 +94,27 @@ function minerSections(m) {
               { label: "Round", value: (r) => fmtInt(r.round), class: "num" },
               { label: "Amount", value: (r) => fmtInt(r.amount), class: "num" },
               { label: "Kind", value: (r) => r.kind ?? "reward" },
+              { label: "Submission", value: (r) => fmtInt(r.submission_id), class: "num" },
               { label: "Height", value: (r) => fmtInt(r.height), class: "num" },
             ],
             rewards,
+          ),
+        )
+      : null,
+    slashes.length
+      ? h(
+          "section",
+          { class: "card wide", "aria-labelledby": "slashes-h" },
+          h("h2", { id: "slashes-h" }, "Slashes"),
+          table(
+            "Slashes",
+            [
+              { label: "Height", value: (x) => fmtInt(x.height), class: "num" },
+              { label: "Submission", value: (x) => fmtInt(x.submission_id), class: "num" },
+              { label: "Burned", value: (x) => fmtInt(x.burned), class: "num" },
+              { label: "Reputation lost", value: (x) => fmtInt(x.reputation_lost), class: "num" },
+            ],
+            slashes,
           ),
         )
       : null,
@@ -100,8 +122,8 @@ function minerSections(m) {
 }
 
 function validatorSections(v) {
-  const summary = v.validator || v.summary || v;
-  const attestations = itemsOf(v.attestations ?? [], "attestations", "items");
+  const summary = v;
+  const attestations = itemsOf(v.recent_attestations ?? [], "items");
   return [
     h(
       "section",
@@ -110,10 +132,12 @@ function validatorSections(v) {
       h(
         "dl",
         { class: "stats" },
-        stat("Trust score", fmtPct(summary.trust_score ?? summary.trust)),
-        stat("Attestations", fmtInt(typeof summary.attestations === "number" ? summary.attestations : attestations.length)),
+        stat("Trust score", fmtPct(summary.trust_score)),
+        stat("Attestations", fmtInt(summary.attestations)),
         stat("Uptime", fmtPct(summary.uptime)),
-        stat("Stake", fmtInt(summary.stake)),
+        stat("Stake", fmtInt(summary.node?.stake)),
+        stat("Reputation", fmtInt(summary.reputation)),
+        stat("Tier", summary.tier ?? "-"),
       ),
       table(
         "Attestations",
@@ -121,14 +145,29 @@ function validatorSections(v) {
           { label: "Submission", value: (a) => fmtInt(a.submission_id), class: "num" },
           { label: "Round", value: (a) => fmtInt(a.round), class: "num" },
           { label: "Verdict", value: (a) => h("span", { class: verdictClass(a.verdict) }, a.verdict ?? "-") },
-          { label: "Miner", value: (a) => (a.miner ? addressLink(a.miner) : "-") },
-          { label: "Time", value: (a) => fmtTime(a.time || a.height) },
+          { label: "Distance (ppm)", value: (a) => fmtInt(a.distance_ppm), class: "num" },
+          { label: "Agreed with final", value: (a) => (a.agreed === null || a.agreed === undefined ? "pending" : a.agreed ? "yes" : "no") },
+          { label: "Height", value: (a) => fmtInt(a.height), class: "num" },
         ],
         attestations,
         "No attestations yet.",
       ),
     ),
   ];
+}
+
+function trendTable(trend) {
+  if (!Array.isArray(trend) || !trend.length) return null;
+  return table(
+    "Recent rounds",
+    [
+      { label: "Round", value: (r) => fmtInt(r.round), class: "num" },
+      { label: "Verified", value: (r) => fmtInt(r.verified), class: "num" },
+      { label: "Rejected", value: (r) => fmtInt(r.rejected), class: "num" },
+      { label: "Pending", value: (r) => fmtInt(r.pending), class: "num" },
+    ],
+    [...trend].reverse(),
+  );
 }
 
 function verdictClass(status) {

@@ -138,6 +138,7 @@ export async function chatPage(main) {
     if (session().state !== "in") {
       replace(modelSelect, h("option", { value: "auto" }, "auto (log in to chat)"));
       replace(routeInfo, h("span", {}, "Log in to chat: "), h("a", { href: "#/login" }, "wallet or API key"), ".");
+      send.disabled = true;
       return;
     }
     try {
@@ -197,8 +198,8 @@ export async function chatPage(main) {
       saveConversation(conversation);
       input.focus();
     }
-    if (answer.meta.id && !answer.meta.error) {
-      answer.meta.cost = await billedFor(answer.meta.id, answer.meta.usage, state.pricing, conversation.model);
+    if (answer.meta.requestId) {
+      answer.meta.cost = await billedFor(answer.meta.requestId, answer.meta.usage, state.pricing, conversation.model);
       updateMessage(answerItem, answer);
       saveConversation(conversation);
       window.dispatchEvent(new CustomEvent("r3mes:balance-changed"));
@@ -223,8 +224,10 @@ export async function chatPage(main) {
     });
     answer.meta.route = response.headers.get("x-r3mes-route") || "";
     answer.meta.node = response.headers.get("x-r3mes-node") || "";
-    answer.meta.fallback = response.headers.get("x-r3mes-fallback") || "";
-    answer.meta.served = response.headers.get("x-r3mes-model") || "";
+    answer.meta.score = response.headers.get("x-r3mes-route-score") || "";
+    answer.meta.fallback = response.headers.get("x-r3mes-route-fallback") || "";
+    answer.meta.version = response.headers.get("x-r3mes-adapter-version") || "";
+    answer.meta.requestId = response.headers.get("x-request-id") || "";
     showRoute(answer.meta);
     redraw();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -274,8 +277,9 @@ export async function chatPage(main) {
 
   function showRoute(meta) {
     const parts = [];
-    if (meta.route) parts.push(`router chose ${meta.route}`);
+    if (meta.route) parts.push(`router chose ${meta.route}${meta.score ? ` (score ${meta.score})` : ""}`);
     if (meta.fallback && meta.fallback !== "false" && meta.fallback !== "0") parts.push(`fallback: ${meta.fallback}`);
+    if (meta.version) parts.push(`adapter v${meta.version}`);
     if (meta.node) parts.push(`served by ${meta.node}`);
     routeInfo.textContent = parts.length ? `Route: ${parts.join(" · ")}` : "";
   }

@@ -63,15 +63,15 @@ function keplrCard(status) {
     button.disabled = true;
     status.textContent = "Asking the wallet…";
     try {
-      const config = await get("/api/auth/config").catch(() => ({}));
-      const chainId = config.chain_id || "r3mes-devnet";
+      const stats = await get("/api/network/stats").catch(() => ({}));
+      const chainId = stats.chain_id || "r3mes-devnet";
       await window.keplr.enable(chainId);
       const key = await window.keplr.getKey(chainId);
       const address = key.bech32Address;
       const ch = await challenge(address);
       status.textContent = "Sign the login message in your wallet…";
       const signed = await window.keplr.signArbitrary(chainId, address, ch.message);
-      await login({ address, nonce: ch.nonce, message: ch.message, signature: signed.signature, pub_key: signed.pub_key?.value ?? signed.pub_key });
+      await login({ message: ch.message, signature: signed.signature, pub_key: signed.pub_key });
       await finish(status);
     } catch (error) {
       status.textContent = `Login failed: ${error.message || error}`;
@@ -135,7 +135,7 @@ function renderStep2(step2, ch, address, status) {
       return;
     }
     try {
-      await login({ address, nonce: ch.nonce, message: ch.message, signature: signed.signature, pub_key: signed.pub_key?.value ?? signed.pub_key });
+      await login({ message: ch.message, signature: signed.signature, pub_key: signed.pub_key });
       await finish(status);
     } catch (error) {
       status.textContent = `Login failed: ${error.message}`;

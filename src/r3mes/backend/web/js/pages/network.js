@@ -31,6 +31,10 @@ export async function networkPage(main) {
   async function loadStats() {
     try {
       state.stats = await get("/api/network/stats");
+      if (state.round.open_height === undefined && state.stats.round) {
+        const r = await get(`/api/rounds/${encodeURIComponent(state.stats.round)}`).catch(() => null);
+        if (r && state.round.open_height === undefined) state.round = { ...r, round: r.number };
+      }
       drawStats();
       drawRound();
     } catch (error) {
@@ -82,11 +86,12 @@ export async function networkPage(main) {
     subscribe(
       "/ws/blocks",
       (message) => {
-        const block = message.block || message.data || message;
+        if (message.type !== "block") return;
+        const block = message.data || {};
         if (block.height === undefined) return;
         state.blocks = [block, ...state.blocks.filter((b) => b.height !== block.height)].slice(0, MAX_BLOCKS);
         state.stats = { ...state.stats, height: Math.max(Number(state.stats.height || 0), Number(block.height)) };
-        if (block.round !== undefined) state.stats.round = block.round;
+        if (block.round) state.stats.round = block.round;
         drawBlocks();
         drawStats();
         drawRound();
@@ -96,10 +101,10 @@ export async function networkPage(main) {
     subscribe(
       "/ws/network_status",
       (message) => {
-        const data = message.stats || message.data || message;
-        if (data.type && data.height === undefined) return;
+        if (message.type !== "network_status") return;
+        const data = message.data || {};
         const before = state.stats.round;
-        state.stats = { ...state.stats, ...withoutType(data) };
+        state.stats = { ...state.stats, ...data };
         drawStats();
         drawRound();
         if (before !== undefined && state.stats.round !== before) reloadTables();
@@ -109,10 +114,14 @@ export async function networkPage(main) {
     subscribe(
       "/ws/training_metrics",
       (message) => {
-        const data = message.data || message;
-        if (message.type === "adapter" || data.adapter_version !== undefined || data.version !== undefined) reloadTables();
-        state.round = { ...state.round, ...withoutType(data) };
-        drawRound();
+        if (message.type === "adapter_version") {
+          reloadTables();
+          return;
+        }
+        if (message.type === "round_progress") {
+          state.round = message.data || {};
+          drawRound();
+        }
       },
       { onState: onState("training_metrics") },
     ),
@@ -122,11 +131,6 @@ export async function networkPage(main) {
     clearTimeout(reloadTimer);
     for (const socket of sockets) socket.close();
   };
-}
-
-function withoutType(data) {
-  const { type: _type, ...rest } = data;
-  return rest;
 }
 
 function renderStats(section, s) {
@@ -139,13 +143,13 @@ function renderStats(section, s) {
       { class: "stats" },
       item("Block height", fmtInt(s.height), "height"),
       item("Round", fmtInt(s.round), "round"),
-      item("Active miners", fmtInt(s.active_miners ?? s.miners), "miners"),
-      item("Validators", fmtInt(s.active_validators ?? s.validators), "validators"),
-      item("Serving nodes", fmtInt(s.serving_nodes ?? s.active_serving ?? s.serving), "serving"),
+      item("Active miners", fmtInt(s.active_miners), "miners"),
+      item("Validators", fmtInt(s.active_validators), "validators"),
+      item("Serving nodes", fmtInt(s.active_serving_nodes), "serving"),
       item("Submissions", fmtInt(s.submissions), "submissions"),
       item("Verified rate", fmtPct(s.verified_rate), "verified-rate"),
-      item("Credits in circulation", fmtInt(s.credits_in_circulation ?? s.supply), "supply"),
-      item("Chat users", fmtInt(s.chat_users), "chat-users"),
+      item("Credits in circulation", fmtInt(s.credits_in_circulation), "supply"),
+      s.chat_users !== undefined ? item("Chat users", fmtInt(s.chat_users), "chat-users") : null,
     ),
   );
 }
@@ -205,14 +209,15 @@ export function addressLink(address) {
   return h("a", { href: `#/address/${encodeURIComponent(address)}`, title: address }, shortAddr(address));
 }
 
-function trend(values) {
-  if (!Array.isArray(values) || !values.length) return "-";
+/** Verified submissions per recent round as a small bar line (text, with a spoken form). */
+function trend(rounds) {
+  if (!Array.isArray(rounds) || !rounds.length) return "-";
   const bars = "▁▂▃▄▅▆▇█";
-  const nums = values.map(Number);
-  const lo = Math.min(...nums);
-  const hi = Math.max(...nums);
-  const line = nums.map((v) => bars[hi === lo ? 3 : Math.round(((v - lo) / (hi - lo)) * 7)]).join("");
-  return h("span", { class: "trend", "aria-label": `trend: ${nums.join(", ")}` }, line);
+  const nums = rounds.map((r) => Number(typeof r === "object" ? r.verified : r) || 0);
+  const hi = Math.max(...nums, 1);
+  const line = nums.map((v) => bars[Math.round((v / hi) * 7)]).join("");
+  const spoken = rounds.map((r, i) => (typeof r === "object" ? `round ${r.round}: ${r.verified} verified, ${r.rejected} rejected` : String(nums[i]))).join("; ");
+  return h("span", { class: "trend", role: "img", "aria-label": `trend: ${spoken}`, title: spoken }, line);
 }
 
 const minerColumns = [
@@ -221,14 +226,15 @@ const minerColumns = [
   { label: "Reputation", value: (m) => fmtInt(m.reputation), class: "num" },
   { label: "Tier", value: (m) => m.tier ?? "-" },
   { label: "Verified", value: (m) => fmtPct(m.verified_rate), class: "num" },
-  { label: "Earnings", value: (m) => fmtInt(m.earnings ?? m.earned), class: "num" },
+  { label: "Earned", value: (m) => fmtInt(m.earned), class: "num" },
+  { label: "Slashed", value: (m) => fmtInt(m.slashed), class: "num" },
   { label: "Trend", value: (m) => trend(m.trend) },
 ];
 
 const validatorColumns = [
   { label: "#", value: (v) => fmtInt(v.rank), class: "num" },
   { label: "Validator", value: (v) => addressLink(v.address) },
-  { label: "Trust", value: (v) => fmtPct(v.trust_score ?? v.trust), class: "num" },
+  { label: "Trust", value: (v) => fmtPct(v.trust_score), class: "num" },
   { label: "Attestations", value: (v) => fmtInt(v.attestations), class: "num" },
   { label: "Uptime", value: (v) => fmtPct(v.uptime), class: "num" },
   { label: "Stake", value: (v) => fmtInt(v.stake), class: "num" },
@@ -237,16 +243,12 @@ const validatorColumns = [
 const servingColumns = [
   { label: "Node", value: (n) => addressLink(n.address) },
   { label: "Endpoint", value: (n) => h("code", {}, n.endpoint || "-") },
-  {
-    label: "Live",
-    value: (n) => {
-      const alive = n.live ?? n.alive ?? n.active;
-      return h("span", { class: alive ? "ok" : "bad" }, alive ? "live" : "stale");
-    },
-  },
-  { label: "Last heartbeat", value: (n) => fmtTime(n.last_heartbeat ?? n.last_heartbeat_ms) },
-  { label: "Load", value: (n) => (n.load !== undefined ? fmtPct(n.load) : `${fmtInt(n.in_flight)} / ${fmtInt(n.capacity)}`), class: "num" },
-  { label: "Adapter", value: (n) => (n.adapter_version !== undefined ? `v${fmtInt(n.adapter_version)}` : "-") },
+  { label: "Live", value: (n) => h("span", { class: n.live ? "ok" : "bad" }, n.live ? "live" : "stale") },
+  { label: "Heartbeat age", value: (n) => (n.heartbeat_age_ms === undefined ? "-" : `${fmtNum(Number(n.heartbeat_age_ms) / 1000, 1)} s`), class: "num" },
+  { label: "Load (last hour)", value: (n) => (n.load === null || n.load === undefined ? "-" : fmtPct(n.load)), class: "num" },
+  { label: "Capacity", value: (n) => fmtInt(n.capacity), class: "num" },
+  { label: "Adapter", value: (n) => (n.adapter_version ? `v${fmtInt(n.adapter_version)}` : "-") },
+  { label: "Requests", value: (n) => fmtInt(n.served_requests), class: "num" },
   { label: "Served tokens", value: (n) => fmtInt(n.served_tokens), class: "num" },
 ];
 
@@ -264,46 +266,60 @@ async function section(el, id, title, path, names, columns) {
 
 async function renderAdapters(el) {
   let versions = [];
-  let base = null;
+  let artifacts = [];
   try {
     const body = await get("/api/adapters?limit=100");
-    versions = itemsOf(body, "adapters", "versions");
-    base = body.base_loss ?? body.base?.held_out_loss ?? null;
+    versions = itemsOf(body, "items");
+    artifacts = itemsOf(body.artifacts ?? [], "artifacts");
   } catch (error) {
-    replace(el, h("h2", { id: "adapters-h" }, "Adapter versions"), h("p", { class: "error" }, error.message));
+    replace(el, h("h2", { id: "adapters-h" }, "Adapters"), h("p", { class: "error" }, error.message));
     return;
   }
   versions.sort((a, b) => Number(a.version) - Number(b.version));
-  const loss = (v) => v.held_out_loss ?? v.loss ?? null;
-  const baseOf = (v) => v.base_loss ?? base;
-  const withLoss = versions.filter((v) => loss(v) !== null && loss(v) !== undefined);
+  const measured = versions.filter((v) => v.heldout_loss !== null && v.heldout_loss !== undefined);
   replace(
     el,
-    h("h2", { id: "adapters-h" }, "Adapter versions"),
+    h("h2", { id: "adapters-h" }, "Adapters"),
     lineChart({
-      caption: "Held-out loss per adapter version, against the base model",
-      x: withLoss.map((v) => Number(v.version)),
+      caption: "Held-out loss per adapter version, against the base model (lower is better)",
+      x: measured.map((v) => Number(v.version)),
       series: [
-        { label: "adapter", values: withLoss.map((v) => Number(loss(v))) },
-        { label: "base model", values: withLoss.map((v) => (baseOf(v) === null ? null : Number(baseOf(v)))), dash: [6, 4] },
+        { label: "adapter", values: measured.map((v) => Number(v.heldout_loss)) },
+        { label: "base model", values: measured.map((v) => (v.base_loss === null || v.base_loss === undefined ? null : Number(v.base_loss))), dash: [6, 4] },
       ],
       time: false,
       xLabel: "version",
       yLabel: "held-out loss",
     }),
+    h("h3", {}, "Versions"),
     table(
       "Adapter versions",
       [
         { label: "Version", value: (v) => `v${fmtInt(v.version)}`, class: "num" },
-        { label: "Name", value: (v) => v.name ?? v.adapter ?? "-" },
         { label: "Round", value: (v) => fmtInt(v.round), class: "num" },
-        { label: "Held-out loss", value: (v) => fmtNum(loss(v), 4), class: "num" },
-        { label: "Base loss", value: (v) => fmtNum(baseOf(v), 4), class: "num" },
-        { label: "Merged submissions", value: (v) => fmtInt(Array.isArray(v.lineage) ? v.lineage.length : v.merged ?? v.submissions), class: "num" },
+        { label: "Held-out loss", value: (v) => fmtNum(v.heldout_loss, 4), class: "num" },
+        { label: "Base loss", value: (v) => fmtNum(v.base_loss, 4), class: "num" },
+        { label: "vs base", value: (v) => (v.loss_vs_base === null || v.loss_vs_base === undefined ? "-" : fmtNum(v.loss_vs_base, 4)), class: "num" },
+        { label: "Merged submissions", value: (v) => fmtInt(v.lineage?.submissions?.length ?? 0), class: "num" },
         { label: "Proposer", value: (v) => (v.proposer ? addressLink(v.proposer) : "-") },
       ],
       [...versions].reverse(),
       "No adapter version yet.",
+    ),
+    h("h3", {}, "Registered adapters"),
+    table(
+      "Registered adapters",
+      [
+        { label: "Name", value: (a) => h("span", { class: "adapter-name" }, a.id) },
+        { label: "Version", value: (a) => `v${fmtInt(a.version)}`, class: "num" },
+        { label: "Status", value: (a) => a.status ?? "-" },
+        { label: "Base model", value: (a) => `${a.base_model_id || "-"}${a.base_model_version ? ` v${a.base_model_version}` : ""}` },
+        { label: "Rank", value: (a) => fmtInt(a.rank), class: "num" },
+        { label: "Source", value: (a) => (a.hf_repo ? `${a.hf_repo}${a.hf_revision ? `@${a.hf_revision}` : ""}` : "-") },
+        { label: "Registered by", value: (a) => (a.registered_by ? addressLink(a.registered_by) : "-") },
+      ],
+      artifacts,
+      "No adapter registered.",
     ),
   );
 }
@@ -311,27 +327,44 @@ async function renderAdapters(el) {
 async function renderActivity(el) {
   let days = [];
   try {
-    days = itemsOf(await get("/api/analytics?days=30"), "days", "network");
+    days = itemsOf(await get("/api/analytics?days=30"), "days");
   } catch (error) {
     replace(el, h("h2", { id: "activity-h" }, "Activity"), h("p", { class: "error" }, error.message));
     return;
   }
   days.sort((a, b) => String(a.day).localeCompare(String(b.day)));
-  const net = (d) => d.network || d;
-  const chat = (d) => d.chat || d;
+  const chatTotal = (d, field) => (Array.isArray(d.chat) ? d.chat : []).reduce((sum, m) => sum + Number(m[field] || 0), 0);
+  const tokens = (d) => chatTotal(d, "prompt_tokens") + chatTotal(d, "completion_tokens");
   replace(
     el,
     h("h2", { id: "activity-h" }, "Activity, last 30 days"),
     lineChart({
-      caption: "Submissions verified and rejected, chat tokens per day",
+      caption: "Submissions verified and rejected, and chat tokens, per day",
       x: days.map((d) => daySeconds(d.day)),
       series: [
-        { label: "verified", values: days.map((d) => Number(net(d).verified || 0)) },
-        { label: "rejected", values: days.map((d) => Number(net(d).rejected || 0)) },
-        { label: "chat tokens", values: days.map((d) => Number(chat(d).tokens || 0)), axis: "right" },
+        { label: "verified", values: days.map((d) => Number(d.network?.verified || 0)) },
+        { label: "rejected", values: days.map((d) => Number(d.network?.rejected || 0)) },
+        { label: "chat tokens", values: days.map(tokens), axis: "right" },
       ],
       yLabel: "submissions",
       y2Label: "tokens",
     }),
+    table(
+      "Activity per day",
+      [
+        { label: "Day", value: (d) => String(d.day) },
+        { label: "Blocks", value: (d) => fmtInt(d.network?.blocks), class: "num" },
+        { label: "Submissions", value: (d) => fmtInt(d.network?.submissions), class: "num" },
+        { label: "Verified", value: (d) => fmtInt(d.network?.verified), class: "num" },
+        { label: "Rejected", value: (d) => fmtInt(d.network?.rejected), class: "num" },
+        { label: "Rewards", value: (d) => fmtInt(d.network?.rewards), class: "num" },
+        { label: "Slashes", value: (d) => fmtInt(d.network?.slashes), class: "num" },
+        { label: "Chat requests", value: (d) => fmtInt(chatTotal(d, "requests")), class: "num" },
+        { label: "Chat tokens", value: (d) => fmtInt(tokens(d)), class: "num" },
+        { label: "Credits spent", value: (d) => fmtInt(chatTotal(d, "credits")), class: "num" },
+      ],
+      [...days].reverse().filter((d) => d.network?.blocks || chatTotal(d, "requests")),
+      "No activity yet.",
+    ),
   );
 }

@@ -1,0 +1,147 @@
+"""The dashboard in a real browser against a real backend process (no ledger followed):
+the strict CSP holds with no violation, model output from storage renders as sanitised
+Markdown, keyboard navigation works, and the logged-out pages pass axe at both widths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from browser.harness import running_backend
+from browser.helpers import VIEWPORTS, PageErrors, run_axe, shoot, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+EVIL_OUTPUT = (
+    "Here is **bold** and `code`.\n\n"
+    "```python\nprint('<b>not bold</b>')\n```\n\n"
+    "<img src=x onerror=\"window.__pwned='img'\">\n\n"
+    "<script>window.__pwned='script'</script>\n\n"
+    "[click](javascript:window.__pwned='link') "
+    "[safe](https://example.org/docs)\n\n"
+    '<a href="#" onclick="window.__pwned=\'onclick\'">x</a>'
+)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_backend(tmp_path_factory.mktemp("web-home")) as (url, _):
+        yield url
+
+
+def test_served_with_a_strict_csp_and_no_violation(browser: Any, backend: str) -> None:
+    response = httpx.get(backend + "/", timeout=10)
+    csp = response.headers["content-security-policy"]
+    for rule in (
+        "default-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+    ):
+        assert rule in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "connect-src 'self' ws://127.0.0.1:" in csp
+    page = browser.new_page()
+    errors = PageErrors(page)
+    for route in ("chat", "login", "network", "account", "address/remes1notanaddress"):
+        page.goto(f"{backend}/#/{route}")
+        page.wait_for_selector("#main h1")
+    page.close()
+    assert errors.errors == []
+
+
+def test_model_output_is_sanitised_markdown(browser: Any, backend: str) -> None:
+    conversation = {
+        "id": "c1",
+        "title": "evil",
+        "model": "auto",
+        "updated": 1,
+        "messages": [
+            {"role": "user", "content": "<b>user text</b> stays text"},
+            {"role": "assistant", "content": EVIL_OUTPUT, "meta": {"cost": 7}},
+        ],
+    }
+    page = browser.new_page()
+    errors = PageErrors(page)
+    page.goto(backend + "/")
+    page.evaluate(
+        "c => localStorage.setItem('r3mes.conversations', JSON.stringify([c]))", conversation
+    )
+    page.reload()
+    answer = page.locator(".message.assistant .message-body")
+    answer.wait_for()
+    assert answer.locator("strong").inner_text() == "bold"
+    assert answer.locator("pre code").inner_text().strip() == "print('<b>not bold</b>')"
+    assert answer.locator("img, script, [onerror], [onclick]").count() == 0
+    text = answer.inner_text()
+    assert "<img src=x onerror=" in text and "<script>window.__pwned='script'</script>" in text
+    hrefs = answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert "https://example.org/docs" in hrefs
+    assert not any(h and h.lower().startswith("javascript:") for h in hrefs)
+    for link in answer.locator("a[href^='http']").all():
+        assert link.get_attribute("rel") == "noopener noreferrer nofollow"
+    user = page.locator(".message.user .message-body")
+    assert user.inner_text() == "<b>user text</b> stays text"
+    assert user.locator("b").count() == 0
+    assert page.locator(".message.assistant .cost").inner_text() == "cost: 7 credits"
+    for link in answer.locator("a").all():
+        link.click(modifiers=["Control"])  # would run an inline handler if one survived
+    assert page.evaluate("window.__pwned") is None
+    page.close()
+    assert errors.errors == []
+
+
+def test_keyboard_reaches_every_page(browser: Any, backend: str) -> None:
+    page = browser.new_page()
+    page.goto(backend + "/#/chat")
+    page.wait_for_selector("#main h1")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "skip"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.tagName") == "H1"
+    seen = []
+    page.evaluate("document.querySelector('.brand').focus()")
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        seen.append(page.evaluate("document.activeElement.textContent.trim()"))
+    assert ["Chat", "Network", "Account", "Log in"] == seen[:4]
+    for _ in range(3):  # back to "Account"
+        page.keyboard.press("Shift+Tab")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Account"
+    page.keyboard.press("Enter")
+    wait_until(page, "() => location.hash === '#/account'")
+    assert page.locator("#main h1").inner_text() == "Account"
+    page.close()
+
+
+@pytest.mark.parametrize("width", sorted(VIEWPORTS))
+def test_logged_out_pages_pass_axe(browser: Any, backend: str, width: str) -> None:
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport=VIEWPORTS[width], color_scheme=scheme)
+        page = context.new_page()
+        for route in ("chat", "login", "account"):
+            page.goto(f"{backend}/#/{route}")
+            page.wait_for_selector("#main h1")
+            page.wait_for_timeout(300)
+            shoot(page, f"loggedout-{route}-{width}-{scheme}")
+            assert run_axe(page) == [], f"{route} at {width} ({scheme})"
+            assert (
+                page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[width]["width"]
+            ), f"{route} scrolls sideways at {width}"
+        context.close()
+
+
+def test_web_assets_are_packaged(backend: str) -> None:
+    root = Path(__file__).parents[2] / "src" / "r3mes" / "backend" / "web"
+    for path in ("js/main.js", "vendor/marked.esm.js", "vendor/purify.es.mjs", "app.css"):
+        response = httpx.get(f"{backend}/ui/{path}", timeout=10)
+        assert response.status_code == 200
+        assert response.content == (root / path).read_bytes()
+    for bad in ("../settings.py", "..%2f..%2fsettings.py", ".hidden", "vendor/VENDOR.mdx"):
+        assert httpx.get(f"{backend}/ui/{bad}", timeout=10).status_code == 404, bad
+    assert json.loads(httpx.get(f"{backend}/api/nothing-here", timeout=10).text)["error"]
