@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r3mes.node.tasks import WorkProfile
+from r3mes.work.profile import WorkProfile
 from r3mes.work.task import HyperParams
 
 TINY_PROFILE = WorkProfile(

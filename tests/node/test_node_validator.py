@@ -24,10 +24,10 @@ from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
 from r3mes.node.registration import ensure_registered
 from r3mes.node.runtime.retry import RetryPolicy
-from r3mes.node.tasks import WorkProfile
 from r3mes.node.validator import Validator
 from r3mes.paths import Home
 from r3mes.storage.unixfs import compute_cid
+from r3mes.work.profile import WorkProfile
 from r3mes.work.task import HyperParams
 
 SETTLE_ROUNDS = 1

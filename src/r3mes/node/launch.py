@@ -16,8 +16,8 @@ from r3mes.node.errors import ValidationError
 from r3mes.node.ledger_role import RoleDeps
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.runtime.service import RoleService, ServiceConfig, run_with_logging
-from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
+from r3mes.work.profile import WorkProfile
 
 if TYPE_CHECKING:
     from r3mes.node.miner.miner import Miner
@@ -125,8 +125,10 @@ def build_miner(
     return Miner(settings, role_deps(launch, shutdown=shutdown))
 
 
-def build_validator(launch: RoleLaunch, *, shutdown: Shutdown | None = None) -> Validator:
-    """A validator (nothing runs yet)."""
+def build_validator(
+    launch: RoleLaunch, *, device: str = "cpu", shutdown: Shutdown | None = None
+) -> Validator:
+    """A validator that re-executes on `device` (nothing runs yet)."""
     from r3mes.node.validator import Validator, ValidatorSettings
 
     settings = ValidatorSettings(
@@ -134,6 +136,7 @@ def build_validator(launch: RoleLaunch, *, shutdown: Shutdown | None = None) -> 
         chain_url=launch.chain_url,
         profile=launch.profile(),
         blocks=launch.blocks_root,
+        device=device,
     )
     return Validator(settings, role_deps(launch, shutdown=shutdown))
 

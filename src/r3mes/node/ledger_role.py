@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from r3mes.node.errors import ValidationError
 from r3mes.node.runtime.service import RoleService, ServiceConfig
-from r3mes.node.tasks import WorkProfile
+from r3mes.work.profile import WorkProfile
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient

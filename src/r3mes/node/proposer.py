@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from r3mes.node.errors import NetworkError, NodeError, classify
 from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
-from r3mes.node.tasks import derive_task
-from r3mes.node.workload import AdapterInfo, merge_updates, package_adapter, start_adapter
+from r3mes.work.profile import derive_task
+from r3mes.work.versions import AdapterInfo, merge_updates, package_adapter, start_adapter
 
 if TYPE_CHECKING:
     from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo

@@ -28,7 +28,7 @@ from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
 from r3mes.node.miner.residual import ResidualStore
 from r3mes.node.miner.settlement import Fate, fate_on_chain
 from r3mes.node.runtime.retry import RetryPolicy
-from r3mes.node.tasks import derive_task
+from r3mes.work.profile import derive_task
 
 if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
@@ -47,11 +47,19 @@ class ValidatorSettings(LedgerSettings):
     ROLE: ClassVar[str] = "validator"
 
     """Root of the local blockstore holding artifacts and updates."""
+    device: str = "cpu"
+    """Where submissions are re-executed ("cpu", "cuda", "cuda:1"); the executor class the
+    validator judges in follows from it (`r3mes.work.executor.current_executor_class`)."""
     fetch_retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_retries=3, initial_delay=1.0, max_delay=30.0)
     )
     """Backoff between attempts at one submission; an update still unfetchable after
     `max_retries` retries is rejected. Other failures keep backing off (capped)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.device or not all(c.isalnum() or c == ":" for c in self.device):
+            raise ValidationError(f"device must look like 'cpu' or 'cuda:0', got {self.device!r}")
 
 
 class VerdictLog:
@@ -283,11 +291,13 @@ class Validator(LedgerRole):
                 self._settle(item, chain_height=chain_height)
 
     def _verify(self, sub: SubmissionInfo) -> Verdict:
-        from r3mes.node.tasks import NO_ADAPTER
-        from r3mes.node.workload import check_update, start_adapter
         from r3mes.storage.errors import InvalidCid, SizeLimitExceeded
         from r3mes.work.data import shard_of
-        from r3mes.work.verify import Verdict
+        from r3mes.work.errors import TaskError
+        from r3mes.work.executor import current_executor_class
+        from r3mes.work.profile import NO_ADAPTER
+        from r3mes.work.verify import Verdict, verify
+        from r3mes.work.versions import start_adapter
 
         rnd = self.client.round(sub.round)
         try:
@@ -312,7 +322,7 @@ class Validator(LedgerRole):
                 adapter_cid=rnd.adapter_cid,
                 profile=self.settings.profile,
             )
-        except ValidationError as exc:
+        except TaskError as exc:
             return Verdict(False, f"no valid task for this submission: {exc}", float("inf"), False)
         model = self.artifacts.model(task.base_model_cid)
         loaded = (
@@ -323,13 +333,15 @@ class Validator(LedgerRole):
             shard_index=task.shard_index,
             n_shards=task.n_shards,
         )
-        return check_update(
+        return verify(
             task=task,
             submitted=data,
             model=model,
             adapter_state=start_adapter(task, loaded, model),
             shard=shard,
             residual=self.residuals_of(sub.miner).load() or None,
+            executor_class=current_executor_class(self.settings.device),
+            device=self.settings.device,
         )
 
     def _attest(self, sid: int, *, accepted: bool, distance: float) -> None:

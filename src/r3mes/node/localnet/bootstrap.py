@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from r3mes.node.artifacts import BlobStore
-from r3mes.node.tasks import WorkProfile
-from r3mes.node.workload import GENESIS_ADAPTER_SEED, AdapterInfo, package_adapter
+from r3mes.work.profile import WorkProfile
+from r3mes.work.versions import GENESIS_ADAPTER_SEED, AdapterInfo, package_adapter
 
 if TYPE_CHECKING:
     from r3mes.model.modeling import BitNetForCausalLM

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from r3mes.node.errors import ValidationError
 from r3mes.node.miner.parts import CHEATS
-from r3mes.node.tasks import WorkProfile
 from r3mes.paths import Home
+from r3mes.work.profile import WorkProfile
 from r3mes.work.task import HyperParams
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ trains it with `r3mes.work`, `ContentUpdateStore` stores updates in a content st
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,8 @@ from r3mes.node.miner.coordinator import MiningTask, SubmissionRef, TrainedUpdat
 from r3mes.node.miner.journal import Journal, TxState
 from r3mes.node.miner.residual import ResidualStore
 from r3mes.node.miner.task_pool import ArtifactSet
-from r3mes.node.tasks import WorkProfile, derive_task, round_seed
-from r3mes.node.workload import mine_update, random_update, start_adapter
+from r3mes.work.profile import WorkProfile, derive_task, round_seed
+from r3mes.work.versions import random_update, start_adapter
 
 if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
@@ -221,7 +222,7 @@ class WorkTrainer:
 
     def prepare(self, artifacts: ArtifactSet) -> None:
         """Prefetch: fetch, unpack and load a set's model, dataset and adapter."""
-        from r3mes.node.tasks import NO_ADAPTER
+        from r3mes.work.profile import NO_ADAPTER
 
         self.artifacts.model(artifacts.base_model_cid)
         self.artifacts.dataset(artifacts.dataset_cid)
@@ -229,7 +230,7 @@ class WorkTrainer:
             self.artifacts.adapter(artifacts.adapter_cid)
 
     def _adapter(self, work: Task) -> Any:
-        from r3mes.node.tasks import NO_ADAPTER
+        from r3mes.work.profile import NO_ADAPTER
 
         if work.adapter_cid == NO_ADAPTER:
             return None
@@ -238,6 +239,7 @@ class WorkTrainer:
 
     def train(self, task: MiningTask) -> TrainedUpdate:
         from r3mes.work.data import shard_of
+        from r3mes.work.submission import build_submission
 
         work = task_from_details(task, miner=self.config.miner, profile=self.config.profile)
         if self.config.cheat == "copy":
@@ -245,21 +247,22 @@ class WorkTrainer:
         model = self.artifacts.model(work.base_model_cid)
         adapter = start_adapter(work, self._adapter(work), model)
         if self.config.cheat == "random":
-            mined = random_update(task=work, adapter_state=adapter, seed=work.derived_seed("cheat"))
-            sub = mined.submission
-            return TrainedUpdate(payload=sub.encoded, digest=sub.digest, metrics=mined.metrics)
+            sub = random_update(task=work, adapter_state=adapter, seed=work.derived_seed("cheat"))
+            metrics = {"train_s": 0.0, "cheat": 1.0}
+            return TrainedUpdate(payload=sub.encoded, digest=sub.digest, metrics=metrics)
         dataset = self.artifacts.dataset(work.dataset_cid)
         shard = shard_of(dataset, shard_index=work.shard_index, n_shards=work.n_shards)
         residual = self.residuals.load() or None
-        mined = mine_update(
+        started = time.perf_counter()
+        sub = build_submission(
             task=work, model=model, adapter_state=adapter, shard=shard, residual=residual
         )
-        sub = mined.submission
+        train_s = round(time.perf_counter() - started, 4)
         return TrainedUpdate(
             payload=sub.encoded,
             digest=sub.digest,
             residual=sub.next_residual,
-            metrics=mined.metrics,
+            metrics={"train_s": train_s},
         )
 
     def _copy(self, task: MiningTask) -> TrainedUpdate:

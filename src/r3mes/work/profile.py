@@ -1,4 +1,5 @@
-"""From a ledger round to the `r3mes.work.Task` every role must agree on byte for byte.
+"""The network's work profile, and from a ledger round to the `Task` every role must agree
+on byte for byte.
 
 The chain records, per round, the seed (the previous block hash) and the base model,
 dataset and adapter in force; the miner picks a shard. The remaining knobs (learning rate,
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r3mes.node.errors import ValidationError
 from r3mes.spec import shards as spec_shards
+from r3mes.work.errors import TaskError
 from r3mes.work.executor import CPU_DET_V1
 from r3mes.work.task import HyperParams, Task
 
@@ -40,15 +41,15 @@ class WorkProfile:
 
     def __post_init__(self) -> None:
         if isinstance(self.settle_rounds, bool) or not isinstance(self.settle_rounds, int):
-            raise ValidationError(f"settle_rounds must be an integer, got {self.settle_rounds!r}")
+            raise TaskError(f"settle_rounds must be an integer, got {self.settle_rounds!r}")
         if not 0 <= self.settle_rounds <= 1000:
-            raise ValidationError(f"settle_rounds must be in [0, 1000], got {self.settle_rounds}")
+            raise TaskError(f"settle_rounds must be in [0, 1000], got {self.settle_rounds}")
         if isinstance(self.eval_chunks, bool) or not isinstance(self.eval_chunks, int):
-            raise ValidationError(f"eval_chunks must be an integer, got {self.eval_chunks!r}")
+            raise TaskError(f"eval_chunks must be an integer, got {self.eval_chunks!r}")
         if not isinstance(self.executor_class, str) or not self.executor_class:
-            raise ValidationError("executor_class must be a non-empty string")
+            raise TaskError("executor_class must be a non-empty string")
         if not 1 <= self.eval_chunks <= 100_000:
-            raise ValidationError(f"eval_chunks must be in [1, 100000], got {self.eval_chunks}")
+            raise TaskError(f"eval_chunks must be in [1, 100000], got {self.eval_chunks}")
 
     def to_dict(self) -> dict[str, Any]:
         h = self.hyper
@@ -71,23 +72,21 @@ class WorkProfile:
 
     @classmethod
     def from_dict(cls, raw: object) -> WorkProfile:
-        from r3mes.work.errors import TaskError
-
         required = {"hyper", "executor_class", "eval_chunks"}
         if not isinstance(raw, dict) or not required <= set(raw) <= required | {"settle_rounds"}:
-            raise ValidationError(
+            raise TaskError(
                 "work profile must be an object with keys hyper, executor_class, eval_chunks"
                 " and optionally settle_rounds"
             )
         hyper = raw["hyper"]
         if not isinstance(hyper, dict):
-            raise ValidationError("work profile 'hyper' must be an object")
+            raise TaskError("work profile 'hyper' must be an object")
         try:
             params = HyperParams(
                 **{**hyper, "target_modules": tuple(hyper.get("target_modules", ()))}
             )
         except (TaskError, TypeError) as exc:
-            raise ValidationError(f"work profile 'hyper' is invalid: {exc}") from exc
+            raise TaskError(f"work profile 'hyper' is invalid: {exc}") from exc
         return cls(
             hyper=params,
             executor_class=str(raw["executor_class"]),
@@ -106,13 +105,13 @@ class WorkProfile:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise ValidationError(f"cannot read work profile {path}: {exc}") from exc
+            raise TaskError(f"cannot read work profile {path}: {exc}") from exc
         if len(raw) > MAX_PROFILE_BYTES:
-            raise ValidationError(f"work profile {path} is over {MAX_PROFILE_BYTES} bytes")
+            raise TaskError(f"work profile {path} is over {MAX_PROFILE_BYTES} bytes")
         try:
             return cls.from_dict(json.loads(raw))
         except json.JSONDecodeError as exc:
-            raise ValidationError(f"work profile {path} is not JSON: {exc}") from exc
+            raise TaskError(f"work profile {path} is not JSON: {exc}") from exc
 
 
 def round_seed(seed_hex: str) -> int:
@@ -120,7 +119,7 @@ def round_seed(seed_hex: str) -> int:
     try:
         return spec_shards.round_seed(seed_hex)
     except spec_shards.RuleInputError as exc:
-        raise ValidationError(str(exc)) from exc
+        raise TaskError(str(exc)) from exc
 
 
 def derive_task(
@@ -136,8 +135,6 @@ def derive_task(
     profile: WorkProfile,
 ) -> Task:
     """The task of `miner` on `shard` in a round; identical on every node."""
-    from r3mes.work.errors import TaskError
-
     try:
         return Task(
             round=round_number,
@@ -152,4 +149,4 @@ def derive_task(
             executor_class=profile.executor_class,
         )
     except TaskError as exc:
-        raise ValidationError(f"round {round_number} does not give a valid task: {exc}") from exc
+        raise TaskError(f"round {round_number} does not give a valid task: {exc}") from exc
