@@ -9,21 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from support.tiny import ByteTokenizer
 
 from r3mes.work.data import TokenDataset, build_dataset
 from r3mes.work.domain import build_domain_corpus
 from r3mes.work.executor import CPU_DET_V1
 from r3mes.work.task import HyperParams, Task
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids; matches the tiny model's 256-token vocabulary."""
-
-    vocab_size = 256
-    eos_id = 2
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
 
 
 @pytest.fixture(scope="session")
