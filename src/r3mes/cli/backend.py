@@ -123,6 +123,9 @@ def start(
         log_level=log_level,
         server_header=False,
         timeout_graceful_shutdown=10,
+        # Explorer websocket messages are small and fan out to many clients: compressing
+        # each one per client costs more CPU than the bytes it saves.
+        ws_per_message_deflate=False,
     )
 
 

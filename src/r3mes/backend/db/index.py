@@ -336,3 +336,46 @@ class IxFaucetGrant(Base):
 
 
 INDEX_TABLES.append(IxFaucetGrant)
+
+
+class IxChatDaily(Base):
+    """Paid chat per UTC day and model, rolled up from the gateway's `chat_requests`."""
+
+    __tablename__ = "ix_chat_daily"
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(160), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    active_users: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Distinct accounts that day on that model (kept exact through `IxChatUser`)."""
+
+
+class IxChatUser(Base):
+    """Which accounts used which model on which day (the set behind `active_users`)."""
+
+    __tablename__ = "ix_chat_users"
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(160), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class IxChatUserLast(Base):
+    """Each chat user's last active day (counts active users over any window cheaply)."""
+
+    __tablename__ = "ix_chat_user_last"
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_day: Mapped[dt.date] = mapped_column(Date, index=True)
+
+
+class IxChatRollup(Base):
+    """How far the chat rollup has read `chat_requests` (one row, id=1)."""
+
+    __tablename__ = "ix_chat_rollup"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+
+CHAT_TABLES = [IxChatDaily, IxChatUser, IxChatUserLast, IxChatRollup]

@@ -16,13 +16,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Date, and_, cast, distinct, func, or_, select
+from sqlalchemy import and_, distinct, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.db.index import (
     IxAccount,
     IxAttestation,
+    IxChatDaily,
+    IxChatUserLast,
     IxDaily,
     IxNode,
     IxReward,
@@ -32,6 +34,7 @@ from r3mes.backend.db.index import (
 )
 from r3mes.backend.errors import InvalidRequest, NotFound
 from r3mes.backend.services import explorer
+from r3mes.backend.services.chat_rollup import chat_rows_json
 from r3mes.backend.services.explorer import account_doc, decode_cursor, node_doc, page
 from r3mes.chain.state import tier
 
@@ -50,10 +53,9 @@ async def network_stats(s: AsyncSession) -> dict[str, Any]:
         )
     ).one()
     submissions, verified, rejected, txs = (int(x) for x in totals)
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    since = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=29)
     chat_users = await explorer.count(
-        s,
-        select(func.count(distinct(ChatRequest.account_id))).where(ChatRequest.created_at >= since),
+        s, select(func.count()).select_from(IxChatUserLast).where(IxChatUserLast.last_day >= since)
     )
     return {
         "chain_id": m.chain_id,
@@ -344,42 +346,17 @@ async def serving(s: AsyncSession) -> dict[str, Any]:
 
 
 async def analytics(s: AsyncSession, *, days: int) -> dict[str, Any]:
-    """Per UTC day: chat (per model) and network totals, oldest day first."""
+    """Per UTC day: chat (per model, from the rollup) and network totals, oldest first."""
     if not 1 <= days <= 366:
         raise InvalidRequest("days must be in [1, 366]")
     today = dt.datetime.now(dt.UTC).date()
     first = today - dt.timedelta(days=days - 1)
-    start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
-    day_col = (
-        cast(ChatRequest.created_at, Date)
-        if s.get_bind().dialect.name == "postgresql"
-        else func.date(ChatRequest.created_at)
-    )
-    chat_rows = await s.execute(
-        select(
-            day_col,
-            ChatRequest.model,
-            func.count(),
-            func.coalesce(func.sum(ChatRequest.prompt_tokens), 0),
-            func.coalesce(func.sum(ChatRequest.completion_tokens), 0),
-            func.coalesce(func.sum(ChatRequest.credits), 0),
-            func.count(distinct(ChatRequest.account_id)),
-        )
-        .where(ChatRequest.created_at >= start)
-        .group_by(day_col, ChatRequest.model)
-    )
     chat: dict[str, list[dict[str, Any]]] = {}
-    for day, model, n, prompt, completion, credits, users in chat_rows:
-        chat.setdefault(str(day), []).append(
-            {
-                "model": model,
-                "requests": int(n),
-                "prompt_tokens": int(prompt),
-                "completion_tokens": int(completion),
-                "credits": int(credits),
-                "active_users": int(users),
-            }
-        )
+    rows = await s.scalars(
+        select(IxChatDaily).where(IxChatDaily.day >= first).order_by(IxChatDaily.model)
+    )
+    for daily in rows:
+        chat.setdefault(str(daily.day), []).extend(chat_rows_json([daily]))
     network = {str(d.day): d for d in await s.scalars(select(IxDaily).where(IxDaily.day >= first))}
     out: list[dict[str, Any]] = []
     for i in range(days):

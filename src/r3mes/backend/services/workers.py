@@ -50,8 +50,11 @@ def _accounts_workers(runtime: Runtime, found: list[Worker]) -> None:
 
 
 def _explorer_workers(runtime: Runtime, found: list[Worker]) -> None:
-    """The indexer (a chain handler; websocket pushes after each commit) and the poller of
-    adapter versions' held-out loss."""
+    """The chat rollup for analytics; when following the chain, the indexer (a chain handler,
+    websocket pushes after each commit) and the poller of adapter versions' held-out loss."""
+    from r3mes.backend.services.chat_rollup import ChatRoller
+
+    found.append(("chat-rollup", ChatRoller(runtime.db).run))
     if not runtime.settings.follow_chain:
         return
     from r3mes.backend.services.chain_follower import chain_follower
