@@ -159,3 +159,17 @@ async def test_concurrent_holds_never_overspend(db: Database) -> None:
         )
         assert captured == price
     await consistent(db)
+
+
+async def test_a_refused_hold_leaves_nothing_even_if_the_caller_commits(db: Database) -> None:
+    account = await funded(db, 5)
+    async with db.write() as s, s.begin():
+        with pytest.raises(InsufficientCredits):
+            await credits.hold(s, account_id=account, amount=9, idempotency_key="x", ttl_s=60)
+        # The caller goes on in the same transaction and commits; the key is still free.
+        ok = await credits.hold(s, account_id=account, amount=5, idempotency_key="x", ttl_s=60)
+    async with db.read() as s:
+        assert await credits.balance(s, account_id=account) == credits.Balance(0, 5)
+        holds = (await s.scalars(select(tables.Hold.id))).all()
+        assert holds == [ok.id]
+    await consistent(db)

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -153,53 +155,65 @@ async def hold(
     ref: str = "",
     now: datetime | None = None,
 ) -> Hold:
-    """Reserve `amount` credits until captured, released, or `ttl_s` passes."""
+    """Reserve `amount` credits until captured, released, or `ttl_s` passes.
+
+    The account row is updated last, so its row lock (PostgreSQL) is held only from that
+    UPDATE to the commit: concurrent spenders of one account queue on it for one statement.
+    """
     _positive(amount)
+    _check_key(idempotency_key)
     if ttl_s <= 0:
         raise InvalidRequest("a hold needs a positive time to live")
-    body = {"account_id": account_id, "amount": amount, "ttl_s": ttl_s, "ref": ref}
-    first = await _first_result(s, str(account_id), idempotency_key, "hold", body)
-    if first is not None:
-        held = await s.get(tables.Hold, first.hold_id)
-        assert held is not None
-        return Hold(held.id, held.account_id, held.amount, held.expires_at)
     now = now or utcnow()
+    body = {"account_id": account_id, "amount": amount, "ttl_s": ttl_s, "ref": ref}
+    expires = now + timedelta(seconds=ttl_s)
+    hold_id = await s.scalar(
+        insert(tables.Hold)
+        .values(
+            account_id=account_id,
+            amount=amount,
+            status="open",
+            ref=ref[:200],
+            created_at=now,
+            expires_at=expires,
+            captured=0,
+        )
+        .returning(tables.Hold.id)
+    )
+    assert hold_id is not None
+    scope = str(account_id)
+    journal_id = await _claim(
+        s,
+        scope=scope,
+        key=idempotency_key,
+        kind="hold",
+        body=body,
+        account_id=account_id,
+        amount=amount,
+        hold_id=hold_id,
+        ref=ref,
+        now=now,
+    )
+    if journal_id is None:  # a retry: undo our row, answer the first result
+        await s.execute(delete(tables.Hold).where(tables.Hold.id == hold_id))
+        first = await _first_result(s, scope, idempotency_key, "hold", body)
+        assert first is not None and first.hold_id is not None
+        earlier = await _hold_row(s, first.hold_id)
+        return Hold(earlier.id, earlier.account_id, earlier.amount, earlier.expires_at)
+    await _entries(s, journal_id, [(account_id, AVAILABLE, -amount), (account_id, HELD, amount)])
     moved = await s.execute(
         update(tables.Account)
         .where(tables.Account.id == account_id, tables.Account.available >= amount)
         .values(available=tables.Account.available - amount, held=tables.Account.held + amount)
     )
     if _rowcount(moved) != 1:
+        await _undo(s, journal_id=journal_id, hold_id=hold_id)
         have = await balance(s, account_id=account_id)  # NotFound if there is no account
         raise InsufficientCredits(
             f"this request needs {amount} credits but only {have.available} are available; "
             "deposit credits on the ledger to your account's deposit address"
         )
-    row = tables.Hold(
-        account_id=account_id,
-        amount=amount,
-        status="open",
-        ref=ref[:200],
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_s),
-        captured=0,
-    )
-    s.add(row)
-    await s.flush()
-    await _journal(
-        s,
-        scope=str(account_id),
-        key=idempotency_key,
-        kind="hold",
-        body=body,
-        account_id=account_id,
-        amount=amount,
-        legs=[(account_id, AVAILABLE, -amount), (account_id, HELD, amount)],
-        hold_id=row.id,
-        ref=ref,
-        now=now,
-    )
-    return Hold(row.id, account_id, amount, row.expires_at)
+    return Hold(hold_id, account_id, amount, expires)
 
 
 async def capture(
@@ -212,38 +226,83 @@ async def capture(
     ref: str = "",
     now: datetime | None = None,
 ) -> Capture:
-    """Charge `amount` (<= the hold) to revenue for `node`; the rest goes back to available."""
+    """Charge `amount` (<= the hold) to revenue for `node`; the rest goes back to available.
+
+    The hold is closed first by a guarded UPDATE (only one capture or release can win),
+    the account row last (see `hold`).
+    """
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
         raise InvalidRequest("capture amount must be a non-negative integer of credits")
-    found = await _hold_row(s, hold_id)
-    body = {"hold_id": hold_id, "amount": amount, "node": node, "ref": ref}
-    first = await _first_result(s, str(found.account_id), idempotency_key, "capture", body)
-    if first is not None:
-        return Capture(hold_id, first.amount, found.amount - first.amount, first.id)
-    if amount > found.amount:
-        raise InvalidRequest(f"cannot capture {amount} credits from a hold of {found.amount}")
+    _check_key(idempotency_key)
     now = now or utcnow()
-    await _settle(s, found, status="captured", captured=amount, now=now, allow_expired=False)
-    rest = found.amount - amount
-    journal_id = await _journal(
+    body = {"hold_id": hold_id, "amount": amount, "node": node, "ref": ref}
+    closed = (
+        await s.execute(
+            update(tables.Hold)
+            .where(
+                tables.Hold.id == hold_id,
+                tables.Hold.status == "open",
+                tables.Hold.expires_at > now,
+                tables.Hold.amount >= amount,
+            )
+            .values(status="captured", captured=amount, settled_at=now)
+            .returning(tables.Hold.account_id, tables.Hold.amount)
+            .execution_options(synchronize_session=False)
+        )
+    ).one_or_none()
+    if closed is None:
+        return await _capture_refused(s, hold_id, amount, idempotency_key, body, now)
+    account_id, held = int(closed.account_id), int(closed.amount)
+    rest = held - amount
+    journal_id = await _claim(
         s,
-        scope=str(found.account_id),
+        scope=str(account_id),
         key=idempotency_key,
         kind="capture",
         body=body,
-        account_id=found.account_id,
+        account_id=account_id,
         amount=amount,
-        legs=[
-            (found.account_id, HELD, -found.amount),
-            (None, REVENUE, amount),
-            (found.account_id, AVAILABLE, rest),
-        ],
         hold_id=hold_id,
         node=node,
         ref=ref,
         now=now,
     )
+    if journal_id is None:
+        raise Conflict(
+            f"idempotency key {idempotency_key!r} was already used for another request; "
+            "use a new key for a new request"
+        )
+    await _entries(
+        s,
+        journal_id,
+        [(account_id, HELD, -held), (None, REVENUE, amount), (account_id, AVAILABLE, rest)],
+    )
+    await s.execute(
+        update(tables.Account)
+        .where(tables.Account.id == account_id)
+        .values(held=tables.Account.held - held, available=tables.Account.available + rest)
+    )
     return Capture(hold_id, amount, rest, journal_id)
+
+
+async def _capture_refused(
+    s: AsyncSession,
+    hold_id: int,
+    amount: int,
+    key: str,
+    body: dict[str, Any],
+    now: datetime,
+) -> Capture:
+    """Why a capture's guarded UPDATE matched nothing: a retry (first result) or an error."""
+    found = await _hold_row(s, hold_id)
+    first = await _first_result(s, str(found.account_id), key, "capture", body)
+    if first is not None:
+        return Capture(hold_id, first.amount, found.amount - first.amount, first.id)
+    if found.status != "open":
+        raise Conflict(f"hold {hold_id} was already {found.status}")
+    if found.expires_at <= now:
+        raise Conflict(f"hold {hold_id} expired; its credits are being released")
+    raise InvalidRequest(f"cannot capture {amount} credits from a hold of {found.amount}")
 
 
 async def release(
@@ -423,6 +482,11 @@ def _positive(amount: int) -> None:
         raise InvalidRequest("amount must be a positive integer of credits")
 
 
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"idempotency key must be 1..{MAX_KEY_LENGTH} characters")
+
+
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))
 
@@ -436,8 +500,7 @@ async def _first_result(
     s: AsyncSession, scope: str, key: str, kind: str, body: dict[str, Any]
 ) -> tables.JournalTransaction | None:
     """The journal transaction an earlier call with this key wrote, if any."""
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"idempotency key must be 1..{MAX_KEY_LENGTH} characters")
+    _check_key(key)
     found = await s.scalar(
         select(tables.JournalTransaction).where(
             tables.JournalTransaction.scope == scope,
@@ -580,15 +643,79 @@ async def _journal(
             f"a request with idempotency key {key!r} is already in progress; retry it"
         ) from exc
     assert journal_id is not None
-    await s.execute(
-        insert(tables.JournalEntry),
-        [
-            {"transaction_id": journal_id, "account_id": acc, "book": book, "amount": leg}
-            for acc, book, leg in legs
-            if leg != 0
-        ],
-    )
+    await _entries(s, int(journal_id), legs)
     return int(journal_id)
+
+
+async def _claim(
+    s: AsyncSession,
+    *,
+    scope: str,
+    key: str,
+    kind: str,
+    body: dict[str, Any],
+    account_id: int | None,
+    amount: int,
+    now: datetime,
+    hold_id: int | None = None,
+    node: str | None = None,
+    ref: str = "",
+) -> int | None:
+    """Insert the journal transaction for (scope, key); None if that key already has one.
+
+    `INSERT ... ON CONFLICT DO NOTHING` (SQLite and PostgreSQL): one round trip in the
+    common case, and a concurrent request with the same key waits for the first to commit
+    instead of failing.
+    """
+    values = {
+        "scope": scope,
+        "idempotency_key": key,
+        "request_hash": request_hash(kind, body),
+        "kind": kind,
+        "account_id": account_id,
+        "amount": amount,
+        "hold_id": hold_id,
+        "node": node,
+        "ref": ref[:200],
+        "actor": None,
+        "created_at": now,
+    }
+    dialect = s.get_bind().dialect.name
+    statement: Any
+    if dialect == "postgresql":
+        statement = postgresql_insert(tables.JournalTransaction).values(**values)
+    else:
+        statement = sqlite_insert(tables.JournalTransaction).values(**values)
+    statement = statement.on_conflict_do_nothing(
+        index_elements=["scope", "idempotency_key"]
+    ).returning(tables.JournalTransaction.id)
+    found = await s.scalar(statement)
+    return None if found is None else int(found)
+
+
+async def _entries(
+    s: AsyncSession, journal_id: int, legs: list[tuple[int | None, str, int]]
+) -> None:
+    if sum(amount for _, _, amount in legs) != 0:
+        raise AssertionError(f"unbalanced journal {journal_id}: {legs}")
+    rows = [
+        {"transaction_id": journal_id, "account_id": acc, "book": book, "amount": leg}
+        for acc, book, leg in legs
+        if leg != 0
+    ]
+    await s.execute(insert(tables.JournalEntry).values(rows))
+
+
+async def _undo(s: AsyncSession, *, journal_id: int, hold_id: int) -> None:
+    """Remove what a refused hold wrote, so the session stays consistent if the caller
+    goes on (the journal never shows a movement that did not happen)."""
+    await s.execute(
+        delete(tables.JournalEntry).where(tables.JournalEntry.transaction_id == journal_id)
+    )
+    await s.execute(
+        delete(tables.JournalTransaction).where(tables.JournalTransaction.id == journal_id)
+    )
+    await s.execute(delete(tables.Hold).where(tables.Hold.id == hold_id))
 
 
 async def sweep_forever(db: Database, *, interval_s: float) -> None:
