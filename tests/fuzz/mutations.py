@@ -10,6 +10,7 @@ types), delete or add a key.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -119,8 +120,14 @@ json_leaf = st.one_of(
     st.floats(),
     st.text(max_size=40),
     st.lists(st.integers(-3, 3), max_size=4),
-    st.integers(1, 4000).map(lambda n: json.loads("[" * n + "]" * n) if n < 900 else [[]]),
+    st.integers(1, 150).map(lambda n: json.loads("[" * n + "]" * n)),  # 3 edits stay < 500 deep
 )
+
+
+@st.composite
+def _leaf(draw: st.DrawFn) -> Any:
+    """A fresh copy: later edits must never change the shared INTERESTING_VALUES."""
+    return copy.deepcopy(draw(json_leaf))
 
 
 @st.composite
@@ -128,16 +135,16 @@ def _json_edit(draw: st.DrawFn, doc: Any) -> Any:
     path = draw(st.sampled_from(_paths(doc)))
     kind = draw(st.integers(0, 2))
     if kind == 0 or not path:
-        return _set(doc, path, draw(json_leaf))
+        return _set(doc, path, draw(_leaf()))
     parent = doc
     for step in path[:-1]:
         parent = parent[step]
     if kind == 1:  # delete the key or item
         del parent[path[-1]]
     elif isinstance(parent, dict):  # add a key
-        parent[draw(st.text(max_size=12))] = draw(json_leaf)
+        parent[draw(st.text(max_size=12))] = draw(_leaf())
     else:
-        parent.append(draw(json_leaf))
+        parent.append(draw(_leaf()))
     return doc
 
 
