@@ -48,7 +48,7 @@ def test_a_short_request_passes_many_queued_long_streams(engine_factory: EngineF
     for sink in longs:
         send(engine, sink, prompt=8, max_tokens=150)
     short = Finish(order, "short")
-    send(engine, short, prompt=8, max_tokens=1)
+    send(engine, short, prompt=8, max_tokens=3)  # needs a batch row, like the streams
     assert short.wait().reason == "length"
     # only the two streams already decoding may finish first; the other ten wait for it
     assert len(order) <= 3 and order[-1] == "short"
@@ -59,8 +59,8 @@ def test_a_short_request_passes_many_queued_long_streams(engine_factory: EngineF
 class Stalling(Finish):
     """Holds the engine thread at this request's first token until `release` is set."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, log: list[str] | None = None, name: str = "") -> None:
+        super().__init__(log, name)
         self.stalled = threading.Event()
         self.release = threading.Event()
 
@@ -69,6 +69,24 @@ class Stalling(Finish):
             self.stalled.set()
             assert self.release.wait(30)
         super().__call__(event)
+
+
+def test_a_one_token_request_needs_no_batch_row(engine_factory: EngineFactory) -> None:
+    """Issue 19 item 8: a 1-token request waited behind every stream (p50 93 s)."""
+    engine = engine_factory(n_adapters=0, max_batch_size=1)
+    order: list[str] = []
+    running = Stalling(order, "long")
+    send(engine, running, prompt=4, max_tokens=400)
+    assert running.stalled.wait(30)  # the only batch row is taken
+    queued = [Finish(order, f"queued{i}") for i in range(3)]
+    for sink in queued:
+        send(engine, sink, prompt=4, max_tokens=300)
+    short = Finish(order, "short")
+    send(engine, short, prompt=6, max_tokens=1)
+    running.release.set()
+    assert short.wait().reason == "length" and short.wait().completion_tokens == 1
+    assert order == ["short"]  # answered while the batch row was still busy
+    assert all(s.wait().reason == "length" for s in [running, *queued])
 
 
 def test_a_request_waiting_too_long_is_refused_with_a_retry_hint(

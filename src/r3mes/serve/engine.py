@@ -67,7 +67,7 @@ class EngineConfig:
     """Most queued requests; more are refused with EngineOverloaded (HTTP 429)."""
     max_queue_wait_s: float = 30.0
     """Longest a request waits for a batch slot before it is refused (HTTP 429)."""
-    size_priority_s_per_token: float = 0.05
+    size_priority_s_per_token: float = 0.1
     """Fairness: a request of n tokens queues as if it arrived n times this later, so short
     requests pass long ones queued up to that long before them."""
     kv_cache_mb: int = 1024

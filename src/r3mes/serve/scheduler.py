@@ -93,7 +93,7 @@ class Scheduler:
         max_prefills_per_step: int,
         kv_cache_bytes: int | None = None,
         max_queue_wait_s: float = 30.0,
-        size_priority_s_per_token: float = 0.05,
+        size_priority_s_per_token: float = 0.1,
     ) -> None:
         """`kv_cache_bytes` caps the batch's KV cache (None: room for max_batch_size
         sequences of max_model_len tokens); see the module docstring for the queue."""
@@ -182,10 +182,13 @@ class Scheduler:
         self._expire_waiting(time.monotonic())
         admitted: list[Pending] = []
         still_waiting: deque[Pending] = deque()
-        room = min(self.max_batch_size - len(self.running), self.max_prefills_per_step)
+        free_rows = self.max_batch_size - len(self.running)
         held = False  # once the budget holds a request back, nothing ranked after it passes
         for pending in sorted(self.waiting, key=lambda p: p.rank):
-            if held or len(admitted) >= room:
+            # a one-token request finishes at its prefill and never takes a batch row
+            row = self.limit(pending.request) > 1
+            full = len(admitted) >= self.max_prefills_per_step or (row and free_rows < 1)
+            if held or full:
                 still_waiting.append(pending)
                 continue
             if not self._fits(pending, admitted):
@@ -197,6 +200,7 @@ class Scheduler:
                 still_waiting.append(pending)
             elif verdict == "ready":
                 admitted.append(pending)
+                free_rows -= row
         self.waiting = still_waiting
         if admitted:
             self.admitting = admitted
@@ -307,7 +311,7 @@ class Scheduler:
             mask[row, width - lengths[row] :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = SequenceKV(self.model.config.num_hidden_layers)
-        self.kv.reserve(len(self.running) + len(batch))
+        self.kv.reserve(len(self.running) + sum(self.limit(p.request) > 1 for p in batch))
         self._select_rows([p.entry.model_key if p.entry else None for p in batch])
         logits = self.model(
             ids.to(self.device),
