@@ -107,7 +107,7 @@ class Hub:
         `producer(push)`, if given, runs for the connection's life and sends this client
         its own messages through `push` (bounded like everything else)."""
         if self.per_ip[ip] >= self.max_per_ip:
-            await ws.close(code=CLOSE_TOO_MANY, reason="too many connections from this address")
+            await refuse(ws, CLOSE_TOO_MANY, "too many connections from this address")
             return
         self.per_ip[ip] += 1
         client = Client(ws=ws, ip=ip, key=key, queue=asyncio.Queue(self.queue_size))
@@ -172,6 +172,13 @@ class Hub:
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.ws.close(code=code, reason=reason), CLOSE_TIMEOUT_S)
+
+
+async def refuse(ws: WebSocket, code: int, reason: str) -> None:
+    """Accept, then close with `code`: a close before accepting reaches a browser as a bare
+    HTTP 403, and the client could not tell why."""
+    await ws.accept()
+    await ws.close(code=code, reason=reason[:120])
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from r3mes.backend.services import auth, keys
 from r3mes.backend.services.auth import Principal
 from r3mes.backend.services.live import explorer_service, miner_stats
 from r3mes.backend.services.usage import usage_producer
-from r3mes.backend.services.ws import CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, encode
+from r3mes.backend.services.ws import CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, encode, refuse
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError
 
@@ -49,7 +49,7 @@ async def ws_miner_stats(ws: WebSocket) -> None:
     try:
         address = validate_address(ws.query_params.get("address", ""))
     except AddressError as exc:
-        await ws.close(code=CLOSE_BAD_REQUEST, reason=f"address: {exc}"[:120])
+        await refuse(ws, CLOSE_BAD_REQUEST, f"address: {exc}")
         return
     runtime = _runtime(ws)
     service = explorer_service(runtime)
@@ -94,10 +94,10 @@ async def ws_usage(ws: WebSocket) -> None:
     try:
         principal = await _principal(ws, runtime)
     except BackendError as exc:
-        await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.message[:120])
+        await refuse(ws, CLOSE_UNAUTHORIZED, exc.message)
         return
     if "read" not in principal.scopes:
-        await ws.close(code=CLOSE_UNAUTHORIZED, reason="this key lacks the 'read' scope")
+        await refuse(ws, CLOSE_UNAUTHORIZED, "this key lacks the 'read' scope")
         return
     service = explorer_service(runtime)
     await service.hub.serve(
