@@ -168,3 +168,43 @@ def test_deposit_address_falls_back_to_the_treasury_key(tmp_path: Path) -> None:
         "t", secret_hex=TREASURY.secret.hex(), passphrase="pw-123456"
     )
     assert deposits.deposit_address(settings) == info.address == TREASURY.address
+
+
+async def test_running_backend_credits_a_deposit_woken_by_the_websocket(
+    tmp_path: Path, database_url: str, devnet: DevnetNode
+) -> None:
+    """The whole wiring: create_app's workers start the follower with the deposits handler;
+    polling is slowed to 30 s, so only the NewBlock subscription can wake it in time."""
+    from support.accounts import login_headers
+    from support.backend import make_settings, running
+
+    from r3mes.backend.app import create_app
+    from r3mes.backend.services.chain_follower import chain_follower
+
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        follow_chain=True,
+        chain_rpc=devnet.url,
+        deposit_address=TREASURY.address,
+    )
+    app = create_app(settings)
+    async with running(app) as client:
+        follower = chain_follower(app.state.runtime)
+        follower.poll_s = 30.0
+        deadline = asyncio.get_running_loop().time() + 20
+        while not follower.connected or follower.applied < follower.latest_seen - 1:
+            assert asyncio.get_running_loop().time() < deadline, "follower did not catch up"
+            await asyncio.sleep(0.1)
+        before = await credited(app.state.runtime.db, OTHER.address)
+        _, height = await asyncio.to_thread(send, devnet, OTHER, TREASURY.address, 13)
+        headers = await login_headers(client, OTHER)
+        while True:
+            me = (await client.get("/api/me", headers=headers)).json()
+            if me["available"] == before + 13:
+                break
+            assert asyncio.get_running_loop().time() < deadline + 10, me
+            await asyncio.sleep(0.1)
+        assert me["ledger"]["balance"] is not None
+        health = (await client.get("/health")).json()["checks"]["chain"]
+        assert health["websocket"] is True and health["height"] >= height
