@@ -62,7 +62,7 @@ class BackendSettings(BaseSettings):
     chain_rpc: str = "http://127.0.0.1:26657"
     """The ledger's RPC URL (CometBFT-shaped JSON-RPC, REST and websocket)."""
 
-    chain_id: str = "r3mes-devnet"
+    chain_id: str = "r3mes-devnet-1"
     """Chain id written into login challenges and checked on login."""
 
     domain: str = "localhost"

@@ -75,7 +75,7 @@ def start(
     ] = "http://127.0.0.1:26657",
     chain_id: Annotated[
         str, typer.Option("--chain-id", envvar="R3MES_CHAIN_ID", help="Expected chain id.")
-    ] = "r3mes-devnet",
+    ] = "r3mes-devnet-1",
     admin: Annotated[
         list[str] | None,
         typer.Option(
@@ -92,11 +92,16 @@ def start(
         bool, typer.Option("--no-migrate", help="Do not apply migrations on start.")
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name", help="Instance name: its pid file is $R3MES_HOME/run/backend-NAME.pid."
+        ),
+    ] = "backend",
 ) -> None:
     """Run the backend HTTP service in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
-    import uvicorn
-
     from r3mes.backend.app import create_app
+    from r3mes.backend.server import serve
 
     settings = build_settings(
         home=home,
@@ -110,22 +115,23 @@ def start(
         cors_origins=tuple(cors_origin) if cors_origin else None,
         migrate_on_start=not no_migrate,
     )
-    Console(stderr=True).print(
-        f"r3mes backend on {settings.base_url} (database: "
-        f"{'SQLite' if settings.is_sqlite else 'PostgreSQL'}, "
-        f"cache: {'Redis' if settings.redis_url else 'in-process'})",
-        highlight=False,
+    console = Console(stderr=True)
+    backing = (
+        f"database: {'SQLite' if settings.is_sqlite else 'PostgreSQL'}, "
+        f"cache: {'Redis' if settings.redis_url else 'in-process'}"
     )
-    uvicorn.run(
+    from r3mes.runtime.pidfile import pid_path
+
+    serve(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-        # Explorer websocket messages are small and fan out to many clients: compressing
-        # each one per client costs more CPU than the bytes it saves.
-        ws_per_message_deflate=False,
+        pid_file=pid_path(settings.home / "run", "backend", name),
+        name=name,
+        on_listening=lambda url: console.print(
+            f"r3mes backend on {url} ({backing}); dashboard at {url}/", highlight=False
+        ),
     )
 
 

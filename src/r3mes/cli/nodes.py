@@ -398,6 +398,12 @@ def up(
         int | None, typer.Option(help="Stop after this many adapter versions (CI/tests).")
     ] = None,
     no_serving: Annotated[bool, typer.Option("--no-serving", help="No serving node.")] = False,
+    no_backend: Annotated[
+        bool, typer.Option("--no-backend", help="No backend (accounts, paid chat, dashboard).")
+    ] = False,
+    backend_port: Annotated[
+        int, typer.Option(help="The backend's port: web dashboard and paid API (0: any free).")
+    ] = 8080,
     headless: Annotated[
         bool, typer.Option(help="Plain log lines instead of the live view.")
     ] = False,
@@ -415,7 +421,8 @@ def up(
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
-    serving node - each a real process. Ctrl-C or `r3mes down` stops everything (exit 0)."""
+    serving node and the backend with its web dashboard - each a real process. Ctrl-C or
+    `r3mes down` stops everything (exit 0)."""
     from r3mes.runtime.shutdown import Shutdown
 
     shutdown = Shutdown(interrupt_on_second=False)  # a second Ctrl-C must not skip the stop
@@ -436,11 +443,13 @@ def up(
         difficulty=difficulty,
         block_interval=block_interval,
         serving=not no_serving,
+        backend=not no_backend,
         base_model=base_model,
         ipfs_url=ipfs_url or None,
     )
     options = UpOptions(
         chain_port=chain_port,
+        backend_port=backend_port,
         rounds=rounds,
         max_rounds=None if rounds is None else rounds + 6,
     )

@@ -122,6 +122,10 @@ def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> 
     for item in service_statuses(home):
         if item.info is None or not item.alive or item.info.role == "up":
             continue
+        if item.info.role == "backend":
+            urls["web dashboard (chat, wallet, keys, network)"] = f"{item.info.url}/"
+            urls["paid chat API (OpenAI-compatible)"] = f"{item.info.url}/v1"
+            continue
         urls[f"{item.service_id} stats"] = f"{item.info.url}/stats"
         if item.info.role in ("proposer", "serving"):
             stats = _json(f"{item.info.url}/stats") or {}

@@ -49,6 +49,8 @@ class UpOptions:
     `rounds` new versions."""
     poll_s: float = 1.0
     """Seconds between dashboard snapshots."""
+    backend_port: int = 8080
+    """The backend's HTTP port (0 picks a free one)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.chain_port <= 65535:
@@ -57,6 +59,8 @@ class UpOptions:
             raise ValidationError(f"--rounds must be at least 1, got {self.rounds}")
         if self.max_rounds is not None and self.max_rounds < 1:
             raise ValidationError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        if not 0 <= self.backend_port <= 65535:
+            raise ValidationError(f"--backend-port must be in [0, 65535], got {self.backend_port}")
         if not 0 < self.poll_s <= 60:
             raise ValidationError(f"poll_s must be in (0, 60], got {self.poll_s}")
 
@@ -164,7 +168,9 @@ def _role_args(spec: NetworkSpec, role: str, name: str) -> list[str]:
     return []
 
 
-def local_processes(spec: NetworkSpec, *, chain_url: str) -> list[LocalProcess]:
+def local_processes(
+    spec: NetworkSpec, *, chain_url: str, backend_port: int = 0
+) -> list[LocalProcess]:
     """Every process after the ledger, in start order (add one here to start it too)."""
     home = str(spec.home.root)
     env = {"R3MES_PASSPHRASE": passphrase(spec.home), "R3MES_HOME": home}
@@ -180,7 +186,34 @@ def local_processes(spec: NetworkSpec, *, chain_url: str) -> list[LocalProcess]:
             name=name, argv=_cli(*args), log_path=spec.home.logs / f"{name}.out", env=env
         )
         out.append(LocalProcess(process, pid_path(spec.home.run, role, name)))
+    if spec.backend:
+        out.append(backend_process(spec, chain_url=chain_url, port=backend_port, env=env))
     return out
+
+
+def backend_process(
+    spec: NetworkSpec, *, chain_url: str, port: int, env: dict[str, str]
+) -> LocalProcess:
+    """`r3mes backend start` for this network: SQLite in the home, a devnet faucet, the
+    treasury and faucet keys unlocked with the network's passphrase."""
+    from r3mes.chain.devnet import DEFAULT_CHAIN_ID
+
+    secret = env["R3MES_PASSPHRASE"]
+    backend_env = {
+        **env,
+        "R3MES_NETWORK_KIND": "devnet",
+        "R3MES_TREASURY_PASSPHRASE": secret,
+        "R3MES_FAUCET_PASSPHRASE": secret,
+    }
+    args = ["backend", "start", "--home", str(spec.home.root), "--port", str(port)]
+    args += ["--chain", chain_url, "--chain-id", DEFAULT_CHAIN_ID, "--log-level", "warning"]
+    process = ProcessSpec(
+        name="backend",
+        argv=_cli(*args),
+        log_path=spec.home.logs / "backend.out",
+        env=backend_env,
+    )
+    return LocalProcess(process, pid_path(spec.home.run, "backend", "backend"))
 
 
 def devnet_process(spec: NetworkSpec, *, port: int) -> ProcessSpec:
@@ -255,7 +288,8 @@ def run_network(
         supervisor.spawn(devnet_process(spec, port=port))
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S, stop)
         pid_files: dict[str, Path] = {}
-        for local in local_processes(spec, chain_url=chain_url):
+        processes = local_processes(spec, chain_url=chain_url, backend_port=options.backend_port)
+        for local in processes:
             if stop.is_set():
                 break
             supervisor.spawn(local.process)

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 PASSPHRASE_FILE = ".up-passphrase"
 DATASET_ID = "python-stdlib-domain"
 TINY_MODEL_ID = "r3mes-tiny-dev"
+TREASURY_KEY = "backend-treasury"
+FAUCET_KEY = "backend-faucet"
+FAUCET_GENESIS_CREDITS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class NetworkSpec:
     difficulty: int = 8
     block_interval: float = 1.0
     serving: bool = True
+    backend: bool = True
+    """Start the backend (accounts, paid chat, explorer, web dashboard) beside the roles."""
     ipfs_url: str | None = None
     """Kubo RPC API shared with other machines: genesis artifacts and every role's output
     are added there too (None: the local blockstore alone)."""
@@ -85,6 +90,13 @@ class NetworkSpec:
             out.append(("serving", "serving-1"))
         return out
 
+    def service_keys(self) -> dict[str, int]:
+        """Keys of the services beside the roles, with their genesis balances: the backend's
+        treasury (receives deposits, pays serving operators) and its faucet."""
+        if not self.backend:
+            return {}
+        return {TREASURY_KEY: 1000, FAUCET_KEY: FAUCET_GENESIS_CREDITS}
+
 
 def _check_http_url(url: str, flag: str) -> None:
     from urllib.parse import urlsplit
@@ -121,7 +133,7 @@ def ensure_keys(spec: NetworkSpec) -> dict[str, str]:
     store = Keystore(spec.home.keys, scrypt_n=2**14)
     secret = passphrase(spec.home)
     out = {}
-    for _, name in spec.role_keys():
+    for name in [name for _, name in spec.role_keys()] + list(spec.service_keys()):
         try:
             info = store.show(name)
         except KeystoreError:
@@ -196,8 +208,9 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
             rank=h.rank,
         ),
     ]
+    balances = {address: spec.service_keys().get(name, 1000) for name, address in addresses.items()}
     genesis = devnet_genesis(
-        accounts=dict.fromkeys(addresses.values(), 1000),
+        accounts=balances,
         artifacts=artifacts,
         round_length=spec.round_blocks,
         pow_difficulty=spec.difficulty,
