@@ -192,9 +192,9 @@ class ChatService:
         price = billing.price_of(self.settings, str(body.model))
         most = billing.cost(price, Usage(body.prompt_bound, body.max_tokens))
         key = idempotency_key if not body.stream else None
-        digest = billing.request_hash(billing.canonical_json(body.doc).encode())
         async with self.db.write() as s, s.begin():
             if key is not None:
+                digest = billing.request_hash(billing.canonical_json(body.doc).encode())
                 stored = await _claim(s, caller.account_id, key, digest)
                 if stored is not None:
                     return _replay(stored, headers)

@@ -223,10 +223,16 @@ class NodeDirectory:
             names = frozenset(str(m["id"]) for m in data)
             base = next((str(m["id"]) for m in data if "parent" not in m and m["id"] != "auto"), "")
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            node.last_error = f"probe: {type(exc).__name__}"
-            node.probed_ok = False
-            if node.failures >= self.failures_to_trip or node.open_until:
-                node.open_until = time.monotonic() + self.cooldown_s
+            reason = f"probe: {type(exc).__name__}"
+            if node.probed_ok and not node.open_until:
+                # A node in service: one slow probe counts like one failed request (a busy
+                # node should not drop out on a single timeout); enough of them trip it.
+                self.failed(node, reason)
+            else:
+                node.last_error = reason
+                node.probed_ok = False
+                if node.open_until:
+                    node.open_until = time.monotonic() + self.cooldown_s
             return False
         if not node.probed_ok:
             log.info("serving node %s is up (%s)", node.key, ", ".join(sorted(names)))
