@@ -207,3 +207,62 @@ async def test_a_replayed_block_is_skipped_and_a_gap_refused(
             assert await s.scalar(select(func.count()).select_from(IxBlock)) == 2
     finally:
         await db.dispose()
+
+
+def test_explorer_equals_the_ledger_after_r3mes_up_with_a_cheating_miner(
+    tmp_path: Path,
+) -> None:
+    """The whole local network (`r3mes up`: miners, a random-update cheater, validator,
+    proposer, serving node) followed by a real backend; then the ledger is frozen at its
+    last height and every explorer answer compared with the ledger's own."""
+    chain_port = free_port()
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(
+        [
+            R3MES,
+            "up",
+            "--headless",
+            "--rounds",
+            "3",
+            "--cheat",
+            "random",
+            "--base-model",
+            "tiny",
+            "--chain-port",
+            str(chain_port),
+            "--round-blocks",
+            "10",
+            "--block-interval",
+            "0.5",
+            "--home",
+            str(tmp_path / "net"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    chain_url = f"http://127.0.0.1:{chain_port}"
+    backend = Backend(tmp_path / "backend", chain_url, "")
+    backend.start()
+    node = None
+    try:
+        assert up.wait(900) == 0, (tmp_path / "up.log").read_text()[-3000:]
+        node = DevnetNode(
+            Home(root=tmp_path / "net"), DevnetConfig(port=chain_port, block_interval_s=3600)
+        )
+        node.start()
+        height = ledger_height(chain_url)
+        backend.wait_height(height)
+        counts = compare(chain_url, backend.url, height)
+        miners = httpx.get(f"{backend.url}/api/leaderboard/miners", timeout=5).json()["items"]
+        versions = httpx.get(f"{backend.url}/api/adapters", timeout=5).json()["items"]
+    finally:
+        backend.stop()
+        if up.poll() is None:
+            up.kill()
+        if node is not None:
+            node.stop()
+    assert counts["submissions"] >= 6 and counts["rounds"] >= 3
+    cheater = [m for m in miners if m["rejected"]]
+    assert cheater and all(m["verified"] == 0 and m["slashed"] > 0 for m in cheater)
+    assert len(versions) >= 3
+    assert all(v["lineage"]["submissions"] for v in versions)
