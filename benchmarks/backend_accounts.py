@@ -11,7 +11,8 @@ tasks, no HTTP and no auth), measured in the same run. Figures per database:
 - p50_ms / p99_ms: request latency (baseline: the bare transaction pair's latency).
 
 SQLite always; PostgreSQL when R3MES_TEST_POSTGRES_URL or R3MES_DATABASE_URL is set (a fresh
-database is created and dropped). The machine is shared by client and server.
+database is created and dropped), with Redis as the API-key cache when R3MES_TEST_REDIS_URL
+is set (as a scale-out deployment runs). The machine is shared by client and server.
 
 Run: .venv/bin/python -m benchmarks.backend_accounts [--quick]
 Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
@@ -58,12 +59,14 @@ def emit(figure: str, value: float, unit: str, *, baseline: float | None, goal: 
     print(json.dumps(line), flush=True)
 
 
-def settings_for(home: Path, database_url: str) -> Any:
+def settings_for(home: Path, database_url: str, redis_url: str = "") -> Any:
     from r3mes.backend.settings import BackendSettings
 
     return BackendSettings(
         home=home,
         database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=f"r3mes-bench-{os.getpid()}:",
         follow_chain=False,
         jwt_secret=JWT,
         key_pepper=PEPPER,
@@ -74,14 +77,14 @@ def settings_for(home: Path, database_url: str) -> Any:
 # -- the server (child process) -----------------------------------------------------------
 
 
-def serve(home: Path, database_url: str, port: int) -> None:
+def serve(home: Path, database_url: str, redis_url: str, port: int) -> None:
     import uvicorn
     from fastapi import APIRouter
 
     from r3mes.backend.app import create_app
     from r3mes.backend.services import credits
 
-    app = create_app(settings_for(home, database_url))
+    app = create_app(settings_for(home, database_url, redis_url))
     bench = APIRouter()
 
     @bench.post("/bench/charge")
@@ -187,12 +190,14 @@ async def over_http(url: str, key: str, seconds: float) -> list[float]:
         return await drive(request, seconds)
 
 
-def start_server(home: Path, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    home: Path, database_url: str, redis_url: str
+) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     command = [sys.executable, "-m", "benchmarks.backend_accounts", "--serve", str(port)]
-    command += ["--home", str(home), "--database-url", database_url]
+    command += ["--home", str(home), "--database-url", database_url, "--redis-url", redis_url]
     env = {k: v for k, v in os.environ.items() if not k.startswith("R3MES_")}
     proc = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -214,13 +219,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(name: str, database_url: str, seconds: float) -> None:
+def measure(name: str, database_url: str, seconds: float, redis_url: str = "") -> None:
     with tempfile.TemporaryDirectory(prefix="r3mes-bench-accounts-") as tmp:
         home = Path(tmp)
         settings = settings_for(home, database_url)
         account, key = asyncio.run(prepare(settings))
         base = asyncio.run(bare(settings, account, seconds))
-        proc, url = start_server(home, database_url)
+        proc, url = start_server(home, database_url, redis_url)
         try:
             http = asyncio.run(over_http(url, key, seconds))
         finally:
@@ -247,7 +252,7 @@ def postgres_database() -> tuple[str, Callable[[], None]] | None:
     admin = os.environ.get("R3MES_TEST_POSTGRES_URL") or os.environ.get("R3MES_DATABASE_URL")
     if not admin:
         return None
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     name = f"r3mes_bench_{uuid.uuid4().hex[:10]}"
 
@@ -269,9 +274,10 @@ def main() -> None:
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.home, args.database_url, args.serve)
+        serve(args.home, args.database_url, args.redis_url, args.serve)
         return
     seconds = 5.0 if args.quick else 20.0
     measure("sqlite", "", seconds)
@@ -279,7 +285,9 @@ def main() -> None:
     if found is not None:
         url, drop = found
         try:
-            measure("postgresql", url, seconds)
+            # Scale-out runs PostgreSQL with Redis (the shared API-key cache) when one is set.
+            redis_url = os.environ.get("R3MES_TEST_REDIS_URL", "")
+            measure("postgresql_redis" if redis_url else "postgresql", url, seconds, redis_url)
         finally:
             drop()
 
