@@ -31,7 +31,7 @@ from r3mes.backend.db.engine import Database
 from r3mes.backend.db.index import IxBlock, IxDaily, IxMeta, IxTx
 from r3mes.backend.db.migrate import migrate
 from r3mes.backend.services.chain_follower import ChainRpc
-from r3mes.backend.services.indexer import IndexError_, index_block
+from r3mes.backend.services.indexer import IndexGap, index_block
 from r3mes.backend.settings import BackendSettings
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.chain.genesis import Genesis
@@ -196,7 +196,7 @@ async def test_a_replayed_block_is_skipped_and_a_gap_refused(
         async with db.write() as s, s.begin():
             assert await index_block(s, b1) is None  # replay: nothing counted twice
         async with db.write() as s, s.begin():
-            with pytest.raises(IndexError_, match="does not follow"):
+            with pytest.raises(IndexGap, match="does not follow"):
                 await index_block(s, b3)
         async with db.write() as s, s.begin():
             summary = await index_block(s, b2)

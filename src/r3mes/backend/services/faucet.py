@@ -12,7 +12,6 @@ is a devnet (it mints), `MsgTransferCredits` from the faucet's balance otherwise
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -194,6 +193,3 @@ def ip_bucket(ip: str) -> str:
         return ":".join(parts[:4]) + "::/64"
     return ip
 
-
-def digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:16]

@@ -59,7 +59,7 @@ from r3mes.chain.tx import SignedTx, decode_tx
 log = logging.getLogger(__name__)
 
 
-class IndexError_(Exception):
+class IndexGap(Exception):
     """The block cannot be indexed on top of the index (a gap, or another chain)."""
 
 
@@ -500,7 +500,7 @@ class BlockIndexer:
     async def heartbeat(self, msg: ServingHeartbeat) -> None:
         node = await self.s.get(IxNode, ("serving", msg.creator))
         if node is None:
-            raise IndexError_(f"heartbeat from {msg.creator}, which the index has no node for")
+            raise IndexGap(f"heartbeat from {msg.creator}, which the index has no node for")
         node.endpoint = msg.endpoint or node.endpoint
         node.adapter_version = msg.adapter_version
         node.capacity = msg.capacity
@@ -535,7 +535,7 @@ class BlockIndexer:
     async def attest(self, msg: Attest, settled: dict[str, str] | None) -> None:
         sub = await self.s.get(IxSubmission, msg.submission_id)
         if sub is None:
-            raise IndexError_(f"attestation on submission {msg.submission_id}, not indexed")
+            raise IndexGap(f"attestation on submission {msg.submission_id}, not indexed")
         earlier = list(
             await self.s.scalars(
                 select(IxAttestation)
@@ -694,15 +694,15 @@ async def index_block(
     """Index `block` in `session`'s transaction; None if it was indexed already.
 
     The index must stand at `block.height - 1` (height 0 is created from `genesis` on the
-    first block); anything else is an IndexError_ (a gap the caller must fill first).
+    first block); anything else is an IndexGap (a gap the caller must fill first).
     """
     meta = await load_meta(session)
     if meta is None:
         if genesis is None:
-            raise IndexError_("the index is empty; the genesis document is needed first")
+            raise IndexGap("the index is empty; the genesis document is needed first")
         meta = await init_genesis(session, genesis)
     if block.height <= meta.height:
         return None
     if block.height != meta.height + 1:
-        raise IndexError_(f"block {block.height} does not follow the index at {meta.height}")
+        raise IndexGap(f"block {block.height} does not follow the index at {meta.height}")
     return await BlockIndexer(session, meta, block).run()
