@@ -73,7 +73,7 @@ def test_foreground_devnet_stops_cleanly(tmp_path: Path, sig: signal.Signals) ->
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -99,7 +99,7 @@ def test_background_devnet_process_exits_0_on_any_stop_signal(
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 0, (home.logs / "devnet.log").read_text()[-2000:]
+        assert proc.wait(timeout=120) == 0, (home.logs / "devnet.log").read_text()[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -115,10 +115,12 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
     port = free_port()
     home_args = ["--home", str(tmp_path)]
     start = [*CLI, "devnet", "start", "--detach", "--port", str(port), "--block-interval", "0.05"]
-    started = subprocess.run([*start, *home_args], capture_output=True, text=True, timeout=60)
+    started = subprocess.run([*start, *home_args], capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr
-    # waiting for the server to come up is not a failure: nothing but the result is printed
-    assert started.stderr == "", started.stderr
+    # waiting for the server to come up is not a failure: no "failed ... retrying" lines
+    # (only a start slower than the patience of 10 s would say it is still waiting)
+    for noise in ("failed", "retrying", "refused", "Traceback"):
+        assert noise not in started.stderr, started.stderr
     assert started.stdout.startswith("devnet running in the background"), started.stdout
     info = running_devnet(home)
     assert info is not None
@@ -127,7 +129,7 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
         stopped = subprocess.run(
-            [*CLI, "devnet", "stop", *home_args], capture_output=True, text=True, timeout=60
+            [*CLI, "devnet", "stop", *home_args], capture_output=True, text=True, timeout=120
         )
         assert stopped.returncode == 0, stopped.stderr
         assert f"devnet (pid {info['pid']}) stopped" in stopped.stdout
@@ -139,6 +141,6 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
     assert "Traceback" not in log
     assert_closed_cleanly(home, height)
     again = subprocess.run(
-        [*CLI, "devnet", "stop", *home_args], capture_output=True, text=True, timeout=60
+        [*CLI, "devnet", "stop", *home_args], capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 0 and "no devnet is running" in again.stdout

@@ -328,7 +328,7 @@ def spawn_devnet(home: Home, config: DevnetConfig) -> subprocess.Popen[bytes]:
         )
 
 
-def stop_devnet(home: Home, timeout_s: float = 10.0) -> int | None:
+def stop_devnet(home: Home, timeout_s: float = 30.0) -> int | None:
     """SIGTERM the devnet serving `home` and wait for it; returns its pid (None if none).
 
     The node finishes its current block, closes the store and removes its pid file on

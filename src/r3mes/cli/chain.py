@@ -259,7 +259,7 @@ def devnet_start(
     proc = spawn_devnet(h, config)
     url = f"http://{host}:{port}"
     try:
-        client_of(url).wait_ready(timeout_s=20, alive=lambda: proc.poll() is None)
+        client_of(url).wait_ready(timeout_s=60, alive=lambda: proc.poll() is None)
     except R3mesError as exc:
         if proc.poll() is not None:
             raise CliError(
