@@ -144,3 +144,33 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
         [*CLI, "devnet", "stop", *home_args], capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 0 and "no devnet is running" in again.stdout
+
+
+def test_a_handler_bug_stops_block_production_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from r3mes.chain import handlers
+    from r3mes.chain.tx import build_tx
+
+    def broken(state: object, msg: object, ctx: object) -> list[object]:
+        raise KeyError("handler bug")
+
+    monkeypatch.setitem(handlers.HANDLERS, TransferCredits, broken)
+    home = Home(root=tmp_path)
+    init_devnet(home, devnet_genesis(accounts={A.address: 1_000}))
+    node = DevnetNode(home, DevnetConfig(port=free_port(), block_interval_s=0.05))
+    node.start()
+    try:
+        msg = TransferCredits(creator=A.address, to=B.address, amount=5)
+        raw = build_tx([msg], key=A, chain_id="r3mes-devnet-1", account_number=1, sequence=0)
+        assert node.engine.submit(raw).code == 0
+        deadline = time.monotonic() + 60
+        while node.block_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isinstance(node.block_error, KeyError)
+        height = node.engine.state.height
+        time.sleep(0.3)
+        assert node.engine.state.height == height  # no block past the bug
+        assert B.address not in node.engine.state.accounts
+    finally:
+        node.stop()

@@ -172,6 +172,8 @@ class DevnetNode:
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._bound_port = 0
+        self.block_error: Exception | None = None
+        """What stopped block production, if a bug did (the node then stops too)."""
 
     @property
     def url(self) -> str:
@@ -192,8 +194,15 @@ class DevnetNode:
         )
         return uvicorn.Server(config)
 
+    def _produce_blocks(self) -> None:
+        try:
+            self.engine.run(self._stop)
+        except Exception as exc:  # a bug in the state machine: stop the node, say why
+            self.block_error = exc
+            log.exception("block production stopped at height %d", self.engine.state.height)
+
     def _start_blocks(self) -> None:
-        thread = threading.Thread(target=self.engine.run, args=(self._stop,), name="r3mes-blocks")
+        thread = threading.Thread(target=self._produce_blocks, name="r3mes-blocks")
         thread.daemon = True
         thread.start()
         self._threads.append(thread)
@@ -226,8 +235,14 @@ class DevnetNode:
                 stop_hint="r3mes devnet stop",
             )
             log.info("devnet %s serving on %s", self.engine.state.chain_id, self.url)
-            while not requested and self._server_alive():
+            while not requested and self._server_alive() and self.block_error is None:
                 time.sleep(0.1)  # a signal interrupts the sleep; its handler only records it
+            if self.block_error is not None:
+                raise ChainError(
+                    f"block production failed ({type(self.block_error).__name__}: "
+                    f"{self.block_error}); nothing past height {self.engine.state.height} "
+                    "was committed; the log above holds the traceback"
+                ) from self.block_error
             if not requested:
                 raise ChainError(f"the devnet RPC server on {self.url} stopped unexpectedly")
             log.info("signal %d received; stopping the devnet", requested[0])
