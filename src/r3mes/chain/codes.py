@@ -22,4 +22,5 @@ class Code(IntEnum):
     DEVNET_ONLY = 13
     MEMPOOL_FULL = 14
     INTERNAL = 15
+    """No longer produced: a handler bug propagates instead; kept so older results read."""
     WRONG_SHARD = 16
