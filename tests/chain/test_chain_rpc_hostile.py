@@ -8,9 +8,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from chain_harness import DATASET, MODEL, key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.net import free_port
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
+from r3mes.chain.rpc import parse_tx_query
+from r3mes.chain.rpc_json import MAX_HEIGHT, RpcError, decode_request, json_depth
 from r3mes.paths import Home
 
 
@@ -99,3 +103,41 @@ def test_nested_json_over_the_websocket_gets_an_error_reply(url: str, depth: int
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "status"}))
         status = json.loads(ws.recv(timeout=5))
         assert status["id"] == 2 and "sync_info" in status["result"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048) | st.text(max_size=512).map(str.encode))
+def test_request_decoding_only_raises_rpc_errors(data: bytes) -> None:
+    try:
+        decode_request(data)
+    except RpcError as exc:
+        assert exc.code == -32700 and exc.status == 400
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_tx_queries_only_raise_rpc_errors(query: str) -> None:
+    try:
+        height, _ = parse_tx_query(query)
+    except RpcError as exc:
+        assert exc.status == 400
+    else:
+        assert height is None or 0 <= height <= MAX_HEIGHT
+
+
+def _containers(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=3), children, max_size=3
+    )
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=5), _containers, max_leaves=40))
+def test_json_depth_counts_nesting_outside_strings(doc: object) -> None:
+    def depth(value: object) -> int:
+        if isinstance(value, list):
+            return 1 + max((depth(v) for v in value), default=0)
+        if isinstance(value, dict):
+            return 1 + max((depth(v) for v in value.values()), default=0)
+        return 0
+
+    assert json_depth(json.dumps(doc).encode()) == depth(doc)
