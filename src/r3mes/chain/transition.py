@@ -171,6 +171,8 @@ def simulate_tx(
     )
     work = state.overlay()
     begin_block(work, ctx, state.last_block_hash)
+    acc = account(work, tx.signer)  # as deliver_tx does before the handlers run
+    work.accounts[tx.signer] = replace(acc, sequence=acc.sequence + 1, pubkey=tx.pubkey.hex())
     events: list[Event] = [event("message", sender=tx.signer)]
     try:
         if tx.timeout_height and ctx.height > tx.timeout_height:
