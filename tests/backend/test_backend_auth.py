@@ -52,12 +52,15 @@ def refused(response: httpx.Response, reason: str) -> None:
     assert reason in response.json()["error"]["message"]
 
 
-async def test_challenge_names_domain_chain_and_times(client: httpx.AsyncClient) -> None:
+async def test_challenge_names_domain_chain_and_times(
+    client: httpx.AsyncClient, settings: BackendSettings
+) -> None:
     made = await challenge(client)
-    assert made["domain"] == "localhost" and made["chain_id"] == "r3mes-devnet"
+    assert made["domain"] == settings.domain and made["chain_id"] == settings.chain_id
     assert made["address"] == ALICE.address
     assert f"Nonce: {made['nonce']}" in made["message"]
-    assert "Chain ID: r3mes-devnet" in made["message"]
+    assert f"Chain ID: {settings.chain_id}" in made["message"]
+    assert made["expires_at"] > made["issued_at"]
     assert made["message"].startswith("localhost wants you to sign in")
     bad = await client.post("/api/auth/challenge", json={"address": "cosmos1nope"})
     assert bad.status_code == 400
@@ -112,13 +115,13 @@ async def test_expired_challenge_is_refused(settings: BackendSettings) -> None:
     [("domain", "evil.example", "domain"), ("Chain ID", "other-chain", "chain")],
 )
 async def test_wrong_domain_or_chain_is_refused(
-    client: httpx.AsyncClient, field: str, value: str, reason: str
+    client: httpx.AsyncClient, settings: BackendSettings, field: str, value: str, reason: str
 ) -> None:
     made = await challenge(client)
     if field == "domain":
-        message = made["message"].replace("localhost", value, 1)
+        message = made["message"].replace(settings.domain, value, 1)
     else:
-        message = made["message"].replace("r3mes-devnet", value)
+        message = made["message"].replace(f"Chain ID: {settings.chain_id}", f"Chain ID: {value}")
     refused(await client.post("/api/auth/login", json=signed(message)), reason)
 
 
