@@ -143,7 +143,8 @@ def test_up_exits_0_when_stopped_while_roles_start(tmp_path: Path, signum: int) 
     stops every child and exits 0."""
     env = {**os.environ, "R3MES_HOME": str(tmp_path), "R3MES_TEST_START_DELAY": "600"}
     args = ["--base-model", "tiny", "--miners", "1", "--no-serving", "--headless"]
-    args += ["--chain-port", "0", "--round-blocks", "8", "--block-interval", "0.5"]
+    args += ["--chain-port", "0", "--backend-port", "0", "--round-blocks", "8"]
+    args += ["--block-interval", "0.5"]
     up = subprocess.Popen(
         _cli("up", *args, "--rounds", "1"),
         env=env,

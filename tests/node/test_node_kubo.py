@@ -3,13 +3,16 @@ through real Kubo nodes, swarm-connected on loopback (bitswap), over a real devn
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from support.devnet import running_devnet
-from support.kubo import kubo_node
+from support.kubo import ipfs_binary, kubo_node
 
 from r3mes.node.launch import RoleLaunch, build_miner, build_validator
 from r3mes.node.localnet.setup import NetworkSpec, passphrase
@@ -18,6 +21,7 @@ from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.paths import Home
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.kubo import KuboClient
+from r3mes.storage.kubo_daemon import KuboDaemon
 from r3mes.storage.multiformats import Cid, parse_cid
 from r3mes.storage.tiered import TieredStore
 
@@ -98,3 +102,42 @@ def test_miner_and_validator_share_updates_only_through_kubo(
         finally:
             miner.on_stop()
             validator.on_stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_up_with_kubo_storage_reaches_three_adapter_versions(tmp_path: Path) -> None:
+    """`r3mes up --storage kubo`: one Kubo node per role group, rounds run through them, and
+    the miners' updates reach the validators' node over bitswap."""
+    binary = ipfs_binary()
+    env = {
+        **os.environ,
+        "R3MES_HOME": str(tmp_path),
+        "PATH": f"{Path(binary).parent}:{os.environ['PATH']}",
+    }
+    argv = ["up", "--headless", "--rounds", "3", "--base-model", "tiny", "--miners", "1"]
+    argv += ["--no-serving", "--no-backend", "--chain-port", "0", "--round-blocks", "8"]
+    argv += ["--block-interval", "0.5", "--difficulty", "4", "--storage", "kubo"]
+    done = subprocess.run(
+        [sys.executable, "-m", "r3mes.cli.main", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "network ready" in done.stdout
+
+    def repo(group: str) -> KuboDaemon:
+        return KuboDaemon(
+            repo=tmp_path / "kubo" / group, binary=binary, api_port=0, gateway_port=0, swarm_port=0
+        )
+
+    genesis = {parse_cid(c).digest for c in Blockstore(tmp_path / "blocks").pins()}
+    miners_pins = {parse_cid(c).digest for c in repo("miners").pins()}
+    updates = miners_pins - genesis
+    assert updates, "the miner added its updates through its own Kubo node"
+    validators_have = {
+        parse_cid(c).digest for c in repo("validators").ipfs("refs", "local").split()
+    }
+    assert updates <= validators_have, "the validator fetched every update over bitswap"

@@ -62,6 +62,7 @@ def _spec(home: Path, **overrides: object) -> NetworkSpec:
         "round_blocks": 10,
         "block_interval": 0.5,
         "serving": False,
+        "backend": False,
         "base_model": "tiny",
         "dataset_chars": 60_000,
     }
@@ -103,7 +104,7 @@ def test_network_rounds_reward_honest_and_slash_cheaters(tmp_path: Path) -> None
 
 
 def _up(home: Path, *args: str, env: dict[str, str] | None = None) -> OutputWatcher:
-    argv = ["--base-model", "tiny", "--miners", "1", "--no-serving", "--headless"]
+    argv = ["--base-model", "tiny", "--miners", "1", "--no-serving", "--no-backend", "--headless"]
     argv += ["--chain-port", "0", *args]
     proc = subprocess.Popen(
         [sys.executable, "-m", "r3mes.cli.main", "up", *argv],

@@ -418,6 +418,14 @@ def up(
     ] = None,
     chain_port: Annotated[int, typer.Option(help="Ledger RPC port (0: any free port).")] = 26657,
     ipfs_url: IpfsOpt = None,
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="'local' (one shared blockstore) or 'kubo': a real Kubo node per role group "
+            "(publisher, miners, validators), content moving between them over bitswap. "
+            "Needs `ipfs` (bash scripts/kubo.sh).",
+        ),
+    ] = "local",
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
@@ -447,7 +455,20 @@ def up(
         base_model=base_model,
         ipfs_url=ipfs_url or None,
     )
+    kubo_binary = None
+    if storage not in ("local", "kubo"):
+        raise typer.BadParameter("use 'local' or 'kubo'", param_hint="--storage")
+    if storage == "kubo":
+        if ipfs_url:
+            raise typer.BadParameter("--storage kubo starts its own nodes; drop --ipfs-url")
+        import os
+
+        from r3mes.storage.kubo_daemon import find_ipfs
+
+        gopath = Path(os.environ.get("GOPATH") or Path.home() / "go")
+        kubo_binary = find_ipfs((gopath / "bin",))
     options = UpOptions(
+        kubo_binary=kubo_binary,
         chain_port=chain_port,
         backend_port=backend_port,
         rounds=rounds,

@@ -11,6 +11,7 @@ then every child is stopped in reverse order with SIGTERM.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import sys
@@ -49,8 +50,10 @@ class UpOptions:
     `rounds` new versions."""
     poll_s: float = 1.0
     """Seconds between dashboard snapshots."""
-    backend_port: int = 8080
-    """The backend's HTTP port (0 picks a free one)."""
+    backend_port: int = 0
+    """The backend's HTTP port (0 picks a free one; `r3mes up` defaults to 8080)."""
+    kubo_binary: str | None = None
+    """`ipfs` binary: run one Kubo node per role group (`--storage kubo`); None: no Kubo."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.chain_port <= 65535:
@@ -169,7 +172,11 @@ def _role_args(spec: NetworkSpec, role: str, name: str) -> list[str]:
 
 
 def local_processes(
-    spec: NetworkSpec, *, chain_url: str, backend_port: int = 0
+    spec: NetworkSpec,
+    *,
+    chain_url: str,
+    backend_port: int = 0,
+    ipfs_for: Callable[[str], str] | None = None,
 ) -> list[LocalProcess]:
     """Every process after the ledger, in start order (add one here to start it too)."""
     home = str(spec.home.root)
@@ -179,8 +186,9 @@ def local_processes(
         command = "serving-node" if role == "serving" else role
         args = [command, "start", "--key", name, "--name", name, "--chain", chain_url]
         args += ["--home", home]
-        if spec.ipfs_url:
-            args += ["--ipfs-url", spec.ipfs_url]
+        ipfs_url = ipfs_for(role) if ipfs_for is not None else spec.ipfs_url
+        if ipfs_url:
+            args += ["--ipfs-url", ipfs_url]
         args += _role_args(spec, role, name)
         process = ProcessSpec(
             name=name, argv=_cli(*args), log_path=spec.home.logs / f"{name}.out", env=env
@@ -265,12 +273,47 @@ def run_network(
     """Prepare, start, watch until `stop` is set or the target is reached, stop all.
 
     `on_ready` is called with the role process names once every one of them is ready.
+    With `options.kubo_binary`, one Kubo node per role group runs for the network's life.
     """
+    addresses = ensure_keys(spec)
+    kubo = None
+    if options.kubo_binary is not None:
+        from r3mes.node.localnet.kubo import publish_local_pins, start_kubo_groups
+
+        kubo = start_kubo_groups(spec.home, binary=options.kubo_binary)
+        spec = dataclasses.replace(spec, ipfs_url=kubo.publisher_url)
+    try:
+        prepare_genesis(spec, addresses)
+        if kubo is not None:
+            count = publish_local_pins(spec.home.blocks, kubo.publisher_url)
+            logger.info("published %d artifacts to the Kubo publisher node", count)
+        return _run_started(
+            spec,
+            options,
+            addresses,
+            stop=stop,
+            on_snapshot=on_snapshot,
+            on_ready=on_ready,
+            ipfs_for=None if kubo is None else kubo.url_for,
+        )
+    finally:
+        if kubo is not None:
+            kubo.stop()
+
+
+def _run_started(
+    spec: NetworkSpec,
+    options: UpOptions,
+    addresses: dict[str, str],
+    *,
+    stop: threading.Event,
+    on_snapshot: Callable[[Snapshot], None],
+    on_ready: Callable[[list[str]], None] | None,
+    ipfs_for: Callable[[str], str] | None,
+) -> UpResult:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.errors import ClientError
 
-    addresses = ensure_keys(spec)
-    prepare_genesis(spec, addresses)
     port = options.chain_port or _free_port()
     chain_url = f"http://127.0.0.1:{port}"
     up_pid = pid_path(spec.home.run, "up", "network")
@@ -288,7 +331,9 @@ def run_network(
         supervisor.spawn(devnet_process(spec, port=port))
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S, stop)
         pid_files: dict[str, Path] = {}
-        processes = local_processes(spec, chain_url=chain_url, backend_port=options.backend_port)
+        processes = local_processes(
+            spec, chain_url=chain_url, backend_port=options.backend_port, ipfs_for=ipfs_for
+        )
         for local in processes:
             if stop.is_set():
                 break
