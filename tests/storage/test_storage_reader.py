@@ -177,3 +177,16 @@ def test_the_module_holds_no_state_from_import() -> None:
     import r3mes.storage.blockstore as module
 
     assert not [name for name, value in vars(module).items() if isinstance(value, ctypes._CFuncPtr)]
+
+
+def test_a_link_that_is_no_cid_makes_the_block_malformed() -> None:
+    blocks: Blocks = {}
+    leaf = _leaf(b"abc", blocks)
+    good = blocks[_node([(leaf, 3)], blocks)]
+    bad = good.replace(b"\x01\x55\x12\x20", b"\x01\x56\x12\x20", 1)  # codec 0x56: unknown
+    root = Cid.of_block(bad, version=1, codec=DAG_PB)
+    blocks[root] = bad
+    with pytest.raises(MalformedBlock, match="unsupported codec"):
+        b"".join(iter_file(root, blocks.__getitem__, source="t"))
+    with pytest.raises(MalformedBlock, match="unsupported codec"):
+        verify_dag(root, blocks.__getitem__, source="t")

@@ -20,7 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from r3mes.storage.errors import BlockNotFound, CidMismatch, MalformedBlock, SizeLimitExceeded
+from r3mes.storage.errors import (
+    BlockNotFound,
+    CidMismatch,
+    InvalidCid,
+    MalformedBlock,
+    SizeLimitExceeded,
+)
 from r3mes.storage.multiformats import RAW, Cid
 from r3mes.storage.unixfs import DecodedNode, decode_file_node
 
@@ -67,7 +73,7 @@ def _check_limit(cid: Cid, size: int, max_size: int | None) -> None:
 def _decode(cid: Cid, block: bytes) -> DecodedNode:
     try:
         return decode_file_node(block)
-    except ValueError as exc:
+    except (ValueError, InvalidCid) as exc:  # InvalidCid: a link that is not a CID we read
         raise MalformedBlock(str(cid), str(exc)) from exc
 
 

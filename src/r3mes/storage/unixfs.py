@@ -127,7 +127,8 @@ def _iter_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
 
 
 def decode_file_node(block: bytes) -> DecodedNode:
-    """Decode a dag-pb block holding a UnixFS File/Raw node; ValueError when malformed."""
+    """Decode a dag-pb block holding a UnixFS File/Raw node; ValueError when malformed,
+    `InvalidCid` when a link holds a CID this package does not read."""
     if len(block) > _MAX_BLOCK:
         raise ValueError("block too large")
     links: list[Cid] = []
