@@ -1,10 +1,8 @@
 """A whole local network for the browser tests: `r3mes up` (ledger, storage, miner, validator,
 proposer, serving node) plus the backend serving the dashboard, each a real process.
 
-`r3mes up` is expected to start the backend itself and print its URL (a line containing
-"backend" and "http"); until it does, the harness starts `r3mes backend start` against the
-same home and ledger. Nothing is mocked: the browser talks to the backend, the backend to
-the ledger and the serving node.
+`r3mes up` starts the backend itself and prints the dashboard's URL. Nothing is mocked: the
+browser talks to the backend, the backend to the ledger and the serving node.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ class Network:
     rpc: str
     """The ledger's RPC URL."""
     backend: str
-    """The backend (and dashboard) base URL, no trailing slash."""
+    """The backend's (and dashboard's) base URL, no trailing slash."""
     deposit_address: str
     watchers: list[OutputWatcher] = field(default_factory=list)
 
@@ -104,56 +102,38 @@ def _stop(proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
 
 @contextmanager
 def running_network(home: Path, *, round_blocks: int = 8) -> Iterator[Network]:
-    """`r3mes up` with the tiny model, one miner and a serving node, plus the backend."""
+    """`r3mes up` with the tiny model, one miner, a serving node and the backend."""
     env = {**os.environ, "R3MES_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     argv = ["up", "--base-model", "tiny", "--miners", "1", "--headless", "--chain-port", "0"]
-    argv += ["--round-blocks", str(round_blocks), "--block-interval", "0.5"]
+    argv += ["--backend-port", "0", "--round-blocks", str(round_blocks)]
+    argv += ["--block-interval", "0.5"]
     up = OutputWatcher(
         subprocess.Popen(_python(*argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     )
-    procs = [up.proc]
     try:
         up.wait_for("network ready", timeout=READY_TIMEOUT_S)
         rpc = _line_url(up, "chain RPC:", timeout=30)
-        backend_lines = [line for line in up.lines if "backend" in line and URL.search(line)]
-        watchers = [up]
-        if backend_lines:
-            backend = URL.search(backend_lines[0]).group(0).rstrip("/")  # type: ignore[union-attr]
-            _wait_healthy(backend, up, timeout=BACKEND_TIMEOUT_S)
-            deposit = httpx.get(f"{backend}/api/deposit", timeout=5).json().get("address", "")
-        else:
-            deposit = SigningKey.generate().address
-            backend, watcher = _start_backend(home=home, rpc=rpc, deposit=deposit, env=env)
-            procs.append(watcher.proc)
-            watchers.append(watcher)
+        backend = _line_url(up, "web dashboard", timeout=BACKEND_TIMEOUT_S)
+        _wait_healthy(backend, up, timeout=BACKEND_TIMEOUT_S)
         yield Network(
-            home=home, rpc=rpc, backend=backend, deposit_address=deposit, watchers=watchers
+            home=home,
+            rpc=rpc,
+            backend=backend,
+            deposit_address=_deposit_address(home),
+            watchers=[up],
         )
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        _stop(up.proc, timeout=120)
 
 
-def _start_backend(
-    *, home: Path, rpc: str, deposit: str, env: dict[str, str]
-) -> tuple[str, OutputWatcher]:
-    client = BlockchainClient(rpc)
-    try:
-        chain_id = client.chain_id()
-    finally:
-        client.close()
-    port = free_port()
-    argv = ["backend", "start", "--home", str(home), "--port", str(port), "--chain", rpc]
-    argv += ["--chain-id", chain_id]
-    backend_env = {**env, "R3MES_DEPOSIT_ADDRESS": deposit}
-    watcher = OutputWatcher(
-        subprocess.Popen(
-            _python(*argv), env=backend_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-    )
-    url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, watcher, timeout=BACKEND_TIMEOUT_S)
-    return url, watcher
+def _deposit_address(home: Path) -> str:
+    """Where the backend of `home` credits deposits from (its treasury key, as it reads it)."""
+    from r3mes.backend.services.deposits import deposit_address
+    from r3mes.backend.settings import BackendSettings
+
+    address = deposit_address(BackendSettings(home=home))
+    assert address, "the backend of this network has no deposit address"
+    return address
 
 
 @contextmanager

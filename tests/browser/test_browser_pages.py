@@ -5,6 +5,9 @@ Markdown, keyboard navigation works, and the logged-out pages pass axe at both w
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from browser.harness import running_backend
-from browser.helpers import VIEWPORTS, PageErrors, run_axe, shoot, wait_until
+from browser.helpers import VIEWPORTS, PageErrors, keplr_shim, run_axe, shoot, wait_until
+
+from r3mes.chain.crypto import SigningKey
+from r3mes.chain.keystore import Keystore
+from r3mes.paths import Home
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,8 +35,13 @@ EVIL_OUTPUT = (
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_backend(tmp_path_factory.mktemp("web-home")) as (url, _):
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("web-home")
+
+
+@pytest.fixture(scope="module")
+def backend(home: Path) -> Iterator[str]:
+    with running_backend(home) as (url, _):
         yield url
 
 
@@ -145,3 +157,70 @@ def test_web_assets_are_packaged(backend: str) -> None:
     for bad in ("../settings.py", "..%2f..%2fsettings.py", ".hidden", "vendor/VENDOR.mdx"):
         assert httpx.get(f"{backend}/ui/{bad}", timeout=10).status_code == 404, bad
     assert json.loads(httpx.get(f"{backend}/api/nothing-here", timeout=10).text)["error"]
+
+
+def test_login_by_pasting_the_cli_signature(browser: Any, backend: str, home: Path) -> None:
+    """The command the page shows, run for real (`r3mes wallet sign-login`), logs in."""
+    passphrase = "browser-test-passphrase"
+    info, _ = Keystore(Home(root=home).keys, scrypt_n=2**12).create("cli", passphrase=passphrase)
+    page = browser.new_page()
+    errors = PageErrors(page)
+    page.goto(f"{backend}/#/login")
+    page.get_by_label("Wallet address").fill(info.address)
+    page.get_by_role("button", name="Get a login message").click()
+    command = page.locator("[data-testid=sign-command]").inner_text()
+    first, _, rest = command.partition("\n")
+    message = rest.rsplit("\nR3MES_CHALLENGE", 1)[0]
+    assert first.startswith("r3mes wallet sign-login --key YOUR_KEY_NAME --challenge -")
+    signed = subprocess.run(
+        [sys.executable, "-m", "r3mes.cli.main", "wallet", "sign-login", "--key", "cli"]
+        + ["--challenge", "-", "--home", str(home)],
+        input=message + "\n",
+        env={**os.environ, "R3MES_PASSPHRASE": passphrase},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    page.get_by_label("What the command printed (JSON)").fill(signed.stdout)
+    page.get_by_role("button", name="Log in").click()
+    wait_until(page, "() => location.hash === '#/chat'")
+    assert page.get_by_role("button", name="Log out").is_visible()
+    page.get_by_role("button", name="Log out").click()
+    wait_until(page, "() => location.hash === '#/login'")
+    assert not any(c["name"] == "r3mes_access" for c in page.context.cookies())
+    page.close()
+    assert errors.errors == []
+
+
+def test_session_expiry_keeps_the_chat(browser: Any, backend: str) -> None:
+    """When the session ends mid-chat, the question and the conversation stay; logging in
+    again (here with an API key, kept only in sessionStorage) continues where it was."""
+    key = SigningKey.generate()
+    context = browser.new_context()
+    page = context.new_page()
+    errors = PageErrors(page)
+    keplr_shim(page, key)
+    page.goto(f"{backend}/#/login")
+    page.get_by_role("button", name="Sign in with a browser wallet").click()
+    wait_until(page, "() => location.hash === '#/chat'")
+    page.goto(f"{backend}/#/account")
+    page.get_by_label("Key name").fill("tab")
+    page.get_by_role("button", name="Create key").click()
+    api_key = page.locator("[data-testid=new-key]").inner_text()
+    page.goto(f"{backend}/#/chat")
+    page.get_by_label("Message", exact=True).fill("first question")
+    context.clear_cookies()  # the session is gone (expired, revoked, logged out elsewhere)
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("alert").filter(has_text="Your session has expired").wait_for()
+    assert page.get_by_label("Message", exact=True).input_value() == "first question"
+    assert page.locator(".message.user").last.inner_text().endswith("first question")
+    page.get_by_role("link", name="Log in again").click()
+    page.get_by_role("textbox", name="API key").fill(api_key)
+    page.get_by_role("button", name="Use this key").click()
+    wait_until(page, "() => location.hash === '#/chat'")
+    assert page.get_by_label("Message", exact=True).input_value() == "first question"
+    assert page.evaluate("() => sessionStorage.getItem('r3mes.apiKey')") == api_key
+    assert api_key not in page.evaluate("() => JSON.stringify({...localStorage})")
+    context.close()
+    assert errors.errors == []

@@ -106,7 +106,8 @@ export async function request(path, { method = "GET", body, signal, raw = false,
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
-  if (response.status === 401 && retry && !apiKey() && !path.startsWith("/api/auth/")) {
+  // Only a browser that had a session (its readable CSRF cookie is still there) can refresh.
+  if (response.status === 401 && retry && !apiKey() && cookie("r3mes_csrf") && !path.startsWith("/api/auth/")) {
     if (await refreshSession()) {
       return request(path, { method, body, signal, raw, headers, retry: false });
     }

@@ -37,7 +37,8 @@ export function lineChart({ caption, x, series, time = true, xLabel = "", yLabel
     height: 240,
     scales: { x: { time }, y: {}, ...(hasRight ? { y2: {} } : {}) },
     axes: [
-      { ...axis(xLabel, 2) },
+      // Versions and other counts on x get whole-number ticks only.
+      time ? { ...axis(xLabel, 2) } : { ...axis(xLabel, 2), incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], values: (u, ticks) => ticks.map((t) => String(t)) },
       { ...axis(yLabel, 3), scale: "y" },
       ...(hasRight ? [{ ...axis(y2Label, 1), scale: "y2", grid: { show: false } }] : []),
     ],

@@ -142,39 +142,79 @@ function renderTopUp(section, me) {
   );
 }
 
-async function renderUsage(section) {
-  replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "hint" }, "Loading…"));
-  let days = [];
+const USAGE_DAYS = 30;
+const JOURNAL_PAGES = 10;
+
+/**
+ * Usage per day. GET /api/me/usage?days= (per day: requests, tokens, credits) when the
+ * backend offers it; otherwise the account's journal, whose chat captures give requests and
+ * credits per day (tokens are then not known per day).
+ */
+async function usageDays() {
   try {
-    const body = await get("/api/me/usage?days=30");
-    days = itemsOf(body, "days", "usage");
+    const body = await get(`/api/me/usage?days=${USAGE_DAYS}`);
+    return { days: itemsOf(body, "days"), tokens: true };
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 404) throw error;
+  }
+  const since = Date.now() - USAGE_DAYS * 86400 * 1000;
+  const perDay = new Map();
+  let cursor = null;
+  for (let page = 0; page < JOURNAL_PAGES; page += 1) {
+    const body = await get(`/api/me/transactions?limit=200${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    const rows = itemsOf(body, "transactions");
+    let older = false;
+    for (const t of rows) {
+      const at = Date.parse(t.created_at);
+      if (at < since) {
+        older = true;
+        break;
+      }
+      if (t.kind !== "capture" || !String(t.ref).startsWith("chat:")) continue;
+      const day = new Date(at).toISOString().slice(0, 10);
+      const d = perDay.get(day) || { day, requests: 0, credits: 0 };
+      d.requests += 1;
+      d.credits += Number(t.amount);
+      perDay.set(day, d);
+    }
+    cursor = body.next_cursor;
+    if (older || !cursor) break;
+  }
+  return { days: [...perDay.values()], tokens: false };
+}
+
+async function renderUsage(section) {
+  replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "hint loading" }, "Loading…"));
+  let usage;
+  try {
+    usage = await usageDays();
   } catch (error) {
     replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "error" }, `Usage is not available: ${error.message}`));
     return;
   }
-  days.sort((a, b) => String(a.day).localeCompare(String(b.day)));
+  const days = usage.days.sort((a, b) => String(a.day).localeCompare(String(b.day)));
   const tokens = (d) => Number(d.tokens ?? Number(d.prompt_tokens || 0) + Number(d.completion_tokens || 0));
+  const series = [{ label: "credits", values: days.map((d) => Number(d.credits || 0)) }];
+  if (usage.tokens) series.push({ label: "tokens", values: days.map(tokens), axis: "right" });
+  else series.push({ label: "requests", values: days.map((d) => Number(d.requests || 0)), axis: "right" });
   replace(
     section,
-    h("h2", { id: "use-h" }, "Usage, last 30 days"),
+    h("h2", { id: "use-h" }, `Usage, last ${USAGE_DAYS} days`),
     lineChart({
-      caption: "Credits spent and tokens per day",
+      caption: usage.tokens ? "Credits spent and tokens per day" : "Credits spent and chat requests per day",
       x: days.map((d) => daySeconds(d.day)),
-      series: [
-        { label: "credits", values: days.map((d) => Number(d.credits || 0)) },
-        { label: "tokens", values: days.map(tokens), axis: "right" },
-      ],
+      series,
       yLabel: "credits",
-      y2Label: "tokens",
+      y2Label: usage.tokens ? "tokens" : "requests",
     }),
     table(
       "Usage per day",
       [
         { label: "Day", value: (d) => String(d.day) },
         { label: "Requests", value: (d) => fmtInt(d.requests), class: "num" },
-        { label: "Tokens", value: (d) => fmtInt(tokens(d)), class: "num" },
+        usage.tokens ? { label: "Tokens", value: (d) => fmtInt(tokens(d)), class: "num" } : null,
         { label: "Credits", value: (d) => fmtInt(d.credits), class: "num" },
-      ],
+      ].filter(Boolean),
       [...days].reverse(),
       "No chat usage yet.",
     ),

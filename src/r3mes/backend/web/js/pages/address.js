@@ -7,7 +7,8 @@ import { fmtInt, fmtPct, h, table } from "../dom.js";
 const ADDRESS = /^remes1[02-9ac-hj-np-z]{6,90}$/;
 
 export async function addressPage(main, address = "") {
-  main.append(h("h1", { tabindex: "-1" }, "Address"), h("p", { class: "address" }, h("code", {}, address)));
+  const heading = h("h1", { tabindex: "-1" }, "Address");
+  main.append(heading, h("p", { class: "address" }, h("code", {}, address)));
   if (!ADDRESS.test(address)) {
     main.append(h("p", { class: "error", role: "alert" }, "That is not a remes1… address."));
     return null;
@@ -18,6 +19,8 @@ export async function addressPage(main, address = "") {
     main.append(h("p", { class: "empty" }, "This address has not mined or validated yet."));
     return null;
   }
+  heading.textContent = miner && validator ? "Miner and validator" : miner ? "Miner" : "Validator";
+  document.title = `${heading.textContent} · R3MES`;
   const grid = h("div", { class: "grid" });
   main.append(grid);
   if (miner) grid.append(...minerSections(miner));
@@ -158,7 +161,7 @@ function validatorSections(v) {
 
 function trendTable(trend) {
   if (!Array.isArray(trend) || !trend.length) return null;
-  return table(
+  return [h("h3", {}, "Recent rounds"), table(
     "Recent rounds",
     [
       { label: "Round", value: (r) => fmtInt(r.round), class: "num" },
@@ -167,7 +170,7 @@ function trendTable(trend) {
       { label: "Pending", value: (r) => fmtInt(r.pending), class: "num" },
     ],
     [...trend].reverse(),
-  );
+  )];
 }
 
 function verdictClass(status) {

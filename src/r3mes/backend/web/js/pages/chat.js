@@ -314,7 +314,7 @@ function updateMessage(item, message) {
   if (meta.route) notes.push(h("span", {}, `route: ${meta.route}`));
   if (meta.node) notes.push(h("span", { title: meta.node }, `node: ${meta.node.slice(0, 14)}…`));
   if (meta.usage) notes.push(h("span", {}, `${fmtInt(meta.usage.prompt_tokens)} + ${fmtInt(meta.usage.completion_tokens)} tokens`));
-  if (meta.cost !== undefined && meta.cost !== null) notes.push(h("span", { class: "cost" }, `cost: ${fmtInt(meta.cost)} credits`));
+  if (meta.cost !== undefined && meta.cost !== null) notes.push(h("span", { class: "cost" }, `cost: ${fmtInt(meta.cost)} ${Number(meta.cost) === 1 ? "credit" : "credits"}`));
   if (meta.stopped) notes.push(h("span", { class: "stopped" }, "stopped"));
   if (meta.error) notes.push(h("span", { class: "error", role: "alert" }, meta.error));
   replace(item, h("div", { class: "message-who" }, who), body, notes.length ? h("div", { class: "message-meta" }, notes) : null);

@@ -113,15 +113,16 @@ function cliCard(status) {
 }
 
 function renderStep2(step2, ch, address, status) {
-  const command = ch.command || `r3mes wallet sign-login --key YOUR_KEY_NAME --message-b64 ${btoa(unescape(encodeURIComponent(ch.message)))}`;
-  const pasted = h("textarea", { name: "signature", rows: "4", spellcheck: "false", placeholder: '{"pub_key": "...", "signature": "..."}' });
+  // A quoted heredoc passes the message byte for byte (no shell expansion); the passphrase
+  // prompt reads the terminal, not stdin.
+  const command = `r3mes wallet sign-login --key YOUR_KEY_NAME --challenge - <<'R3MES_CHALLENGE'\n${ch.message}\nR3MES_CHALLENGE`;
+  const pasted = h("textarea", { name: "signature", rows: "5", spellcheck: "false", placeholder: '{"message": "...", "pub_key": {...}, "signature": "..."}' });
   const submit = h("button", { type: "button", class: "primary" }, "Log in");
   replace(
     step2,
-    h("p", {}, "Run this, then paste what it prints:"),
-    h("div", { class: "command" }, h("code", {}, command), h("button", { type: "button", onclick: () => copyText(command) }, "Copy command")),
-    h("details", {}, h("summary", {}, "The message you sign"), h("pre", {}, ch.message)),
-    field("Signature (JSON printed by the command)", pasted),
+    h("p", {}, `Run this where the key for ${address} lives (replace YOUR_KEY_NAME), then paste what it prints. The message expires at ${new Date(ch.expires_at).toLocaleTimeString()}.`),
+    h("div", { class: "command" }, h("code", { "data-testid": "sign-command" }, command), h("button", { type: "button", onclick: () => copyText(command) }, "Copy command")),
+    field("What the command printed (JSON)", pasted),
     submit,
   );
   step2.hidden = false;
@@ -135,7 +136,7 @@ function renderStep2(step2, ch, address, status) {
       return;
     }
     try {
-      await login({ message: ch.message, signature: signed.signature, pub_key: signed.pub_key });
+      await login({ message: signed.message || ch.message, signature: signed.signature, pub_key: signed.pub_key });
       await finish(status);
     } catch (error) {
       status.textContent = `Login failed: ${error.message}`;

@@ -12,14 +12,16 @@ const MAX_BLOCKS = 12;
 export async function networkPage(main) {
   const live = h("span", { class: "live-dot", role: "status", "aria-live": "polite" }, "connecting…");
   main.append(h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, "Network"), live));
-  const stats = h("section", { class: "card wide", "aria-labelledby": "stats-h" });
-  const round = h("section", { class: "card", "aria-labelledby": "round-h" });
-  const blocks = h("section", { class: "card", "aria-labelledby": "blocks-h" });
-  const miners = h("section", { class: "card wide", "aria-labelledby": "miners-h" });
-  const validators = h("section", { class: "card wide", "aria-labelledby": "vals-h" });
-  const serving = h("section", { class: "card wide", "aria-labelledby": "serving-h" });
-  const adapters = h("section", { class: "card wide", "aria-labelledby": "adapters-h" });
-  const activity = h("section", { class: "card wide", "aria-labelledby": "activity-h" });
+  const card = (id, title, wide = true) =>
+    h("section", { class: wide ? "card wide" : "card", "aria-labelledby": id }, h("h2", { id }, title), h("p", { class: "hint loading" }, "Loading…"));
+  const stats = card("stats-h", "Network now");
+  const round = card("round-h", "Training round", false);
+  const blocks = card("blocks-h", "Latest blocks", false);
+  const miners = card("miners-h", "Miners");
+  const validators = card("vals-h", "Validators");
+  const serving = card("serving-h", "Serving nodes");
+  const adapters = card("adapters-h", "Adapters");
+  const activity = card("activity-h", "Activity");
   main.append(h("div", { class: "grid" }, stats, round, blocks, miners, validators, serving, adapters, activity));
 
   const state = { stats: {}, blocks: [], round: {} };
@@ -103,6 +105,8 @@ export async function networkPage(main) {
       (message) => {
         if (message.type !== "network_status") return;
         const data = message.data || {};
+        // A channel's first message may be older than what the page already shows.
+        if (Number(data.height) < Number(state.stats.height || 0)) return;
         const before = state.stats.round;
         state.stats = { ...state.stats, ...data };
         drawStats();
@@ -119,7 +123,10 @@ export async function networkPage(main) {
           return;
         }
         if (message.type === "round_progress") {
-          state.round = message.data || {};
+          const data = message.data || {};
+          if (Number(data.height) < Number(state.round.height || 0)) return;
+          if (Number(data.round) < Number(state.stats.round || 0)) return;
+          state.round = data;
           drawRound();
         }
       },
@@ -149,7 +156,7 @@ function renderStats(section, s) {
       item("Submissions", fmtInt(s.submissions), "submissions"),
       item("Verified rate", fmtPct(s.verified_rate), "verified-rate"),
       item("Credits in circulation", fmtInt(s.credits_in_circulation), "supply"),
-      s.chat_users !== undefined ? item("Chat users", fmtInt(s.chat_users), "chat-users") : null,
+      item("Chat users (30 days)", fmtInt(s.chat_users_30d), "chat-users"),
     ),
   );
 }
