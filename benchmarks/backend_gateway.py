@@ -154,12 +154,14 @@ async def create_keys(home: Path, database_url: str, count: int) -> list[str]:
         await db.dispose()
 
 
-async def load(url: str, keys: list[str], total: int) -> tuple[list[float], float]:
+async def load(
+    url: str, keys: list[str], total: int, *, clients: int = CLIENTS
+) -> tuple[list[float], float]:
     """`total` requests from CLIENTS concurrent clients (client i uses keys[i] when given);
     (latencies in s, wall seconds)."""
     latencies: list[float] = []
     left = total
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     payload = json.dumps(BODY).encode()
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
@@ -177,7 +179,7 @@ async def load(url: str, keys: list[str], total: int) -> tuple[list[float], floa
                     raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(CLIENTS)))
+        await asyncio.gather(*(worker(i) for i in range(clients)))
         return latencies, time.perf_counter() - start
 
 
@@ -216,11 +218,15 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
             wait_http(f"http://127.0.0.1:{backend_port}/v1/pricing", backend)
             keys = asyncio.run(create_keys(home, database_url, CLIENTS))
             wait_routable(backend_port, {"authorization": f"Bearer {keys[0]}"})
-            warm = max(200, requests // 10)
+            warm = max(100, requests // 10)
             asyncio.run(load(direct, [], warm))
             asyncio.run(load(gateway, keys, warm))
             base, base_wall = asyncio.run(load(direct, [], requests))
             via, via_wall = asyncio.run(load(gateway, keys, requests))
+            # the same one request at a time: the gateway's own cost without queueing
+            one = max(50, requests // 10)
+            base1, _ = asyncio.run(load(direct, [], one, clients=1))
+            via1, _ = asyncio.run(load(gateway, keys, one, clients=1))
     p50_goal, p99_goal = ("<= 3 ms", "<= 15 ms") if goals else ("", "")
     d50, d99 = pct(base, 0.5) * 1000, pct(base, 0.99) * 1000
     g50, g99 = pct(via, 0.5) * 1000, pct(via, 0.99) * 1000
@@ -240,6 +246,8 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
         baseline=requests / base_wall,
         goal="ratio: higher is better",
     )
+    o50 = (pct(via1, 0.5) - pct(base1, 0.5)) * 1000
+    emit(f"gateway p50 overhead, 1 client ({label})", o50, "ms", baseline=pct(base1, 0.5) * 1000)
 
 
 def wait_routable(port: int, auth: dict[str, str], timeout_s: float = 30) -> None:
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute)")
     args = parser.parse_args(argv)
-    requests = 1500 if args.quick else 8000
+    requests = 300 if args.quick else 3000
     print(json.dumps({"note": f"{CLIENTS} clients, {requests} requests per mode"}), flush=True)
     run_case(
         "SQLite, in-process limits", requests=requests, database_url="", redis_url="", goals=True
