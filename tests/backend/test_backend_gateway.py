@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from support.upstream import ADAPTER, BASE, Behaviour, Upstream
+from support.upstream import ADAPTER, BASE, Upstream
 
 from r3mes.backend.errors import Unavailable
-from r3mes.backend.services.gateway import Gateway, NodeFailure, Tally, relay
+from r3mes.backend.services.gateway import Gateway, NodeFailure, Relay, Tally, relay
 from r3mes.backend.services.metrics import GatewayMetrics
 from r3mes.backend.services.nodes import Announced, ModelRef, NodeDirectory, parse_static
 
@@ -77,7 +77,9 @@ async def test_routing_prefers_least_loaded_relative_to_capacity(
     assert directory.pick(ModelRef("nope"), exclude=set()) is None
     assert not directory.known_model(ModelRef("nope"))
     # a pinned adapter version goes only to nodes announcing that version
-    directory.update([announce(nodes[0], "node0", version=2), announce(nodes[1], "node1", version=3)])
+    directory.update(
+        [announce(nodes[0], "node0", version=2), announce(nodes[1], "node1", version=3)]
+    )
     assert directory.pick(ModelRef(ADAPTER, 3), exclude=set()) is b
     assert directory.pick(ModelRef(ADAPTER, 2), exclude=set()) is a
     assert directory.pick(ModelRef(ADAPTER, 9), exclude=set()) is None
@@ -146,7 +148,10 @@ async def test_fail_over_before_the_first_byte(
     gateway = gateway_of(directory, http)
     for stream in (False, True):
         opened = await gateway.open(
-            path="/v1/chat/completions", payload=chat_payload(stream), model=ModelRef(ADAPTER), stream=stream
+            path="/v1/chat/completions",
+            payload=chat_payload(stream),
+            model=ModelRef(ADAPTER),
+            stream=stream,
         )
         assert opened.node is good and opened.attempts == 2
         assert opened.headers["x-r3mes-node"] == "node1"
@@ -160,7 +165,10 @@ async def test_fail_over_before_the_first_byte(
     nodes[1].behaviour.fail = "500"
     with pytest.raises(Unavailable, match="no serving node could serve"):
         await gateway.open(
-            path="/v1/chat/completions", payload=chat_payload(), model=ModelRef(ADAPTER), stream=False
+            path="/v1/chat/completions",
+            payload=chat_payload(),
+            model=ModelRef(ADAPTER),
+            stream=False,
         )
     assert good.in_flight == 1
 
@@ -177,7 +185,10 @@ async def test_relay_counts_what_was_delivered(
 
     async def run(wants_usage: bool) -> list[bytes]:
         opened = await gateway.open(
-            path="/v1/chat/completions", payload=chat_payload(True), model=ModelRef(ADAPTER), stream=True
+            path="/v1/chat/completions",
+            payload=chat_payload(True),
+            model=ModelRef(ADAPTER),
+            stream=True,
         )
         out = []
         async for event in relay(
@@ -205,3 +216,27 @@ async def test_relay_counts_what_was_delivered(
 async def test_node_failure_reason_is_typed() -> None:
     failure = NodeFailure("busy", trips=False)
     assert failure.reason == "busy" and not failure.trips
+
+
+async def test_a_stream_never_sent_still_frees_the_node_and_settles(
+    http: httpx.AsyncClient, nodes: list[Upstream]
+) -> None:
+    directory = await directory_of(http, nodes[:1])
+    gateway = gateway_of(directory, http)
+    settled: list[tuple[Tally, str]] = []
+
+    async def settle(tally: Tally, status: str) -> None:
+        settled.append((tally, status))
+
+    opened = await gateway.open(
+        path="/v1/chat/completions",
+        payload=chat_payload(True),
+        model=ModelRef(ADAPTER),
+        stream=True,
+    )
+    assert directory.nodes["node0"].in_flight == 1
+    body = Relay(gateway, opened, client_wants_usage=False, deadline_s=5, settle=settle)
+    await body.aclose()  # the client left before the response began
+    await body.aclose()  # closing twice settles once
+    assert directory.nodes["node0"].in_flight == 0
+    assert [(t.delivered().total, s) for t, s in settled] == [(0, "cancelled")]

@@ -36,7 +36,7 @@ from r3mes.backend.errors import (
 )
 from r3mes.backend.services import billing, credits
 from r3mes.backend.services.billing import Usage
-from r3mes.backend.services.gateway import Gateway, Opened, RelayResponse, Tally, relay
+from r3mes.backend.services.gateway import Gateway, Opened, Relay, RelayResponse, Tally
 from r3mes.backend.services.limits import Bucket, Limiter, rate_headers
 from r3mes.backend.services.metrics import GatewayMetrics
 from r3mes.backend.services.nodes import ModelRef, NodeDirectory
@@ -219,7 +219,7 @@ class ChatService:
         headers = {**headers, **opened.headers, "x-request-id": request_id}
         if body.stream:
             return RelayResponse(
-                relay(
+                Relay(
                     self.gateway,
                     opened,
                     client_wants_usage=body.wants_usage,

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,7 +300,7 @@ async def relay(
     client_wants_usage: bool,
     deadline_s: float,
     settle: Callable[[Tally, str], Awaitable[None]],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the stream's events to the client; settle with the tally when it ends.
 
     `settle(tally, status)` runs exactly once, shielded from cancellation, with status
@@ -368,6 +368,47 @@ def _has_content(choice: Any) -> bool:
     if isinstance(delta, dict):
         return bool(delta.get("content"))
     return bool(choice.get("text"))
+
+
+class Relay:
+    """`relay` as the body of a `RelayResponse`, closable whether or not it ever started:
+    a response never sent (the client left before it began) still frees the node and
+    settles the bill."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        opened: Opened,
+        *,
+        client_wants_usage: bool,
+        deadline_s: float,
+        settle: Callable[[Tally, str], Awaitable[None]],
+    ) -> None:
+        self.gateway, self.opened, self.settle = gateway, opened, settle
+        self.started = False
+        self._events = relay(
+            gateway,
+            opened,
+            client_wants_usage=client_wants_usage,
+            deadline_s=deadline_s,
+            settle=settle,
+        )
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        if self.started:
+            await self._events.aclose()
+            return
+        self.started = True  # closed once
+        await self.opened.response.aclose()
+        self.gateway.finished(self.opened, failed=None)
+        await self.settle(Tally(), "cancelled")
 
 
 class RelayResponse(StreamingResponse):
