@@ -506,6 +506,9 @@ async def scale(quick: bool, postgres: str) -> None:
                     json.dumps({"note": f"{name}: loaded in {time.perf_counter() - t:.1f} s"}),
                     flush=True,
                 )
+                rolled, seconds = await roll_chats(url, home)
+                assert rolled == len(rows["chat_requests"]), (rolled, len(rows["chat_requests"]))
+                emit(f"{name}_chat_rollup_rate", rolled / seconds, "rows/s")
                 result = await time_queries(url, home, syn, reps)
             finally:
                 if drop is not None:

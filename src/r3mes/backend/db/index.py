@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy import text as sa_text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from r3mes.backend.db.base import Base, BigId
@@ -115,8 +116,17 @@ class IxAccount(Base):
     """... of which agreed with the final verdict."""
 
     __table_args__ = (
-        Index("ix_accounts_miner_rank", "is_miner", "reputation", "earned", "address"),
-        Index("ix_accounts_validator_rank", "is_validator", "attest_agreed", "address"),
+        # The leaderboards' ORDER BY exactly (mixed directions), so a page is an index walk.
+        Index(
+            "ix_accounts_miner_rank",
+            "is_miner",
+            sa_text("reputation DESC"),
+            sa_text("earned DESC"),
+            "address",
+        ),
+        Index(
+            "ix_accounts_validator_rank", "is_validator", sa_text("attest_agreed DESC"), "address"
+        ),
     )
 
 

@@ -22,12 +22,8 @@ from r3mes.backend.db.index import IxAccount, IxAdapterVersion, IxNode, IxRound
 from r3mes.backend.services import explorer, leaderboard
 from r3mes.backend.services.cache import ExplorerCache
 from r3mes.backend.services.chain_follower import ChainBlock, ChainRpc
-from r3mes.backend.services.indexer import (
-    BlockSummary,
-    block_time_ms,
-    index_block,
-    load_meta,
-)
+from r3mes.backend.services.index_rows import BlockSummary, block_time_ms, load_meta
+from r3mes.backend.services.indexer import index_block
 from r3mes.backend.services.ws import Hub, encode
 from r3mes.chain.genesis import Genesis
 
