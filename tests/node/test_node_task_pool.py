@@ -131,7 +131,9 @@ def test_trainer_prefetch_loads_the_next_adapter(tiny_net, tiny_profile, tmp_pat
     from r3mes.node.miner.residual import ResidualStore
     from r3mes.storage.blockstore import Blockstore
 
-    cache = ArtifactCache(store=Blockstore(tiny_net.store_root), root=tmp_path / "artifacts")
+    cache = ArtifactCache(
+        store=Blockstore(tiny_net.store_root), root=tmp_path / "artifacts", source=tiny_net.source()
+    )
     trainer = WorkTrainer(
         config=TrainerConfig(profile=tiny_profile, miner="m"),
         artifacts=cache,
@@ -143,7 +145,7 @@ def test_trainer_prefetch_loads_the_next_adapter(tiny_net, tiny_profile, tmp_pat
     pool.refresh()
     _until(lambda: upcoming in pool.prepared() or not pool.snapshot()["prefetching"])
     assert upcoming in pool.prepared(), "the preparation failed"
-    assert (tmp_path / "artifacts" / "bundles" / tiny_net.adapter_cid).is_dir()
+    assert (tmp_path / "artifacts" / "adapters" / "tiny-adapter" / "1").is_dir()
     assert cache.is_loaded("adapter", tiny_net.adapter_cid)
     assert cache.is_loaded("model", tiny_net.model_cid)
     pool.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.tiny import ListedArtifacts
 
 from r3mes.node.artifacts import ArtifactCache
 from r3mes.node.errors import ValidationError
@@ -38,7 +39,10 @@ def _task(net: Any, profile: WorkProfile, miner: str, shard: int) -> Task:
 def test_mine_verify_merge_package(
     tiny_net: Any, tiny_profile: WorkProfile, tmp_path: Path
 ) -> None:
-    cache = ArtifactCache(store=Blockstore(tiny_net.store_root), root=tmp_path / "cache")
+    source = tiny_net.source()
+    cache = ArtifactCache(
+        store=Blockstore(tiny_net.store_root), root=tmp_path / "cache", source=source
+    )
     model = cache.model(tiny_net.model_cid)
     assert cache.model(tiny_net.model_cid) is model, "models are loaded once"
     dataset = cache.dataset(tiny_net.dataset_cid)
@@ -98,17 +102,31 @@ def test_mine_verify_merge_package(
     ), "packaging is deterministic"
     store = Blockstore(tiny_net.store_root)
     cid = store.add_bytes(bundle)
+    with pytest.raises(ValidationError, match="not an approved artifact"):
+        cache.adapter(cid)  # only what the ledger approved is made local
+    source.approve(kind="adapter", artifact_id="tiny-adapter", version=2, cid=cid, data=bundle)
     loaded, _ = cache.adapter(cid)
     assert all((loaded[k] == merged[k]).all() for k in merged)
 
 
 def test_bad_inputs_are_rejected(tiny_net: Any, tiny_profile: WorkProfile, tmp_path: Path) -> None:
-    cache = ArtifactCache(store=Blockstore(tiny_net.store_root), root=tmp_path / "cache")
-    with pytest.raises(ValidationError, match="not a valid bundle"):
+    source = tiny_net.source()
+    cache = ArtifactCache(
+        store=Blockstore(tiny_net.store_root), root=tmp_path / "cache", source=source
+    )
+    with pytest.raises(ValidationError, match="not the adapter asked for"):
         cache.adapter(tiny_net.dataset_cid)
-    assert not (tmp_path / "cache" / "bundles" / tiny_net.dataset_cid).exists()
+    data = Blockstore(tiny_net.store_root).get_bytes(tiny_net.dataset_cid)
+    listed = ListedArtifacts([])  # approved as an adapter, though it is not a bundle
+    listed.approve(
+        kind="adapter", artifact_id="odd", version=1, cid=tiny_net.dataset_cid, data=data
+    )
+    odd = ArtifactCache(store=Blockstore(tiny_net.store_root), root=tmp_path / "odd", source=listed)
+    with pytest.raises(ValidationError, match="not usable"):
+        odd.adapter(tiny_net.dataset_cid)  # approved, but not a bundle: nothing installed
+    assert not (tmp_path / "odd" / "adapters" / "odd" / "1").exists()
     with pytest.raises(ValidationError, match="not a CID"):
-        cache.file("../etc/passwd")
+        cache.path("../etc/passwd", "dataset")
     with pytest.raises(AggregationError):
         merge_updates({}, [b"garbage"])
     with pytest.raises(TaskError, match="not a lowercase hex"):

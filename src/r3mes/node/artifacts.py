@@ -1,18 +1,18 @@
 """Artifacts by CID, made local once per node: base models, datasets, adapter versions.
 
-Every byte comes from a content store (`r3mes.storage`: the local blockstore or Kubo) that
-verifies each block against its CID, so a CID names exactly one content and nothing else
-needs trusting. Folders travel as the registry's deterministic bundles
-(`r3mes.registry.bundle`); a dataset is a single file. Unpacked copies live under the
-node's cache folder, written to a temporary name and renamed, so a crash never leaves a
-half-written artifact behind. Loaded models and adapters are kept in memory (LRU).
+The miner, the validator and the proposer name artifacts by the CIDs a round lists; the
+serving node names them by id. Both go the same way: the CID is looked up among the
+ledger's approved records (`r3mes.registry.ArtifactRecord`, synced again when a CID is not
+known yet) and `UnifiedRegistry` installs it - fetched from the role's content store (local
+blockstore, Kubo behind it) with every block checked against its CID and the whole file
+against the approved SHA-256, unpacked into a staging folder and renamed into place, so a
+crash never leaves a half-written artifact behind. Loaded models, datasets and adapters
+are kept in memory (LRU).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 
     from r3mes.model.lora import LoraConfig
     from r3mes.model.modeling import BitNetForCausalLM
+    from r3mes.registry.download import Progressed
+    from r3mes.registry.records import ArtifactRecord, ArtifactSource
     from r3mes.work.data import TokenDataset
 
 logger = logging.getLogger(__name__)
 
-MAX_MODEL_BYTES = 16 << 30
-MAX_DATASET_BYTES = 64 << 30
-MAX_ADAPTER_BYTES = 1 << 30
+MAX_BYTES = {"model": 16 << 30, "dataset": 64 << 30, "adapter": 1 << 30}
+"""Largest artifact of each kind a worker accepts, whatever the ledger approved."""
 
 
 class BlobStore(Protocol):
@@ -42,6 +43,28 @@ class BlobStore(Protocol):
     def unpin(self, cid: str) -> None: ...
 
 
+class ContentStoreFetcher:
+    """The registry's `ArtifactFetcher` over a role's content store (CID-verified reads)."""
+
+    name = "content store"
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    def fetch(
+        self,
+        record: ArtifactRecord,
+        dest: Path,
+        on_bytes: Progressed = None,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        data = self.store.get_bytes(record.cid, max_size=record.size)
+        dest.write_bytes(data)
+        if on_bytes is not None:
+            on_bytes(len(data))
+
+
 def _check_cid(cid: str) -> str:
     if not cid or not cid.isalnum() or len(cid) > 128:
         raise ValidationError(f"{cid[:80]!r} is not a CID")
@@ -49,51 +72,59 @@ def _check_cid(cid: str) -> str:
 
 
 class ArtifactCache:
-    """Local copies of artifacts, loaded on demand and kept (LRU) in memory."""
+    """Approved artifacts by CID, installed through the registry and kept (LRU) in memory."""
 
-    def __init__(self, *, store: BlobStore, root: Path, max_loaded: int = 4) -> None:
+    def __init__(
+        self, *, store: BlobStore, root: Path, source: ArtifactSource, max_loaded: int = 4
+    ) -> None:
+        from r3mes.paths import Home
+        from r3mes.registry.download import DownloadManager
+        from r3mes.registry.unified import UnifiedRegistry
+
         self.store = store
         self.root = root
+        self.registry = UnifiedRegistry(
+            home=Home(root=root),
+            downloader=DownloadManager([ContentStoreFetcher(store)]),
+            source=source,
+        )
         self._lock = threading.RLock()
         self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._max_loaded = max_loaded
 
-    def _fetch(self, cid: str, max_size: int) -> bytes:
+    def _known(self, cid: str) -> ArtifactRecord | None:
+        return next((r for r in self.registry.all_records() if r.cid == cid), None)
+
+    def record(self, cid: str, kind: str) -> ArtifactRecord:
+        """The approved `kind` record of `cid` (the ledger is asked again when unknown)."""
+        with self._lock:
+            record = self._known(_check_cid(cid))
+            if record is None:
+                self.registry.sync_all()  # approved since the last look, perhaps
+                record = self._known(cid)
+        if record is None:
+            raise ValidationError(f"{cid} is not an approved artifact on the ledger")
+        if record.kind != kind:
+            raise ValidationError(f"{cid} is an approved {record.kind}, not the {kind} asked for")
+        if record.size > MAX_BYTES[kind]:
+            raise ValidationError(f"{record.ref} is {record.size} bytes, over the {kind} limit")
+        return record
+
+    def path(self, cid: str, kind: str) -> Path:
+        """The installed folder of the approved `kind` artifact `cid`."""
+        from r3mes.registry.errors import DownloadFailed, RegistryError
         from r3mes.storage.errors import StorageError
 
-        try:
-            return self.store.get_bytes(_check_cid(cid), max_size=max_size)
-        except StorageError as exc:
-            raise NetworkError(f"could not fetch {cid}: {exc}") from exc
-
-    def folder(self, cid: str, *, max_size: int = MAX_MODEL_BYTES) -> Path:
-        """The unpacked bundle named by `cid`."""
-        from r3mes.registry.bundle import unpack_bundle
-        from r3mes.registry.errors import BundleError
-
-        dest = self.root / "bundles" / _check_cid(cid)
+        record = self.record(cid, kind)
         with self._lock:
-            if dest.is_dir():
-                return dest
-            data = self._fetch(cid, max_size)
             try:
-                unpack_bundle(data, dest)
-            except BundleError as exc:
-                raise ValidationError(f"artifact {cid} is not a valid bundle: {exc}") from exc
-        return dest
-
-    def file(self, cid: str, *, max_size: int = MAX_DATASET_BYTES) -> Path:
-        """The single-file artifact named by `cid`."""
-        dest = self.root / "files" / _check_cid(cid)
-        with self._lock:
-            if dest.is_file():
-                return dest
-            data = self._fetch(cid, max_size)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{cid}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        return dest
+                return self.registry.registry_for(kind).install(record)
+            except DownloadFailed as exc:
+                raise NetworkError(f"could not fetch {record.ref} ({cid}): {exc}") from exc
+            except RegistryError as exc:
+                raise ValidationError(f"{record.ref} ({cid}) is not usable: {exc}") from exc
+            except StorageError as exc:
+                raise NetworkError(f"could not install {record.ref} ({cid}): {exc}") from exc
 
     def is_loaded(self, kind: str, cid: str) -> bool:
         """Whether the `kind` ("model", "dataset", "adapter") artifact `cid` is in memory."""
@@ -106,6 +137,16 @@ class ArtifactCache:
         while len(self._loaded) > self._max_loaded:
             self._loaded.popitem(last=False)
 
+    def _cached(self, key: tuple[str, str]) -> object | None:
+        cached = self._loaded.get(key)
+        if cached is not None:
+            self._loaded.move_to_end(key)
+        return cached
+
+    def _discard(self, cid: str, kind: str) -> None:
+        """Drop an installed copy that does not load, so the next try fetches it afresh."""
+        self.registry.local.remove(self.record(cid, kind))
+
     def model(self, cid: str) -> BitNetForCausalLM:
         """The base model in the bundle `cid` (loaded once; backbone frozen)."""
         from r3mes.model.checkpoint import load_pretrained
@@ -113,14 +154,13 @@ class ArtifactCache:
 
         key = ("model", cid)
         with self._lock:
-            cached = self._loaded.get(key)
+            cached = self._cached(key)
             if cached is not None:
-                self._loaded.move_to_end(key)
                 return cached  # type: ignore[return-value]
             try:
-                model = load_pretrained(self.folder(cid))
+                model = load_pretrained(self.path(cid, "model"))
             except ModelError as exc:
-                self._discard("bundles", cid)
+                self._discard(cid, "model")
                 raise ValidationError(f"base model {cid} does not load: {exc}") from exc
             model.eval()
             self._remember(key, model)
@@ -128,18 +168,19 @@ class ArtifactCache:
 
     def dataset(self, cid: str) -> TokenDataset:
         """The token dataset file `cid`."""
+        from r3mes.registry.local import DATASET_FILE
         from r3mes.work.data import TokenDataset
         from r3mes.work.errors import DatasetError
 
         key = ("dataset", cid)
         with self._lock:
-            cached = self._loaded.get(key)
+            cached = self._cached(key)
             if cached is not None:
                 return cached  # type: ignore[return-value]
             try:
-                dataset = TokenDataset(self.file(cid))
+                dataset = TokenDataset(self.path(cid, "dataset") / DATASET_FILE)
             except DatasetError as exc:
-                self._discard("files", cid)
+                self._discard(cid, "dataset")
                 raise ValidationError(f"dataset {cid} is unreadable: {exc}") from exc
             self._remember(key, dataset)
             return dataset
@@ -151,20 +192,13 @@ class ArtifactCache:
 
         key = ("adapter", cid)
         with self._lock:
-            cached = self._loaded.get(key)
+            cached = self._cached(key)
             if cached is not None:
                 return cached  # type: ignore[return-value]
             try:
-                state, config, _ = load_peft_adapter(self.folder(cid, max_size=MAX_ADAPTER_BYTES))
+                state, config, _ = load_peft_adapter(self.path(cid, "adapter"))
             except ModelError as exc:
-                self._discard("bundles", cid)
+                self._discard(cid, "adapter")
                 raise ValidationError(f"adapter {cid} does not load: {exc}") from exc
             self._remember(key, (state, config))
             return state, config
-
-    def _discard(self, kind: str, cid: str) -> None:
-        path = self.root / kind / cid
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)

@@ -55,7 +55,9 @@ class Proposer(LedgerRole):
         super().__init__(settings, deps)
         self.settings = settings
         state = settings.service.state_dir
-        self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
+        self.artifacts = ArtifactCache(
+            store=self.store, root=state / "artifacts", source=self.client
+        )
         self._history_path = state / "versions.json"
         self.history: list[dict[str, Any]] = self._load_history()
         self.base_loss: float | None = None

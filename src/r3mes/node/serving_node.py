@@ -19,47 +19,11 @@ from r3mes.node.errors import NodeError, ValidationError
 from r3mes.node.runtime.service import RoleService, ServiceConfig
 
 if TYPE_CHECKING:
-    from r3mes.chain.client import BlockchainClient
     from r3mes.node.ledger_role import RoleDeps
     from r3mes.registry.unified import UnifiedRegistry
     from r3mes.serve.server import ServerThread
 
 logger = logging.getLogger(__name__)
-
-
-class ChainArtifactSource:
-    """The registry's `ArtifactSource` over `BlockchainClient`: ledger records as dicts.
-
-    Glue: the registry reads plain JSON-shaped records with string versions, the client
-    returns typed `ArtifactInfo`s with integer versions.
-    """
-
-    def __init__(self, client: BlockchainClient) -> None:
-        self.client = client
-
-    def approved_artifacts(self, kind: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for info in self.client.approved_artifacts(kind):
-            out.append(
-                {
-                    "id": info.id,
-                    "kind": info.kind,
-                    "version": str(info.version),
-                    "cid": info.cid,
-                    "sha256": info.sha256,
-                    "size": info.size,
-                    "base_model_id": info.base_model_id or None,
-                    "base_model_version": str(info.base_model_version)
-                    if info.base_model_id
-                    else None,
-                    "target_modules": list(info.target_modules),
-                    "rank": info.rank or None,
-                    "hf_repo": info.hf_repo or None,
-                    "hf_revision": info.hf_revision or None,
-                    "approved_height": info.approved_height,
-                }
-            )
-        return out
 
 
 @dataclass(frozen=True)
@@ -137,7 +101,7 @@ class ServingNode(RoleService):
         return UnifiedRegistry(
             home=Home(root=self.settings.service.state_dir),
             downloader=manager,
-            source=ChainArtifactSource(self.client),
+            source=self.client,  # its ArtifactInfos convert through ArtifactRecord.from_ledger
         )
 
     @property

@@ -159,7 +159,9 @@ class Validator(LedgerRole):
         super().__init__(settings, deps)
         self.settings = settings
         state = settings.service.state_dir
-        self.artifacts = ArtifactCache(store=self.store, root=state / "artifacts")
+        self.artifacts = ArtifactCache(
+            store=self.store, root=state / "artifacts", source=self.client
+        )
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
         self._residual_root = state / "residuals"
         self._backoff: dict[int, _Backoff] = {}

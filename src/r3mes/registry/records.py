@@ -1,15 +1,26 @@
-"""Approved artifact records, as the ledger lists them, validated on the way in."""
+"""Approved artifact records, as the ledger lists them, validated on the way in.
+
+`ArtifactRecord` is the one record type every node works with (miners, validators and
+proposers through `r3mes.node.artifacts`, serving nodes through `UnifiedRegistry`). The
+ledger keeps its own consensus entry (`r3mes.chain.state.ArtifactRecord`: the registered
+spec plus status) and lists approved ones on the wire as `r3mes.chain.client_types.
+ArtifactInfo`; `ArtifactRecord.from_ledger` is the one explicit conversion from that, and
+the only place where the ledger's integer versions become the registry's version names
+(decimal strings, also used as folder names) and its "" / 0 "absent" values become None.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from r3mes.registry.errors import InvalidArtifactRecord
 from r3mes.storage.multiformats import is_cid
+
+if TYPE_CHECKING:
+    from r3mes.chain.client_types import ArtifactInfo
 
 KINDS = ("model", "dataset", "adapter")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -20,21 +31,13 @@ _MAX_SIZE = 1 << 40
 class ArtifactSource(Protocol):
     """Where approved artifacts come from; `r3mes.chain.client.BlockchainClient` satisfies it.
 
-    Entries are dicts with `ArtifactRecord`'s keys, or objects (dataclasses such as the chain
-    client's `ArtifactInfo`) with those attributes; `ArtifactRecord.from_chain` reads both.
+    Entries are the ledger client's `ArtifactInfo`s, or dicts with `ArtifactRecord`'s keys
+    (a cached list, a test's own source); `ArtifactRecord.from_chain` reads both.
     """
 
     def approved_artifacts(self, kind: str | None = None) -> Sequence[object]:
         """Approved artifact entries, optionally of one kind."""
         ...
-
-
-def _as_mapping(entry: object) -> dict[str, Any]:
-    if isinstance(entry, Mapping):
-        return dict(entry)
-    if dataclasses.is_dataclass(entry) and not isinstance(entry, type):
-        return dataclasses.asdict(entry)
-    raise InvalidArtifactRecord("record", "must be a JSON object or an artifact dataclass")
 
 
 def _opt_text(value: object) -> str | None:
@@ -131,9 +134,46 @@ class ArtifactRecord:
         return f"{self.kind} {self.id}@{self.version}"
 
     @classmethod
+    def from_ledger(cls, info: ArtifactInfo) -> ArtifactRecord:
+        """The record of an approved artifact as the ledger client lists it (validated)."""
+        return cls.from_dict(
+            {
+                "id": info.id,
+                "kind": info.kind,
+                "version": str(info.version),
+                "cid": info.cid,
+                "sha256": info.sha256,
+                "size": info.size,
+                "base_model_id": info.base_model_id or None,
+                "base_model_version": (
+                    str(info.base_model_version) if info.base_model_id else None
+                ),
+                "target_modules": list(info.target_modules),
+                "rank": info.rank or None,
+                "hf_repo": info.hf_repo or None,
+                "hf_revision": info.hf_revision or None,
+                "approved_height": info.approved_height,
+            }
+        )
+
+    @property
+    def ledger_version(self) -> int:
+        """The version as the ledger numbers it (the inverse of `from_ledger`'s)."""
+        if not self.version.isdigit():
+            raise InvalidArtifactRecord("version", f"{self.version!r} is not a ledger version")
+        return int(self.version)
+
+    @classmethod
     def from_chain(cls, entry: object) -> ArtifactRecord:
-        """Build from a ledger entry (dict or dataclass); integer versions become strings."""
-        raw = _as_mapping(entry)
+        """Build from a ledger entry: an `ArtifactInfo` (`from_ledger`) or a JSON object
+        whose integer versions become strings."""
+        from r3mes.chain.client_types import ArtifactInfo
+
+        if isinstance(entry, ArtifactInfo):
+            return cls.from_ledger(entry)
+        if not isinstance(entry, Mapping):
+            raise InvalidArtifactRecord("record", "must be a JSON object or an ArtifactInfo")
+        raw = dict(entry)
         version = raw.get("version")
         if isinstance(version, int) and not isinstance(version, bool):
             raw["version"] = str(version)

@@ -92,6 +92,7 @@ class Miner(LedgerRole):
             artifacts=ArtifactCache(
                 store=self.store,
                 root=state / "artifacts",
+                source=self.client,
                 max_loaded=3 * settings.max_prefetch,  # model, dataset, adapter per set
             ),
             residuals=self.residuals,
