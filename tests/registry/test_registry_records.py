@@ -103,3 +103,47 @@ def test_from_chain_accepts_chain_client_dataclasses() -> None:
     assert ArtifactRecord.from_chain(model).base_model_id is None
     with pytest.raises(InvalidArtifactRecord):
         ArtifactRecord.from_chain(["not", "a", "record"])
+
+
+def test_from_ledger_is_the_one_conversion_from_the_chain_client() -> None:
+    """The client's `ArtifactInfo` (integer versions, "" and 0 for absent) becomes the
+    node's record explicitly, and `ledger_version` goes back; `from_chain` takes both an
+    `ArtifactInfo` and a ledger dict to the same record."""
+    from r3mes.chain.client_types import ArtifactInfo
+
+    raw = ledger_dict()
+    common = {k: raw[k] for k in ("id", "kind", "cid", "sha256", "size", "approved_height")}
+    adapter = ArtifactInfo(
+        **common,
+        version=3,
+        base_model_id="bitnet-tiny",
+        base_model_version=1,
+        target_modules=["q_proj", "v_proj"],
+        rank=8,
+        hf_repo="",
+        hf_revision="",
+        status="approved",
+    )
+    record = ArtifactRecord.from_ledger(adapter)
+    assert (record.version, record.base_model_version, record.hf_repo) == ("3", "1", None)
+    assert record.ledger_version == 3 and record.rank == 8
+    assert ArtifactRecord.from_chain(adapter) == record
+    as_dict = {**record.to_dict(), "version": 3, "base_model_version": 1}
+    assert ArtifactRecord.from_chain(as_dict) == record
+    dataset = ArtifactInfo(
+        **{**common, "kind": "dataset"},
+        version=1,
+        base_model_id="",
+        base_model_version=0,
+        target_modules=[],
+        rank=0,
+        hf_repo="",
+        hf_revision="",
+        status="approved",
+    )
+    plain = ArtifactRecord.from_ledger(dataset)
+    assert (plain.base_model_id, plain.base_model_version, plain.rank) == (None, None, None)
+    with pytest.raises(InvalidArtifactRecord, match="version"):
+        _ = ArtifactRecord.from_dict(ledger_dict()).ledger_version  # "1.0.0" is no ledger number
+    with pytest.raises(InvalidArtifactRecord, match="record"):
+        ArtifactRecord.from_chain(["not", "a", "record"])
