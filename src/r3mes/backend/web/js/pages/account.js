@@ -183,6 +183,18 @@ async function usageDays() {
   return { days: [...perDay.values()], tokens: false };
 }
 
+/** Every day of the window, oldest first, with zeros where nothing was used. */
+function fillDays(days) {
+  const byDay = new Map(days.map((d) => [String(d.day), d]));
+  const out = [];
+  const today = new Date();
+  for (let i = USAGE_DAYS - 1; i >= 0; i -= 1) {
+    const day = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - i)).toISOString().slice(0, 10);
+    out.push(byDay.get(day) || { day, requests: 0, credits: 0, tokens: 0 });
+  }
+  return out;
+}
+
 async function renderUsage(section) {
   replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "hint loading" }, "Loading…"));
   let usage;
@@ -192,7 +204,7 @@ async function renderUsage(section) {
     replace(section, h("h2", { id: "use-h" }, "Usage"), h("p", { class: "error" }, `Usage is not available: ${error.message}`));
     return;
   }
-  const days = usage.days.sort((a, b) => String(a.day).localeCompare(String(b.day)));
+  const days = fillDays(usage.days);
   const tokens = (d) => Number(d.tokens ?? Number(d.prompt_tokens || 0) + Number(d.completion_tokens || 0));
   const series = [{ label: "credits", values: days.map((d) => Number(d.credits || 0)) }];
   if (usage.tokens) series.push({ label: "tokens", values: days.map(tokens), axis: "right" });
@@ -215,7 +227,7 @@ async function renderUsage(section) {
         usage.tokens ? { label: "Tokens", value: (d) => fmtInt(tokens(d)), class: "num" } : null,
         { label: "Credits", value: (d) => fmtInt(d.credits), class: "num" },
       ].filter(Boolean),
-      [...days].reverse(),
+      [...days].reverse().filter((d) => Number(d.requests || 0) > 0),
       "No chat usage yet.",
     ),
   );

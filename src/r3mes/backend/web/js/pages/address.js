@@ -77,7 +77,7 @@ function minerSections(m) {
           { label: "Round", value: (s) => fmtInt(s.round), class: "num" },
           { label: "Shard", value: (s) => fmtInt(s.shard), class: "num" },
           { label: "Verdict", value: (s) => h("span", { class: verdictClass(s.status) }, s.status ?? "-") },
-          { label: "Attested by", value: (s) => (s.attestations || []).map((a) => h("span", { class: verdictClass(a.verdict) }, `${a.verdict} `)) },
+          { label: "Attestations", value: (s) => (s.attestations || []).map((a) => h("span", { class: verdictClass(a.verdict) }, `${a.verdict} `)) },
           { label: "Height", value: (s) => fmtInt(s.height), class: "num" },
           { label: "Merged into", value: (s) => (s.merged_version ? `v${fmtInt(s.merged_version)}` : "-") },
           { label: "Update", value: (s) => h("code", { title: s.cid || "" }, String(s.cid || "").slice(0, 16)) },
