@@ -85,18 +85,17 @@ class ChatRequestBody:
             raise InvalidRequest("the body must be a JSON object")
         model = doc.get("model")
         if not isinstance(model, str) or not 0 < len(model) <= 160:
-            raise _invalid("model must be a model name (see GET /v1/models)", "model")
-        field = "messages" if kind == "chat" else "prompt"
-        value = doc.get(field)
+            raise InvalidRequest("model must be a model name (see GET /v1/models)")
+        value = doc.get("messages" if kind == "chat" else "prompt")
         if kind == "chat" and not (
             isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
         ):
-            raise _invalid("messages must be a non-empty list of message objects", field)
+            raise InvalidRequest("messages must be a non-empty list of message objects")
         if kind == "text" and not isinstance(value, str | list):
-            raise _invalid("prompt must be a string (or a list of one string)", field)
+            raise InvalidRequest("prompt must be a string (or a list of one string)")
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
-            raise _invalid("stream must be true or false", "stream")
+            raise InvalidRequest("stream must be true or false")
         options = doc.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         asked_field = "max_completion_tokens" if "max_completion_tokens" in doc else "max_tokens"
@@ -104,7 +103,7 @@ class ChatRequestBody:
         if asked is not None and (
             not isinstance(asked, int) or isinstance(asked, bool) or asked < 1
         ):
-            raise _invalid(f"{asked_field} must be a positive integer", asked_field)
+            raise InvalidRequest(f"{asked_field} must be a positive integer")
         max_tokens = min(asked or settings.chat_default_max_tokens, settings.chat_max_tokens_cap)
         forwarded = dict(doc)
         forwarded.pop("max_completion_tokens", None)
@@ -121,11 +120,6 @@ class ChatRequestBody:
             max_tokens=max_tokens,
             prompt_bound=billing.prompt_token_bound(doc),
         )
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    error = InvalidRequest(f"{param}: {message}" if not message.startswith(param) else message)
-    return error
 
 
 @dataclass
