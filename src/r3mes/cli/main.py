@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from r3mes import __version__
-from r3mes.cli import backend, chain, model, nodes, serving, storage
+from r3mes.cli import backend, chain, chain_bft, model, nodes, serving, storage
 from r3mes.cli.config import load_config
 from r3mes.errors import R3mesError
 from r3mes.paths import Home
@@ -59,6 +59,7 @@ app.add_typer(chain.wallet_app, name="wallet")
 app.add_typer(chain.devnet_app, name="devnet")
 app.add_typer(chain.tx_app, name="tx")
 app.add_typer(chain.query_app, name="query")
+app.add_typer(chain_bft.chain_app, name="chain")
 app.add_typer(storage.storage_app, name="storage")
 app.add_typer(storage.registry_app, name="registry")
 app.add_typer(serving.app, name="serving")

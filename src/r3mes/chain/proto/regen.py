@@ -1,7 +1,11 @@
 """Regenerate the checked-in protobuf stubs: `python -m r3mes.chain.proto.regen`.
 
-Reads `proto/remes/remes/v1/*.proto` at the repository root and writes `*_pb2.py` (and
-`.pyi`) under `src/r3mes/chain/proto/gen/`, using grpcio-tools' bundled protoc.
+Reads every `.proto` under `proto/` at the repository root (the ledger's own
+`remes/remes/v1/`, and CometBFT v0.38.26's ABCI types under `tendermint/` with the
+`gogoproto/gogo.proto` they import, copied from the Go module cache with their licences)
+and writes `*_pb2.py` (and `.pyi`) under `src/r3mes/chain/proto/gen/`, using grpcio-tools'
+bundled protoc. protoc writes absolute imports (`from tendermint.crypto import ...`); they
+are rewritten to point inside this package.
 """
 
 from __future__ import annotations
@@ -31,11 +35,25 @@ def regenerate(out: Path = GEN_ROOT) -> int:
         *sources,
     ]
     status = int(protoc.main(args))
+    for generated in out.rglob("*_pb2.py*"):
+        generated.write_text(_package_imports(generated.read_text()))
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         init = folder / "__init__.py"
         if not init.exists():
             init.write_text('"""Generated protobuf stubs; do not edit."""\n')
     return status
+
+
+_TOP_LEVEL = ("tendermint", "gogoproto", "remes")
+
+
+def _package_imports(source: str) -> str:
+    """`from tendermint.x import y` -> `from r3mes.chain.proto.gen.tendermint.x import y`."""
+    for top in _TOP_LEVEL:
+        source = source.replace(f"from {top}.", f"from r3mes.chain.proto.gen.{top}.")
+        source = source.replace(f"from {top} import", f"from r3mes.chain.proto.gen.{top} import")
+        source = source.replace(f"import {top}.", f"import r3mes.chain.proto.gen.{top}.")
+    return source
 
 
 if __name__ == "__main__":
