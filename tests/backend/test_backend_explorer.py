@@ -18,7 +18,7 @@ from support.backend import make_settings, running
 from r3mes.backend.app import create_app
 from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.db.engine import Database
-from r3mes.backend.db.index import IxMeta, IxTxAddress
+from r3mes.backend.db.index import IxMeta, IxNode, IxTxAddress
 from r3mes.backend.services.cache import ExplorerCache
 from r3mes.backend.services.chat_rollup import ChatRoller
 from r3mes.backend.services.live import explorer_service
@@ -219,3 +219,50 @@ async def test_in_process_cache_drops_answers_of_older_blocks() -> None:
     assert await cache.get("/b", generation=3) is None
     await cache.invalidate(4)
     assert await cache.get("/a", generation=4) is None
+
+
+async def test_serving_shows_liveness_and_what_each_node_served(explorer: Any) -> None:
+    client, runtime, syn = explorer
+    operator = syn.addresses[-1]
+    now = dt.datetime.now(dt.UTC)
+    async with runtime.db.write() as s, s.begin():
+        s.add(
+            IxNode(
+                role="serving",
+                address=operator,
+                endpoint="http://node",
+                stake=10,
+                registered_height=1,
+                active=True,
+                last_heartbeat_ms=syn.first_ms + 60 * syn.block_ms,
+                adapter_version=2,
+                capacity=4,
+                heartbeats=9,
+            )
+        )
+        await s.execute(
+            insert(ChatRequest),
+            [
+                {
+                    "request_id": f"served-{i}",
+                    "account_id": 1,
+                    "model": "m",
+                    "node": operator,
+                    "status": "ok" if i < 3 else "error",
+                    "prompt_tokens": 10,
+                    "completion_tokens": 20,
+                    "credits": 5,
+                    "created_at": now - dt.timedelta(hours=2 * (i % 2)),
+                    "latency_ms": 1,
+                }
+                for i in range(4)
+            ],
+        )
+    roller = ChatRoller(runtime.db, settle_s=0)
+    await roller.step(now=1.0)
+    await explorer_service(runtime).cache.invalidate(1000)
+    nodes = (await client.get("/api/serving")).json()["nodes"]
+    node = next(n for n in nodes if n["address"] == operator)
+    assert (node["served_requests"], node["served_tokens"]) == (3, 90)
+    assert node["requests_last_hour"] == 2 and node["live"] is True
+    assert node["load"] == 2 / (4 * 60)

@@ -388,4 +388,14 @@ class IxChatRollup(Base):
     last_id: Mapped[int] = mapped_column(BigInteger)
 
 
-CHAT_TABLES = [IxChatDaily, IxChatUser, IxChatUserLast, IxChatRollup]
+class IxChatNode(Base):
+    """Paid chat each serving node (operator address) has answered successfully, in all."""
+
+    __tablename__ = "ix_chat_nodes"
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+CHAT_TABLES = [IxChatDaily, IxChatUser, IxChatUserLast, IxChatRollup, IxChatNode]

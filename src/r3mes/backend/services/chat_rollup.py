@@ -23,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.db.engine import Database
-from r3mes.backend.db.index import IxChatDaily, IxChatRollup, IxChatUser, IxChatUserLast
+from r3mes.backend.db.index import (
+    IxChatDaily,
+    IxChatNode,
+    IxChatRollup,
+    IxChatUser,
+    IxChatUserLast,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ async def roll_up(s: AsyncSession, *, upto_id: int) -> int:
                 ChatRequest.completion_tokens,
                 ChatRequest.credits,
                 ChatRequest.created_at,
+                ChatRequest.node,
             )
             .where(ChatRequest.id > state.last_id, ChatRequest.id <= upto_id)
             .order_by(ChatRequest.id)
@@ -66,7 +73,13 @@ async def roll_up(s: AsyncSession, *, upto_id: int) -> int:
     totals: dict[tuple[dt.date, str], list[int]] = {}
     users: set[tuple[dt.date, str, int]] = set()
     last_day: dict[int, dt.date] = {}
-    for _id, account, model, status, prompt, completion, credits, created in rows:
+    served: dict[str, list[int]] = {}
+    for _id, account, model, status, prompt, completion, credits, created, node in rows:
+        if node and status == "ok":
+            n = served.setdefault(node, [0, 0, 0])
+            n[0] += 1
+            n[1] += prompt + completion
+            n[2] += credits
         day = _day(created)
         t = totals.setdefault((day, model), [0, 0, 0, 0, 0, 0])
         t[0] += 1
@@ -93,6 +106,7 @@ async def roll_up(s: AsyncSession, *, upto_id: int) -> int:
         totals[(day, model)][5] += 1
     await _add_totals(s, totals)
     await _touch_users(s, last_day)
+    await _add_served(s, served)
     state.last_id = int(rows[-1][0])
     await s.flush()
     return len(rows)
@@ -119,6 +133,17 @@ async def _add_totals(s: AsyncSession, totals: dict[tuple[dt.date, str], list[in
         row.completion_tokens += completion
         row.credits += credits
         row.active_users += new_users
+
+
+async def _add_served(s: AsyncSession, served: dict[str, list[int]]) -> None:
+    for node, (requests, tokens, credits) in served.items():
+        row = await s.get(IxChatNode, node)
+        if row is None:
+            row = IxChatNode(node=node, requests=0, tokens=0, credits=0)
+            s.add(row)
+        row.requests += requests
+        row.tokens += tokens
+        row.credits += credits
 
 
 async def _touch_users(s: AsyncSession, last_day: dict[int, dt.date]) -> None:

@@ -368,7 +368,16 @@ async def rounds(s: AsyncSession, *, limit: int, cursor: str | None) -> dict[str
         q = q.where(IxRound.number < after[0])
     found = list(await s.scalars(q))
     params = params_of(m)
-    items = [round_doc(r, await claims_of(s, r.number), params) for r in found]
+    claims: dict[int, list[tuple[int, str]]] = {r.number: [] for r in found}
+    if found:
+        rows = await s.execute(
+            select(IxSubmission.round, IxSubmission.shard, IxSubmission.miner).where(
+                IxSubmission.round.in_(list(claims))
+            )
+        )
+        for number, shard, miner in rows:
+            claims[int(number)].append((int(shard), str(miner)))
+    items = [round_doc(r, claims[r.number], params) for r in found]
     out = page(items, limit, lambda d: [d["number"]])
     out["current_round"] = current_round(m)
     out["height"] = m.height

@@ -24,6 +24,7 @@ from r3mes.backend.db.index import (
     IxAccount,
     IxAttestation,
     IxChatDaily,
+    IxChatNode,
     IxChatUserLast,
     IxDaily,
     IxNode,
@@ -303,7 +304,8 @@ async def validator(s: AsyncSession, address: str, *, rounds: int) -> dict[str, 
 
 
 async def serving(s: AsyncSession) -> dict[str, Any]:
-    """Serving nodes: liveness from the ledger, load and served tokens from paid chat."""
+    """Serving nodes: liveness from the ledger, load and served tokens from paid chat (all-time
+    totals from the chat rollup, the last hour from the chat log)."""
     m = await explorer.meta(s)
     params = explorer.params_of(m)
     nodes = list(
@@ -311,22 +313,22 @@ async def serving(s: AsyncSession) -> dict[str, Any]:
     )
     served: dict[str, tuple[int, int, int]] = {}
     if nodes:
+        addresses = [n.address for n in nodes]
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-        rows = await s.execute(
-            select(
-                ChatRequest.node,
-                func.count(),
-                func.coalesce(
-                    func.sum(ChatRequest.prompt_tokens + ChatRequest.completion_tokens), 0
-                ),
-                func.count().filter(ChatRequest.created_at >= since),
+        recent = await s.execute(
+            select(ChatRequest.node, func.count())
+            .where(
+                ChatRequest.created_at >= since,
+                ChatRequest.node.in_(addresses),
+                ChatRequest.status == "ok",
             )
-            .where(ChatRequest.node.in_([n.address for n in nodes]), ChatRequest.status == "ok")
             .group_by(ChatRequest.node)
         )
-        served = {
-            str(node): (int(n), int(tokens), int(last_hour)) for node, n, tokens, last_hour in rows
-        }
+        hour = {str(node): int(count) for node, count in recent}
+        totals = await s.scalars(select(IxChatNode).where(IxChatNode.node.in_(addresses)))
+        served = {t.node: (t.requests, t.tokens, hour.get(t.node, 0)) for t in totals}
+        for node, count in hour.items():
+            served.setdefault(node, (0, 0, count))
     items = []
     for n in nodes:
         requests, tokens, last_hour = served.get(n.address, (0, 0, 0))
