@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -50,7 +51,9 @@ def test_backoff_grows_and_caps() -> None:
 
 def test_call_with_retry_only_retries_retryable() -> None:
     sleeps: list[float] = []
-    calls = iter([httpx.ConnectError("a"), httpx.ConnectError("b"), "ok"])
+    calls: Iterator[Exception | str] = iter(
+        [httpx.ConnectError("a"), httpx.ConnectError("b"), "ok"]
+    )
 
     def flaky() -> str:
         item = next(calls)

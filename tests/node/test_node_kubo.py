@@ -85,6 +85,7 @@ def test_miner_and_validator_share_updates_only_through_kubo(
                 lambda: any(r.state is TxState.COMMITTED for r in miner.journal.recent(10)),
             )
             record = next(r for r in miner.journal.recent(10) if r.state is TxState.COMMITTED)
+            assert record.cid is not None
             v1 = parse_cid(record.cid)
             pinned = str(Cid(version=1, codec=v1.codec, digest=v1.digest))
             assert pinned in node_a.pins(), "the update was added through node A"
