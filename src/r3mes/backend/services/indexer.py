@@ -86,7 +86,7 @@ class BlockIndexer:
         self.daily: IxDaily | None = None
         self.summary = BlockSummary(
             height=block.height,
-            hash=block.hash,
+            hash=block.hash.lower(),
             time_ms=self.time_ms,
             num_txs=len(block.txs),
             round=(block.height - 1) // self.params.round_length + 1,

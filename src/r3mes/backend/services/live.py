@@ -73,14 +73,9 @@ class Explorer:
     async def on_block(self, block: ChainBlock) -> None:
         """After the block's transaction committed: new cache generation, websocket pushes."""
         committed_ms = int(time.time() * 1000)
-        summary = self._summaries.pop(block.height, None) or BlockSummary(
-            height=block.height,
-            hash=block.hash,
-            time_ms=block_time_ms(block),
-            num_txs=len(block.txs),
-            round=0,
-            tx_hashes=[t.hash for t in block.txs],
-        )
+        summary = self._summaries.pop(block.height, None)
+        if summary is None:  # indexed by another process sharing the database
+            summary = await self._summary_from_index(block)
         await self.cache.invalidate(block.height)
         doc = summary.to_json()
         doc["committed_at"] = committed_ms
@@ -91,6 +86,19 @@ class Explorer:
             await self._push_views(summary, committed_ms)
         except Exception:
             log.exception("explorer: websocket views for block %d failed", block.height)
+
+    async def _summary_from_index(self, block: ChainBlock) -> BlockSummary:
+        async with self.db.read() as s:
+            m = await load_meta(s)
+        length = int(json.loads(m.params)["round_length"]) if m is not None else 1
+        return BlockSummary(
+            height=block.height,
+            hash=block.hash.lower(),
+            time_ms=block_time_ms(block),
+            num_txs=len(block.txs),
+            round=(block.height - 1) // length + 1,
+            tx_hashes=[t.hash for t in block.txs],
+        )
 
     async def _push_views(self, summary: BlockSummary, committed_ms: int) -> None:
         hub = self.hub
