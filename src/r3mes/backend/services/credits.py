@@ -30,28 +30,46 @@ first result; the same key with a different body raises Conflict.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db import accounts as tables
 from r3mes.backend.db.engine import Database
 from r3mes.backend.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from r3mes.backend.services import journal
+from r3mes.backend.services.journal import AVAILABLE, HELD, book_mismatches, journal_imbalance
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_LENGTH = 200
+__all__ = [
+    "Balance",
+    "Capture",
+    "Hold",
+    "Movement",
+    "balance",
+    "book_mismatches",
+    "capture",
+    "deposit",
+    "ensure_account",
+    "expire_holds",
+    "grant",
+    "hold",
+    "journal_imbalance",
+    "payout",
+    "refund",
+    "release",
+    "set_admin",
+    "sweep_forever",
+]
+
 SYSTEM_SCOPE = "system"
-AVAILABLE, HELD = "available", "held"
 DEPOSITS, REVENUE, GRANTS, PAYOUTS = (
     "system:deposits",
     "system:revenue",
@@ -161,7 +179,7 @@ async def hold(
     UPDATE to the commit: concurrent spenders of one account queue on it for one statement.
     """
     _positive(amount)
-    _check_key(idempotency_key)
+    journal.check_key(idempotency_key)
     if ttl_s <= 0:
         raise InvalidRequest("a hold needs a positive time to live")
     now = now or utcnow()
@@ -182,7 +200,7 @@ async def hold(
     )
     assert hold_id is not None
     scope = str(account_id)
-    journal_id = await _claim(
+    journal_id = await journal.claim(
         s,
         scope=scope,
         key=idempotency_key,
@@ -196,11 +214,13 @@ async def hold(
     )
     if journal_id is None:  # a retry: undo our row, answer the first result
         await s.execute(delete(tables.Hold).where(tables.Hold.id == hold_id))
-        first = await _first_result(s, scope, idempotency_key, "hold", body)
+        first = await journal.first_result(s, scope, idempotency_key, "hold", body)
         assert first is not None and first.hold_id is not None
         earlier = await _hold_row(s, first.hold_id)
         return Hold(earlier.id, earlier.account_id, earlier.amount, earlier.expires_at)
-    await _entries(s, journal_id, [(account_id, AVAILABLE, -amount), (account_id, HELD, amount)])
+    await journal.entries(
+        s, journal_id, [(account_id, AVAILABLE, -amount), (account_id, HELD, amount)]
+    )
     moved = await s.execute(
         update(tables.Account)
         .where(tables.Account.id == account_id, tables.Account.available >= amount)
@@ -233,7 +253,7 @@ async def capture(
     """
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
         raise InvalidRequest("capture amount must be a non-negative integer of credits")
-    _check_key(idempotency_key)
+    journal.check_key(idempotency_key)
     now = now or utcnow()
     body = {"hold_id": hold_id, "amount": amount, "node": node, "ref": ref}
     closed = (
@@ -254,7 +274,7 @@ async def capture(
         return await _capture_refused(s, hold_id, amount, idempotency_key, body, now)
     account_id, held = int(closed.account_id), int(closed.amount)
     rest = held - amount
-    journal_id = await _claim(
+    journal_id = await journal.claim(
         s,
         scope=str(account_id),
         key=idempotency_key,
@@ -272,7 +292,7 @@ async def capture(
             f"idempotency key {idempotency_key!r} was already used for another request; "
             "use a new key for a new request"
         )
-    await _entries(
+    await journal.entries(
         s,
         journal_id,
         [(account_id, HELD, -held), (None, REVENUE, amount), (account_id, AVAILABLE, rest)],
@@ -295,7 +315,7 @@ async def _capture_refused(
 ) -> Capture:
     """Why a capture's guarded UPDATE matched nothing: a retry (first result) or an error."""
     found = await _hold_row(s, hold_id)
-    first = await _first_result(s, str(found.account_id), key, "capture", body)
+    first = await journal.first_result(s, str(found.account_id), key, "capture", body)
     if first is not None:
         return Capture(hold_id, first.amount, found.amount - first.amount, first.id)
     if found.status != "open":
@@ -316,12 +336,12 @@ async def release(
     """Give a hold's credits back to available (nothing charged)."""
     found = await _hold_row(s, hold_id)
     body = {"hold_id": hold_id}
-    first = await _first_result(s, str(found.account_id), idempotency_key, "release", body)
+    first = await journal.first_result(s, str(found.account_id), idempotency_key, "release", body)
     if first is not None:
         return Movement(first.id, "release", found.account_id, first.amount)
     now = now or utcnow()
     await _settle(s, found, status="released", captured=0, now=now, allow_expired=True)
-    journal_id = await _journal(
+    journal_id = await journal.write(
         s,
         scope=str(found.account_id),
         key=idempotency_key,
@@ -402,10 +422,10 @@ async def payout(
     """Revenue paid out to serving-node operator `node` (idempotency scope: the system)."""
     _positive(amount)
     body = {"node": node, "amount": amount, "ref": ref}
-    first = await _first_result(s, SYSTEM_SCOPE, idempotency_key, "payout", body)
+    first = await journal.first_result(s, SYSTEM_SCOPE, idempotency_key, "payout", body)
     if first is not None:
         return Movement(first.id, "payout", None, first.amount)
-    journal_id = await _journal(
+    journal_id = await journal.write(
         s,
         scope=SYSTEM_SCOPE,
         key=idempotency_key,
@@ -442,38 +462,6 @@ async def expire_holds(s: AsyncSession, *, now: datetime | None = None, limit: i
     return released
 
 
-# -- audit --------------------------------------------------------------------------------
-
-
-async def journal_imbalance(s: AsyncSession) -> int:
-    """Sum of every journal entry: 0 in a consistent ledger."""
-    total = await s.scalar(select(func.coalesce(func.sum(tables.JournalEntry.amount), 0)))
-    return int(total or 0)
-
-
-async def book_mismatches(s: AsyncSession) -> list[str]:
-    """Accounts whose stored balances differ from the sum of their journal entries."""
-    sums = {
-        (int(r.account_id), str(r.book)): int(r.total)
-        for r in await s.execute(
-            select(
-                tables.JournalEntry.account_id,
-                tables.JournalEntry.book,
-                func.sum(tables.JournalEntry.amount).label("total"),
-            )
-            .where(tables.JournalEntry.account_id.is_not(None))
-            .group_by(tables.JournalEntry.account_id, tables.JournalEntry.book)
-        )
-    }
-    problems = []
-    for account in await s.scalars(select(tables.Account)):
-        for book, stored in ((AVAILABLE, account.available), (HELD, account.held)):
-            journal = sums.get((account.id, book), 0)
-            if journal != stored:
-                problems.append(f"account {account.id} {book}: stored {stored}, journal {journal}")
-    return problems
-
-
 # -- internals ----------------------------------------------------------------------------
 
 
@@ -482,39 +470,8 @@ def _positive(amount: int) -> None:
         raise InvalidRequest("amount must be a positive integer of credits")
 
 
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"idempotency key must be 1..{MAX_KEY_LENGTH} characters")
-
-
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))
-
-
-def request_hash(kind: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps({"op": kind, **body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-async def _first_result(
-    s: AsyncSession, scope: str, key: str, kind: str, body: dict[str, Any]
-) -> tables.JournalTransaction | None:
-    """The journal transaction an earlier call with this key wrote, if any."""
-    _check_key(key)
-    found = await s.scalar(
-        select(tables.JournalTransaction).where(
-            tables.JournalTransaction.scope == scope,
-            tables.JournalTransaction.idempotency_key == key,
-        )
-    )
-    if found is None:
-        return None
-    if found.kind != kind or found.request_hash != request_hash(kind, body):
-        raise Conflict(
-            f"idempotency key {key!r} was already used for a different {found.kind} request; "
-            "use a new key for a new request"
-        )
-    return found
 
 
 async def _hold_row(s: AsyncSession, hold_id: int) -> tables.Hold:
@@ -573,7 +530,7 @@ async def _credit(
 ) -> Movement:
     _positive(amount)
     body = {"account_id": account_id, "amount": amount, "ref": ref}
-    first = await _first_result(s, str(account_id), key, kind, body)
+    first = await journal.first_result(s, str(account_id), key, kind, body)
     if first is not None:
         return Movement(first.id, kind, account_id, first.amount)
     moved = await s.execute(
@@ -583,7 +540,7 @@ async def _credit(
     )
     if _rowcount(moved) != 1:
         raise NotFound(f"account {account_id} does not exist")
-    journal_id = await _journal(
+    journal_id = await journal.write(
         s,
         scope=str(account_id),
         key=key,
@@ -597,113 +554,6 @@ async def _credit(
         now=now or utcnow(),
     )
     return Movement(journal_id, kind, account_id, amount)
-
-
-async def _journal(
-    s: AsyncSession,
-    *,
-    scope: str,
-    key: str,
-    kind: str,
-    body: dict[str, Any],
-    account_id: int | None,
-    amount: int,
-    legs: list[tuple[int | None, str, int]],
-    now: datetime,
-    hold_id: int | None = None,
-    node: str | None = None,
-    ref: str = "",
-    actor: str | None = None,
-) -> int:
-    """Write one balanced journal transaction; the unique key makes a racing retry fail."""
-    if sum(amount for _, _, amount in legs) != 0:
-        raise AssertionError(f"unbalanced {kind} journal: {legs}")
-    try:
-        journal_id = await s.scalar(
-            insert(tables.JournalTransaction)
-            .values(
-                scope=scope,
-                idempotency_key=key,
-                request_hash=request_hash(kind, body),
-                kind=kind,
-                account_id=account_id,
-                amount=amount,
-                hold_id=hold_id,
-                node=node,
-                ref=ref[:200],
-                actor=actor,
-                created_at=now,
-            )
-            .returning(tables.JournalTransaction.id)
-        )
-    except IntegrityError as exc:
-        # A concurrent request with the same key committed first; this transaction must
-        # roll back (the caller's `begin()` does) and a retry returns the first result.
-        raise Conflict(
-            f"a request with idempotency key {key!r} is already in progress; retry it"
-        ) from exc
-    assert journal_id is not None
-    await _entries(s, int(journal_id), legs)
-    return int(journal_id)
-
-
-async def _claim(
-    s: AsyncSession,
-    *,
-    scope: str,
-    key: str,
-    kind: str,
-    body: dict[str, Any],
-    account_id: int | None,
-    amount: int,
-    now: datetime,
-    hold_id: int | None = None,
-    node: str | None = None,
-    ref: str = "",
-) -> int | None:
-    """Insert the journal transaction for (scope, key); None if that key already has one.
-
-    `INSERT ... ON CONFLICT DO NOTHING` (SQLite and PostgreSQL): one round trip in the
-    common case, and a concurrent request with the same key waits for the first to commit
-    instead of failing.
-    """
-    values = {
-        "scope": scope,
-        "idempotency_key": key,
-        "request_hash": request_hash(kind, body),
-        "kind": kind,
-        "account_id": account_id,
-        "amount": amount,
-        "hold_id": hold_id,
-        "node": node,
-        "ref": ref[:200],
-        "actor": None,
-        "created_at": now,
-    }
-    dialect = s.get_bind().dialect.name
-    statement: Any
-    if dialect == "postgresql":
-        statement = postgresql_insert(tables.JournalTransaction).values(**values)
-    else:
-        statement = sqlite_insert(tables.JournalTransaction).values(**values)
-    statement = statement.on_conflict_do_nothing(
-        index_elements=["scope", "idempotency_key"]
-    ).returning(tables.JournalTransaction.id)
-    found = await s.scalar(statement)
-    return None if found is None else int(found)
-
-
-async def _entries(
-    s: AsyncSession, journal_id: int, legs: list[tuple[int | None, str, int]]
-) -> None:
-    if sum(amount for _, _, amount in legs) != 0:
-        raise AssertionError(f"unbalanced journal {journal_id}: {legs}")
-    rows = [
-        {"transaction_id": journal_id, "account_id": acc, "book": book, "amount": leg}
-        for acc, book, leg in legs
-        if leg != 0
-    ]
-    await s.execute(insert(tables.JournalEntry).values(rows))
 
 
 async def _undo(s: AsyncSession, *, journal_id: int, hold_id: int) -> None:
