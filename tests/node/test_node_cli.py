@@ -35,6 +35,8 @@ def test_role_commands(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "--miners must be in" in bad.stderr
     url = _r3mes("validator", "start", "--key", "v", "--chain", "ftp://x", home=tmp_path)
     assert url.returncode == 1
+    device = _r3mes("validator", "start", "--key", "v", "--device", "gpu 0", home=tmp_path)
+    assert device.returncode == 1 and "device must look like 'cpu'" in device.stderr
     assert "nothing is running" in _r3mes("down", home=tmp_path).stdout
     assert "no miner is running" in _r3mes("miner", "status", home=tmp_path).stdout
     stop = _r3mes("proposer", "stop", home=tmp_path)

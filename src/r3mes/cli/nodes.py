@@ -6,7 +6,6 @@ Every role has `start` (runs in the foreground until SIGTERM/Ctrl-C), `stop` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -273,63 +272,79 @@ def miner_start(
     )
 
 
-def _register_checker_start(app: typer.Typer, build: Callable[..., RoleService], doc: str) -> None:
-    """`start` for the roles that need nothing beyond the common flags (`build` is
-    `build_validator` or `build_proposer`)."""
-
-    @app.command("start", help=doc)
-    def start(
-        key: KeyOpt,
-        passphrase: PassOpt,
-        chain: ChainOpt = DEFAULT_CHAIN,
-        name: InstanceOpt = None,
-        home: HomeOpt = None,
-        port: PortOpt = 0,
-        blocks: BlocksOpt = None,
-        ipfs_url: IpfsOpt = None,
-        gateway: GatewayOpt = None,
-        profile: ProfileOpt = None,
-        test_start_delay: StartDelayOpt = 0.0,
-    ) -> None:
-        shutdown = _shutdown()
-        launch = _launch(
-            key=key,
-            passphrase=passphrase,
-            chain=chain,
-            name=name,
-            home=home,
-            port=port,
-            blocks=blocks,
-            ipfs_url=ipfs_url,
-            gateway=gateway,
-            profile=profile,
-            start_delay=test_start_delay,
-        )
-        _run(build(launch, shutdown=shutdown))
-
-
-def _build_validator(launch: RoleLaunch, *, shutdown: Shutdown) -> RoleService:
+@validator_app.command("start")
+def validator_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
+    profile: ProfileOpt = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where submissions are re-executed ('cpu', 'cuda', 'cuda:1'); off the CPU, "
+            "updates from another executor class are judged by distance."
+        ),
+    ] = "cpu",
+    test_start_delay: StartDelayOpt = 0.0,
+) -> None:
+    """Validate: re-execute every pending submission and attest (never one's own)."""
+    shutdown = _shutdown()
     from r3mes.node.launch import build_validator
 
-    return build_validator(launch, shutdown=shutdown)
+    launch = _launch(
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
+        profile=profile,
+        start_delay=test_start_delay,
+    )
+    _run(build_validator(launch, device=device, shutdown=shutdown))
 
 
-def _build_proposer(launch: RoleLaunch, *, shutdown: Shutdown) -> RoleService:
+@proposer_app.command("start")
+def proposer_start(
+    key: KeyOpt,
+    passphrase: PassOpt,
+    chain: ChainOpt = DEFAULT_CHAIN,
+    name: InstanceOpt = None,
+    home: HomeOpt = None,
+    port: PortOpt = 0,
+    blocks: BlocksOpt = None,
+    ipfs_url: IpfsOpt = None,
+    gateway: GatewayOpt = None,
+    profile: ProfileOpt = None,
+    test_start_delay: StartDelayOpt = 0.0,
+) -> None:
+    """Propose: merge each closed round's verified updates into the next adapter version."""
+    shutdown = _shutdown()
     from r3mes.node.launch import build_proposer
 
-    return build_proposer(launch, shutdown=shutdown)
-
-
-_register_checker_start(
-    validator_app,
-    _build_validator,
-    "Validate: re-execute every pending submission and attest (never one's own).",
-)
-_register_checker_start(
-    proposer_app,
-    _build_proposer,
-    "Propose: merge each closed round's verified updates into the next adapter version.",
-)
+    launch = _launch(
+        key=key,
+        passphrase=passphrase,
+        chain=chain,
+        name=name,
+        home=home,
+        port=port,
+        blocks=blocks,
+        ipfs_url=ipfs_url,
+        gateway=gateway,
+        profile=profile,
+        start_delay=test_start_delay,
+    )
+    _run(build_proposer(launch, shutdown=shutdown))
 
 
 @serving_node_app.command("start")
