@@ -34,8 +34,8 @@ from r3mes.chain.msgs import RegisterNode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-FUNDS = 5_000
-DEPOSIT = 2_000
+DEPOSIT = 800
+"""Credits moved to the backend (the faucet gives 1,000 to the wallet on the ledger)."""
 # Printable ASCII without spaces, as the ledger allows in endpoints; still live markup if a
 # page ever parsed it (`<img/src=x/onerror=...>` is an image with a handler).
 EVIL = "<script>window.__pwned='chain'</script><img/src=x/onerror=window.__pwned='img'>"
@@ -128,13 +128,16 @@ def test_3_chat_streams_stop_and_bill(
     session: dict[str, Any], network: Network, wallet: SigningKey
 ) -> None:
     page = session["page"]
-    network.fund(wallet, FUNDS)
-    network.deposit(wallet, DEPOSIT)
     page.goto(f"{network.backend}/#/account")
+    # Test credits from the backend's faucet (a devnet), then a real deposit on the ledger.
+    page.get_by_role("button", name="Get test credits from the faucet").click()
+    page.get_by_text("credits sent to your wallet on the ledger").wait_for(timeout=60_000)
+    network.deposit(wallet, DEPOSIT)
     wait_until(
         page,
-        "() => (document.querySelector('[data-testid=balance-available]')?.textContent || '')"
-        ".startsWith('2,000')",
+        "n => Number((document.querySelector('[data-testid=balance-available]')?.textContent"
+        " || '').split(' ')[0].replace(/,/g, '')) === n",
+        arg=DEPOSIT,
         timeout_s=60,
     )
     before = balance_of(page)
@@ -191,6 +194,11 @@ def test_3_chat_streams_stop_and_bill(
     )
     charges = page.locator("section[aria-labelledby=charges-h]")
     charges.get_by_text("cancelled").first.wait_for(timeout=30_000)
+    # Usage per day counts every credit spent today (the stopped answer and any before it).
+    usage = page.locator("section[aria-labelledby=use-h] .table-wrap tbody tr").first
+    usage.wait_for()
+    spent_today = int(usage.locator("td").last.inner_text().replace(",", ""))
+    assert spent_today == DEPOSIT - (before - cost)
     session["streamed"] = streamed
     shoot(page, "account-desktop")
 
@@ -320,6 +328,7 @@ def test_7_every_page_screenshot_and_axe(
             page.goto(f"{network.backend}/#/{route}")
             page.wait_for_selector("#main h1")
             page.wait_for_load_state("networkidle")
+            wait_until(page, "() => document.querySelector('#main .loading') === null")
             page.wait_for_timeout(500)
             name = route.split("/")[0]
             shoot(page, f"{name}-{width}")

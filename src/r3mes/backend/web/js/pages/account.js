@@ -23,7 +23,7 @@ export async function accountPage(main) {
     return null;
   }
   const balance = h("section", { class: "card", "aria-labelledby": "bal-h" });
-  const topUp = h("section", { class: "card", "aria-labelledby": "top-h" });
+  const topUp = h("section", { class: "card", "aria-labelledby": "top-up-h" });
   const charges = h("section", { class: "card wide", "aria-labelledby": "charges-h" }, h("h2", { id: "charges-h" }, "Recent charges"), h("p", { class: "hint" }, "Connecting…"));
   const usage = h("section", { class: "card wide", "aria-labelledby": "use-h" });
   const keys = h("section", { class: "card wide", "aria-labelledby": "keys-h" });
@@ -117,8 +117,8 @@ function renderCharges(section, rows) {
 }
 
 function renderTopUp(section, me) {
-  const deposit = me.deposit_address || me.deposit?.address || "";
-  const rpc = me.chain_rpc || me.deposit?.chain_rpc || "";
+  const deposit = me.deposit_address || "";
+  const rpc = me.chain_rpc || "";
   const amount = h("input", { type: "number", name: "amount", min: "1", step: "1", value: "1000", inputmode: "numeric" });
   const command = h("code", { "data-testid": "deposit-command" });
   const update = () => {
@@ -127,18 +127,35 @@ function renderTopUp(section, me) {
   };
   amount.addEventListener("input", update);
   update();
+  const faucetStatus = h("p", { class: "hint", role: "status" });
+  const faucet = h("button", { type: "button" }, "Get test credits from the faucet");
+  faucet.addEventListener("click", async () => {
+    faucet.disabled = true;
+    faucetStatus.textContent = "Asking the faucet…";
+    try {
+      const got = await post("/api/faucet", { address: me.address });
+      faucetStatus.textContent = `${fmtInt(got.amount)} credits sent to your wallet on the ledger (block ${fmtInt(got.height)}). Deposit them as above.`;
+    } catch (error) {
+      faucetStatus.textContent = error.status === 403 ? "This network has no faucet (it is not a test network)." : `The faucet refused: ${error.message}`;
+    } finally {
+      faucet.disabled = false;
+    }
+  });
   replace(
     section,
-    h("h2", { id: "top-h" }, "Top up"),
+    h("h2", { id: "top-up-h" }, "Top up"),
     deposit
       ? [
-          h("p", {}, "Send credits on the ledger from your wallet address to the deposit address. They arrive after the next block."),
+          h("p", {}, "Send credits on the ledger from your wallet address to the deposit address. They are credited here after the next block."),
           h("p", { class: "address" }, "Deposit address: ", h("code", { "data-testid": "deposit-address" }, deposit), " ", h("button", { type: "button", onclick: () => copyText(deposit) }, "Copy address")),
           field("Amount (credits)", amount),
           h("div", { class: "command" }, command, h("button", { type: "button", onclick: () => copyText(command.textContent) }, "Copy command")),
           h("p", { class: "hint" }, "Run it where your key lives; it asks for the keystore passphrase (or reads R3MES_PASSPHRASE)."),
         ]
-      : h("p", {}, "This backend has no deposit address configured."),
+      : h("p", {}, "This backend does not publish a deposit address; ask its operator how to top up."),
+    h("p", {}, "On a test network, the faucet sends free credits to your wallet address on the ledger."),
+    faucet,
+    faucetStatus,
   );
 }
 
