@@ -45,11 +45,14 @@ export async function networkPage(main) {
   }
 
   async function loadBlocks() {
+    let fetched = [];
     try {
-      state.blocks = itemsOf(await get(`/api/blocks?limit=${MAX_BLOCKS}`), "blocks").slice(0, MAX_BLOCKS);
+      fetched = itemsOf(await get(`/api/blocks?limit=${MAX_BLOCKS}`), "blocks");
     } catch {
-      state.blocks = [];
+      // keep what the websocket delivered
     }
+    const byHeight = new Map([...fetched, ...state.blocks].map((b) => [Number(b.height), b]));
+    state.blocks = [...byHeight.values()].sort((a, b) => Number(b.height) - Number(a.height)).slice(0, MAX_BLOCKS);
     drawBlocks();
   }
 
@@ -91,7 +94,11 @@ export async function networkPage(main) {
         if (message.type !== "block") return;
         const block = message.data || {};
         if (block.height === undefined) return;
-        state.blocks = [block, ...state.blocks.filter((b) => b.height !== block.height)].slice(0, MAX_BLOCKS);
+        const top = Number(state.blocks[0]?.height ?? block.height - 1);
+        if (Number(block.height) > top + 1) loadBlocks(); // a gap (page loaded between blocks): refill
+        state.blocks = [block, ...state.blocks.filter((b) => b.height !== block.height)]
+          .sort((a, b) => Number(b.height) - Number(a.height))
+          .slice(0, MAX_BLOCKS);
         state.stats = { ...state.stats, height: Math.max(Number(state.stats.height || 0), Number(block.height)) };
         if (block.round) state.stats.round = block.round;
         drawBlocks();
