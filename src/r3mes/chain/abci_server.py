@@ -243,7 +243,10 @@ class AbciApp:
             else:
                 value = ledger.query(req.path, req.data)
         except QueryError as exc:
-            reply = abci.ResponseQuery(code=1, log=str(exc), height=height, codespace="remes")
+            # code: the HTTP status the REST gateway answers (400 bad request, 404 not found)
+            reply = abci.ResponseQuery(
+                code=exc.status, log=str(exc), height=height, codespace="remes"
+            )
             return abci.Response(query=reply)
         return abci.Response(query=abci.ResponseQuery(code=0, value=value, height=height))
 

@@ -126,3 +126,23 @@ def chain_testnet(
         "start each node with `r3mes chain abci --home H --address ABCI` and "
         "`cometbft node --home H`"
     )
+
+
+@chain_app.command("rest")
+def chain_rest(
+    rpc: Annotated[
+        str, typer.Option("--rpc", help="The CometBFT node's RPC URL.")
+    ] = "http://127.0.0.1:26657",
+    host: Annotated[str, typer.Option(help="Listen address (keep loopback unless needed).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the REST routes and JSON-RPC.")] = 1317,
+) -> None:
+    """Serve /remes/remes/v1/ (through abci_query) and the node's JSON-RPC, devnet-shaped."""
+    import uvicorn
+
+    from r3mes.chain.gateway import GatewayConfig, create_gateway
+
+    _logging()
+    app = create_gateway(GatewayConfig(rpc_url=rpc))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
