@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.devnet import running_devnet
+from support.devnet import running_devnet, tiny_spec
 
-from r3mes.node.localnet.setup import NetworkSpec, passphrase
+from r3mes.node.localnet.setup import passphrase
 from r3mes.paths import Home
 from r3mes.runtime.pidfile import pid_path, read_pid_file
 
@@ -35,14 +35,7 @@ READY_S = 240.0
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Home, str]]:
-    spec = NetworkSpec(
-        home=Home(root=tmp_path_factory.mktemp("exitcodes")),
-        miners=1,
-        round_blocks=10,
-        serving=True,
-        base_model="tiny",
-        dataset_chars=20_000,
-    )
+    spec = tiny_spec(tmp_path_factory.mktemp("exitcodes"), serving=True, dataset_chars=20_000)
     with running_devnet(spec, block_interval_s=0.5) as running:
         yield running
 

@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.devnet import tiny_spec
 from support.net import free_port
+from support.wait import step_until
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.launch import RoleLaunch, build_miner
-from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
+from r3mes.node.localnet.setup import ensure_keys, passphrase, prepare_genesis
 from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
 from r3mes.node.miner.parts import ContentUpdateStore
@@ -47,14 +49,7 @@ class Net:
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
-    spec = NetworkSpec(
-        home=Home(root=tmp_path),
-        miners=1,
-        round_blocks=10,
-        serving=False,
-        base_model="tiny",
-        dataset_chars=40_000,
-    )
+    spec = tiny_spec(tmp_path)
     prepare_genesis(spec, ensure_keys(spec))
     network = Net(spec.home, free_port())
     network.start()
@@ -73,12 +68,8 @@ def _miner(net: Net) -> Miner:
     return build_miner(launch, retry=RetryPolicy(max_retries=2, initial_delay=0.2))
 
 
-def _step_until(miner: Miner, done: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        if not miner.step():
-            time.sleep(0.2)
+def _step_until(miner: Miner, done: Callable[[], bool], timeout: float = 150.0) -> None:
+    step_until(done, miner.step, timeout=timeout, what="the miner")
 
 
 def _states(miner: Miner) -> list[TxState]:

@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from support.process import OutputWatcher
+from support.wait import wait_until
 
 from r3mes.node.localnet.dashboard import Snapshot
 from r3mes.node.localnet.network import UpOptions, check_children, run_network
@@ -27,10 +27,7 @@ def _spawn(supervisor: Supervisor, tmp_path: Path, name: str, code: str) -> None
 
 
 def _wait_exited(supervisor: Supervisor, names: set[str]) -> None:
-    deadline = time.monotonic() + 60
-    while not names <= {n for n, _ in supervisor.exited()}:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: names <= {n for n, _ in supervisor.exited()}, timeout=60, what=str(names))
 
 
 def test_up_stops_when_every_role_process_or_the_ledger_died(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.wait import wait_until
 
 from r3mes.node.errors import ServiceError, ValidationError
 from r3mes.node.runtime.service import ServiceConfig
@@ -52,12 +53,7 @@ sys.exit(run_with_logging(Counting(config)))
 
 
 def _wait_for_pidfile(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never appeared")
+    wait_until(path.exists, timeout=timeout, what=str(path))
 
 
 def test_service_process_lifecycle(tmp_path: Path) -> None:

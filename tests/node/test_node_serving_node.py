@@ -8,24 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.devnet import running_devnet
+from support.devnet import running_devnet, tiny_spec
 
 from r3mes.chain.client_types import NodeInfo
 from r3mes.node.launch import RoleLaunch, build_serving_node
-from r3mes.node.localnet.setup import NetworkSpec, passphrase
+from r3mes.node.localnet.setup import passphrase
 from r3mes.paths import Home
 
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
-    spec = NetworkSpec(
-        home=Home(root=tmp_path),
-        miners=1,
-        round_blocks=10,
-        serving=True,
-        base_model="tiny",
-        dataset_chars=20_000,
-    )
+    spec = tiny_spec(tmp_path, serving=True, dataset_chars=20_000)
     with running_devnet(spec, block_interval_s=0.3) as running:
         yield running
 

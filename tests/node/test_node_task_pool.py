@@ -4,11 +4,11 @@ artifacts of upcoming work (for real, through an ArtifactCache over a blockstore
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from r3mes.node.errors import ValidationError
 from r3mes.node.miner.coordinator import MiningTask
@@ -27,11 +27,8 @@ def _task(round_id: int, artifacts: ArtifactSet | None = None) -> MiningTask:
     return MiningTask(round_id=round_id, task_id=f"round-{round_id}", details=details)
 
 
-def _until(done: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+def _until(done: Callable[[], bool], timeout: float = 60.0) -> None:
+    wait_until(done, timeout=timeout, what="the task pool", tick=0.01)
 
 
 class Source:

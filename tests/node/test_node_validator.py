@@ -5,21 +5,21 @@ residuals, and the validator never attests its own submission."""
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from support.devnet import running_devnet
+from support.devnet import running_devnet, tiny_spec
+from support.wait import step_until
 
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.client_types import SubmissionInfo
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.keystore import Keystore
 from r3mes.node.launch import RoleLaunch, build_miner, build_validator
-from r3mes.node.localnet.setup import NetworkSpec, passphrase
+from r3mes.node.localnet.setup import passphrase
 from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
 from r3mes.node.registration import ensure_registered
@@ -40,15 +40,7 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         eval_chunks=4,
         settle_rounds=SETTLE_ROUNDS,
     )
-    spec = NetworkSpec(
-        home=Home(root=tmp_path),
-        miners=2,
-        round_blocks=10,
-        serving=False,
-        base_model="tiny",
-        dataset_chars=40_000,
-        profile=profile,
-    )
+    spec = tiny_spec(tmp_path, miners=2, profile=profile)
     with running_devnet(spec) as running:
         yield running
 
@@ -71,15 +63,6 @@ def _validator(home: Home, url: str, name: str) -> Validator:
 
 def _key(home: Home, name: str) -> SigningKey:
     return Keystore(home.keys).load(name, passphrase=passphrase(home))
-
-
-def _until(steps: list[Callable[[], bool]], done: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        did = [step() for step in steps]  # every role steps, whatever the others did
-        if not any(did):
-            time.sleep(0.2)
 
 
 def _bogus_submission(client: BlockchainClient, key: SigningKey, tag: bytes) -> SubmissionInfo:
@@ -132,7 +115,7 @@ def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
         def committed() -> int:
             return sum(r.state is TxState.COMMITTED for r in miner.journal.recent(50))
 
-        _until([miner.step], lambda: committed() >= 2, timeout=120)
+        step_until(lambda: committed() >= 2, miner.step, timeout=180, what="2 commits")
         first, second = sorted(_subs_of(client, miner.address), key=lambda s: s.id)
         assert second.round > first.round + SETTLE_ROUNDS, "the miner waited out the deadline"
         assert first.status == "pending"
@@ -148,7 +131,7 @@ def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
                 and len([s for s in mined if s.status == "verified"]) >= 3
             )
 
-        _until([validator.step, miner.step], settled, timeout=150)
+        step_until(settled, validator.step, miner.step, timeout=240, what="settlement")
         subs = {s.id: s for s in client.submissions()}
         assert "could not be fetched" in (validator.verdicts.reason(bogus.id) or "")
         mined = _subs_of(client, miner.address)

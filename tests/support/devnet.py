@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from r3mes.chain.devnet import DevnetConfig, DevnetNode
 from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, prepare_genesis
 from r3mes.paths import Home
 from support.net import free_port
+
+
+def tiny_spec(root: Path, **overrides: Any) -> NetworkSpec:
+    """A one-miner local network on the tiny model, 10-block rounds, no serving node;
+    `overrides` are `NetworkSpec` fields."""
+    fields: dict[str, Any] = {
+        "miners": 1,
+        "round_blocks": 10,
+        "serving": False,
+        "base_model": "tiny",
+        "dataset_chars": 40_000,
+    }
+    return NetworkSpec(home=Home(root=root), **{**fields, **overrides})
 
 
 @contextmanager
