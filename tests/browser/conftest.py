@@ -15,8 +15,10 @@ import pytest
 from browser.helpers import CHROMIUM, LAUNCH_ARGS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module (Playwright's sync API holds an event loop while it
+    runs, so it must be closed before async tests of other modules run)."""
     if not CHROMIUM.exists():
         message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
         if os.environ.get("CI"):

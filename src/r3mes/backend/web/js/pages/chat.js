@@ -23,6 +23,8 @@ export async function chatPage(main) {
   const modelSelect = h("select", { name: "model" });
   const modelInfo = h("p", { class: "hint", id: "model-info" });
   const routeInfo = h("p", { class: "route", "aria-live": "polite" });
+  // Streaming text is not read out token by token; screen readers hear when an answer ends.
+  const announce = h("p", { class: "visually-hidden", role: "status" });
   const log = h("ol", { class: "messages", "aria-label": "Conversation", "aria-live": "off" });
   const input = h("textarea", { name: "message", rows: "3", placeholder: "Ask something…", value: draft() });
   const send = h("button", { type: "submit", class: "primary" }, "Send");
@@ -52,6 +54,7 @@ export async function chatPage(main) {
         { class: "chat-main", "aria-labelledby": "chat-h" },
         h("div", { class: "chat-head" }, Object.assign(heading, { id: "chat-h" }), field("Model", modelSelect), modelInfo),
         routeInfo,
+        announce,
         log,
         form,
       ),
@@ -196,6 +199,7 @@ export async function chatPage(main) {
       log.removeAttribute("aria-busy");
       updateMessage(answerItem, answer);
       saveConversation(conversation);
+      announce.textContent = answer.meta.error ? `The answer failed: ${answer.meta.error}` : answer.meta.stopped ? "Answer stopped." : "Answer finished.";
       input.focus();
     }
     if (answer.meta.requestId) {
