@@ -218,13 +218,13 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
             wait_http(f"http://127.0.0.1:{backend_port}/v1/pricing", backend)
             keys = asyncio.run(create_keys(home, database_url, CLIENTS))
             wait_routable(backend_port, {"authorization": f"Bearer {keys[0]}"})
-            warm = max(100, requests // 10)
+            warm = max(50, requests // 10)
             asyncio.run(load(direct, [], warm))
             asyncio.run(load(gateway, keys, warm))
             base, base_wall = asyncio.run(load(direct, [], requests))
             via, via_wall = asyncio.run(load(gateway, keys, requests))
             # the same one request at a time: the gateway's own cost without queueing
-            one = max(50, requests // 10)
+            one = max(30, requests // 10)
             base1, _ = asyncio.run(load(direct, [], one, clients=1))
             via1, _ = asyncio.run(load(gateway, keys, one, clients=1))
     p50_goal, p99_goal = ("<= 3 ms", "<= 15 ms") if goals else ("", "")
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute)")
     args = parser.parse_args(argv)
-    requests = 300 if args.quick else 3000
+    requests = 200 if args.quick else 3000
     print(json.dumps({"note": f"{CLIENTS} clients, {requests} requests per mode"}), flush=True)
     run_case(
         "SQLite, in-process limits", requests=requests, database_url="", redis_url="", goals=True
