@@ -337,8 +337,11 @@ def test_7_every_page_screenshot_and_axe(
             wait_until(page, "() => document.querySelector('#main .loading') === null")
             page.wait_for_timeout(500)
             name = route.split("/")[0]
-            shoot(page, f"{name}-{width}")
-            assert run_axe(page) == [], f"{route} at {width}"
+            for scheme in ("light", "dark"):  # the theme follows the system setting
+                page.emulate_media(color_scheme=scheme)
+                page.wait_for_timeout(200)
+                shoot(page, f"{name}-{width}" + ("-dark" if scheme == "dark" else ""))
+                assert run_axe(page) == [], f"{route} at {width} ({scheme})"
             overflow = page.evaluate("() => document.documentElement.scrollWidth")
             assert overflow <= VIEWPORTS[width]["width"], f"{route} scrolls sideways at {width}"
     finally:

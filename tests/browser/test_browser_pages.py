@@ -224,3 +224,30 @@ def test_session_expiry_keeps_the_chat(browser: Any, backend: str) -> None:
     assert api_key not in page.evaluate("() => JSON.stringify({...localStorage})")
     context.close()
     assert errors.errors == []
+
+
+def test_an_expired_access_cookie_is_renewed_silently(browser: Any, backend: str) -> None:
+    """The short-lived access cookie is gone; the refresh cookie (with the CSRF header)
+    renews the session without the user noticing."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors = PageErrors(page)
+    keplr_shim(page, SigningKey.generate())
+    page.goto(f"{backend}/#/login")
+    page.get_by_role("button", name="Sign in with a browser wallet").click()
+    wait_until(page, "() => location.hash === '#/chat'")
+    old = {c["name"]: c["value"] for c in context.cookies()}
+    context.clear_cookies(name="r3mes_access")
+    refreshes: list[dict[str, str]] = []
+    page.on(
+        "request",
+        lambda r: refreshes.append(r.headers) if r.url.endswith("/api/auth/refresh") else None,
+    )
+    page.goto(f"{backend}/#/account")
+    page.locator("[data-testid=balance-available]").wait_for()
+    assert page.locator("#banner .banner").count() == 0
+    assert len(refreshes) == 1 and refreshes[0]["x-csrf-token"] == old["r3mes_csrf"]
+    new = {c["name"]: c["value"] for c in context.cookies()}
+    assert new["r3mes_access"] and new["r3mes_refresh"] != old["r3mes_refresh"]  # rotated
+    context.close()
+    assert errors.errors == []
