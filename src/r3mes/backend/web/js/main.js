@@ -106,6 +106,8 @@ function start() {
     render().then(() => document.querySelector("#main h1")?.focus());
   });
   window.addEventListener("r3mes:auth-expired", () => markExpired());
+  // Charts take their colours when drawn: redraw the page when the system theme changes.
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => render());
   document.getElementById("skip").addEventListener("click", (event) => {
     event.preventDefault();
     const heading = document.querySelector("#main h1") || document.getElementById("main");
