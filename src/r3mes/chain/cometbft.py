@@ -21,7 +21,8 @@ from typing import IO
 import httpx
 
 from r3mes.chain.errors import ChainError
-from r3mes.chain.testnet import TestnetNode
+from r3mes.chain.genesis import Genesis
+from r3mes.chain.testnet import NodePorts, TestnetNode
 
 PINNED_VERSION = "0.38.26"
 
@@ -214,3 +215,66 @@ def _read(path: Path) -> str:
         return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+@dataclass(frozen=True)
+class LedgerProcess:
+    """One process of a local CometBFT ledger, for a supervisor to run."""
+
+    name: str
+    argv: tuple[str, ...]
+    log_path: Path
+
+
+GATEWAY_NAME = "chain-gateway"
+
+
+def local_ledger(
+    root: Path,
+    genesis: Genesis,
+    *,
+    validators: int,
+    gateway_port: int,
+    binary: str,
+    block_interval_s: float,
+    python: str = sys.executable,
+) -> list[LedgerProcess]:
+    """The processes of an N-validator ledger on loopback (`r3mes up --engine cometbft`).
+
+    Homes are written under `root` once (kept on a rerun, so the chain resumes): each
+    validator is `r3mes chain abci` plus `cometbft node`; last comes `r3mes chain rest` on
+    `gateway_port` over node0's RPC, the one URL the roles and the backend use.
+    """
+    from r3mes.chain.testnet import TestnetConfig, load_testnet, write_testnet
+
+    if root.is_dir() and any(root.glob("node*")):
+        nodes = load_testnet(root)
+    else:
+        ms = max(10, int(block_interval_s * 1000))
+        config = TestnetConfig(
+            validators=validators,
+            ports=tuple(
+                NodePorts(_free_port(), _free_port(), _free_port()) for _ in range(validators)
+            ),
+            timeout_commit=f"{ms}ms",
+        )
+        nodes = write_testnet(root, genesis, config)
+    cli = (python, "-m", "r3mes.cli.main", "chain")
+    out = []
+    for node in nodes:
+        abci_argv = (*cli, "abci", "--home", str(node.home), "--address", node.abci_address)
+        out.append(LedgerProcess(f"abci-{node.name}", abci_argv, node.home / "abci.log"))
+    for node in nodes:
+        node_argv = (binary, "node", "--home", str(node.home))
+        out.append(LedgerProcess(f"cometbft-{node.name}", node_argv, node.home / "cometbft.log"))
+    gateway = (*cli, "rest", "--rpc", nodes[0].rpc_url, "--port", str(gateway_port))
+    out.append(LedgerProcess(GATEWAY_NAME, gateway, root / "gateway.log"))
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

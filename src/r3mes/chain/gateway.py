@@ -11,12 +11,15 @@ devnet, so the roles cannot tell which engine they talk to:
 - `tx` takes the hash in hex (CometBFT's JSON body wants base64 bytes);
 - a tx CometBFT's mempool cache already holds answers code DUPLICATE, as the devnet does;
 - CometBFT's JSON-RPC errors become HTTP 404 (not found) or 400, never 5xx, so clients
-  do not retry them.
+  do not retry them;
+- `/websocket` is piped to the node's websocket (`subscribe` to NewBlock or Tx events).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from google.protobuf.message import Message
 
@@ -42,6 +45,7 @@ from r3mes.chain.views import QueryError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * MAX_TX_BYTES
+MAX_WS_BYTES = 16 * 1024 * 1024
 
 
 class NodeUnavailable(ChainError):
@@ -110,9 +114,11 @@ async def query_json(rpc: CometRpc, method: str, request: Message) -> dict[str, 
     return doc
 
 
+RoundArg = Annotated[int | None, Query(ge=1, le=2**63)]
+
+
 def rest_router(rpc: CometRpc) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["remes"])
-    round_arg = Annotated[int | None, Query(ge=1, le=2**63)]
 
     @router.get("/params")
     async def params() -> dict[str, Any]:
@@ -129,11 +135,11 @@ def rest_router(rpc: CometRpc) -> APIRouter:
         return await query_json(rpc, "Round", query_pb2.QueryRoundRequest(round=number))
 
     @router.get("/tasks")
-    async def tasks(round: round_arg = None) -> dict[str, Any]:
+    async def tasks(round: RoundArg = None) -> dict[str, Any]:
         return await query_json(rpc, "Tasks", query_pb2.QueryTasksRequest(round=round or 0))
 
     @router.get("/submissions")
-    async def submissions(round: round_arg = None) -> dict[str, Any]:
+    async def submissions(round: RoundArg = None) -> dict[str, Any]:
         request = query_pb2.QuerySubmissionsRequest(round=round or 0)
         return await query_json(rpc, "Submissions", request)
 
@@ -245,4 +251,36 @@ def create_gateway(config: GatewayConfig) -> FastAPI:
             return rpc_error(400, "a JSON-RPC request must be a JSON object", -32600, rid=None)
         return await jsonrpc_call(rpc, body)
 
+    @app.websocket("/websocket")
+    async def websocket(ws: WebSocket) -> None:
+        """CometBFT's websocket (subscribe NewBlock / Tx), piped both ways."""
+        await pipe_websocket(ws, config.rpc_url.replace("http", "ws", 1) + "/websocket")
+
     return app
+
+
+async def pipe_websocket(ws: WebSocket, upstream_url: str) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    await ws.accept()
+    try:
+        async with connect(upstream_url, open_timeout=10, max_size=MAX_WS_BYTES) as upstream:
+
+            async def down() -> None:
+                async for message in upstream:
+                    await ws.send_text(message if isinstance(message, str) else message.decode())
+
+            async def up() -> None:
+                while True:
+                    await upstream.send(await ws.receive_text())
+
+            tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+    except (OSError, WebSocketException, WebSocketDisconnect) as exc:
+        log.info("websocket pipe closed: %s", exc)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
