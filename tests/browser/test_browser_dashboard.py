@@ -256,6 +256,15 @@ def test_5_leaderboard_and_miner_page(session: dict[str, Any], network: Network)
     submissions = page.locator("section[aria-labelledby=subs-h] tbody tr")
     submissions.first.wait_for()
     assert page.locator("section[aria-labelledby=subs-h]").get_by_text("verified").count() >= 1
+    rewards = page.locator("section[aria-labelledby=rewards-h] tbody tr")
+    assert rewards.count() >= 1
+    # and a validator's page, from its leaderboard
+    page.goto(f"{network.backend}/#/network")
+    validator = page.locator("section[aria-labelledby=vals-h] tbody a").first
+    validator.wait_for()
+    validator.click()
+    page.get_by_role("heading", name="As a validator").wait_for()
+    assert page.locator("section[aria-labelledby=val-h] tbody tr").count() >= 1
 
 
 def test_6_untrusted_text_renders_as_text(
