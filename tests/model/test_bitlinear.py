@@ -3,8 +3,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r3mes.model.bitlinear import BitLinear, pack_ternary, ternarize, unpack_ternary
+from r3mes.model.bitlinear import (
+    MAX_EXACT_IN_FEATURES,
+    BitLinear,
+    pack_ternary,
+    quantize_activations,
+    ternarize,
+    unpack_ternary,
+)
 from r3mes.model.errors import ModelError
+from r3mes.model.kernels import ternary as kernels
 
 torch.set_num_threads(1)
 
@@ -76,7 +84,7 @@ def test_freeze_packs_and_matches_training_forward() -> None:
     assert layer.weight_bytes() == 2 * 16 + 4
 
 
-def test_cached_unpacked_copy_is_accounted() -> None:
+def test_cached_unpacked_copy_is_accounted(reference_path: None) -> None:
     layer = BitLinear(16, 8)
     layer.freeze()
     layer.cache_unpacked(True)
@@ -93,3 +101,28 @@ def test_load_packed_rejects_wrong_shape() -> None:
     with pytest.raises(ModelError, match="shape"):
         layer.load_packed(torch.zeros(3, 16, dtype=torch.uint8), torch.ones(1))
     assert not layer.frozen
+
+
+def test_kernel_path_holds_no_unpacked_copy() -> None:
+    layer = BitLinear(16, 8)
+    layer.freeze()
+    layer.cache_unpacked(True)
+    layer(torch.randn(1, 16))
+    if kernels.current_isa() != kernels.REFERENCE:
+        assert layer.weight_bytes() == 2 * 16 + 4  # the kernel reads the packed bytes
+
+
+def test_frozen_forward_is_transformers_post_quant_process() -> None:
+    torch.manual_seed(3)
+    layer = BitLinear(40, 9)
+    layer.freeze()
+    x = torch.randn(3, 40)
+    codes, input_scale = quantize_activations(x)
+    acc = codes @ layer.ternary_weight().T  # integer valued, exact in float32
+    expected = acc / (input_scale * layer.scale())
+    assert torch.equal(layer(x), expected)
+
+
+def test_too_wide_for_exact_float_sums_is_refused() -> None:
+    with pytest.raises(ModelError, match="exact"):
+        BitLinear(MAX_EXACT_IN_FEATURES + 1, 4)

@@ -6,10 +6,14 @@ Two modes share one module:
   straight-through estimator, so the model can be trained from scratch;
 * frozen (`freeze()`): the weight is held only as `packed_weight` (uint8, four ternary values
   per byte, the layout of transformers' `integrations/bitnet.py`) plus `weight_scale`; it is
-  never re-quantized and holds no gradient memory.  Each forward unpacks a transient ternary
-  copy (a few vectorised bit operations, small next to the matmul).  Serving code that
-  wants speed over memory can call `cache_unpacked(True)` to keep that copy; the memory
-  accounting (`weight_bytes()`) reports it when present.
+  never re-quantized and holds no gradient memory.  On CPU the forward runs the native
+  ternary kernel (`r3mes.model.kernels.ternary`) straight on the packed bytes with int8
+  activation codes and int32 sums, and the input gradient (LoRA training) runs its transposed
+  twin.  Without the kernel (not built, another device, or `set_isa("reference")`) each
+  forward unpacks a transient ternary copy and multiplies the integer codes in float32,
+  which is exact too (every partial sum is an integer below 2**24), so both paths give the
+  same bits.  `cache_unpacked(True)` keeps that copy for the torch path; `weight_bytes()`
+  reports it when present.
 
 `weight_scale` has the meaning it has in HF's packed checkpoints: `W ~= ternary / weight_scale`.
 """
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r3mes.model.errors import ModelError
+from r3mes.model.kernels import ternary as kernels
 
 VALUES_PER_BYTE = 4
 SCALE_EPS = 1e-5
@@ -122,6 +127,50 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (xf * scale).round().clamp(-ACT_MAX - 1, ACT_MAX), scale
 
 
+MAX_EXACT_IN_FEATURES = (1 << 24) // 128
+"""Widest input whose float32 sums of int8 codes x ternary stay exact integers (2**24 / 128)."""
+
+
+def _uses_kernel(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and kernels.current_isa() != kernels.REFERENCE
+
+
+class _FrozenTernaryLinear(torch.autograd.Function):
+    """y = (codes @ W.T) / (input_scale * weight_scale), as transformers' packed BitLinear.
+
+    `codes @ W.T` is an exact integer on both paths: the native kernel sums in int32; the
+    torch path sums integer-valued float32 below 2**24.  The backward is the straight-through
+    estimator of the quantized input: grad_x = (grad_y / weight_scale) @ W, so LoRA layers
+    below this one receive the gradient of the quantized forward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: BitLinear) -> torch.Tensor:
+        ctx.layer = layer
+        codes, input_scale = quantize_activations(x)  # (..., K) integer-valued, (..., 1)
+        packed = layer._buffer("packed_weight")
+        if _uses_kernel(x):
+            flat = codes.reshape(-1, layer.in_features).to(torch.int8)
+            acc = kernels.ops()[0](flat, packed, layer.out_features)  # (M, N) int32
+            acc = acc.view(*x.shape[:-1], layer.out_features).float()
+        else:
+            acc = F.linear(codes, layer.ternary_weight().to(x.device))
+        return (acc / (input_scale * layer._buffer("weight_scale"))).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        layer: BitLinear = ctx.layer
+        g = grad_y.float() / layer._buffer("weight_scale")
+        if _uses_kernel(g):
+            flat = g.reshape(-1, layer.out_features).contiguous()
+            packed = layer._buffer("packed_weight")
+            grad_x = kernels.ops()[1](flat, packed, layer.in_features)  # (M, K) float32
+            grad_x = grad_x.view(*grad_y.shape[:-1], layer.in_features)
+        else:
+            grad_x = g @ layer.ternary_weight().to(g.device)
+        return grad_x.to(grad_y.dtype), None
+
+
 class BitLinear(nn.Module):
     """A linear layer with ternary weights and 8-bit activations (BitNet b1.58)."""
 
@@ -129,6 +178,11 @@ class BitLinear(nn.Module):
         super().__init__()
         if in_features <= 0 or out_features <= 0:
             raise ModelError(f"BitLinear needs positive sizes, got {in_features}x{out_features}")
+        if in_features > MAX_EXACT_IN_FEATURES:
+            raise ModelError(
+                f"BitLinear in_features {in_features} exceeds {MAX_EXACT_IN_FEATURES}, where "
+                "sums of int8 codes would no longer be exact in float32"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
@@ -207,11 +261,7 @@ class BitLinear(nn.Module):
             xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
             y: torch.Tensor = F.linear(xq, w)
         else:
-            # fake-quantized input with a straight-through gradient, so LoRA layers below
-            # this one receive the gradient of the quantized forward
-            xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
-            w = self.ternary_weight().to(x.device)
-            y = (F.linear(xq, w) / self._buffer("weight_scale")).to(x.dtype)
+            y = _FrozenTernaryLinear.apply(x, self)  # type: ignore[no-untyped-call]
         if self.bias is not None:
             y = y + self.bias
         return y

@@ -1,0 +1,547 @@
+/*
+ * Ternary matrix products on 2-bit packed weights (BitNet b1.58), for r3mes.model.kernels.
+ *
+ * Packing (transformers' `pack_weights`, r3mes.model.bitlinear.pack_ternary): a weight
+ * W (N, K) with values in {-1, 0, 1} is held as uint8 P (R, K), R = ceil(N / 4); byte P[r, k]
+ * holds W[r + b*R, k] + 1 in bits 2b..2b+1 for b = 0..3.  One pass over packed row r is
+ * therefore four dot products (output rows r, r+R, r+2R, r+3R), reading K contiguous bytes.
+ *
+ * Forward: out[m, o] = sum_k W[o, k] * x[m, k] with int8 x and int32 accumulation, computed
+ * as sum_k code[o, k] * x[m, k] - sum_k x[m, k] (code = W + 1 in {0, 1, 2} is unsigned, which
+ * is what the x86 u8 x s8 instructions want).  Integer sums are exact, so every path below
+ * (scalar, AVX2, AVX-512BW, AVX-512 VNNI, NEON, NEON dotprod) and every thread count gives
+ * the same bits.
+ *
+ * Input gradient: out[m, k] = sum_o g[m, o] * W[o, k] in float32, on the same packing.  Each
+ * output element adds the terms w * g (exact: w is -1, 0 or 1) in one fixed order, r outer
+ * and b inner, on every path, so it too is bit-identical across paths and thread counts
+ * (though not equal to a BLAS matmul, whose order is its own).
+ *
+ * Work is split by output rows (forward: packed rows; gradient: columns k) over pthreads.
+ * Plain C11 with per-function target attributes: no Python or torch headers are needed, and
+ * the library is loaded with ctypes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define R3_X86 1
+#include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#define R3_ARM 1
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+#endif
+
+#define R3_EXPORT __attribute__((visibility("default")))
+
+enum {
+    ISA_SCALAR = 0,
+    ISA_AVX2 = 1,
+    ISA_AVX512BW = 2,
+    ISA_AVX512VNNI = 3,
+    ISA_NEON = 4,
+    ISA_NEON_DOTPROD = 5,
+    ISA_COUNT = 6
+};
+
+#define ERR_ARGS -1
+#define ERR_ISA -2
+#define ERR_THREAD -3
+#define ERR_MEMORY -4
+
+#define KTILE 256 /* gradient: columns per tile, so a tile of packed bytes stays in L2 */
+
+typedef struct {
+    const int8_t *x;      /* (M, K) */
+    const int32_t *xsum;  /* (M,) */
+    const uint8_t *p;     /* (R, K) */
+    int32_t *out;         /* (M, N) */
+    int64_t m, k, n, r;
+} fwd_job;
+
+typedef struct {
+    const float *g;   /* (M, N) */
+    const uint8_t *p; /* (R, K) */
+    float *out;       /* (M, K) */
+    int64_t m, k, n, r;
+} bwd_job;
+
+static inline void store4(const fwd_job *j, int64_t r, int64_t m, const int32_t s[4]) {
+    for (int b = 0; b < 4; b++) {
+        int64_t o = r + b * j->r;
+        if (o < j->n) j->out[m * j->n + o] = s[b] - j->xsum[m];
+    }
+}
+
+/* sum_k code_b(p[k]) * x[k] for k in [k0, k1), added into s[0..3] */
+static inline void tail4(const uint8_t *p, const int8_t *x, int64_t k0, int64_t k1, int32_t s[4]) {
+    for (int64_t k = k0; k < k1; k++) {
+        int32_t xv = x[k];
+        uint8_t byte = p[k];
+        s[0] += (int32_t)(byte & 3) * xv;
+        s[1] += (int32_t)((byte >> 2) & 3) * xv;
+        s[2] += (int32_t)((byte >> 4) & 3) * xv;
+        s[3] += (int32_t)((byte >> 6) & 3) * xv;
+    }
+}
+
+/* ---------------------------------------------------------------- scalar */
+
+static void fwd_scalar(const fwd_job *j, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *p = j->p + r * j->k;
+        for (int64_t m = 0; m < j->m; m++) {
+            int32_t s[4] = {0, 0, 0, 0};
+            tail4(p, j->x + m * j->k, 0, j->k, s);
+            store4(j, r, m, s);
+        }
+    }
+}
+
+/* The gradient tile loop, shared by every path: `axpy4` adds the four rows of one packed row. */
+#define R3_BWD_BODY(AXPY4)                                                             \
+    for (int64_t c0 = k0; c0 < k1; c0 += KTILE) {                                      \
+        int64_t c1 = c0 + KTILE < k1 ? c0 + KTILE : k1;                                 \
+        for (int64_t m = 0; m < j->m; m++) {                                            \
+            float *acc = j->out + m * j->k;                                             \
+            const float *g = j->g + m * j->n;                                           \
+            for (int64_t c = c0; c < c1; c++) acc[c] = 0.0f;                            \
+            for (int64_t r = 0; r < j->r; r++) {                                        \
+                float gv[4];                                                            \
+                for (int b = 0; b < 4; b++) {                                           \
+                    int64_t o = r + b * j->r;                                           \
+                    gv[b] = o < j->n ? g[o] : 0.0f;                                     \
+                }                                                                       \
+                AXPY4(j->p + r * j->k, gv, acc, c0, c1);                                \
+            }                                                                           \
+        }                                                                               \
+    }
+
+static inline void axpy4_scalar(const uint8_t *p, const float gv[4], float *acc, int64_t c0,
+                                int64_t c1) {
+    for (int64_t c = c0; c < c1; c++) {
+        uint8_t byte = p[c];
+        float a = acc[c];
+        a += (float)((int)(byte & 3) - 1) * gv[0];
+        a += (float)((int)((byte >> 2) & 3) - 1) * gv[1];
+        a += (float)((int)((byte >> 4) & 3) - 1) * gv[2];
+        a += (float)((int)((byte >> 6) & 3) - 1) * gv[3];
+        acc[c] = a;
+    }
+}
+
+static void bwd_scalar(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axpy4_scalar) }
+
+/* ---------------------------------------------------------------- x86 */
+#ifdef R3_X86
+
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+
+T_AVX2 static inline int32_t hsum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* One packed row r against activation rows m0..m0+MB-1 (MB = 1, 2 or 4, a constant after
+ * inlining, so the accumulators stay in registers): 4*MB dot products. */
+#define R3_BLOCK256(NAME, MB)                                                            \
+    T_AVX2 static inline void NAME(const fwd_job *j, const uint8_t *p, int64_t r, int64_t m0) { \
+        const __m256i mask3 = _mm256_set1_epi8(3);                                      \
+        const __m256i ones = _mm256_set1_epi16(1);                                      \
+        const int64_t kv = j->k & ~(int64_t)31;                                         \
+        __m256i a[MB][4];                                                               \
+        for (int t = 0; t < MB; t++)                                                    \
+            for (int b = 0; b < 4; b++) a[t][b] = _mm256_setzero_si256();               \
+        for (int64_t k = 0; k < kv; k += 32) {                                          \
+            __m256i pv = _mm256_loadu_si256((const __m256i *)(p + k));                  \
+            __m256i c[4];                                                               \
+            c[0] = _mm256_and_si256(pv, mask3);                                         \
+            c[1] = _mm256_and_si256(_mm256_srli_epi16(pv, 2), mask3);                   \
+            c[2] = _mm256_and_si256(_mm256_srli_epi16(pv, 4), mask3);                   \
+            c[3] = _mm256_and_si256(_mm256_srli_epi16(pv, 6), mask3);                   \
+            for (int t = 0; t < MB; t++) {                                              \
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(j->x + (m0 + t) * j->k + k)); \
+                /* u8 {0,1,2} x s8: pair sums fit int16 (2*2*128 = 512), no saturation */ \
+                for (int b = 0; b < 4; b++)                                             \
+                    a[t][b] = _mm256_add_epi32(                                         \
+                        a[t][b], _mm256_madd_epi16(_mm256_maddubs_epi16(c[b], xv), ones)); \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < MB; t++) {                                                  \
+            int32_t s[4];                                                               \
+            for (int b = 0; b < 4; b++) s[b] = hsum256(a[t][b]);                        \
+            tail4(p, j->x + (m0 + t) * j->k, kv, j->k, s);                              \
+            store4(j, r, m0 + t, s);                                                    \
+        }                                                                               \
+    }
+
+R3_BLOCK256(blk_avx2_1, 1)
+R3_BLOCK256(blk_avx2_2, 2)
+
+T_AVX2 static void fwd_avx2(const fwd_job *j, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *p = j->p + r * j->k;
+        int64_t m0 = 0;
+        for (; m0 + 2 <= j->m; m0 += 2) blk_avx2_2(j, p, r, m0);
+        for (; m0 < j->m; m0++) blk_avx2_1(j, p, r, m0);
+    }
+}
+
+/* AVX-512: masked loads cover the tail of K; DOT is VNNI's dpbusd or maddubs + madd */
+#define R3_BLOCK512(NAME, TARGET, DOT, MB)                                               \
+    TARGET static inline void NAME(const fwd_job *j, const uint8_t *p, int64_t r, int64_t m0) { \
+        const __m512i mask3 = _mm512_set1_epi8(3);                                      \
+        const __m512i ones = _mm512_set1_epi16(1);                                      \
+        (void)ones;                                                                     \
+        __m512i a[MB][4];                                                               \
+        for (int t = 0; t < MB; t++)                                                    \
+            for (int b = 0; b < 4; b++) a[t][b] = _mm512_setzero_si512();               \
+        for (int64_t k = 0; k < j->k; k += 64) {                                        \
+            int64_t left = j->k - k;                                                    \
+            __mmask64 km = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);   \
+            __m512i pv = _mm512_maskz_loadu_epi8(km, p + k);                            \
+            __m512i c[4];                                                               \
+            c[0] = _mm512_and_si512(pv, mask3);                                         \
+            c[1] = _mm512_and_si512(_mm512_srli_epi16(pv, 2), mask3);                   \
+            c[2] = _mm512_and_si512(_mm512_srli_epi16(pv, 4), mask3);                   \
+            c[3] = _mm512_and_si512(_mm512_srli_epi16(pv, 6), mask3);                   \
+            for (int t = 0; t < MB; t++) {                                              \
+                __m512i xv = _mm512_maskz_loadu_epi8(km, j->x + (m0 + t) * j->k + k);   \
+                for (int b = 0; b < 4; b++) a[t][b] = DOT(a[t][b], c[b], xv);           \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < MB; t++) {                                                  \
+            int32_t s[4];                                                               \
+            for (int b = 0; b < 4; b++) s[b] = _mm512_reduce_add_epi32(a[t][b]);        \
+            store4(j, r, m0 + t, s);                                                    \
+        }                                                                               \
+    }
+
+#define R3_FWD512(NAME, TARGET, DOT)                                                    \
+    R3_BLOCK512(NAME##_1, TARGET, DOT, 1)                                               \
+    R3_BLOCK512(NAME##_4, TARGET, DOT, 4)                                               \
+    TARGET static void NAME(const fwd_job *j, int64_t r0, int64_t r1) {                 \
+        for (int64_t r = r0; r < r1; r++) {                                             \
+            const uint8_t *p = j->p + r * j->k;                                         \
+            int64_t m0 = 0;                                                             \
+            for (; m0 + 4 <= j->m; m0 += 4) NAME##_4(j, p, r, m0);                      \
+            for (; m0 < j->m; m0++) NAME##_1(j, p, r, m0);                              \
+        }                                                                               \
+    }
+
+#define DOT_BW(acc, c, x) _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((c), (x)), ones))
+#define DOT_VNNI(acc, c, x) _mm512_dpbusd_epi32((acc), (c), (x))
+
+R3_FWD512(fwd_avx512bw, T_AVX512, DOT_BW)
+R3_FWD512(fwd_avx512vnni, T_VNNI, DOT_VNNI)
+
+/* gradient: 8 (AVX2) or 16 (AVX-512) columns per step, the same add order as the scalar path */
+T_AVX2 static inline void axpy4_avx2(const uint8_t *p, const float gv[4], float *acc,
+                                     int64_t c0, int64_t c1) {
+    const __m256i mask3 = _mm256_set1_epi32(3);
+    const __m256i one = _mm256_set1_epi32(1);
+    __m256 g[4];
+    for (int b = 0; b < 4; b++) g[b] = _mm256_set1_ps(gv[b]);
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
+        __m256 a = _mm256_loadu_ps(acc + c);
+        for (int b = 0; b < 4; b++) {
+            __m256i code = _mm256_and_si256(_mm256_srli_epi32(bytes, 2 * b), mask3);
+            __m256 w = _mm256_cvtepi32_ps(_mm256_sub_epi32(code, one));
+            a = _mm256_fmadd_ps(w, g[b], a); /* w * g is exact, so fma == mul + add */
+        }
+        _mm256_storeu_ps(acc + c, a);
+    }
+    axpy4_scalar(p, gv, acc, c, c1);
+}
+
+T_AVX512 static inline void axpy4_avx512(const uint8_t *p, const float gv[4], float *acc,
+                                         int64_t c0, int64_t c1) {
+    const __m512i mask3 = _mm512_set1_epi32(3);
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512 g[4];
+    for (int b = 0; b < 4; b++) g[b] = _mm512_set1_ps(gv[b]);
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + c)));
+        __m512 a = _mm512_loadu_ps(acc + c);
+        for (int b = 0; b < 4; b++) {
+            __m512i code = _mm512_and_si512(_mm512_srli_epi32(bytes, 2 * b), mask3);
+            __m512 w = _mm512_cvtepi32_ps(_mm512_sub_epi32(code, one));
+            a = _mm512_fmadd_ps(w, g[b], a);
+        }
+        _mm512_storeu_ps(acc + c, a);
+    }
+    axpy4_scalar(p, gv, acc, c, c1);
+}
+
+T_AVX2 static void bwd_avx2(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axpy4_avx2) }
+T_AVX512 static void bwd_avx512(const bwd_job *j, int64_t k0, int64_t k1) {
+    R3_BWD_BODY(axpy4_avx512)
+}
+
+#endif /* R3_X86 */
+
+/* ---------------------------------------------------------------- ARM */
+#ifdef R3_ARM
+
+static inline int32x4_t dot_neon(int32x4_t acc, int8x16_t c, int8x16_t x) {
+    int16x8_t lo = vmull_s8(vget_low_s8(c), vget_low_s8(x));
+    int16x8_t hi = vmull_s8(vget_high_s8(c), vget_high_s8(x));
+    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
+}
+
+#define R3_FWDNEON(NAME, TARGET, DOT)                                                   \
+    TARGET static void NAME(const fwd_job *j, int64_t r0, int64_t r1) {                 \
+        const uint8x16_t mask3 = vdupq_n_u8(3);                                         \
+        const int64_t kv = j->k & ~(int64_t)15;                                         \
+        for (int64_t r = r0; r < r1; r++) {                                             \
+            const uint8_t *p = j->p + r * j->k;                                         \
+            for (int64_t m0 = 0; m0 < j->m; m0 += 2) {                                  \
+                const int8_t *x0 = j->x + m0 * j->k;                                    \
+                const int8_t *x1 = m0 + 1 < j->m ? x0 + j->k : x0;                      \
+                int32x4_t a[2][4];                                                      \
+                for (int b = 0; b < 4; b++) a[0][b] = a[1][b] = vdupq_n_s32(0);         \
+                for (int64_t k = 0; k < kv; k += 16) {                                  \
+                    uint8x16_t pv = vld1q_u8(p + k);                                    \
+                    int8x16_t c[4];                                                     \
+                    c[0] = vreinterpretq_s8_u8(vandq_u8(pv, mask3));                    \
+                    c[1] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(pv, 2), mask3));     \
+                    c[2] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(pv, 4), mask3));     \
+                    c[3] = vreinterpretq_s8_u8(vshrq_n_u8(pv, 6));                      \
+                    int8x16_t xv0 = vld1q_s8(x0 + k), xv1 = vld1q_s8(x1 + k);           \
+                    for (int b = 0; b < 4; b++) {                                       \
+                        a[0][b] = DOT(a[0][b], c[b], xv0);                              \
+                        a[1][b] = DOT(a[1][b], c[b], xv1);                              \
+                    }                                                                   \
+                }                                                                       \
+                for (int t = 0; t < 2 && m0 + t < j->m; t++) {                          \
+                    int32_t s[4];                                                       \
+                    for (int b = 0; b < 4; b++) s[b] = vaddvq_s32(a[t][b]);             \
+                    tail4(p, t ? x1 : x0, kv, j->k, s);                                 \
+                    store4(j, r, m0 + t, s);                                            \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+    }
+
+#define T_NONE
+#define T_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#define DOT_SDOT(acc, c, x) vdotq_s32((acc), (c), (x))
+
+R3_FWDNEON(fwd_neon, T_NONE, dot_neon)
+R3_FWDNEON(fwd_neon_dotprod, T_DOTPROD, DOT_SDOT)
+
+static inline void axpy4_neon(const uint8_t *p, const float gv[4], float *acc, int64_t c0,
+                              int64_t c1) {
+    const uint32x4_t mask3 = vdupq_n_u32(3);
+    const int32x4_t one = vdupq_n_s32(1);
+    int64_t c = c0;
+    for (; c + 4 <= c1; c += 4) {
+        uint32x4_t bytes = {p[c], p[c + 1], p[c + 2], p[c + 3]};
+        float32x4_t a = vld1q_f32(acc + c);
+        for (int b = 0; b < 4; b++) {
+            uint32x4_t code = vandq_u32(vshlq_u32(bytes, vdupq_n_s32(-2 * b)), mask3);
+            float32x4_t w = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(code), one));
+            a = vfmaq_n_f32(a, w, gv[b]);
+        }
+        vst1q_f32(acc + c, a);
+    }
+    axpy4_scalar(p, gv, acc, c, c1);
+}
+
+static void bwd_neon(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axpy4_neon) }
+
+#endif /* R3_ARM */
+
+/* ---------------------------------------------------------------- dispatch */
+
+typedef void (*fwd_fn)(const fwd_job *, int64_t, int64_t);
+typedef void (*bwd_fn)(const bwd_job *, int64_t, int64_t);
+
+R3_EXPORT int r3mes_ternary_isa_supported(int isa) {
+    switch (isa) {
+    case ISA_SCALAR:
+        return 1;
+#ifdef R3_X86
+    case ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case ISA_AVX512BW:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+    case ISA_AVX512VNNI:
+        return r3mes_ternary_isa_supported(ISA_AVX512BW) &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+#ifdef R3_ARM
+    case ISA_NEON:
+        return 1;
+    case ISA_NEON_DOTPROD:
+#if defined(__linux__) && defined(HWCAP_ASIMDDP)
+        return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+        {
+            int value = 0;
+            size_t size = sizeof(value);
+            if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &value, &size, NULL, 0) != 0)
+                return 0;
+            return value != 0;
+        }
+#else
+        return 0;
+#endif
+#endif
+    default:
+        return 0;
+    }
+}
+
+R3_EXPORT int r3mes_ternary_best_isa(void) {
+    static const int order[] = {ISA_AVX512VNNI, ISA_AVX512BW, ISA_AVX2, ISA_NEON_DOTPROD,
+                                ISA_NEON};
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        if (r3mes_ternary_isa_supported(order[i])) return order[i];
+    return ISA_SCALAR;
+}
+
+static fwd_fn fwd_for(int isa) {
+    switch (isa) {
+    case ISA_SCALAR:
+        return fwd_scalar;
+#ifdef R3_X86
+    case ISA_AVX2:
+        return fwd_avx2;
+    case ISA_AVX512BW:
+        return fwd_avx512bw;
+    case ISA_AVX512VNNI:
+        return fwd_avx512vnni;
+#endif
+#ifdef R3_ARM
+    case ISA_NEON:
+        return fwd_neon;
+    case ISA_NEON_DOTPROD:
+        return fwd_neon_dotprod;
+#endif
+    default:
+        return NULL;
+    }
+}
+
+static bwd_fn bwd_for(int isa) {
+    switch (isa) {
+    case ISA_SCALAR:
+        return bwd_scalar;
+#ifdef R3_X86
+    case ISA_AVX2:
+        return bwd_avx2;
+    case ISA_AVX512BW:
+    case ISA_AVX512VNNI:
+        return bwd_avx512;
+#endif
+#ifdef R3_ARM
+    case ISA_NEON:
+    case ISA_NEON_DOTPROD:
+        return bwd_neon;
+#endif
+    default:
+        return NULL;
+    }
+}
+
+/* ---------------------------------------------------------------- threads */
+
+typedef struct {
+    int backward;
+    fwd_fn fwd;
+    bwd_fn bwd;
+    const void *job;
+    int64_t lo, hi;
+} slice;
+
+static void run_slice(const slice *s) {
+    if (s->backward)
+        s->bwd((const bwd_job *)s->job, s->lo, s->hi);
+    else
+        s->fwd((const fwd_job *)s->job, s->lo, s->hi);
+}
+
+static void *slice_main(void *arg) {
+    run_slice((const slice *)arg);
+    return NULL;
+}
+
+/* Split [0, total) into `threads` contiguous ranges, multiples of `grain`; run them. */
+static int run_split(slice proto, int64_t total, int64_t grain, int threads) {
+    int64_t units = (total + grain - 1) / grain;
+    if (threads < 1) threads = 1;
+    if (threads > units) threads = (int)(units > 0 ? units : 1);
+    if (threads > 256) threads = 256;
+    slice slices[256];
+    pthread_t ids[256];
+    for (int t = 0; t < threads; t++) {
+        slices[t] = proto;
+        int64_t lo = units * t / threads * grain, hi = units * (t + 1) / threads * grain;
+        slices[t].lo = lo < total ? lo : total;
+        slices[t].hi = hi < total ? hi : total;
+    }
+    int started = 0, rc = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&ids[t], NULL, slice_main, &slices[t]) != 0) {
+            rc = ERR_THREAD;
+            break;
+        }
+        started = t;
+    }
+    if (rc == 0) run_slice(&slices[0]);
+    for (int t = 1; t <= started; t++) pthread_join(ids[t], NULL);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+/* out (m, n) int32 = x (m, k) int8  @  W^T, W (n, k) ternary packed as p (ceil(n/4), k) */
+R3_EXPORT int r3mes_ternary_matmul(const int8_t *x, const uint8_t *p, int32_t *out, int64_t m,
+                                   int64_t k, int64_t n, int isa, int threads) {
+    if (!x || !p || !out || m <= 0 || k <= 0 || n <= 0) return ERR_ARGS;
+    if (!r3mes_ternary_isa_supported(isa)) return ERR_ISA;
+    fwd_fn fn = fwd_for(isa);
+    if (!fn) return ERR_ISA;
+    int32_t *xsum = (int32_t *)malloc((size_t)m * sizeof(int32_t));
+    if (!xsum) return ERR_MEMORY;
+    for (int64_t i = 0; i < m; i++) {
+        int32_t s = 0;
+        for (int64_t c = 0; c < k; c++) s += x[i * k + c];
+        xsum[i] = s;
+    }
+    fwd_job job = {x, xsum, p, out, m, k, n, (n + 3) / 4};
+    slice proto = {0, fn, NULL, &job, 0, 0};
+    int rc = run_split(proto, job.r, 1, threads);
+    free(xsum);
+    return rc;
+}
+
+/* out (m, k) float32 = g (m, n) float32  @  W, W (n, k) ternary packed as p (ceil(n/4), k) */
+R3_EXPORT int r3mes_ternary_matmul_t(const float *g, const uint8_t *p, float *out, int64_t m,
+                                     int64_t k, int64_t n, int isa, int threads) {
+    if (!g || !p || !out || m <= 0 || k <= 0 || n <= 0) return ERR_ARGS;
+    if (!r3mes_ternary_isa_supported(isa)) return ERR_ISA;
+    bwd_fn fn = bwd_for(isa);
+    if (!fn) return ERR_ISA;
+    bwd_job job = {g, p, out, m, k, n, (n + 3) / 4};
+    slice proto = {1, NULL, fn, &job, 0, 0};
+    return run_split(proto, k, 64, threads);
+}
