@@ -174,7 +174,8 @@ async def wait_until(condition: object, timeout_s: float = 20) -> None:
 async def test_200_concurrent_streams_on_a_balance_for_20(
     tmp_path: Path, procs: list[UpstreamProcess], database_url: str
 ) -> None:
-    slow = [UpstreamProcess(words=8, token_delay_s=0.5).start() for _ in range(2)]
+    # streams of 12 s: all 200 requests arrive while the first 20 still hold their credits
+    slow = [UpstreamProcess(words=8, token_delay_s=1.5).start() for _ in range(2)]
     procs.extend(slow)
     settings = settings_for(tmp_path, slow, database_url=database_url)
     hold = cost(PRICE, Usage(prompt_token_bound(BODY), BODY["max_tokens"]))  # type: ignore[arg-type]
