@@ -8,6 +8,7 @@ minute on two cores.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websockets.sync.client
 from support.net import free_port
 
 from r3mes.chain import testnet
@@ -30,6 +32,7 @@ from r3mes.chain.cometbft import (
 )
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.devnet import devnet_genesis
+from r3mes.chain.errors import NotFound
 from r3mes.chain.msgs import TransferCredits
 
 pytestmark = pytest.mark.slow
@@ -112,7 +115,25 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
                 assert found is not None and found.code == 0
             assert client.account(receiver).balance == 10 + 11 + 12 + 13
             assert client.status().chain_id == CHAIN_ID
-        assert clients[0].current_round().number >= 1
+        current = clients[0].current_round().number
+        assert current >= 1 and clients[1].round(current).number == current
+        assert clients[2].submissions(current) == [] and clients[3].submissions() == []
+        assert clients[0].tasks(current)["round"] == current
+        assert clients[1].params().round_length == 5
+        assert clients[2].nodes() == [] and clients[3].leaderboard(10) == []
+        with pytest.raises(NotFound):
+            clients[0].round(10**6)
+        with websockets.sync.client.connect(
+            clients[0].base_url.replace("http", "ws") + "/websocket"
+        ) as ws:
+            query = "tm.event='NewBlock'"
+            ws.send(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"query": query}}
+                )
+            )
+            replies = [json.loads(ws.recv(timeout=10)) for _ in range(2)]
+            assert replies[1]["result"]["data"]["type"] == "tendermint/event/NewBlock"
         top = min(net.height(i) for i in range(4)) - 1
         assert_agree(net, [0, 1, 2, 3], top)
     finally:
@@ -194,3 +215,44 @@ def test_a_lying_app_stops_its_node_while_the_other_three_go_on(net: CometbftNet
     assert "wrong Block.Header.AppHash" in log
     assert "Traceback" not in app_log(net.nodes[3])
     assert_agree(net, [0, 1, 2], lie_at + 4)
+
+
+@pytest.mark.timeout(600)
+def test_up_with_cometbft_roles_produce_versions_and_a_cheater_is_slashed(tmp_path: Path) -> None:
+    import threading
+
+    from r3mes.node.localnet.dashboard import Snapshot
+    from r3mes.node.localnet.network import UpOptions, run_network
+    from r3mes.node.localnet.setup import NetworkSpec
+    from r3mes.paths import Home
+
+    spec = NetworkSpec(
+        home=Home(root=tmp_path / "home"),
+        miners=1,
+        cheaters=("random",),
+        round_blocks=10,
+        block_interval=0.5,
+        serving=False,
+        backend=False,
+        base_model="tiny",
+        dataset_chars=60_000,
+    )
+    options = UpOptions(
+        chain_port=0,
+        rounds=2,
+        max_rounds=10,
+        poll_s=0.5,
+        engine="cometbft",
+        validators=4,
+        cometbft_binary=cometbft_binary(),
+    )
+    snapshots: list[Snapshot] = []
+    result = run_network(spec, options, stop=threading.Event(), on_snapshot=snapshots.append)
+    assert result.reached, snapshots[-1].line() if snapshots else "no snapshot"
+    final = result.snapshot
+    assert final is not None and final.adapter_version >= 3
+    miners = {m.name: m for m in final.miners}
+    assert miners["cheater-1"].rejected >= 1 and miners["cheater-1"].earned == 0
+    assert miners["cheater-1"].slashed > 0
+    assert miners["miner-1"].rejected == 0 and miners["miner-1"].earned > 0
+    assert {f"cometbft-node{i}" for i in range(4)} <= result.exit_codes.keys()

@@ -441,6 +441,14 @@ def up(
             "Needs `ipfs` (bash scripts/kubo.sh).",
         ),
     ] = "local",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'devnet' (embedded one-node ledger) or 'cometbft': --validators CometBFT "
+            "validators, each with its ABCI app. Needs `cometbft` (bash scripts/cometbft.sh).",
+        ),
+    ] = "devnet",
+    validators: Annotated[int, typer.Option(min=1, max=16, help="CometBFT validators.")] = 4,
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
@@ -482,7 +490,18 @@ def up(
 
         gopath = Path(os.environ.get("GOPATH") or Path.home() / "go")
         kubo_binary = find_ipfs((gopath / "bin",))
+    cometbft_binary = None
+    if engine == "cometbft":
+        import os
+
+        from r3mes.chain.cometbft import find_cometbft
+
+        gopath = Path(os.environ.get("GOPATH") or Path.home() / "go")
+        cometbft_binary = find_cometbft((gopath / "bin",))
     options = UpOptions(
+        engine=engine,
+        validators=validators,
+        cometbft_binary=cometbft_binary,
         kubo_binary=kubo_binary,
         chain_port=chain_port,
         backend_port=backend_port,

@@ -54,6 +54,12 @@ class UpOptions:
     """The backend's HTTP port (0 picks a free one; `r3mes up` defaults to 8080)."""
     kubo_binary: str | None = None
     """`ipfs` binary: run one Kubo node per role group (`--storage kubo`); None: no Kubo."""
+    engine: str = "devnet"
+    """The ledger: "devnet" (embedded, one node) or "cometbft" (validators under CometBFT)."""
+    validators: int = 4
+    """CometBFT validators (engine "cometbft")."""
+    cometbft_binary: str | None = None
+    """`cometbft` binary (engine "cometbft")."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.chain_port <= 65535:
@@ -66,6 +72,10 @@ class UpOptions:
             raise ValidationError(f"--backend-port must be in [0, 65535], got {self.backend_port}")
         if not 0 < self.poll_s <= 60:
             raise ValidationError(f"poll_s must be in (0, 60], got {self.poll_s}")
+        if self.engine not in ("devnet", "cometbft"):
+            raise ValidationError(f"--engine must be devnet or cometbft, got {self.engine!r}")
+        if self.engine == "cometbft" and (self.cometbft_binary is None or self.validators < 1):
+            raise ValidationError("--engine cometbft needs the cometbft binary and >= 1 validator")
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,25 @@ def devnet_process(spec: NetworkSpec, *, port: int) -> ProcessSpec:
     )
 
 
+def ledger_processes(spec: NetworkSpec, options: UpOptions, *, port: int) -> list[ProcessSpec]:
+    """The devnet, or each CometBFT validator (ABCI app + node) and the gateway on `port`."""
+    if options.engine == "devnet" or options.cometbft_binary is None:
+        return [devnet_process(spec, port=port)]
+    from r3mes.chain.cometbft import local_ledger
+    from r3mes.chain.devnet import genesis_path
+    from r3mes.chain.genesis import Genesis
+
+    ledger = local_ledger(
+        spec.home.root / "cometbft",
+        Genesis.load(genesis_path(spec.home)),
+        validators=options.validators,
+        gateway_port=port,
+        binary=options.cometbft_binary,
+        block_interval_s=spec.block_interval,
+    )
+    return [ProcessSpec(name=p.name, argv=p.argv, log_path=p.log_path) for p in ledger]
+
+
 def _stats_current(snapshot: Snapshot) -> bool:
     """Whether the proposer's published versions include the ledger's current one."""
     return any(v.get("version") == snapshot.adapter_version for v in snapshot.versions)
@@ -328,7 +357,8 @@ def _run_started(
     roles: set[str] = set()
     error: str | None = None
     try:
-        supervisor.spawn(devnet_process(spec, port=port))
+        for ledger in ledger_processes(spec, options, port=port):
+            supervisor.spawn(ledger)
         _wait_for_chain(chain_url, supervisor, STARTUP_TIMEOUT_S, stop)
         pid_files: dict[str, Path] = {}
         processes = local_processes(
@@ -415,6 +445,8 @@ def check_children(
             logger.error("%s exited (code %d); see %s", name, code, logs)
     if "devnet" in dead:
         return f"the devnet ledger exited (code {dead['devnet']}); see {logs / 'devnet.out'}"
+    if "chain-gateway" in dead:
+        return f"the ledger gateway exited (code {dead['chain-gateway']}); see the cometbft/ logs"
     if roles and roles <= dead.keys():
         codes = ", ".join(f"{name} {dead[name]}" for name in sorted(roles))
         return f"every role process exited ({codes}); see the logs in {logs}"
