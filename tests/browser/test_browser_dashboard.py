@@ -184,6 +184,12 @@ def test_3_chat_streams_stop_and_bill(
     assert cost >= 1
     route = page.locator(".route").inner_text()
     assert "served by" in route, route
+    wait_until(  # the chat page's own balance line shows the charge too
+        page,
+        "n => (document.querySelector('[data-testid=chat-balance]')?.textContent || '')"
+        ".startsWith('Balance: ' + n.toLocaleString('en-US') + ' credits')",
+        arg=before - cost,
+    )
     page.goto(f"{network.backend}/#/account")
     wait_until(
         page,

@@ -22,6 +22,7 @@ export async function chatPage(main) {
   const heading = h("h1", { tabindex: "-1" }, "Chat");
   const modelSelect = h("select", { name: "model" });
   const modelInfo = h("p", { class: "hint", id: "model-info" });
+  const balance = h("p", { class: "hint balance", "data-testid": "chat-balance" });
   const routeInfo = h("p", { class: "route", "aria-live": "polite" });
   // Streaming text is not read out token by token; screen readers hear when an answer ends.
   const announce = h("p", { class: "visually-hidden", role: "status" });
@@ -52,7 +53,7 @@ export async function chatPage(main) {
       h(
         "section",
         { class: "chat-main", "aria-labelledby": "chat-h" },
-        h("div", { class: "chat-head" }, Object.assign(heading, { id: "chat-h" }), field("Model", modelSelect), modelInfo),
+        h("div", { class: "chat-head" }, Object.assign(heading, { id: "chat-h" }), field("Model", modelSelect), modelInfo, balance),
         routeInfo,
         announce,
         log,
@@ -128,6 +129,16 @@ export async function chatPage(main) {
     ask(text);
   });
 
+  async function showBalance() {
+    if (session().state !== "in" || session().via === "api-key") return;
+    try {
+      const me = await get("/api/me");
+      balance.textContent = `Balance: ${fmtInt(me.available)} credits${me.held ? ` (${fmtInt(me.held)} held)` : ""}`;
+    } catch {
+      balance.textContent = "";
+    }
+  }
+
   function describeModel() {
     const model = state.models.find((m) => m.id === modelSelect.value);
     const price = priceOf(state.pricing, modelSelect.value);
@@ -179,7 +190,11 @@ export async function chatPage(main) {
     stop.disabled = false;
     log.setAttribute("aria-busy", "true");
     try {
-      await stream(conversation, answer, controller, () => updateMessage(answerItem, answer));
+      await stream(conversation, answer, controller, () => {
+        const atBottom = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
+        updateMessage(answerItem, answer);
+        if (atBottom) answerItem.scrollIntoView({ block: "end" });
+      });
     } catch (error) {
       if (controller.signal.aborted) {
         answer.meta.stopped = true;
@@ -207,6 +222,7 @@ export async function chatPage(main) {
       updateMessage(answerItem, answer);
       saveConversation(conversation);
       window.dispatchEvent(new CustomEvent("r3mes:balance-changed"));
+      showBalance();
     }
   }
 
@@ -295,7 +311,7 @@ export async function chatPage(main) {
     state.conversation = latest ? getConversation(latest.id) : newConversation("auto");
     renderHistory();
     renderMessages();
-    await loadModels();
+    await Promise.all([loadModels(), showBalance()]);
   }
 
   return () => state.controller?.abort();
