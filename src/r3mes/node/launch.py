@@ -8,7 +8,7 @@ content store they all use. One small factory per role (`build_miner`, `build_va
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,8 +110,10 @@ def build_miner(
     from r3mes.node.miner.miner import Miner, MinerSettings
 
     policy = retry or RetryPolicy()
+    # a miner waiting for a round to open looks often: in short rounds every block counts
+    service = replace(launch.service("miner"), idle_interval=min(launch.idle_interval, 0.25))
     settings = MinerSettings(
-        service=launch.service("miner"),
+        service=service,
         chain_url=launch.chain_url,
         profile=launch.profile(),
         blocks=launch.blocks_root,

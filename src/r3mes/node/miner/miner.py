@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -178,13 +179,16 @@ class Miner(LedgerRole):
         task = self.pool.take()
         if task is None:
             return False
+        started = time.monotonic()
         try:
             record = self.coordinator.execute(task)
         except TransactionError as exc:
+            self.tasks.pace.record_work(time.monotonic() - started)
             logger.warning("%s", exc)
             self._tx_total.labels(state=exc.state).inc()
             self.wait(self.config.idle_interval)  # do not spin on a persistent failure
             return True
+        self.tasks.pace.record_work(time.monotonic() - started)
         self._tx_total.labels(state=record.state.value).inc()
         self._train_s.set(self.coordinator.last_metrics.get("train_s", 0.0))
         logger.info(

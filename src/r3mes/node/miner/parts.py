@@ -17,6 +17,7 @@ from r3mes.node.artifacts import ArtifactCache, BlobStore
 from r3mes.node.errors import NodeError, RetryableError, ValidationError
 from r3mes.node.miner.coordinator import MiningTask, SubmissionRef, TrainedUpdate
 from r3mes.node.miner.journal import Journal, TxState
+from r3mes.node.miner.pace import RoundPace
 from r3mes.node.miner.residual import ResidualStore
 from r3mes.node.miner.task_pool import ArtifactSet
 from r3mes.work.profile import WorkProfile, derive_task, round_seed
@@ -82,7 +83,8 @@ class ChainTaskSource:
 
     A miner joins at the first round that opens once it is ready (`join`): a round
     already under way when it started may close before its first, cold training is done,
-    and the ledger would refuse that submission.
+    and the ledger would refuse that submission. For the same reason it leaves a round
+    alone once too few blocks are left for a transaction of the usual length (`pace`).
     """
 
     def __init__(
@@ -99,6 +101,9 @@ class ChainTaskSource:
         self._ready = ready
         self.join_height = 0
         """Rounds that opened below this height are not mined (0: any round)."""
+        self.pace = RoundPace()
+        self.skipped: set[int] = set()
+        """Rounds left alone because too little of them was left."""
 
     def join(self) -> int:
         """Mine from the next round that opens; returns the height joined at."""
@@ -108,10 +113,24 @@ class ChainTaskSource:
     def open_tasks(self) -> list[MiningTask]:
         if not self._ready():
             return []
-        task = mining_task(
-            self.client.current_round(), miner=self.miner, join_height=self.join_height
-        )
+        height = self.client.status().height
+        self.pace.observe_height(height)
+        rnd = self.client.current_round()
+        task = mining_task(rnd, miner=self.miner, join_height=self.join_height)
         if task is None:
+            return []
+        if not self.pace.fits(
+            height=height, open_height=rnd.open_height, close_height=rnd.close_height
+        ):
+            if rnd.number not in self.skipped:
+                self.skipped.add(rnd.number)
+                logger.info(
+                    "round %d: %d blocks left, too few for a %.1f s transaction; "
+                    "waiting for the next round",
+                    rnd.number,
+                    rnd.close_height - height,
+                    self.pace.work_s or 0.0,
+                )
             return []
         mined = any(r.state is TxState.COMMITTED for r in self.journal.for_round(task.round_id))
         return [] if mined else [task]
