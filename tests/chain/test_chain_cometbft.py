@@ -256,3 +256,59 @@ def test_up_with_cometbft_roles_produce_versions_and_a_cheater_is_slashed(tmp_pa
     assert miners["cheater-1"].slashed > 0
     assert miners["miner-1"].rejected == 0 and miners["miner-1"].earned > 0
     assert {f"cometbft-node{i}" for i in range(4)} <= result.exit_codes.keys()
+
+
+def shape(doc: object) -> object:
+    """Keys and JSON types, recursively (a list by its first element)."""
+    if isinstance(doc, dict):
+        return {k: shape(v) for k, v in sorted(doc.items())}
+    if isinstance(doc, list):
+        return [shape(doc[0])] if doc else []
+    return type(doc).__name__
+
+
+def same_shape(ours: object, real: object) -> bool:
+    """Equal shapes, where an empty list fits any list (CometBFT answers empty ones too)."""
+    if isinstance(ours, dict) and isinstance(real, dict):
+        return ours.keys() == real.keys() and all(same_shape(ours[k], real[k]) for k in ours)
+    if isinstance(ours, list) and isinstance(real, list):
+        return not ours or not real or same_shape(ours[0], real[0])
+    return ours == real
+
+
+SAME_SHAPE = ["abci_info", "health", "validators", "net_info", "num_unconfirmed_txs"]
+
+
+def test_devnet_answers_like_a_real_node_for_the_info_methods(tmp_path: Path) -> None:
+    import httpx
+
+    from r3mes.chain.devnet import DevnetConfig, DevnetNode, init_devnet
+    from r3mes.paths import Home
+
+    net = make_network(tmp_path, validators=1)
+    home = Home(root=tmp_path / "devnet")
+    init_devnet(home, devnet_genesis(chain_id=CHAIN_ID))
+    devnet = DevnetNode(home, DevnetConfig(port=free_port(), block_interval_s=0.2))
+    try:
+        net.start()
+        devnet.start()
+        assert net.wait_height(2, timeout_s=60)
+        assert devnet.engine.wait_for_height(2, 30)
+        with httpx.Client(timeout=10) as http:
+
+            def result(url: str, method: str) -> object:
+                return http.get(f"{url}/{method}").json()["result"]
+
+            for method in SAME_SHAPE:
+                real = result(net.nodes[0].rpc_url, method)
+                ours = result(devnet.url, method)
+                assert same_shape(shape(ours), shape(real)), (method, ours, real)
+            real_status = result(net.nodes[0].rpc_url, "status")
+            ours_status = result(devnet.url, "status")
+            assert isinstance(real_status, dict) and isinstance(ours_status, dict)
+            for part in ("sync_info", "validator_info"):
+                assert same_shape(shape(ours_status[part]), shape(real_status[part])), part
+            assert ours_status["node_info"]["version"] == real_status["node_info"]["version"]
+    finally:
+        devnet.stop()
+        net.close()

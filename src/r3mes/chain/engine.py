@@ -100,6 +100,10 @@ class DevnetEngine:
         with self._lock:
             return len(self._mempool)
 
+    def mempool_bytes(self) -> int:
+        with self._lock:
+            return sum(len(raw) for raw in self._mempool.values())
+
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
             self._listeners.append(listener)

@@ -56,7 +56,14 @@ METHODS = (
     "tx",
     "tx_search",
     "abci_query",
+    "abci_info",
+    "health",
+    "validators",
+    "net_info",
+    "num_unconfirmed_txs",
 )
+COMETBFT_VERSION = "0.38.26"
+"""The CometBFT release whose RPC the devnet answers like (status reports it)."""
 
 
 def _height(engine: DevnetEngine, height: str | int | None) -> int:
@@ -115,10 +122,10 @@ class Methods:
                 "id": self.identity.node_id,
                 "listen_addr": "",
                 "network": state.chain_id,
-                "version": __version__,
+                "version": COMETBFT_VERSION,
                 "channels": "",
                 "moniker": "r3mes-devnet",
-                "other": {"tx_index": "on", "rpc_address": ""},
+                "other": {"tx_index": "on", "rpc_address": "", "r3mes_version": __version__},
             },
             "sync_info": {
                 "latest_block_hash": found[0].hash.upper() if found else "",
@@ -242,6 +249,48 @@ class Methods:
             return {"response": response}
         encoded = base64.b64encode(value).decode()
         return {"response": {"code": 0, "log": "", "value": encoded, "height": str(state.height)}}
+
+    def abci_info(self) -> dict[str, Any]:
+        info = self.engine.app.info()
+        app_hash = bytes.fromhex(info.last_block_app_hash)
+        response = {
+            "data": "r3mes-ledger",
+            "version": "r3mes-ledger",
+            "app_version": str(info.app_version),
+            "last_block_height": str(info.last_block_height),
+            "last_block_app_hash": base64.b64encode(app_hash).decode(),
+        }
+        return {"response": response}
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def validators(
+        self, height: str | None = None, page: str = "1", per_page: str = "30"
+    ) -> dict[str, Any]:
+        """The one devnet validator (the node's identity), at any committed height."""
+        h = _height(self.engine, height)
+        validator = {
+            "address": self.identity.validator_address,
+            "pub_key": self.identity.pub_key_json(),
+            "voting_power": "1",
+            "proposer_priority": "0",
+        }
+        return {"block_height": str(h), "validators": [validator], "count": "1", "total": "1"}
+
+    def net_info(self) -> dict[str, Any]:
+        """The devnet has no peers: it is its own and only validator."""
+        return {"listening": False, "listeners": [], "n_peers": "0", "peers": []}
+
+    def num_unconfirmed_txs(self) -> dict[str, Any]:
+        size = self.engine.mempool_size()
+        total_bytes = self.engine.mempool_bytes()
+        return {
+            "n_txs": str(size),
+            "total": str(size),
+            "total_bytes": str(total_bytes),
+            "txs": None,
+        }
 
 
 def parse_tx_query(query: str) -> tuple[int | None, str | None]:
