@@ -111,3 +111,16 @@ def test_settings_validate_and_normalise(tmp_path: Path) -> None:
 def test_unsupported_database_scheme_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="postgresql://"):
         Database(make_settings(tmp_path, database_url="mysql://u@h/db"))
+
+
+def test_list_settings_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from r3mes.chain.crypto import SigningKey
+
+    admin = SigningKey.generate().address
+    monkeypatch.setenv("R3MES_ADMINS", f" {admin} ,")
+    monkeypatch.setenv("R3MES_CORS_ORIGINS", "http://a.example,http://b.example")
+    settings = BackendSettings(home=tmp_path)
+    assert settings.admins == (admin,)
+    assert settings.cors_origins == ("http://a.example", "http://b.example")

@@ -71,10 +71,10 @@ class BackendSettings(BaseSettings):
     public_url: str = ""
     """URL users reach this service at (shown by `r3mes up`); empty: http://host:port."""
 
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Origins allowed to call the API from a browser (exact matches)."""
 
-    admins: tuple[str, ...] = ()
+    admins: Annotated[tuple[str, ...], NoDecode] = ()
     """Wallet addresses (`remes1...`) allowed on the admin routes."""
 
     jwt_secret: str = ""
