@@ -1,8 +1,9 @@
-"""`r3mes model ...`: the BitNet b1.58 base model (pretrain, generate, info, convert)."""
+"""`r3mes model ...`: the BitNet b1.58 base model (init, pretrain, generate, info, convert)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,12 +11,38 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="The BitNet b1.58 base model: pretrain, generate, inspect, convert.")
+app = typer.Typer(help="The BitNet b1.58 base model: init, pretrain, generate, inspect, convert.")
+
+ISA_ENV = "R3MES_TERNARY_ISA"
+"""Forces the ternary kernel path (scalar, avx2, avx512bw, avx512vnni, neon, neon_dotprod, or
+reference for the torch path) for every model command; unset: the best this CPU runs."""
+
+
+@app.callback()
+def _kernel_path() -> None:
+    from r3mes.model.kernels.ternary import set_isa
+
+    forced = os.environ.get(ISA_ENV)
+    if forced:
+        set_isa(forced)
+
 
 ModelOpt = Annotated[
     Path | None,
     typer.Option("--model", help="Checkpoint folder (default: the shipped r3mes-bitnet-mini)."),
 ]
+
+
+ThreadsOpt = Annotated[
+    int,
+    typer.Option("--threads", min=0, help="CPU threads for the ternary kernels (0: every core)."),
+]
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
 
 
 DeviceOpt = Annotated[
@@ -41,6 +68,22 @@ def _base_name(model: Path | None) -> str:
     if model is None or model.resolve() == shipped_model_dir().resolve():
         return SHIPPED_MODEL_NAME
     return recorded_name(model)
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Option("--out", help="Empty folder to write the checkpoint into.")],
+    config: Annotated[
+        str, typer.Option("--config", help="Model shape: bitnet-2b4t or bitnet-quick.")
+    ] = "bitnet-2b4t",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a random-ternary packed checkpoint of a real BitNet shape (HF layout, no download)."""
+    from r3mes.model.synthetic import preset, write_random_checkpoint
+
+    shape = preset(config)
+    write_random_checkpoint(shape, out, seed=seed)
+    Console().print(f"wrote random {config} checkpoint (seed {seed}) to {out}")
 
 
 @app.command()
@@ -108,9 +151,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Continue PROMPT with the model, streaming the text as it is generated."""
-    import torch
 
     from r3mes.model.checkpoint import load_pretrained
     from r3mes.model.device import resolve_device
@@ -128,7 +171,7 @@ def generate(
     )
     target = resolve_device(device)
     folder = _model_dir(model)
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    _set_threads(threads)
     net, tokenizer = load_pretrained(folder), load_tokenizer(folder)
     if adapter is not None:
         attach_peft_adapter(net, adapter, name="cli", expected_base=_base_name(model))

@@ -237,13 +237,30 @@ def load_pretrained(directory: Path | str) -> BitNetForCausalLM:
     config, quant = load_config(directory)
     # shapes from the headers only: nothing is allocated before they fit the config
     frozen = _check_layout(config, read_header(directory), quant)
-    model = BitNetForCausalLM(config)
+    model = _empty_ternary_model(config) if frozen else BitNetForCausalLM(config)
     tensors = read_tensors(directory)
     _install_linears(model, tensors, quant, frozen=frozen)
     _install_rest(model, tensors)
     if frozen:
         model.freeze_backbone()
     model.eval()
+    return model
+
+
+def _empty_ternary_model(config: BitNetConfig) -> BitNetForCausalLM:
+    """A model whose BitLinears hold no float master (packed weights come next) and whose other
+    tensors are allocated but not initialised (the checkpoint fills them).
+
+    Built on the meta device, so a 2B-parameter checkpoint never allocates the 8 GB of float32
+    masters that `BitNetForCausalLM(config)` would initialise and throw away.
+    """
+    with torch.device("meta"):
+        model = BitNetForCausalLM(config)
+    for _, module in model.bit_linears():
+        module.weight = None
+    model.to_empty(device="cpu")
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     return model
 
 
@@ -351,9 +368,12 @@ def _install_linears(
         try:
             if frozen:
                 scale = _positive_scale(tensors.pop(f"{name}.weight_scale")[0], name, file)
-                ternary = _ternary(weight, module, name, file)
                 # r3mes holds the dividing scale (W ~= ternary / scale), as `bitlinear`
-                module.load_packed(pack_ternary(ternary), 1.0 / scale if multiplies else scale)
+                scale = 1.0 / scale if multiplies else scale
+                if weight.dtype == torch.uint8:  # the same packing: install as is
+                    module.load_packed(weight, scale)  # rejects bad shapes and the code 3
+                else:
+                    module.load_packed(pack_ternary(_ternary(weight, module, name, file)), scale)
             else:
                 assert module.weight is not None
                 with torch.no_grad():
