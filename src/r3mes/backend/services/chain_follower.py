@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,8 @@ Handler = Callable[[AsyncSession, "ChainBlock"], Awaitable[None]]
 Listener = Callable[["ChainBlock"], Awaitable[None]]
 
 SERVICE_KEY = "chain_follower"
+PREFETCH = 8
+"""Blocks fetched ahead of the one being applied while catching up."""
 RETRY_S = 2.0
 """Pause after a failed fetch or a failed block before trying again."""
 
@@ -252,25 +255,41 @@ class ChainFollower:
             return {str(n): int(h) for n, h in rows if n in self.handler_names}
 
     async def step(self) -> int:
-        """Apply every block up to the ledger's latest height; returns how many were applied."""
+        """Apply every block up to the ledger's latest height; returns how many were applied.
+
+        Blocks are fetched up to `PREFETCH` ahead while earlier ones are applied, in order.
+        """
         if not self._handlers:
             return 0
         latest = await self.rpc.latest_height()
         self.latest_seen = max(self.latest_seen, latest)
         done = 0
         height = min((await self.cursors()).values()) + 1
-        while height <= latest:
-            block = await self.rpc.block(height)
-            if await self.apply(block):
-                done += 1
-            self.applied = height
-            for listener in self._listeners:
-                try:
-                    await listener(block)
-                except Exception:
-                    log.exception("chain listener failed on block %d", height)
-            height += 1
+        ahead: deque[asyncio.Task[ChainBlock]] = deque()
+        fetch = height
+        try:
+            while height <= latest:
+                while fetch <= latest and len(ahead) < PREFETCH:
+                    ahead.append(asyncio.create_task(self.rpc.block(fetch)))
+                    fetch += 1
+                block = await ahead.popleft()
+                if await self.apply(block):
+                    done += 1
+                self.applied = height
+                await self._tell_listeners(block)
+                height += 1
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
         return done
+
+    async def _tell_listeners(self, block: ChainBlock) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(block)
+            except Exception:
+                log.exception("chain listener failed on block %d", block.height)
 
     async def apply(self, block: ChainBlock) -> bool:
         """Run the handlers that still need `block` and move their cursors, atomically."""
