@@ -151,3 +151,25 @@ async def test_revoked_key_fails_next_request_in_every_process_with_redis(
     app_b = create_app(make_settings(tmp_path / "b", **common))
     async with running(app_a) as a, running(app_b) as b:
         await revoke_holds_on_next_request(a, b, app_a)
+
+
+async def test_no_token_or_key_reaches_the_logs(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    made = (await client.post("/api/auth/challenge", json={"address": OWNER.address})).json()
+    sig = adr036.sign(OWNER, made["message"].encode()).to_json()
+    tokens = (await client.post("/api/auth/login", json={"message": made["message"], **sig})).json()
+    client.cookies.clear()
+    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+    key = (await new_key(client, auth))["key"]
+    await client.get("/api/me", headers={"X-API-Key": key})
+    await client.get("/api/me", headers={"X-API-Key": key[:-1] + "x"})
+    await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    logged = caplog.text
+    secrets = [tokens["access_token"], tokens["refresh_token"], key, key.split("_")[-1]]
+    assert logged  # something was logged, and none of it is a secret
+    assert not [s for s in secrets if s in logged]
