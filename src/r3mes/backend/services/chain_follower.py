@@ -225,6 +225,7 @@ class ChainFollower:
         self._handlers: list[_Registered] = []
         self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
+        self._ensured = False
         self.latest_seen = 0
         """Newest ledger height this follower has heard of."""
         self.applied = 0
@@ -239,6 +240,7 @@ class ChainFollower:
         if start_height < 1:
             raise ValueError("start_height is a block height (>= 1)")
         self._handlers.append(_Registered(name, handler, start_height))
+        self._ensured = False
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -249,8 +251,11 @@ class ChainFollower:
 
     async def cursors(self) -> dict[str, int]:
         """Each handler's last applied height (start_height - 1 before its first block)."""
-        async with self.db.write() as s, s.begin():
-            await self._ensure_cursors(s)
+        if not self._ensured:
+            async with self.db.write() as s, s.begin():
+                await self._ensure_cursors(s)
+            self._ensured = True
+        async with self.db.read() as s:
             rows = await s.execute(select(ChainCursor.name, ChainCursor.height))
             return {str(n): int(h) for n, h in rows if n in self.handler_names}
 
