@@ -123,6 +123,12 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
         assert clients[2].nodes() == [] and clients[3].leaderboard(10) == []
         with pytest.raises(NotFound):
             clients[0].round(10**6)
+        import httpx
+
+        uri = httpx.get(f"{clients[1].base_url}/block", params={"height": "1"}, timeout=10)
+        assert uri.json()["result"]["block"]["header"]["height"] == "1"
+        missing = httpx.get(f"{clients[1].base_url}/tx", params={"hash": "0x" + "00" * 32})
+        assert missing.status_code == 404
         with websockets.sync.client.connect(
             clients[0].base_url.replace("http", "ws") + "/websocket"
         ) as ws:
@@ -172,7 +178,7 @@ def test_abci_app_sigkilled_at_random_points_is_restored_by_the_handshake(
     try:
         with BlockchainClient(url) as client:
             receiver = SigningKey(secret=(8).to_bytes(32, "big")).address
-            crashes = 12
+            crashes = 20
             for n in range(crashes):
                 for _ in range(2):  # txs in flight around the crash
                     msg = TransferCredits(creator=FUNDED[0].address, to=receiver, amount=1)

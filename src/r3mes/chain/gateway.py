@@ -12,6 +12,7 @@ devnet, so the roles cannot tell which engine they talk to:
 - a tx CometBFT's mempool cache already holds answers code DUPLICATE, as the devnet does;
 - CometBFT's JSON-RPC errors become HTTP 404 (not found) or 400, never 5xx, so clients
   do not retry them;
+- GET /<method> is passed through (CometBFT's URI form);
 - `/websocket` is piped to the node's websocket (`subscribe` to NewBlock or Tx events).
 """
 
@@ -250,6 +251,22 @@ def create_gateway(config: GatewayConfig) -> FastAPI:
         if not isinstance(body, dict):
             return rpc_error(400, "a JSON-RPC request must be a JSON object", -32600, rid=None)
         return await jsonrpc_call(rpc, body)
+
+    @app.get("/{method}")
+    async def uri_call(method: str, request: Request) -> JSONResponse:
+        """GET /<method>?... as CometBFT serves it (URI parameters passed through)."""
+        if method == "simulate_tx":
+            params = dict(request.query_params)
+            return await jsonrpc_call(rpc, {"id": -1, "method": method, "params": params})
+        try:
+            response = await rpc.http.get(f"/{method}", params=request.query_params)
+            doc = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return rpc_error(502, f"CometBFT node unreachable for {method}: {exc}", -32603)
+        if isinstance(doc, dict) and "error" in doc:
+            status = 404 if "not found" in _error_text(doc).lower() else 400
+            return JSONResponse(doc, status_code=status)
+        return JSONResponse(doc)
 
     @app.websocket("/websocket")
     async def websocket(ws: WebSocket) -> None:
