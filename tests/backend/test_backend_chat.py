@@ -327,7 +327,9 @@ async def test_client_disconnect_cancels_upstream_and_pays_delivered(
     assert row.status == "cancelled"
     delivered = sum(n.behaviour.delivered_tokens for n in nodes)
     assert 5 <= row.completion_tokens <= delivered < 50
-    assert row.credits == cost(PRICE, Usage(0, row.completion_tokens))
+    # the prompt is paid too: nodes report usage so far on every chunk
+    assert row.prompt_tokens == prompt_tokens(body(stream=True, max_tokens=50)) > 0
+    assert row.credits == cost(PRICE, Usage(row.prompt_tokens, row.completion_tokens))
     have = await balance(backend.settings, funded.account_id)
     assert (have.available, have.held) == (100_000 - row.credits, 0)
 

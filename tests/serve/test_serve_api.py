@@ -85,6 +85,27 @@ def test_chat_streamed_equals_non_streamed(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.total_tokens == full.usage.total_tokens
 
 
+def test_continuous_usage_stats_put_usage_so_far_on_every_chunk(client: openai.OpenAI) -> None:
+    """What a billing gateway needs to charge a stream cut short: exact prompt tokens and
+    the completion tokens delivered up to each chunk."""
+    stream = client.chat.completions.create(
+        model="ad0",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert chunks, "content chunks"
+    seen = [c.usage.completion_tokens for c in chunks if c.usage is not None]
+    assert len(seen) == len(chunks), "every content chunk carries usage"
+    assert seen == sorted(seen) and seen[-1] <= 12
+    prompts = {c.usage.prompt_tokens for c in chunks if c.usage is not None}
+    assert len(prompts) == 1 and prompts.pop() > 0
+
+
 def test_text_completions_stream_and_not(client: openai.OpenAI) -> None:
     full = client.completions.create(
         model=BASE, prompt="the quick brown", max_tokens=15, temperature=0

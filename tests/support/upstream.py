@@ -114,7 +114,9 @@ def make_app(behaviour: Behaviour) -> Starlette:
                 }
             )
         die_after = int(fail.split(":")[1]) if fail.startswith("die_after:") else None
-        usage = (body.get("stream_options") or {}).get("include_usage", False)
+        options = body.get("stream_options") or {}
+        usage = options.get("include_usage", False)
+        continuous = usage and options.get("continuous_usage_stats", False)
 
         def chunk(choices: list[Any], **extra: Any) -> bytes:
             doc = {
@@ -138,8 +140,14 @@ def make_app(behaviour: Behaviour) -> Starlette:
                     await asyncio.sleep(behaviour.token_delay_s)
                     piece = f" w{i}"
                     part = {"content": piece} if chat else None
+                    so_far = {
+                        "prompt_tokens": p,
+                        "completion_tokens": i + 1,
+                        "total_tokens": p + i + 1,
+                    }
                     yield chunk(
-                        [{"index": 0, "delta": part} if chat else {"index": 0, "text": piece}]
+                        [{"index": 0, "delta": part} if chat else {"index": 0, "text": piece}],
+                        **({"usage": so_far} if continuous else {}),
                     )
                     behaviour.delivered_tokens += 1
                 yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])

@@ -109,7 +109,9 @@ class ChatRequestBody:
         forwarded.pop("max_completion_tokens", None)
         forwarded["max_tokens"] = max_tokens
         if stream:
-            forwarded["stream_options"] = {"include_usage": True}
+            # usage on every chunk: a stream cut short pays its exact prompt and the
+            # tokens delivered (vLLM's option; R3MES serving nodes answer it too)
+            forwarded["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         ref = ModelRef.parse(model)
         forwarded["model"] = ref.name
         return cls(

@@ -129,7 +129,12 @@ class Tally:
 
     def delivered(self) -> Usage:
         """Usage to bill: the node's report when it came, else the chunks delivered."""
-        return self.usage if self.usage is not None else Usage(0, self.chunks)
+        if self.usage is None:
+            return Usage(0, self.chunks)
+        if self.done:
+            return self.usage  # the node's final count
+        # cut short: the last usage so far may lag the chunks already relayed
+        return Usage(self.usage.prompt_tokens, max(self.usage.completion_tokens, self.chunks))
 
 
 class Gateway:
@@ -352,12 +357,17 @@ def _observe(tally: Tally, event: bytes, client_wants_usage: bool) -> bytes | No
             tally.error = str(error.get("message", "error")) if isinstance(error, dict) else "error"
         usage = usage_from(doc)
         choices = doc.get("choices")
+        if isinstance(choices, list) and choices and _has_content(choices[0]):
+            tally.chunks += 1
         if usage is not None:
             tally.usage = usage
             if not choices and not client_wants_usage:
                 return None
-        if isinstance(choices, list) and choices and _has_content(choices[0]):
-            tally.chunks += 1
+            if choices:
+                # usage so far on a content chunk (continuous_usage_stats, asked of the
+                # node for billing): the client gets usage once, at the end, as OpenAI's
+                del doc["usage"]
+                return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
     return event + b"\n\n"
 
 

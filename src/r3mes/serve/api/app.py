@@ -89,6 +89,7 @@ async def chat_completions(
         model=resolved.model,
         request=GenerationRequest(prompt_ids=prompt_ids, adapter=resolved.adapter, params=params),
         include_usage=body.include_usage(),
+        continuous_usage=body.continuous_usage(),
     )
     run = Run(completion, engine=engine, metrics=metrics)
     return await respond(
@@ -121,6 +122,7 @@ async def text_completions(
         model=resolved.model,
         request=GenerationRequest(prompt_ids=prompt_ids, adapter=resolved.adapter, params=params),
         include_usage=body.include_usage(),
+        continuous_usage=body.continuous_usage(),
     )
     run = Run(completion, engine=engine, metrics=metrics)
     return await respond(

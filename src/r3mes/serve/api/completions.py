@@ -40,6 +40,8 @@ class Completion:
     include_usage: bool
     id: str
     created: int
+    continuous_usage: bool = False
+    """Every content chunk carries the usage so far (`stream_options.continuous_usage_stats`)."""
 
     @property
     def object(self) -> str:
@@ -170,7 +172,12 @@ def usage(event: FinishEvent) -> dict[str, int]:
 
 
 def new_completion(
-    kind: Literal["chat", "text"], *, model: str, request: GenerationRequest, include_usage: bool
+    kind: Literal["chat", "text"],
+    *,
+    model: str,
+    request: GenerationRequest,
+    include_usage: bool,
+    continuous_usage: bool = False,
 ) -> Completion:
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     return Completion(
@@ -180,6 +187,7 @@ def new_completion(
         include_usage=include_usage,
         id=f"{prefix}-{uuid.uuid4().hex}",
         created=int(time.time()),
+        continuous_usage=continuous_usage,
     )
 
 
@@ -280,20 +288,44 @@ async def _sse_body(
     c = run.completion
     if c.kind == "chat":
         yield sse(c.envelope([c.choice("", None, chunk=True, first=True)], chunk=True))
+    generated = 0
+
+    def emit(event: EngineEvent) -> list[dict[str, Any]]:
+        nonlocal generated
+        run.observe(event)
+        if isinstance(event, TokenEvent):
+            generated += 1
+        chunks = _chunks(c, event)
+        if c.continuous_usage:
+            for chunk in chunks:
+                if chunk.get("choices") and "usage" not in chunk:
+                    chunk["usage"] = _usage_so_far(c, event, generated)
+        return chunks
+
     try:
         async with asyncio.timeout_at(_loop_time(deadline)):
-            run.observe(first)
-            for chunk in _chunks(c, first):
+            for chunk in emit(first):
                 yield sse(chunk)
             async for event in events:
-                run.observe(event)
-                for chunk in _chunks(c, event):
+                for chunk in emit(event):
                     yield sse(chunk)
     except TimeoutError:
         await events.aclose()  # cancels the request
         error = {"message": "the request timed out", "type": "timeout", "param": None}
         yield sse({"error": {**error, "code": None}})
     yield SSE_DONE
+
+
+def _usage_so_far(c: Completion, event: EngineEvent, generated: int) -> dict[str, int]:
+    """Usage up to and including this chunk (the finish event's own count when it is one)."""
+    if isinstance(event, FinishEvent):
+        return usage(event)
+    prompt = len(c.request.prompt_ids)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+    }
 
 
 def _loop_time(deadline: float) -> float:

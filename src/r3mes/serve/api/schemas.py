@@ -18,6 +18,9 @@ MAX_TOKENS_LIMIT = 100_000
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    continuous_usage_stats: bool = False
+    """vLLM's option: every content chunk also carries the usage so far, so a stream cut
+    short (a client that left) is billed for its exact prompt and delivered tokens."""
 
 
 class TextPart(BaseModel):
@@ -83,6 +86,10 @@ class SamplingFields(BaseModel):
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    def continuous_usage(self) -> bool:
+        options = self.stream_options
+        return options is not None and options.include_usage and options.continuous_usage_stats
 
 
 class ChatCompletionRequest(SamplingFields):
