@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from r3mes.backend.api.deps import ReadPrincipalDep, ReadSessionDep, RuntimeDep
 from r3mes.backend.db.accounts import Hold, JournalEntry, JournalTransaction
+from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.errors import InvalidRequest
 from r3mes.backend.runtime import Runtime
-from r3mes.backend.services import credits
+from r3mes.backend.services import credits, deposits
 from r3mes.chain.client_types import PREFIX
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,25 @@ class MeOut(BaseModel):
     key_id: int | None
     scopes: list[str]
     ledger: LedgerOut
+    deposit_address: str | None
+    """Send credits here on the ledger (`MsgTransferCredits` from `address`) to top up;
+    None when this backend takes no deposits."""
+    chain_id: str
+    chain_rpc: str
+
+
+class UsageDay(BaseModel):
+    day: date
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    credits: int
+
+
+class UsageOut(BaseModel):
+    days: int
+    usage: list[UsageDay]
+    """One entry per day with chat requests, oldest first (UTC days)."""
 
 
 class EntryOut(BaseModel):
@@ -99,6 +119,45 @@ async def me(principal: ReadPrincipalDep, s: ReadSessionDep, runtime: RuntimeDep
         key_id=principal.key_id,
         scopes=sorted(principal.scopes),
         ledger=await _ledger(runtime, principal.address),
+        deposit_address=deposits.deposit_address(runtime.settings),
+        chain_id=runtime.settings.chain_id,
+        chain_rpc=runtime.settings.chain_rpc,
+    )
+
+
+@router.get("/usage")
+async def usage(
+    principal: ReadPrincipalDep,
+    s: ReadSessionDep,
+    days: int = Query(default=30, ge=1, le=366),
+) -> UsageOut:
+    """The caller's chat per UTC day over the last `days` days: requests, tokens, credits."""
+    since = datetime.now(UTC) - timedelta(days=days)
+    day = func.date(ChatRequest.created_at)
+    rows = await s.execute(
+        select(
+            day,
+            func.count(),
+            func.coalesce(func.sum(ChatRequest.prompt_tokens), 0),
+            func.coalesce(func.sum(ChatRequest.completion_tokens), 0),
+            func.coalesce(func.sum(ChatRequest.credits), 0),
+        )
+        .where(ChatRequest.account_id == principal.account_id, ChatRequest.created_at >= since)
+        .group_by(day)
+        .order_by(day)
+    )
+    return UsageOut(
+        days=days,
+        usage=[
+            UsageDay(
+                day=d if isinstance(d, date) else date.fromisoformat(str(d)),
+                requests=int(n),
+                prompt_tokens=int(p),
+                completion_tokens=int(c),
+                credits=int(cr),
+            )
+            for d, n, p, c, cr in rows
+        ],
     )
 
 
