@@ -488,3 +488,21 @@ def test_genesis_method_returns_the_genesis_document(node: DevnetNode) -> None:
     doc = answer["result"]["genesis"]
     assert Genesis.from_json(json.dumps(doc)) == node.engine.store.genesis()
     assert {a["address"] for a in doc["accounts"]} == {MINER.address, VALIDATOR.address}
+
+
+def test_tx_takes_hex_or_base64_and_refuses_proofs(client: BlockchainClient) -> None:
+    sent = client.sign_and_broadcast(MINER, [RegisterNode(creator=MINER.address, role="miner")])
+    base = client.base_url
+    as_b64 = base64.b64encode(bytes.fromhex(sent.hash)).decode()
+
+    def tx(**params: object) -> httpx.Response:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tx", "params": params}
+        return httpx.post(base + "/", content=json.dumps(body))
+
+    for form in (sent.hash, "0x" + sent.hash.lower(), as_b64):
+        answer = tx(hash=form)
+        assert answer.status_code == 200 and answer.json()["result"]["hash"] == sent.hash, form
+    assert tx(hash=as_b64, prove=False).status_code == 200
+    refused = tx(hash=as_b64, prove=True)
+    assert refused.status_code == 400 and "no tx proofs" in refused.text
+    assert tx(hash=base64.b64encode(b"short").decode()).status_code == 400

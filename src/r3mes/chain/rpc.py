@@ -211,10 +211,21 @@ class Methods:
             "events": [e.to_json() for e in result.events],
         }
 
-    def tx(self, hash: str) -> dict[str, Any]:
+    def tx(self, hash: str, prove: str = "false") -> dict[str, Any]:
+        """A committed tx by hash: 64 hex characters (0x optional) or, as CometBFT's JSON
+        body carries bytes, base64 of the 32 bytes. The devnet keeps no Merkle proofs of
+        its txs, so prove=true is refused."""
+        if prove.strip('"').lower() not in ("false", "0", ""):
+            raise RpcError(400, "the devnet keeps no tx proofs; call tx with prove=false")
         digest = hash.strip('"').removeprefix("0x").removeprefix("0X").upper()
         if len(digest) != 64:
-            raise RpcError(400, "hash must be 64 hex characters")
+            try:
+                raw = base64.b64decode(hash.strip('"'), validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise RpcError(400, "hash must be 64 hex characters or base64 of 32 bytes")
+            digest = raw.hex().upper()
         found = self.engine.store.tx(digest)
         if found is None:
             raise RpcError(404, f"tx {digest} not found")
