@@ -83,6 +83,11 @@ def unpack_ternary(
     return codes.to(dtype) - 1
 
 
+def holds_invalid_code(packed: torch.Tensor) -> bool:
+    """True when a packed byte holds the code 3 (both bits of a pair set); no unpacking."""
+    return bool(((packed & (packed >> 1)) & 0x55).any())
+
+
 def weight_quant_scale(weight: torch.Tensor) -> torch.Tensor:
     """Per-tensor absmean scale `1 / mean|W|` (HF's `weight_scale`), shape (1,)."""
     return (1.0 / weight.float().abs().mean().clamp(min=SCALE_EPS)).reshape(1)
@@ -214,7 +219,8 @@ class BitLinear(nn.Module):
             )
         if weight_scale.numel() != 1 or not bool(torch.isfinite(weight_scale).all()):
             raise ModelError("weight_scale must be one finite number")
-        unpack_ternary(packed, (self.out_features, self.in_features))  # rejects code 3
+        if holds_invalid_code(packed):
+            raise ModelError("packed weights hold the invalid 2-bit code 3")
         self.weight = None
         self.register_buffer("packed_weight", packed.detach().clone())
         self.register_buffer("weight_scale", weight_scale.detach().float().reshape(1).clone())

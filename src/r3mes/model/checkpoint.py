@@ -412,12 +412,13 @@ def _install_rest(model: BitNetForCausalLM, tensors: Tensors) -> None:
             if key == "lm_head.weight" and model.config.tie_word_embeddings:
                 continue
             tensor, file = tensors.pop(key)
-            target.copy_(_finite(tensor, key, file))
+            target.copy_(tensor)  # converts bf16/fp16 in place: no float32 copy of the source
+            _finite(target, key, file)
 
 
 def _finite(tensor: torch.Tensor, key: str, file: Path) -> torch.Tensor:
     result = tensor.float()
-    if not bool(torch.isfinite(result).all()):
+    if not bool(torch.isfinite(result).all()):  # float32 input: no copy
         raise CheckpointError(file, f"tensor {key} holds NaN or infinite values")
     return result
 

@@ -1,0 +1,293 @@
+"""Ternary kernels at real size: decode vs the memory-bandwidth floor, prefill, LoRA, memory.
+
+Run: .venv/bin/python -m benchmarks.ternary [--quick] [--model DIR] [--threads N] [--skip-hf]
+
+Without --model a random-ternary checkpoint is written to a temporary folder from seed 0
+(`r3mes model init`): the bitnet-2b4t shape (hidden 2560, 30 layers, FFN 6912, vocabulary
+128256), or with --quick the smaller bitnet-quick shape (hidden 1280, 4 layers, FFN 3456,
+vocabulary 32000).  Every line carries the CPU model, its SIMD flags and the kernel path.
+
+Figures (one JSON line each, baselines measured in the same run):
+* kernel_gemv_<isa>: bytes of packed weights read per second by one batch-1 matmul of the
+  largest projection shape on each kernel path, against the copy bandwidth (read + write).
+* decode_tokens_per_s_batch1: greedy decode with the KV cache, against the floor = copy
+  bandwidth / bytes a token reads.  Those bytes are the packed ternary projections (2 bits a
+  weight + scale) plus the LM head as held: the embedding is tied and held in float32, so the
+  head reads vocab x hidden x 4 bytes per token (the embedding lookup reads one row, counted
+  too), plus the norms.  Goal >= 0.30.
+* decode_peak_rss: the process's RSS high-water mark over decoding (reset after loading),
+  against packed weights + embedding as held + KV cache + 300 MB.  Goal <= 1.
+* decode_vs_transformers: our tokens/s against transformers' BitNetForCausalLM loaded by its
+  own `from_pretrained` from the same folder (its packed BitLinear unpacks every forward).
+* prefill_tokens_per_s: one forward of 512 tokens (--quick: 128) at batch 1, against the same
+  forward with every projection as a dense float32 matmul (timed per layer shape, times the
+  layers, plus the same head), as tokens/s.
+* lora_step_seconds / lora_step_peak_rss: one LoRA training step (r=8 on q/v/o, sequence 256,
+  --quick: 128; forward, cross-entropy, backward) against one no-grad forward of the same
+  sequence; peak RSS over the step (goal <= 4 GB on the 2B shape).
+
+llama.cpp (TQ2_0) is not compared here: see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.decode import copy_bandwidth
+from r3mes.errors import R3mesError
+from r3mes.model.checkpoint import load_pretrained
+from r3mes.model.generate import GenerationConfig, generate_token_ids
+from r3mes.model.kernels import ternary as kernels
+from r3mes.model.lora import LoraConfig, apply_lora, mark_only_lora_as_trainable
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.synthetic import preset, write_random_checkpoint
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "amx_int8", "asimd", "asimddp")  # fmt: skip
+RSS_SLACK = 300 * 2**20
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model and the SIMD flags that matter here (from /proc/cpuinfo where there is one)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), "x86_64"):
+                model = value.strip()
+            if key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "flags": [f for f in SIMD_FLAGS if f in flags]}
+
+
+def _emit(context: dict[str, Any], figure: str, value: float, unit: str, **extra: Any) -> None:
+    row = {"figure": figure, "value": value, "unit": unit, "baseline": None, "ratio": None}
+    row.update(goal="measured")
+    row.update(extra)
+    row.update(context)
+    print(json.dumps(row), flush=True)
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def token_bytes(model: BitNetForCausalLM) -> dict[str, int]:
+    """Bytes one decode step reads, by part, as the model holds them."""
+    config = model.config
+    head = model.lm_head.weight
+    parts = {
+        "ternary_projections": sum(m.weight_bytes() for _, m in model.bit_linears()),
+        "lm_head": head.numel() * head.element_size(),
+        "embedding_row": config.hidden_size * model.model.embed_tokens.weight.element_size(),
+        "norms": sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n),
+    }
+    if not config.tie_word_embeddings:
+        parts["embedding_row"] = config.hidden_size * 4
+    return parts
+
+
+def held_bytes(model: BitNetForCausalLM) -> int:
+    """Packed projections + embedding (and untied head) + norms, as held in memory."""
+    seen: set[int] = set()
+    total = sum(m.weight_bytes() for _, m in model.bit_linears())
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel() * param.element_size()
+    return total
+
+
+def kv_bytes(model: BitNetForCausalLM, tokens: int) -> int:
+    c = model.config
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * tokens * 4
+
+
+def decode_rate(model: BitNetForCausalLM, prompt: int, new_tokens: int) -> float:
+    """Batch-1 greedy decode tokens/s (the prefill and first token excluded)."""
+    steps = generate_token_ids(
+        model, [list(range(1, prompt + 1))], GenerationConfig(max_new_tokens=new_tokens), pad_id=0
+    )
+    next(steps)
+    start = time.perf_counter()
+    count = sum(1 for _ in steps)
+    return count / (time.perf_counter() - start)
+
+
+def hf_decode_rate(folder: Path, prompt: int, new_tokens: int) -> float:
+    import transformers
+
+    with torch.compiler.set_stance("force_eager"):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    hf = torch.nn.Module.float(hf).eval()
+    ids = torch.arange(1, prompt + 1)[None]
+    with torch.no_grad():
+        out = hf(ids, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = hf(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return (new_tokens - 1) / (time.perf_counter() - start)
+
+
+def gemv_bandwidth(out_features: int, in_features: int, isa: str, threads: int) -> float:
+    packed = torch.randint(0, 255, ((out_features + 3) // 4, in_features), dtype=torch.uint8)
+    packed &= 0x55  # codes 0 and 1 only: valid
+    x = torch.randint(-127, 128, (1, in_features), dtype=torch.int8)
+    kernels.matmul_int8(x, packed, out_features, isa=isa, threads=threads)
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        kernels.matmul_int8(x, packed, out_features, isa=isa, threads=threads)
+        best = min(best, time.perf_counter() - start)
+    return packed.numel() / best
+
+
+def dense_forward_seconds(model: BitNetForCausalLM, tokens: int) -> float:
+    """A forward's projections as dense float32 matmuls (one layer's shapes x layers) + head."""
+    layer = model.model.layers[0]
+    shapes = [
+        (m.out_features, m.in_features)
+        for _, m in layer.named_modules()
+        if hasattr(m, "packed_weight")
+    ]
+    total = 0.0
+    for out_f, in_f in shapes:
+        x, w = torch.randn(tokens, in_f), torch.randn(out_f, in_f)
+        F.linear(x, w)
+        start = time.perf_counter()
+        F.linear(x, w)
+        total += time.perf_counter() - start
+    total *= model.config.num_hidden_layers
+    x = torch.randn(tokens, model.config.hidden_size)
+    start = time.perf_counter()
+    F.linear(x, model.lm_head.weight)
+    return total + time.perf_counter() - start
+
+
+def forward_seconds(model: BitNetForCausalLM, tokens: int) -> float:
+    ids = (torch.arange(tokens) % (model.config.vocab_size - 1) + 1)[None]
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(ids)
+    return time.perf_counter() - start
+
+
+def lora_step(model: BitNetForCausalLM, tokens: int) -> tuple[float, int]:
+    config = LoraConfig(r=8, alpha=16, target_modules=("q_proj", "v_proj", "o_proj"))
+    apply_lora(model, config, name="bench", generator=torch.Generator().manual_seed(0))
+    mark_only_lora_as_trainable(model, "bench")
+    ids = (torch.arange(tokens + 1) % (model.config.vocab_size - 1) + 1)[None]
+    _reset_peak_rss()
+    start = time.perf_counter()
+    logits = model(ids[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[0, 1:])
+    loss.backward()
+    return time.perf_counter() - start, _peak_rss()
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the bitnet-quick shape, short runs")
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
+    parser.add_argument("--skip-hf", action="store_true", help="no transformers comparison")
+    args = parser.parse_args()
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (every core) or more, got {args.threads}")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a checkpoint folder (no config.json)")
+    return args
+
+
+def main() -> None:
+    args = _parse_args()
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="r3mes-ternary-") as tmp:
+        folder = args.model
+        if folder is None:
+            folder = write_random_checkpoint(
+                preset("bitnet-quick" if args.quick else "bitnet-2b4t"), Path(tmp) / "m", seed=0
+            )
+        try:
+            model = load_pretrained(folder)
+        except R3mesError as exc:
+            raise SystemExit(f"--model: {exc}") from exc
+        run(model, folder, args, threads)
+
+
+def run(model: BitNetForCausalLM, folder: Path, args: argparse.Namespace, threads: int) -> None:
+    quick = args.quick
+    context = {**cpu_description(), "isa": kernels.current_isa(), "threads": threads}
+    context["shape"] = f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}"
+    bandwidth = copy_bandwidth()
+    _emit(context, "copy_bandwidth", round(bandwidth / 1e9, 2), "GB/s")
+    shapes = [(m.out_features, m.in_features) for _, m in model.bit_linears()]
+    widest = max(shapes, key=lambda s: s[0] * s[1])
+    for isa in kernels.supported_isas():
+        rate = gemv_bandwidth(*widest, isa, threads)
+        _emit(context, f"kernel_gemv_{isa}", round(rate / 1e9, 2), "GB/s of packed weights",
+              baseline=round(bandwidth / 1e9, 2), ratio=round(rate / bandwidth, 3))  # fmt: skip
+
+    prompt, new_tokens = 8, (16 if quick else 32)
+    decode_rate(model, prompt, 4)  # warm-up
+    _reset_peak_rss()
+    ours = max(decode_rate(model, prompt, new_tokens) for _ in range(2 if quick else 3))
+    peak = _peak_rss()
+    parts = token_bytes(model)
+    floor = bandwidth / sum(parts.values())
+    _emit(context, "decode_tokens_per_s_batch1", round(ours, 2), "tokens/s",
+          baseline=round(floor, 2), ratio=round(ours / floor, 3), goal=">= 0.30",
+          bytes_per_token=parts)  # fmt: skip
+    budget = held_bytes(model) + kv_bytes(model, prompt + new_tokens) + RSS_SLACK
+    _emit(context, "decode_peak_rss", round(peak / 2**20), "MiB", baseline=round(budget / 2**20),
+          ratio=round(peak / budget, 3), goal="<= 1.0")  # fmt: skip
+
+    tokens = 128 if quick else 512
+    ours_s = min(forward_seconds(model, tokens) for _ in range(2))
+    dense_s = min(dense_forward_seconds(model, tokens) for _ in range(2))
+    _emit(context, f"prefill_tokens_per_s_{tokens}", round(tokens / ours_s, 1), "tokens/s",
+          baseline=round(tokens / dense_s, 1), ratio=round(dense_s / ours_s, 3),
+          goal="measured (baseline: dense float32 projections + head)")  # fmt: skip
+
+    seq = 128 if quick else 256
+    forward = forward_seconds(model, seq)
+    step, step_peak = lora_step(model, seq)
+    _emit(context, f"lora_step_seconds_seq{seq}", round(step, 2), "s",
+          baseline=round(forward, 2), ratio=round(step / forward, 2),
+          goal="measured (baseline: one no-grad forward)")  # fmt: skip
+    _emit(context, "lora_step_peak_rss", round(step_peak / 2**20), "MiB", baseline=4096,
+          ratio=round(step_peak / 2**32, 3), goal="<= 1.0 (4 GB, 2B shape)")  # fmt: skip
+
+    if not args.skip_hf:
+        del model
+        hf = hf_decode_rate(folder, prompt, 4 if not quick else 8)
+        _emit(context, "decode_vs_transformers", round(ours, 2), "tokens/s",
+              baseline=round(hf, 3), ratio=round(ours / hf, 1), goal=">= 5")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
