@@ -173,3 +173,29 @@ async def test_a_refused_hold_leaves_nothing_even_if_the_caller_commits(db: Data
         holds = (await s.scalars(select(tables.Hold.id))).all()
         assert holds == [ok.id]
     await consistent(db)
+
+
+async def test_concurrent_retries_with_one_key_hold_once(db: Database) -> None:
+    """Ten copies of one request racing (a client retrying on timeouts): one hold, one result."""
+    account = await funded(db, 100)
+
+    async def attempt() -> int | str:
+        try:
+            async with db.write() as s, s.begin():
+                made = await credits.hold(
+                    s, account_id=account, amount=30, idempotency_key="same", ttl_s=60
+                )
+            return made.id
+        except Conflict:
+            return "retry"  # the first copy had not committed yet: a retry returns its result
+
+    results = await asyncio.gather(*(attempt() for _ in range(10)))
+    ids = {r for r in results if r != "retry"}
+    assert len(ids) == 1
+    async with db.write() as s, s.begin():
+        again = await credits.hold(
+            s, account_id=account, amount=30, idempotency_key="same", ttl_s=60
+        )
+        assert {again.id} == ids
+        assert await credits.balance(s, account_id=account) == credits.Balance(70, 30)
+    await consistent(db)
