@@ -315,6 +315,13 @@ def test_devnet_answers_like_a_real_node_for_the_info_methods(tmp_path: Path) ->
             for part in ("sync_info", "validator_info"):
                 assert same_shape(shape(ours_status[part]), shape(real_status[part])), part
             assert ours_status["node_info"]["version"] == real_status["node_info"]["version"]
+            real_commit = http.get(f"{net.nodes[0].rpc_url}/commit?height=1").json()["result"]
+            ours_commit = http.get(f"{devnet.url}/commit?height=1").json()["result"]
+            assert same_shape(
+                shape(ours_commit["signed_header"]["commit"]),
+                shape(real_commit["signed_header"]["commit"]),
+            )
+            assert ours_commit["canonical"] is real_commit["canonical"] is True
     finally:
         devnet.stop()
         net.close()

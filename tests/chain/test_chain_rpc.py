@@ -506,3 +506,17 @@ def test_tx_takes_hex_or_base64_and_refuses_proofs(client: BlockchainClient) -> 
     refused = tx(hash=as_b64, prove=True)
     assert refused.status_code == 400 and "no tx proofs" in refused.text
     assert tx(hash=base64.b64encode(b"short").decode()).status_code == 400
+
+
+def test_commit_is_the_signature_the_next_block_carries(node: DevnetNode) -> None:
+    assert node.engine.wait_for_height(3, 30)
+    base = node.url
+    commit = httpx.get(f"{base}/commit", params={"height": "2"}).json()["result"]
+    carried = httpx.get(f"{base}/block", params={"height": "3"}).json()["result"]
+    assert commit["canonical"] is True
+    assert commit["signed_header"]["commit"] == carried["block"]["last_commit"]
+    assert commit["signed_header"]["header"]["height"] == "2"
+    latest = httpx.get(f"{base}/commit").json()["result"]
+    top = int(latest["signed_header"]["header"]["height"])
+    assert top >= 3 and latest["signed_header"]["commit"]["height"] == str(top)
+    assert httpx.get(f"{base}/commit", params={"height": "999999"}).status_code == 404

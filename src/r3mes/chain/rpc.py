@@ -31,7 +31,9 @@ from r3mes.chain.rest import rest_router
 from r3mes.chain.rpc_json import (
     RpcError,
     block_json,
+    commit_json,
     decode_request,
+    header_json,
     height_param,
     number_param,
     parse_bytes,
@@ -61,6 +63,7 @@ METHODS = (
     "validators",
     "net_info",
     "num_unconfirmed_txs",
+    "commit",
 )
 COMETBFT_VERSION = "0.38.26"
 """The CometBFT release whose RPC the devnet answers like (status reports it)."""
@@ -156,6 +159,27 @@ class Methods:
         if found is None:
             raise RpcError(404, "no block at that height yet")
         return block_json(found[0], identity=self.identity, app_version=APP_VERSION)
+
+    def commit(self, height: str | None = None) -> dict[str, Any]:
+        """Block `height`'s header and commit. As on CometBFT, the commit carried by the next
+        block is canonical; the latest block's (not yet carried) is not."""
+        h = _height(self.engine, height)
+        found = self.engine.store.block(h)
+        if found is None:
+            raise RpcError(404, "no block at that height yet")
+        block, following = found[0], self.engine.store.block(h + 1)
+        commit = commit_json(
+            chain_id=block.header.chain_id,
+            height=h,
+            block_hash=block.hash,
+            time_ms=following[0].header.time_ms if following else block.header.time_ms,
+            identity=self.identity,
+        )
+        header = header_json(block.header, app_version=APP_VERSION)
+        return {
+            "signed_header": {"header": header, "commit": commit},
+            "canonical": following is not None,
+        }
 
     def block_results(self, height: str | None = None) -> dict[str, Any]:
         h = _height(self.engine, height)

@@ -102,26 +102,37 @@ def commit_sign_bytes(*, chain_id: str, height: int, block_hash: str) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def last_commit_json(h: Header, identity: NodeIdentity) -> dict[str, Any]:
-    """The commit of block h-1 carried in block h: the single devnet validator's signature."""
-    if h.height <= 1:
-        return {"height": "0", "round": 0, "block_id": _block_id(""), "signatures": []}
-    signed = commit_sign_bytes(
-        chain_id=h.chain_id, height=h.height - 1, block_hash=h.last_block_hash
-    )
+def commit_json(
+    *, chain_id: str, height: int, block_hash: str, time_ms: int, identity: NodeIdentity
+) -> dict[str, Any]:
+    """The commit of block `height`: the single devnet validator's signature over it."""
+    signed = commit_sign_bytes(chain_id=chain_id, height=height, block_hash=block_hash)
     return {
-        "height": str(h.height - 1),
+        "height": str(height),
         "round": 0,
-        "block_id": _block_id(h.last_block_hash),
+        "block_id": _block_id(block_hash),
         "signatures": [
             {
                 "block_id_flag": 2,  # BLOCK_ID_FLAG_COMMIT
                 "validator_address": identity.validator_address,
-                "timestamp": rfc3339(h.time_ms),
+                "timestamp": rfc3339(time_ms),
                 "signature": base64.b64encode(identity.sign(signed)).decode(),
             }
         ],
     }
+
+
+def last_commit_json(h: Header, identity: NodeIdentity) -> dict[str, Any]:
+    """The commit of block h-1 carried in block h: the single devnet validator's signature."""
+    if h.height <= 1:
+        return {"height": "0", "round": 0, "block_id": _block_id(""), "signatures": []}
+    return commit_json(
+        chain_id=h.chain_id,
+        height=h.height - 1,
+        block_hash=h.last_block_hash,
+        time_ms=h.time_ms,
+        identity=identity,
+    )
 
 
 def block_json(block: Block, *, identity: NodeIdentity, app_version: int) -> dict[str, Any]:
