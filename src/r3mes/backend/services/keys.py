@@ -8,9 +8,10 @@ constant time. Keys carry a name, scopes (`chat`, `read`), an optional expiry,
 Verified keys are cached for a few seconds so a busy client does not cost a database read
 per request: in Redis when one is configured (shared by every backend process), else in
 process memory when the database is SQLite (one process). With PostgreSQL and no Redis there
-may be several processes and no shared cache, so every request reads the database. A revoke
-deletes the cache entry (before and after its commit), so a revoked key fails on the very
-next request.
+may be several processes and no shared cache, so every request reads the database. After
+its commit a revoke writes the revoked row into the cache over whatever is there, and fills
+from database reads never replace an entry (Redis SET NX), so a request that read the key
+just before the revoke cannot put it back: a revoked key fails on the very next request.
 """
 
 from __future__ import annotations
@@ -207,12 +208,18 @@ class KeyCache:
                 return hit[1]
         return None
 
-    async def put(self, lookup: str, record: KeyRecord) -> None:
+    async def put(self, lookup: str, record: KeyRecord, *, overwrite: bool = False) -> None:
+        """Cache `record`. A fill from a database read never replaces an entry already
+        there (`overwrite=False`, Redis SET NX): a read that raced a revoke cannot put the
+        unrevoked row back over the revoke's own entry."""
         if self.redis is not None:
             ttl_ms = int(CACHE_TTL_S * 1000)
-            await self.redis.set(self.prefix + lookup, json.dumps(asdict(record)), px=ttl_ms)
+            value = json.dumps(asdict(record))
+            await self.redis.set(self.prefix + lookup, value, px=ttl_ms, nx=not overwrite)
         elif self.local_enabled:
-            self.local[lookup] = (time.monotonic() + CACHE_TTL_S, record)
+            current = self.local.get(lookup)
+            if overwrite or current is None or current[0] <= time.monotonic():
+                self.local[lookup] = (time.monotonic() + CACHE_TTL_S, record)
 
     async def drop(self, lookup: str) -> None:
         self.local.pop(lookup, None)
@@ -268,8 +275,13 @@ async def revoke_and_forget(runtime: Runtime, *, key_id: int, account_id: int | 
     cache = key_cache(runtime)
     async with runtime.db.write() as s, s.begin():
         view, lookup = await revoke_key(s, key_id=key_id, account_id=account_id)
-        await cache.drop(lookup)  # before the commit: no reader refills it from the old row ...
-    await cache.drop(lookup)  # ... and after: a refill that raced the commit is gone too
+        await cache.drop(lookup)
+    # After the commit, the revoked row itself goes into the cache (overwriting whatever a
+    # racing request put there); later fills never replace it (see KeyCache.put).
+    async with runtime.db.read() as s:
+        revoked = await _load(s, lookup, runtime.settings.admins)
+    if revoked is not None:
+        await cache.put(lookup, revoked, overwrite=True)
     return view
 
 
