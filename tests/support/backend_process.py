@@ -81,7 +81,7 @@ class BackendProcess:
 
 @contextmanager
 def backend_process(home: Path, **env: str) -> Iterator[BackendProcess]:
-    process = BackendProcess(home, **env)
+    process = BackendProcess(home, port=None, **env)
     process.start()
     try:
         yield process

@@ -33,6 +33,7 @@ from r3mes.chain.msgs import (
     ServingHeartbeat,
     TransferCredits,
 )
+from r3mes.chain.vocab import Role, Verdict
 from r3mes.paths import Home
 
 
@@ -84,7 +85,7 @@ def _send(client: BlockchainClient, signer: SigningKey, msgs: list[Any]) -> int:
 def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None) -> None:
     """Drive `rounds` rounds of activity on the devnet at `url` (see the module docstring)."""
     with BlockchainClient(url, timeout_s=10, retries=3) as c:
-        for signer, role, stake in (
+        roles: tuple[tuple[SigningKey, Role, int], ...] = (
             (HONEST, "miner", 100),
             (CHEAT, "miner", 100),
             (V1, "validator", 50),
@@ -92,7 +93,8 @@ def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None
             (V3, "validator", 50),
             (PROPOSER, "proposer", 10),
             (SERVING, "serving", 10),
-        ):
+        )
+        for signer, role, stake in roles:
             endpoint = "http://127.0.0.1:1/" if role != "miner" else ""
             _send(
                 c,
@@ -131,7 +133,7 @@ def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None
 
 def _play_round(c: BlockchainClient, i: int) -> None:
     rnd = c.current_round()
-    subs = {}
+    subs: dict[str, int] = {}
     for miner in (HONEST, CHEAT):
         try:
             c.submit_gradient(
@@ -145,8 +147,8 @@ def _play_round(c: BlockchainClient, i: int) -> None:
     for sub in c.submissions(rnd.number):
         subs[sub.miner] = sub.id
     for validator in (V1, V2, V3):
-        for miner, sid in subs.items():
-            verdict = "accept" if miner == HONEST.address else "reject"
+        for miner_address, sid in subs.items():
+            verdict: Verdict = "accept" if miner_address == HONEST.address else "reject"
             _send(
                 c,
                 validator,
