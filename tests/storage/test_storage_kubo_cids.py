@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def kubo_add(repo: Path, target: Path, *flags: str) -> str:
 
 
 def r3mes_cid(path: Path, cid_version: int) -> str:
-    def pieces():  # streamed, as the blockstore reads big files
+    def pieces() -> Iterator[bytes]:  # streamed, as the blockstore reads big files
         with path.open("rb") as handle:
             yield from iter(lambda: handle.read(1 << 20), b"")
 

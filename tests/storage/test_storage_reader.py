@@ -172,11 +172,11 @@ def test_a_child_of_the_wrong_size_or_missing_is_caught_by_both_readers() -> Non
 
 def test_the_module_holds_no_state_from_import() -> None:
     """Issue 18: libc's syncfs is looked up per blockstore, not when the module is imported."""
-    import ctypes
+    from _ctypes import CFuncPtr  # the base of every foreign function (ctypes._CFuncPtr)
 
     import r3mes.storage.blockstore as module
 
-    assert not [name for name, value in vars(module).items() if isinstance(value, ctypes._CFuncPtr)]
+    assert not [name for name, value in vars(module).items() if isinstance(value, CFuncPtr)]
 
 
 def test_a_link_that_is_no_cid_makes_the_block_malformed() -> None:
