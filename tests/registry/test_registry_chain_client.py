@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from r3mes.chain.client import BlockchainClient
-from r3mes.chain.rest import PREFIX
+from r3mes.chain.client_types import PREFIX
 from r3mes.paths import Home
 from r3mes.registry.download import DownloadManager
 from r3mes.registry.unified import UnifiedRegistry
