@@ -19,6 +19,7 @@ from r3mes.chain.msgs import (
     ArtifactSpec,
     Attest,
     Faucet,
+    Msg,
     ProposeAdapter,
     RegisterArtifact,
     RegisterNode,
@@ -57,7 +58,7 @@ ARTIFACT = ArtifactSpec(
 
 def _txs() -> list[bytes]:
     a, b = ALICE.address, BOB.address
-    msgs = [
+    msgs: list[list[Msg]] = [
         [TransferCredits(creator=a, to=b, amount=5)],
         [SubmitGradient(creator=a, round=3, shard=1, cid="bafyq", digest="ab" * 32, pow_nonce=9)],
         [Attest(creator=a, submission_id=4, verdict="accept", distance_ppm=12)],
