@@ -322,6 +322,15 @@ def test_devnet_answers_like_a_real_node_for_the_info_methods(tmp_path: Path) ->
                 shape(real_commit["signed_header"]["commit"]),
             )
             assert ours_commit["canonical"] is real_commit["canonical"] is True
+            real_block = http.get(f"{net.nodes[0].rpc_url}/block?height=2").json()["result"]
+            ours_block = http.get(f"{devnet.url}/block?height=2").json()["result"]
+            assert same_shape(shape(ours_block["block_id"]), shape(real_block["block_id"]))
+            real_header, ours_header = real_block["block"]["header"], ours_block["block"]["header"]
+            assert real_header.keys() <= ours_header.keys()  # the devnet adds time_ms
+            for key in real_header:
+                assert same_shape(shape(ours_header[key]), shape(real_header[key])), key
+                if key.endswith("_hash"):
+                    assert len(ours_header[key]) == len(real_header[key]) == 64, key
     finally:
         devnet.stop()
         net.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -520,3 +521,32 @@ def test_commit_is_the_signature_the_next_block_carries(node: DevnetNode) -> Non
     top = int(latest["signed_header"]["header"]["height"])
     assert top >= 3 and latest["signed_header"]["commit"]["height"] == str(top)
     assert httpx.get(f"{base}/commit", params={"height": "999999"}).status_code == 404
+
+
+def test_block_headers_carry_every_cometbft_hash(
+    client: BlockchainClient, node: DevnetNode
+) -> None:
+    sent = client.sign_and_broadcast(MINER, [RegisterNode(creator=MINER.address, role="miner")])
+    assert node.engine.wait_for_height(sent.height + 1, 30)
+    base = node.url
+
+    def block(height: int) -> dict[str, object]:
+        doc = httpx.get(f"{base}/block", params={"height": str(height)}).json()["result"]
+        assert isinstance(doc, dict)
+        return doc
+
+    after = block(sent.height + 1)
+    header = after["block"]["header"]  # type: ignore[index]
+    empty = hashlib.sha256(b"").hexdigest().upper()
+    assert header["last_results_hash"] != empty  # the previous block had a tx
+    assert block(sent.height)["block"]["header"]["evidence_hash"] == empty  # type: ignore[index]
+    last_commit = json.dumps(
+        after["block"]["last_commit"],
+        sort_keys=True,
+        separators=(",", ":"),  # type: ignore[index]
+    ).encode()
+    assert header["last_commit_hash"] == hashlib.sha256(last_commit).hexdigest().upper()
+    assert header["validators_hash"] == header["next_validators_hash"]
+    parts = after["block_id"]["parts"]  # type: ignore[index]
+    assert parts["total"] == 1 and len(parts["hash"]) == 64
+    assert header["last_block_id"] == block(sent.height)["block_id"]

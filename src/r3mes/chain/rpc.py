@@ -37,8 +37,10 @@ from r3mes.chain.rpc_json import (
     height_param,
     number_param,
     parse_bytes,
+    results_hash,
     rfc3339,
     stored_tx_json,
+    validators_json,
 )
 from r3mes.chain.rpc_ws import install_websocket
 from r3mes.chain.tx import MAX_TX_BYTES
@@ -158,7 +160,17 @@ class Methods:
         found = self.engine.store.block(_height(self.engine, height))
         if found is None:
             raise RpcError(404, "no block at that height yet")
-        return block_json(found[0], identity=self.identity, app_version=APP_VERSION)
+        return block_json(
+            found[0],
+            identity=self.identity,
+            app_version=APP_VERSION,
+            last_results_hash=self.results_hash_at(found[0].header.height - 1),
+        )
+
+    def results_hash_at(self, height: int) -> str:
+        """`results_hash` of block `height`'s tx results (EMPTY_HASH before block 1)."""
+        results = self.engine.store.block_results(height) if height >= 1 else None
+        return results_hash([int(r["code"]) for r in results["txs_results"]] if results else [])
 
     def commit(self, height: str | None = None) -> dict[str, Any]:
         """Block `height`'s header and commit. As on CometBFT, the commit carried by the next
@@ -175,7 +187,12 @@ class Methods:
             time_ms=following[0].header.time_ms if following else block.header.time_ms,
             identity=self.identity,
         )
-        header = header_json(block.header, app_version=APP_VERSION)
+        header = header_json(
+            block.header,
+            identity=self.identity,
+            app_version=APP_VERSION,
+            last_results_hash=self.results_hash_at(h - 1),
+        )
         return {
             "signed_header": {"header": header, "commit": commit},
             "canonical": following is not None,
@@ -305,13 +322,8 @@ class Methods:
     ) -> dict[str, Any]:
         """The one devnet validator (the node's identity), at any committed height."""
         h = _height(self.engine, height)
-        validator = {
-            "address": self.identity.validator_address,
-            "pub_key": self.identity.pub_key_json(),
-            "voting_power": "1",
-            "proposer_priority": "0",
-        }
-        return {"block_height": str(h), "validators": [validator], "count": "1", "total": "1"}
+        validators = validators_json(self.identity)
+        return {"block_height": str(h), "validators": validators, "count": "1", "total": "1"}
 
     def net_info(self) -> dict[str, Any]:
         """The devnet has no peers: it is its own and only validator."""

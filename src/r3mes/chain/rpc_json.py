@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ MAX_HEIGHT = 2**63 - 1
 
 BLOCK_PROTOCOL = "11"
 """CometBFT 0.38's block protocol version, reported in header.version.block."""
+EMPTY_HASH = hashlib.sha256(b"").hexdigest().upper()
+"""CometBFT's hash of an empty list (no evidence, no tx results, no previous commit)."""
 
 
 class RpcError(Exception):
@@ -77,11 +80,45 @@ def rfc3339(ms: int) -> str:
 
 
 def _block_id(block_hash: str) -> dict[str, Any]:
-    # One part: the devnet does not split blocks for gossip.
-    return {"hash": block_hash.upper(), "parts": {"total": 1 if block_hash else 0, "hash": ""}}
+    # One part: the devnet does not split blocks for gossip. Its part-set hash is the
+    # RFC 6962 leaf hash of the block hash (CometBFT's Merkle root of one leaf).
+    if not block_hash:
+        return {"hash": "", "parts": {"total": 0, "hash": ""}}
+    parts = hashlib.sha256(b"\x00" + bytes.fromhex(block_hash)).hexdigest().upper()
+    return {"hash": block_hash.upper(), "parts": {"total": 1, "hash": parts}}
 
 
-def header_json(h: Header, *, app_version: int) -> dict[str, Any]:
+def _canonical_hash(doc: object) -> str:
+    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest().upper()
+
+
+def validators_json(identity: NodeIdentity) -> list[dict[str, Any]]:
+    """The devnet's validator set: its node identity, voting power 1."""
+    return [
+        {
+            "address": identity.validator_address,
+            "pub_key": identity.pub_key_json(),
+            "voting_power": "1",
+            "proposer_priority": "0",
+        }
+    ]
+
+
+def results_hash(codes: list[int]) -> str:
+    """Hash of a block's tx result codes (the deterministic part of its results)."""
+    return _canonical_hash(codes) if codes else EMPTY_HASH
+
+
+def header_json(
+    h: Header, *, identity: NodeIdentity, app_version: int, last_results_hash: str
+) -> dict[str, Any]:
+    """CometBFT's header fields. The devnet's own hashes stand where CometBFT's protobuf
+    Merkle roots would: canonical-JSON SHA-256 of the last commit, the validator set and
+    the consensus constants; `last_results_hash` is `results_hash` of the previous block."""
+    last_commit = last_commit_json(h, identity)
+    validators = _canonical_hash(validators_json(identity))
+    consensus = {"block": BLOCK_PROTOCOL, "app": app_version, "max_tx_bytes": MAX_TX_BYTES}
     return {
         "version": {"block": BLOCK_PROTOCOL, "app": str(app_version)},
         "chain_id": h.chain_id,
@@ -89,8 +126,14 @@ def header_json(h: Header, *, app_version: int) -> dict[str, Any]:
         "time": rfc3339(h.time_ms),
         "time_ms": h.time_ms,
         "last_block_id": _block_id(h.last_block_hash),
-        "app_hash": h.app_hash.upper(),
+        "last_commit_hash": _canonical_hash(last_commit) if h.height > 1 else EMPTY_HASH,
         "data_hash": h.data_hash.upper(),
+        "validators_hash": validators,
+        "next_validators_hash": validators,
+        "consensus_hash": _canonical_hash(consensus),
+        "app_hash": h.app_hash.upper(),
+        "last_results_hash": last_results_hash,
+        "evidence_hash": EMPTY_HASH,
         "proposer_address": h.proposer,
     }
 
@@ -135,11 +178,19 @@ def last_commit_json(h: Header, identity: NodeIdentity) -> dict[str, Any]:
     )
 
 
-def block_json(block: Block, *, identity: NodeIdentity, app_version: int) -> dict[str, Any]:
+def block_json(
+    block: Block, *, identity: NodeIdentity, app_version: int, last_results_hash: str
+) -> dict[str, Any]:
+    header = header_json(
+        block.header,
+        identity=identity,
+        app_version=app_version,
+        last_results_hash=last_results_hash,
+    )
     return {
         "block_id": _block_id(block.hash),
         "block": {
-            "header": header_json(block.header, app_version=app_version),
+            "header": header,
             "data": {"txs": [base64.b64encode(t).decode() for t in block.txs]},
             "evidence": {"evidence": []},
             "last_commit": last_commit_json(block.header, identity),

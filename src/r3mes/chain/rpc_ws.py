@@ -183,7 +183,12 @@ def install_websocket(app: FastAPI, engine: DevnetEngine, methods: Methods) -> N
     def on_block(block: Block, result: BlockResult) -> None:
         if not queues:
             return
-        data = block_json(block, identity=methods.identity, app_version=APP_VERSION)
+        data = block_json(
+            block,
+            identity=methods.identity,
+            app_version=APP_VERSION,
+            last_results_hash=methods.results_hash_at(block.header.height - 1),
+        )
         events = block_events(block, result, data)
         for loop, queue in list(queues):
             loop.call_soon_threadsafe(_offer, queue, events)
