@@ -63,13 +63,18 @@ def adapter_factory(tokenizer: Tokenizer) -> AdapterFactory:
     return lambda seed: random_adapter(tokenizer, seed)
 
 
+def returning(adapter: LoadedAdapter) -> Callable[[], LoadedAdapter]:
+    """A loader that hands back an adapter already in memory."""
+    return lambda: adapter
+
+
 def make_engine(tokenizer: Tokenizer, n_adapters: int = 3, **config: int) -> ServingEngine:
     engine = ServingEngine(
         tiny_model(tokenizer), tokenizer, model_name=MODEL_NAME, config=EngineConfig(**config)
     )
     for i in range(n_adapters):
         adapter = random_adapter(tokenizer, seed=100 + i)
-        engine.load_adapter_from(f"ad{i}", lambda a=adapter: a, origin=f"seed {100 + i}")
+        engine.load_adapter_from(f"ad{i}", returning(adapter), origin=f"seed {100 + i}")
     return engine
 
 

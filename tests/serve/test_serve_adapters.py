@@ -14,7 +14,7 @@ from r3mes.serve.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
 AdapterFactory = Callable[[int], LoadedAdapter]
 
 
-def counting_loader(adapter: LoadedAdapter, calls: list[int]) -> object:
+def counting_loader(adapter: LoadedAdapter, calls: list[int]) -> Callable[[], LoadedAdapter]:
     def load() -> LoadedAdapter:
         calls.append(1)
         return adapter

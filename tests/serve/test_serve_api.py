@@ -7,11 +7,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import httpx
 import openai
 import pytest
 import torch
+from openai.types.chat import ChatCompletionStreamOptionsParam
 
 from r3mes.model.peft_io import save_peft_adapter
 from r3mes.serve.adapters import LoadedAdapter
@@ -52,10 +54,12 @@ def client(server: ServerThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=30, max_retries=0)
 
 
-def chat(client: openai.OpenAI, model: str, text: str, **kw: object) -> str:
-    kw.setdefault("max_tokens", 20)
+def chat(client: openai.OpenAI, model: str, text: str, *, max_tokens: int = 20) -> str:
     out = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": text}], temperature=0, **kw
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        temperature=0,
+        max_tokens=max_tokens,
     )
     return out.choices[0].message.content or ""
 
@@ -88,6 +92,10 @@ def test_chat_streamed_equals_non_streamed(client: openai.OpenAI) -> None:
 def test_continuous_usage_stats_put_usage_so_far_on_every_chunk(client: openai.OpenAI) -> None:
     """What a billing gateway needs to charge a stream cut short: exact prompt tokens and
     the completion tokens delivered up to each chunk."""
+    # continuous_usage_stats is vLLM's extension: openai's StreamOptions TypedDict has no such key.
+    options = cast(
+        ChatCompletionStreamOptionsParam, {"include_usage": True, "continuous_usage_stats": True}
+    )
     stream = client.chat.completions.create(
         model="ad0",
         messages=[{"role": "user", "content": "hello"}],
@@ -95,7 +103,7 @@ def test_continuous_usage_stats_put_usage_so_far_on_every_chunk(client: openai.O
         temperature=0,
         stream=True,
         extra_body={"ignore_eos": True},
-        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        stream_options=options,
     )
     chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
     assert chunks, "content chunks"

@@ -36,7 +36,7 @@ def prefill(model: torch.nn.Module, kv: BatchKV, prompt: list[int]) -> int:
 
 
 def step(model: torch.nn.Module, kv: BatchKV, tokens: list[int]) -> torch.Tensor:
-    logits = model(
+    logits: torch.Tensor = model(
         torch.tensor([[t] for t in tokens]),
         attention_mask=kv.attention_mask(),
         position_ids=kv.position_ids(),
