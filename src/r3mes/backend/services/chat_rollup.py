@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db.chat import ChatRequest
@@ -113,8 +113,14 @@ async def roll_up(s: AsyncSession, *, upto_id: int) -> int:
 
 
 async def _add_totals(s: AsyncSession, totals: dict[tuple[dt.date, str], list[int]]) -> None:
+    found = {
+        (r.day, r.model): r
+        for r in await s.scalars(
+            select(IxChatDaily).where(tuple_(IxChatDaily.day, IxChatDaily.model).in_(list(totals)))
+        )
+    }
     for (day, model), (n, errors, prompt, completion, credits, new_users) in totals.items():
-        row = await s.get(IxChatDaily, (day, model))
+        row = found.get((day, model))
         if row is None:
             row = IxChatDaily(
                 day=day,
@@ -147,19 +153,25 @@ async def _add_served(s: AsyncSession, served: dict[str, list[int]]) -> None:
 
 
 async def _touch_users(s: AsyncSession, last_day: dict[int, dt.date]) -> None:
-    found = {
-        r.account_id: r
-        for r in await s.scalars(
-            select(IxChatUserLast).where(IxChatUserLast.account_id.in_(list(last_day)))
+    """Raise each account's last active day: one UPDATE per distinct day, one bulk INSERT."""
+    known = set(
+        await s.scalars(
+            select(IxChatUserLast.account_id).where(IxChatUserLast.account_id.in_(list(last_day)))
         )
-    }
-    fresh = [{"account_id": a, "last_day": d} for a, d in last_day.items() if a not in found]
+    )
+    fresh = [{"account_id": a, "last_day": d} for a, d in last_day.items() if a not in known]
     if fresh:
         await s.execute(insert(IxChatUserLast), fresh)
+    by_day: dict[dt.date, list[int]] = {}
     for account, day in last_day.items():
-        row = found.get(account)
-        if row is not None and day > row.last_day:
-            row.last_day = day
+        if account in known:
+            by_day.setdefault(day, []).append(account)
+    for day, accounts in by_day.items():
+        await s.execute(
+            update(IxChatUserLast)
+            .where(IxChatUserLast.account_id.in_(accounts), IxChatUserLast.last_day < day)
+            .values(last_day=day)
+        )
 
 
 class ChatRoller:

@@ -27,6 +27,7 @@ from r3mes.backend.db.index import (
     IxChatNode,
     IxChatUserLast,
     IxDaily,
+    IxMeta,
     IxNode,
     IxReward,
     IxRound,
@@ -38,26 +39,42 @@ from r3mes.backend.services import explorer
 from r3mes.backend.services.chat_rollup import chat_rows_json
 from r3mes.backend.services.explorer import account_doc, decode_cursor, node_doc, page
 from r3mes.chain.state import tier
+from r3mes.chain.vocab import ROLES
 
 
 async def network_stats(s: AsyncSession) -> dict[str, Any]:
     m = await explorer.meta(s)
-    active = await explorer.node_counts(s)
-    totals = (
+    since = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=29)
+
+    def total(column: Any) -> Any:
+        return select(func.coalesce(func.sum(column), 0)).scalar_subquery()
+
+    def active_nodes(role: str) -> Any:
+        return (
+            select(func.count())
+            .select_from(IxNode)
+            .where(IxNode.role == role, IxNode.active.is_(True))
+            .scalar_subquery()
+        )
+
+    # One round trip: under load every extra query costs a scheduling delay.
+    row = (
         await s.execute(
             select(
-                func.coalesce(func.sum(IxDaily.submissions), 0),
-                func.coalesce(func.sum(IxDaily.verified), 0),
-                func.coalesce(func.sum(IxDaily.rejected), 0),
-                func.coalesce(func.sum(IxDaily.txs), 0),
+                total(IxDaily.submissions),
+                total(IxDaily.verified),
+                total(IxDaily.rejected),
+                total(IxDaily.txs),
+                select(func.count())
+                .select_from(IxChatUserLast)
+                .where(IxChatUserLast.last_day >= since)
+                .scalar_subquery(),
+                *(active_nodes(role) for role in ROLES),
             )
         )
     ).one()
-    submissions, verified, rejected, txs = (int(x) for x in totals)
-    since = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=29)
-    chat_users = await explorer.count(
-        s, select(func.count()).select_from(IxChatUserLast).where(IxChatUserLast.last_day >= since)
-    )
+    submissions, verified, rejected, txs, chat_users, *counts = (int(x) for x in row)
+    active = dict(zip(ROLES, counts, strict=True))
     return {
         "chain_id": m.chain_id,
         "height": m.height,
@@ -233,12 +250,26 @@ async def _uptime(
     return {v: min(1.0, seen.get(v, 0) / busy) for v in validators_}
 
 
+async def _meta_account_node(
+    s: AsyncSession, address: str, role: str
+) -> tuple[IxMeta, IxAccount, IxNode]:
+    """The index meta, the account and its node of `role`, in one round trip."""
+    row = (
+        await s.execute(
+            select(IxMeta, IxAccount, IxNode)
+            .join(IxAccount, IxAccount.address == address)
+            .join(IxNode, (IxNode.address == address) & (IxNode.role == role))
+            .where(IxMeta.id == 1)
+        )
+    ).one_or_none()
+    if row is None:
+        await explorer.meta(s)  # 503 if nothing is indexed yet
+        raise NotFound(f"{address} is not a registered {role}")
+    return row[0], row[1], row[2]
+
+
 async def miner(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]:
-    m = await explorer.meta(s)
-    acc = await s.get(IxAccount, address)
-    node = await s.get(IxNode, ("miner", address))
-    if acc is None or node is None:
-        raise NotFound(f"{address} is not a registered miner")
+    m, acc, node = await _meta_account_node(s, address, "miner")
     doc = account_doc(acc, address)
     doc["node"] = node_doc(node)
     doc["trend"] = (await _trend(s, [address], explorer.current_round(m) - rounds + 1))[address]
@@ -275,11 +306,7 @@ async def miner(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]
 
 
 async def validator(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]:
-    m = await explorer.meta(s)
-    acc = await s.get(IxAccount, address)
-    node = await s.get(IxNode, ("validator", address))
-    if acc is None or node is None:
-        raise NotFound(f"{address} is not a registered validator")
+    m, acc, node = await _meta_account_node(s, address, "validator")
     doc = account_doc(acc, address)
     doc["node"] = node_doc(node)
     doc["uptime"] = (await _uptime(s, [address], explorer.current_round(m), rounds))[address]
