@@ -1,6 +1,6 @@
 // Account: balance and holds, how to top up, usage per day (table and chart), API keys.
 
-import { ApiError, get, itemsOf, post } from "../api.js";
+import { get, itemsOf, post } from "../api.js";
 import { daySeconds, lineChart } from "../chart.js";
 import { copyText, field, fmtInt, fmtTime, h, replace, shortAddr, table } from "../dom.js";
 import { session } from "../session.js";
@@ -159,44 +159,11 @@ function renderTopUp(section, me) {
 }
 
 const USAGE_DAYS = 30;
-const JOURNAL_PAGES = 10;
 
-/**
- * Usage per day. GET /api/me/usage?days= (per day: requests, tokens, credits) when the
- * backend offers it; otherwise the account's journal, whose chat captures give requests and
- * credits per day (tokens are then not known per day).
- */
+/** Usage per UTC day over the window: GET /api/me/usage (requests, tokens, credits). */
 async function usageDays() {
-  try {
-    const body = await get(`/api/me/usage?days=${USAGE_DAYS}`);
-    return { days: itemsOf(body, "days"), tokens: true };
-  } catch (error) {
-    if (!(error instanceof ApiError) || error.status !== 404) throw error;
-  }
-  const since = Date.now() - USAGE_DAYS * 86400 * 1000;
-  const perDay = new Map();
-  let cursor = null;
-  for (let page = 0; page < JOURNAL_PAGES; page += 1) {
-    const body = await get(`/api/me/transactions?limit=200${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
-    const rows = itemsOf(body, "transactions");
-    let older = false;
-    for (const t of rows) {
-      const at = Date.parse(t.created_at);
-      if (at < since) {
-        older = true;
-        break;
-      }
-      if (t.kind !== "capture" || !String(t.ref).startsWith("chat:")) continue;
-      const day = new Date(at).toISOString().slice(0, 10);
-      const d = perDay.get(day) || { day, requests: 0, credits: 0 };
-      d.requests += 1;
-      d.credits += Number(t.amount);
-      perDay.set(day, d);
-    }
-    cursor = body.next_cursor;
-    if (older || !cursor) break;
-  }
-  return { days: [...perDay.values()], tokens: false };
+  const body = await get(`/api/me/usage?days=${USAGE_DAYS}`);
+  return { days: itemsOf(body, "usage"), tokens: true };
 }
 
 /** Every day of the window, oldest first, with zeros where nothing was used. */
