@@ -257,8 +257,9 @@ async def _meta_account_node(
     row = (
         await s.execute(
             select(IxMeta, IxAccount, IxNode)
+            .select_from(IxMeta)
             .join(IxAccount, IxAccount.address == address)
-            .join(IxNode, (IxNode.address == address) & (IxNode.role == role))
+            .join(IxNode, (IxNode.address == IxAccount.address) & (IxNode.role == role))
             .where(IxMeta.id == 1)
         )
     ).one_or_none()
