@@ -262,6 +262,10 @@ def test_up_with_cometbft_roles_produce_versions_and_a_cheater_is_slashed(tmp_pa
     assert miners["cheater-1"].slashed > 0
     assert miners["miner-1"].rejected == 0 and miners["miner-1"].earned > 0
     assert {f"cometbft-node{i}" for i in range(4)} <= result.exit_codes.keys()
+    heights = final.validator_heights
+    assert sorted(heights) == [f"node{i}" for i in range(4)]
+    assert all(h >= final.height - 2 for h in heights.values()), heights
+    assert "validators node0=" in final.line()
 
 
 def shape(doc: object) -> object:

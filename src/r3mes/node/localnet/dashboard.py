@@ -50,6 +50,9 @@ class Snapshot:
     urls: dict[str, str] = field(default_factory=dict)
     adapter_version: int = 0
     """Latest approved adapter version on the ledger."""
+    validator_heights: dict[str, int] = field(default_factory=dict)
+    """CometBFT validators' committed heights by node name (-1: not answering); empty on
+    the devnet."""
 
     @property
     def proposals(self) -> int:
@@ -64,9 +67,13 @@ class Snapshot:
         ver = sum(r.verified for r in self.rounds)
         rej = sum(r.rejected for r in self.rounds)
         credits = " ".join(f"{m.name}={m.earned}" for m in self.miners)
+        heights = " ".join(
+            f"{n}={h if h >= 0 else 'down'}" for n, h in self.validator_heights.items()
+        )
+        validators = f" | validators {heights}" if heights else ""
         return (
             f"height {self.height} round {self.current_round} | submissions {subs} "
-            f"(verified {ver}, rejected {rej}) |{loss}{base} | earned {credits}"
+            f"(verified {ver}, rejected {rej}) |{loss}{base} | earned {credits}{validators}"
         )
 
 
@@ -80,8 +87,15 @@ def _json(url: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> Snapshot:
-    """Read the ledger and the role services' /stats into one snapshot."""
+def collect(
+    client: BlockchainClient,
+    *,
+    home: Home,
+    miners: dict[str, str],
+    validator_rpcs: dict[str, str] | None = None,
+) -> Snapshot:
+    """Read the ledger and the role services' /stats into one snapshot (and, under
+    CometBFT, each validator's height from its own RPC)."""
     from r3mes.node.runtime.control import service_statuses
 
     status = client.status()
@@ -135,7 +149,12 @@ def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> 
             elif stats.get("api_url"):
                 urls["serving API"] = f"{stats['api_url']}/v1"
     adapters = client.approved_artifacts("adapter")
+    heights = {}
+    for name, rpc_url in (validator_rpcs or {}).items():
+        sync = (_json(f"{rpc_url}/status") or {}).get("result", {}).get("sync_info", {})
+        heights[name] = int(sync.get("latest_block_height", -1))
     return Snapshot(
+        validator_heights=heights,
         adapter_version=max((a.version for a in adapters), default=0),
         height=status.height,
         current_round=current,
@@ -145,6 +164,15 @@ def collect(client: BlockchainClient, *, home: Home, miners: dict[str, str]) -> 
         base_loss=base_loss,
         urls=urls,
     )
+
+
+def _title(snapshot: Snapshot) -> str:
+    if not snapshot.validator_heights:
+        return f"R3MES devnet - height {snapshot.height}"
+    heights = " ".join(
+        f"{n} {h if h >= 0 else 'down'}" for n, h in snapshot.validator_heights.items()
+    )
+    return f"R3MES on CometBFT - height {snapshot.height} (validators: {heights})"
 
 
 def render(snapshot: Snapshot) -> RenderableType:
@@ -159,7 +187,7 @@ def render(snapshot: Snapshot) -> RenderableType:
         "verified",
         "rejected",
         "adapter",
-        title=f"R3MES devnet - height {snapshot.height}",
+        title=_title(snapshot),
     )
     for r in snapshot.rounds:
         version = f"v{r.proposed_version}" if r.proposed_version else ""

@@ -265,6 +265,15 @@ def ledger_processes(spec: NetworkSpec, options: UpOptions, *, port: int) -> lis
     return [ProcessSpec(name=p.name, argv=p.argv, log_path=p.log_path) for p in ledger]
 
 
+def _validator_rpcs(spec: NetworkSpec, options: UpOptions) -> dict[str, str]:
+    """Each CometBFT validator's RPC URL by node name (none on the devnet)."""
+    if options.engine != "cometbft":
+        return {}
+    from r3mes.chain.testnet import load_testnet
+
+    return {n.name: n.rpc_url for n in load_testnet(spec.home.root / "cometbft")}
+
+
 def _stats_current(snapshot: Snapshot) -> bool:
     """Whether the proposer's published versions include the ledger's current one."""
     return any(v.get("version") == snapshot.adapter_version for v in snapshot.versions)
@@ -386,6 +395,7 @@ def _run_started(
             if on_ready is not None:
                 on_ready(sorted(roles))
         miners = {n: a for n, a in addresses.items() if n.startswith(("miner-", "cheater-"))}
+        validator_rpcs = _validator_rpcs(spec, options)
         with BlockchainClient(chain_url, retries=1, timeout_s=5.0) as client:
             while ready and not stop.is_set():
                 error = check_children(supervisor, roles, reported, logs=spec.home.logs)
@@ -393,7 +403,9 @@ def _run_started(
                     logger.error("stopping: %s", error)
                     break
                 try:
-                    snapshot = collect(client, home=spec.home, miners=miners)
+                    snapshot = collect(
+                        client, home=spec.home, miners=miners, validator_rpcs=validator_rpcs
+                    )
                 except ClientError as exc:
                     logger.warning("ledger not answering: %s", exc)
                     stop.wait(options.poll_s)
