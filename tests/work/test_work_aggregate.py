@@ -1,28 +1,30 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from r3mes.work.aggregate import aggregate, aggregate_dense
 from r3mes.work.compression import compress
-from r3mes.work.data import shard_of
-from r3mes.work.encoding import UpdateMeta, decode_update, encode_update, layout_of
+from r3mes.work.data import TokenDataset, shard_of
+from r3mes.work.encoding import DecodedUpdate, UpdateMeta, decode_update, encode_update, layout_of
 from r3mes.work.errors import AggregationError
 from r3mes.work.evaluate import heldout_loss
 from r3mes.work.submission import build_submission
+from r3mes.work.task import Task
 from r3mes.work.training import initial_adapter_state, trained_layout
 from r3mes.work.verify import verify
 
 
-def _decoded(values: dict[str, torch.Tensor], tag: str):
+def _decoded(values: dict[str, torch.Tensor], tag: str) -> DecodedUpdate:
     sparse = compress(values, topk_ppm=1_000_000, value_format="fp16")
     meta = UpdateMeta(task_id=tag * 64, executor_class="cpu-fp32-det-v1", value_format="fp16")
     return decode_update(encode_update(sparse, meta), layout=layout_of(values))
 
 
-def test_weighted_mean_is_added_to_the_adapter():
+def test_weighted_mean_is_added_to_the_adapter() -> None:
     adapter = {"a": torch.ones(2, 2), "b": torch.zeros(3)}
     u1 = _decoded({"a": torch.full((2, 2), 0.5), "b": torch.tensor([1.0, 0.0, -1.0])}, "1")
     u2 = _decoded({"a": torch.full((2, 2), -0.25), "b": torch.tensor([0.0, 2.0, 1.0])}, "2")
@@ -33,7 +35,7 @@ def test_weighted_mean_is_added_to_the_adapter():
     assert torch.equal(adapter["a"], torch.ones(2, 2))  # input untouched
 
 
-def test_aggregation_does_not_depend_on_list_order():
+def test_aggregation_does_not_depend_on_list_order() -> None:
     gen = torch.Generator().manual_seed(0)
     adapter = {"w": torch.randn(16, 16, generator=gen)}
     ups = [(_decoded({"w": torch.randn(16, 16, generator=gen)}, str(i)), i + 1) for i in range(5)]
@@ -42,14 +44,14 @@ def test_aggregation_does_not_depend_on_list_order():
     assert torch.equal(a["w"], b["w"])
 
 
-def test_aggregation_rejects_bad_input():
+def test_aggregation_rejects_bad_input() -> None:
     adapter = {"a": torch.ones(2)}
     u = _decoded({"a": torch.ones(2)}, "1")
     with pytest.raises(AggregationError, match="no updates"):
         aggregate(adapter, [])
     for w in (0, -1, True, 1.5):
         with pytest.raises(AggregationError, match="weights"):
-            aggregate(adapter, [(u, w)])
+            aggregate(adapter, [(u, w)])  # type: ignore[list-item]
     with pytest.raises(AggregationError):
         aggregate({"other": torch.ones(2)}, [(u, 1)])
     with pytest.raises(AggregationError, match="shape"):
@@ -57,7 +59,9 @@ def test_aggregation_rejects_bad_input():
 
 
 @pytest.mark.slow
-def test_a_round_of_three_miners_lowers_heldout_loss(domain_dataset, tiny_model, make_task):
+def test_a_round_of_three_miners_lowers_heldout_loss(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     hyper = {
         "lr": "0.02",
         "steps": 10,
@@ -92,7 +96,7 @@ def test_a_round_of_three_miners_lowers_heldout_loss(domain_dataset, tiny_model,
     assert after < before - 0.03
 
 
-def test_dense_aggregation_rejects_malformed_input_with_clear_errors():
+def test_dense_aggregation_rejects_malformed_input_with_clear_errors() -> None:
     adapter = {"a": torch.ones(2)}
     one = {"a": torch.ones(2)}
     cases = {

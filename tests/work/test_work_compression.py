@@ -15,7 +15,7 @@ from r3mes.work.compression import (
 from r3mes.work.errors import CompressionError
 
 
-def test_topk_keeps_largest_magnitudes_with_index_tiebreak():
+def test_topk_keeps_largest_magnitudes_with_index_tiebreak() -> None:
     t = torch.tensor([0.5, -2.0, 1.0, -1.0, 1.0, 0.1])
     sp = compress_tensor(t, topk_ppm=500_000, value_format="fp16")  # k = 3
     assert sp.indices.tolist() == [1, 2, 3]  # |-2| then ties at 1.0 broken by lower index
@@ -23,7 +23,7 @@ def test_topk_keeps_largest_magnitudes_with_index_tiebreak():
     assert sp.values.dtype == torch.float16 and sp.indices.dtype == torch.int32
 
 
-def test_topk_count_rules():
+def test_topk_count_rules() -> None:
     assert topk_count(1000, 10_000) == 10
     assert topk_count(10, 1) == 1  # at least one entry survives
     assert topk_count(10, 1_000_000) == 10
@@ -31,7 +31,7 @@ def test_topk_count_rules():
         topk_count(10, 0)
 
 
-def test_int8_quantization_is_close_and_scaled():
+def test_int8_quantization_is_close_and_scaled() -> None:
     gen = torch.Generator().manual_seed(0)
     t = torch.randn(64, 32, generator=gen)
     sp = compress_tensor(t, topk_ppm=1_000_000, value_format="int8")
@@ -40,7 +40,7 @@ def test_int8_quantization_is_close_and_scaled():
     assert torch.allclose(sp.dense(), t, atol=float(sp.scale) / 2 + 1e-7)
 
 
-def test_error_feedback_conserves_the_update_exactly():
+def test_error_feedback_conserves_the_update_exactly() -> None:
     gen = torch.Generator().manual_seed(1)
     raw = {"a": torch.randn(8, 16, generator=gen), "b": torch.randn(16, 8, generator=gen)}
     residual = {k: torch.randn(v.shape, generator=gen) * 0.01 for k, v in raw.items()}
@@ -50,21 +50,22 @@ def test_error_feedback_conserves_the_update_exactly():
         assert torch.equal(dense[k] + nxt[k], raw[k] + residual[k])
 
 
-def test_error_feedback_eventually_ships_everything():
+def test_error_feedback_eventually_ships_everything() -> None:
     raw = {"w": torch.linspace(0.5, 1, 100).reshape(10, 10)}
     shipped = torch.zeros(10, 10)
-    residual = None
+    residual: dict[str, torch.Tensor] | None = None
     for _ in range(40):
         sparse, residual = compress_with_feedback(
             raw, residual, topk_ppm=100_000, value_format="fp16"
         )
         shipped += decompress(sparse)["w"]
     # without feedback 40 rounds would ship only the same 10 entries 40 times
+    assert residual is not None
     assert torch.allclose(shipped + residual["w"], raw["w"] * 40, atol=1e-3)
     assert int((shipped != 0).sum()) == 100
 
 
-def test_compression_rejects_bad_input():
+def test_compression_rejects_bad_input() -> None:
     with pytest.raises(CompressionError):
         compress_tensor(torch.tensor([1.0, float("nan")]), topk_ppm=1, value_format="fp16")
     with pytest.raises(CompressionError, match="fp16"):
@@ -82,7 +83,7 @@ def test_compression_rejects_bad_input():
     values=st.lists(st.integers(-4, 4), min_size=1, max_size=64),
     ppm=st.integers(1, 1_000_000),
 )
-def test_compression_is_deterministic_and_keeps_largest(values, ppm):
+def test_compression_is_deterministic_and_keeps_largest(values: list[int], ppm: int) -> None:
     t = torch.tensor(values, dtype=torch.float32)
     a = compress({"t": t}, topk_ppm=ppm, value_format="fp16")["t"]
     b = compress({"t": t.clone()}, topk_ppm=ppm, value_format="fp16")["t"]

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from support.tiny import ByteTokenizer
 
 from r3mes.work.data import (
     HEADER_SIZE,
@@ -17,7 +20,7 @@ from r3mes.work.domain import DOMAIN_MODULES, build_domain_corpus, domain_corpus
 from r3mes.work.errors import DatasetError
 
 
-def test_build_and_read_back_tokens(tmp_path, byte_tokenizer):
+def test_build_and_read_back_tokens(tmp_path: Path, byte_tokenizer: ByteTokenizer) -> None:
     texts = ["abcdefgh", "ijklmnop", "q"]
     path = build_dataset(texts, byte_tokenizer, chunk_len=4, out_path=tmp_path / "d.bin")
     ds = TokenDataset(path)
@@ -30,14 +33,14 @@ def test_build_and_read_back_tokens(tmp_path, byte_tokenizer):
     assert path.stat().st_size == HEADER_SIZE + n * 4 * 2  # uint16 tokens
 
 
-def test_dataset_is_deterministic(tmp_path, byte_tokenizer):
+def test_dataset_is_deterministic(tmp_path: Path, byte_tokenizer: ByteTokenizer) -> None:
     texts = build_domain_corpus()[:2]
     a = build_dataset(texts, byte_tokenizer, chunk_len=16, out_path=tmp_path / "a")
     b = build_dataset(texts, byte_tokenizer, chunk_len=16, out_path=tmp_path / "b")
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_corrupt_files_are_rejected(tmp_path, byte_tokenizer):
+def test_corrupt_files_are_rejected(tmp_path: Path, byte_tokenizer: ByteTokenizer) -> None:
     path = build_dataset(["x" * 100], byte_tokenizer, chunk_len=8, out_path=tmp_path / "d")
     data = path.read_bytes()
     cases = {
@@ -55,7 +58,9 @@ def test_corrupt_files_are_rejected(tmp_path, byte_tokenizer):
         TokenDataset(tmp_path / "missing")
 
 
-def test_build_rejects_bad_input_and_keeps_old_file(tmp_path, byte_tokenizer):
+def test_build_rejects_bad_input_and_keeps_old_file(
+    tmp_path: Path, byte_tokenizer: ByteTokenizer
+) -> None:
     path = build_dataset(["y" * 64], byte_tokenizer, chunk_len=8, out_path=tmp_path / "d")
     before = path.read_bytes()
     with pytest.raises(DatasetError, match="fewer than"):
@@ -68,7 +73,7 @@ def test_build_rejects_bad_input_and_keeps_old_file(tmp_path, byte_tokenizer):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_split_and_shards_partition_the_data(domain_dataset):
+def test_split_and_shards_partition_the_data(domain_dataset: TokenDataset) -> None:
     train = set(domain_dataset.train_indices().tolist())
     held = set(domain_dataset.heldout_indices().tolist())
     assert not train & held and train | held == set(range(len(domain_dataset)))
@@ -84,7 +89,7 @@ def test_split_and_shards_partition_the_data(domain_dataset):
         shard_of(domain_dataset, shard_index=0, n_shards=len(train) + 1)
 
 
-def test_shard_assignment_is_deterministic_and_distinct():
+def test_shard_assignment_is_deterministic_and_distinct() -> None:
     miners = [f"remes1miner{i}" for i in range(8)]
     first = preferred_shard(seed=42, miner=miners[0], n_shards=8)
     assert first == preferred_shard(seed=42, miner=miners[0], n_shards=8)
@@ -102,7 +107,7 @@ def test_shard_assignment_is_deterministic_and_distinct():
         preferred_shard(seed=-1, miner="m", n_shards=4)
 
 
-def test_domain_corpus_is_deterministic_and_recorded():
+def test_domain_corpus_is_deterministic_and_recorded() -> None:
     a, b = build_domain_corpus(), build_domain_corpus()
     assert a == b and len(a) == len(DOMAIN_MODULES)
     assert a[0].startswith(f"# file: {DOMAIN_MODULES[0]}.py\n")
@@ -112,7 +117,7 @@ def test_domain_corpus_is_deterministic_and_recorded():
         build_domain_corpus(("no_such_module_xyz",))
 
 
-def test_tokenizer_fingerprint_uses_the_serialized_tokenizer(byte_tokenizer):
+def test_tokenizer_fingerprint_uses_the_serialized_tokenizer(byte_tokenizer: ByteTokenizer) -> None:
     from r3mes.work.data import tokenizer_fingerprint
 
     class Serialized(type(byte_tokenizer)):  # type: ignore[misc]
@@ -127,7 +132,7 @@ def test_tokenizer_fingerprint_uses_the_serialized_tokenizer(byte_tokenizer):
     assert tokenizer_fingerprint(byte_tokenizer) == tokenizer_fingerprint(type(byte_tokenizer)())
 
 
-def test_shipped_tokenizer_builds_a_dataset(tmp_path):
+def test_shipped_tokenizer_builds_a_dataset(tmp_path: Path) -> None:
     from r3mes.model.tokenizer import load_tokenizer
 
     try:
@@ -141,7 +146,9 @@ def test_shipped_tokenizer_builds_a_dataset(tmp_path):
     assert len(ds) > 10 and int(ds.chunks([0, 1]).max()) < tok.vocab_size
 
 
-def test_entry_points_reject_wrong_types(tmp_path, byte_tokenizer, domain_dataset):
+def test_entry_points_reject_wrong_types(
+    tmp_path: Path, byte_tokenizer: ByteTokenizer, domain_dataset: TokenDataset
+) -> None:
     with pytest.raises(DatasetError, match="chunk_len"):
         build_dataset(["x" * 64], byte_tokenizer, chunk_len=2.5, out_path=tmp_path / "d")  # type: ignore[arg-type]
     with pytest.raises(DatasetError, match="does not exist"):
@@ -157,7 +164,7 @@ def test_entry_points_reject_wrong_types(tmp_path, byte_tokenizer, domain_datase
     with pytest.raises(DatasetError, match="seed"):
         preferred_shard(seed=1.0, miner="m", n_shards=4)  # type: ignore[arg-type]
     with pytest.raises(DatasetError, match="n_shards"):
-        assign_shard(seed=1, miner="m", n_shards=True)  # type: ignore[arg-type]
+        assign_shard(seed=1, miner="m", n_shards=True)
     with pytest.raises(DatasetError, match="claimed"):
         assign_shard(seed=1, miner="m", n_shards=4, claimed=[1])  # type: ignore[arg-type]
     assert not list(tmp_path.glob("**/*.tmp"))

@@ -6,6 +6,8 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +52,7 @@ def _update(value_format: str = "fp16", topk_ppm: int = 250_000) -> bytes:
 
 @pytest.mark.parametrize("value_format", ["fp16", "int8"])
 @pytest.mark.parametrize("topk_ppm", [1, 250_000, 1_000_000])
-def test_round_trip(value_format, topk_ppm):
+def test_round_trip(value_format: str, topk_ppm: int) -> None:
     sparse = compress(_raw(), topk_ppm=topk_ppm, value_format=value_format)
     data = _update(value_format, topk_ppm)
     dec = decode_update(data, layout=LAYOUT)
@@ -63,7 +65,7 @@ def test_round_trip(value_format, topk_ppm):
         assert torch.equal(dec.dense()[key], st.dense())
 
 
-def test_encoding_is_readable_by_safetensors_and_names_no_keys():
+def test_encoding_is_readable_by_safetensors_and_names_no_keys() -> None:
     data = _update("int8")
     tensors = st_load(data)
     assert set(tensors) == {"indices", "scales", "values"}
@@ -74,7 +76,7 @@ def test_encoding_is_readable_by_safetensors_and_names_no_keys():
     assert f'"format_version":"{UPDATE_FORMAT_VERSION}"' in header
 
 
-def test_header_size_does_not_grow_with_the_number_of_tensors():
+def test_header_size_does_not_grow_with_the_number_of_tensors() -> None:
     gen = torch.Generator().manual_seed(0)
     sizes = []
     for n in (2, 100):
@@ -85,14 +87,14 @@ def test_header_size_does_not_grow_with_the_number_of_tensors():
     assert abs(sizes[0] - sizes[1]) <= 8 and max(sizes) < 400  # only offsets' digits differ
 
 
-def test_small_indices_cost_one_byte():
+def test_small_indices_cost_one_byte() -> None:
     # 25 % density on a 64-entry tensor: every gap is below 128
     data = _update("fp16")
     tensors, _ = load_canonical(data)
     assert tensors["indices"].numel() == tensors["values"].numel()
 
 
-def test_wrong_layout_is_rejected():
+def test_wrong_layout_is_rejected() -> None:
     data = _update()
     other = dict(LAYOUT) | {"x.lora_B.weight": (4, 16)}  # same entry count, other shape
     with pytest.raises(EncodingError, match="layout"):
@@ -101,7 +103,7 @@ def test_wrong_layout_is_rejected():
         decode_update(data, layout={})
 
 
-def test_non_canonical_layout_is_rejected():
+def test_non_canonical_layout_is_rejected() -> None:
     data = _update()
     tensors, metadata = load_canonical(data)
     # the same content written by the reference writer: valid safetensors, other bytes
@@ -119,7 +121,7 @@ def test_non_canonical_layout_is_rejected():
         decode_update(padded, layout=LAYOUT)
 
 
-def test_truncated_garbled_and_oversize_are_rejected():
+def test_truncated_garbled_and_oversize_are_rejected() -> None:
     data = _update()
     for bad in (b"", data[:7], data[:20], data[:-3], b"\xff" * 64, bytes(reversed(data))):
         with pytest.raises(EncodingError):
@@ -132,13 +134,17 @@ def test_truncated_garbled_and_oversize_are_rejected():
         decode_update(bytes(flipped), layout=LAYOUT)
 
 
-def _rewrite(data: bytes, edit) -> bytes:
+# An in-place change to an update's decoded tensors and metadata.
+Edit = Callable[[dict[str, torch.Tensor], dict[str, str]], object]
+
+
+def _rewrite(data: bytes, edit: Edit) -> bytes:
     tensors, metadata = load_canonical(data)
     edit(tensors, metadata)
     return dump_canonical(tensors, metadata)
 
 
-def _set(name, fn):
+def _set(name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Edit:
     return lambda t, m: t.__setitem__(name, fn(t[name]))
 
 
@@ -173,14 +179,14 @@ def _u8(values: list[int]) -> torch.Tensor:
         (_set("values", lambda x: x[:0]), "keeps 1 to"),
     ],
 )
-def test_semantically_invalid_updates_are_rejected(edit, match):
+def test_semantically_invalid_updates_are_rejected(edit: Edit, match: str) -> None:
     with pytest.raises(EncodingError, match=match):
         decode_update(_rewrite(_update(), edit), layout=LAYOUT)
 
 
-def test_update_that_skips_a_tensor_is_rejected():
+def test_update_that_skips_a_tensor_is_rejected() -> None:
     # only positions in the first tensor (x.lora_A.weight, 64 entries): B gets nothing
-    def edit(t, m):
+    def edit(t: dict[str, torch.Tensor], m: dict[str, str]) -> None:
         t["indices"] = _u8([0, 0])
         t["values"] = t["values"][:2]
 
@@ -196,12 +202,12 @@ def test_update_that_skips_a_tensor_is_rejected():
         (lambda t, m: t.pop("scales"), "scales"),
     ],
 )
-def test_invalid_int8_scales_are_rejected(edit, match):
+def test_invalid_int8_scales_are_rejected(edit: Edit, match: str) -> None:
     with pytest.raises(EncodingError, match=match):
         decode_update(_rewrite(_update("int8"), edit), layout=LAYOUT)
 
 
-def test_encode_rejects_mismatched_value_format():
+def test_encode_rejects_mismatched_value_format() -> None:
     gen = torch.Generator().manual_seed(0)
     sparse = compress({"k": torch.randn(8, generator=gen)}, topk_ppm=500_000, value_format="int8")
     with pytest.raises(EncodingError, match="value format"):
@@ -227,7 +233,7 @@ print(hashlib.sha256(b"".join(out)).hexdigest())
 """
 
 
-def test_bytes_are_identical_across_fresh_processes_and_thread_counts():
+def test_bytes_are_identical_across_fresh_processes_and_thread_counts() -> None:
     digests = set()
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
@@ -239,7 +245,7 @@ def test_bytes_are_identical_across_fresh_processes_and_thread_counts():
     assert len(digests) == 1
 
 
-def test_error_feedback_absorbs_int8_quantisation_error():
+def test_error_feedback_absorbs_int8_quantisation_error() -> None:
     raw = _raw()
     sparse, residual = compress_with_feedback(raw, None, topk_ppm=1_000_000, value_format="int8")
     data = encode_update(sparse, UpdateMeta(META.task_id, META.executor_class, "int8"))
@@ -249,14 +255,14 @@ def test_error_feedback_absorbs_int8_quantisation_error():
         assert 0 < float(residual[k].abs().max()) <= float(raw[k].abs().max()) / 254 * 1.0001
 
 
-def test_tensors_digest_is_order_independent_and_value_sensitive():
+def test_tensors_digest_is_order_independent_and_value_sensitive() -> None:
     a = {"x": torch.ones(2), "y": torch.zeros(3)}
     b = {"y": torch.zeros(3), "x": torch.ones(2)}
     assert tensors_digest(a) == tensors_digest(b)
     assert tensors_digest(a) != tensors_digest({"x": torch.ones(2), "y": torch.full((3,), 1e-30)})
 
 
-def test_layout_digest_depends_on_names_and_shapes_not_order():
+def test_layout_digest_depends_on_names_and_shapes_not_order() -> None:
     a = {"a": (2, 3), "b": (4,)}
     assert layout_digest(a) == layout_digest({"b": (4,), "a": (2, 3)})
     assert layout_digest(a) != layout_digest({"a": (3, 2), "b": (4,)})
@@ -269,7 +275,7 @@ def test_layout_digest_depends_on_names_and_shapes_not_order():
     [{"a": 5}, {"a": "ab"}, {"a": (2.0,)}, {"a": (True,)}, {"a": ()}, {3: (2,)}, [("a", (2,))], {}],
     ids=["int", "str", "float", "bool", "empty-shape", "int-key", "list", "empty"],
 )
-def test_malformed_layout_is_an_encoding_error(layout):
+def test_malformed_layout_is_an_encoding_error(layout: Any) -> None:
     with pytest.raises(EncodingError, match="layout"):
         decode_update(_update(), layout=layout)
 
@@ -285,7 +291,7 @@ def test_malformed_layout_is_an_encoding_error(layout):
         ([("a", torch.ones(1))], {}, "mappings"),
     ],
 )
-def test_dump_canonical_rejects_malformed_input(tensors, metadata, match):
+def test_dump_canonical_rejects_malformed_input(tensors: Any, metadata: Any, match: str) -> None:
     with pytest.raises(EncodingError, match=match):
         dump_canonical(tensors, metadata)
 
@@ -295,23 +301,25 @@ def test_dump_canonical_rejects_malformed_input(tensors, metadata, match):
     [b"[" * 2000 + b"]" * 2000, b'{"a":' * 2000 + b"1" + b"}" * 2000, b'{"a":[[[[1]]]]}'],
     ids=["lists", "objects", "four-levels"],
 )
-def test_deeply_nested_header_is_an_encoding_error(header):
+def test_deeply_nested_header_is_an_encoding_error(header: bytes) -> None:
     header += b" " * (-len(header) % 8)
     with pytest.raises(EncodingError, match="nests"):
         load_canonical(struct.pack("<Q", len(header)) + header)
 
 
-def test_encode_rejects_an_invalid_executor_class():
+def test_encode_rejects_an_invalid_executor_class() -> None:
     sparse = compress(_raw(), topk_ppm=250_000, value_format="fp16")
     for bad in ("", "cpu fp32", "x" * 129):
         with pytest.raises(EncodingError, match="executor_class"):
             encode_update(sparse, UpdateMeta(META.task_id, bad, "fp16"))
 
 
-def _crafted(shape: list[int], *, dtype: str = "U8", metadata: dict[str, str] | None = None):
+def _crafted(
+    shape: list[int], *, dtype: str = "U8", metadata: dict[str, str] | None = None
+) -> bytes:
     """A safetensors file whose one tensor has `shape` and exactly the bytes it claims."""
     size = math.prod(shape)
-    header = {"__metadata__": metadata or {}}
+    header: dict[str, object] = {"__metadata__": metadata or {}}
     header["x"] = {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
@@ -328,7 +336,9 @@ def _crafted(shape: list[int], *, dtype: str = "U8", metadata: dict[str, str] | 
         ([2**40, 0], "spans over"),
     ],
 )
-def test_crafted_shapes_are_encoding_errors_before_any_allocation(shape, match):
+def test_crafted_shapes_are_encoding_errors_before_any_allocation(
+    shape: list[int], match: str
+) -> None:
     """Issue 19 item 9: 120-216 byte headers whose shape made torch raise untyped errors."""
     data = _crafted(shape)
     assert len(data) <= 216
@@ -338,7 +348,7 @@ def test_crafted_shapes_are_encoding_errors_before_any_allocation(shape, match):
         decode_update(data, layout=LAYOUT)
 
 
-def test_dump_canonical_refuses_what_load_would_refuse():
+def test_dump_canonical_refuses_what_load_would_refuse() -> None:
     with pytest.raises(EncodingError, match="9 dimensions"):
         dump_canonical({"a": torch.zeros([1] * 9)}, {})
     assert load_canonical(dump_canonical({"a": torch.zeros([1] * 8)}, {}))[0]["a"].dim() == 8

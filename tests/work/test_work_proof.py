@@ -2,23 +2,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from r3mes.work.data import shard_of
+from r3mes.work.data import Shard, TokenDataset, shard_of
 from r3mes.work.errors import EncodingError, WorkError
 from r3mes.work.proof import decode_train_state, first_divergence, merkle_root, verify_steps
-from r3mes.work.training import train_with_trace
+from r3mes.work.task import Task
+from r3mes.work.training import TrainResult, TrainState, train_with_trace
 
 
 def _h(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def test_merkle_root_commits_to_every_digest():
+def test_merkle_root_commits_to_every_digest() -> None:
     ds = [_h(i) for i in range(5)]
     root = merkle_root(ds)
     assert root == merkle_root(list(ds))
@@ -32,7 +35,7 @@ def test_merkle_root_commits_to_every_digest():
 
 
 @given(n=st.integers(0, 200), data=st.data())
-def test_first_divergence_finds_the_first_differing_step(n, data):
+def test_first_divergence_finds_the_first_differing_step(n: int, data: st.DataObject) -> None:
     a = [_h(i) for i in range(n)]
     assert first_divergence(a, list(a)) is None
     if n:
@@ -43,7 +46,9 @@ def test_first_divergence_finds_the_first_differing_step(n, data):
 
 
 @pytest.fixture
-def trace(domain_dataset, tiny_model, make_task):
+def trace(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> tuple[Task, Shard, TrainResult]:
     task = make_task(hyper={"steps": 6})
     shard = shard_of(domain_dataset, shard_index=task.shard_index, n_shards=task.n_shards)
     result = train_with_trace(
@@ -52,7 +57,9 @@ def trace(domain_dataset, tiny_model, make_task):
     return task, shard, result
 
 
-def test_honest_steps_verify(trace, tiny_model):
+def test_honest_steps_verify(
+    trace: tuple[Task, Shard, TrainResult], tiny_model: torch.nn.Module
+) -> None:
     task, shard, result = trace
     ckpts = {i: decode_train_state(s.encode()) for i, s in result.checkpoints.items()}
     check = verify_steps(
@@ -67,7 +74,9 @@ def test_honest_steps_verify(trace, tiny_model):
     assert check.ok, check.reason
 
 
-def test_forged_steps_are_caught(trace, tiny_model):
+def test_forged_steps_are_caught(
+    trace: tuple[Task, Shard, TrainResult], tiny_model: torch.nn.Module
+) -> None:
     task, shard, result = trace
     digests = list(result.step_digests)
     digests[4] = _h(4)  # a fake state after step 4
@@ -126,7 +135,7 @@ def test_forged_steps_are_caught(trace, tiny_model):
     assert not short.ok
 
 
-def test_checkpoint_decoding_is_strict(trace):
+def test_checkpoint_decoding_is_strict(trace: tuple[Task, Shard, TrainResult]) -> None:
     _, _, result = trace
     data = result.checkpoints[1].encode()
     state = decode_train_state(data)
@@ -141,7 +150,7 @@ def test_checkpoint_decoding_is_strict(trace):
         decode_train_state(dump_canonical({"junk": torch.ones(1)}, {"step": "1"}))
 
 
-def _state_bytes(state, **edits) -> bytes:
+def _state_bytes(state: TrainState, **edits: Any) -> bytes:
     from r3mes.work.canonical import dump_canonical
 
     tensors = {f"param/{k}": v for k, v in state.params.items()}
@@ -156,7 +165,7 @@ def _state_bytes(state, **edits) -> bytes:
     return dump_canonical(tensors, metadata)
 
 
-def test_checkpoint_with_non_ascii_step_is_rejected(trace):
+def test_checkpoint_with_non_ascii_step_is_rejected(trace: tuple[Task, Shard, TrainResult]) -> None:
     _, _, result = trace
     state = result.checkpoints[1]
     for step in ("\u00b9", "\u0661", "1\n", "-1", "", "99999999999999999999999"):
@@ -164,7 +173,9 @@ def test_checkpoint_with_non_ascii_step_is_rejected(trace):
             decode_train_state(_state_bytes(state, step=step))
 
 
-def test_checkpoint_moments_must_match_param_shape_and_dtype(trace):
+def test_checkpoint_moments_must_match_param_shape_and_dtype(
+    trace: tuple[Task, Shard, TrainResult],
+) -> None:
     _, _, result = trace
     state = result.checkpoints[1]
     key = sorted(state.params)[0]
@@ -180,7 +191,9 @@ def test_checkpoint_moments_must_match_param_shape_and_dtype(trace):
         assert key in str(info.value), label
 
 
-def test_verify_steps_fails_a_committed_checkpoint_of_the_wrong_shape(trace, tiny_model):
+def test_verify_steps_fails_a_committed_checkpoint_of_the_wrong_shape(
+    trace: tuple[Task, Shard, TrainResult], tiny_model: torch.nn.Module
+) -> None:
     """A miner that commits to a malformed state fails that step; nothing is raised."""
     task, shard, result = trace
     state = result.checkpoints[2]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -10,7 +12,9 @@ from r3mes.work.errors import TaskError, WorkError
 from r3mes.work.task import HyperParams, Task, decode_task, encode_task
 
 
-def test_round_trip_and_task_id_is_sha256_of_canonical_bytes(make_task):
+def test_round_trip_and_task_id_is_sha256_of_canonical_bytes(
+    make_task: Callable[..., Task],
+) -> None:
     import hashlib
 
     task = make_task()
@@ -21,7 +25,7 @@ def test_round_trip_and_task_id_is_sha256_of_canonical_bytes(make_task):
     assert json.loads(data)["hyper"]["lr"] == "0.01"  # no floats in the encoding
 
 
-def test_task_id_changes_with_every_field(make_task):
+def test_task_id_changes_with_every_field(make_task: Callable[..., Task]) -> None:
     base = make_task()
     variants = [
         make_task(round=4),
@@ -37,7 +41,7 @@ def test_task_id_changes_with_every_field(make_task):
     assert base.task_id not in ids and len(ids) == len(variants)
 
 
-def _mutate(data: bytes, fn) -> bytes:
+def _mutate(data: bytes, fn: Callable[[Any], object]) -> bytes:
     obj = json.loads(data)
     fn(obj)
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
@@ -68,12 +72,14 @@ def _mutate(data: bytes, fn) -> bytes:
         lambda o: o.__setitem__("miner", "has space"),
     ],
 )
-def test_decode_rejects_malformed_fields(make_task, mutation):
+def test_decode_rejects_malformed_fields(
+    make_task: Callable[..., Task], mutation: Callable[[Any], object]
+) -> None:
     with pytest.raises(TaskError):
         decode_task(_mutate(encode_task(make_task()), mutation))
 
 
-def test_decode_rejects_non_canonical_and_garbage(make_task):
+def test_decode_rejects_non_canonical_and_garbage(make_task: Callable[..., Task]) -> None:
     data = encode_task(make_task())
     spaced = json.dumps(json.loads(data), sort_keys=True).encode()
     reversed_keys = dict(reversed(list(json.loads(data).items())))
@@ -85,7 +91,7 @@ def test_decode_rejects_non_canonical_and_garbage(make_task):
             decode_task(bad)
 
 
-def test_hyperparams_validate():
+def test_hyperparams_validate() -> None:
     with pytest.raises(TaskError, match="lr"):
         HyperParams(lr="0")
     with pytest.raises(TaskError, match="target_modules"):
@@ -103,7 +109,9 @@ def test_hyperparams_validate():
     data=st.data(),
     lr=st.from_regex(r"\A(0\.[0-9]{0,5}[1-9]|[1-9])\Z"),
 )
-def test_round_trip_property(round_, seed, n_shards, data, lr):
+def test_round_trip_property(
+    round_: int, seed: int, n_shards: int, data: st.DataObject, lr: str
+) -> None:
     task = Task(
         round=round_,
         seed=seed,
@@ -129,18 +137,18 @@ def test_round_trip_property(round_, seed, n_shards, data, lr):
     ],
     ids=["lists", "open", "objects", "four-levels"],
 )
-def test_deep_nesting_is_a_task_error_not_a_recursion_error(data):
+def test_deep_nesting_is_a_task_error_not_a_recursion_error(data: bytes) -> None:
     with pytest.raises(TaskError, match="nests|keys"):
         decode_task(data)
 
 
-def test_superscript_seed_is_a_task_error(make_task):
+def test_superscript_seed_is_a_task_error(make_task: Callable[..., Task]) -> None:
     data = encode_task(make_task()).replace(b'"seed":"123456789"', b'"seed":"\\u00b9"')
     assert b"u00b9" in data
     with pytest.raises(TaskError, match="seed"):
         decode_task(data)
 
 
-def test_hyper_params_reject_unhashable_targets():
+def test_hyper_params_reject_unhashable_targets() -> None:
     with pytest.raises(TaskError, match="target_modules"):
         HyperParams(target_modules=(["q_proj"],))  # type: ignore[arg-type]

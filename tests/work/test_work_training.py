@@ -4,13 +4,14 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from r3mes.model.lora import adapter_names
 from r3mes.work.canonical import tensors_digest
-from r3mes.work.data import shard_of
+from r3mes.work.data import Shard, TokenDataset, shard_of
 from r3mes.work.encoding import decode_update
 from r3mes.work.errors import TrainingError
 from r3mes.work.executor import (
@@ -20,6 +21,7 @@ from r3mes.work.executor import (
     is_deterministic_class,
 )
 from r3mes.work.submission import build_submission, encode_for_task
+from r3mes.work.task import Task
 from r3mes.work.training import (
     batch_positions,
     initial_adapter_state,
@@ -31,11 +33,13 @@ from r3mes.work.training import (
 )
 
 
-def _shard(ds, task):
+def _shard(ds: TokenDataset, task: Task) -> Shard:
     return shard_of(ds, shard_index=task.shard_index, n_shards=task.n_shards)
 
 
-def test_same_inputs_same_bytes_and_caller_state_restored(domain_dataset, tiny_model, make_task):
+def test_same_inputs_same_bytes_and_caller_state_restored(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     task = make_task()
     flags = [p.requires_grad for p in tiny_model.parameters()]
     torch.set_num_threads(2)
@@ -56,7 +60,9 @@ def test_same_inputs_same_bytes_and_caller_state_restored(domain_dataset, tiny_m
     assert all(k.endswith(".lora_B.weight") for k in a) and len(a) == 2 * 2
 
 
-def test_result_depends_on_shard_miner_and_start(domain_dataset, tiny_model, make_task):
+def test_result_depends_on_shard_miner_and_start(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     base = make_task()
     digests = set()
     for task in (base, make_task(shard_index=1), make_task(miner="remes1other")):
@@ -67,7 +73,9 @@ def test_result_depends_on_shard_miner_and_start(domain_dataset, tiny_model, mak
     assert len(digests) == 3
 
 
-def test_genesis_adapter_comes_from_the_round_seed(tiny_model, make_task):
+def test_genesis_adapter_comes_from_the_round_seed(
+    tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     a = initial_adapter_state(tiny_model, make_task(miner="remes1a"))
     b = initial_adapter_state(tiny_model, make_task(miner="remes1b"))
     c = initial_adapter_state(tiny_model, make_task(seed=99))
@@ -75,14 +83,16 @@ def test_genesis_adapter_comes_from_the_round_seed(tiny_model, make_task):
     assert all(float(v.abs().sum()) == 0 for k, v in a.items() if "lora_B" in k)
 
 
-def test_batch_order_covers_the_shard_each_epoch(make_task):
+def test_batch_order_covers_the_shard_each_epoch(make_task: Callable[..., Task]) -> None:
     task = make_task(hyper={"batch_size": 3})
     positions = [p for step in range(4) for p in batch_positions(task, 6, step)]  # 2 epochs
     assert sorted(positions[:6]) == list(range(6)) and sorted(positions[6:]) == list(range(6))
     assert positions[:6] != positions[6:]
 
 
-def test_trace_digests_and_checkpoints(domain_dataset, tiny_model, make_task):
+def test_trace_digests_and_checkpoints(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     task = make_task()
     result = train_with_trace(
         task=task,
@@ -97,7 +107,9 @@ def test_trace_digests_and_checkpoints(domain_dataset, tiny_model, make_task):
     assert result.checkpoints[4].digest() == result.step_digests[-1]
 
 
-def test_bad_inputs_raise_training_errors(domain_dataset, tiny_model, make_task):
+def test_bad_inputs_raise_training_errors(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     task = make_task()
     with pytest.raises(TrainingError, match="not the task's shard"):
         train_update(
@@ -130,7 +142,7 @@ def test_bad_inputs_raise_training_errors(domain_dataset, tiny_model, make_task)
     assert adapter_names(tiny_model) == []
 
 
-def test_executor_class_is_declared_honestly():
+def test_executor_class_is_declared_honestly() -> None:
     assert current_executor_class("cpu") == CPU_DET_V1
     assert current_executor_class(torch.device("cpu")) == CPU_DET_V1
     assert current_executor_class("mps") == "mps-nondet-v1"
@@ -142,7 +154,9 @@ def test_executor_class_is_declared_honestly():
             current_executor_class(bad)  # type: ignore[arg-type]
 
 
-def test_submission_is_labelled_with_the_class_of_its_device(domain_dataset, tiny_model, make_task):
+def test_submission_is_labelled_with_the_class_of_its_device(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     task = make_task()
     shard = _shard(domain_dataset, task)
     sub = build_submission(
@@ -164,13 +178,15 @@ def test_submission_is_labelled_with_the_class_of_its_device(domain_dataset, tin
     assert adapter_names(tiny_model) == []
 
 
-def test_off_cpu_tensors_cannot_claim_the_deterministic_class(make_task):
+def test_off_cpu_tensors_cannot_claim_the_deterministic_class(
+    make_task: Callable[..., Task],
+) -> None:
     raw = {"x.lora_B.weight": torch.zeros(4, 2, device="meta")}
     with pytest.raises(TrainingError, match="cpu-fp32-det-v1"):
         encode_for_task(task=make_task(), raw=raw, residual=None, executor_class=CPU_DET_V1)
 
 
-def test_off_cpu_numerics_restore_the_callers_settings():
+def test_off_cpu_numerics_restore_the_callers_settings() -> None:
     threads = torch.get_num_threads()
     tf32 = torch.backends.cuda.matmul.allow_tf32
     with executor_numerics("cuda"):
@@ -180,7 +196,9 @@ def test_off_cpu_numerics_restore_the_callers_settings():
     assert torch.backends.cuda.matmul.allow_tf32 == tf32
 
 
-def test_training_refuses_a_state_whose_moments_do_not_fit(domain_dataset, tiny_model, make_task):
+def test_training_refuses_a_state_whose_moments_do_not_fit(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     task = make_task()
     adapter = initial_adapter_state(tiny_model, task)
     start = start_state(adapter)
@@ -217,7 +235,9 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_fresh_processes_at_1_and_2_threads_agree(domain_dataset, tiny_model, make_task):
+def test_fresh_processes_at_1_and_2_threads_agree(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
     from r3mes.work.submission import build_submission
     from r3mes.work.task import encode_task
 

@@ -19,7 +19,7 @@ def _round_trip(positions: list[int], limit: int = LIMIT) -> np.ndarray:
     return data
 
 
-def test_empty_round_trips_to_no_bytes():
+def test_empty_round_trips_to_no_bytes() -> None:
     assert _round_trip([]).size == 0
 
 
@@ -36,17 +36,17 @@ def test_empty_round_trips_to_no_bytes():
         ([5, 134], 3),  # a gap of 128 takes two bytes
     ],
 )
-def test_edge_cases_round_trip(positions, nbytes):
+def test_edge_cases_round_trip(positions: list[int], nbytes: int) -> None:
     assert _round_trip(positions).size == nbytes
 
 
-def test_exact_bytes_of_known_values():
+def test_exact_bytes_of_known_values() -> None:
     assert encode_positions(np.array([300])).tolist() == [0xAC, 0x02]  # the LEB128 example
     assert encode_positions(np.array([0, 1])).tolist() == [0x00, 0x00]
 
 
 @given(st.sets(st.integers(min_value=0, max_value=LIMIT - 1), max_size=200))
-def test_round_trip_property(values):
+def test_round_trip_property(values: set[int]) -> None:
     _round_trip(sorted(values))
 
 
@@ -62,12 +62,12 @@ def test_round_trip_property(values):
         ([0x05, 0x04], "outside"),  # positions 5 and 10
     ],
 )
-def test_malformed_varints_are_rejected(data, match):
+def test_malformed_varints_are_rejected(data: list[int], match: str) -> None:
     with pytest.raises(EncodingError, match=match):
         decode_positions(np.array(data, dtype=np.uint8), limit=10)
 
 
-def test_encoder_rejects_unsorted_negative_or_huge_positions():
+def test_encoder_rejects_unsorted_negative_or_huge_positions() -> None:
     for bad in ([3, 3], [4, 2], [-1], [1 << 40]):
         with pytest.raises(EncodingError):
             encode_positions(np.array(bad, dtype=np.int64))
