@@ -33,6 +33,7 @@ from r3mes.chain.cometbft import (
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.devnet import devnet_genesis
 from r3mes.chain.errors import NotFound
+from r3mes.chain.genesis import Genesis
 from r3mes.chain.msgs import TransferCredits
 
 pytestmark = pytest.mark.slow
@@ -127,6 +128,8 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
 
         uri = httpx.get(f"{clients[1].base_url}/block", params={"height": "1"}, timeout=10)
         assert uri.json()["result"]["block"]["header"]["height"] == "1"
+        genesis = httpx.get(f"{clients[2].base_url}/genesis", timeout=10).json()["result"]
+        assert Genesis.from_json(json.dumps(genesis["genesis"])).chain_id == CHAIN_ID
         missing = httpx.get(f"{clients[1].base_url}/tx", params={"hash": "0x" + "00" * 32})
         assert missing.status_code == 404
         with websockets.sync.client.connect(

@@ -12,6 +12,7 @@ devnet, so the roles cannot tell which engine they talk to:
 - a tx CometBFT's mempool cache already holds answers code DUPLICATE, as the devnet does;
 - CometBFT's JSON-RPC errors become HTTP 404 (not found) or 400, never 5xx, so clients
   do not retry them;
+- `genesis` answers the R3MES genesis document (CometBFT's `app_state`), as the devnet;
 - GET /<method> is passed through (CometBFT's URI form);
 - `/websocket` is piped to the node's websocket (`subscribe` to NewBlock or Tx events).
 """
@@ -191,6 +192,16 @@ def _translate(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _devnet_result(method: str, result: Any) -> Any:
+    """`genesis` answers the R3MES genesis document, as the devnet does (CometBFT's
+    genesis carries it as `app_state`); every other result passes unchanged."""
+    if method == "genesis" and isinstance(result, dict):
+        genesis = result.get("genesis")
+        if isinstance(genesis, dict) and isinstance(genesis.get("app_state"), dict):
+            return {"genesis": genesis["app_state"]}
+    return result
+
+
 async def jsonrpc_call(rpc: CometRpc, body: dict[str, Any]) -> JSONResponse:
     rid, method = body.get("id", -1), body.get("method")
     params = body.get("params") or {}
@@ -206,7 +217,8 @@ async def jsonrpc_call(rpc: CometRpc, body: dict[str, Any]) -> JSONResponse:
     except NodeUnavailable as exc:
         return rpc_error(502, str(exc), -32603, rid=rid)
     if "error" not in doc:
-        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": doc.get("result")})
+        result = _devnet_result(method, doc.get("result"))
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
     text = _error_text(doc)
     if method.startswith("broadcast_tx") and "already exists in cache" in text:
         digest = tx_hash(base64.b64decode(str(params.get("tx", ""))))
@@ -266,6 +278,8 @@ def create_gateway(config: GatewayConfig) -> FastAPI:
         if isinstance(doc, dict) and "error" in doc:
             status = 404 if "not found" in _error_text(doc).lower() else 400
             return JSONResponse(doc, status_code=status)
+        if isinstance(doc, dict):
+            doc = {**doc, "result": _devnet_result(method, doc.get("result"))}
         return JSONResponse(doc)
 
     @app.websocket("/websocket")
