@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks import bitlinear, decode  # noqa: E402
+from benchmarks import bitlinear, decode, ternary  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,8 @@ from benchmarks import bitlinear, decode  # noqa: E402
         (decode, ["--threads", "0"], "--threads must be at least 1"),
         (bitlinear, ["--threads", "0"], "--threads must be at least 1"),
         (bitlinear, ["--threads", "-3"], "--threads must be at least 1"),
+        (ternary, ["--threads", "-1"], "--threads must be 0"),
+        (ternary, ["--model", "/nonexistent"], "not a checkpoint folder"),
     ],
 )
 def test_bad_arguments_are_usage_errors(

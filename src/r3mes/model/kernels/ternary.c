@@ -107,35 +107,42 @@ static void fwd_scalar(const fwd_job *j, int64_t r0, int64_t r1) {
     }
 }
 
-/* The gradient tile loop, shared by every path: `axpy4` adds the four rows of one packed row. */
+/* The gradient tile loop, shared by every path.  Up to 4 gradient rows go through one pass
+ * over the packed tile, so each packed byte is decoded once for all of them; `AXPY4` adds
+ * the four weight rows held by one packed row, for each gradient row t < mb. */
 #define R3_BWD_BODY(AXPY4)                                                             \
     for (int64_t c0 = k0; c0 < k1; c0 += KTILE) {                                      \
         int64_t c1 = c0 + KTILE < k1 ? c0 + KTILE : k1;                                 \
-        for (int64_t m = 0; m < j->m; m++) {                                            \
-            float *acc = j->out + m * j->k;                                             \
-            const float *g = j->g + m * j->n;                                           \
-            for (int64_t c = c0; c < c1; c++) acc[c] = 0.0f;                            \
+        for (int64_t m0 = 0; m0 < j->m; m0 += 4) {                                      \
+            int mb = j->m - m0 < 4 ? (int)(j->m - m0) : 4;                              \
+            float *acc[4];                                                              \
+            for (int t = 0; t < mb; t++) {                                              \
+                acc[t] = j->out + (m0 + t) * j->k;                                      \
+                for (int64_t c = c0; c < c1; c++) acc[t][c] = 0.0f;                     \
+            }                                                                           \
             for (int64_t r = 0; r < j->r; r++) {                                        \
-                float gv[4];                                                            \
-                for (int b = 0; b < 4; b++) {                                           \
-                    int64_t o = r + b * j->r;                                           \
-                    gv[b] = o < j->n ? g[o] : 0.0f;                                     \
-                }                                                                       \
-                AXPY4(j->p + r * j->k, gv, acc, c0, c1);                                \
+                float gv[4][4];                                                         \
+                for (int t = 0; t < mb; t++)                                            \
+                    for (int b = 0; b < 4; b++) {                                       \
+                        int64_t o = r + b * j->r;                                       \
+                        gv[t][b] = o < j->n ? j->g[(m0 + t) * j->n + o] : 0.0f;         \
+                    }                                                                   \
+                AXPY4(j->p + r * j->k, gv, acc, mb, c0, c1);                            \
             }                                                                           \
         }                                                                               \
     }
 
-static inline void axpy4_scalar(const uint8_t *p, const float gv[4], float *acc, int64_t c0,
-                                int64_t c1) {
+static inline void axpy4_scalar(const uint8_t *p, const float gv[4][4], float *const acc[4],
+                                int mb, int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; c++) {
         uint8_t byte = p[c];
-        float a = acc[c];
-        a += (float)((int)(byte & 3) - 1) * gv[0];
-        a += (float)((int)((byte >> 2) & 3) - 1) * gv[1];
-        a += (float)((int)((byte >> 4) & 3) - 1) * gv[2];
-        a += (float)((int)((byte >> 6) & 3) - 1) * gv[3];
-        acc[c] = a;
+        float w[4];
+        for (int b = 0; b < 4; b++) w[b] = (float)((int)((byte >> (2 * b)) & 3) - 1);
+        for (int t = 0; t < mb; t++) {
+            float a = acc[t][c];
+            for (int b = 0; b < 4; b++) a += w[b] * gv[t][b];
+            acc[t][c] = a;
+        }
     }
 }
 
@@ -249,44 +256,47 @@ R3_FWD512(fwd_avx512bw, T_AVX512, DOT_BW)
 R3_FWD512(fwd_avx512vnni, T_VNNI, DOT_VNNI)
 
 /* gradient: 8 (AVX2) or 16 (AVX-512) columns per step, the same add order as the scalar path */
-T_AVX2 static inline void axpy4_avx2(const uint8_t *p, const float gv[4], float *acc,
-                                     int64_t c0, int64_t c1) {
+T_AVX2 static inline void axpy4_avx2(const uint8_t *p, const float gv[4][4],
+                                     float *const acc[4], int mb, int64_t c0, int64_t c1) {
     const __m256i mask3 = _mm256_set1_epi32(3);
     const __m256i one = _mm256_set1_epi32(1);
-    __m256 g[4];
-    for (int b = 0; b < 4; b++) g[b] = _mm256_set1_ps(gv[b]);
     int64_t c = c0;
     for (; c + 8 <= c1; c += 8) {
         __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
-        __m256 a = _mm256_loadu_ps(acc + c);
+        __m256 w[4];
         for (int b = 0; b < 4; b++) {
             __m256i code = _mm256_and_si256(_mm256_srli_epi32(bytes, 2 * b), mask3);
-            __m256 w = _mm256_cvtepi32_ps(_mm256_sub_epi32(code, one));
-            a = _mm256_fmadd_ps(w, g[b], a); /* w * g is exact, so fma == mul + add */
+            w[b] = _mm256_cvtepi32_ps(_mm256_sub_epi32(code, one));
         }
-        _mm256_storeu_ps(acc + c, a);
+        for (int t = 0; t < mb; t++) {
+            __m256 a = _mm256_loadu_ps(acc[t] + c);
+            for (int b = 0; b < 4; b++) /* w * g is exact, so fma == mul + add */
+                a = _mm256_fmadd_ps(w[b], _mm256_set1_ps(gv[t][b]), a);
+            _mm256_storeu_ps(acc[t] + c, a);
+        }
     }
-    axpy4_scalar(p, gv, acc, c, c1);
+    axpy4_scalar(p, gv, acc, mb, c, c1);
 }
 
-T_AVX512 static inline void axpy4_avx512(const uint8_t *p, const float gv[4], float *acc,
-                                         int64_t c0, int64_t c1) {
+T_AVX512 static inline void axpy4_avx512(const uint8_t *p, const float gv[4][4],
+                                         float *const acc[4], int mb, int64_t c0, int64_t c1) {
     const __m512i mask3 = _mm512_set1_epi32(3);
     const __m512i one = _mm512_set1_epi32(1);
-    __m512 g[4];
-    for (int b = 0; b < 4; b++) g[b] = _mm512_set1_ps(gv[b]);
     int64_t c = c0;
     for (; c + 16 <= c1; c += 16) {
         __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + c)));
-        __m512 a = _mm512_loadu_ps(acc + c);
+        __m512 w[4];
         for (int b = 0; b < 4; b++) {
             __m512i code = _mm512_and_si512(_mm512_srli_epi32(bytes, 2 * b), mask3);
-            __m512 w = _mm512_cvtepi32_ps(_mm512_sub_epi32(code, one));
-            a = _mm512_fmadd_ps(w, g[b], a);
+            w[b] = _mm512_cvtepi32_ps(_mm512_sub_epi32(code, one));
         }
-        _mm512_storeu_ps(acc + c, a);
+        for (int t = 0; t < mb; t++) {
+            __m512 a = _mm512_loadu_ps(acc[t] + c);
+            for (int b = 0; b < 4; b++) a = _mm512_fmadd_ps(w[b], _mm512_set1_ps(gv[t][b]), a);
+            _mm512_storeu_ps(acc[t] + c, a);
+        }
     }
-    axpy4_scalar(p, gv, acc, c, c1);
+    axpy4_scalar(p, gv, acc, mb, c, c1);
 }
 
 T_AVX2 static void bwd_avx2(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axpy4_avx2) }
@@ -346,22 +356,25 @@ static inline int32x4_t dot_neon(int32x4_t acc, int8x16_t c, int8x16_t x) {
 R3_FWDNEON(fwd_neon, T_NONE, dot_neon)
 R3_FWDNEON(fwd_neon_dotprod, T_DOTPROD, DOT_SDOT)
 
-static inline void axpy4_neon(const uint8_t *p, const float gv[4], float *acc, int64_t c0,
-                              int64_t c1) {
+static inline void axpy4_neon(const uint8_t *p, const float gv[4][4], float *const acc[4],
+                              int mb, int64_t c0, int64_t c1) {
     const uint32x4_t mask3 = vdupq_n_u32(3);
     const int32x4_t one = vdupq_n_s32(1);
     int64_t c = c0;
     for (; c + 4 <= c1; c += 4) {
         uint32x4_t bytes = {p[c], p[c + 1], p[c + 2], p[c + 3]};
-        float32x4_t a = vld1q_f32(acc + c);
+        float32x4_t w[4];
         for (int b = 0; b < 4; b++) {
             uint32x4_t code = vandq_u32(vshlq_u32(bytes, vdupq_n_s32(-2 * b)), mask3);
-            float32x4_t w = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(code), one));
-            a = vfmaq_n_f32(a, w, gv[b]);
+            w[b] = vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(code), one));
         }
-        vst1q_f32(acc + c, a);
+        for (int t = 0; t < mb; t++) {
+            float32x4_t a = vld1q_f32(acc[t] + c);
+            for (int b = 0; b < 4; b++) a = vfmaq_n_f32(a, w[b], gv[t][b]);
+            vst1q_f32(acc[t] + c, a);
+        }
     }
-    axpy4_scalar(p, gv, acc, c, c1);
+    axpy4_scalar(p, gv, acc, mb, c, c1);
 }
 
 static void bwd_neon(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axpy4_neon) }
