@@ -315,3 +315,19 @@ async def pipe_websocket(ws: WebSocket, upstream_url: str) -> None:
     finally:
         with contextlib.suppress(RuntimeError):
             await ws.close()
+
+
+def serve_gateway(config: GatewayConfig, *, host: str, port: int) -> None:
+    """Serve the gateway until SIGTERM or SIGINT, then exit normally (status 0)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises the stopping signal after a graceful shutdown (exit 143);
+        # a stop asked for is a clean exit here, as for the devnet and the backend.
+        def handle_exit(self, sig: int, frame: object) -> None:
+            self.force_exit = self.should_exit
+            self.should_exit = True
+
+    app = create_gateway(config)
+    uvicorn_config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    _Server(uvicorn_config).run()

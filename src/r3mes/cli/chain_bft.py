@@ -139,10 +139,7 @@ def chain_rest(
     port: Annotated[int, typer.Option(help="Port of the REST routes and JSON-RPC.")] = 1317,
 ) -> None:
     """Serve /remes/remes/v1/ (through abci_query) and the node's JSON-RPC, devnet-shaped."""
-    import uvicorn
-
-    from r3mes.chain.gateway import GatewayConfig, create_gateway
+    from r3mes.chain.gateway import GatewayConfig, serve_gateway
 
     _logging()
-    app = create_gateway(GatewayConfig(rpc_url=rpc))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_gateway(GatewayConfig(rpc_url=rpc), host=host, port=port)
