@@ -128,6 +128,10 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
 
         uri = httpx.get(f"{clients[1].base_url}/block", params={"height": "1"}, timeout=10)
         assert uri.json()["result"]["block"]["header"]["height"] == "1"
+        query = f"\"message.sender='{FUNDED[1].address}'\""
+        search = httpx.get(f"{clients[3].base_url}/tx_search", params={"query": query}, timeout=10)
+        found_txs = search.json()["result"]["txs"]
+        assert [t["hash"] for t in found_txs] == [hashes[1]]  # indexed on every node
         genesis = httpx.get(f"{clients[2].base_url}/genesis", timeout=10).json()["result"]
         assert Genesis.from_json(json.dumps(genesis["genesis"])).chain_id == CHAIN_ID
         missing = httpx.get(f"{clients[1].base_url}/tx", params={"hash": "0x" + "00" * 32})
