@@ -246,3 +246,16 @@ async def test_admin_routes_need_an_admin_session(tmp_path: Path, database_url: 
         assert me.json()["available"] == 70
         history = await client.get("/api/me/transactions", headers=as_mallory)
         assert [t["kind"] for t in history.json()["transactions"]] == ["grant"]
+
+
+async def test_login_challenges_are_rate_limited_per_client_address(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, challenges_per_min=3)
+    async with running(create_app(settings)) as client:
+        address = SigningKey.generate().address
+        answers = [
+            await client.post("/api/auth/challenge", json={"address": address}) for _ in range(4)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        refused = answers[-1]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "too many login challenges" in refused.json()["error"]["message"]

@@ -92,6 +92,9 @@ class BackendSettings(BaseSettings):
     challenge_ttl_s: int = Field(default=300, ge=10, le=3600)
     """How long a login challenge may be signed and used."""
 
+    challenges_per_min: int = Field(default=30, ge=1, le=100_000)
+    """Login challenges one client address may ask for per minute (429 beyond)."""
+
     max_keys_per_account: int = Field(default=10, ge=1, le=1000)
     """API keys one account may hold at once."""
 

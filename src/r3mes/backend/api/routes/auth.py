@@ -8,6 +8,7 @@ cookie-authenticated requests echo in `X-CSRF-Token`.
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import datetime
 from typing import Any
@@ -20,13 +21,16 @@ from r3mes.backend.api.deps import (
     ACCESS_COOKIE,
     CSRF_COOKIE,
     REFRESH_COOKIE,
+    ClientIpDep,
     RuntimeDep,
     SettingsDep,
     WriteSessionDep,
     check_csrf,
 )
-from r3mes.backend.errors import Unauthorized
+from r3mes.backend.errors import RateLimited, Unauthorized
 from r3mes.backend.services import auth, credits
+from r3mes.backend.services.chat_setup import chat_service
+from r3mes.backend.services.limits import Bucket
 from r3mes.backend.settings import BackendSettings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -73,7 +77,22 @@ class TokensOut(BaseModel):
 
 
 @router.post("/challenge")
-async def challenge(body: ChallengeIn, s: WriteSessionDep, settings: SettingsDep) -> ChallengeOut:
+async def challenge(
+    body: ChallengeIn,
+    s: WriteSessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    ip: ClientIpDep,
+) -> ChallengeOut:
+    # unauthenticated and one row per call: bounded per client address
+    bucket = Bucket(name=f"challenge:ip:{ip}", capacity=settings.challenges_per_min, cost=1)
+    decision = await chat_service(runtime).limiter.take([bucket])
+    if not decision.allowed:
+        wait = max(1, math.ceil(decision.retry_after_s))
+        raise RateLimited(
+            f"too many login challenges from this address; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     async with s.begin():
         made = await auth.create_challenge(s, settings=settings, address=body.address)
     return ChallengeOut(
