@@ -333,6 +333,15 @@ def test_devnet_answers_like_a_real_node_for_the_info_methods(tmp_path: Path) ->
                 shape(real_commit["signed_header"]["commit"]),
             )
             assert ours_commit["canonical"] is real_commit["canonical"] is True
+            range_ = "blockchain?minHeight=1&maxHeight=2"
+            real_chain = http.get(f"{net.nodes[0].rpc_url}/{range_}").json()["result"]
+            ours_chain = http.get(f"{devnet.url}/{range_}").json()["result"]
+            assert [m["header"]["height"] for m in ours_chain["block_metas"]] == ["2", "1"]
+            for ours_meta, real_meta in zip(
+                ours_chain["block_metas"], real_chain["block_metas"], strict=True
+            ):
+                ours_meta = {**ours_meta, "header": {}}
+                assert same_shape(shape(ours_meta), shape({**real_meta, "header": {}}))
             real_block = http.get(f"{net.nodes[0].rpc_url}/block?height=2").json()["result"]
             ours_block = http.get(f"{devnet.url}/block?height=2").json()["result"]
             assert same_shape(shape(ours_block["block_id"]), shape(real_block["block_id"]))

@@ -550,3 +550,21 @@ def test_block_headers_carry_every_cometbft_hash(
     parts = after["block_id"]["parts"]  # type: ignore[index]
     assert parts["total"] == 1 and len(parts["hash"]) == 64
     assert header["last_block_id"] == block(sent.height)["block_id"]
+
+
+def test_blockchain_lists_headers_newest_first(node: DevnetNode) -> None:
+    assert node.engine.wait_for_height(3, 30)
+    base = node.url
+    doc = httpx.get(f"{base}/blockchain", params={"minHeight": "1", "maxHeight": "3"}).json()
+    metas = doc["result"]["block_metas"]
+    assert [m["header"]["height"] for m in metas] == ["3", "2", "1"]
+    block = httpx.get(f"{base}/block", params={"height": "2"}).json()["result"]
+    assert (
+        metas[1]["block_id"] == block["block_id"] and metas[1]["header"] == block["block"]["header"]
+    )
+    assert int(metas[1]["block_size"]) > 0 and metas[1]["num_txs"] == "0"
+    latest = httpx.get(f"{base}/blockchain").json()["result"]
+    assert 1 <= len(latest["block_metas"]) <= 20
+    assert int(latest["block_metas"][0]["header"]["height"]) <= int(latest["last_height"])
+    bad = httpx.get(f"{base}/blockchain", params={"minHeight": "3", "maxHeight": "2"})
+    assert bad.status_code == 400

@@ -66,7 +66,10 @@ METHODS = (
     "net_info",
     "num_unconfirmed_txs",
     "commit",
+    "blockchain",
 )
+MAX_BLOCK_METAS = 20
+"""Block metas per `blockchain` answer (CometBFT's limit)."""
 COMETBFT_VERSION = "0.38.26"
 """The CometBFT release whose RPC the devnet answers like (status reports it)."""
 
@@ -197,6 +200,33 @@ class Methods:
             "signed_header": {"header": header, "commit": commit},
             "canonical": following is not None,
         }
+
+    def blockchain(self, minHeight: str = "0", maxHeight: str = "0") -> dict[str, Any]:
+        """Headers of blocks [minHeight, maxHeight], newest first, at most 20 (CometBFT's
+        limits and defaults: maxHeight 0 is the latest, minHeight 0 is 19 below it)."""
+        latest = self.engine.state.height
+        top = min(
+            int(number_param(maxHeight, "maxHeight", low=0, high=2**63 - 1)) or latest, latest
+        )
+        low = int(number_param(minHeight, "minHeight", low=0, high=2**63 - 1))
+        bottom = max(low or 1, top - MAX_BLOCK_METAS + 1, 1)
+        if low > top:
+            raise RpcError(400, f"minHeight {low} is above maxHeight {top}")
+        metas = []
+        for h in range(top, bottom - 1, -1):
+            found = self.engine.store.block(h)
+            if found is None:
+                continue
+            doc = self.block(str(h))
+            metas.append(
+                {
+                    "block_id": doc["block_id"],
+                    "block_size": str(len(json.dumps(doc["block"], separators=(",", ":")))),
+                    "header": doc["block"]["header"],
+                    "num_txs": str(len(found[0].txs)),
+                }
+            )
+        return {"last_height": str(latest), "block_metas": metas}
 
     def block_results(self, height: str | None = None) -> dict[str, Any]:
         h = _height(self.engine, height)
