@@ -58,6 +58,7 @@ enum {
 #define ERR_THREAD -3
 #define ERR_MEMORY -4
 
+#define RBLOCK 8 /* forward: packed rows per block, so a block of activation rows stays in L1 */
 #define KTILE 256 /* gradient: columns per tile, so a tile of packed bytes stays in L2 */
 
 typedef struct {
@@ -199,11 +200,13 @@ R3_BLOCK256(blk_avx2_1, 1)
 R3_BLOCK256(blk_avx2_2, 2)
 
 T_AVX2 static void fwd_avx2(const fwd_job *j, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *p = j->p + r * j->k;
+    for (int64_t rb = r0; rb < r1; rb += RBLOCK) {
+        int64_t re = rb + RBLOCK < r1 ? rb + RBLOCK : r1;
         int64_t m0 = 0;
-        for (; m0 + 2 <= j->m; m0 += 2) blk_avx2_2(j, p, r, m0);
-        for (; m0 < j->m; m0++) blk_avx2_1(j, p, r, m0);
+        for (; m0 + 2 <= j->m; m0 += 2)
+            for (int64_t r = rb; r < re; r++) blk_avx2_2(j, j->p + r * j->k, r, m0);
+        for (; m0 < j->m; m0++)
+            for (int64_t r = rb; r < re; r++) blk_avx2_1(j, j->p + r * j->k, r, m0);
     }
 }
 
@@ -241,11 +244,13 @@ T_AVX2 static void fwd_avx2(const fwd_job *j, int64_t r0, int64_t r1) {
     R3_BLOCK512(NAME##_1, TARGET, DOT, 1)                                               \
     R3_BLOCK512(NAME##_4, TARGET, DOT, 4)                                               \
     TARGET static void NAME(const fwd_job *j, int64_t r0, int64_t r1) {                 \
-        for (int64_t r = r0; r < r1; r++) {                                             \
-            const uint8_t *p = j->p + r * j->k;                                         \
+        for (int64_t rb = r0; rb < r1; rb += RBLOCK) {                                  \
+            int64_t re = rb + RBLOCK < r1 ? rb + RBLOCK : r1;                           \
             int64_t m0 = 0;                                                             \
-            for (; m0 + 4 <= j->m; m0 += 4) NAME##_4(j, p, r, m0);                      \
-            for (; m0 < j->m; m0++) NAME##_1(j, p, r, m0);                              \
+            for (; m0 + 4 <= j->m; m0 += 4)                                             \
+                for (int64_t r = rb; r < re; r++) NAME##_4(j, j->p + r * j->k, r, m0);  \
+            for (; m0 < j->m; m0++)                                                     \
+                for (int64_t r = rb; r < re; r++) NAME##_1(j, j->p + r * j->k, r, m0);  \
         }                                                                               \
     }
 
