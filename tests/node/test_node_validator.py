@@ -152,3 +152,51 @@ def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
     finally:
         miner.on_stop()
         validator.on_stop()
+
+
+def _dag_pb_node(links: list[tuple[str, int]]) -> tuple[str, bytes]:
+    from r3mes.storage.multiformats import DAG_PB, Cid, parse_cid
+    from r3mes.storage.unixfs import UNIXFS_FILE, Link, encode_pbnode, encode_unixfs
+
+    sizes = [size for _, size in links]
+    data = encode_unixfs(kind=UNIXFS_FILE, data=b"", filesize=sum(sizes), blocksizes=sizes)
+    block = encode_pbnode(links=[Link(parse_cid(c), 1, s) for c, s in links], data=data)
+    return str(Cid.of_block(block, version=1, codec=DAG_PB)), block
+
+
+def test_an_update_that_can_never_be_read_is_unusable_at_once(tmp_path: Path) -> None:
+    """A malformed DAG is fixed by its CID like an invalid CID or an oversized file: the
+    validator rejects it on the first attempt instead of retrying it `max_retries` times."""
+    from r3mes.node.validator import UpdateUnavailable, UpdateUnusable, read_update
+    from r3mes.storage.blockstore import Blockstore
+    from r3mes.storage.multiformats import DAG_PB, RAW, Cid
+
+    store = Blockstore(tmp_path / "blocks")
+    good = b"an update"
+    cid = store.add_bytes(good)
+    assert read_update(store, cid=cid, digest=hashlib.sha256(good).hexdigest()) == good
+
+    # a diamond: 6 nodes each linking 174 times to the one below (174**5 leaf reads)
+    leaf = b""
+    child = str(Cid.of_block(leaf, version=1, codec=RAW))
+    store.put_block(child, leaf)
+    for _ in range(6):
+        child, block = _dag_pb_node([(child, 0)] * 174)
+        store.put_block(child, block)
+    # a dag-pb block whose bytes hash to its CID but decode to nothing
+    garbage = b"\xff\xff not protobuf"
+    bad = str(Cid.of_block(garbage, version=1, codec=DAG_PB))
+    store.put_block(bad, garbage)
+
+    for unusable, why in (
+        (child, "repeat or chain"),
+        (bad, "malformed"),
+        ("not-a-cid", "invalid CID"),
+        (cid, "do not match the submitted digest"),
+    ):
+        with pytest.raises(UpdateUnusable, match=why):
+            read_update(store, cid=unusable, digest="00" * 32)
+    # blocks nobody has (yet) may still arrive: that one is retried
+    missing = compute_cid(b"bytes nobody stores", cid_version=1)
+    with pytest.raises(UpdateUnavailable):
+        read_update(store, cid=missing, digest="00" * 32)

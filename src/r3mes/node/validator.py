@@ -10,6 +10,8 @@ same rule the miner applies.
 Each submission is handled on its own: one that fails (its update cannot be fetched, the
 ledger hiccups) backs off alone while the others proceed, and an update that still cannot
 be fetched after `fetch_retry` is rejected with that reason, so it never stays pending.
+An update that can never be read (an invalid CID, over the size limit, a malformed or
+crafted DAG, bytes that miss the digest) is rejected at once: a CID's content never changes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from r3mes.work.profile import derive_task
 
 if TYPE_CHECKING:
     from r3mes.chain.client_types import SubmissionInfo
+    from r3mes.node.artifacts import BlobStore
     from r3mes.work.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -135,6 +138,30 @@ class UpdateUnavailable(NetworkError):
     def __init__(self, message: str, *, cid: str) -> None:
         super().__init__(message)
         self.cid = cid
+
+
+class UpdateUnusable(ValidationError):
+    """A submitted update's CID names content that can never be a valid update (not a CID,
+    over the size limit, a malformed or crafted DAG, bytes that miss the digest): the
+    content behind a CID never changes, so retrying cannot help and it is rejected at once."""
+
+
+def read_update(store: BlobStore, *, cid: str, digest: str) -> bytes:
+    """The verified bytes of a submitted update.
+
+    Raises `UpdateUnusable` when no attempt can ever succeed and `UpdateUnavailable` when
+    a later one might (blocks missing everywhere, a peer down, a damaged local copy)."""
+    from r3mes.storage.errors import InvalidCid, MalformedBlock, SizeLimitExceeded
+
+    try:
+        data = store.get_bytes(cid, max_size=MAX_UPDATE_BYTES)
+    except (InvalidCid, SizeLimitExceeded, MalformedBlock) as exc:  # fixed by the CID
+        raise UpdateUnusable(f"update {cid} is unusable: {exc}") from exc
+    except Exception as exc:  # missing everywhere, peer down, corrupt blocks
+        raise UpdateUnavailable(f"cannot fetch update {cid}: {exc}", cid=cid) from exc
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise UpdateUnusable("stored bytes do not match the submitted digest")
+    return data
 
 
 @dataclass
@@ -293,7 +320,6 @@ class Validator(LedgerRole):
                 self._settle(item, chain_height=chain_height)
 
     def _verify(self, sub: SubmissionInfo) -> Verdict:
-        from r3mes.storage.errors import InvalidCid, SizeLimitExceeded
         from r3mes.work.data import shard_of
         from r3mes.work.errors import TaskError
         from r3mes.work.executor import current_executor_class
@@ -303,15 +329,9 @@ class Validator(LedgerRole):
 
         rnd = self.client.round(sub.round)
         try:
-            data = self.store.get_bytes(sub.cid, max_size=MAX_UPDATE_BYTES)
-        except (InvalidCid, SizeLimitExceeded) as exc:  # retrying cannot help
-            return Verdict(False, f"update {sub.cid} is unusable: {exc}", float("inf"), False)
-        except Exception as exc:  # missing everywhere, peer down, corrupt blocks
-            raise UpdateUnavailable(f"cannot fetch update {sub.cid}: {exc}", cid=sub.cid) from exc
-        if hashlib.sha256(data).hexdigest() != sub.digest:
-            return Verdict(
-                False, "stored bytes do not match the submitted digest", float("inf"), False
-            )
+            data = read_update(self.store, cid=sub.cid, digest=sub.digest)
+        except UpdateUnusable as exc:  # retrying cannot help: reject now
+            return Verdict(False, str(exc)[:400], float("inf"), False)
         try:
             task = derive_task(
                 round_number=rnd.number,
