@@ -276,8 +276,10 @@ class Blockstore:
             raise StorageWriteError(str(dest), exc.strerror or str(exc)) from exc
 
     def has(self, cid: str) -> bool:
-        """True when every block of the DAG under `cid` is stored (leaves are not re-hashed;
-        use `verify` for that)."""
+        """True when every block of the DAG under `cid` is stored: presence only, as Kubo's
+        pins and GC see a DAG. Leaves are not re-hashed and the file is not read, so a DAG
+        that reading refuses (a crafted diamond whose links repeat one block over the walk
+        budget) is still present; `verify` (or `get_bytes`) answers whether it reads back."""
         try:
             self._dag_cids(parse_cid(cid))
         except StorageError:
