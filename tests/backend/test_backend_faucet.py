@@ -88,6 +88,8 @@ def balance(url: str, who: str) -> int:
 async def test_devnet_faucet_mints_and_cooldowns_refuse_repeats(
     devnet: DevnetNode, tmp_path: Path, database_url: str
 ) -> None:
+    # The devnet is shared by both database runs: compare balances before and after.
+    before = [await asyncio.to_thread(balance, devnet.url, address(n)) for n in (1, 2)]
     async with backend(tmp_path, database_url, devnet.url) as client:
         async with client("10.0.0.1") as a, client("10.0.0.2") as b:
             first = await a.post("/api/faucet", json={"address": address(1)})
@@ -95,7 +97,7 @@ async def test_devnet_faucet_mints_and_cooldowns_refuse_repeats(
             body = first.json()
             assert body["amount"] == 700 and body["height"] > 0 and len(body["tx_hash"]) == 64
             assert "minted" in body["message"]
-            assert await asyncio.to_thread(balance, devnet.url, address(1)) == 700
+            assert await asyncio.to_thread(balance, devnet.url, address(1)) == before[0] + 700
             # The same address again, from the same IP and from another IP.
             for c in (a, b):
                 again = await c.post("/api/faucet", json={"address": address(1)})
@@ -108,7 +110,7 @@ async def test_devnet_faucet_mints_and_cooldowns_refuse_repeats(
                 other = await a.post("/api/faucet", json={"address": address(n), "amount": 5})
                 assert other.status_code == 429
                 assert "your IP address" in other.json()["error"]["message"]
-            assert await asyncio.to_thread(balance, devnet.url, address(2)) == 0
+            assert await asyncio.to_thread(balance, devnet.url, address(2)) == before[1]
 
 
 async def test_concurrent_requests_from_one_ip_pay_once(
@@ -174,10 +176,12 @@ async def test_no_faucet_key_and_an_unreachable_ledger_refuse_without_cooldown(
 async def test_testnet_faucet_transfers_from_its_own_balance(
     testnet: DevnetNode, tmp_path: Path, database_url: str
 ) -> None:
+    before = await asyncio.to_thread(balance, testnet.url, FAUCET.address)
+    got = await asyncio.to_thread(balance, testnet.url, address(60))
     async with backend(tmp_path, database_url, testnet.url, network_kind="testnet") as client:
         async with client("10.0.4.1") as c:
             r = await c.post("/api/faucet", json={"address": address(60), "amount": 1234})
     assert r.status_code == 200, r.text
     assert r.json()["message"].startswith("sent 1234")
-    assert await asyncio.to_thread(balance, testnet.url, address(60)) == 1234
-    assert await asyncio.to_thread(balance, testnet.url, FAUCET.address) == 1_000_000 - 1234
+    assert await asyncio.to_thread(balance, testnet.url, address(60)) == got + 1234
+    assert await asyncio.to_thread(balance, testnet.url, FAUCET.address) == before - 1234
