@@ -384,3 +384,31 @@ async def test_two_backends_share_rate_limits_through_redis(
         assert seen == [200, 200, 200, 200, 429, 429]  # 4 per minute across both processes
         health = one.health()["checks"]
         assert health["redis"]["ok"] is True  # type: ignore[index]
+
+
+async def test_malformed_bodies_and_headers_are_clear_400s_never_500(
+    backend: BackendServer,
+) -> None:
+    rich = await funded_key(backend.settings, 10**9)
+    bad: list[tuple[bytes, dict[str, str]]] = [
+        (b"[" * 100_000, {}),  # nesting deeper than the JSON parser recurses
+        (b'{"model": "' + ADAPTER.encode() + b'", "messages": [' * 50_000, {}),
+        (b'{"model": 5, "messages": []}', {}),
+        (b'{"model": "' + ADAPTER.encode() + b'", "messages": "hi"}', {}),
+        (b'{"model": "' + ADAPTER.encode() + b'", "messages": [{}], "max_tokens": 1.5}', {}),
+        (b'{"model": "' + ADAPTER.encode() + b'", "messages": [{}], "stream": "yes"}', {}),
+        (json.dumps(body()).encode(), {"idempotency-key": "k" * 5000}),
+        (json.dumps(body()).encode(), {"idempotency-key": ""}),
+    ]
+    async with httpx.AsyncClient(base_url=backend.url, timeout=10) as c:
+        for content, extra in bad:
+            r = await c.post(
+                "/v1/chat/completions",
+                content=content,
+                headers={**auth(rich), "content-type": "application/json", **extra},
+            )
+            assert r.status_code == 400, (content[:60], extra, r.status_code, r.text[:200])
+            error = r.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["message"]
+    have = await balance(backend.settings, rich.account_id)
+    assert (have.available, have.held) == (10**9, 0)

@@ -81,6 +81,8 @@ class ChatRequestBody:
             doc = json.loads(raw)
         except ValueError as exc:
             raise InvalidRequest("the body is not valid JSON") from exc
+        except RecursionError as exc:  # "[[[[..." nests deeper than the parser recurses
+            raise InvalidRequest("the body's JSON nests too deeply") from exc
         if not isinstance(doc, dict):
             raise InvalidRequest("the body must be a JSON object")
         model = doc.get("model")

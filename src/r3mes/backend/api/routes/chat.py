@@ -25,7 +25,9 @@ def get_chat(runtime: RuntimeDep) -> ChatService:
 
 
 ChatDep = Annotated[ChatService, Depends(get_chat)]
-IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+IdempotencyHeader = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+]
 
 
 async def _complete(
