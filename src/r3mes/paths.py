@@ -6,7 +6,7 @@ passed down; library code never reads the environment itself.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,10 @@ class Home:
     """Base folder; everything R3MES writes lives below it."""
 
     @classmethod
-    def from_env(cls, override: str | Path | None = None) -> Home:
-        """`override` (a flag) wins, then `$R3MES_HOME`, then `~/.r3mes`."""
-        raw = override if override is not None else os.environ.get("R3MES_HOME")
+    def from_env(cls, override: str | Path | None, *, environ: Mapping[str, str]) -> Home:
+        """`override` (a flag) wins, then `R3MES_HOME` in `environ`, then `~/.r3mes`. The
+        CLI passes `os.environ`; nothing below it reads the process environment."""
+        raw = override if override is not None else environ.get("R3MES_HOME")
         root = Path(raw) if raw else DEFAULT_HOME
         return cls(root=root.expanduser().resolve())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -51,7 +52,7 @@ def build_settings(**values: Any) -> BackendSettings:
     from r3mes.paths import Home
 
     given = {k: v for k, v in values.items() if v is not None}
-    given["home"] = Home.from_env(given.get("home")).root
+    given["home"] = Home.from_env(given.get("home"), environ=os.environ).root
     try:
         return BackendSettings(**given)
     except ValidationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,7 +43,7 @@ class CliError(R3mesError):
 def home_of(home: Path | None) -> Home:
     from r3mes.paths import Home
 
-    return Home.from_env(home)
+    return Home.from_env(home, environ=os.environ)
 
 
 def keystore_of(home: Path | None) -> Keystore:

@@ -6,6 +6,7 @@ Heavy imports (torch, uvicorn) happen inside commands, so `r3mes --help` is inst
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,7 +49,7 @@ def root(
     """Load the config file (if any) as defaults for the command about to run."""
     path = config
     if path is None:
-        default = Home.from_env().root / "config.toml"
+        default = Home.from_env(None, environ=os.environ).root / "config.toml"
         path = default if default.is_file() else None
     if path is not None:
         ctx.default_map = load_config(path, ctx.command)

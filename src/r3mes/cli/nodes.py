@@ -6,6 +6,7 @@ Every role has `start` (runs in the foreground until SIGTERM/Ctrl-C), `stop` and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -92,7 +93,7 @@ ROLE_HELP = {
 def _home(home: Path | None) -> Home:
     from r3mes.paths import Home
 
-    return Home.from_env(home)
+    return Home.from_env(home, environ=os.environ)
 
 
 def _stop(role: str | None, name: str | None, home: Path | None, timeout: float) -> None:

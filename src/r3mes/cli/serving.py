@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -139,7 +140,7 @@ def start(
         max_queue_wait_s=max_queue_wait,
     )
     router = SemanticRouter(load_routes(routes), minilm_embedder()) if routes else None
-    registry = home_registry(Home.from_env(registry_home))
+    registry = home_registry(Home.from_env(registry_home, environ=os.environ))
     sources = _parse_adapters(adapter or [])
     engine = build_engine(model, adapters=sources, config=config, registry=registry)
     names = ", ".join(engine.adapters.names()) or "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,7 +43,7 @@ def _blockstore(home: Path | None) -> Any:
     from r3mes.paths import Home
     from r3mes.storage.blockstore import Blockstore
 
-    return Blockstore(Home.from_env(home).blocks)
+    return Blockstore(Home.from_env(home, environ=os.environ).blocks)
 
 
 @storage_app.command("cid")
@@ -164,7 +165,7 @@ def _registry(
     from r3mes.registry.unified import UnifiedRegistry
     from r3mes.storage.blockstore import Blockstore
 
-    resolved = Home.from_env(home)
+    resolved = Home.from_env(home, environ=os.environ)
     fetchers = default_fetchers(
         blockstore=Blockstore(resolved.blocks), ipfs_url=ipfs_url, gateway_url=gateway
     )
