@@ -259,3 +259,35 @@ async def test_login_challenges_are_rate_limited_per_client_address(tmp_path: Pa
         refused = answers[-1]
         assert int(refused.headers["retry-after"]) >= 1
         assert "too many login challenges" in refused.json()["error"]["message"]
+
+
+async def test_ids_and_cursors_beyond_the_database_range_are_4xx(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Path ids and cursors past 2**63-1 (or odd digits) are refused up front, never a 500."""
+    settings = make_settings(tmp_path, database_url=database_url, admins=(ALICE.address,))
+    async with running(create_app(settings)) as client:
+        alice = (await login(client, ALICE))["access_token"]
+        client.cookies.clear()
+        as_alice = {"Authorization": f"Bearer {alice}"}
+        key = (await client.post("/api/keys", json={"name": "k"}, headers=as_alice)).json()["key"]
+        with_key = {"Authorization": f"Bearer {key}", "Idempotency-Key": "i-1"}
+        huge = str(2**63)
+        calls: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
+            ("DELETE", f"/api/keys/{huge}", None, as_alice),
+            ("GET", f"/api/admin/accounts/{huge}", None, as_alice),
+            ("PATCH", f"/api/admin/accounts/{huge}", {"tier": "pro"}, as_alice),
+            ("POST", f"/api/admin/accounts/{huge}/grants", {"amount": 1}, as_alice),
+            ("POST", f"/api/admin/keys/{huge}/revoke", None, as_alice),
+            ("GET", f"/api/admin/accounts?cursor={huge}", None, as_alice),
+            ("POST", f"/api/credits/holds/{huge}/capture", {"amount": 1}, with_key),
+            ("POST", f"/api/credits/holds/{huge}/release", None, with_key),
+            ("GET", f"/api/me/transactions?cursor={huge}", None, as_alice),
+            ("GET", "/api/me/transactions?cursor=99999999999999999999", None, as_alice),
+            ("GET", "/api/me/transactions?cursor=%C2%B2", None, as_alice),  # superscript 2
+        ]
+        for method, url, body, headers in calls:
+            r = await client.request(method, url, json=body, headers=headers)
+            assert r.status_code in (400, 422), (method, url, r.status_code, r.text[:200])
+            assert r.json()["error"]["message"]
+        assert (await client.get("/api/admin/accounts/1", headers=as_alice)).status_code == 200

@@ -9,7 +9,7 @@ import hmac
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.errors import Forbidden, Unauthorized
@@ -49,6 +49,10 @@ def client_ip(request: Request) -> str:
 
 
 ClientIpDep = Annotated[str, Depends(client_ip)]
+
+MAX_ROW_ID = 2**63 - 1
+"""The largest id a BigInteger column holds: bigger ids in a URL are 422, never a database error."""
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="A row id (1 to 2**63-1).")]
 
 
 # -- authentication (accounts) -------------------------------------------------------------

@@ -9,7 +9,14 @@ from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from r3mes.backend.api.deps import AdminDep, ReadSessionDep, RuntimeDep, WriteSessionDep
+from r3mes.backend.api.deps import (
+    MAX_ROW_ID,
+    AdminDep,
+    ReadSessionDep,
+    RowId,
+    RuntimeDep,
+    WriteSessionDep,
+)
 from r3mes.backend.api.routes.keys import KeyPublic
 from r3mes.backend.db.accounts import Account, AdminAudit
 from r3mes.backend.errors import InvalidRequest, NotFound
@@ -68,7 +75,7 @@ async def accounts(
     _admin: AdminDep,
     s: ReadSessionDep,
     address: str | None = Query(default=None, max_length=100),
-    cursor: int | None = Query(default=None, ge=0),
+    cursor: int | None = Query(default=None, ge=0, le=MAX_ROW_ID),
     limit: int = Query(default=50, ge=1, le=200),
 ) -> AccountsPage:
     query = select(Account).order_by(Account.id.desc()).limit(limit + 1)
@@ -85,7 +92,7 @@ async def accounts(
 
 
 @router.get("/accounts/{account_id}")
-async def account(account_id: int, _admin: AdminDep, s: ReadSessionDep) -> AccountOut:
+async def account(account_id: RowId, _admin: AdminDep, s: ReadSessionDep) -> AccountOut:
     found = await s.get(Account, account_id)
     if found is None:
         raise NotFound(f"account {account_id} does not exist")
@@ -94,7 +101,7 @@ async def account(account_id: int, _admin: AdminDep, s: ReadSessionDep) -> Accou
 
 @router.patch("/accounts/{account_id}")
 async def patch_account(
-    account_id: int, body: AccountPatch, admin: AdminDep, s: WriteSessionDep
+    account_id: RowId, body: AccountPatch, admin: AdminDep, s: WriteSessionDep
 ) -> AccountOut:
     async with s.begin():
         found = await s.get(Account, account_id, with_for_update=True)
@@ -111,7 +118,7 @@ async def patch_account(
 
 @router.post("/accounts/{account_id}/grants", status_code=201)
 async def grant(
-    account_id: int,
+    account_id: RowId,
     body: GrantIn,
     admin: AdminDep,
     s: WriteSessionDep,
@@ -139,7 +146,7 @@ async def grant(
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: int, admin: AdminDep, runtime: RuntimeDep) -> KeyPublic:
+async def revoke_key(key_id: RowId, admin: AdminDep, runtime: RuntimeDep) -> KeyPublic:
     view = await keys.revoke_and_forget(runtime, key_id=key_id, account_id=None)
     async with runtime.db.write() as s, s.begin():
         _audit(s, admin.address, "revoke_key", f"key:{key_id}", {"name": view.name})

@@ -14,7 +14,7 @@ from datetime import datetime
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
-from r3mes.backend.api.deps import ChatPrincipalDep, SettingsDep, WriteSessionDep
+from r3mes.backend.api.deps import ChatPrincipalDep, RowId, SettingsDep, WriteSessionDep
 from r3mes.backend.db.accounts import Hold
 from r3mes.backend.errors import InvalidRequest, NotFound
 from r3mes.backend.services import credits
@@ -78,7 +78,7 @@ async def create_hold(
 
 @router.post("/holds/{hold_id}/capture")
 async def capture_hold(
-    hold_id: int,
+    hold_id: RowId,
     body: CaptureIn,
     principal: ChatPrincipalDep,
     s: WriteSessionDep,
@@ -97,7 +97,7 @@ async def capture_hold(
 
 @router.post("/holds/{hold_id}/release")
 async def release_hold(
-    hold_id: int,
+    hold_id: RowId,
     principal: ChatPrincipalDep,
     s: WriteSessionDep,
     idempotency_key: str = IdempotencyKey,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from r3mes.backend.api.deps import (
     ReadSessionDep,
+    RowId,
     RuntimeDep,
     SessionPrincipalDep,
     WriteSessionDep,
@@ -76,6 +77,8 @@ async def create_key(
 
 
 @router.delete("/{key_id}")
-async def revoke_key(key_id: int, principal: SessionPrincipalDep, runtime: RuntimeDep) -> KeyPublic:
+async def revoke_key(
+    key_id: RowId, principal: SessionPrincipalDep, runtime: RuntimeDep
+) -> KeyPublic:
     view = await keys.revoke_and_forget(runtime, key_id=key_id, account_id=principal.account_id)
     return _public(view)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from r3mes.backend.api.deps import ReadPrincipalDep, ReadSessionDep, RuntimeDep
+from r3mes.backend.api.deps import MAX_ROW_ID, ReadPrincipalDep, ReadSessionDep, RuntimeDep
 from r3mes.backend.db.accounts import Hold, JournalEntry, JournalTransaction
 from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.errors import InvalidRequest
@@ -175,7 +175,7 @@ async def transactions(
         .limit(limit + 1)
     )
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit() and 0 < int(cursor) <= MAX_ROW_ID):
             raise InvalidRequest("cursor: pass the next_cursor of the previous page")
         query = query.where(JournalTransaction.id < int(cursor))
     rows = list(await s.scalars(query))
