@@ -124,3 +124,52 @@ def test_list_settings_come_from_the_environment(
     settings = BackendSettings(home=tmp_path)
     assert settings.admins == (admin,)
     assert settings.cors_origins == ("http://a.example", "http://b.example")
+
+
+def test_cors_origins_must_be_exact_origins(tmp_path: Path) -> None:
+    """`*` with credentialed CORS would let any site read a user's API answers: refused."""
+    for bad in ("*", "http://a.example,*", "a.example", "http://a.example/path"):
+        with pytest.raises(ValueError, match="origin"):
+            make_settings(tmp_path, cors_origins=bad)
+    settings = make_settings(tmp_path, cors_origins="https://App.example/,http://b.example:8080")
+    assert settings.cors_origins == ("https://app.example", "http://b.example:8080")
+
+
+async def test_cors_answers_only_listed_origins(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, cors_origins="https://app.example")
+    async with running(create_app(settings)) as client:
+        ok = await client.get("/health", headers={"origin": "https://app.example"})
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        assert ok.headers["access-control-allow-credentials"] == "true"
+        other = await client.get(
+            "/health", headers={"origin": "https://evil.example", "cookie": "r3mes_access=x"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_secret_files_race_to_one_complete_secret(tmp_path: Path) -> None:
+    """Processes starting together never read a half-written (empty) secret file."""
+    import threading
+
+    for attempt in range(30):
+        path = tmp_path / f"s{attempt}" / "jwt.key"
+        got: list[bytes | BaseException] = []
+        start = threading.Barrier(6)
+
+        def load(
+            path: Path = path,
+            got: list[bytes | BaseException] = got,
+            start: threading.Barrier = start,
+        ) -> None:
+            start.wait()
+            try:
+                got.append(load_or_create_secret(path))
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+                got.append(exc)
+
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(got)) == 1 and isinstance(got[0], bytes), got

@@ -14,20 +14,29 @@ SECRET_BYTES = 32
 def load_or_create_secret(path: Path, configured: str = "") -> bytes:
     """`configured` wins; else read `path`; else create it (mode 0600) with fresh random bytes.
 
-    Creation is atomic and race-free (O_EXCL): two processes starting together end up with the
-    same secret.
+    Creation is atomic and race-free (write a temporary file, then hard-link it into place):
+    processes starting together end up with the same, complete secret.
     """
     if configured:
         if len(configured) < 16:
             raise ConfigError("configured backend secrets must be at least 16 characters")
         return configured.encode()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _read(path)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(SECRET_BYTES))
+    # Written whole to a private temporary file, then linked into place: `link` fails if the
+    # name exists, so the first process wins and no one ever reads a half-written file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(SECRET_BYTES))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    finally:
+        temporary.unlink(missing_ok=True)
     return _read(path)
 
 

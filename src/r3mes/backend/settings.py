@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -223,6 +224,27 @@ class BackendSettings(BaseSettings):
             return tuple(validate_address(address) for address in value)
         except AddressError as exc:
             raise ValueError(f"admin {exc}") from exc
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """`scheme://host[:port]` each; `*` is refused (CORS here carries credentials)."""
+        origins = []
+        for origin in value:
+            parts = urlsplit(origin.strip())
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be an exact origin like https://app.example "
+                    "(no '*', no path)"
+                )
+            origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return tuple(origins)
 
     @field_validator("rate_tiers")
     @classmethod
