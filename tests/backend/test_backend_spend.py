@@ -160,3 +160,40 @@ def test_sigkill_between_hold_and_capture_loses_nothing(tmp_path: Path) -> None:
         backend.stop()
     imbalance, mismatches = asyncio.run(audit(settings))
     assert imbalance == 0 and mismatches == []
+
+
+async def test_the_holds_api_cannot_settle_the_gateways_holds(client: httpx.AsyncClient) -> None:
+    """A chat request's hold (ref `chat:...`, listed in /api/me) is the gateway's to settle:
+    capturing it for 0 or releasing it through /api/credits would make the chat free."""
+    from r3mes.backend.services import credits
+
+    settings: BackendSettings = client._transport.app.state.runtime.settings  # type: ignore[attr-defined]
+    key = await api_key(client, SPENDER)
+    account_id = await fund(settings, SPENDER.address, 100)
+    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.write() as s, s.begin():
+        chat_hold = await credits.hold(
+            s,
+            account_id=account_id,
+            amount=60,
+            idempotency_key="chat:r1:hold",
+            ttl_s=60,
+            ref="chat:r1",
+        )
+    me = (await client.get("/api/me", headers={"X-API-Key": key})).json()
+    assert [h["id"] for h in me["holds"]] == [chat_hold.id]
+    for action, body in (("capture", {"amount": 0}), ("release", None)):
+        r = await client.post(
+            f"/api/credits/holds/{chat_hold.id}/{action}",
+            json=body,
+            headers={"X-API-Key": key, "Idempotency-Key": f"steal-{action}"},
+        )
+        assert r.status_code == 404, (action, r.status_code, r.text)
+    # the gateway still settles it, and the API's own holds still work
+    async with runtime.db.write() as s, s.begin():
+        await credits.capture(
+            s, hold_id=chat_hold.id, amount=50, idempotency_key="chat:r1:capture", node="op"
+        )
+    assert await spend(client, key, 1) == "ok"
+    me = (await client.get("/api/me", headers={"X-API-Key": key})).json()
+    assert (me["available"], me["held"]) == (100 - 50 - PRICE, 0)

@@ -22,13 +22,17 @@ from r3mes.backend.services import credits
 router = APIRouter(prefix="/api/credits", tags=["credits"])
 
 IdempotencyKey = Header(min_length=1, max_length=200, alias="Idempotency-Key")
+API_REF = "api:"
+"""Refs of holds made here start with this; only those can be settled here. Other holds
+(a chat request's `chat:...`) belong to the service that made them: settling one here would
+let a caller capture their own chat's hold for 0 and chat for free."""
 
 
 class HoldIn(BaseModel):
     amount: int = Field(gt=0, le=10**15)
     ttl_s: int | None = Field(default=None, ge=1, le=86_400)
     """Seconds until the hold expires (default: the server's hold TTL)."""
-    ref: str = Field(default="", max_length=200)
+    ref: str = Field(default="", max_length=200 - len(API_REF))
 
 
 class HoldOut(BaseModel):
@@ -68,7 +72,7 @@ async def create_hold(
             amount=body.amount,
             idempotency_key=idempotency_key,
             ttl_s=ttl,
-            ref=body.ref,
+            ref=API_REF + body.ref,
         )
         have = await credits.balance(s, account_id=principal.account_id)
     return HoldOut(
@@ -111,5 +115,5 @@ async def release_hold(
 
 async def _own(s: WriteSessionDep, hold_id: int, account_id: int) -> None:
     owner = await s.get(Hold, hold_id)
-    if owner is None or owner.account_id != account_id:
+    if owner is None or owner.account_id != account_id or not owner.ref.startswith(API_REF):
         raise NotFound(f"hold {hold_id} does not exist")
