@@ -40,3 +40,22 @@ def test_bad_durations_are_ignored() -> None:
     pace.record_work(-1.0)
     pace.record_work(float("nan"))
     assert pace.work_s is None and pace.block_s() is None
+
+
+def test_a_round_shorter_than_a_transaction_is_named_with_its_figures() -> None:
+    """Issue 19 item 2 under load: 8 blocks of 0.5 s against 5 s transactions cannot work;
+    the miner says so with the figures and what to change, instead of silently missing."""
+    clock = Clock()
+    pace = RoundPace(clock=clock)
+    assert pace.shortfall(round_blocks=8) is None  # nothing learned yet
+    for height in range(10, 15):
+        pace.observe_height(height)
+        clock.now += 0.5
+    pace.record_work(1.0)
+    assert pace.shortfall(round_blocks=8) is None  # 1.0 s + the including block < 4 s
+    pace.record_work(9.0)  # smoothed: 5.0 s
+    why = pace.shortfall(round_blocks=8)
+    assert why is not None
+    assert "5.0 s" in why and "4.0 s" in why and "8 blocks of 0.50 s" in why
+    assert "--round-blocks" in why
+    assert pace.shortfall(round_blocks=20) is None  # the default 20-block round fits

@@ -56,3 +56,21 @@ class RoundPace:
             return True
         needed = math.ceil(self.work_s / block_s) + 1  # +1: the block that includes it
         return close_height - height >= needed
+
+    def shortfall(self, *, round_blocks: int) -> str | None:
+        """Why a `round_blocks` round is too short for this miner, or None when its usual
+        transaction (plus the block that includes it) fits in a whole round, or nothing
+        has been learned yet. Training runs on one core, so its time grows with the
+        machine's run queue: the figure says what the load is doing to short rounds."""
+        block_s = self.block_s()
+        if self.work_s is None or not block_s:
+            return None
+        round_s = round_blocks * block_s
+        if self.work_s + block_s <= round_s:
+            return None
+        return (
+            f"mining transactions take {self.work_s:.1f} s but a round lasts {round_s:.1f} s "
+            f"({round_blocks} blocks of {block_s:.2f} s): most rounds close before this "
+            "miner submits; give the network longer rounds (r3mes up --round-blocks, "
+            "--block-interval) or take load off this machine"
+        )

@@ -104,6 +104,8 @@ class ChainTaskSource:
         self.pace = RoundPace()
         self.skipped: set[int] = set()
         """Rounds left alone because too little of them was left."""
+        self.rounds_too_short = False
+        """Whether the last look found a whole round shorter than a mining transaction."""
 
     def join(self) -> int:
         """Mine from the next round that opens; returns the height joined at."""
@@ -119,6 +121,7 @@ class ChainTaskSource:
         task = mining_task(rnd, miner=self.miner, join_height=self.join_height)
         if task is None:
             return []
+        self._warn_if_rounds_are_too_short(rnd.close_height - rnd.open_height + 1)
         if not self.pace.fits(
             height=height, open_height=rnd.open_height, close_height=rnd.close_height
         ):
@@ -134,6 +137,13 @@ class ChainTaskSource:
             return []
         mined = any(r.state is TxState.COMMITTED for r in self.journal.for_round(task.round_id))
         return [] if mined else [task]
+
+    def _warn_if_rounds_are_too_short(self, round_blocks: int) -> None:
+        """Say once (again after it recovered) that rounds are shorter than a transaction."""
+        shortfall = self.pace.shortfall(round_blocks=round_blocks)
+        if shortfall is not None and not self.rounds_too_short:
+            logger.warning("%s", shortfall)
+        self.rounds_too_short = shortfall is not None
 
     def upcoming(self) -> list[ArtifactSet]:
         """The current round's artifacts, then the next round's: the same base model and
