@@ -156,3 +156,56 @@ async def test_crash_between_broadcast_and_recording_never_pays_twice(
     ]
     filtered = await client.get("/api/serving/payouts", params={"operator": OPERATOR_A})
     assert filtered.json()["payouts"] == []
+
+
+async def test_two_backends_sharing_a_database_pay_once(
+    db: Database, devnet: DevnetNode, job: PayoutJob, settings: BackendSettings
+) -> None:
+    """Two payout jobs (two backend processes on one database) never both send a payout,
+    even when the second searched the ledger for the memo before the first one committed."""
+    async with db.write() as s, s.begin():
+        user = await credits.ensure_account(s, address=SigningKey.generate().address)
+        await credits.deposit(s, account_id=user, amount=10_000, idempotency_key="dep")
+    operator = SigningKey.generate().address
+    await charge(db, user, operator, 1000)
+    before = await ledger_balance(devnet, operator)
+    (payout_id,) = await job.record(height=500)
+
+    other_db = Database(settings)
+    first_done = asyncio.Event()
+    try:
+        async with httpx.AsyncClient() as http:
+            chain = AsyncBlockchainClient(devnet.url)
+            other = PayoutJob(
+                db=other_db,
+                chain=chain,
+                http=http,
+                rpc_url=devnet.url,
+                key=TREASURY,
+                share_bps=8000,
+            )
+            searched = other.find_memo
+
+            async def slow_search(memo: str) -> str | None:
+                found = await searched(memo)  # not there yet ...
+                await first_done.wait()  # ... and meanwhile the other process paid it
+                return found
+
+            other.find_memo = slow_search  # type: ignore[method-assign]
+
+            async def first() -> list[int]:
+                await asyncio.sleep(0.3)  # the other job is in its memo search by now
+                try:
+                    return await job.run(height=600)
+                finally:
+                    first_done.set()
+
+            results = await asyncio.gather(first(), other.run(height=600))
+            await chain.aclose()
+    finally:
+        await other_db.dispose()
+    assert sorted(results[0] + results[1]) == [payout_id]
+    assert await ledger_balance(devnet, operator) == before + 800
+    async with db.read() as s:
+        payout = await s.get(ChatPayout, payout_id)
+    assert payout is not None and payout.status == "sent" and payout.tx_hash

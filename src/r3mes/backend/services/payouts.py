@@ -11,7 +11,9 @@ Idempotent across crashes: before sending, it searches the treasury's transactio
 ledger (`tx_search message.sender=...`) for that memo; found, the payout is marked sent with
 that transaction and nothing is broadcast. A crash between broadcast and recording therefore
 never pays twice (and a transaction still in the mempool holds the treasury's sequence
-number, so a re-broadcast could not commit a second time either).
+number, so a re-broadcast could not commit a second time either). Several backend processes
+sharing one database each run the job: a payout is claimed (`pending` -> `sending`, one
+guarded UPDATE) before its memo search, so only one of them sends it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import base64
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from r3mes.backend.db.chat import ChatPayout, ChatRequest
 from r3mes.backend.db.engine import Database
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 MEMO_PREFIX = "r3mes-payout:"
 RPC_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 SEARCH_PAGE = 100
+SEND_LEASE_S = 600
+"""A payout being sent is `sending` (its `sent_at` the claim time) for this long: other
+backend processes sharing the database leave it alone, and take it over (memo search first)
+only if its sender died. Far longer than one memo search plus broadcast."""
 
 
 @dataclass
@@ -65,17 +71,44 @@ class PayoutJob:
         async with self.db.read() as s:
             pending = (
                 await s.scalars(
-                    select(ChatPayout).where(ChatPayout.status == "pending").order_by(ChatPayout.id)
+                    select(ChatPayout).where(_claimable(datetime.now(UTC))).order_by(ChatPayout.id)
                 )
             ).all()
         for payout in pending:
+            if not await self.claim(payout.id):
+                continue  # another backend process is sending it (or sent it)
             try:
                 await self.send(payout)
-            except (ChainError, httpx.HTTPError) as exc:
+            except BaseException as exc:
+                await self.unclaim(payout.id)
+                if not isinstance(exc, ChainError | httpx.HTTPError):
+                    raise
                 log.warning("payout %d not sent yet: %s", payout.id, exc)
                 continue
             sent.append(payout.id)
         return sent
+
+    async def claim(self, payout_id: int) -> bool:
+        """Take `payout_id` for sending; False if another process holds or finished it."""
+        now = datetime.now(UTC)
+        async with self.db.write() as s, s.begin():
+            taken = await s.execute(
+                update(ChatPayout)
+                .where(ChatPayout.id == payout_id, _claimable(now))
+                .values(status="sending", sent_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        return int(getattr(taken, "rowcount", 0)) == 1
+
+    async def unclaim(self, payout_id: int) -> None:
+        """Give a claimed payout back (its send failed): the next run tries it again."""
+        async with self.db.write() as s, s.begin():
+            await s.execute(
+                update(ChatPayout)
+                .where(ChatPayout.id == payout_id, ChatPayout.status == "sending")
+                .values(status="pending", sent_at=None)
+                .execution_options(synchronize_session=False)
+            )
 
     async def record(self, height: int) -> list[int]:
         """One pending payout per operator with unpaid captured credits (one transaction)."""
@@ -197,6 +230,17 @@ class PayoutJob:
             raise ChainError(f"{method}: {doc.get('error', 'no result')}")
         result: dict[str, Any] = doc["result"]
         return result
+
+
+def _claimable(now: datetime) -> Any:
+    """Pending, or claimed by a sender that has held it past the lease (it died)."""
+    return or_(
+        ChatPayout.status == "pending",
+        and_(
+            ChatPayout.status == "sending",
+            ChatPayout.sent_at < now - timedelta(seconds=SEND_LEASE_S),
+        ),
+    )
 
 
 async def payout_loop(job: PayoutJob, *, every_blocks: int, poll_s: float) -> None:
