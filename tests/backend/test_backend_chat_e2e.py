@@ -149,7 +149,9 @@ async def chat_and_check(
     paid = await wait_payouts(backend, 2)
     assert {p["operator"] for p in paid} == {addresses["serving-1"], addresses["serving-2"]}
     for payout in paid:
-        assert payout["amount"] == payout["gross"] * backend.settings.operator_share_bps // 10_000
+        gross = payout["gross"]
+        assert isinstance(gross, int)
+        assert payout["amount"] == gross * backend.settings.operator_share_bps // 10_000
     health = backend.health()
     assert health["checks"]["ledger"]["ok"] is True  # type: ignore[index]
     metrics = httpx.get(f"{backend.url}/metrics", timeout=5).text

@@ -116,7 +116,8 @@ async def index_counts(database_url: str, home: Path) -> tuple[int, int, int, in
             ).one()
             daily = (await s.execute(select(func.sum(IxDaily.blocks), func.sum(IxDaily.txs)))).one()
             txs = await s.scalar(select(func.count()).select_from(IxTx))
-        return (*(int(x) for x in blocks), int(daily[0]), int(daily[1]), int(txs or 0))
+        count, low, high = (int(x) for x in blocks)
+        return (count, low, high, int(daily[0]), int(daily[1]), int(txs or 0))
     finally:
         await db.dispose()
 
