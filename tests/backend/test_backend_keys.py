@@ -173,3 +173,44 @@ async def test_no_token_or_key_reaches_the_logs(
     secrets = [tokens["access_token"], tokens["refresh_token"], key, key.split("_")[-1]]
     assert logged  # something was logged, and none of it is a secret
     assert not [s for s in secrets if s in logged]
+
+
+def test_credentials_in_query_strings_are_redacted_from_server_logs(tmp_path: Path) -> None:
+    """uvicorn logs each request line and websocket handshake with its query string; an API
+    key or token passed as `?token=` (the explorer websocket accepts one) must not reach the
+    logs."""
+    import logging
+
+    from support.chat import BackendServer
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    server = BackendServer(make_settings(tmp_path)).start()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "uvicorn.error")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.INFO)
+            lg.addHandler(handler)
+        secret = "r3k_" + "s3cr3t" * 8
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            c.get(f"/api/me?token={secret}&x=1")
+            c.get(f"/api/me?access_token={secret}")
+            c.get(f"/api/me?a=1&api_key={secret}")
+        # the websocket handshake line, as uvicorn's websocket protocol logs it
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5", f"/ws/account?token={secret}"
+        )
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        server.stop()
+    joined = "\n".join(records)
+    assert "/api/me?token=" in joined and "WebSocket /ws/account?token=" in joined, joined
+    assert "s3cr3t" not in joined, joined

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from r3mes import __version__
 from r3mes.backend.api.errors import install_error_handlers
 from r3mes.backend.api.main import api_router
-from r3mes.backend.api.middleware import BodyLimit, SecurityHeaders
+from r3mes.backend.api.middleware import BodyLimit, SecurityHeaders, install_log_redaction
 from r3mes.backend.db.migrate import migrate
 from r3mes.backend.runtime import Runtime
 from r3mes.backend.services.workers import workers
@@ -38,6 +38,7 @@ def create_app(settings: BackendSettings, *, start_workers: bool = True) -> Fast
         finally:
             await runtime.close()
 
+    install_log_redaction()
     app = FastAPI(
         title="R3MES backend",
         version=__version__,

@@ -1,8 +1,11 @@
-"""Pure-ASGI middleware: body size limit and security headers (CORS is Starlette's)."""
+"""Pure-ASGI middleware: body size limit and security headers (CORS is Starlette's); and the
+log filter that keeps credentials in query strings out of the server's logs."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -108,3 +111,37 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)([?&](?:token|access_token|refresh_token|api_key|apikey|key|password|secret)=)[^&\s\"']*"
+)
+SERVER_LOGGERS = ("uvicorn.access", "uvicorn.error")
+"""uvicorn writes each request line (access) and websocket handshake (error) with its query
+string; a client may pass a token there (`/ws/...?token=`)."""
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the values of credential-named query parameters replaced."""
+    return _CREDENTIAL_PARAM.sub(r"\1[redacted]", text)
+
+
+class RedactCredentials(logging.Filter):
+    """Rewrites a record's message and string arguments through `redact_credentials`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_credentials(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_credentials(a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def install_log_redaction() -> None:
+    """Put `RedactCredentials` on uvicorn's loggers once (idempotent; called by create_app)."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactCredentials) for f in logger.filters):
+            logger.addFilter(RedactCredentials())
