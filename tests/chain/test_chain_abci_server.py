@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_harness import CHAIN_ID, key, make_genesis
+from chain.chain_harness import CHAIN_ID, key, make_genesis
 from google.protobuf.timestamp_pb2 import Timestamp
 from support.net import free_port
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chain_harness import CHAIN_ID, Harness, key, make_genesis
+from chain.chain_harness import CHAIN_ID, Harness, key, make_genesis
 
 from r3mes.chain.codes import Code
 from r3mes.chain.engine import DevnetEngine, EngineConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chain_harness import CHAIN_ID, key, make_genesis
+from chain.chain_harness import CHAIN_ID, key, make_genesis
 
 from r3mes.chain.application import LedgerApplication
 from r3mes.chain.errors import ChainError

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from chain_harness import key
+from chain.chain_harness import key
 from support.net import free_port
 
 from r3mes.chain.client import BlockchainClient
@@ -47,7 +47,8 @@ def test_importing_the_client_does_not_import_the_server() -> None:
 def test_the_rest_routes_and_the_client_share_one_prefix() -> None:
     from r3mes.chain import client_types, rest
 
-    assert rest.PREFIX is client_types.PREFIX == "/remes/remes/v1"
+    # rest imports PREFIX from client_types (no re-export): read its namespace.
+    assert vars(rest)["PREFIX"] is client_types.PREFIX == "/remes/remes/v1"
 
 
 def test_waiting_for_a_ledger_that_is_starting_is_quiet(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chain_harness import key
+from chain.chain_harness import key
 from support.net import free_port
 
 from r3mes.chain.client import BlockchainClient

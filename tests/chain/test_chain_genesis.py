@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from chain_harness import key, make_genesis
+from chain.chain_harness import key, make_genesis
 
 from r3mes.chain.errors import GenesisError
 from r3mes.chain.genesis import Genesis, GenesisAccount, Params

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chain_harness import CHAIN_ID, DATASET, MODEL, key, make_genesis
+from chain.chain_harness import CHAIN_ID, DATASET, MODEL, key, make_genesis
 from prometheus_client.parser import text_string_to_metric_families
 from support.net import free_port
 

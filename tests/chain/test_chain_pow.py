@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from chain_harness import Harness, key
+from chain.chain_harness import Harness, key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,11 +86,12 @@ def test_views_validate_filters() -> None:
     h = Harness()
     assert [a["kind"] for a in artifacts_json(h.state, None, None)] == ["dataset", "model"]
     assert artifacts_json(h.state, "adapter", "all") == []
-    for bad in (
+    refused: tuple[Callable[[], object], ...] = (
         lambda: artifacts_json(h.state, "x", None),
         lambda: artifacts_json(h.state, None, "x"),
         lambda: nodes_json(h.state, "king", False),
         lambda: leaderboard_json(h.state, 0),
-    ):
+    )
+    for bad in refused:
         with pytest.raises(QueryError):
             bad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain_harness import CHAIN_ID, FORGERIES, Harness, forge, key, make_genesis
+from chain.chain_harness import CHAIN_ID, FORGERIES, Harness, forge, key, make_genesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +11,7 @@ from r3mes.chain.msgs import Attest, Faucet, Msg, RegisterNode, SubmitGradient, 
 from r3mes.chain.pow import solve_pow
 from r3mes.chain.state import State, state_from_entries
 from r3mes.chain.transition import apply_block, check_tx
+from r3mes.chain.vocab import Role, Verdict
 
 KEYS = [key(i) for i in range(1, 7)]  # key 6 has no genesis account
 
@@ -39,7 +40,8 @@ def build(h: Harness, kind: str, a: int, b: int, n: int) -> tuple[Msg, int]:
     if kind == "faucet":
         return Faucet(creator=sender.address, to=other.address, amount=max(n, 1)), a
     if kind == "register":
-        role = ("miner", "validator")[n % 2]
+        roles: tuple[Role, Role] = ("miner", "validator")
+        role = roles[n % 2]
         return RegisterNode(creator=sender.address, role=role, stake=n % 300), a
     if kind == "submit":
         opened = h.state.current_round in h.state.rounds
@@ -52,7 +54,8 @@ def build(h: Harness, kind: str, a: int, b: int, n: int) -> tuple[Msg, int]:
         )
         return solve_pow(msg, chain_id=CHAIN_ID, difficulty=2), a
     if kind == "attest":
-        verdict = ("accept", "reject")[n % 2]
+        verdicts: tuple[Verdict, Verdict] = ("accept", "reject")
+        verdict = verdicts[n % 2]
         return Attest(creator=sender.address, submission_id=1 + n % 3, verdict=verdict), a
     return TransferCredits(creator=sender.address, to=other.address, amount=max(n, 1)), a
 

@@ -9,10 +9,11 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from chain_harness import DATASET, MODEL, key
+from chain.chain_harness import DATASET, MODEL, key
 from support.net import free_port
 
 from r3mes.chain.client import AsyncBlockchainClient, BlockchainClient, round_assigned_shard
@@ -304,7 +305,8 @@ def test_jsonrpc_errors_echo_the_id_and_say_what_is_wrong(client: BlockchainClie
     assert status == 400 and "needs the parameter 'hash'" in str(doc["error"])
     status, doc = post(None)
     assert status == 400 and doc["id"] is None and "JSON object" in str(doc["error"])
-    for body in (None, [], {"id": 9}, {"method": "status", "params": [1]}):
+    bodies: tuple[object, ...] = (None, [], {"id": 9}, {"method": "status", "params": [1]})
+    for body in bodies:
         assert "object is not" not in json.dumps(post(body)[1])  # no Python internals
     assert httpx.get(f"{base}/tx_search", params={"query": "x=1"}).status_code == 400
     bad_page = httpx.get(f"{base}/tx_search", params={"query": "tx.height=1", "per_page": "nan"})
@@ -530,24 +532,24 @@ def test_block_headers_carry_every_cometbft_hash(
     assert node.engine.wait_for_height(sent.height + 1, 30)
     base = node.url
 
-    def block(height: int) -> dict[str, object]:
+    def block(height: int) -> dict[str, Any]:  # a JSON document
         doc = httpx.get(f"{base}/block", params={"height": str(height)}).json()["result"]
         assert isinstance(doc, dict)
         return doc
 
     after = block(sent.height + 1)
-    header = after["block"]["header"]  # type: ignore[index]
+    header = after["block"]["header"]
     empty = hashlib.sha256(b"").hexdigest().upper()
     assert header["last_results_hash"] != empty  # the previous block had a tx
-    assert block(sent.height)["block"]["header"]["evidence_hash"] == empty  # type: ignore[index]
+    assert block(sent.height)["block"]["header"]["evidence_hash"] == empty
     last_commit = json.dumps(
         after["block"]["last_commit"],
         sort_keys=True,
-        separators=(",", ":"),  # type: ignore[index]
+        separators=(",", ":"),
     ).encode()
     assert header["last_commit_hash"] == hashlib.sha256(last_commit).hexdigest().upper()
     assert header["validators_hash"] == header["next_validators_hash"]
-    parts = after["block_id"]["parts"]  # type: ignore[index]
+    parts = after["block_id"]["parts"]
     assert parts["total"] == 1 and len(parts["hash"]) == 64
     assert header["last_block_id"] == block(sent.height)["block_id"]
 

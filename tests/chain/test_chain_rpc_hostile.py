@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from chain_harness import DATASET, MODEL, key
+from chain.chain_harness import DATASET, MODEL, key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.net import free_port

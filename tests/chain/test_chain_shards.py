@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from chain_harness import Harness, key, make_genesis
+from chain.chain_harness import Harness, key, make_genesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

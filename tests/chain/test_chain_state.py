@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chain_harness import CHAIN_ID, FORGERIES, Harness, forge, key, make_genesis
+from chain.chain_harness import CHAIN_ID, FORGERIES, Harness, forge, key, make_genesis
 
 from r3mes.chain.codes import Code
 from r3mes.chain.crypto import SigningKey
@@ -24,6 +24,7 @@ from r3mes.chain.msgs import (
 from r3mes.chain.pow import pow_ok, solve_pow
 from r3mes.chain.state import genesis_state, state_from_entries, tier
 from r3mes.chain.transition import apply_block, check_tx, make_block
+from r3mes.chain.vocab import Role, SubmissionStatus
 
 UNAUTHORIZED_LOG = "signature verification failed (wrong key, chain id or account number)"
 
@@ -45,16 +46,22 @@ def submission(
     return solve_pow(msg, chain_id=CHAIN_ID, difficulty=h.state.params.pow_difficulty)
 
 
+def submission_status(h: Harness, submission_id: int) -> SubmissionStatus:
+    """Read through a call: mypy would keep an attribute compared to one literal narrowed."""
+    return h.state.submissions[submission_id].status
+
+
 def registered() -> Harness:
     h = Harness(make_genesis(round_length=20))
     h.block()  # height 1 opens round 1
-    for k, role in (
+    roles: tuple[tuple[SigningKey, Role], ...] = (
         (MINER, "miner"),
         (MINER2, "miner"),
         (VAL1, "validator"),
         (VAL2, "validator"),
         (PROPOSER, "proposer"),
-    ):
+    )
+    for k, role in roles:
         assert h.send(k, RegisterNode(creator=k.address, role=role, stake=100)).code == 0
     return h
 
@@ -81,9 +88,9 @@ def test_full_round_rewards_and_adapter_proposal() -> None:
     assert h.send(MINER2, submission(h, MINER2)).code == 0
     supply = h.state.supply
     assert h.send(VAL1, Attest(creator=VAL1.address, submission_id=1, verdict="accept")).code == 0
-    assert h.state.submissions[1].status == "pending"
+    assert submission_status(h, 1) == "pending"
     assert h.send(VAL2, Attest(creator=VAL2.address, submission_id=1, verdict="accept")).code == 0
-    assert h.state.submissions[1].status == "verified"
+    assert submission_status(h, 1) == "verified"
     p = h.state.params
     assert h.state.supply == supply + p.miner_reward + 2 * p.validator_reward
     assert h.state.accounts[MINER.address].reputation == p.reputation_gain_miner

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from chain_harness import CHAIN_ID, key, make_genesis
+from chain.chain_harness import CHAIN_ID, key, make_genesis
 
 from r3mes.chain.codes import Code
 from r3mes.chain.engine import DevnetEngine, EngineConfig

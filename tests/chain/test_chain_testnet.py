@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_harness import make_genesis
+from chain.chain_harness import make_genesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
