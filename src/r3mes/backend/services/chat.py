@@ -85,6 +85,13 @@ class ChatRequestBody:
             raise InvalidRequest("the body's JSON nests too deeply") from exc
         if not isinstance(doc, dict):
             raise InvalidRequest("the body must be a JSON object")
+        if b"\\ud" in raw or b"\\uD" in raw:  # escapes may name half a surrogate pair
+            try:
+                json.dumps(doc, ensure_ascii=False).encode()
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(
+                    "the body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+                ) from exc
         model = doc.get("model")
         if not isinstance(model, str) or not 0 < len(model) <= 160:
             raise InvalidRequest("model must be a model name (see GET /v1/models)")

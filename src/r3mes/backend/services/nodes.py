@@ -45,7 +45,7 @@ class ModelRef:
         name, sep, version = model.partition(VERSION_SEP)
         if not sep:
             return cls(name)
-        if not version.isdigit() or len(version) > 12 or not name:
+        if not (version.isascii() and version.isdigit()) or len(version) > 12 or not name:
             return cls(model)  # not a pinned name; no node will hold it -> model_not_found
         return cls(name, int(version))
 
