@@ -267,3 +267,29 @@ def test_explorer_equals_the_ledger_after_r3mes_up_with_a_cheating_miner(
     assert cheater and all(m["verified"] == 0 and m["slashed"] > 0 for m in cheater)
     assert len(versions) >= 3
     assert all(v["lineage"]["submissions"] for v in versions)
+
+
+@pytest.mark.anyio
+async def test_a_block_of_another_chain_is_refused(
+    chain: tuple[Home, int, list[DevnetNode]], settings: BackendSettings
+) -> None:
+    import dataclasses
+
+    url = chain[2][-1].url
+    while ledger_height(url) < 2:
+        await asyncio.sleep(0.05)
+    db = Database(settings)
+    await migrate(db)
+    try:
+        async with httpx.AsyncClient() as http:
+            rpc = ChainRpc(url, http)
+            genesis = Genesis.from_json(json.dumps((await rpc.call("genesis"))["genesis"]))
+            b1, b2 = [await rpc.block(h) for h in (1, 2)]
+        async with db.write() as s, s.begin():
+            await index_block(s, b1, genesis=genesis)
+        other = dataclasses.replace(b2, chain_id="someone-elses-chain")
+        async with db.write() as s, s.begin():
+            with pytest.raises(IndexGap, match="someone-elses-chain"):
+                await index_block(s, other)
+    finally:
+        await db.dispose()

@@ -578,6 +578,11 @@ async def index_block(
         if genesis is None:
             raise IndexGap("the index is empty; the genesis document is needed first")
         meta = await init_genesis(session, genesis)
+    if block.chain_id and block.chain_id != meta.chain_id:
+        raise IndexGap(
+            f"block {block.height} is from chain {block.chain_id!r} but the index holds "
+            f"{meta.chain_id!r}; point the backend at its own database for another chain"
+        )
     if block.height <= meta.height:
         return None
     if block.height != meta.height + 1:
