@@ -26,6 +26,7 @@ from r3mes.node.registration import ensure_registered
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.validator import Validator
 from r3mes.paths import Home
+from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.unixfs import compute_cid
 from r3mes.work.profile import WorkProfile
 from r3mes.work.task import HyperParams
@@ -65,8 +66,11 @@ def _key(home: Home, name: str) -> SigningKey:
     return Keystore(home.keys).load(name, passphrase=passphrase(home))
 
 
-def _bogus_submission(client: BlockchainClient, key: SigningKey, tag: bytes) -> SubmissionInfo:
-    """Submit, signed by `key`, a CID whose bytes nobody stores; returns it as recorded."""
+def _bogus_submission(
+    client: BlockchainClient, key: SigningKey, tag: bytes, *, cid: str | None = None
+) -> SubmissionInfo:
+    """Submit, signed by `key`, a CID whose bytes nobody stores (or `cid`); returns it as
+    recorded."""
     from r3mes.chain.errors import TxRejected
 
     ensure_registered(client, key, role="miner", endpoint="http://127.0.0.1:9", stake=10)
@@ -77,7 +81,7 @@ def _bogus_submission(client: BlockchainClient, key: SigningKey, tag: bytes) -> 
             client.submit_gradient(
                 key,
                 round_number=number,
-                cid=compute_cid(data, cid_version=1),
+                cid=cid or compute_cid(data, cid_version=1),
                 digest=hashlib.sha256(data).hexdigest(),
             )
             break
@@ -164,25 +168,60 @@ def _dag_pb_node(links: list[tuple[str, int]]) -> tuple[str, bytes]:
     return str(Cid.of_block(block, version=1, codec=DAG_PB)), block
 
 
+def _diamond(store: Blockstore, levels: int = 6) -> str:
+    """A crafted DAG: `levels` nodes each linking 174 times to the one below (174**(levels-1)
+    reads of an empty leaf); returns its root CID."""
+    from r3mes.storage.multiformats import RAW, Cid
+
+    child = str(Cid.of_block(b"", version=1, codec=RAW))
+    store.put_block(child, b"")
+    for _ in range(levels):
+        child, block = _dag_pb_node([(child, 0)] * 174)
+        store.put_block(child, block)
+    return child
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_crafted_dag_is_rejected_on_the_first_attempt(
+    chain: tuple[Home, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to be retried `max_retries` times with backoff before the rejection: with 30 s
+    between attempts this test would time out."""
+    home, url = chain
+    validator = _validator(home, url, "validator-1")
+    validator.settings = replace(
+        validator.settings, fetch_retry=RetryPolicy(max_retries=3, initial_delay=30.0)
+    )
+    root = _diamond(Blockstore(validator.settings.blocks))
+    crafted = _bogus_submission(validator.client, _key(home, "miner-2"), b"x", cid=root)
+    validator.on_start()
+    try:
+
+        def rejected() -> bool:
+            subs = {s.id: s for s in validator.client.submissions()}
+            return subs[crafted.id].status == "rejected"
+
+        step_until(rejected, validator.step, timeout=120, what="the rejection")
+        reason = validator.verdicts.reason(crafted.id) or ""
+    finally:
+        validator.on_stop()
+    assert "unusable" in reason and "repeat or chain" in reason
+    assert f"submission {crafted.id}: attempt" not in caplog.text  # no retry, no backoff
+
+
 def test_an_update_that_can_never_be_read_is_unusable_at_once(tmp_path: Path) -> None:
     """A malformed DAG is fixed by its CID like an invalid CID or an oversized file: the
     validator rejects it on the first attempt instead of retrying it `max_retries` times."""
     from r3mes.node.validator import UpdateUnavailable, UpdateUnusable, read_update
-    from r3mes.storage.blockstore import Blockstore
-    from r3mes.storage.multiformats import DAG_PB, RAW, Cid
+    from r3mes.storage.multiformats import DAG_PB, Cid
 
     store = Blockstore(tmp_path / "blocks")
     good = b"an update"
     cid = store.add_bytes(good)
     assert read_update(store, cid=cid, digest=hashlib.sha256(good).hexdigest()) == good
 
-    # a diamond: 6 nodes each linking 174 times to the one below (174**5 leaf reads)
-    leaf = b""
-    child = str(Cid.of_block(leaf, version=1, codec=RAW))
-    store.put_block(child, leaf)
-    for _ in range(6):
-        child, block = _dag_pb_node([(child, 0)] * 174)
-        store.put_block(child, block)
+    child = _diamond(store)
     # a dag-pb block whose bytes hash to its CID but decode to nothing
     garbage = b"\xff\xff not protobuf"
     bad = str(Cid.of_block(garbage, version=1, codec=DAG_PB))
