@@ -416,3 +416,30 @@ async def test_malformed_bodies_and_headers_are_clear_4xx_never_500(
             assert error["type"] == "invalid_request_error" and error["message"]
     have = await balance(backend.settings, rich.account_id)
     assert (have.available, have.held) == (10**9, 0)
+
+
+@pytest.mark.slow
+async def test_a_stream_longer_than_the_hold_ttl_is_still_billed(
+    tmp_path: Path, database_url: str, upstreams: list[Upstream]
+) -> None:
+    """A chat hold outlives the longest request it pays for, whatever `hold_ttl_s` says:
+    with holds of 5 s, a 7 s stream was released by the sweeper first and paid nothing."""
+    settings = chat_settings(tmp_path, database_url, upstreams, hold_ttl_s=5)
+    for node in upstreams:
+        node.behaviour.words = 7
+        node.behaviour.token_delay_s = 1.0
+    with serving_backend(settings, wait_nodes=2) as backend:
+        funded = await funded_key(backend.settings, 100_000)
+        doc = body(stream=True, max_tokens=7)
+        async with httpx.AsyncClient(base_url=backend.url, timeout=30) as c:
+            async with c.stream(
+                "POST", "/v1/chat/completions", json=doc, headers=auth(funded)
+            ) as r:
+                assert r.status_code == 200
+                text = "".join([line async for line in r.aiter_lines()])
+        assert "[DONE]" in text
+        (row,) = await wait_rows(backend.settings, 1)
+        assert row.status == "ok" and row.completion_tokens == 7
+        assert row.credits == expected_cost(doc, 7) > 0
+        have = await balance(backend.settings, funded.account_id)
+        assert (have.available, have.held) == (100_000 - row.credits, 0)

@@ -64,6 +64,10 @@ class Caller:
     ip: str
 
 
+SETTLE_MARGIN_S = 60.0
+"""Hold lifetime beyond the longest a request can run (see `ChatService.hold_ttl_s`)."""
+
+
 @dataclass(frozen=True)
 class ChatRequestBody:
     """What the gateway needs from an OpenAI request body (the node validates the rest)."""
@@ -154,6 +158,16 @@ class ChatService:
         """
         return self._write_turn if self.db.is_sqlite else nullcontext()
 
+    @property
+    def hold_ttl_s(self) -> float:
+        """How long a chat request's hold lives: `hold_ttl_s`, but never shorter than the
+        longest request can run (every attempt's wait for a first byte, the whole answer,
+        and a minute to settle). A hold the sweeper released first could not be captured:
+        the request would be served for free."""
+        st = self.settings
+        longest = st.chat_attempts * st.chat_first_byte_timeout_s + st.chat_upstream_timeout_s
+        return max(float(st.hold_ttl_s), longest + SETTLE_MARGIN_S)
+
     async def complete(
         self, *, kind: Kind, raw: bytes, caller: Caller, idempotency_key: str | None
     ) -> Response:
@@ -220,7 +234,7 @@ class ChatService:
                 account_id=caller.account_id,
                 amount=max(1, most),
                 idempotency_key=f"chat:{request_id}:hold",
-                ttl_s=self.settings.hold_ttl_s,
+                ttl_s=self.hold_ttl_s,
                 ref=f"chat:{request_id}",
             )
         self.metrics.credits.labels(stage="held").inc(hold.amount)
