@@ -291,3 +291,31 @@ async def test_ids_and_cursors_beyond_the_database_range_are_4xx(
             assert r.status_code in (400, 422), (method, url, r.status_code, r.text[:200])
             assert r.json()["error"]["message"]
         assert (await client.get("/api/admin/accounts/1", headers=as_alice)).status_code == 200
+
+
+async def test_transactions_page_by_cursor_newest_first(client: httpx.AsyncClient) -> None:
+    """`/api/me/transactions` walks the whole journal by `next_cursor`, each entry once."""
+    tokens = await login(client)
+    client.cookies.clear()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.write() as s, s.begin():
+        for i in range(5):
+            await credits.deposit(
+                s, account_id=tokens["account_id"], amount=10 + i, idempotency_key=f"d{i}"
+            )
+    seen: list[int] = []
+    cursor: str | None = None
+    for _ in range(5):
+        params: dict[str, Any] = {"limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = (await client.get("/api/me/transactions", params=params, headers=headers)).json()
+        seen += [t["amount"] for t in page["transactions"]]
+        assert all(sum(e["amount"] for e in t["entries"]) > 0 for t in page["transactions"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [14, 13, 12, 11, 10]
+    bad = await client.get("/api/me/transactions", params={"cursor": "x"}, headers=headers)
+    assert bad.status_code == 400 and "cursor" in bad.json()["error"]["message"]
