@@ -25,8 +25,9 @@ Figures (one JSON line each, baselines measured in the same run):
   forward with every projection as a dense float32 matmul (timed per layer shape, times the
   layers, plus the same head), as tokens/s.
 * lora_step_seconds / lora_step_peak_rss: one LoRA training step (r=8 on q/v/o, sequence 256,
-  --quick: 128; forward, cross-entropy, backward) against one no-grad forward of the same
-  sequence; peak RSS over the step (goal <= 4 GB on the 2B shape).
+  --quick: 128; forward, cross-entropy, backward, with `gradient_checkpointing`: each decoder
+  layer is recomputed in the backward, same gradients) against one no-grad forward of the
+  same sequence; peak RSS over the step (goal <= 4 GB on the 2B shape).
 
 llama.cpp (TQ2_0) is not compared here: see docs/benchmarks.md.
 """
@@ -213,6 +214,7 @@ def lora_step(model: BitNetForCausalLM, tokens: int) -> tuple[float, int]:
     config = LoraConfig(r=8, alpha=16, target_modules=("q_proj", "v_proj", "o_proj"))
     apply_lora(model, config, name="bench", generator=torch.Generator().manual_seed(0))
     mark_only_lora_as_trainable(model, "bench")
+    model.gradient_checkpointing = True  # recompute each layer in the backward: ~1x forward
     ids = (torch.arange(tokens + 1) % (model.config.vocab_size - 1) + 1)[None]
     _reset_peak_rss()
     start = time.perf_counter()

@@ -178,3 +178,21 @@ def test_frozen_backbone_passes_the_same_gradients_as_master_weights() -> None:
     assert grads[1][first_layer].abs().sum() > 0
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], rtol=1e-3, atol=1e-5), name
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients() -> None:
+    grads = []
+    for recompute in (False, True):
+        model = make_tiny_model(seed=4)
+        model.freeze_backbone()
+        config = LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "o_proj"))
+        apply_lora(model, config, name="a", generator=torch.Generator().manual_seed(0))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, generator=torch.Generator().manual_seed(1))
+        model.gradient_checkpointing = recompute
+        ids = torch.arange(24).reshape(2, 12)
+        model(ids).logsumexp(-1).mean().backward()
+        grads.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert grads[0] and len(grads[0]) == len(grads[1])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
