@@ -443,3 +443,33 @@ async def test_a_stream_longer_than_the_hold_ttl_is_still_billed(
         assert row.credits == expected_cost(doc, 7) > 0
         have = await balance(backend.settings, funded.account_id)
         assert (have.available, have.held) == (100_000 - row.credits, 0)
+
+
+async def test_settling_retries_a_transaction_the_database_refused(
+    backend: BackendServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy or briefly lost database while settling does not make the request free: the
+    settlement transaction is tried again (capture is idempotent by key)."""
+    from sqlalchemy.exc import OperationalError
+
+    from r3mes.backend.services import billing
+
+    real_record = billing.record
+    failures = [1]
+
+    async def flaky_record(*args: object, **kwargs: object) -> None:
+        if failures:
+            failures.pop()
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real_record(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(billing, "record", flaky_record)
+    funded = await funded_key(backend.settings, 10_000)
+    async with httpx.AsyncClient(base_url=backend.url, timeout=10) as c:
+        r = await c.post("/v1/chat/completions", json=body(), headers=auth(funded))
+        assert r.status_code == 200, r.text
+    assert failures == []
+    (row,) = await wait_rows(backend.settings, 1)
+    assert row.credits == expected_cost(body(), 4) > 0
+    have = await balance(backend.settings, funded.account_id)
+    assert (have.available, have.held) == (10_000 - row.credits, 0)

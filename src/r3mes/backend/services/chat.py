@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
@@ -64,6 +64,10 @@ class Caller:
     ip: str
 
 
+SETTLE_ATTEMPTS = 3
+SETTLE_RETRY_S = 0.1
+"""Settling a request's bill retries a transaction the database refused (busy, connection
+lost) this many times, waiting this long times the attempt number in between."""
 SETTLE_MARGIN_S = 60.0
 """Hold lifetime beyond the longest a request can run (see `ChatService.hold_ttl_s`)."""
 
@@ -332,7 +336,7 @@ class Bill:
         if self.settled:
             return
         self.settled = True
-        svc, metrics = self.service, self.service.metrics
+        svc = self.service
         model = opened.model if opened is not None else str(self.body.model)
         usage = tally.delivered() if tally is not None else Usage(0, 0)
         price = billing.price_of(svc.settings, str(self.body.model))
@@ -340,36 +344,83 @@ class Bill:
         node = opened.node.operator if opened is not None else None
         latency_ms = int((time.monotonic() - self.started) * 1000)
         ref = f"chat:{self.request_id}"
-        try:
-            async with svc.writing(), svc.db.write() as s, s.begin():
-                if opened is not None:
-                    await credits.capture(
-                        s,
-                        hold_id=self.hold_id,
-                        amount=charge,
-                        idempotency_key=f"{ref}:capture",
-                        node=node,
-                        ref=ref,
-                    )
-                else:
-                    await credits.release(s, hold_id=self.hold_id, idempotency_key=f"{ref}:release")
-                await billing.record(
-                    s,
-                    request_id=self.request_id,
-                    account_id=self.caller.account_id,
-                    key_id=self.caller.key_id,
-                    model=model,
-                    node=node,
-                    status=status,
-                    usage=usage,
-                    credits=charge,
-                    latency_ms=latency_ms,
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                await self._write_settlement(
+                    opened, ref, node, model, status, usage, charge, latency_ms, body
                 )
-                if self.idempotency_key is not None:
-                    await _finish_claim(s, self.caller.account_id, self.idempotency_key, body)
-        except Exception:
-            log.exception("settling chat request %s failed (the hold expires on its own)", ref)
-            return
+                break
+            except DBAPIError as exc:
+                # A busy or briefly lost database: the transaction committed nothing, and
+                # capture/release are idempotent by key, so trying again is safe. Giving up
+                # here would leave the hold to expire: the request would be free.
+                if isinstance(exc, IntegrityError) or attempt == SETTLE_ATTEMPTS:
+                    log.exception("settling chat request %s failed (the hold expires)", ref)
+                    return
+                log.warning(
+                    "settling chat request %s: database error (%s); retrying",
+                    ref,
+                    type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+                )
+                await asyncio.sleep(SETTLE_RETRY_S * attempt)
+            except Exception:
+                log.exception("settling chat request %s failed (the hold expires on its own)", ref)
+                return
+        self._observe(opened, model, status, usage, charge, latency_ms)
+        if body is None and error is None and tally is not None:
+            await self.refund_tokens(usage)
+
+    async def _write_settlement(
+        self,
+        opened: Opened | None,
+        ref: str,
+        node: str | None,
+        model: str,
+        status: str,
+        usage: Usage,
+        charge: int,
+        latency_ms: int,
+        body: bytes | None,
+    ) -> None:
+        """One transaction: capture (or release) the hold, the request's row, the claim."""
+        svc = self.service
+        async with svc.writing(), svc.db.write() as s, s.begin():
+            if opened is not None:
+                await credits.capture(
+                    s,
+                    hold_id=self.hold_id,
+                    amount=charge,
+                    idempotency_key=f"{ref}:capture",
+                    node=node,
+                    ref=ref,
+                )
+            else:
+                await credits.release(s, hold_id=self.hold_id, idempotency_key=f"{ref}:release")
+            await billing.record(
+                s,
+                request_id=self.request_id,
+                account_id=self.caller.account_id,
+                key_id=self.caller.key_id,
+                model=model,
+                node=node,
+                status=status,
+                usage=usage,
+                credits=charge,
+                latency_ms=latency_ms,
+            )
+            if self.idempotency_key is not None:
+                await _finish_claim(s, self.caller.account_id, self.idempotency_key, body)
+
+    def _observe(
+        self,
+        opened: Opened | None,
+        model: str,
+        status: str,
+        usage: Usage,
+        charge: int,
+        latency_ms: int,
+    ) -> None:
+        metrics = self.service.metrics
         node_label = opened.node.key if opened is not None else "none"
         metrics.requests.labels(model=model, node=node_label, status=status).inc()
         metrics.credits.labels(stage="captured").inc(charge)
@@ -379,8 +430,6 @@ class Bill:
         if opened is not None:
             metrics.ttft.labels(model=model).observe(opened.first_byte_s)
         metrics.latency.labels(model=model).observe(latency_ms / 1000)
-        if body is None and error is None and tally is not None:
-            await self.refund_tokens(usage)
 
 
 async def _claim(s: Any, account_id: int, key: str, digest: str) -> ChatIdempotency | None:
