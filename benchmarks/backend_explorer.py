@@ -466,7 +466,7 @@ async def time_queries(
         await db.dispose()
 
 
-async def scale(quick: bool, postgres: str) -> None:
+async def scale(quick: bool, postgres: str, databases: tuple[str, ...]) -> None:
     from r3mes.backend.db.engine import Database
     from r3mes.backend.db.migrate import migrate
     from r3mes.backend.settings import BackendSettings
@@ -490,8 +490,8 @@ async def scale(quick: bool, postgres: str) -> None:
         flush=True,
     )
     reps = 60 if quick else 200
-    backends: list[tuple[str, str]] = [("sqlite", "")]
-    if postgres:
+    backends: list[tuple[str, str]] = [("sqlite", "")] if "sqlite" in databases else []
+    if postgres and "postgresql" in databases:
         backends.append(("postgresql", postgres))
     for name, admin in backends:
         with tempfile.TemporaryDirectory() as tmp:
@@ -778,9 +778,12 @@ def main() -> None:
         default=os.environ.get("R3MES_TEST_POSTGRES_URL", ""),
         help="PostgreSQL admin URL (a fresh database is made and dropped); empty: SQLite only",
     )
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="which of sqlite,postgresql to time"
+    )
     args = parser.parse_args()
     if args.only in (None, "scale"):
-        asyncio.run(scale(args.quick, args.postgres))
+        asyncio.run(scale(args.quick, args.postgres, tuple(args.databases.split(","))))
     if args.only in (None, "fanout"):
         asyncio.run(fanout(args.quick))
 
