@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from support.explorer_scenario import compare, play, start_devnet
+from support.explorer_scenario import SERVING, compare, play, start_devnet
 from support.net import free_port
 
 from r3mes.backend.db.engine import Database
@@ -134,10 +134,19 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
         backend.wait_height(height)
         counts = compare(nodes[-1].url, backend.url, height)
         slashed = httpx.get(f"{backend.url}/api/leaderboard/miners", timeout=5).json()
+        events = httpx.get(
+            f"{backend.url}/api/nodes/{SERVING.address}/events?limit=2", timeout=5
+        ).json()
+        more = httpx.get(
+            f"{backend.url}/api/nodes/{SERVING.address}/events?cursor={events['next_cursor']}",
+            timeout=5,
+        ).json()
     finally:
         backend.stop()
     cheat = [m for m in slashed["items"] if m["rejected"]]
     assert cheat and all(m["slashed"] > 0 and m["verified"] == 0 for m in cheat)
+    kinds = [e["kind"] for e in events["items"] + more["items"]]
+    assert kinds[-1] == "register" and kinds.count("heartbeat") == 4  # one + one per round
     assert counts["submissions"] >= 4 and counts["txs"] >= 30 and counts["accounts"] >= 10
 
 

@@ -25,6 +25,7 @@ from r3mes.backend.db.index import (
     IxBlock,
     IxMeta,
     IxNode,
+    IxNodeEvent,
     IxRound,
     IxSubmission,
     IxTx,
@@ -463,6 +464,36 @@ async def nodes(s: AsyncSession, role: str | None = None) -> list[dict[str, Any]
     if role is not None:
         q = q.where(IxNode.role == role)
     return [node_doc(n) for n in await s.scalars(q)]
+
+
+async def node_events(
+    s: AsyncSession, address: str, *, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """An address's node registrations, heartbeats and staleness, newest first."""
+    after = decode_cursor(cursor, (int,))
+    q = (
+        select(IxNodeEvent)
+        .where(IxNodeEvent.address == address)
+        .order_by(IxNodeEvent.id.desc())
+        .limit(limit + 1)
+    )
+    if after:
+        q = q.where(IxNodeEvent.id < after[0])
+    items = [
+        {
+            "id": e.id,
+            "height": e.height,
+            "time": e.time_ms,
+            "role": e.role,
+            "kind": e.kind,
+            "endpoint": e.endpoint,
+            "stake": e.stake,
+            "adapter_version": e.adapter_version,
+            "capacity": e.capacity,
+        }
+        for e in await s.scalars(q)
+    ]
+    return page(items, limit, lambda d: [d["id"]])
 
 
 async def count(s: AsyncSession, q: Any) -> int:
