@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 import websockets
@@ -129,6 +130,8 @@ async def test_public_channels_and_miner_stats(server: Server) -> None:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+    health = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()
+    assert health["checks"]["explorer"]["indexed_height"] > 0
 
 
 async def test_ping_pong_and_idle_close(server: Server) -> None:

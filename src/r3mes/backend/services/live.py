@@ -122,6 +122,21 @@ class Explorer:
                 doc = await miner_stats(s, address)
                 hub.publish(f"miner_stats:{address}", encode("miner_stats", "miner_stats", doc))
 
+    async def health(self) -> dict[str, Any]:
+        """Indexed height and websocket figures for `/health` (never fails the service)."""
+        try:
+            async with self.db.read() as s:
+                m = await load_meta(s)
+        except Exception as exc:
+            return {"ok": False, "required": False, "error": type(exc).__name__}
+        return {
+            "ok": True,
+            "required": False,
+            "indexed_height": m.height if m is not None else 0,
+            "ws_clients": sum(len(c) for c in self.hub.channels.values()),
+            "ws_dropped_slow": self.hub.dropped_slow,
+        }
+
     # -- held-out loss of adapter versions ----------------------------------------------
 
     async def poll_losses_forever(self) -> None:
@@ -239,4 +254,5 @@ def explorer_service(runtime: Runtime) -> Explorer:
         return found
     service = Explorer(runtime)
     runtime.services[SERVICE_KEY] = service
+    runtime.services.setdefault("health_checks", {})["explorer"] = service.health
     return service
