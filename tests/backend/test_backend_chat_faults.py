@@ -132,6 +132,8 @@ async def test_kill_a_node_under_load_then_restart_it(
         async with httpx.AsyncClient(base_url=backend.url, timeout=20) as c:
             load = [asyncio.create_task(client(c)) for _ in range(6)]
             await asyncio.sleep(1.5)
+            # kill while streams are in flight there (a loaded machine may lag the clock)
+            await wait_until(lambda: _in_flight(backend.url, OPERATORS[0]) >= 2)
             killed_at = time.monotonic()
             procs[0].kill()
             await asyncio.sleep(2.5)
@@ -157,6 +159,13 @@ async def test_kill_a_node_under_load_then_restart_it(
         assert have.available == 10**9 - sum(r.credits for r in rows.values())
         metrics = httpx.get(f"{backend.url}/metrics", timeout=5).text
         assert f'r3mes_gateway_upstream_failures_total{{node="{OPERATORS[0]}"' in metrics
+
+
+def _in_flight(url: str, operator: str) -> int:
+    """Requests the gateway has open on `operator`'s node, from its /health."""
+    health = httpx.get(f"{url}/health", timeout=5).json()
+    nodes = health["checks"]["serving_nodes"]["nodes"].values()
+    return sum(int(n["in_flight"]) for n in nodes if n["operator"] == operator)
 
 
 def _served_by(outcomes: list[tuple[float, Outcome]], node: str, *, after: float) -> bool:
