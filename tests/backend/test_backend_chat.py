@@ -473,3 +473,46 @@ async def test_settling_retries_a_transaction_the_database_refused(
     assert row.credits == expected_cost(body(), 4) > 0
     have = await balance(backend.settings, funded.account_id)
     assert (have.available, have.held) == (10_000 - row.credits, 0)
+
+
+async def test_an_idempotency_key_left_by_a_crashed_request_is_taken_over(
+    backend: BackendServer,
+) -> None:
+    """A claim a dead backend left unanswered blocks its key only while a request could still
+    be running; then a retry with that key is served (and billed) once."""
+    from datetime import UTC, datetime, timedelta
+
+    from r3mes.backend.db.chat import ChatIdempotency
+
+    funded = await funded_key(backend.settings, 10_000)
+    db = Database(backend.settings)
+    try:
+        async with db.write() as s, s.begin():
+            for key, age_s in (("crashed-long-ago", 7200), ("crashed-just-now", 1)):
+                s.add(
+                    ChatIdempotency(
+                        account_id=funded.account_id,
+                        key=key,
+                        request_hash="0" * 64,
+                        status_code=None,
+                        body="",
+                        headers="{}",
+                        created_at=datetime.now(UTC) - timedelta(seconds=age_s),
+                    )
+                )
+    finally:
+        await db.dispose()
+    async with httpx.AsyncClient(base_url=backend.url, timeout=10) as c:
+        recent = await c.post(
+            "/v1/chat/completions",
+            json=body(),
+            headers={**auth(funded), "idempotency-key": "crashed-just-now"},
+        )
+        assert recent.status_code == 409  # its first request may still be running
+        headers = {**auth(funded), "idempotency-key": "crashed-long-ago"}
+        first = await c.post("/v1/chat/completions", json=body(), headers=headers)
+        assert first.status_code == 200, first.text
+        again = await c.post("/v1/chat/completions", json=body(), headers=headers)
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    have = await balance(backend.settings, funded.account_id)
+    assert (have.available, have.held) == (10_000 - expected_cost(body(), 4), 0)

@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
@@ -230,7 +230,9 @@ class ChatService:
         async with self.writing(), self.db.write() as s, s.begin():
             if key is not None:
                 digest = billing.request_hash(billing.canonical_json(body.doc).encode())
-                stored = await _claim(s, caller.account_id, key, digest)
+                stored = await _claim(
+                    s, caller.account_id, key, digest, abandoned_after_s=self.hold_ttl_s
+                )
                 if stored is not None:
                     return _replay(stored, headers)
             hold = await credits.hold(
@@ -432,8 +434,14 @@ class Bill:
         metrics.latency.labels(model=model).observe(latency_ms / 1000)
 
 
-async def _claim(s: Any, account_id: int, key: str, digest: str) -> ChatIdempotency | None:
-    """Claim `key` for this request; a finished earlier request with it is returned."""
+async def _claim(
+    s: Any, account_id: int, key: str, digest: str, *, abandoned_after_s: float
+) -> ChatIdempotency | None:
+    """Claim `key` for this request; a finished earlier request with it is returned.
+
+    A claim still unanswered after `abandoned_after_s` (longer than any request runs) was
+    left by a backend that died mid-request: this request takes it over, else the key
+    would answer "still running" forever."""
     if not 0 < len(key) <= 200:
         raise InvalidRequest("Idempotency-Key must be 1 to 200 characters")
     found = await s.scalar(
@@ -460,6 +468,20 @@ async def _claim(s: Any, account_id: int, key: str, digest: str) -> ChatIdempote
             raise Conflict(
                 "a request with this Idempotency-Key is still running; retry when it ends"
             ) from exc
+    if found.status_code is None:
+        now = datetime.now(UTC)
+        taken = await s.execute(
+            update(ChatIdempotency)
+            .where(
+                ChatIdempotency.id == found.id,
+                ChatIdempotency.status_code.is_(None),
+                ChatIdempotency.created_at < now - timedelta(seconds=abandoned_after_s),
+            )
+            .values(request_hash=digest, created_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if int(getattr(taken, "rowcount", 0)) == 1:
+            return None
     if found.request_hash != digest:
         raise Conflict("this Idempotency-Key was used with a different request body")
     if found.status_code is None:
