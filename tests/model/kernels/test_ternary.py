@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -247,3 +248,43 @@ def test_build_without_a_compiler_still_succeeds(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "native ternary kernel not built" in done.stdout + done.stderr
     assert not list((tmp_path / "lib").rglob("_ternary*"))
+
+
+HARNESS = Path(__file__).with_name("harness.c")
+SOURCE = REPO / "src" / "r3mes" / "model" / "kernels" / "ternary.c"
+
+
+def _compile_and_run(compiler: str, runner: list[str], tmp_path: Path, name: str) -> str:
+    binary = tmp_path / name
+    flags = (
+        ["-O2", "-std=c11", "-pthread", "-static"] if runner else ["-O2", "-std=c11", "-pthread"]
+    )
+    subprocess.run(
+        [compiler, *flags, str(HARNESS), str(SOURCE), "-o", str(binary)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    done = subprocess.run([*runner, str(binary)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_c_harness_every_host_path_against_a_plain_reference(tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = _compile_and_run(cc, [], tmp_path, "host")
+    assert out.strip().endswith("OK")
+
+
+@pytest.mark.slow
+def test_c_harness_neon_paths_under_qemu(tmp_path: Path) -> None:
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if cross is None or qemu is None:
+        pytest.skip(
+            "needs aarch64-linux-gnu-gcc and qemu-aarch64 (apt: gcc-aarch64-linux-gnu qemu-user)"
+        )
+    with_dotprod = _compile_and_run(cross, [qemu, "-cpu", "max"], tmp_path, "arm")
+    assert "isa 4 supported 1" in with_dotprod and "isa 5 supported 1" in with_dotprod
+    without = _compile_and_run(cross, [qemu, "-cpu", "cortex-a53"], tmp_path, "arm53")
+    assert "isa 4 supported 1" in without and "isa 5 supported 0" in without

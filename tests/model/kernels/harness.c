@@ -1,0 +1,40 @@
+/* Checks every supported ISA of ternary.c against a plain reference, forward and gradient. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+int r3mes_ternary_isa_supported(int);
+int r3mes_ternary_matmul(const int8_t*, const uint8_t*, int32_t*, int64_t, int64_t, int64_t, int, int);
+int r3mes_ternary_matmul_t(const float*, const uint8_t*, float*, int64_t, int64_t, int64_t, int, int);
+static unsigned s = 12345; static unsigned rnd(void) { s = s * 1103515245u + 12345u; return s >> 8; }
+int main(void) {
+    int shapes[][3] = {{1,64,4},{3,100,7},{5,517,70},{9,130,33},{4,256,16},{6,2560,13}};
+    int bad = 0;
+    for (int si = 0; si < 6; si++) {
+        int m = shapes[si][0], k = shapes[si][1], n = shapes[si][2], R = (n + 3) / 4;
+        int8_t *w = malloc(n * k), *x = malloc(m * k); uint8_t *p = calloc(R * k, 1);
+        float *g = malloc(sizeof(float) * m * n), *gref = NULL;
+        for (int i = 0; i < n * k; i++) w[i] = (int)(rnd() % 3) - 1;
+        for (int i = 0; i < m * k; i++) x[i] = (int8_t)(rnd() % 256 - 128);
+        for (int i = 0; i < m * n; i++) g[i] = (float)((int)(rnd() % 2001) - 1000) / 997.0f;
+        for (int r = 0; r < R; r++) for (int c = 0; c < k; c++) {
+            uint8_t b = 0;
+            for (int q = 0; q < 4; q++) { int o = r + q * R; b |= (uint8_t)((o < n ? w[o * k + c] + 1 : 1) << (2 * q)); }
+            p[r * k + c] = b;
+        }
+        int32_t *ref = malloc(4 * m * n), *out = malloc(4 * m * n);
+        for (int i = 0; i < m; i++) for (int o = 0; o < n; o++) { int32_t a = 0; for (int c = 0; c < k; c++) a += w[o*k+c] * x[i*k+c]; ref[i*n+o] = a; }
+        float *gout = malloc(sizeof(float) * m * k); gref = malloc(sizeof(float) * m * k);
+        if (r3mes_ternary_matmul_t(g, p, gref, m, k, n, 0, 1)) bad++;
+        for (int isa = 0; isa < 6; isa++) {
+            if (!r3mes_ternary_isa_supported(isa)) continue;
+            for (int th = 1; th <= 3; th++) {
+                if (r3mes_ternary_matmul(x, p, out, m, k, n, isa, th) || memcmp(out, ref, 4 * m * n)) { printf("fwd mismatch isa %d shape %d th %d\n", isa, si, th); bad++; }
+                if (r3mes_ternary_matmul_t(g, p, gout, m, k, n, isa, th) || memcmp(gout, gref, sizeof(float) * m * k)) { printf("bwd mismatch isa %d shape %d th %d\n", isa, si, th); bad++; }
+            }
+        }
+    }
+    for (int isa = 0; isa < 6; isa++) printf("isa %d supported %d\n", isa, r3mes_ternary_isa_supported(isa));
+    printf("%s\n", bad ? "FAIL" : "OK");
+    return bad != 0;
+}
