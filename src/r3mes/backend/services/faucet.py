@@ -192,4 +192,3 @@ def ip_bucket(ip: str) -> str:
         parts = ip.split(":")
         return ":".join(parts[:4]) + "::/64"
     return ip
-
