@@ -185,3 +185,11 @@ async def test_testnet_faucet_transfers_from_its_own_balance(
     assert r.json()["message"].startswith("sent 1234")
     assert await asyncio.to_thread(balance, testnet.url, address(60)) == got + 1234
     assert await asyncio.to_thread(balance, testnet.url, FAUCET.address) == before - 1234
+
+
+def test_ipv6_clients_share_a_cooldown_per_64() -> None:
+    from r3mes.backend.services.faucet import ip_bucket
+
+    assert ip_bucket("2001:db8::1") == ip_bucket("2001:db8:0:0:ffff::2") == "2001:db8::/64"
+    assert ip_bucket("2001:db8:0:1::1") != ip_bucket("2001:db8::1")
+    assert ip_bucket("10.0.0.1") == "10.0.0.1" != ip_bucket("10.0.0.2")

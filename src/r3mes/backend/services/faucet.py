@@ -12,6 +12,7 @@ is a devnet (it mints), `MsgTransferCredits` from the faucet's balance otherwise
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
@@ -188,7 +189,10 @@ class FaucetService:
 
 def ip_bucket(ip: str) -> str:
     """IPv6 clients are limited per /64 (one host holds many addresses); IPv4 per address."""
-    if ":" in ip:
-        parts = ip.split(":")
-        return ":".join(parts[:4]) + "::/64"
-    return ip
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an IP (a test transport's name): its own bucket
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
