@@ -36,7 +36,8 @@ def _best_ms_pair(
 ) -> tuple[float, float]:
     """Best ms of each step, timed alternately: load from other processes hits both alike,
     and the fastest run is the one it disturbed least."""
-    first(), second()  # warm up
+    first()  # warm up
+    second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for step, out in ((first, times[0]), (second, times[1])):

@@ -61,7 +61,7 @@ RSS_SLACK = 300 * 2**20
 
 def cpu_description() -> dict[str, Any]:
     """CPU model and the SIMD flags that matter here (from /proc/cpuinfo where there is one)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -149,8 +149,10 @@ def hf_decode_rate(folder: Path, prompt: int, new_tokens: int) -> float:
     import transformers
 
     with torch.compiler.set_stance("force_eager"):
-        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    hf = torch.nn.Module.float(hf).eval()
+        loaded: torch.nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32
+        )
+    hf = torch.nn.Module.float(loaded).eval()
     ids = torch.arange(1, prompt + 1)[None]
     with torch.no_grad():
         out = hf(ids, use_cache=True)
@@ -220,7 +222,7 @@ def lora_step(model: BitNetForCausalLM, tokens: int) -> tuple[float, int]:
     start = time.perf_counter()
     logits = model(ids[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1), ids[0, 1:])
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
     return time.perf_counter() - start, _peak_rss()
 
 

@@ -73,7 +73,8 @@ def packed_hf_model(config: Any, state: dict[str, torch.Tensor]) -> Any:
 
 def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):
-        return model(input_ids=ids).logits.float()
+        out: torch.Tensor = model(input_ids=ids).logits.float()
+    return out
 
 
 def save(model: Any, path: Path) -> Path:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
-import hf_reference as hf  # noqa: E402
+import model.hf_reference as hf  # noqa: E402
 
 from r3mes.model.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from r3mes.model.errors import CheckpointError  # noqa: E402

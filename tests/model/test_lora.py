@@ -1,3 +1,5 @@
+from typing import Literal
+
 import pytest
 import torch
 
@@ -20,12 +22,19 @@ torch.set_num_threads(1)
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _lora_weight(layer: LoraLinear, which: Literal["A", "B"], name: str) -> torch.Tensor:
+    """Weight of adapter `name`'s `lora_A` or `lora_B` linear (a typed `ModuleDict` lookup)."""
+    linear = (layer.lora_A if which == "A" else layer.lora_B)[name]
+    assert isinstance(linear, torch.nn.Linear)
+    return linear.weight
+
+
 def _randomize(model: torch.nn.Module, name: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LoraLinear) and name in module.lora_B:
-                w = module.lora_B[name].weight
+                w = _lora_weight(module, "B", name)
                 w.copy_(torch.randn(w.shape, generator=g) * 0.1)
 
 
@@ -66,11 +75,11 @@ def test_only_lora_trains_and_backbone_stays_packed() -> None:
 def test_scaling_is_alpha_over_r() -> None:
     layer_model = make_tiny_model(0)
     apply_lora(layer_model, LoraConfig(r=4, alpha=16, target_modules=("q_proj",)))
-    q = layer_model.model.layers[0].self_attn.q_proj
+    q = layer_model.get_submodule("model.layers.0.self_attn.q_proj")
     assert isinstance(q, LoraLinear)
     _randomize(layer_model, "default", 0)
     x = torch.randn(1, 3, 32)
-    a, b = q.lora_A["default"].weight, q.lora_B["default"].weight
+    a, b = _lora_weight(q, "A", "default"), _lora_weight(q, "B", "default")
     expected = q.base_layer(x) + (x @ a.T @ b.T) * 4.0
     assert torch.allclose(q(x), expected, atol=1e-5)
 
@@ -171,7 +180,7 @@ def test_frozen_backbone_passes_the_same_gradients_as_master_weights() -> None:
         mark_only_lora_as_trainable(model, "default")
         ids = torch.arange(12).view(1, 12) * 7 % 256
         loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 7 * 2
     first_layer = "model.layers.0.self_attn.q_proj.lora_A.default.weight"

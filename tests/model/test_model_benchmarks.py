@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -21,7 +22,7 @@ from benchmarks import bitlinear, decode, ternary  # noqa: E402
     ],
 )
 def test_bad_arguments_are_usage_errors(
-    module: object,
+    module: ModuleType,
     argv: list[str],
     message: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -29,7 +30,7 @@ def test_bad_arguments_are_usage_errors(
 ) -> None:
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
-        module.main()  # type: ignore[attr-defined]
+        module.main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

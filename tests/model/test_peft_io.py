@@ -1,13 +1,11 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 peft = pytest.importorskip("peft")
-sys.path.insert(0, str(Path(__file__).parent))
-import hf_reference as hf  # noqa: E402
+import model.hf_reference as hf  # noqa: E402
 
 from r3mes.model.checkpoint import load_pretrained  # noqa: E402
 from r3mes.model.errors import AdapterError  # noqa: E402

@@ -101,7 +101,7 @@ def test_pretrain_is_deterministic(first_run: tuple[Path, dict[str, Any]], tmp_p
         ({"device": "tpu"}, "device must be cpu, cuda or mps"),
     ],
 )
-def test_config_refuses_bad_values(overrides: dict[str, object], message: str) -> None:
+def test_config_refuses_bad_values(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ModelError, match=message):
         dataclasses.replace(TINY, **overrides)
 

@@ -6,7 +6,6 @@ r3mes and by transformers' own `from_pretrained`, whose BitNet quantizer picks
 """
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
-import hf_reference as hf  # noqa: E402
+import model.hf_reference as hf  # noqa: E402
 
 from r3mes.model.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from r3mes.model.errors import CheckpointError, ConfigError  # noqa: E402

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._library.custom_ops import CustomOpDef
 
 from r3mes.model.bitlinear import BitLinear, pack_ternary
 from r3mes.model.errors import ModelError
@@ -192,6 +193,8 @@ def test_lora_training_step_is_identical_on_every_kernel_path(isas: list[str]) -
 def test_custom_ops_pass_opcheck_and_have_fake_impls(isas: list[str]) -> None:
     matmul, matmul_t = kernels.ops()
     _, x, packed = _case(3, 100, 7, seed=0)
+    assert isinstance(matmul, CustomOpDef)
+    assert isinstance(matmul_t, CustomOpDef)
     torch.library.opcheck(matmul, (x, packed, 7))
     torch.library.opcheck(matmul_t, (torch.randn(3, 7), packed, 100))
     meta = matmul(x.to("meta"), packed.to("meta"), 7)
