@@ -55,7 +55,7 @@ def test_sync_from_chain_with_blockchain_client(tmp_path: Path) -> None:
     registry = UnifiedRegistry(home=Home(tmp_path), downloader=DownloadManager([]), source=client)
     results = registry.sync_all()
     model = results["model"].records[0]
-    assert (model.id, model.version, model.base_model_id) == ("bitnet-tiny", "2", None)
+    assert (model.id, model.version, model.base_model_id) == ("bitnet-tiny", 2, None)
     assert results["adapter"].records == () and "bad" in results["adapter"].rejected[0]
     assert registry.models.get("bitnet-tiny").approved_height == 7
     assert any("status=approved" in url for url in seen)

@@ -41,7 +41,7 @@ def record_for(data: bytes, *, kind: str = "dataset", sha: str | None = None) ->
     return ArtifactRecord(
         id="ds",
         kind=kind,
-        version="1",
+        version=1,
         cid=compute_cid(data),
         sha256=sha or hashlib.sha256(data).hexdigest(),
         size=len(data),
@@ -212,7 +212,7 @@ def test_sigkill_mid_download_leaves_no_visible_partial_file(tmp_path: Path) -> 
                         print("wrote", flush=True)
                         time.sleep(0.5)
 
-        record = ArtifactRecord(id="ds", kind="dataset", version="1", cid={compute_cid(PAYLOAD)!r},
+        record = ArtifactRecord(id="ds", kind="dataset", version=1, cid={compute_cid(PAYLOAD)!r},
             sha256={hashlib.sha256(PAYLOAD).hexdigest()!r}, size={len(PAYLOAD)})
         DownloadManager([Slow(Blockstore(Path({str(node)!r})))]).download(
             record, Path({str(dest)!r}))

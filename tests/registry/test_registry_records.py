@@ -1,8 +1,9 @@
-"""ArtifactRecord validation and the ledger dict format."""
+"""ArtifactRecord validation, its registry-cache format and the ledger conversions."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -17,12 +18,12 @@ def ledger_dict(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "id": "coder",
         "kind": "adapter",
-        "version": "1.0.0",
+        "version": 1,
         "cid": compute_cid(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "size": len(data),
         "base_model_id": "bitnet-tiny",
-        "base_model_version": "1.0.0",
+        "base_model_version": 1,
         "target_modules": ["q_proj", "v_proj"],
         "rank": 8,
         "hf_repo": None,
@@ -37,7 +38,7 @@ def test_from_dict_round_trips() -> None:
     record = ArtifactRecord.from_dict(ledger_dict())
     assert record.target_modules == ("q_proj", "v_proj")
     assert ArtifactRecord.from_dict(record.to_dict()) == record
-    assert record.ref == "adapter coder@1.0.0"
+    assert record.ref == "adapter coder@1"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +53,10 @@ def test_from_dict_round_trips() -> None:
         ({"id": "../etc"}, "id"),
         ({"id": ""}, "id"),
         ({"version": "1/2"}, "version"),
+        ({"version": "1.0.0"}, "version"),
+        ({"version": -1}, "version"),
+        ({"version": True}, "version"),
+        ({"base_model_version": "x"}, "base_model_version"),
         ({"base_model_id": None}, "base_model_id"),
         ({"rank": -3}, "rank"),
         ({"approved_height": "x"}, "approved_height"),
@@ -78,37 +83,19 @@ def test_models_need_no_base_model() -> None:
     assert record.base_model_id is None
 
 
-def test_from_chain_accepts_chain_client_dataclasses() -> None:
-    """The ledger client returns `ArtifactInfo` dataclasses with integer versions and
-    ""/0 for absent fields; they normalise to the same record as a dict."""
-    from r3mes.chain.client_types import ArtifactInfo
-
-    raw = ledger_dict(version=3, base_model_version=1)
-    info = ArtifactInfo(**{**raw, "hf_repo": "", "hf_revision": "", "status": "approved"})
-    record = ArtifactRecord.from_chain(info)
-    assert record.version == "3" and record.base_model_version == "1"
-    assert record.hf_repo is None
-    model = ArtifactInfo(
-        **{
-            **raw,
-            "kind": "model",
-            "base_model_id": "",
-            "base_model_version": 0,
-            "rank": 0,
-            "hf_repo": "",
-            "hf_revision": "",
-            "status": "approved",
-        }
-    )
-    assert ArtifactRecord.from_chain(model).base_model_id is None
-    with pytest.raises(InvalidArtifactRecord):
-        ArtifactRecord.from_chain(["not", "a", "record"])
+def test_legacy_string_versions_in_cache_files_become_integers() -> None:
+    """Registry caches written before versions were integers hold "3"; reading converts."""
+    record = ArtifactRecord.from_dict(ledger_dict(version="3", base_model_version="1"))
+    assert (record.version, record.base_model_version) == (3, 1)
+    assert record.to_dict()["version"] == 3
+    with pytest.raises(InvalidArtifactRecord, match="legacy version"):
+        ArtifactRecord.from_dict(ledger_dict(version="1.0.0"))
 
 
-def test_from_ledger_is_the_one_conversion_from_the_chain_client() -> None:
+def test_from_ledger_and_to_ledger_are_the_one_boundary() -> None:
     """The client's `ArtifactInfo` (integer versions, "" and 0 for absent) becomes the
-    node's record explicitly, and `ledger_version` goes back; `from_chain` takes both an
-    `ArtifactInfo` and a ledger dict to the same record."""
+    node's record explicitly, `to_ledger` goes back, and a ledger JSON object converts the
+    same way; the ledger never sends string versions."""
     from r3mes.chain.client_types import ArtifactInfo
 
     raw = ledger_dict()
@@ -125,11 +112,10 @@ def test_from_ledger_is_the_one_conversion_from_the_chain_client() -> None:
         status="approved",
     )
     record = ArtifactRecord.from_ledger(adapter)
-    assert (record.version, record.base_model_version, record.hf_repo) == ("3", "1", None)
-    assert record.ledger_version == 3 and record.rank == 8
-    assert ArtifactRecord.from_chain(adapter) == record
-    as_dict = {**record.to_dict(), "version": 3, "base_model_version": 1}
-    assert ArtifactRecord.from_chain(as_dict) == record
+    assert (record.version, record.base_model_version, record.hf_repo) == (3, 1, None)
+    assert record.rank == 8 and record.target_modules == ("q_proj", "v_proj")
+    assert record.to_ledger() == adapter
+    assert ArtifactRecord.from_ledger(asdict(adapter)) == record
     dataset = ArtifactInfo(
         **{**common, "kind": "dataset"},
         version=1,
@@ -143,7 +129,10 @@ def test_from_ledger_is_the_one_conversion_from_the_chain_client() -> None:
     )
     plain = ArtifactRecord.from_ledger(dataset)
     assert (plain.base_model_id, plain.base_model_version, plain.rank) == (None, None, None)
-    with pytest.raises(InvalidArtifactRecord, match="version"):
-        _ = ArtifactRecord.from_dict(ledger_dict()).ledger_version  # "1.0.0" is no ledger number
+    assert plain.to_ledger() == dataset
+    with pytest.raises(InvalidArtifactRecord, match="integers"):
+        ArtifactRecord.from_ledger({**asdict(adapter), "version": "3"})
     with pytest.raises(InvalidArtifactRecord, match="record"):
-        ArtifactRecord.from_chain(["not", "a", "record"])
+        ArtifactRecord.from_ledger(["not", "a", "record"])
+    with pytest.raises(InvalidArtifactRecord, match="cid"):
+        ArtifactRecord.from_ledger({**asdict(dataset), "cid": "bafymodel"})  # ledger-legal only

@@ -67,15 +67,15 @@ def world(tmp_path: Path) -> tuple[UnifiedRegistry, FakeChain, Blockstore]:
     chain = FakeChain()
     model = _bundle(tmp_path, "model", b"M" * 5000)
     chain.entries += [
-        _entry(store, model, id="bitnet-tiny", kind="model", version="1.0.0"),
+        _entry(store, model, id="bitnet-tiny", kind="model", version=1),
         _entry(
             store,
             _bundle(tmp_path, "coder", b"A" * 300),
             id="coder",
             kind="adapter",
-            version="1",
+            version=1,
             base_model_id="bitnet-tiny",
-            base_model_version="1.0.0",
+            base_model_version=1,
             target_modules=["q_proj"],
             rank=4,
         ),
@@ -84,9 +84,9 @@ def world(tmp_path: Path) -> tuple[UnifiedRegistry, FakeChain, Blockstore]:
             _bundle(tmp_path, "coder2", b"B" * 300),
             id="coder",
             kind="adapter",
-            version="2",
+            version=2,
             base_model_id="bitnet-tiny",
-            base_model_version="1.0.0",
+            base_model_version=1,
             target_modules=["q_proj"],
             rank=4,
             approved_height=5,
@@ -96,15 +96,15 @@ def world(tmp_path: Path) -> tuple[UnifiedRegistry, FakeChain, Blockstore]:
             _bundle(tmp_path, "alien", b"C" * 300),
             id="alien",
             kind="adapter",
-            version="1",
+            version=1,
             base_model_id="other-model",
-            base_model_version="9",
+            base_model_version=9,
         ),
-        _entry(store, b'{"t": 1}\n{"t": 2}\n{"t": 3}', id="chat", kind="dataset", version="1"),
+        _entry(store, b'{"t": 1}\n{"t": 2}\n{"t": 3}', id="chat", kind="dataset", version=1),
         {
             "id": "broken",
             "kind": "dataset",
-            "version": "1",
+            "version": 1,
             "cid": "nope",
             "sha256": "x",
             "size": 1,
@@ -122,7 +122,7 @@ def test_sync_accepts_valid_and_reports_malformed(world: Any) -> None:
     assert len(results["adapter"].records) == 3
     assert len(results["dataset"].records) == 1
     assert "broken" in results["dataset"].rejected[0]
-    assert registry.adapters.get("coder").version == "2"  # latest approved
+    assert registry.adapters.get("coder").version == 2  # latest approved
 
 
 def test_pull_installs_and_verify_detects_tampering(world: Any) -> None:
@@ -148,8 +148,8 @@ def test_incompatible_adapter_is_refused_before_download(world: Any) -> None:
 def test_conflicts_between_versions(world: Any) -> None:
     registry, _, _ = world
     registry.sync_all()
-    v1 = registry.adapters.get("coder", "1")
-    v2 = registry.adapters.get("coder", "2")
+    v1 = registry.adapters.get("coder", 1)
+    v2 = registry.adapters.get("coder", 2)
     registry.adapters.install(v1)
     registry.adapters.install(v2)
     registry.adapters.activate(v1)
@@ -157,7 +157,7 @@ def test_conflicts_between_versions(world: Any) -> None:
     with pytest.raises(AdapterConflict):
         registry.adapters.activate(v2)
     registry.adapters.activate(v2, replace=True)
-    assert registry.adapters.active() == {"coder": "2"}
+    assert registry.adapters.active() == {"coder": 2}
 
 
 def test_dataset_streams_lines(world: Any) -> None:
@@ -175,7 +175,7 @@ def test_ensure_ready_atomic_success(world: Any) -> None:
     assert set(result.adapter_paths) == {"coder"}
     assert result.dataset_path is not None
     assert len(result.downloaded) == 3
-    assert registry.adapters.active() == {"coder": "2"}
+    assert registry.adapters.active() == {"coder": 2}
     again = registry.ensure_ready_atomic(required_adapters=["coder"])
     assert again.success and again.downloaded == ()
 
@@ -261,7 +261,7 @@ def test_sync_into_unwritable_cache_is_a_clear_error_and_all_or_nothing(
     cache = registry.local.home.cache
     before = {p.name: p.read_text() for p in cache.glob("registry-*.json")}
     chain.entries.append(
-        _entry(store, b"new data", id="fresh", kind="dataset", version="1", approved_height=9)
+        _entry(store, b"new data", id="fresh", kind="dataset", version=1, approved_height=9)
     )
     chain.entries.append(
         _entry(
@@ -269,7 +269,7 @@ def test_sync_into_unwritable_cache_is_a_clear_error_and_all_or_nothing(
             _bundle(tmp_path, "m2", b"N" * 10),
             id="other",
             kind="model",
-            version="1",
+            version=1,
         )
     )
     _read_only(monkeypatch, "registry-adapter.json")  # the last of the three lists
@@ -309,3 +309,18 @@ def test_find_names_every_kind_when_nothing_matches(world: Any) -> None:
         registry.find("nothing")
     assert registry.find("chat").kind == "dataset"
     assert json.loads((registry.local.home.cache / "registry-dataset.json").read_text())
+
+
+def test_legacy_cache_files_with_string_versions_read_as_integers(world: Any) -> None:
+    """Caches and active lists written while versions were strings still read, as ints."""
+    registry, _, _ = world
+    registry.sync_all()
+    cache = registry.local.home.cache
+    legacy = [{**r.to_dict(), "version": str(r.version)} for r in registry.adapters.records()]
+    (cache / "registry-adapter.json").write_text(json.dumps(legacy))
+    (cache / "active-adapters.json").write_text(json.dumps({"coder": "1"}))
+    assert {r.version for r in registry.adapters.records() if r.id == "coder"} == {1, 2}
+    assert registry.adapters.active() == {"coder": 1}
+    (cache / "active-adapters.json").write_text(json.dumps({"coder": "1.0"}))
+    with pytest.raises(RegistryError, match="malformed"):
+        registry.adapters.active()

@@ -40,7 +40,7 @@ from r3mes.storage.blockstore import Blockstore
 
 EngineFactory = Callable[..., ServingEngine]
 TOKEN = "admin-token-0123456789"
-SEEDS = {"1": 301, "2": 302}  # adapter "coder": version -> weights seed
+SEEDS = {1: 301, 2: 302}  # adapter "coder": version -> weights seed
 
 
 class Ledger:
@@ -77,7 +77,7 @@ def home(
     model.freeze_backbone()
     save_pretrained(model, base, packed=True)
     tokenizer.save(base)
-    entries = [_publish(store, base, id="tiny-base", kind="model", version="1")]
+    entries = [_publish(store, base, id="tiny-base", kind="model", version=1)]
     for version, seed in SEEDS.items():
         adapter = adapter_factory(seed)
         folder = save_peft_adapter(
@@ -91,10 +91,10 @@ def home(
                 kind="adapter",
                 version=version,
                 base_model_id="tiny-base",
-                base_model_version="1",
+                base_model_version=1,
                 target_modules=list(adapter.config.target_modules),
                 rank=adapter.config.r,
-                approved_height=int(version),
+                approved_height=version,
             )
         )
     manager = DownloadManager([BlockstoreFetcher(store)])
@@ -104,12 +104,12 @@ def home(
 
 def test_registry_references_parse() -> None:
     assert RegistryRef.parse("coder") == RegistryRef("coder", None)
-    assert RegistryRef.parse("registry:coder@2") == RegistryRef("coder", "2")
-    for bad in ("", "a@", "@1", "a b", "../x", "a@1@2"):
+    assert RegistryRef.parse("registry:coder@2") == RegistryRef("coder", 2)
+    for bad in ("", "a@", "@1", "a b", "../x", "a@1@2", "a@1.0.0", "a@v2"):
         with pytest.raises(InvalidRequest, match="ID@VERSION"):
             RegistryRef.parse(bad)
     specs = _parse_adapters(["c=registry:coder@1", "d=/some/dir"])
-    assert specs == {"c": RegistryRef("coder", "1"), "d": Path("/some/dir")}
+    assert specs == {"c": RegistryRef("coder", 1), "d": Path("/some/dir")}
     with pytest.raises(InvalidRequest, match="ID@VERSION"):
         _parse_adapters(["c=registry:"])
 
@@ -120,7 +120,7 @@ def test_engine_serves_a_registry_adapter_like_its_folder(
     engine = engine_factory(n_adapters=0)
     registry = home_registry(home)
     entry = load_registry_adapter(
-        engine, name="coder", registry=registry, ref=RegistryRef("coder", "1")
+        engine, name="coder", registry=registry, ref=RegistryRef("coder", 1)
     )
     assert entry.origin == "registry:coder@1"
     installed = home.adapters / "coder" / "1"
@@ -129,7 +129,7 @@ def test_engine_serves_a_registry_adapter_like_its_folder(
         engine, name="latest", registry=registry, ref=RegistryRef("coder")
     )
     assert latest.origin == "registry:coder@2"
-    v1 = adapter_factory(SEEDS["1"])
+    v1 = adapter_factory(SEEDS[1])
     engine.load_adapter_from("direct", lambda: v1)
     assert _greedy(engine, "coder") == _greedy(engine, "direct") != _greedy(engine, "latest")
 
@@ -140,11 +140,11 @@ def test_registry_failures_are_load_errors(home: Home, engine_factory: EngineFac
     with pytest.raises(AdapterLoadError, match="no approved adapter 'coder@9'") as info:
         load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", "9"))
     assert info.value.param == "lora_id"
-    load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", "1"))
+    load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", 1))
     weights = home.adapters / "coder" / "1" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # tampered after install
     with pytest.raises(AdapterLoadError, match="do not match their manifest"):
-        load_registry_adapter(engine, name="y", registry=registry, ref=RegistryRef("coder", "1"))
+        load_registry_adapter(engine, name="y", registry=registry, ref=RegistryRef("coder", 1))
     assert engine.adapters.names() == ["x"]
 
 

@@ -444,7 +444,7 @@ def _check_installable(spec: ArtifactSpec) -> None:
     from r3mes.registry.records import ArtifactRecord
 
     try:
-        ArtifactRecord.from_chain(asdict(spec))
+        ArtifactRecord.from_ledger(asdict(spec))
     except InvalidArtifactRecord as exc:
         raise CliError(f"{exc.field} {exc.reason}; the registry could not install it") from exc
 

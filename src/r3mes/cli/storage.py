@@ -207,14 +207,16 @@ def list_cmd(
         if kind is not None and record.kind != kind.value:
             continue
         ready = "yes" if registry.local.is_installed(record) else "no"
-        table.add_row(record.kind, record.id, record.version, str(record.size), record.cid, ready)
+        table.add_row(
+            record.kind, record.id, str(record.version), str(record.size), record.cid, ready
+        )
     Console().print(table)
 
 
 @registry_app.command("pull")
 def pull_cmd(
     artifact_id: str,
-    version: Annotated[str | None, typer.Option(help="Version (default: latest approved).")] = None,
+    version: Annotated[int | None, typer.Option(help="Version (default: latest approved).")] = None,
     force: Annotated[bool, typer.Option(help="Download again even if installed.")] = False,
     home: HomeOpt = None,
     ipfs_url: IpfsOpt = None,

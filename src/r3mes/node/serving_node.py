@@ -157,7 +157,7 @@ class ServingNode(RoleService):
         if path is None or self.server is None:
             return
         record = self.artifacts.adapters.get(self.adapter_id)
-        version = int(record.version)
+        version = record.version
         if version == self.adapter_version:
             return
         self.server.engine.load_adapter(self.adapter_id, path)
@@ -173,7 +173,7 @@ class ServingNode(RoleService):
         did = False
         self.artifacts.adapters.sync_from_chain()
         if self._has_adapter():
-            latest = int(self.artifacts.adapters.get(self.adapter_id).version)
+            latest = self.artifacts.adapters.get(self.adapter_id).version
             if latest > self.adapter_version:
                 self._swap_in(self._ensure_ready().adapter_paths)
                 did = True

@@ -21,11 +21,11 @@ class InvalidArtifactRecord(RegistryError):
 class ArtifactNotFound(RegistryError):
     """No approved artifact with this id (and version) is known."""
 
-    def __init__(self, kind: str, artifact_id: str, version: str | None = None) -> None:
+    def __init__(self, kind: str, artifact_id: str, version: int | None = None) -> None:
         self.kind = kind
         self.artifact_id = artifact_id
         self.version = version
-        what = f"{artifact_id}@{version}" if version else artifact_id
+        what = f"{artifact_id}@{version}" if version is not None else artifact_id
         super().__init__(
             f"no approved {kind} {what!r}; run `r3mes registry sync` "
             "and check `r3mes registry list`"

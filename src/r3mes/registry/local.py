@@ -55,7 +55,7 @@ class LocalArtifacts:
         )
 
     def path_for(self, record: ArtifactRecord) -> Path:
-        return self.kind_dir(record.kind) / record.id / record.version
+        return self.kind_dir(record.kind) / record.id / str(record.version)
 
     def manifest(self, record: ArtifactRecord) -> dict[str, object] | None:
         path = self.path_for(record) / MANIFEST

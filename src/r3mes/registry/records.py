@@ -1,19 +1,22 @@
-"""Approved artifact records, as the ledger lists them, validated on the way in.
+"""Approved artifact records: the one record type outside the ledger's state.
 
-`ArtifactRecord` is the one record type every node works with (miners, validators and
-proposers through `r3mes.node.artifacts`, serving nodes through `UnifiedRegistry`). The
-ledger keeps its own consensus entry (`r3mes.chain.state.ArtifactRecord`: the registered
-spec plus status) and lists approved ones on the wire as `r3mes.chain.client_types.
-ArtifactInfo`; `ArtifactRecord.from_ledger` is the one explicit conversion from that, and
-the only place where the ledger's integer versions become the registry's version names
-(decimal strings, also used as folder names) and its "" / 0 "absent" values become None.
+`ArtifactRecord` is the record every node works with (miners, validators and proposers
+through `r3mes.node.artifacts`, serving nodes through `UnifiedRegistry`), and it always names
+an installable artifact (safe folder names, a real CID, a SHA-256). The ledger keeps its own
+consensus entry (`r3mes.chain.state.ArtifactRecord`, never leaves the chain) and lists
+approved ones on the wire as `r3mes.chain.client_types.ArtifactInfo`: the same fields, but
+only ledger-legal (ids may hold '/' or ':', any alphanumeric CID) and "" / 0 for "absent".
+`ArtifactRecord.from_ledger` and `ArtifactRecord.to_ledger` are the two explicit conversions
+at that one boundary. Versions are integers on both sides (`<id>/<version>/` folder names
+are their decimal form); `from_dict` reads the registry's own cache files and converts the
+decimal-string versions older caches hold, explicitly.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from r3mes.registry.errors import InvalidArtifactRecord
@@ -31,8 +34,9 @@ _MAX_SIZE = 1 << 40
 class ArtifactSource(Protocol):
     """Where approved artifacts come from; `r3mes.chain.client.BlockchainClient` satisfies it.
 
-    Entries are the ledger client's `ArtifactInfo`s, or dicts with `ArtifactRecord`'s keys
-    (a cached list, a test's own source); `ArtifactRecord.from_chain` reads both.
+    Entries are the ledger client's `ArtifactInfo`s, or dicts in the ledger's JSON shape (a
+    test's own source); the registry converts each with `ArtifactRecord.from_ledger`, so one
+    entry it cannot install is rejected on its own.
     """
 
     def approved_artifacts(self, kind: str | None = None) -> Sequence[object]:
@@ -40,15 +44,24 @@ class ArtifactSource(Protocol):
         ...
 
 
-def _opt_text(value: object) -> str | None:
-    """Ledger fields use "" / 0 / None for "absent"; versions may arrive as integers."""
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
+_MAX_VERSION = (1 << 63) - 1
+
+
+def _check_version(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_VERSION:
+        raise InvalidArtifactRecord(field, "must be a non-negative integer")
+    return value
+
+
+def _legacy_version(field: str, value: object) -> Any:
+    """Older registry caches stored versions as decimal strings ("3"); read them as 3."""
     if isinstance(value, str):
-        return value
-    raise InvalidArtifactRecord("field", f"unexpected value {value!r}")
+        if not value.isascii() or not value.isdigit():
+            raise InvalidArtifactRecord(
+                field, f"legacy version {value[:40]!r} is not a number; run `r3mes registry sync`"
+            )
+        return int(value)
+    return value
 
 
 def _check_name(field: str, value: object) -> str:
@@ -76,8 +89,8 @@ class ArtifactRecord:
     """Stable name, e.g. "bitnet-b1.58-tiny" (also a folder name)."""
     kind: str
     """"model", "dataset" or "adapter"."""
-    version: str
-    """Version string, e.g. "1.0.0"."""
+    version: int
+    """Version number as the ledger counts it (adapters: 1, 2, ...)."""
     cid: str
     """CID of the artifact's single file (a bundle for directories)."""
     sha256: str
@@ -86,7 +99,7 @@ class ArtifactRecord:
     """File size in bytes."""
     base_model_id: str | None = None
     """Adapters: the model they were trained on."""
-    base_model_version: str | None = None
+    base_model_version: int | None = None
     """Adapters: the version of that model."""
     target_modules: tuple[str, ...] = ()
     """Adapters: module names the LoRA wraps (used for conflict checks)."""
@@ -101,7 +114,7 @@ class ArtifactRecord:
 
     def __post_init__(self) -> None:
         _check_name("id", self.id)
-        _check_name("version", self.version)
+        _check_version("version", self.version)
         if self.kind not in KINDS:
             raise InvalidArtifactRecord("kind", f"must be one of {', '.join(KINDS)}")
         if not isinstance(self.cid, str) or not is_cid(self.cid):
@@ -123,7 +136,7 @@ class ArtifactRecord:
         if self.base_model_id is None or self.base_model_version is None:
             raise InvalidArtifactRecord("base_model_id", "is required for adapters")
         _check_name("base_model_id", self.base_model_id)
-        _check_name("base_model_version", self.base_model_version)
+        _check_version("base_model_version", self.base_model_version)
         for module in self.target_modules:
             if not isinstance(module, str) or not module:
                 raise InvalidArtifactRecord("target_modules", "must be non-empty strings")
@@ -134,56 +147,47 @@ class ArtifactRecord:
         return f"{self.kind} {self.id}@{self.version}"
 
     @classmethod
-    def from_ledger(cls, info: ArtifactInfo) -> ArtifactRecord:
-        """The record of an approved artifact as the ledger client lists it (validated)."""
-        return cls.from_dict(
-            {
-                "id": info.id,
-                "kind": info.kind,
-                "version": str(info.version),
-                "cid": info.cid,
-                "sha256": info.sha256,
-                "size": info.size,
-                "base_model_id": info.base_model_id or None,
-                "base_model_version": (
-                    str(info.base_model_version) if info.base_model_id else None
-                ),
-                "target_modules": list(info.target_modules),
-                "rank": info.rank or None,
-                "hf_repo": info.hf_repo or None,
-                "hf_revision": info.hf_revision or None,
-                "approved_height": info.approved_height,
-            }
-        )
-
-    @property
-    def ledger_version(self) -> int:
-        """The version as the ledger numbers it (the inverse of `from_ledger`'s)."""
-        if not self.version.isdigit():
-            raise InvalidArtifactRecord("version", f"{self.version!r} is not a ledger version")
-        return int(self.version)
-
-    @classmethod
-    def from_chain(cls, entry: object) -> ArtifactRecord:
-        """Build from a ledger entry: an `ArtifactInfo` (`from_ledger`) or a JSON object
-        whose integer versions become strings."""
+    def from_ledger(cls, entry: object) -> ArtifactRecord:
+        """The record of an approved artifact as the ledger lists it: an `ArtifactInfo` or its
+        JSON object (integer versions, "" / 0 for absent); validated as installable."""
         from r3mes.chain.client_types import ArtifactInfo
 
-        if isinstance(entry, ArtifactInfo):
-            return cls.from_ledger(entry)
-        if not isinstance(entry, Mapping):
+        doc = asdict(entry) if isinstance(entry, ArtifactInfo) else entry
+        if not isinstance(doc, Mapping):
             raise InvalidArtifactRecord("record", "must be a JSON object or an ArtifactInfo")
-        raw = dict(entry)
-        version = raw.get("version")
-        if isinstance(version, int) and not isinstance(version, bool):
-            raw["version"] = str(version)
-        raw["base_model_version"] = _opt_text(raw.get("base_model_version"))
-        raw["base_model_id"] = _opt_text(raw.get("base_model_id"))
+        for key in ("version", "base_model_version"):
+            if key in doc and isinstance(doc[key], str):
+                raise InvalidArtifactRecord(key, "the ledger numbers versions with integers")
+        raw = dict(doc)
+        if not raw.get("base_model_id"):
+            raw["base_model_id"] = raw["base_model_version"] = None
         return cls.from_dict(raw)
+
+    def to_ledger(self) -> ArtifactInfo:
+        """The ledger's listing of this (approved) record: the inverse of `from_ledger`."""
+        from r3mes.chain.client_types import ArtifactInfo
+
+        return ArtifactInfo(
+            id=self.id,
+            kind=self.kind,
+            version=self.version,
+            cid=self.cid,
+            sha256=self.sha256,
+            size=self.size,
+            base_model_id=self.base_model_id or "",
+            base_model_version=self.base_model_version or 0,
+            target_modules=list(self.target_modules),
+            rank=self.rank or 0,
+            hf_repo=self.hf_repo or "",
+            hf_revision=self.hf_revision or "",
+            approved_height=self.approved_height,
+            status="approved",
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ArtifactRecord:
-        """Build from a ledger dict; missing required keys are errors, extra keys ignored."""
+        """Build from a registry cache entry (`to_dict`'s shape); missing required keys are
+        errors, extra keys ignored, and legacy decimal-string versions become integers."""
         if not isinstance(raw, dict):
             raise InvalidArtifactRecord("record", "must be a JSON object")
         required = ("id", "kind", "version", "cid", "sha256", "size")
@@ -196,12 +200,12 @@ class ArtifactRecord:
         return cls(
             id=raw["id"],
             kind=raw["kind"],
-            version=raw["version"],
+            version=_legacy_version("version", raw["version"]),
             cid=raw["cid"],
             sha256=raw["sha256"],
             size=raw["size"],
             base_model_id=raw.get("base_model_id") or None,
-            base_model_version=raw.get("base_model_version") or None,
+            base_model_version=_legacy_version("base_model_version", raw.get("base_model_version")),
             target_modules=tuple(modules),
             rank=raw.get("rank") or None,
             hf_repo=raw.get("hf_repo") or None,

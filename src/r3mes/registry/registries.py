@@ -70,7 +70,7 @@ class ArtifactRegistry:
         rejected: list[str] = []
         for raw in self.source.approved_artifacts(kind=self.kind):
             try:
-                record = ArtifactRecord.from_chain(raw)
+                record = ArtifactRecord.from_ledger(raw)
             except InvalidArtifactRecord as exc:
                 name = raw.get("id", "?") if isinstance(raw, dict) else getattr(raw, "id", "?")
                 rejected.append(f"{str(name)[:64]}: {exc}")
@@ -98,7 +98,7 @@ class ArtifactRegistry:
             ) from exc
         return [ArtifactRecord.from_dict(item) for item in raw]
 
-    def get(self, artifact_id: str, version: str | None = None) -> ArtifactRecord:
+    def get(self, artifact_id: str, version: int | None = None) -> ArtifactRecord:
         """The record for id (and version); without a version, the latest approved one."""
         matches = [r for r in self.records() if r.id == artifact_id]
         if version is not None:
@@ -113,7 +113,7 @@ class ArtifactRegistry:
     def path(self, record: ArtifactRecord) -> Path:
         return self.local.path_for(record)
 
-    def pull(self, artifact_id: str, version: str | None = None, *, force: bool = False) -> Path:
+    def pull(self, artifact_id: str, version: int | None = None, *, force: bool = False) -> Path:
         """Download and install (if needed); return the installed folder."""
         record = self.get(artifact_id, version)
         return self.install(record, force=force)
@@ -129,7 +129,7 @@ class ArtifactRegistry:
         finally:
             payload.unlink(missing_ok=True)
 
-    def verify(self, artifact_id: str, version: str | None = None) -> bool:
+    def verify(self, artifact_id: str, version: int | None = None) -> bool:
         return self.local.verify(self.get(artifact_id, version))
 
 
@@ -144,7 +144,7 @@ class DatasetRegistry(ArtifactRegistry):
 
     kind = "dataset"
 
-    def stream(self, artifact_id: str, version: str | None = None) -> Iterator[bytes]:
+    def stream(self, artifact_id: str, version: int | None = None) -> Iterator[bytes]:
         """Iterate the dataset's lines without loading it whole (pulls it first if needed)."""
         record = self.get(artifact_id, version)
         self.install(record)
@@ -179,15 +179,19 @@ class AdapterRegistry(ArtifactRegistry):
                 return True, f"base model {model.id}@{model.version} is approved"
         return False, f"base model {wanted[0]}@{wanted[1]} is not an approved model"
 
-    def active(self) -> dict[str, str]:
-        """Active adapters: id -> version."""
+    def active(self) -> dict[str, int]:
+        """Active adapters: id -> version (older files' decimal-string versions are read as
+        integers)."""
         try:
             data = json.loads(self._active_file.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
             raise RegistryError(f"{self._active_file} is unreadable ({exc}); delete it") from exc
-        return {str(k): str(v) for k, v in data.items()}
+        try:
+            return {str(k): int(v) for k, v in data.items() if not isinstance(v, bool)}
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RegistryError(f"{self._active_file} is malformed ({exc}); delete it") from exc
 
     def check_conflicts(self, record: ArtifactRecord) -> list[str]:
         """Active adapters that clash: same id at another version, or another base model."""
@@ -222,10 +226,10 @@ class AdapterRegistry(ArtifactRegistry):
             raise RegistryError(f"{record.ref} is not installed; pull it first")
         self.set_active({**self.active(), record.id: record.version})
 
-    def set_active(self, active: dict[str, str]) -> None:
+    def set_active(self, active: dict[str, int]) -> None:
         write_json_atomic(self._active_file, active)
 
-    def pull(self, artifact_id: str, version: str | None = None, *, force: bool = False) -> Path:
+    def pull(self, artifact_id: str, version: int | None = None, *, force: bool = False) -> Path:
         """Check compatibility before downloading anything, then pull."""
         record = self.get(artifact_id, version)
         ok, reason = self.check_compatibility(record)

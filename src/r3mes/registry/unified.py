@@ -90,7 +90,7 @@ class UnifiedRegistry:
     def all_records(self) -> list[ArtifactRecord]:
         return [r for reg in (self.models, self.datasets, self.adapters) for r in reg.records()]
 
-    def find(self, artifact_id: str, version: str | None = None) -> ArtifactRecord:
+    def find(self, artifact_id: str, version: int | None = None) -> ArtifactRecord:
         """Look an id up in every kind (models first)."""
         for reg in (self.models, self.datasets, self.adapters):
             try:
@@ -116,7 +116,7 @@ class UnifiedRegistry:
         with `success=False` and the reason, never an exception.
         """
         installed: list[ArtifactRecord] = []
-        active_before: dict[str, str] | None = None
+        active_before: dict[str, int] | None = None
         try:
             active_before = self.adapters.active()
             plan = self._plan(required_adapters, require_dataset, model_id)
@@ -171,7 +171,7 @@ class UnifiedRegistry:
         return plan
 
     def _rollback(
-        self, installed: list[ArtifactRecord], active_before: dict[str, str] | None
+        self, installed: list[ArtifactRecord], active_before: dict[str, int] | None
     ) -> None:
         for record in reversed(installed):
             try:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 REGISTRY_SCHEME = "registry:"
 _PART = r"[A-Za-z0-9._-]{1,128}"
-_REF = re.compile(rf"^(?P<id>{_PART})(?:@(?P<version>{_PART}))?$")
+_REF = re.compile(rf"^(?P<id>{_PART})(?:@(?P<version>[0-9]{{1,18}}))?$")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RegistryRef:
     """An adapter in the registry: its id and, optionally, one version."""
 
     artifact_id: str
-    version: str | None = None
+    version: int | None = None
     """None: the latest approved version."""
 
     @classmethod
@@ -41,13 +41,16 @@ class RegistryRef:
         if match is None or ".." in text:
             raise InvalidRequest(
                 f"{text!r} is not a registry adapter reference; use ID or ID@VERSION "
-                "(letters, digits, '.', '_', '-')",
+                "(ID: letters, digits, '.', '_', '-'; VERSION: a number)",
                 param=param,
             )
-        return cls(artifact_id=match["id"], version=match["version"])
+        version = match["version"]
+        return cls(artifact_id=match["id"], version=None if version is None else int(version))
 
     def __str__(self) -> str:
-        return f"{self.artifact_id}@{self.version}" if self.version else self.artifact_id
+        if self.version is None:
+            return self.artifact_id
+        return f"{self.artifact_id}@{self.version}"
 
 
 def home_registry(home: Home) -> UnifiedRegistry:
