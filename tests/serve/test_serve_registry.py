@@ -138,7 +138,7 @@ def test_registry_failures_are_load_errors(home: Home, engine_factory: EngineFac
     engine = engine_factory(n_adapters=0)
     registry = home_registry(home)
     with pytest.raises(AdapterLoadError, match="no approved adapter 'coder@9'") as info:
-        load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", "9"))
+        load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", 9))
     assert info.value.param == "lora_id"
     load_registry_adapter(engine, name="x", registry=registry, ref=RegistryRef("coder", 1))
     weights = home.adapters / "coder" / "1" / "adapter_model.safetensors"
