@@ -118,12 +118,12 @@ def test_keyboard_reaches_every_page(browser: Any, backend: str) -> None:
     assert page.evaluate("document.activeElement.tagName") == "H1"
     seen = []
     page.evaluate("document.querySelector('.brand').focus()")
-    for _ in range(6):
+    for _ in range(4):
         page.keyboard.press("Tab")
         seen.append(page.evaluate("document.activeElement.textContent.trim()"))
-    assert ["Chat", "Network", "Account", "Log in"] == seen[:4]
-    for _ in range(3):  # back to "Account"
-        page.keyboard.press("Shift+Tab")
+    assert ["Chat", "Network", "Account", "Log in"] == seen
+    # back one; what follows "Log in" depends on what the page has loaded by then
+    page.keyboard.press("Shift+Tab")
     assert page.evaluate("document.activeElement.textContent.trim()") == "Account"
     page.keyboard.press("Enter")
     wait_until(page, "() => location.hash === '#/account'")

@@ -564,7 +564,9 @@ def test_blockchain_lists_headers_newest_first(node: DevnetNode) -> None:
     assert (
         metas[1]["block_id"] == block["block_id"] and metas[1]["header"] == block["block"]["header"]
     )
-    assert int(metas[1]["block_size"]) > 0 and metas[1]["num_txs"] == "0"
+    # the module's devnet is shared: block 2 may hold another test's tx
+    assert int(metas[1]["block_size"]) > 0
+    assert metas[1]["num_txs"] == str(len(block["block"]["data"]["txs"] or []))
     latest = httpx.get(f"{base}/blockchain").json()["result"]
     assert 1 <= len(latest["block_metas"]) <= 20
     assert int(latest["block_metas"][0]["header"]["height"]) <= int(latest["last_height"])
