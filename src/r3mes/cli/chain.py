@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from r3mes.cli.chain_shared import (
     PassOpt,
     client_of,
     console,
+    genesis_inputs,
     home_of,
     keystore_of,
     print_json,
@@ -204,20 +204,8 @@ def devnet_init(
 ) -> None:
     """Write a devnet genesis (faucet enabled) and create the chain store."""
     from r3mes.chain.devnet import devnet_genesis, init_devnet
-    from r3mes.chain.genesis import artifact_from_dict
 
-    balances: dict[str, int] = {}
-    for item in account or []:
-        address, _, amount = item.partition("=")
-        if not amount.isdigit():
-            raise CliError(f"--account {item!r} must look like remes1...=1000")
-        balances[address] = int(amount)
-    specs = []
-    if artifacts is not None:
-        try:
-            specs = [artifact_from_dict(d) for d in json.loads(artifacts.read_text())]
-        except (OSError, ValueError, TypeError) as exc:
-            raise CliError(f"cannot read artifacts file {artifacts}: {exc}") from exc
+    balances, specs = genesis_inputs(account, artifacts)
     genesis = devnet_genesis(
         chain_id=chain_id,
         accounts=balances,

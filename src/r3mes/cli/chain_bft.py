@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from r3mes.cli.chain_shared import CliError, console
+from r3mes.cli.chain_shared import CliError, console, genesis_inputs
 
 chain_app = typer.Typer(
     help="The ledger under CometBFT: the ABCI app, testnet homes, the REST gateway."
@@ -88,21 +87,9 @@ def chain_testnet(
 ) -> None:
     """Write CometBFT homes for N validators: config, genesis with the R3MES app state, keys."""
     from r3mes.chain.devnet import devnet_genesis
-    from r3mes.chain.genesis import artifact_from_dict
     from r3mes.chain.testnet import TestnetConfig, write_testnet
 
-    balances: dict[str, int] = {}
-    for item in account or []:
-        address, _, amount = item.partition("=")
-        if not amount.isdigit():
-            raise CliError(f"--account {item!r} must look like remes1...=1000")
-        balances[address] = int(amount)
-    specs = []
-    if artifacts is not None:
-        try:
-            specs = [artifact_from_dict(d) for d in json.loads(artifacts.read_text())]
-        except (OSError, ValueError, TypeError) as exc:
-            raise CliError(f"cannot read artifacts file {artifacts}: {exc}") from exc
+    balances, specs = genesis_inputs(account, artifacts)
     genesis = devnet_genesis(
         chain_id=chain_id,
         accounts=balances,

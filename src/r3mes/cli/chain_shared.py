@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.crypto import SigningKey
     from r3mes.chain.keystore import Keystore
+    from r3mes.chain.msgs import ArtifactSpec
     from r3mes.paths import Home
 
 console = Console()
@@ -64,3 +65,24 @@ def load_key(home: Path | None, name: str, passphrase: str) -> SigningKey:
 
 def print_json(doc: Any) -> None:
     console.print_json(json.dumps(doc, default=str))
+
+
+def genesis_inputs(
+    accounts: list[str] | None, artifacts: Path | None
+) -> tuple[dict[str, int], list[ArtifactSpec]]:
+    """`--account ADDRESS=AMOUNT` balances and the `--artifacts` JSON list, checked."""
+    from r3mes.chain.genesis import artifact_from_dict
+
+    balances: dict[str, int] = {}
+    for item in accounts or []:
+        address, _, amount = item.partition("=")
+        if not amount.isdigit():
+            raise CliError(f"--account {item!r} must look like remes1...=1000")
+        balances[address] = int(amount)
+    specs: list[ArtifactSpec] = []
+    if artifacts is not None:
+        try:
+            specs = [artifact_from_dict(d) for d in json.loads(artifacts.read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            raise CliError(f"cannot read artifacts file {artifacts}: {exc}") from exc
+    return balances, specs
