@@ -40,6 +40,7 @@ from typing import Any
 
 from r3mes.chain import bech32
 from r3mes.chain.crypto import ADDRESS_PREFIX
+from r3mes.runtime.net import free_port
 
 GOAL_QUERY = "<= 50 ms"
 GOAL_WS = "<= 200 ms"
@@ -675,7 +676,7 @@ async def fanout(quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         chain_home = Home(root=Path(tmp) / "chain")
         init_devnet(chain_home, devnet_genesis())
-        chain_port, port = _free_port(), _free_port()
+        chain_port, port = free_port(), free_port()
         chain = subprocess.Popen(
             [
                 sys.executable,
@@ -761,12 +762,6 @@ async def fanout(quick: bool) -> None:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from r3mes.runtime.net import free_port
 
 CLIENTS = 32
 MODEL = "r3mes-adapter"
@@ -84,12 +85,6 @@ def emit(
         "goal": goal,
     }
     print(json.dumps(doc), flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -34,14 +33,9 @@ from r3mes.chain.genesis import Genesis
 from r3mes.chain.testnet import NodePorts, TestnetConfig, write_testnet
 from r3mes.chain.tx import tx_hash
 from r3mes.paths import Home
+from r3mes.runtime.net import free_port
 
 CHAIN_ID = "r3mes-devnet-1"  # benchmarks.chain signs for this id
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def genesis() -> tuple[Genesis, dict[str, int]]:

@@ -19,13 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from r3mes.runtime.net import free_port
 from r3mes.storage.blockstore import Blockstore
 from r3mes.storage.kubo import KuboClient
 from r3mes.storage.kubo_daemon import KuboDaemon, find_ipfs, init_daemon
@@ -38,15 +38,9 @@ GOALS = {
 MB = 1 << 20
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _daemon(root: Path, binary: str) -> KuboDaemon:
     daemon = init_daemon(
-        root, binary=binary, api_port=_port(), gateway_port=_port(), swarm_port=_port()
+        root, binary=binary, api_port=free_port(), gateway_port=free_port(), swarm_port=free_port()
     )
     daemon.start()
     return daemon

@@ -23,6 +23,7 @@ import httpx
 from r3mes.chain.errors import ChainError
 from r3mes.chain.genesis import Genesis
 from r3mes.chain.testnet import NodePorts, TestnetNode
+from r3mes.runtime.net import free_port
 
 PINNED_VERSION = "0.38.26"
 
@@ -254,7 +255,7 @@ def local_ledger(
         config = TestnetConfig(
             validators=validators,
             ports=tuple(
-                NodePorts(_free_port(), _free_port(), _free_port()) for _ in range(validators)
+                NodePorts(free_port(), free_port(), free_port()) for _ in range(validators)
             ),
             timeout_commit=f"{ms}ms",
         )
@@ -270,11 +271,3 @@ def local_ledger(
     gateway = (*cli, "rest", "--rpc", nodes[0].rpc_url, "--port", str(gateway_port))
     out.append(LedgerProcess(GATEWAY_NAME, gateway, root / "gateway.log"))
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

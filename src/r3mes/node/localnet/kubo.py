@@ -10,11 +10,11 @@ node at every start, so a home prepared without Kubo works with it too.
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from r3mes.paths import Home
+from r3mes.runtime.net import free_port
 from r3mes.storage.kubo_daemon import KuboDaemon, init_daemon
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,6 @@ ROLE_GROUP = {
     "proposer": "publisher",
     "serving": "publisher",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -61,9 +55,9 @@ def start_kubo_groups(home: Home, *, binary: str) -> KuboGroups:
             node = init_daemon(
                 home.root / "kubo" / group,
                 binary=binary,
-                api_port=_free_port(),
-                gateway_port=_free_port(),
-                swarm_port=_free_port(),
+                api_port=free_port(),
+                gateway_port=free_port(),
+                swarm_port=free_port(),
             )
             node.start(log_path=home.logs / f"kubo-{group}.out")
             groups.nodes[group] = node

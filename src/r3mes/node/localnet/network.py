@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from r3mes.node.errors import ServiceError, ValidationError
 from r3mes.node.localnet.dashboard import Snapshot, collect
 from r3mes.node.localnet.setup import NetworkSpec, ensure_keys, passphrase, prepare_genesis
 from r3mes.node.runtime.supervisor import ProcessSpec, Supervisor
+from r3mes.runtime.net import free_port
 from r3mes.runtime.pidfile import pid_path, remove_pid_file, write_pid_file
 
 logger = logging.getLogger(__name__)
@@ -93,12 +93,6 @@ class UpResult:
     def ok(self) -> bool:
         """A clean run: the target reached, or a requested stop, and nothing died."""
         return (self.reached or self.stopped) and self.error is None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cli(*args: str) -> tuple[str, ...]:
@@ -352,7 +346,7 @@ def _run_started(
     from r3mes.chain.client import BlockchainClient
     from r3mes.chain.errors import ClientError
 
-    port = options.chain_port or _free_port()
+    port = options.chain_port or free_port()
     chain_url = f"http://127.0.0.1:{port}"
     up_pid = pid_path(spec.home.run, "up", "network")
     write_pid_file(up_pid, role="up", name="network", port=port)
