@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from support.backend import make_settings, running
+from support.net import free_port
 
 from r3mes.backend.api.middleware import BodyLimit
 from r3mes.backend.app import create_app
@@ -173,3 +176,28 @@ def test_secret_files_race_to_one_complete_secret(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert len(set(got)) == 1 and isinstance(got[0], bytes), got
+
+
+def backend_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith("r3mes-backend-")}
+
+
+async def test_shutdown_stops_every_worker_and_the_chain_follower(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The follower of a ledger that does not answer sits in its retry pause when the app
+    shuts down; afterwards nothing of the backend runs (a backend left running kept warning
+    into later tests)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(tmp_path, follow_chain=True, chain_rpc=dead)
+    caplog.set_level(logging.WARNING, logger="r3mes.backend.services.chain_follower")
+    app = create_app(settings)
+    async with running(app):
+        workers = backend_tasks()
+        names = {t.get_name() for t in workers}
+        assert {"r3mes-backend-chain-follower", "r3mes-backend-hold-sweeper"} <= names
+        async with asyncio.timeout(60):
+            while not any(dead in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)
+    assert all(t.done() for t in workers)
+    assert backend_tasks() == set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from sqlalchemy import insert
 from support.backend import make_settings
 from support.net import free_port
+from support.server_thread import ServerThread
 
 from r3mes.backend.app import create_app
 from r3mes.backend.db.chat import ChatRequest
@@ -45,26 +44,22 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetNode]:
     node.stop()
 
 
-class Server:
+class Server(ServerThread):
     def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", ws_per_message_deflate=False
+        super().__init__(
+            app,
+            port=free_port(),
+            name="test-ws-backend",
+            ws_per_message_deflate=False,
+            timeout_graceful_shutdown=5,
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+        self.stop()
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"

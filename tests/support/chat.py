@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
 from r3mes.backend.app import create_app
 from r3mes.backend.db.engine import Database
@@ -18,6 +16,7 @@ from r3mes.backend.services import credits, keys
 from r3mes.backend.settings import BackendSettings
 from r3mes.chain.crypto import SigningKey
 from support.net import free_port
+from support.server_thread import ServerThread
 
 
 @dataclass(frozen=True)
@@ -77,33 +76,25 @@ class BackendServer:
         self.app = create_app(self.settings)
         self.upstreams: list[Any] = []
         """Stub serving nodes a test started for this backend (for its own bookkeeping)."""
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.settings.port,
-                log_level="warning",
-                timeout_graceful_shutdown=2,
-            )
+        self._server = ServerThread(
+            self.app, port=self.settings.port, name="test-backend", timeout_graceful_shutdown=2
         )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self, *, wait_nodes: int = 0) -> BackendServer:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("backend did not start")
-            time.sleep(0.02)
+        self._server.start()
         if wait_nodes:
-            self.wait_nodes(wait_nodes)
+            try:
+                self.wait_nodes(wait_nodes)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def health(self) -> dict[str, object]:
-        doc: dict[str, object] = httpx.get(f"{self.url}/health", timeout=5).json()
+        doc: dict[str, object] = httpx.get(f"{self.url}/health", timeout=30).json()
         return doc
 
-    def wait_nodes(self, count: int, timeout_s: float = 20) -> None:
+    def wait_nodes(self, count: int, timeout_s: float = 60) -> None:
         """Until `count` serving nodes answer their probes (routable)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -116,8 +107,7 @@ class BackendServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=15)
+        self._server.stop()
 
 
 @contextmanager

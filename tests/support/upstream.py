@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from support.net import free_port
+from support.server_thread import ServerThread
 
 BASE = "tiny-base"
 ADAPTER = "r3mes-adapter"
@@ -179,34 +179,24 @@ class Upstream:
         self.behaviour = behaviour or Behaviour()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ServerThread | None = None
 
     def start(self) -> Upstream:
-        config = uvicorn.Config(
+        server = ServerThread(
             make_app(self.behaviour),
-            host="127.0.0.1",
             port=self.port,
-            log_level="warning",
+            name="test-upstream",
             lifespan="off",
             timeout_graceful_shutdown=0,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("stub upstream did not start")
-            time.sleep(0.01)
+        server.start()
+        self._server = server
         return self
 
     def stop(self) -> None:
         """Stop at once, dropping open connections (like a killed process)."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.stop(force=True)
             self._server = None
 
 
@@ -242,14 +232,15 @@ class UpstreamProcess:
             ],
             env=env,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 90  # a fresh interpreter importing uvicorn, on a busy box
         while True:
             try:
-                if httpx.get(f"{self.url}/v1/models", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/v1/models", timeout=5).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.kill()
                 raise RuntimeError("stub upstream process did not start")
             time.sleep(0.05)
 

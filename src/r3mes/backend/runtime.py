@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+STOP_TIMEOUT_S = 30.0
+"""How long `close` waits for cancelled workers before it says which ones still run."""
 
 
 @dataclass
@@ -71,11 +73,21 @@ class Runtime:
         self._tasks.append(asyncio.create_task(guarded(), name=f"r3mes-backend-{name}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Stop every worker (the chain follower among them), then close the clients.
+
+        A worker that ignores its cancellation is named in an error after `STOP_TIMEOUT_S`
+        and left behind rather than holding the shutdown up forever."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.http.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.db.dispose()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            if pending:
+                names = ", ".join(sorted(t.get_name() for t in pending))
+                log.error("backend workers still running after shutdown: %s", names)
+        try:
+            await self.http.aclose()
+            if self.redis is not None:
+                await self.redis.aclose()
+        finally:
+            await self.db.dispose()

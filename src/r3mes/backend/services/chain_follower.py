@@ -320,7 +320,11 @@ class ChainFollower:
 
     async def run(self) -> None:
         """Follow forever: catch up, then wait for the next block (websocket or poll)."""
-        watcher = asyncio.create_task(self._watch()) if self.websocket else None
+        watcher = (
+            asyncio.create_task(self._watch(), name="r3mes-backend-chain-follower-websocket")
+            if self.websocket
+            else None
+        )
         try:
             while True:
                 try:

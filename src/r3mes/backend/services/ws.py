@@ -111,6 +111,7 @@ class Hub:
             return
         self.per_ip[ip] += 1
         client = Client(ws=ws, ip=ip, key=key, queue=asyncio.Queue(self.queue_size))
+        tasks: set[asyncio.Task[Any]] = set()
         try:
             await ws.accept()
             for text in hello:
@@ -119,7 +120,7 @@ class Hub:
             sender = asyncio.create_task(self._send_loop(client))
             pinger = asyncio.create_task(self._ping_loop(client))
             receiver = asyncio.create_task(self._receive_loop(client, on_message))
-            tasks = {sender, pinger, receiver, asyncio.create_task(client.gone.wait())}
+            tasks.update((sender, pinger, receiver, asyncio.create_task(client.gone.wait())))
             if producer is not None:
                 tasks.add(asyncio.create_task(producer(lambda text: self._push(client, text))))
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -132,6 +133,8 @@ class Hub:
             reason = {CLOSE_SLOW: "client too slow", CLOSE_IDLE: "no pong"}.get(code, "")
             await self._close(client, code, reason)
         finally:
+            for task in tasks:  # serve itself cancelled (a shutdown): its helpers go with it
+                task.cancel()
             self.channels[key].discard(client)
             if not self.channels[key]:
                 self.channels.pop(key, None)
