@@ -173,6 +173,7 @@ async def test_two_backends_sharing_a_database_pay_once(
 
     other_db = Database(settings)
     first_done = asyncio.Event()
+    searching = asyncio.Event()
     try:
         async with httpx.AsyncClient() as http:
             chain = AsyncBlockchainClient(devnet.url)
@@ -188,13 +189,15 @@ async def test_two_backends_sharing_a_database_pay_once(
 
             async def slow_search(memo: str) -> str | None:
                 found = await searched(memo)  # not there yet ...
+                searching.set()
                 await first_done.wait()  # ... and meanwhile the other process paid it
                 return found
 
             other.find_memo = slow_search  # type: ignore[method-assign]
 
             async def first() -> list[int]:
-                await asyncio.sleep(0.3)  # the other job is in its memo search by now
+                async with asyncio.timeout(120):
+                    await searching.wait()  # the other job is in its memo search now
                 try:
                     return await job.run(height=600)
                 finally:
