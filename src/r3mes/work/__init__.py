@@ -13,6 +13,10 @@ Miner, validator and proposer all call the same functions:
 * `submission`  -- raw delta -> submitted bytes (`build_submission`, `encode_for_task`)
 * `verify`      -- re-execution verification: `verify` -> `Verdict`
 * `proof`       -- step digests, Merkle root, `verify_steps`, `first_divergence`
+* `trace`       -- the miner's step trace (digests + checkpoints), canonical bytes
+* `spot`        -- spot checks: seeded segment sample, Adam screen, escalation to `verify`
+* `dispute`     -- bisection over two traces, single-step referee re-execution
+* `cheats`      -- FAULT INJECTION: the cheat catalogue (benchmarks, tests)
 * `aggregate`   -- weighted mean of verified updates into the next adapter version
 * `evaluate`    -- held-out loss, perplexity, contribution score
 * `canonical`, `boundedjson` -- canonical safetensors bytes, JSON parsing with a depth bound

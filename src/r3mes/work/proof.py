@@ -13,7 +13,6 @@ that diverge stay diverged; `first_divergence` finds the first differing step by
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from r3mes.spec import bisection as spec_bisection
 from r3mes.work.canonical import load_canonical
 from r3mes.work.data import Shard
 from r3mes.work.errors import EncodingError, WorkError
@@ -33,7 +33,6 @@ from r3mes.work.training import (
     train_state_problem,
 )
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CANONICAL_UINT = re.compile(r"0|[1-9][0-9]{0,18}")
 _PARTS = ("param/", "exp_avg/", "exp_avg_sq/")
 
@@ -41,26 +40,13 @@ _PARTS = ("param/", "exp_avg/", "exp_avg_sq/")
 def merkle_root(digests: Sequence[str]) -> str:
     """Merkle root (hex) over hex digests: leaf = H(0x00 || d), node = H(0x01 || l || r).
 
-    An odd node at the end of a level is promoted unchanged.
+    An odd node at the end of a level is promoted unchanged. The one definition lives in
+    `r3mes.spec.bisection` (the ledger checks proofs against it); errors become `WorkError`.
     """
-    if not digests:
-        raise WorkError("cannot build a Merkle root of no digests")
-    level = [hashlib.sha256(b"\x00" + _digest_bytes(d)).digest() for d in digests]
-    while len(level) > 1:
-        nxt = [
-            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-            for i in range(0, len(level) - 1, 2)
-        ]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0].hex()
-
-
-def _digest_bytes(d: str) -> bytes:
-    if not isinstance(d, str) or not _HEX64.fullmatch(d):
-        raise WorkError(f"step digests must be 64 lowercase hex characters, got {d!r}")
-    return bytes.fromhex(d)
+    try:
+        return spec_bisection.merkle_root(digests)
+    except spec_bisection.BisectionError as exc:
+        raise WorkError(str(exc)) from exc
 
 
 def first_divergence(a_digests: Sequence[str], b_digests: Sequence[str]) -> int | None:
