@@ -199,7 +199,9 @@ async def test_a_replayed_block_is_skipped_and_a_gap_refused(
     try:
         async with httpx.AsyncClient() as http:
             rpc = ChainRpc(url, http)
-            genesis = Genesis.from_json(json.dumps((await rpc.call("genesis"))["genesis"]))
+            genesis = Genesis.from_json(
+                json.dumps((await rpc.call("genesis"))["genesis"]["app_state"])
+            )
             b1, b2, b3 = [await rpc.block(h) for h in (1, 2, 3)]
         async with db.write() as s, s.begin():
             assert await index_block(s, b1, genesis=genesis) is not None
@@ -292,7 +294,9 @@ async def test_a_block_of_another_chain_is_refused(
     try:
         async with httpx.AsyncClient() as http:
             rpc = ChainRpc(url, http)
-            genesis = Genesis.from_json(json.dumps((await rpc.call("genesis"))["genesis"]))
+            genesis = Genesis.from_json(
+                json.dumps((await rpc.call("genesis"))["genesis"]["app_state"])
+            )
             b1, b2 = [await rpc.block(h) for h in (1, 2)]
         async with db.write() as s, s.begin():
             await index_block(s, b1, genesis=genesis)

@@ -133,9 +133,11 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
         found_txs = search.json()["result"]["txs"]
         assert [t["hash"] for t in found_txs] == [hashes[1]]  # indexed on every node
         genesis = httpx.get(f"{clients[2].base_url}/genesis", timeout=10).json()["result"]
-        assert Genesis.from_json(json.dumps(genesis["genesis"])).chain_id == CHAIN_ID
+        assert genesis["genesis"]["chain_id"] == CHAIN_ID  # CometBFT's, as the devnet's
+        assert Genesis.from_json(json.dumps(genesis["genesis"]["app_state"])).chain_id == CHAIN_ID
         missing = httpx.get(f"{clients[1].base_url}/tx", params={"hash": "0x" + "00" * 32})
-        assert missing.status_code == 404
+        assert missing.status_code == 200 and "not found" in missing.json()["error"]["data"]
+        assert clients[1].tx("00" * 32) is None  # the client reads it as NotFound
         with websockets.sync.client.connect(
             clients[0].base_url.replace("http", "ws") + "/websocket"
         ) as ws:
@@ -273,84 +275,3 @@ def test_up_with_cometbft_roles_produce_versions_and_a_cheater_is_slashed(tmp_pa
     assert sorted(heights) == [f"node{i}" for i in range(4)]
     assert all(h >= final.height - 2 for h in heights.values()), heights
     assert "validators node0=" in final.line()
-
-
-def shape(doc: object) -> object:
-    """Keys and JSON types, recursively (a list by its first element)."""
-    if isinstance(doc, dict):
-        return {k: shape(v) for k, v in sorted(doc.items())}
-    if isinstance(doc, list):
-        return [shape(doc[0])] if doc else []
-    return type(doc).__name__
-
-
-def same_shape(ours: object, real: object) -> bool:
-    """Equal shapes, where an empty list fits any list (CometBFT answers empty ones too)."""
-    if isinstance(ours, dict) and isinstance(real, dict):
-        return ours.keys() == real.keys() and all(same_shape(ours[k], real[k]) for k in ours)
-    if isinstance(ours, list) and isinstance(real, list):
-        return not ours or not real or same_shape(ours[0], real[0])
-    return ours == real
-
-
-SAME_SHAPE = ["abci_info", "health", "validators", "net_info", "num_unconfirmed_txs"]
-
-
-def test_devnet_answers_like_a_real_node_for_the_info_methods(tmp_path: Path) -> None:
-    import httpx
-
-    from r3mes.chain.devnet import DevnetConfig, DevnetNode, init_devnet
-    from r3mes.paths import Home
-
-    net = make_network(tmp_path, validators=1)
-    home = Home(root=tmp_path / "devnet")
-    init_devnet(home, devnet_genesis(chain_id=CHAIN_ID))
-    devnet = DevnetNode(home, DevnetConfig(port=free_port(), block_interval_s=0.2))
-    try:
-        net.start()
-        devnet.start()
-        assert net.wait_height(2, timeout_s=60)
-        assert devnet.engine.wait_for_height(2, 30)
-        with httpx.Client(timeout=10) as http:
-
-            def result(url: str, method: str) -> object:
-                return http.get(f"{url}/{method}").json()["result"]
-
-            for method in SAME_SHAPE:
-                real = result(net.nodes[0].rpc_url, method)
-                ours = result(devnet.url, method)
-                assert same_shape(shape(ours), shape(real)), (method, ours, real)
-            real_status = result(net.nodes[0].rpc_url, "status")
-            ours_status = result(devnet.url, "status")
-            assert isinstance(real_status, dict) and isinstance(ours_status, dict)
-            for part in ("sync_info", "validator_info"):
-                assert same_shape(shape(ours_status[part]), shape(real_status[part])), part
-            assert ours_status["node_info"]["version"] == real_status["node_info"]["version"]
-            real_commit = http.get(f"{net.nodes[0].rpc_url}/commit?height=1").json()["result"]
-            ours_commit = http.get(f"{devnet.url}/commit?height=1").json()["result"]
-            assert same_shape(
-                shape(ours_commit["signed_header"]["commit"]),
-                shape(real_commit["signed_header"]["commit"]),
-            )
-            assert ours_commit["canonical"] is real_commit["canonical"] is True
-            range_ = "blockchain?minHeight=1&maxHeight=2"
-            real_chain = http.get(f"{net.nodes[0].rpc_url}/{range_}").json()["result"]
-            ours_chain = http.get(f"{devnet.url}/{range_}").json()["result"]
-            assert [m["header"]["height"] for m in ours_chain["block_metas"]] == ["2", "1"]
-            for ours_meta, real_meta in zip(
-                ours_chain["block_metas"], real_chain["block_metas"], strict=True
-            ):
-                ours_meta = {**ours_meta, "header": {}}
-                assert same_shape(shape(ours_meta), shape({**real_meta, "header": {}}))
-            real_block = http.get(f"{net.nodes[0].rpc_url}/block?height=2").json()["result"]
-            ours_block = http.get(f"{devnet.url}/block?height=2").json()["result"]
-            assert same_shape(shape(ours_block["block_id"]), shape(real_block["block_id"]))
-            real_header, ours_header = real_block["block"]["header"], ours_block["block"]["header"]
-            assert real_header.keys() <= ours_header.keys()  # the devnet adds time_ms
-            for key in real_header:
-                assert same_shape(shape(ours_header[key]), shape(real_header[key])), key
-                if key.endswith("_hash"):
-                    assert len(ours_header[key]) == len(real_header[key]) == 64, key
-    finally:
-        devnet.stop()
-        net.close()

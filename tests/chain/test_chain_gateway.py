@@ -42,7 +42,7 @@ def test_a_gateway_without_its_node_answers_errors_and_stops_cleanly() -> None:
             body = {"jsonrpc": "2.0", "id": 7, "method": "status", "params": {}}
             down = http.post("/", json=body)
             assert down.status_code == 502 and down.json()["id"] == 7
-            assert "unreachable" in down.json()["error"]["message"]
+            assert "unreachable" in down.json()["error"]["data"]
             assert http.get("/remes/remes/v1/params").status_code == 502
             assert http.get("/status").status_code == 502
             assert http.post("/", content=b"{not json").status_code == 400
@@ -50,7 +50,7 @@ def test_a_gateway_without_its_node_answers_errors_and_stops_cleanly() -> None:
             bad_round = http.get("/remes/remes/v1/rounds/0")
             assert bad_round.status_code == 400 and "round" in bad_round.text
             bad_sim = http.post("/", json={"id": 1, "method": "simulate_tx", "params": {"tx": "!"}})
-            assert bad_sim.status_code == 400 and "base64" in bad_sim.text
+            assert bad_sim.status_code == 200 and "base64" in bad_sim.json()["error"]["data"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -22,6 +22,7 @@ from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_de
 from r3mes.chain.errors import ClientError, NotFound, TxRejected
 from r3mes.chain.msgs import Attest, ProposeAdapter, RegisterNode, TransferCredits
 from r3mes.chain.proto.gen.remes.remes.v1 import query_pb2
+from r3mes.chain.rpc_json import verify_tx_proof
 from r3mes.chain.tx import MAX_TX_BYTES, build_tx
 from r3mes.paths import Home
 
@@ -61,7 +62,7 @@ def test_status_params_and_artifacts(client: BlockchainClient) -> None:
         "bitnet-tiny",
         "bafymodel",
         1,
-        [],
+        (),
     )
     raw = httpx.get(f"{client.base_url}/remes/remes/v1/artifacts", params={"kind": "model"}).json()
     assert set(raw["artifacts"][0]) >= {
@@ -148,7 +149,8 @@ def test_cometbft_shapes(client: BlockchainClient, node: DevnetNode) -> None:
         base + "/", json={"jsonrpc": "2.0", "id": 5, "method": "status", "params": {}}
     ).json()
     assert rpc["id"] == 5 and rpc["result"]["node_info"]["network"] == "r3mes-devnet-1"
-    assert httpx.get(f"{base}/broadcast_tx_sync", params={"tx": "0xzz"}).status_code == 400
+    not_hex = httpx.get(f"{base}/broadcast_tx_sync", params={"tx": "0xzz"}).json()["error"]
+    assert not_hex["code"] == -32602 and "0x-hex or base64" in not_hex["data"]
     bad = httpx.get(f"{base}/broadcast_tx_sync", params={"tx": "0x0a00"}).json()["result"]
     assert bad["code"] == Code.DECODE
     assert httpx.get(f"{base}/remes/remes/v1/accounts/notanaddress").status_code == 400
@@ -295,22 +297,45 @@ def test_jsonrpc_errors_echo_the_id_and_say_what_is_wrong(client: BlockchainClie
         response = httpx.post(base + "/", content=json.dumps(body))
         return response.status_code, response.json()
 
+    # CometBFT's error objects, HTTP 200: fixed message per code, the detail as data
     status, doc = post({"jsonrpc": "2.0", "id": 42, "method": "teleport"})
-    assert status == 404 and doc["id"] == 42 and "unknown method 'teleport'" in str(doc["error"])
+    assert status == 200 and doc["id"] == 42
+    assert doc["error"] == {"code": -32601, "message": "Method not found"}
     status, doc = post({"jsonrpc": "2.0", "id": "a", "method": "tx", "params": {"hash": "zz"}})
-    assert status == 400 and doc["id"] == "a" and "64 hex" in str(doc["error"])
+    assert status == 200 and doc["id"] == "a" and "64 hex" in str(doc["error"])
+    assert doc["error"]["code"] == -32602 and doc["error"]["message"] == "Invalid params"  # type: ignore[index]
     status, doc = post({"jsonrpc": "2.0", "id": 3, "method": "status", "params": {"foo": 1}})
-    assert status == 400 and doc["id"] == 3 and "takes no parameter 'foo'" in str(doc["error"])
+    assert status == 200 and doc["id"] == 3 and "sync_info" in doc["result"]  # type: ignore[operator]
     status, doc = post({"jsonrpc": "2.0", "id": 4, "method": "tx", "params": {}})
-    assert status == 400 and "needs the parameter 'hash'" in str(doc["error"])
+    assert status == 200 and "needs the parameter 'hash'" in str(doc["error"])
+    status, doc = post({"jsonrpc": "2.0", "id": 5, "method": "tx", "params": {"hash": "00" * 32}})
+    assert doc["error"] == {  # as CometBFT words it; the client reads it as NotFound
+        "code": -32603,
+        "message": "Internal error",
+        "data": f"tx ({'00' * 32}) not found",
+    }
+    status, doc = post({"jsonrpc": "2.0", "id": 6, "method": "block", "params": ["1"]})
+    assert status == 200 and doc["result"]["block"]["header"]["height"] == "1"  # type: ignore[index]
     status, doc = post(None)
-    assert status == 400 and doc["id"] is None and "JSON object" in str(doc["error"])
+    assert status == 400 and "id" not in doc and "JSON object" in str(doc["error"])
     bodies: tuple[object, ...] = (None, [], {"id": 9}, {"method": "status", "params": [1]})
     for body in bodies:
         assert "object is not" not in json.dumps(post(body)[1])  # no Python internals
-    assert httpx.get(f"{base}/tx_search", params={"query": "x=1"}).status_code == 400
+    bad_query = httpx.get(f"{base}/tx_search", params={"query": "tx.height = AND"}).json()
+    assert bad_query["error"]["code"] == -32603 and "offset 12" in bad_query["error"]["data"]
     bad_page = httpx.get(f"{base}/tx_search", params={"query": "tx.height=1", "per_page": "nan"})
-    assert bad_page.status_code == 400 and "per_page" in bad_page.text
+    assert bad_page.status_code == 200 and "per_page" in bad_page.json()["error"]["data"]
+    batch = httpx.post(
+        base + "/",
+        json=[
+            {"jsonrpc": "2.0", "id": 1, "method": "health"},
+            {"jsonrpc": "2.0", "id": 2, "method": "teleport"},
+        ],
+    ).json()
+    assert batch == [
+        {"jsonrpc": "2.0", "id": 1, "result": {}},
+        {"jsonrpc": "2.0", "id": 2, "error": {"code": -32601, "message": "Method not found"}},
+    ]
 
 
 def test_tx_search_total_count_counts_every_match(client: BlockchainClient) -> None:
@@ -488,12 +513,18 @@ def test_genesis_method_returns_the_genesis_document(node: DevnetNode) -> None:
     answer = httpx.post(
         node.url, json={"jsonrpc": "2.0", "id": 7, "method": "genesis"}, timeout=5
     ).json()
-    doc = answer["result"]["genesis"]
-    assert Genesis.from_json(json.dumps(doc)) == node.engine.store.genesis()
-    assert {a["address"] for a in doc["accounts"]} == {MINER.address, VALIDATOR.address}
+    doc = answer["result"]["genesis"]  # CometBFT's document, the R3MES genesis as app_state
+    genesis = node.engine.store.genesis()
+    assert Genesis.from_json(json.dumps(doc["app_state"])) == genesis
+    assert {a["address"] for a in doc["app_state"]["accounts"]} == {
+        MINER.address,
+        VALIDATOR.address,
+    }
+    assert doc["chain_id"] == genesis.chain_id and doc["initial_height"] == "1"
+    assert [v["address"] for v in doc["validators"]] == [node.identity.validator_address]
 
 
-def test_tx_takes_hex_or_base64_and_refuses_proofs(client: BlockchainClient) -> None:
+def test_tx_takes_hex_or_base64_and_proves_against_the_data_hash(client: BlockchainClient) -> None:
     sent = client.sign_and_broadcast(MINER, [RegisterNode(creator=MINER.address, role="miner")])
     base = client.base_url
     as_b64 = base64.b64encode(bytes.fromhex(sent.hash)).decode()
@@ -505,10 +536,15 @@ def test_tx_takes_hex_or_base64_and_refuses_proofs(client: BlockchainClient) -> 
     for form in (sent.hash, "0x" + sent.hash.lower(), as_b64):
         answer = tx(hash=form)
         assert answer.status_code == 200 and answer.json()["result"]["hash"] == sent.hash, form
-    assert tx(hash=as_b64, prove=False).status_code == 200
-    refused = tx(hash=as_b64, prove=True)
-    assert refused.status_code == 400 and "no tx proofs" in refused.text
-    assert tx(hash=base64.b64encode(b"short").decode()).status_code == 400
+    assert "proof" not in tx(hash=as_b64, prove=False).json()["result"]
+    proven = tx(hash=as_b64, prove=True).json()["result"]
+    block = httpx.get(f"{base}/block", params={"height": proven["height"]}).json()["result"]
+    assert proven["proof"]["root_hash"] == block["block"]["header"]["data_hash"]
+    assert proven["proof"]["data"] == proven["tx"] and verify_tx_proof(proven["proof"])
+    forged = {**proven["proof"], "root_hash": "00" * 32}
+    assert not verify_tx_proof(forged)
+    short = tx(hash=base64.b64encode(b"short").decode()).json()
+    assert short["error"]["code"] == -32602 and "64 hex" in short["error"]["data"]
 
 
 def test_commit_is_the_signature_the_next_block_carries(node: DevnetNode) -> None:
@@ -522,7 +558,8 @@ def test_commit_is_the_signature_the_next_block_carries(node: DevnetNode) -> Non
     latest = httpx.get(f"{base}/commit").json()["result"]
     top = int(latest["signed_header"]["header"]["height"])
     assert top >= 3 and latest["signed_header"]["commit"]["height"] == str(top)
-    assert httpx.get(f"{base}/commit", params={"height": "999999"}).status_code == 404
+    ahead = httpx.get(f"{base}/commit", params={"height": "999999"}).json()["error"]
+    assert ahead["code"] == -32603 and "must be less than or equal to" in ahead["data"]
 
 
 def test_block_headers_carry_every_cometbft_hash(
@@ -571,4 +608,4 @@ def test_blockchain_lists_headers_newest_first(node: DevnetNode) -> None:
     assert 1 <= len(latest["block_metas"]) <= 20
     assert int(latest["block_metas"][0]["header"]["height"]) <= int(latest["last_height"])
     bad = httpx.get(f"{base}/blockchain", params={"minHeight": "3", "maxHeight": "2"})
-    assert bad.status_code == 400
+    assert bad.status_code == 200 and "can't be greater" in bad.json()["error"]["data"]

@@ -26,7 +26,7 @@ from r3mes.chain.msgs import (
     SubmitGradient,
     TransferCredits,
 )
-from r3mes.chain.rpc import parse_tx_query
+from r3mes.chain.rpc import search_conditions
 from r3mes.chain.rpc_json import (
     RpcError,
     decode_request,
@@ -119,19 +119,29 @@ def test_decode_rpc_request() -> None:
     fuzz("rpc decode_request", st.one_of(texts, texts.map(str.encode)), decode_request, (RpcError,))
 
 
-QUERIES = ["tx.height=5", "message.sender='remes1abc'", "tx.height=5 AND message.sender='x'"]
+QUERIES = [
+    "tx.height=5",
+    "message.sender='remes1abc'",
+    "tx.height>=5 AND message.sender='x'",
+    "transfer.amount<3 AND transfer.recipient CONTAINS 'r' AND tx.hash='AB' AND x.y EXISTS",
+]
 query_texts = st.one_of(
     mutated([q.encode() for q in QUERIES]).map(lambda b: b.decode("utf-8", "replace")),
     st.builds(
         lambda k, v: f"{k}={v}",
-        st.sampled_from(["tx.height", "message.sender", "x"]),
+        st.sampled_from(["tx.height", "message.sender", "x", "tx.hash"]),
         st.one_of(st.text(max_size=30), st.sampled_from(["²", "9" * 23, "-1", "0x10", " 7 "])),
     ),
 )
 
 
 def test_parse_tx_query() -> None:
-    fuzz("rpc parse_tx_query", query_texts, parse_tx_query, (RpcError,))
+    fuzz(
+        "rpc tx_search query",
+        query_texts,
+        lambda q: search_conditions(q, "tx.height"),
+        (RpcError,),
+    )
 
 
 def _params(case: tuple[int, str]) -> object:

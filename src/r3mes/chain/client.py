@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import httpx
 
+from r3mes.chain.artifact_record import ArtifactRecord, InvalidArtifactRecord
 from r3mes.chain.client_types import (
     PREFIX,
     AccountInfo,
-    ArtifactInfo,
     BroadcastResult,
     ChainStatus,
     LeaderboardEntry,
@@ -157,6 +157,12 @@ class BlockchainClient:
             "params": {k: v for k, v in params.items() if v is not None},
         }
         doc = self._send("POST", "/", body=request, retries=retries)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            # CometBFT's JSON-RPC error (HTTP 200): "tx (HASH) not found" is a NotFound
+            text = _message(doc)
+            if "not found" in text.lower() and doc["error"].get("code") != -32601:
+                raise NotFound(f"{method}: {text}")
+            raise ClientError(f"{method}: {text}")
         if not isinstance(doc, dict) or "result" not in doc:
             raise ClientError(f"{method}: node answered without a result: {_message(doc)}")
         return doc["result"]
@@ -245,14 +251,19 @@ class BlockchainClient:
         docs = self._get_list("submissions", f"{PREFIX}/submissions", {"round": round_number})
         return [from_json(SubmissionInfo, d) for d in docs]
 
+    def submission(self, sid: int) -> SubmissionInfo:
+        """One submission by id; NotFound when the ledger holds none."""
+        doc = self._get_field("submission", f"{PREFIX}/submissions/{int(sid)}")
+        return from_json(SubmissionInfo, doc)
+
     def nodes(self, role: str | None = None) -> list[NodeInfo]:
         docs = self._get_list("nodes", f"{PREFIX}/nodes", {"role": role})
         return [from_json(NodeInfo, d) for d in docs]
 
-    def approved_artifacts(self, kind: str | None = None) -> list[ArtifactInfo]:
+    def approved_artifacts(self, kind: str | None = None) -> list[ArtifactRecord]:
         query = {"kind": kind, "status": "approved"}
         docs = self._get_list("artifacts", f"{PREFIX}/artifacts", query)
-        return [from_json(ArtifactInfo, d) for d in docs]
+        return [_artifact(d) for d in docs]
 
     def leaderboard(self, limit: int = 100) -> list[LeaderboardEntry]:
         docs = self._get_list("leaderboard", f"{PREFIX}/leaderboard", {"limit": limit})
@@ -372,6 +383,9 @@ class BlockchainClient:
         digest: str,
         shard: int | None = None,
         wait: bool = True,
+        residual_cid: str = "",
+        residual_digest: str = "",
+        base_submission_id: int = 0,
     ) -> BroadcastResult:
         """Solve the anti-spam proof of work for this submission and send it.
 
@@ -381,7 +395,14 @@ class BlockchainClient:
         if shard is None:
             shard = round_assigned_shard(self.round(round_number), key.address)
         msg = SubmitGradient(
-            creator=key.address, round=round_number, shard=shard, cid=cid, digest=digest
+            creator=key.address,
+            round=round_number,
+            shard=shard,
+            cid=cid,
+            digest=digest,
+            residual_cid=residual_cid,
+            residual_digest=residual_digest,
+            base_submission_id=base_submission_id,
         )
         solved = solve_pow(msg, chain_id=self.chain_id(), difficulty=self.params().pow_difficulty)
         return self.sign_and_broadcast(key, [solved], wait=wait)
@@ -410,11 +431,18 @@ def _decode(response: httpx.Response, path: str) -> Any:
     return doc
 
 
+def _artifact(doc: Any) -> ArtifactRecord:
+    try:
+        return ArtifactRecord.from_ledger(doc)
+    except InvalidArtifactRecord as exc:
+        raise ClientError(f"node answered a malformed artifact: {exc}") from exc
+
+
 def _message(doc: Any) -> str:
     if isinstance(doc, dict):
         err = doc.get("error")
-        if isinstance(err, dict):
-            return str(err.get("message", ""))
+        if isinstance(err, dict):  # CometBFT's fixed message, then what went wrong
+            return ": ".join(str(err[k]) for k in ("message", "data") if err.get(k))
         return str(doc.get("message") or doc.get("detail") or "")
     return ""
 
@@ -449,7 +477,7 @@ class AsyncBlockchainClient:
     async def nodes(self, role: str | None = None) -> list[NodeInfo]:
         return await asyncio.to_thread(self.sync.nodes, role)
 
-    async def approved_artifacts(self, kind: str | None = None) -> list[ArtifactInfo]:
+    async def approved_artifacts(self, kind: str | None = None) -> list[ArtifactRecord]:
         return await asyncio.to_thread(self.sync.approved_artifacts, kind)
 
     async def leaderboard(self, limit: int = 100) -> list[LeaderboardEntry]:

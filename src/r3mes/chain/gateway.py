@@ -8,11 +8,10 @@ JSON-RPC call to the node, and keeps the conventions `BlockchainClient` reads fr
 devnet, so the roles cannot tell which engine they talk to:
 
 - `simulate_tx` (R3MES's own method) is the ABCI query `/app/simulate`;
-- `tx` takes the hash in hex (CometBFT's JSON body wants base64 bytes);
+- `tx` also takes the hash in hex (CometBFT's JSON body wants base64 bytes);
 - a tx CometBFT's mempool cache already holds answers code DUPLICATE, as the devnet does;
-- CometBFT's JSON-RPC errors become HTTP 404 (not found) or 400, never 5xx, so clients
-  do not retry them;
-- `genesis` answers the R3MES genesis document (CometBFT's `app_state`), as the devnet;
+- CometBFT's JSON-RPC error objects pass unchanged, with HTTP 200 also for a GET (where
+  CometBFT says 500, which clients would retry), as the devnet answers them;
 - GET /<method> is passed through (CometBFT's URI form);
 - `/websocket` is piped to the node's websocket (`subscribe` to NewBlock or Tx events).
 """
@@ -185,21 +184,12 @@ def _translate(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The devnet's parameter encodings -> CometBFT's (JSON bodies carry bytes as base64)."""
     if method == "tx" and isinstance(params.get("hash"), str):
         digest = params["hash"].strip('"').removeprefix("0x").removeprefix("0X")
-        try:
-            params = {**params, "hash": base64.b64encode(bytes.fromhex(digest)).decode()}
-        except ValueError as exc:
-            raise QueryError("hash must be 64 hex characters") from exc
+        if len(digest) == 64:  # else CometBFT's own form (base64) passes as it is
+            try:
+                params = {**params, "hash": base64.b64encode(bytes.fromhex(digest)).decode()}
+            except ValueError as exc:
+                raise QueryError("hash must be 64 hex characters or base64 of 32 bytes") from exc
     return params
-
-
-def _devnet_result(method: str, result: Any) -> Any:
-    """`genesis` answers the R3MES genesis document, as the devnet does (CometBFT's
-    genesis carries it as `app_state`); every other result passes unchanged."""
-    if method == "genesis" and isinstance(result, dict):
-        genesis = result.get("genesis")
-        if isinstance(genesis, dict) and isinstance(genesis.get("app_state"), dict):
-            return {"genesis": genesis["app_state"]}
-    return result
 
 
 async def jsonrpc_call(rpc: CometRpc, body: dict[str, Any]) -> JSONResponse:
@@ -213,21 +203,18 @@ async def jsonrpc_call(rpc: CometRpc, body: dict[str, Any]) -> JSONResponse:
             return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
         doc = await rpc.call(method, _translate(method, params))
     except QueryError as exc:
-        return rpc_error(exc.status, str(exc), rid=rid)
+        return rpc_error(200, str(exc), rid=rid)
     except NodeUnavailable as exc:
         return rpc_error(502, str(exc), -32603, rid=rid)
     if "error" not in doc:
-        result = _devnet_result(method, doc.get("result"))
-        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": doc.get("result")})
     text = _error_text(doc)
     if method.startswith("broadcast_tx") and "already exists in cache" in text:
         digest = tx_hash(base64.b64decode(str(params.get("tx", ""))))
         duplicate = {"code": int(Code.DUPLICATE), "data": "", "log": "tx already in mempool"}
         result = {**duplicate, "codespace": "", "hash": digest}
         return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
-    status = 404 if "not found" in text.lower() else 400
-    code = int((doc.get("error") or {}).get("code", -32603))
-    return rpc_error(status, text, code, rid=rid)
+    return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": doc["error"]})  # as the devnet
 
 
 def create_gateway(config: GatewayConfig) -> FastAPI:
@@ -275,11 +262,8 @@ def create_gateway(config: GatewayConfig) -> FastAPI:
             doc = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             return rpc_error(502, f"CometBFT node unreachable for {method}: {exc}", -32603)
-        if isinstance(doc, dict) and "error" in doc:
-            status = 404 if "not found" in _error_text(doc).lower() else 400
-            return JSONResponse(doc, status_code=status)
-        if isinstance(doc, dict):
-            doc = {**doc, "result": _devnet_result(method, doc.get("result"))}
+        # CometBFT answers a failed GET with HTTP 500, which clients would retry: the
+        # error object goes back with 200, as the devnet answers it
         return JSONResponse(doc)
 
     @app.websocket("/websocket")

@@ -1,16 +1,24 @@
 """CometBFT-shaped JSON-RPC over HTTP (and websocket, see rpc_ws.py) and the REST router.
 
 Every method answers through one dispatcher, whichever way it is called: GET /<method>
-with URI parameters, POST / with a JSON-RPC 2.0 body (the request id is echoed, errors
-included), or a JSON-RPC message on the websocket. Answers look like a CometBFT node's
+with URI parameters, POST / with a JSON-RPC 2.0 body (one request or a batch; named or
+positional params; the request id is echoed, errors included), or a JSON-RPC message on
+the websocket. Answers are a CometBFT v0.38 node's, field for field
 (`{"jsonrpc": "2.0", "id": ..., "result": ...}`), so tools written for CometBFT read them.
-Invalid input answers 400 and unknown objects 404 (clients must not retry those).
+
+Errors are CometBFT's error objects, answered with HTTP 200 as CometBFT answers a POST:
+`{"code": -32602, "message": "Invalid params", "data": <what is wrong>}` for a parameter
+that does not parse, -32603 "Internal error" for a method that failed (tx not found, height
+not yet reached, a bad query), -32601 "Method not found". Two deliberate differences: a GET
+that fails is also HTTP 200 (CometBFT says 500, which HTTP clients retry), and a body that
+is not JSON (or nests too deep) is HTTP 400 (CometBFT: 500), a body too large 413.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import inspect
 import json
 import logging
@@ -29,10 +37,17 @@ from r3mes.chain.identity import NodeIdentity
 from r3mes.chain.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from r3mes.chain.rest import rest_router
 from r3mes.chain.rpc_json import (
+    CODESPACE,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    MAX_HEIGHT,
+    METHOD_NOT_FOUND,
     RpcError,
     block_json,
     commit_json,
     decode_request,
+    error_json,
+    exec_result_json,
     header_json,
     height_param,
     number_param,
@@ -40,25 +55,32 @@ from r3mes.chain.rpc_json import (
     results_hash,
     rfc3339,
     stored_tx_json,
+    tx_proof_json,
     validators_json,
 )
+from r3mes.chain.rpc_query import Condition, QuerySyntaxError, parse_query
 from r3mes.chain.rpc_ws import install_websocket
+from r3mes.chain.store import StoredTx
 from r3mes.chain.tx import MAX_TX_BYTES
 from r3mes.chain.views import QueryError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * MAX_TX_BYTES
 MAX_COMMIT_WAIT_S = 30.0
+MAX_BATCH = 64
+"""Requests per JSON-RPC batch."""
 METHODS = (
     "status",
     "genesis",
     "block",
     "block_results",
     "broadcast_tx_sync",
+    "broadcast_tx_async",
     "broadcast_tx_commit",
     "simulate_tx",
     "tx",
     "tx_search",
+    "block_search",
     "abci_query",
     "abci_info",
     "health",
@@ -70,18 +92,89 @@ METHODS = (
 )
 MAX_BLOCK_METAS = 20
 """Block metas per `blockchain` answer (CometBFT's limit)."""
+DEFAULT_PER_PAGE = 30
+MAX_PER_PAGE = 100
+"""`per_page` of tx_search / block_search / validators: CometBFT's default and cap."""
 COMETBFT_VERSION = "0.38.26"
 """The CometBFT release whose RPC the devnet answers like (status reports it)."""
 
 
+def failed(detail: str) -> RpcError:
+    """A method's failure (CometBFT's -32603 "Internal error" with the detail as data)."""
+    return RpcError(200, detail, INTERNAL_ERROR)
+
+
 def _height(engine: DevnetEngine, height: str | int | None) -> int:
+    """A committed height; absent means the latest (CometBFT's texts for the others)."""
     latest = engine.state.height
-    if height in (None, "", 0, "0"):
+    if height is None or height == "":
         return latest
-    value = height_param(str(height), "height")
-    if not 1 <= value <= latest:
-        raise RpcError(404, f"height {value} is not available (latest is {latest})")
+    text = str(height).strip().strip('"')
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+        raise failed(f"height must be greater than 0, but got {text}")
+    value = height_param(text, "height")
+    if value == 0:
+        raise failed("height must be greater than 0, but got 0")
+    if value > latest:
+        raise failed(
+            f"height {value} must be less than or equal to the current blockchain height {latest}"
+        )
     return value
+
+
+def _page(page: str, per_page: str, total: int) -> tuple[int, int]:
+    """(limit, offset) of a search page, validated as CometBFT does: per_page below 1 is
+    the default 30, above 100 is 100; page must be within [1, pages]."""
+    size = int(number_param(per_page, "per_page", low=-(2**63), high=2**63 - 1))
+    size = DEFAULT_PER_PAGE if size < 1 else min(size, MAX_PER_PAGE)
+    number = int(number_param(page, "page", low=-(2**63), high=2**63 - 1))
+    pages = max(1, -(-total // size))
+    if not 1 <= number <= pages:
+        raise failed(f"page should be within [1, {pages}] range, given {number}")
+    return size, (number - 1) * size
+
+
+def _order(order_by: str, default: str) -> bool:
+    """Whether `order_by` (asc, desc or empty for `default`) is descending."""
+    order = order_by.strip().strip('"') or default
+    if order not in ("asc", "desc"):
+        raise failed("expected order_by to be either `asc` or `desc` or empty")
+    return order == "desc"
+
+
+def _flag(value: str, name: str) -> bool:
+    text = value.strip().strip('"').lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0", ""):
+        return False
+    raise RpcError(200, f"{name} must be true or false, not {value[:20]!r}")
+
+
+def search_conditions(query: str, height_tag: str) -> tuple[Condition, ...]:
+    """A tx_search / block_search query, parsed and checked against what R3MES indexes:
+    `height_tag` (tx.height or block.height) compares integers within int64, tx.hash
+    only =, and numbers compared with event attributes are integers."""
+    try:
+        conditions = parse_query(query)
+    except QuerySyntaxError as exc:
+        raise failed(str(exc)) from exc
+    for c in conditions:
+        if c.op == "EXISTS":
+            continue
+        if c.tag == height_tag or (c.tag == "tx.hash" and height_tag == "tx.height"):
+            want_int = c.tag == height_tag
+            if want_int and not (
+                isinstance(c.operand, int) and -MAX_HEIGHT <= c.operand <= MAX_HEIGHT
+            ):
+                raise failed(f"{c.tag} must be compared with an integer within int64")
+            if not want_int and (c.op != "=" or not isinstance(c.operand, str)):
+                raise failed("tx.hash takes = 'HEX' only")
+        elif not isinstance(c.operand, str) and not (
+            isinstance(c.operand, int) and abs(c.operand) <= MAX_HEIGHT
+        ):
+            raise failed(f"{c.tag}: R3MES event attributes compare with integers within int64")
+    return conditions
 
 
 class Methods:
@@ -92,31 +185,31 @@ class Methods:
         self.identity = identity
 
     def call(self, name: str, params: object) -> Any:
-        """Run method `name` with `params` (a JSON object of strings or scalars)."""
+        """Run method `name` with `params`: a JSON object (named) or array (positional)
+        of strings or scalars. Unknown named parameters are ignored, as CometBFT does."""
         if name not in METHODS:
-            raise RpcError(404, f"unknown method {name!r}; methods: {', '.join(METHODS)}", -32601)
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            raise RpcError(400, f"params of {name} must be a JSON object")
+            raise RpcError(200, f"unknown method {name!r}", METHOD_NOT_FOUND)
         func: Callable[..., Any] = getattr(self, name)
         accepted = inspect.signature(func).parameters
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise RpcError(
-                400, f"{name} takes no parameter {unknown[0]!r}; it takes {list(accepted)}"
-            )
+        if params is None:
+            params = {}
+        if isinstance(params, list):
+            if len(params) > len(accepted):
+                raise RpcError(200, f"{name} takes at most {len(accepted)} parameters")
+            params = dict(zip(accepted, params, strict=False))
+        if not isinstance(params, dict):
+            raise RpcError(200, f"params of {name} must be a JSON object or array")
         missing = [
             p
             for p, spec in accepted.items()
             if spec.default is inspect.Parameter.empty and params.get(p) is None
         ]
         if missing:
-            raise RpcError(400, f"{name} needs the parameter {missing[0]!r}")
+            raise RpcError(200, f"{name} needs the parameter {missing[0]!r}")
         args = {
             k: v if isinstance(v, str) else json.dumps(v)
             for k, v in params.items()
-            if v is not None
+            if v is not None and k in accepted
         }
         return func(**args)
 
@@ -132,8 +225,8 @@ class Methods:
                 "network": state.chain_id,
                 "version": COMETBFT_VERSION,
                 "channels": "",
-                "moniker": "r3mes-devnet",
-                "other": {"tx_index": "on", "rpc_address": "", "r3mes_version": __version__},
+                "moniker": f"r3mes-devnet-{__version__}",
+                "other": {"tx_index": "on", "rpc_address": ""},
             },
             "sync_info": {
                 "latest_block_hash": found[0].hash.upper() if found else "",
@@ -151,18 +244,45 @@ class Methods:
                 "pub_key": self.identity.pub_key_json(),
                 "voting_power": "1",
             },
-            "mempool_size": self.engine.mempool_size(),
         }
 
     def genesis(self) -> dict[str, Any]:
-        """The genesis document (CometBFT's `genesis`): what indexers start from."""
-        doc: dict[str, Any] = json.loads(self.engine.store.genesis().to_json())
+        """CometBFT's genesis document, the R3MES genesis as its `app_state` (as in the
+        genesis.json `r3mes chain testnet` writes); the devnet's one validator, power 1."""
+        genesis = self.engine.store.genesis()
+        validator = validators_json(self.identity)[0]
+        doc = {
+            "genesis_time": rfc3339(genesis.genesis_time_ms),
+            "chain_id": genesis.chain_id,
+            "initial_height": "1",
+            "consensus_params": {
+                "block": {"max_bytes": str(self.engine.config.max_block_bytes), "max_gas": "-1"},
+                "evidence": {
+                    "max_age_num_blocks": "100000",
+                    "max_age_duration": "172800000000000",
+                    "max_bytes": "1048576",
+                },
+                "validator": {"pub_key_types": ["ed25519"]},
+                "version": {"app": str(APP_VERSION)},
+                "abci": {"vote_extensions_enable_height": "0"},
+            },
+            "validators": [
+                {
+                    "address": validator["address"],
+                    "pub_key": validator["pub_key"],
+                    "power": validator["voting_power"],
+                    "name": "r3mes-devnet",
+                }
+            ],
+            "app_hash": "",
+            "app_state": json.loads(genesis.to_json()),
+        }
         return {"genesis": doc}
 
     def block(self, height: str | None = None) -> dict[str, Any]:
         found = self.engine.store.block(_height(self.engine, height))
         if found is None:
-            raise RpcError(404, "no block at that height yet")
+            raise failed("no block at that height yet")
         return block_json(
             found[0],
             identity=self.identity,
@@ -181,7 +301,7 @@ class Methods:
         h = _height(self.engine, height)
         found = self.engine.store.block(h)
         if found is None:
-            raise RpcError(404, "no block at that height yet")
+            raise failed("no block at that height yet")
         block, following = found[0], self.engine.store.block(h + 1)
         commit = commit_json(
             chain_id=block.header.chain_id,
@@ -211,7 +331,7 @@ class Methods:
         low = int(number_param(minHeight, "minHeight", low=0, high=2**63 - 1))
         bottom = max(low or 1, top - MAX_BLOCK_METAS + 1, 1)
         if low > top:
-            raise RpcError(400, f"minHeight {low} is above maxHeight {top}")
+            raise failed(f"min height {low} can't be greater than max height {top}")
         metas = []
         for h in range(top, bottom - 1, -1):
             found = self.engine.store.block(h)
@@ -229,14 +349,21 @@ class Methods:
         return {"last_height": str(latest), "block_metas": metas}
 
     def block_results(self, height: str | None = None) -> dict[str, Any]:
+        """CometBFT's FinalizeBlock results; begin and end events are its
+        finalize_block_events, and empty lists are null, as CometBFT writes them."""
         h = _height(self.engine, height)
         results = self.engine.store.block_results(h)
         if results is None:
-            raise RpcError(404, f"no results for height {h}")
+            raise failed(f"could not find results for height #{h}")
+        txs = [exec_result_json(r["code"], r["log"], r["events"]) for r in results["txs_results"]]
+        events = results["begin_events"] + results["end_events"]
         return {
-            **results,
             "height": str(h),
-            "finalize_block_events": results["begin_events"] + results["end_events"],
+            "txs_results": txs or None,
+            "finalize_block_events": events or None,
+            "validator_updates": None,
+            "consensus_param_updates": None,
+            "app_hash": base64.b64encode(bytes.fromhex(results["app_hash"])).decode(),
         }
 
     def broadcast_tx_sync(self, tx: str) -> dict[str, Any]:
@@ -245,29 +372,33 @@ class Methods:
             "code": result.code,
             "data": "",
             "log": result.log,
-            "codespace": "",
+            "codespace": CODESPACE,
             "hash": result.hash,
         }
+
+    def broadcast_tx_async(self, tx: str) -> dict[str, Any]:
+        """As broadcast_tx_sync: the devnet's admission is in-process and immediate, so
+        the answer carries CheckTx's code (CometBFT's async answers before CheckTx, 0)."""
+        return self.broadcast_tx_sync(tx)
 
     def broadcast_tx_commit(self, tx: str, timeout: str = "10") -> dict[str, Any]:
         wait = number_param(timeout, "timeout", low=0, high=MAX_COMMIT_WAIT_S)
         check = self.engine.submit(parse_bytes(tx, "tx"))
-        out: dict[str, Any] = {
-            "check_tx": {"code": check.code, "log": check.log},
-            "hash": check.hash,
-        }
+        out: dict[str, Any] = {"check_tx": exec_result_json(check.code, check.log, [])}
         if check.code != 0:
             return {
                 **out,
-                "tx_result": {"code": check.code, "log": check.log, "events": []},
+                "tx_result": exec_result_json(0, "", []),
+                "hash": check.hash,
                 "height": "0",
             }
         stored = self.engine.wait_for_tx(check.hash, timeout_s=wait)
         if stored is None:
-            raise RpcError(503, f"tx {check.hash} not committed within {wait:g} s", code=-32603)
+            raise failed(f"timed out waiting for tx {check.hash} to be included in a block")
         return {
             **out,
             "tx_result": stored_tx_json(stored)["tx_result"],
+            "hash": check.hash,
             "height": str(stored.height),
         }
 
@@ -284,10 +415,9 @@ class Methods:
 
     def tx(self, hash: str, prove: str = "false") -> dict[str, Any]:
         """A committed tx by hash: 64 hex characters (0x optional) or, as CometBFT's JSON
-        body carries bytes, base64 of the 32 bytes. The devnet keeps no Merkle proofs of
-        its txs, so prove=true is refused."""
-        if prove.strip('"').lower() not in ("false", "0", ""):
-            raise RpcError(400, "the devnet keeps no tx proofs; call tx with prove=false")
+        body carries bytes, base64 of the 32 bytes. prove=true adds the tx's proof
+        against its block's data_hash (rpc_json.tx_proof_json)."""
+        with_proof = _flag(prove, "prove")
         digest = hash.strip('"').removeprefix("0x").removeprefix("0X").upper()
         if len(digest) != 64:
             try:
@@ -295,42 +425,85 @@ class Methods:
             except ValueError:
                 raw = b""
             if len(raw) != 32:
-                raise RpcError(400, "hash must be 64 hex characters or base64 of 32 bytes")
+                raise RpcError(200, "hash must be 64 hex characters or base64 of 32 bytes")
             digest = raw.hex().upper()
         found = self.engine.store.tx(digest)
         if found is None:
-            raise RpcError(404, f"tx {digest} not found")
-        return stored_tx_json(found)
+            raise failed(f"tx ({digest}) not found")
+        return self._tx_json(found, with_proof)
+
+    def _tx_json(self, found: StoredTx, with_proof: bool) -> dict[str, Any]:
+        if not with_proof:
+            return stored_tx_json(found)
+        block = self.engine.store.block(found.height)
+        if block is None:
+            raise failed(f"block {found.height} of tx {found.hash} is missing")
+        proof = tx_proof_json(block[0].txs, found.index, block[0].header.data_hash)
+        return stored_tx_json(found, proof)
 
     def tx_search(
-        self, query: str, page: str = "1", per_page: str = "30", order_by: str = "asc"
+        self,
+        query: str,
+        prove: str = "false",
+        page: str = "1",
+        per_page: str = "30",
+        order_by: str = "",
     ) -> dict[str, Any]:
-        """Matching txs, one page at a time; total_count counts every match."""
-        height, signer = parse_tx_query(query)
-        size = int(number_param(per_page, "per_page", low=1, high=100))
-        number = int(number_param(page, "page", low=1, high=2**31))
-        order = order_by.strip('"') or "asc"
-        if order not in ("asc", "desc"):
-            raise RpcError(400, "order_by must be asc or desc")
-        found, total = self.engine.store.tx_search(
-            height=height,
-            signer=signer,
-            limit=size,
-            offset=(number - 1) * size,
-            descending=order == "desc",
+        """Txs matching a CometBFT query (rpc_query: tx.height, tx.hash and event
+        attributes), one page at a time, oldest first unless order_by=desc; total_count
+        counts every match."""
+        conditions = search_conditions(query, "tx.height")
+        with_proof = _flag(prove, "prove")
+        descending = _order(order_by, "asc")
+        _, total = self.engine.store.search_txs(conditions, limit=0)
+        size, offset = _page(page, per_page, total)
+        found, total = self.engine.store.search_txs(
+            conditions, limit=size, offset=offset, descending=descending
         )
-        return {"txs": [stored_tx_json(t) for t in found], "total_count": str(total)}
+        return {"txs": [self._tx_json(t, with_proof) for t in found], "total_count": str(total)}
 
-    def abci_query(self, path: str, data: str = "", height: str | None = None) -> dict[str, Any]:
-        raw = parse_bytes(data, "data", limit=4096) if data else b""
+    def block_search(
+        self, query: str, page: str = "1", per_page: str = "30", order_by: str = ""
+    ) -> dict[str, Any]:
+        """Blocks matching a CometBFT query (block.height and the attributes of the
+        blocks' begin/end events), newest first unless order_by=asc, as CometBFT."""
+        conditions = search_conditions(query, "block.height")
+        descending = _order(order_by, "desc")
+        _, total = self.engine.store.search_blocks(conditions, limit=0)
+        size, offset = _page(page, per_page, total)
+        heights, total = self.engine.store.search_blocks(
+            conditions, limit=size, offset=offset, descending=descending
+        )
+        return {"blocks": [self.block(str(h)) for h in heights], "total_count": str(total)}
+
+    def abci_query(
+        self, path: str, data: str = "", height: str = "0", prove: str = "false"
+    ) -> dict[str, Any]:
+        """An ABCI query on the latest state. `data` is hex (0x optional), as CometBFT's
+        HexBytes; height 0 is the latest (the devnet keeps no past states), prove is
+        accepted and answers no proof (proofOps null, as an app without proofs)."""
+        raw = parse_hex(data, "data", limit=4096)
+        _flag(prove, "prove")
+        wanted = int(number_param(height, "height", low=0, high=MAX_HEIGHT))
         state = self.engine.state
+        if wanted not in (0, state.height):
+            raise failed(f"the devnet answers queries on its latest state ({state.height}) only")
+        response: dict[str, Any] = {
+            "code": 0,
+            "log": "",
+            "info": "",
+            "index": "0",
+            "key": None,
+            "value": None,
+            "proofOps": None,
+            "height": str(state.height),
+            "codespace": CODESPACE,
+        }
         try:
             value = abci.query(state, path.strip('"'), raw)
         except QueryError as exc:
-            response = {"code": 1, "log": str(exc), "value": "", "height": str(state.height)}
-            return {"response": response}
-        encoded = base64.b64encode(value).decode()
-        return {"response": {"code": 0, "log": "", "value": encoded, "height": str(state.height)}}
+            return {"response": {**response, "code": exc.status, "log": str(exc)}}
+        return {"response": {**response, "value": base64.b64encode(value).decode()}}
 
     def abci_info(self) -> dict[str, Any]:
         info = self.engine.app.info()
@@ -353,6 +526,7 @@ class Methods:
         """The one devnet validator (the node's identity), at any committed height."""
         h = _height(self.engine, height)
         validators = validators_json(self.identity)
+        _page(page, per_page, len(validators))
         return {"block_height": str(h), "validators": validators, "count": "1", "total": "1"}
 
     def net_info(self) -> dict[str, Any]:
@@ -370,20 +544,15 @@ class Methods:
         }
 
 
-def parse_tx_query(query: str) -> tuple[int | None, str | None]:
-    """Subset of CometBFT queries: tx.height=N, message.sender='addr', joined by AND."""
-    height: int | None = None
-    signer: str | None = None
-    for clause in query.strip('"').split(" AND "):
-        key, _, value = clause.partition("=")
-        key, value = key.strip(), value.strip().strip("'")
-        if key == "tx.height" and value:
-            height = height_param(value, "tx.height")
-        elif key == "message.sender" and value:
-            signer = value
-        else:
-            raise RpcError(400, "supported queries: tx.height=N and/or message.sender='addr'")
-    return height, signer
+def parse_hex(value: str, what: str, limit: int) -> bytes:
+    """CometBFT's HexBytes parameter: hex (0x optional; the URI form may quote it)."""
+    text = value.strip().strip('"').removeprefix("0x").removeprefix("0X")
+    if len(text) > 2 * limit:
+        raise RpcError(200, f"{what} is larger than {limit} bytes")
+    try:
+        return bytes.fromhex(text)
+    except (ValueError, binascii.Error) as exc:
+        raise RpcError(200, f"{what} must be hex") from exc
 
 
 def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
@@ -420,37 +589,51 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
             body = decode_request(data)
         except RpcError as exc:
             return rpc_error(exc.status, exc.message, exc.code, rid=None)
+        if isinstance(body, list):
+            if not body or len(body) > MAX_BATCH:
+                detail = f"a batch holds 1 to {MAX_BATCH} requests"
+                return rpc_error(400, detail, INVALID_REQUEST, rid=None)
+            answers = [await answer(methods, item) for item in body]
+            return JSONResponse(answers)
         if not isinstance(body, dict):
-            return rpc_error(400, "a JSON-RPC request must be a JSON object", -32600, rid=None)
-        rid = body.get("id", -1)
-        name = body.get("method")
-        if not isinstance(name, str):
-            return rpc_error(400, "the request names no method", -32600, rid=rid)
-        try:
-            result = await asyncio.to_thread(methods.call, name, body.get("params"))
-        except RpcError as exc:
-            return rpc_error(exc.status, exc.message, exc.code, rid=rid)
-        return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": result})
+            detail = "a JSON-RPC request must be a JSON object"
+            return rpc_error(400, detail, INVALID_REQUEST, rid=None)
+        return JSONResponse(await answer(methods, body))
 
     install_websocket(app, engine, methods)
     return app
 
 
+async def answer(methods: Methods, request: object) -> dict[str, Any]:
+    """The JSON-RPC answer to one request object (an error object when it fails)."""
+    if not isinstance(request, dict):
+        detail = "a JSON-RPC request must be a JSON object"
+        return {"jsonrpc": "2.0", "id": None, "error": error_json(INVALID_REQUEST, detail)}
+    rid = request.get("id", -1)
+    name = request.get("method")
+    try:
+        if not isinstance(name, str):
+            raise RpcError(200, "the request names no method", METHOD_NOT_FOUND)
+        result = await asyncio.to_thread(methods.call, name, request.get("params"))
+    except RpcError as exc:
+        return {"jsonrpc": "2.0", "id": rid, "error": error_json(exc.code, exc.message)}
+    return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+
 def _route(app: FastAPI, methods: Methods, name: str) -> None:
     async def handler(request: Request) -> JSONResponse:
         params = dict(request.query_params)
-        result = await asyncio.to_thread(methods.call, name, params)
-        return JSONResponse({"jsonrpc": "2.0", "id": -1, "result": result})
+        return JSONResponse(await answer(methods, {"id": -1, "method": name, "params": params}))
 
     app.add_api_route(f"/{name}", handler, methods=["GET"], name=name)
 
 
 def rpc_error(status: int, message: str, code: int = -32602, *, rid: Any = -1) -> JSONResponse:
-    body = {
-        "jsonrpc": "2.0",
-        "id": rid,
-        "error": {"code": code, "message": message, "data": message},
-    }
+    """A JSON-RPC error answer with HTTP `status` (the request itself was unusable, or
+    the gateway's conventions); a parse error carries no id, as CometBFT's."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "error": error_json(code, message)}
+    if rid is None:
+        del body["id"]
     return JSONResponse(body, status_code=status)
 
 
@@ -466,7 +649,7 @@ def validation_message(exc: RequestValidationError) -> str:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RpcError)
     async def rpc_failed(request: Request, exc: RpcError) -> JSONResponse:
-        return rpc_error(exc.status, exc.message, exc.code)
+        return rpc_error(exc.status if exc.status >= 400 else 400, exc.message, exc.code)
 
     @app.exception_handler(QueryError)
     async def query_error(request: Request, exc: QueryError) -> JSONResponse:

@@ -33,12 +33,43 @@ EMPTY_HASH = hashlib.sha256(b"").hexdigest().upper()
 """CometBFT's hash of an empty list (no evidence, no tx results, no previous commit)."""
 
 
-class RpcError(Exception):
-    """A JSON-RPC error answer: HTTP status, message and JSON-RPC error code."""
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+ERROR_MESSAGES = {
+    PARSE_ERROR: "Parse error. Invalid JSON",
+    INVALID_REQUEST: "Invalid Request",
+    METHOD_NOT_FOUND: "Method not found",
+    INVALID_PARAMS: "Invalid params",
+    INTERNAL_ERROR: "Internal error",
+}
+"""CometBFT's fixed `error.message` per code; what went wrong is in `error.data`."""
+CODESPACE = "remes"
+"""The codespace the R3MES ABCI app reports in its CheckTx, FinalizeBlock and Query answers."""
 
-    def __init__(self, status: int, message: str, code: int = -32602) -> None:
+
+class RpcError(Exception):
+    """A JSON-RPC error: its code (-32602 bad parameters, -32603 the method failed, as
+    CometBFT sorts them) and what went wrong (the answer's `error.data`).
+
+    `status` is the HTTP status of an answer to a request that could not be read as
+    JSON-RPC at all (400: not JSON, nested too deep; 413: too large). A method's error is
+    answered with HTTP 200, as CometBFT answers a JSON-RPC POST."""
+
+    def __init__(self, status: int, message: str, code: int = INVALID_PARAMS) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+
+
+def error_json(code: int, detail: str) -> dict[str, Any]:
+    """CometBFT's error object: a fixed message per code, the detail as `data` (an unknown
+    method has no data, as on CometBFT)."""
+    doc: dict[str, Any] = {"code": code, "message": ERROR_MESSAGES.get(code, "Server error")}
+    if code != METHOD_NOT_FOUND and detail:
+        doc["data"] = detail
+    return doc
 
 
 def json_depth(data: bytes) -> int:
@@ -124,7 +155,6 @@ def header_json(
         "chain_id": h.chain_id,
         "height": str(h.height),
         "time": rfc3339(h.time_ms),
-        "time_ms": h.time_ms,
         "last_block_id": _block_id(h.last_block_hash),
         "last_commit_hash": _canonical_hash(last_commit) if h.height > 1 else EMPTY_HASH,
         "data_hash": h.data_hash.upper(),
@@ -198,18 +228,71 @@ def block_json(
     }
 
 
-def tx_result_json(r: TxResult) -> dict[str, Any]:
-    return {"code": r.code, "log": r.log, "events": [e.to_json() for e in r.events]}
-
-
-def stored_tx_json(t: StoredTx) -> dict[str, Any]:
+def exec_result_json(code: int, log: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """CometBFT's ExecTxResult / ResponseCheckTx JSON. R3MES meters no gas and returns no
+    data or info, so those fields are CometBFT's zero values."""
     return {
+        "code": code,
+        "data": None,
+        "log": log,
+        "info": "",
+        "gas_wanted": "0",
+        "gas_used": "0",
+        "events": events,
+        "codespace": CODESPACE,
+    }
+
+
+def tx_result_json(r: TxResult) -> dict[str, Any]:
+    return exec_result_json(r.code, r.log, [e.to_json() for e in r.events])
+
+
+def stored_tx_json(t: StoredTx, proof: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = {
         "hash": t.hash,
         "height": str(t.height),
         "index": t.index,
-        "tx_result": {"code": t.code, "log": t.log, "events": t.events},
+        "tx_result": exec_result_json(t.code, t.log, t.events),
         "tx": base64.b64encode(t.raw).decode(),
     }
+    if proof is not None:
+        doc["proof"] = proof
+    return doc
+
+
+def tx_proof_json(txs: tuple[bytes, ...], index: int, root_hash: str) -> dict[str, Any]:
+    """CometBFT's TxProof fields for tx `index` of a block whose header has `root_hash`
+    (its data_hash). The devnet's data_hash is flat, not a Merkle tree: SHA-256 of
+    b"r3mes-data-v1" and every tx's SHA-256 in order. So `aunts` holds the other txs'
+    hashes (every leaf but this one, in order): `verify_tx_proof` recomputes the root
+    from them. A CometBFT Merkle verifier would reject it; see docs/chain-rpc.md."""
+    leaves = [hashlib.sha256(raw).digest() for raw in txs]
+    return {
+        "root_hash": root_hash.upper(),
+        "data": base64.b64encode(txs[index]).decode(),
+        "proof": {
+            "total": str(len(txs)),
+            "index": str(index),
+            "leaf_hash": base64.b64encode(leaves[index]).decode(),
+            "aunts": [base64.b64encode(h).decode() for i, h in enumerate(leaves) if i != index],
+        },
+    }
+
+
+def verify_tx_proof(proof: dict[str, Any]) -> bool:
+    """Whether a `tx_proof_json` proof shows its tx under its root hash."""
+    inner = proof["proof"]
+    leaf = hashlib.sha256(base64.b64decode(proof["data"])).digest()
+    if base64.b64decode(inner["leaf_hash"]) != leaf:
+        return False
+    others = [base64.b64decode(a) for a in inner["aunts"]]
+    index, total = int(inner["index"]), int(inner["total"])
+    if len(others) != total - 1 or not 0 <= index < total:
+        return False
+    digest = hashlib.sha256(b"r3mes-data-v1")
+    for h in [*others[:index], leaf, *others[index:]]:
+        digest.update(h)
+    return bool(digest.hexdigest().upper() == str(proof["root_hash"]).upper())
 
 
 def parse_bytes(value: str, what: str, limit: int = MAX_TX_BYTES) -> bytes:

@@ -22,7 +22,13 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from r3mes.chain.application import APP_VERSION
 from r3mes.chain.engine import DevnetEngine
-from r3mes.chain.rpc_json import RpcError, block_json, decode_request, tx_result_json
+from r3mes.chain.rpc_json import (
+    RpcError,
+    block_json,
+    decode_request,
+    error_json,
+    tx_result_json,
+)
 from r3mes.chain.transition import Block, BlockResult
 from r3mes.chain.tx import tx_hash
 
@@ -120,7 +126,7 @@ class Session:
         if error is None:
             doc["result"] = result
         else:
-            doc["error"] = {"code": error.code, "message": error.message, "data": error.message}
+            doc["error"] = error_json(error.code, error.message)
         await self.send(doc)
 
     async def handle(self, text: str) -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from r3mes.chain.errors import StoreError
 from r3mes.chain.genesis import Genesis
 from r3mes.chain.ledger import Event
+from r3mes.chain.rpc_query import Condition
 from r3mes.chain.state import State, genesis_state, state_from_entries
 from r3mes.chain.transition import Block, BlockResult, Header, TxResult, apply_block
 
@@ -232,6 +233,46 @@ class BlockStore:
             page = self._txs(f"{where} ORDER BY {order} LIMIT ? OFFSET ?", (*args, limit, offset))
         return page, total
 
+    def search_txs(
+        self,
+        conditions: Sequence[Condition],
+        *,
+        limit: int,
+        offset: int = 0,
+        descending: bool = False,
+    ) -> tuple[list[StoredTx], int]:
+        """One page of the txs matching every condition of a CometBFT query (see
+        rpc_query), in (height, index) order, and how many match in all. `tx.height` and
+        `tx.hash` are the txs' own keys; any other tag is an indexed event attribute."""
+        where, args = _where(conditions, _TX_KEYS, ("txs.events",))
+        order = "height DESC, idx DESC" if descending else "height, idx"
+        with self._lock:
+            total = int(self._db.execute(f"SELECT COUNT(*) FROM txs {where}", args).fetchone()[0])
+            page = self._txs(f"{where} ORDER BY {order} LIMIT ? OFFSET ?", (*args, limit, offset))
+        return page, total
+
+    def search_blocks(
+        self,
+        conditions: Sequence[Condition],
+        *,
+        limit: int,
+        offset: int = 0,
+        descending: bool = True,
+    ) -> tuple[list[int], int]:
+        """Heights of one page of the blocks matching every condition (`block.height`,
+        or an attribute of the block's begin/end events), and how many match in all."""
+        where, args = _where(conditions, _BLOCK_KEYS, ("blocks.begin_events", "blocks.end_events"))
+        order = "DESC" if descending else "ASC"
+        with self._lock:
+            total = int(
+                self._db.execute(f"SELECT COUNT(*) FROM blocks {where}", args).fetchone()[0]
+            )
+            rows = self._db.execute(
+                f"SELECT height FROM blocks {where} ORDER BY height {order} LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        return [int(r[0]) for r in rows], total
+
     def replay(self) -> Iterator[tuple[int, str, str]]:
         """Re-apply every stored block from genesis: yields (height, stored, recomputed)."""
         state = genesis_state(self.genesis())
@@ -278,3 +319,52 @@ class _Transaction:
 
 def tx_result_json(result: TxResult) -> dict[str, Any]:
     return {"code": result.code, "log": result.log, "events": [e.to_json() for e in result.events]}
+
+
+_TX_KEYS = {"tx.height": "height", "tx.hash": "hash"}
+_BLOCK_KEYS = {"block.height": "height"}
+_SQL_OPS = {"=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_ATTRIBUTE = (
+    "EXISTS (SELECT 1 FROM json_each({column}) AS e, json_each(e.value, '$.attributes') AS a"
+    " WHERE json_extract(e.value, '$.type') || '.' || json_extract(a.value, '$.key') = ?"
+    " AND json_extract(a.value, '$.index') AND {test})"
+)
+_VALUE = "json_extract(a.value, '$.value')"
+
+
+def _where(
+    conditions: Sequence[Condition], keys: dict[str, str], event_columns: tuple[str, ...]
+) -> tuple[str, list[Any]]:
+    """SQL WHERE of a parsed query: `keys` maps the indexed tags to columns (integer
+    heights, upper-case hex hashes); other tags match event attributes (type.key) in the
+    JSON `event_columns`. Operands were checked by the caller (integers within int64)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for c in conditions:
+        column = keys.get(c.tag)
+        if column == "hash":
+            clauses.append("hash = ?")
+            args.append(str(c.operand).upper())
+        elif column is not None:
+            if c.op == "EXISTS":
+                continue
+            clauses.append(f"{column} {_SQL_OPS[c.op]} ?")
+            args.append(c.operand)
+        else:
+            if c.op == "EXISTS":
+                test, extra = "1", []
+            elif c.op == "CONTAINS":
+                test, extra = f"instr({_VALUE}, ?) > 0", [c.operand]
+            elif isinstance(c.operand, str):
+                test, extra = f"{_VALUE} = ?", [c.operand]
+            else:  # a number: the attribute must be an integer written canonically
+                test = (
+                    f"CAST(CAST({_VALUE} AS INTEGER) AS TEXT) = {_VALUE}"
+                    f" AND CAST({_VALUE} AS INTEGER) {_SQL_OPS[c.op]} ?"
+                )
+                extra = [c.operand]
+            parts = [_ATTRIBUTE.format(column=col, test=test) for col in event_columns]
+            clauses.append("(" + " OR ".join(parts) + ")")
+            for _ in event_columns:
+                args.extend([c.tag, *extra])
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args

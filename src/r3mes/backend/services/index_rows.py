@@ -55,9 +55,12 @@ BEGIN_EVENTS = ("round_closed", "round_opened")
 
 
 def block_time_ms(block: ChainBlock) -> int:
-    """The header's millisecond time (R3MES ledgers send it), else the parsed RFC 3339 time."""
+    """The header's millisecond time: `time_ms` where a ledger sends it, else the RFC 3339
+    `time` (both engines' headers carry only that), in exact integer milliseconds."""
     raw = block.header.get("time_ms")
-    return int(raw) if raw is not None else int(block.time.timestamp() * 1000)
+    if raw is not None:
+        return int(raw)
+    return (block.time - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
 
 
 def utc(ms: int) -> dt.datetime:

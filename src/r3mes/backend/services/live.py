@@ -62,8 +62,8 @@ class Explorer:
     async def handle(self, session: AsyncSession, block: ChainBlock) -> None:
         genesis = None
         if await load_meta(session) is None:
-            doc = await self.rpc.call("genesis")
-            genesis = Genesis.from_json(json.dumps(doc["genesis"]))
+            doc = (await self.rpc.call("genesis"))["genesis"]  # CometBFT's; ours is app_state
+            genesis = Genesis.from_json(json.dumps(doc.get("app_state", doc)))
         summary = await index_block(session, block, genesis=genesis)
         for stale in [h for h in self._summaries if h <= block.height]:
             del self._summaries[stale]  # from a transaction that rolled back

@@ -1,0 +1,373 @@
+"""The devnet's JSON-RPC answers shape for shape like a real CometBFT v0.38 node's.
+
+One real `cometbft` validator (with `r3mes chain abci`) and one embedded devnet start from
+the same genesis and get the same signed txs (broadcast_tx_commit, _sync, _async). Then the
+same request list goes to both, over POST (and the success cases over GET too), and each
+answer's structure is compared: keys and JSON types, recursively, lists by their first
+element, `null` where the other side has a list (CometBFT writes an empty list as null).
+Values differ (two chains, two validator keys), so they are not compared; error objects are
+compared by code and message too (CometBFT's fixed message per code).
+
+Deliberate differences, asserted here so a change to either side shows:
+- a failed GET is HTTP 200 on the devnet, 500 on CometBFT (HTTP clients retry a 500);
+- a body that is not JSON is HTTP 400 on the devnet, 500 on CometBFT.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support.net import free_port
+
+from r3mes.chain import testnet
+from r3mes.chain.client import BlockchainClient
+from r3mes.chain.cometbft import CometbftNetwork, CometbftNotInstalled, find_cometbft
+from r3mes.chain.crypto import SigningKey
+from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
+from r3mes.chain.msgs import TransferCredits
+from r3mes.chain.proto.gen.remes.remes.v1 import query_pb2
+from r3mes.chain.tx import build_tx, tx_hash
+from r3mes.paths import Home
+
+pytestmark = pytest.mark.slow
+
+CHAIN_ID = "r3mes-parity-1"
+SENDER = SigningKey(secret=(2000).to_bytes(32, "big"))
+RECEIVER = SigningKey(secret=(2001).to_bytes(32, "big")).address
+
+
+def cometbft_binary() -> str:
+    gopath_bin = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin"
+    try:
+        return find_cometbft((gopath_bin,))
+    except CometbftNotInstalled as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@dataclass
+class Engine:
+    """One engine's RPC URL and what the broadcasts answered there."""
+
+    name: str
+    url: str
+    http: httpx.Client
+    broadcasts: dict[str, Any] = field(default_factory=dict)
+    tx_height: int = 0
+
+    def post(self, method: str, params: dict[str, Any] | list[Any]) -> tuple[int, Any]:
+        body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
+        response = self.http.post(self.url + "/", json=body)
+        return response.status_code, response.json()
+
+    def get(self, method: str, params: dict[str, str]) -> tuple[int, Any]:
+        response = self.http.get(f"{self.url}/{method}", params=params)
+        return response.status_code, response.json()
+
+
+def _raw(sequence: int, account_number: int, amount: int = 1) -> bytes:
+    msg = TransferCredits(creator=SENDER.address, to=RECEIVER, amount=amount)
+    return build_tx(
+        [msg], key=SENDER, chain_id=CHAIN_ID, account_number=account_number, sequence=sequence
+    )
+
+
+def _wait_tx(engine: Engine, digest: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, doc = engine.post("tx", {"hash": base64.b64encode(bytes.fromhex(digest)).decode()})
+        if "result" in doc:
+            return dict(doc["result"])
+        time.sleep(0.2)
+    raise AssertionError(f"{engine.name}: tx {digest} was not committed within 60 s")
+
+
+def _broadcast(engine: Engine, account_number: int) -> None:
+    """The same four txs on each engine: one per broadcast mode and one CheckTx refuses."""
+    txs = [_raw(seq, account_number) for seq in range(3)]
+    for mode, raw in zip(("commit", "sync", "async"), txs, strict=True):
+        _, doc = engine.post(f"broadcast_tx_{mode}", {"tx": base64.b64encode(raw).decode()})
+        assert doc["result"]["hash"] == tx_hash(raw), (engine.name, mode, doc)
+        engine.broadcasts[mode] = doc["result"]
+    bad = base64.b64encode(_raw(99, account_number)).decode()  # sequence far ahead
+    engine.broadcasts["sync_refused"] = engine.post("broadcast_tx_sync", {"tx": bad})[1]["result"]
+    engine.broadcasts["commit_refused"] = engine.post("broadcast_tx_commit", {"tx": bad})[1][
+        "result"
+    ]
+    assert engine.broadcasts["sync_refused"]["code"] != 0
+    for raw in txs:
+        found = _wait_tx(engine, tx_hash(raw))
+        engine.tx_height = engine.tx_height or int(found["height"])
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Engine]]:
+    root = tmp_path_factory.mktemp("parity")
+    genesis = devnet_genesis(chain_id=CHAIN_ID, accounts={SENDER.address: 1_000_000})
+    ports = (testnet.NodePorts(free_port(), free_port(), free_port()),)
+    config = testnet.TestnetConfig(
+        validators=1, ports=ports, timeout_commit="200ms", timeout_propose="1s"
+    )
+    net = CometbftNetwork(
+        testnet.write_testnet(root / "net", genesis, config), binary=cometbft_binary()
+    )
+    home = Home(root=root / "devnet")
+    init_devnet(home, genesis)
+    devnet = DevnetNode(home, DevnetConfig(port=free_port(), block_interval_s=0.2))
+    http = httpx.Client(timeout=30)
+    try:
+        net.start()
+        devnet.start()
+        assert net.wait_height(2, timeout_s=60)
+        assert devnet.engine.wait_for_height(2, 30)
+        with BlockchainClient(devnet.url) as client:
+            account_number = client.account(SENDER.address).account_number
+        real = Engine("cometbft", net.nodes[0].rpc_url, http)
+        ours = Engine("devnet", devnet.url, http)
+        for engine in (real, ours):
+            _broadcast(engine, account_number)
+        yield real, ours
+    finally:
+        http.close()
+        devnet.stop()
+        net.close()
+
+
+def shape(doc: object) -> object:
+    """Keys and JSON types, recursively (a list by its first element)."""
+    if isinstance(doc, dict):
+        return {k: shape(v) for k, v in sorted(doc.items())}
+    if isinstance(doc, list):
+        return [shape(doc[0])] if doc else []
+    return "null" if doc is None else type(doc).__name__
+
+
+def differences(ours: object, real: object, path: str = "") -> list[str]:
+    """Where two shapes differ. An empty list fits any list, and null fits a list (CometBFT
+    writes empty lists as null)."""
+    if isinstance(ours, dict) and isinstance(real, dict):
+        out = [f"{path}.{k}: only the devnet has it" for k in ours.keys() - real.keys()]
+        out += [f"{path}.{k}: only CometBFT has it" for k in real.keys() - ours.keys()]
+        for k in ours.keys() & real.keys():
+            out += differences(ours[k], real[k], f"{path}.{k}")
+        return out
+    if isinstance(ours, list) and isinstance(real, list):
+        return differences(ours[0], real[0], path + "[0]") if ours and real else []
+    if {str(ours), str(real)} <= {"null", "[]"} or (
+        "null" in (ours, real) and (isinstance(ours, list) or isinstance(real, list))
+    ):
+        return []
+    return [] if ours == real else [f"{path}: devnet {ours}, CometBFT {real}"]
+
+
+Params = Callable[[Engine], dict[str, Any]]
+
+
+def _hash(engine: Engine, mode: str = "commit") -> str:
+    return str(engine.broadcasts[mode]["hash"])
+
+
+def _b64(digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(digest)).decode()
+
+
+ACCOUNT = query_pb2.QueryAccountRequest(address=RECEIVER).SerializeToString().hex()
+SUCCESSES: list[tuple[str, str, Params]] = [
+    ("status", "status", lambda e: {}),
+    ("health", "health", lambda e: {}),
+    ("abci_info", "abci_info", lambda e: {}),
+    ("net_info", "net_info", lambda e: {}),
+    ("num_unconfirmed_txs", "num_unconfirmed_txs", lambda e: {}),
+    ("validators", "validators", lambda e: {}),
+    ("validators at the tx block", "validators", lambda e: {"height": str(e.tx_height)}),
+    ("genesis", "genesis", lambda e: {}),
+    ("block", "block", lambda e: {"height": str(e.tx_height)}),
+    ("latest block", "block", lambda e: {}),
+    ("block_results", "block_results", lambda e: {"height": str(e.tx_height)}),
+    ("block_results of an empty block", "block_results", lambda e: {"height": "2"}),
+    ("commit", "commit", lambda e: {"height": str(e.tx_height)}),
+    (
+        "blockchain",
+        "blockchain",
+        lambda e: {"minHeight": str(e.tx_height - 1), "maxHeight": str(e.tx_height)},
+    ),
+    (
+        "abci_query",
+        "abci_query",
+        lambda e: {"path": "/remes.remes.v1.Query/Account", "data": ACCOUNT},
+    ),
+    ("abci_query unknown path", "abci_query", lambda e: {"path": "/nowhere", "data": ""}),
+    ("tx", "tx", lambda e: {"hash": _b64(_hash(e))}),
+    ("tx prove", "tx", lambda e: {"hash": _b64(_hash(e)), "prove": True}),
+    ("tx_search tx.height", "tx_search", lambda e: {"query": f"tx.height={e.tx_height}"}),
+    ("tx_search tx.hash", "tx_search", lambda e: {"query": f"tx.hash='{_hash(e, 'sync')}'"}),
+    (
+        "tx_search sender, paged, desc, prove",
+        "tx_search",
+        lambda e: {
+            "query": f"message.sender='{SENDER.address}' AND tx.height>=1",
+            "page": "2",
+            "per_page": "1",
+            "order_by": "desc",
+            "prove": True,
+        },
+    ),
+    (
+        "tx_search ranges, CONTAINS, EXISTS",
+        "tx_search",
+        lambda e: {
+            "query": (
+                f"tx.height>0 AND tx.height<={e.tx_height + 100} AND transfer.amount>=1 "
+                f"AND transfer.amount<2 AND transfer.recipient CONTAINS '{RECEIVER[-8:]}' "
+                "AND message.sender EXISTS"
+            )
+        },
+    ),
+    ("tx_search no match", "tx_search", lambda e: {"query": "transfer.amount>1000000000"}),
+    ("block_search", "block_search", lambda e: {"query": f"block.height={e.tx_height}"}),
+    (
+        "block_search range asc",
+        "block_search",
+        lambda e: {"query": "block.height>=1 AND block.height<=3", "order_by": "asc"},
+    ),
+]
+ERRORS: list[tuple[str, str, Params]] = [
+    ("unknown method", "teleport", lambda e: {}),
+    ("bad params: height not a number", "block", lambda e: {"height": "abc"}),
+    ("bad params: tx not base64", "broadcast_tx_sync", lambda e: {"tx": "!!"}),
+    ("bad params: data not hex", "abci_query", lambda e: {"path": "/x", "data": "zz"}),
+    ("tx not found", "tx", lambda e: {"hash": _b64("00" * 32)}),
+    ("height too high", "block", lambda e: {"height": "99999999"}),
+    ("block_results height too high", "block_results", lambda e: {"height": "99999999"}),
+    ("commit height too high", "commit", lambda e: {"height": "99999999"}),
+    ("validators height too high", "validators", lambda e: {"height": "99999999"}),
+    ("height zero", "block", lambda e: {"height": "0"}),
+    ("bad query", "tx_search", lambda e: {"query": "tx.height = AND"}),
+    ("string compared by <", "tx_search", lambda e: {"query": "tx.hash>'AB'"}),
+    ("empty query", "block_search", lambda e: {"query": ""}),
+    ("page out of range", "tx_search", lambda e: {"query": "tx.height=1", "page": "3"}),
+    ("bad order_by", "tx_search", lambda e: {"query": "tx.height=1", "order_by": "up"}),
+    ("blockchain min above max", "blockchain", lambda e: {"minHeight": "5", "maxHeight": "3"}),
+]
+NOT_BY_URI = {"unknown method", "bad params: tx not base64", "bad params: data not hex"}
+"""Cases the URI form cannot compare: an unknown path is CometBFT's plain-text 404, and a
+quoted bytes parameter is the string's own bytes there (the devnet reads base64 or hex)."""
+
+
+def _uri(params: dict[str, Any]) -> dict[str, str]:
+    """URI parameters as CometBFT reads them: strings quoted, numbers bare."""
+    return {
+        k: str(v) if k in ("height", "page", "per_page", "minHeight", "maxHeight") else f'"{v}"'
+        for k, v in params.items()
+    }
+
+
+def test_success_answers_have_the_same_shape_over_post_and_get(
+    engines: tuple[Engine, Engine],
+) -> None:
+    real, ours = engines
+    found: dict[str, list[str]] = {}
+    for label, method, params in SUCCESSES:
+        real_status, real_doc = real.post(method, params(real))
+        ours_status, ours_doc = ours.post(method, params(ours))
+        assert real_status == ours_status == 200, (label, real_doc, ours_doc)
+        assert "result" in real_doc and "result" in ours_doc, (label, real_doc, ours_doc)
+        assert real_doc.keys() == ours_doc.keys() and ours_doc["id"] == 7
+        diff = differences(shape(ours_doc["result"]), shape(real_doc["result"]))
+        if diff:
+            found[label] = diff
+    assert not found, found
+    for label, method, params in SUCCESSES[:12]:  # the URI form (GET) answers the same
+        uri = {
+            k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params(ours).items()
+        }
+        status, doc = ours.get(method, uri)
+        assert status == 200 and not differences(
+            shape(doc), shape(ours.post(method, params(ours))[1])
+        ), label
+
+
+def test_broadcast_answers_have_the_same_shape(engines: tuple[Engine, Engine]) -> None:
+    real, ours = engines
+    for mode in ("commit", "sync", "async", "sync_refused", "commit_refused"):
+        diff = differences(shape(ours.broadcasts[mode]), shape(real.broadcasts[mode]))
+        assert not diff, (mode, diff, ours.broadcasts[mode], real.broadcasts[mode])
+    assert ours.broadcasts["commit"]["hash"] == real.broadcasts["commit"]["hash"]  # same tx
+
+
+def test_error_answers_are_cometbft_error_objects(engines: tuple[Engine, Engine]) -> None:
+    real, ours = engines
+    for label, method, params in ERRORS:
+        real_status, real_doc = real.post(method, params(real))
+        ours_status, ours_doc = ours.post(method, params(ours))
+        assert real_status == ours_status == 200, (label, real_status, ours_status)
+        assert "error" in real_doc and "error" in ours_doc, (label, real_doc, ours_doc)
+        assert ours_doc.keys() == real_doc.keys() and ours_doc["id"] == 7, label
+        real_error, ours_error = real_doc["error"], ours_doc["error"]
+        assert ours_error.keys() == real_error.keys(), (label, ours_error, real_error)
+        assert (ours_error["code"], ours_error["message"]) == (
+            real_error["code"],
+            real_error["message"],
+        ), (label, ours_error, real_error)
+        if label in NOT_BY_URI:
+            continue
+        get_status, get_doc = ours.get(method, _uri(params(ours)))
+        real_get_status, real_get_doc = real.get(method, _uri(params(real)))
+        assert get_doc["error"]["code"] == real_get_doc["error"]["code"], (
+            label,
+            get_doc,
+            real_get_doc,
+        )
+        assert (get_status, real_get_status) == (200, 500), label  # the deliberate difference
+
+
+def test_a_body_that_is_not_json_is_a_parse_error_on_both(engines: tuple[Engine, Engine]) -> None:
+    real, ours = engines
+    answers = [e.http.post(e.url + "/", content=b"{not json") for e in (real, ours)]
+    assert [a.status_code for a in answers] == [500, 400]  # the devnet: no retry-inviting 5xx
+    real_doc, ours_doc = (a.json() for a in answers)
+    assert ours_doc.keys() == real_doc.keys() == {"jsonrpc", "error"}
+    assert ours_doc["error"]["code"] == real_doc["error"]["code"] == -32700
+    assert ours_doc["error"]["message"] == real_doc["error"]["message"]
+
+
+def test_batches_answer_a_list_on_both(engines: tuple[Engine, Engine]) -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "health"},
+        {"jsonrpc": "2.0", "id": 2, "method": "teleport"},
+    ]
+    answers = [e.http.post(e.url + "/", json=batch).json() for e in engines]
+    assert answers[0] == answers[1]
+
+
+def test_header_hashes_are_cometbft_sized(engines: tuple[Engine, Engine]) -> None:
+    real, ours = engines
+    headers = [
+        e.post("block", {"height": str(e.tx_height)})[1]["result"]["block"]["header"]
+        for e in (real, ours)
+    ]
+    assert headers[0].keys() == headers[1].keys()
+    for key in headers[0]:
+        if key.endswith("_hash"):
+            assert len(headers[0][key]) == len(headers[1][key]) == 64, key
+
+
+def test_versions_commit_and_block_metas_agree(engines: tuple[Engine, Engine]) -> None:
+    real, ours = engines
+    statuses = [e.post("status", {})[1]["result"]["node_info"] for e in (real, ours)]
+    assert statuses[0]["version"] == statuses[1]["version"] == "0.38.26"
+    assert statuses[0]["protocol_version"] == statuses[1]["protocol_version"]
+    for engine in (real, ours):
+        commit = engine.post("commit", {"height": "1"})[1]["result"]
+        assert commit["canonical"] is True  # block 2 carries it
+        metas = engine.post("blockchain", {"minHeight": "1", "maxHeight": "2"})[1]["result"]
+        assert [m["header"]["height"] for m in metas["block_metas"]] == ["2", "1"]
