@@ -217,7 +217,9 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
             asyncio.run(load(direct, [], warm))
             asyncio.run(load(gateway, keys, warm))
             base, base_wall = asyncio.run(load(direct, [], requests))
+            cpu0 = cpu_seconds(backend.pid)
             via, via_wall = asyncio.run(load(gateway, keys, requests))
+            cpu1 = cpu_seconds(backend.pid)
             # the same one request at a time: the gateway's own cost without queueing
             one = max(30, requests // 10)
             base1, _ = asyncio.run(load(direct, [], one, clients=1))
@@ -243,6 +245,19 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
     )
     o50 = (pct(via1, 0.5) - pct(base1, 0.5)) * 1000
     emit(f"gateway p50 overhead, 1 client ({label})", o50, "ms", baseline=pct(base1, 0.5) * 1000)
+    if cpu0 is not None and cpu1 is not None:
+        # CPU the backend process spent per request at CLIENTS concurrency (all its threads):
+        # what the gateway costs, however busy the shared machine is
+        emit(f"backend CPU per gateway request ({label})", (cpu1 - cpu0) * 1000 / requests, "ms")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_routable(port: int, auth: dict[str, str], timeout_s: float = 30) -> None:

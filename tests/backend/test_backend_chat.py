@@ -454,16 +454,16 @@ async def test_settling_retries_a_transaction_the_database_refused(
 
     from r3mes.backend.services import billing
 
-    real_record = billing.record
+    real_record = billing.record_in
     failures = [1]
 
-    async def flaky_record(*args: object, **kwargs: object) -> None:
+    def flaky_record(*args: object, **kwargs: object) -> None:
         if failures:
             failures.pop()
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        await real_record(*args, **kwargs)  # type: ignore[arg-type]
+        real_record(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(billing, "record", flaky_record)
+    monkeypatch.setattr(billing, "record_in", flaky_record)
     funded = await funded_key(backend.settings, 10_000)
     async with httpx.AsyncClient(base_url=backend.url, timeout=10) as c:
         r = await c.post("/v1/chat/completions", json=body(), headers=auth(funded))

@@ -7,7 +7,9 @@ imports them all so `Base.metadata` is complete.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, MetaData
+from typing import cast
+
+from sqlalchemy import BigInteger, Integer, MetaData, Table
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING = {
@@ -24,3 +26,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core `Table` of a mapped class (for statements built once and executed with
+    parameters on a plain `Connection`, without the ORM's per-statement work)."""
+    return cast(Table, model.__table__)

@@ -11,14 +11,17 @@ completion_per_1k) / 1000)` credits, integers only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Connection, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from r3mes.backend.db.base import table_of
 from r3mes.backend.db.chat import ChatRequest
 from r3mes.backend.settings import BackendSettings, ChatPrice
 
@@ -74,8 +77,8 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-async def record(
-    session: AsyncSession,
+def record_in(
+    conn: Connection,
     *,
     request_id: str,
     account_id: int,
@@ -87,22 +90,34 @@ async def record(
     credits: int,
     latency_ms: int,
 ) -> None:
-    """Add the request's `chat_requests` row (inside the caller's transaction)."""
-    session.add(
-        ChatRequest(
-            request_id=request_id,
-            account_id=account_id,
-            key_id=key_id,
-            model=model[:160],
-            node=node,
-            status=status,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            credits=credits,
-            created_at=datetime.now(UTC),
-            latency_ms=latency_ms,
-        )
+    """Insert the request's `chat_requests` row (inside the caller's transaction)."""
+    conn.execute(
+        _insert_request(),
+        {
+            "request_id": request_id,
+            "account_id": account_id,
+            "key_id": key_id,
+            "model": model[:160],
+            "node": node,
+            "status": status,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "credits": credits,
+            "created_at": datetime.now(UTC),
+            "latency_ms": latency_ms,
+        },
     )
+
+
+@functools.cache
+def _insert_request() -> Insert:
+    """Built once: the hot path executes it with parameters."""
+    return insert(table_of(ChatRequest))
+
+
+async def record(session: AsyncSession, **row: Any) -> None:
+    """`record_in` inside an `AsyncSession`'s transaction."""
+    await session.run_sync(lambda s: record_in(s.connection(), **row))
 
 
 def usage_from(doc: Any) -> Usage | None:

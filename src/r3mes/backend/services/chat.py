@@ -5,6 +5,10 @@
     -> answer (JSON, or a relayed stream) -> capture the reported usage, release the rest,
     record the request (one transaction) -> give back unused rate-limit tokens
 
+The two transactions are synchronous jobs run by `Database.transact`: on SQLite, concurrent
+requests' jobs share one group commit on the database's thread (`db/writer.py`); the hold is
+committed before the request is forwarded.
+
 Every response, errors included, carries the six `x-ratelimit-*` headers once the limits
 were checked.
 """
@@ -16,12 +20,13 @@ import json
 import logging
 import time
 import uuid
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -36,7 +41,7 @@ from r3mes.backend.errors import (
     RateLimited,
     Unavailable,
 )
-from r3mes.backend.services import billing, credits
+from r3mes.backend.services import billing, holds
 from r3mes.backend.services.billing import Usage
 from r3mes.backend.services.gateway import Gateway, Opened, Relay, RelayResponse, Tally
 from r3mes.backend.services.limits import Bucket, Limiter, rate_headers
@@ -151,16 +156,6 @@ class ChatService:
     gateway: Gateway
     limiter: Limiter
     metrics: GatewayMetrics
-    _write_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def writing(self) -> AbstractAsyncContextManager[object]:
-        """On SQLite, this process's chat transactions take turns before `BEGIN IMMEDIATE`.
-
-        SQLite has one writer; connections that find the lock taken sleep in its busy
-        handler (1, 2, 5 ... 100 ms), so under concurrency most of a request's time went to
-        sleeping. Queued on an asyncio lock instead, each starts the moment the last ends.
-        """
-        return self._write_turn if self.db.is_sqlite else nullcontext()
 
     @property
     def hold_ttl_s(self) -> float:
@@ -227,22 +222,28 @@ class ChatService:
         price = billing.price_of(self.settings, str(body.model))
         most = billing.cost(price, Usage(body.prompt_bound, body.max_tokens))
         key = idempotency_key if not body.stream else None
-        async with self.writing(), self.db.write() as s, s.begin():
+        digest = billing.request_hash(billing.canonical_json(body.doc).encode()) if key else ""
+        if key is not None and not 0 < len(key) <= 200:
+            raise InvalidRequest("Idempotency-Key must be 1 to 200 characters")
+        ttl_s = self.hold_ttl_s
+
+        def claim_and_hold(conn: Connection) -> StoredAnswer | holds.Hold:
             if key is not None:
-                digest = billing.request_hash(billing.canonical_json(body.doc).encode())
-                stored = await _claim(
-                    s, caller.account_id, key, digest, abandoned_after_s=self.hold_ttl_s
-                )
+                stored = _claim(conn, caller.account_id, key, digest, abandoned_after_s=ttl_s)
                 if stored is not None:
-                    return _replay(stored, headers)
-            hold = await credits.hold(
-                s,
+                    return stored
+            return holds.hold_in(
+                conn,
                 account_id=caller.account_id,
                 amount=max(1, most),
                 idempotency_key=f"chat:{request_id}:hold",
-                ttl_s=self.hold_ttl_s,
+                ttl_s=ttl_s,
                 ref=f"chat:{request_id}",
             )
+
+        hold = await self.db.transact(claim_and_hold)
+        if isinstance(hold, StoredAnswer):
+            return _replay(hold, headers)
         self.metrics.credits.labels(stage="held").inc(hold.amount)
         bill = Bill(self, body, caller, request_id, hold.id, hold.amount, buckets, key)
         payload = json.dumps(body.doc, separators=(",", ":")).encode()
@@ -385,11 +386,12 @@ class Bill:
         body: bytes | None,
     ) -> None:
         """One transaction: capture (or release) the hold, the request's row, the claim."""
-        svc = self.service
-        async with svc.writing(), svc.db.write() as s, s.begin():
+        account_id, key = self.caller.account_id, self.idempotency_key
+
+        def settlement(conn: Connection) -> None:
             if opened is not None:
-                await credits.capture(
-                    s,
+                holds.capture_in(
+                    conn,
                     hold_id=self.hold_id,
                     amount=charge,
                     idempotency_key=f"{ref}:capture",
@@ -397,11 +399,11 @@ class Bill:
                     ref=ref,
                 )
             else:
-                await credits.release(s, hold_id=self.hold_id, idempotency_key=f"{ref}:release")
-            await billing.record(
-                s,
+                holds.release_in(conn, hold_id=self.hold_id, idempotency_key=f"{ref}:release")
+            billing.record_in(
+                conn,
                 request_id=self.request_id,
-                account_id=self.caller.account_id,
+                account_id=account_id,
                 key_id=self.caller.key_id,
                 model=model,
                 node=node,
@@ -410,8 +412,10 @@ class Bill:
                 credits=charge,
                 latency_ms=latency_ms,
             )
-            if self.idempotency_key is not None:
-                await _finish_claim(s, self.caller.account_id, self.idempotency_key, body)
+            if key is not None:
+                _finish_claim(conn, account_id, key, body)
+
+        await self.service.db.transact(settlement)
 
     def _observe(
         self,
@@ -434,72 +438,78 @@ class Bill:
         metrics.latency.labels(model=model).observe(latency_ms / 1000)
 
 
-async def _claim(
-    s: Any, account_id: int, key: str, digest: str, *, abandoned_after_s: float
-) -> ChatIdempotency | None:
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The stored answer of a finished request with the same Idempotency-Key."""
+
+    status_code: int
+    body: str
+
+
+def _claim(
+    conn: Connection, account_id: int, key: str, digest: str, *, abandoned_after_s: float
+) -> StoredAnswer | None:
     """Claim `key` for this request; a finished earlier request with it is returned.
 
     A claim still unanswered after `abandoned_after_s` (longer than any request runs) was
     left by a backend that died mid-request: this request takes it over, else the key
     would answer "still running" forever."""
-    if not 0 < len(key) <= 200:
-        raise InvalidRequest("Idempotency-Key must be 1 to 200 characters")
-    found = await s.scalar(
-        select(ChatIdempotency).where(
-            ChatIdempotency.account_id == account_id, ChatIdempotency.key == key
+    t = ChatIdempotency
+    now = datetime.now(UTC)
+    insert_of = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    claimed = conn.scalar(
+        insert_of(t)
+        .values(
+            account_id=account_id,
+            key=key,
+            request_hash=digest,
+            status_code=None,
+            body="",
+            headers="{}",
+            created_at=now,
         )
+        .on_conflict_do_nothing(index_elements=["account_id", "key"])
+        .returning(t.id)
     )
-    if found is None:
-        try:
-            async with s.begin_nested():
-                s.add(
-                    ChatIdempotency(
-                        account_id=account_id,
-                        key=key,
-                        request_hash=digest,
-                        status_code=None,
-                        body="",
-                        headers="{}",
-                        created_at=datetime.now(UTC),
-                    )
-                )
-            return None
-        except IntegrityError as exc:
-            raise Conflict(
-                "a request with this Idempotency-Key is still running; retry when it ends"
-            ) from exc
+    if claimed is not None:
+        return None
+    found = conn.execute(
+        select(t.id, t.request_hash, t.status_code, t.body).where(
+            t.account_id == account_id, t.key == key
+        )
+    ).one_or_none()
+    if found is None:  # claimed and given up (deleted) by a request that just ended
+        raise Conflict("a request with this Idempotency-Key is still running; retry when it ends")
     if found.status_code is None:
-        now = datetime.now(UTC)
-        taken = await s.execute(
-            update(ChatIdempotency)
+        taken = conn.execute(
+            update(t)
             .where(
-                ChatIdempotency.id == found.id,
-                ChatIdempotency.status_code.is_(None),
-                ChatIdempotency.created_at < now - timedelta(seconds=abandoned_after_s),
+                t.id == found.id,
+                t.status_code.is_(None),
+                t.created_at < now - timedelta(seconds=abandoned_after_s),
             )
             .values(request_hash=digest, created_at=now)
-            .execution_options(synchronize_session=False)
         )
-        if int(getattr(taken, "rowcount", 0)) == 1:
+        if taken.rowcount == 1:
             return None
     if found.request_hash != digest:
         raise Conflict("this Idempotency-Key was used with a different request body")
     if found.status_code is None:
         raise Conflict("a request with this Idempotency-Key is still running; retry when it ends")
-    return found  # type: ignore[no-any-return]
+    return StoredAnswer(int(found.status_code), str(found.body))
 
 
-async def _finish_claim(s: Any, account_id: int, key: str, body: bytes | None) -> None:
+def _finish_claim(conn: Connection, account_id: int, key: str, body: bytes | None) -> None:
     where = (ChatIdempotency.account_id == account_id, ChatIdempotency.key == key)
     if body is None:
-        await s.execute(delete(ChatIdempotency).where(*where))
+        conn.execute(delete(ChatIdempotency).where(*where))
     else:
-        await s.execute(
+        conn.execute(
             update(ChatIdempotency).where(*where).values(status_code=200, body=body.decode())
         )
 
 
-def _replay(stored: ChatIdempotency, headers: dict[str, str]) -> Response:
+def _replay(stored: StoredAnswer, headers: dict[str, str]) -> Response:
     return Response(
         stored.body.encode(),
         status_code=stored.status_code or 200,

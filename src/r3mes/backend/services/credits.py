@@ -33,18 +33,19 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from r3mes.backend.db import accounts as tables
 from r3mes.backend.db.engine import Database
-from r3mes.backend.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
-from r3mes.backend.services import journal
-from r3mes.backend.services.journal import AVAILABLE, HELD, book_mismatches, journal_imbalance
+from r3mes.backend.errors import Conflict, InvalidRequest, NotFound
+from r3mes.backend.services import holds, journal
+from r3mes.backend.services.holds import Capture, Hold, Movement, positive, utcnow
+from r3mes.backend.services.journal import AVAILABLE, book_mismatches, journal_imbalance
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ __all__ = [
     "release",
     "set_admin",
     "sweep_forever",
+    "utcnow",
 ]
 
 SYSTEM_SCOPE = "system"
@@ -84,38 +86,6 @@ class Balance:
     """Spendable now."""
     held: int
     """Reserved by open holds (captured or released later)."""
-
-
-@dataclass(frozen=True)
-class Hold:
-    id: int
-    account_id: int
-    amount: int
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class Capture:
-    hold_id: int
-    amount: int
-    """Credits charged (moved to revenue)."""
-    released: int
-    """The rest of the hold, returned to available."""
-    journal_id: int
-
-
-@dataclass(frozen=True)
-class Movement:
-    """The result of deposit, release, refund, grant and payout."""
-
-    journal_id: int
-    kind: str
-    account_id: int | None
-    amount: int
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- accounts -----------------------------------------------------------------------------
@@ -173,67 +143,20 @@ async def hold(
     ref: str = "",
     now: datetime | None = None,
 ) -> Hold:
-    """Reserve `amount` credits until captured, released, or `ttl_s` passes.
-
-    The account row is updated last, so its row lock (PostgreSQL) is held only from that
-    UPDATE to the commit: concurrent spenders of one account queue on it for one statement.
-    """
-    _positive(amount)
-    journal.check_key(idempotency_key)
-    if ttl_s <= 0:
-        raise InvalidRequest("a hold needs a positive time to live")
-    now = now or utcnow()
-    body = {"account_id": account_id, "amount": amount, "ttl_s": ttl_s, "ref": ref}
-    expires = now + timedelta(seconds=ttl_s)
-    hold_id = await s.scalar(
-        insert(tables.Hold)
-        .values(
+    """Reserve `amount` credits until captured, released, or `ttl_s` passes (`holds.hold_in`
+    inside the session's transaction)."""
+    return await journal.in_session(
+        s,
+        lambda conn: holds.hold_in(
+            conn,
             account_id=account_id,
             amount=amount,
-            status="open",
-            ref=ref[:200],
-            created_at=now,
-            expires_at=expires,
-            captured=0,
-        )
-        .returning(tables.Hold.id)
+            idempotency_key=idempotency_key,
+            ttl_s=ttl_s,
+            ref=ref,
+            now=now,
+        ),
     )
-    assert hold_id is not None
-    scope = str(account_id)
-    journal_id = await journal.claim(
-        s,
-        scope=scope,
-        key=idempotency_key,
-        kind="hold",
-        body=body,
-        account_id=account_id,
-        amount=amount,
-        hold_id=hold_id,
-        ref=ref,
-        now=now,
-    )
-    if journal_id is None:  # a retry: undo our row, answer the first result
-        await s.execute(delete(tables.Hold).where(tables.Hold.id == hold_id))
-        first = await journal.first_result(s, scope, idempotency_key, "hold", body)
-        assert first is not None and first.hold_id is not None
-        earlier = await _hold_row(s, first.hold_id)
-        return Hold(earlier.id, earlier.account_id, earlier.amount, earlier.expires_at)
-    await journal.entries(
-        s, journal_id, [(account_id, AVAILABLE, -amount), (account_id, HELD, amount)]
-    )
-    moved = await s.execute(
-        update(tables.Account)
-        .where(tables.Account.id == account_id, tables.Account.available >= amount)
-        .values(available=tables.Account.available - amount, held=tables.Account.held + amount)
-    )
-    if _rowcount(moved) != 1:
-        await _undo(s, journal_id=journal_id, hold_id=hold_id)
-        have = await balance(s, account_id=account_id)  # NotFound if there is no account
-        raise InsufficientCredits(
-            f"this request needs {amount} credits but only {have.available} are available; "
-            "deposit credits on the ledger to your account's deposit address"
-        )
-    return Hold(hold_id, account_id, amount, expires)
 
 
 async def capture(
@@ -246,83 +169,20 @@ async def capture(
     ref: str = "",
     now: datetime | None = None,
 ) -> Capture:
-    """Charge `amount` (<= the hold) to revenue for `node`; the rest goes back to available.
-
-    The hold is closed first by a guarded UPDATE (only one capture or release can win),
-    the account row last (see `hold`).
-    """
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
-        raise InvalidRequest("capture amount must be a non-negative integer of credits")
-    journal.check_key(idempotency_key)
-    now = now or utcnow()
-    body = {"hold_id": hold_id, "amount": amount, "node": node, "ref": ref}
-    closed = (
-        await s.execute(
-            update(tables.Hold)
-            .where(
-                tables.Hold.id == hold_id,
-                tables.Hold.status == "open",
-                tables.Hold.expires_at > now,
-                tables.Hold.amount >= amount,
-            )
-            .values(status="captured", captured=amount, settled_at=now)
-            .returning(tables.Hold.account_id, tables.Hold.amount)
-            .execution_options(synchronize_session=False)
-        )
-    ).one_or_none()
-    if closed is None:
-        return await _capture_refused(s, hold_id, amount, idempotency_key, body, now)
-    account_id, held = int(closed.account_id), int(closed.amount)
-    rest = held - amount
-    journal_id = await journal.claim(
+    """Charge `amount` (<= the hold) to revenue for `node`; the rest goes back to available
+    (`holds.capture_in` inside the session's transaction)."""
+    return await journal.in_session(
         s,
-        scope=str(account_id),
-        key=idempotency_key,
-        kind="capture",
-        body=body,
-        account_id=account_id,
-        amount=amount,
-        hold_id=hold_id,
-        node=node,
-        ref=ref,
-        now=now,
+        lambda conn: holds.capture_in(
+            conn,
+            hold_id=hold_id,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            node=node,
+            ref=ref,
+            now=now,
+        ),
     )
-    if journal_id is None:
-        raise Conflict(
-            f"idempotency key {idempotency_key!r} was already used for another request; "
-            "use a new key for a new request"
-        )
-    await journal.entries(
-        s,
-        journal_id,
-        [(account_id, HELD, -held), (None, REVENUE, amount), (account_id, AVAILABLE, rest)],
-    )
-    await s.execute(
-        update(tables.Account)
-        .where(tables.Account.id == account_id)
-        .values(held=tables.Account.held - held, available=tables.Account.available + rest)
-    )
-    return Capture(hold_id, amount, rest, journal_id)
-
-
-async def _capture_refused(
-    s: AsyncSession,
-    hold_id: int,
-    amount: int,
-    key: str,
-    body: dict[str, Any],
-    now: datetime,
-) -> Capture:
-    """Why a capture's guarded UPDATE matched nothing: a retry (first result) or an error."""
-    found = await _hold_row(s, hold_id)
-    first = await journal.first_result(s, str(found.account_id), key, "capture", body)
-    if first is not None:
-        return Capture(hold_id, first.amount, found.amount - first.amount, first.id)
-    if found.status != "open":
-        raise Conflict(f"hold {hold_id} was already {found.status}")
-    if found.expires_at <= now:
-        raise Conflict(f"hold {hold_id} expired; its credits are being released")
-    raise InvalidRequest(f"cannot capture {amount} credits from a hold of {found.amount}")
 
 
 async def release(
@@ -333,28 +193,13 @@ async def release(
     ref: str = "",
     now: datetime | None = None,
 ) -> Movement:
-    """Give a hold's credits back to available (nothing charged)."""
-    found = await _hold_row(s, hold_id)
-    body = {"hold_id": hold_id}
-    first = await journal.first_result(s, str(found.account_id), idempotency_key, "release", body)
-    if first is not None:
-        return Movement(first.id, "release", found.account_id, first.amount)
-    now = now or utcnow()
-    await _settle(s, found, status="released", captured=0, now=now, allow_expired=True)
-    journal_id = await journal.write(
+    """Give a hold's credits back to available (`holds.release_in`)."""
+    return await journal.in_session(
         s,
-        scope=str(found.account_id),
-        key=idempotency_key,
-        kind="release",
-        body=body,
-        account_id=found.account_id,
-        amount=found.amount,
-        legs=[(found.account_id, HELD, -found.amount), (found.account_id, AVAILABLE, found.amount)],
-        hold_id=hold_id,
-        ref=ref,
-        now=now,
+        lambda conn: holds.release_in(
+            conn, hold_id=hold_id, idempotency_key=idempotency_key, ref=ref, now=now
+        ),
     )
-    return Movement(journal_id, "release", found.account_id, found.amount)
 
 
 async def deposit(
@@ -420,7 +265,7 @@ async def payout(
     now: datetime | None = None,
 ) -> Movement:
     """Revenue paid out to serving-node operator `node` (idempotency scope: the system)."""
-    _positive(amount)
+    positive(amount)
     body = {"node": node, "amount": amount, "ref": ref}
     first = await journal.first_result(s, SYSTEM_SCOPE, idempotency_key, "payout", body)
     if first is not None:
@@ -465,55 +310,8 @@ async def expire_holds(s: AsyncSession, *, now: datetime | None = None, limit: i
 # -- internals ----------------------------------------------------------------------------
 
 
-def _positive(amount: int) -> None:
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise InvalidRequest("amount must be a positive integer of credits")
-
-
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))
-
-
-async def _hold_row(s: AsyncSession, hold_id: int) -> tables.Hold:
-    found = await s.scalar(select(tables.Hold).where(tables.Hold.id == hold_id))
-    if found is None:
-        raise NotFound(f"hold {hold_id} does not exist")
-    return found
-
-
-async def _settle(
-    s: AsyncSession,
-    found: tables.Hold,
-    *,
-    status: str,
-    captured: int,
-    now: datetime,
-    allow_expired: bool,
-) -> None:
-    """Close an open hold exactly once (guarded UPDATE) and move its credits out of held."""
-    guard = [tables.Hold.id == found.id, tables.Hold.status == "open"]
-    if not allow_expired:
-        guard.append(tables.Hold.expires_at > now)
-    closed = await s.execute(
-        update(tables.Hold)
-        .where(*guard)
-        .values(status=status, captured=captured, settled_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if _rowcount(closed) != 1:
-        current = await s.scalar(select(tables.Hold.status).where(tables.Hold.id == found.id))
-        if current == "open":
-            raise Conflict(f"hold {found.id} expired; its credits are being released")
-        raise Conflict(f"hold {found.id} was already {current}")
-    rest = found.amount - captured
-    await s.execute(
-        update(tables.Account)
-        .where(tables.Account.id == found.account_id)
-        .values(
-            held=tables.Account.held - found.amount,
-            available=tables.Account.available + rest,
-        )
-    )
 
 
 async def _credit(
@@ -528,7 +326,7 @@ async def _credit(
     *,
     actor: str | None = None,
 ) -> Movement:
-    _positive(amount)
+    positive(amount)
     body = {"account_id": account_id, "amount": amount, "ref": ref}
     first = await journal.first_result(s, str(account_id), key, kind, body)
     if first is not None:
@@ -554,18 +352,6 @@ async def _credit(
         now=now or utcnow(),
     )
     return Movement(journal_id, kind, account_id, amount)
-
-
-async def _undo(s: AsyncSession, *, journal_id: int, hold_id: int) -> None:
-    """Remove what a refused hold wrote, so the session stays consistent if the caller
-    goes on (the journal never shows a movement that did not happen)."""
-    await s.execute(
-        delete(tables.JournalEntry).where(tables.JournalEntry.transaction_id == journal_id)
-    )
-    await s.execute(
-        delete(tables.JournalTransaction).where(tables.JournalTransaction.id == journal_id)
-    )
-    await s.execute(delete(tables.Hold).where(tables.Hold.id == hold_id))
 
 
 async def sweep_forever(db: Database, *, interval_s: float) -> None:
