@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.client_types import PREFIX
+from r3mes.chain.errors import ClientError
 from r3mes.paths import Home
 from r3mes.registry.download import DownloadManager
 from r3mes.registry.unified import UnifiedRegistry
@@ -48,7 +50,9 @@ def test_sync_from_chain_with_blockchain_client(tmp_path: Path) -> None:
         kind = request.url.params.get("kind")
         docs = [_artifact()] if kind in (None, "model") else []
         if kind == "adapter":
-            docs = [_artifact(id="bad", kind="adapter", cid="garbage")]
+            # ledger-legal (any alphanumeric CID), but no node can install it
+            bad = {"base_model_id": "bitnet-tiny", "base_model_version": 2, "rank": 4}
+            docs = [_artifact(id="bad", kind="adapter", cid="garbage", **bad)]
         return httpx.Response(200, content=json.dumps({"artifacts": docs}))
 
     client = BlockchainClient("http://ledger.test", transport=httpx.MockTransport(handler))
@@ -57,5 +61,19 @@ def test_sync_from_chain_with_blockchain_client(tmp_path: Path) -> None:
     model = results["model"].records[0]
     assert (model.id, model.version, model.base_model_id) == ("bitnet-tiny", 2, None)
     assert results["adapter"].records == () and "bad" in results["adapter"].rejected[0]
+    assert "cid" in results["adapter"].rejected[0]
     assert registry.models.get("bitnet-tiny").approved_height == 7
     assert any("status=approved" in url for url in seen)
+
+
+def test_an_entry_the_ledger_could_not_hold_is_a_malformed_answer() -> None:
+    """An adapter without its base model breaks the ledger's own rules: the client says the
+    node answered something malformed instead of handing it on."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        docs = [_artifact(id="orphan", kind="adapter")]
+        return httpx.Response(200, content=json.dumps({"artifacts": docs}))
+
+    client = BlockchainClient("http://ledger.test", transport=httpx.MockTransport(handler))
+    with pytest.raises(ClientError, match="malformed artifact.*base_model_id"):
+        client.approved_artifacts("adapter")

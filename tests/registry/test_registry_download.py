@@ -134,10 +134,15 @@ def _silent_server() -> tuple[str, list[socket.socket], Callable[[], None]]:
                 return
             held.append(conn)
 
-    threading.Thread(target=accept, daemon=True).start()
+    acceptor = threading.Thread(target=accept, name="test-silent-server", daemon=True)
+    acceptor.start()
 
     def close() -> None:
+        # a close alone does not wake a thread blocked in accept(); a shutdown does
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
         server.close()
+        acceptor.join(30)
         for conn in held:
             conn.close()
 

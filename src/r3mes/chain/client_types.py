@@ -100,24 +100,6 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
-class ArtifactInfo:
-    id: str
-    kind: str
-    version: int
-    cid: str
-    sha256: str
-    size: int
-    base_model_id: str
-    base_model_version: int
-    target_modules: list[str]
-    rank: int
-    hf_repo: str
-    hf_revision: str
-    approved_height: int
-    status: str
-
-
-@dataclass(frozen=True)
 class LeaderboardEntry:
     rank: int
     address: str

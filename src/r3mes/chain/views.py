@@ -8,26 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from r3mes.chain.artifact_record import ArtifactRecord as ListedArtifact
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError, ChainError
 from r3mes.chain.state import ArtifactRecord, Round, State, Submission, tier
 from r3mes.chain.vocab import KINDS, ROLES
-
-ARTIFACT_FIELDS = (
-    "id",
-    "kind",
-    "version",
-    "cid",
-    "sha256",
-    "size",
-    "base_model_id",
-    "base_model_version",
-    "target_modules",
-    "rank",
-    "hf_repo",
-    "hf_revision",
-    "approved_height",
-)
 
 
 class QueryError(ChainError):
@@ -88,13 +73,16 @@ def nodes_json(state: State, role: str | None, include_inactive: bool) -> list[d
     return out
 
 
-def artifact_json(record: ArtifactRecord) -> dict[str, Any]:
-    doc = asdict(record.spec)
-    doc["target_modules"] = list(record.spec.target_modules)
-    doc["approved_height"] = record.approved_height
-    out = {name: doc[name] for name in ARTIFACT_FIELDS}
-    out["status"] = record.status
-    return out
+def record_of(entry: ArtifactRecord) -> ListedArtifact:
+    """The one conversion from the ledger's consensus entry to the artifact record every
+    node works with (`r3mes.chain.artifact_record`)."""
+    return ListedArtifact.from_spec(
+        entry.spec, status=entry.status, approved_height=entry.approved_height
+    )
+
+
+def artifact_json(entry: ArtifactRecord) -> dict[str, Any]:
+    return record_of(entry).to_ledger()
 
 
 def artifacts_json(state: State, kind: str | None, status: str | None) -> list[dict[str, Any]]:

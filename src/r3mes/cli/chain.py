@@ -318,7 +318,7 @@ def query_artifacts(
 ) -> None:
     """List approved artifacts."""
     with client_of(node) as c:
-        print_json([a.__dict__ for a in c.approved_artifacts(kind)])
+        print_json([a.to_ledger() for a in c.approved_artifacts(kind)])
 
 
 @query_app.command("leaderboard")

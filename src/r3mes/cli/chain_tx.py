@@ -438,13 +438,10 @@ def tx_register_artifact(
 
 def _check_installable(spec: ArtifactSpec) -> None:
     """Refuse a record `r3mes registry` would reject after approval (its rules are stricter)."""
-    from dataclasses import asdict
-
-    from r3mes.registry.errors import InvalidArtifactRecord
-    from r3mes.registry.records import ArtifactRecord
+    from r3mes.registry.records import ArtifactRecord, InvalidArtifactRecord, installable
 
     try:
-        ArtifactRecord.from_ledger(asdict(spec))
+        installable(ArtifactRecord.from_spec(spec))
     except InvalidArtifactRecord as exc:
         raise CliError(f"{exc.field} {exc.reason}; the registry could not install it") from exc
 

@@ -112,7 +112,7 @@ class ArtifactCache:
 
     def path(self, cid: str, kind: str) -> Path:
         """The installed folder of the approved `kind` artifact `cid`."""
-        from r3mes.registry.errors import DownloadFailed, RegistryError
+        from r3mes.registry.errors import DownloadFailed, InvalidArtifactRecord, RegistryError
         from r3mes.storage.errors import StorageError
 
         record = self.record(cid, kind)
@@ -121,7 +121,7 @@ class ArtifactCache:
                 return self.registry.registry_for(kind).install(record)
             except DownloadFailed as exc:
                 raise NetworkError(f"could not fetch {record.ref} ({cid}): {exc}") from exc
-            except RegistryError as exc:
+            except (RegistryError, InvalidArtifactRecord) as exc:
                 raise ValidationError(f"{record.ref} ({cid}) is not usable: {exc}") from exc
             except StorageError as exc:
                 raise NetworkError(f"could not install {record.ref} ({cid}): {exc}") from exc

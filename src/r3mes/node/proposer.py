@@ -23,7 +23,8 @@ from r3mes.work.profile import derive_task
 from r3mes.work.versions import AdapterInfo, merge_updates, package_adapter, start_adapter
 
 if TYPE_CHECKING:
-    from r3mes.chain.client_types import ArtifactInfo, RoundInfo, SubmissionInfo
+    from r3mes.chain.artifact_record import ArtifactRecord
+    from r3mes.chain.client_types import RoundInfo, SubmissionInfo
     from r3mes.work.task import Task
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Proposer(LedgerRole):
             return True
         return False
 
-    def _active_adapter(self) -> ArtifactInfo | None:
+    def _active_adapter(self) -> ArtifactRecord | None:
         adapter_id = self.client.params().adapter_id
         adapters = [a for a in self.client.approved_artifacts("adapter") if a.id == adapter_id]
         return max(adapters, key=lambda a: a.version, default=None)

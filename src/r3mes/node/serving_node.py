@@ -101,7 +101,7 @@ class ServingNode(RoleService):
         return UnifiedRegistry(
             home=Home(root=self.settings.service.state_dir),
             downloader=manager,
-            source=self.client,  # its ArtifactInfos convert through ArtifactRecord.from_ledger
+            source=self.client,  # lists ArtifactRecords; the registry keeps the installable ones
         )
 
     @property

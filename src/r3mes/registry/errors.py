@@ -1,21 +1,28 @@
-"""Errors raised by `r3mes.registry`; each names the artifact and says what to do."""
+"""Errors raised by `r3mes.registry`; each names the artifact and says what to do.
+
+`InvalidArtifactRecord` is the artifact record's own error (`r3mes.chain.artifact_record`,
+where the one record type lives); the registry raises it too, for a record it cannot
+install, so callers catch it next to `RegistryError`."""
 
 from __future__ import annotations
 
+from r3mes.chain.artifact_record import InvalidArtifactRecord
 from r3mes.errors import R3mesError
+
+__all__ = [
+    "AdapterConflict",
+    "ArtifactNotFound",
+    "BundleError",
+    "ChecksumMismatch",
+    "DownloadFailed",
+    "IncompatibleAdapter",
+    "InvalidArtifactRecord",
+    "RegistryError",
+]
 
 
 class RegistryError(R3mesError):
     """Base class of every registry error."""
-
-
-class InvalidArtifactRecord(RegistryError):
-    """An approved-artifact entry from the chain (or a caller) is malformed."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"invalid artifact record: {field} {reason}")
 
 
 class ArtifactNotFound(RegistryError):

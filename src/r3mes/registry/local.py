@@ -19,7 +19,7 @@ from pathlib import Path
 from r3mes.paths import Home
 from r3mes.registry.bundle import unpack_bundle
 from r3mes.registry.errors import RegistryError
-from r3mes.registry.records import ArtifactRecord
+from r3mes.registry.records import ArtifactRecord, installable
 from r3mes.storage.errors import StorageWriteError
 from r3mes.storage.tempfiles import (
     TEMP_PREFIX,
@@ -55,6 +55,9 @@ class LocalArtifacts:
         )
 
     def path_for(self, record: ArtifactRecord) -> Path:
+        """`<kind>s/<id>/<version>/`; InvalidArtifactRecord if `record` is not installable
+        (a ledger-legal id such as "a/../../b" never becomes a path)."""
+        installable(record)
         return self.kind_dir(record.kind) / record.id / str(record.version)
 
     def manifest(self, record: ArtifactRecord) -> dict[str, object] | None:

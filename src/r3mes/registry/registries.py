@@ -21,7 +21,12 @@ from r3mes.registry.errors import (
     RegistryError,
 )
 from r3mes.registry.local import LocalArtifacts, write_json_atomic
-from r3mes.registry.records import ArtifactRecord, ArtifactSource
+from r3mes.registry.records import (
+    ArtifactRecord,
+    ArtifactSource,
+    installable,
+    record_from_cache,
+)
 from r3mes.storage.tempfiles import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,7 @@ class ArtifactRegistry:
         rejected: list[str] = []
         for raw in self.source.approved_artifacts(kind=self.kind):
             try:
-                record = ArtifactRecord.from_ledger(raw)
+                record = installable(ArtifactRecord.from_ledger(raw))
             except InvalidArtifactRecord as exc:
                 name = raw.get("id", "?") if isinstance(raw, dict) else getattr(raw, "id", "?")
                 rejected.append(f"{str(name)[:64]}: {exc}")
@@ -96,7 +101,17 @@ class ArtifactRegistry:
                 f"registry cache {self._cache_file} is unreadable ({exc}); "
                 "run `r3mes registry sync`"
             ) from exc
-        return [ArtifactRecord.from_dict(item) for item in raw]
+        if not isinstance(raw, list):
+            raise RegistryError(
+                f"registry cache {self._cache_file} is not a list; run `r3mes registry sync`"
+            )
+        try:
+            return [record_from_cache(item) for item in raw]
+        except InvalidArtifactRecord as exc:
+            raise RegistryError(
+                f"registry cache {self._cache_file} holds a bad entry ({exc}); "
+                "run `r3mes registry sync`"
+            ) from exc
 
     def get(self, artifact_id: str, version: int | None = None) -> ArtifactRecord:
         """The record for id (and version); without a version, the latest approved one."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from r3mes.paths import Home
 from r3mes.registry.download import DownloadManager
-from r3mes.registry.errors import ArtifactNotFound, RegistryError
+from r3mes.registry.errors import ArtifactNotFound, InvalidArtifactRecord, RegistryError
 from r3mes.registry.local import LocalArtifacts
 from r3mes.registry.records import ArtifactRecord, ArtifactSource
 from r3mes.registry.registries import (
@@ -133,7 +133,7 @@ class UnifiedRegistry:
             for record in plan:
                 if record.kind == "adapter":
                     self.adapters.activate(record, replace=True)
-        except (RegistryError, StorageError, OSError) as exc:
+        except (RegistryError, InvalidArtifactRecord, StorageError, OSError) as exc:
             self._rollback(installed, active_before)
             log.error("ensure_ready_atomic failed, rolled back: %s", exc)
             return ReadyResult(success=False, error_message=str(exc))

@@ -72,7 +72,7 @@ def load_registry_adapter(
 
     Blocks on disk (and maybe network) I/O: call it off the event loop.
     """
-    from r3mes.registry.errors import RegistryError
+    from r3mes.registry.errors import InvalidArtifactRecord, RegistryError
     from r3mes.storage.errors import StorageError
 
     check_adapter_name(name)  # before any download
@@ -80,7 +80,7 @@ def load_registry_adapter(
         record = registry.adapters.get(ref.artifact_id, ref.version)
         folder = registry.adapters.install(record)
         intact = registry.local.verify(record)
-    except (RegistryError, StorageError) as exc:
+    except (RegistryError, InvalidArtifactRecord, StorageError) as exc:
         raise AdapterLoadError(name, str(exc), param="lora_id") from exc
     if not intact:
         raise AdapterLoadError(
