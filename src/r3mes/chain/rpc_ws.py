@@ -4,9 +4,10 @@ A client sends `{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"q
 "tm.event='NewBlock'"}}` and gets `{"id": 1, "result": {}}`, then one message per matching
 event carrying the same id: `{"query", "data": {"type": "tendermint/event/NewBlock" |
 "tendermint/event/Tx", "value"}, "events": {"tm.event": [...], ...}}`. A query is
-`tm.event='NewBlock'` or `tm.event='Tx'`, optionally AND-ed with conditions `key='value'`
-on the event's attributes (`tx.hash`, `tx.height`, `message.sender`, `transfer.recipient`,
-...). Other RPC methods may be called over the same socket. `/subscribe` (R3MES's own
+in CometBFT's language (rpc_query), e.g. `tm.event='Tx' AND message.sender='remes1...'` or
+`tm.event='NewBlock' AND round_opened.round>=3`, over the event's attributes (`tm.event`,
+`tx.hash`, `tx.height` and the events' `type.key`; a NewBlock carries its block's begin/end
+events). Other RPC methods may be called over the same socket. `/subscribe` (R3MES's own
 path) starts with a NewBlock subscription already open (id 0); `/websocket` with none.
 """
 
@@ -16,19 +17,23 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from r3mes.chain import rpc_query
 from r3mes.chain.application import APP_VERSION
 from r3mes.chain.engine import DevnetEngine
 from r3mes.chain.rpc_json import (
+    INTERNAL_ERROR,
     RpcError,
     block_json,
     decode_request,
     error_json,
     tx_result_json,
 )
+from r3mes.chain.rpc_query import Condition
 from r3mes.chain.transition import Block, BlockResult
 from r3mes.chain.tx import tx_hash
 
@@ -44,48 +49,73 @@ EVENT_TYPES = ("NewBlock", "Tx")
 
 Event = tuple[dict[str, list[str]], dict[str, Any]]
 """(attribute map the query matches against, the `data` object sent)."""
-Conditions = tuple[tuple[str, str], ...]
+Conditions = tuple[Condition, ...]
 
 
 def parse_query(query: object) -> Conditions:
-    """`tm.event='X' AND key='v' ...` into (key, value) pairs; RpcError if unsupported."""
-    if not isinstance(query, str) or not query.strip() or len(query) > 512:
-        raise RpcError(400, "query must be a non-empty string such as tm.event='NewBlock'")
-    conditions = []
-    for clause in query.split(" AND "):
-        key, sep, value = clause.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or len(value) < 2 or value[0] != "'" or value[-1] != "'":
-            raise RpcError(400, f"query clause {clause.strip()!r} is not key='value'")
-        conditions.append((key, value[1:-1]))
-    kinds = [v for k, v in conditions if k == "tm.event"]
-    if len(kinds) != 1 or kinds[0] not in EVENT_TYPES:
-        raise RpcError(400, "query must contain exactly one tm.event='NewBlock' or tm.event='Tx'")
-    return tuple(conditions)
+    """A subscription query in CometBFT's language (rpc_query: =, <, <=, >, >=, CONTAINS,
+    EXISTS joined by AND); RpcError (-32603, as CometBFT) if it does not parse. A `tm.event`
+    condition, where there is one, must name an event the devnet publishes (NewBlock, Tx)."""
+    if isinstance(query, str) and len(query) > 512:
+        raise RpcError(200, "query is longer than 512 characters", INTERNAL_ERROR)
+    try:
+        conditions = rpc_query.parse_query(query)
+    except rpc_query.QuerySyntaxError as exc:
+        raise RpcError(200, f"failed to parse query: {exc}", INTERNAL_ERROR) from exc
+    for c in conditions:
+        if c.tag == "tm.event" and c.op == "=" and c.operand not in EVENT_TYPES:
+            raise RpcError(
+                200,
+                f"the devnet publishes tm.event='NewBlock' or tm.event='Tx', not {c.operand!r}",
+                INTERNAL_ERROR,
+            )
+    return conditions
+
+
+def _holds(c: Condition, value: str) -> bool:
+    if c.op == "EXISTS":
+        return True
+    if c.op == "CONTAINS":
+        return isinstance(c.operand, str) and c.operand in value
+    if isinstance(c.operand, str):
+        return value == c.operand
+    try:  # a number: compared with attributes written as numbers, exactly
+        number = Decimal(value)
+    except InvalidOperation:
+        return False
+    operand = c.operand if c.operand is not None else 0
+    return {
+        "=": number == operand,
+        "<": number < operand,
+        "<=": number <= operand,
+        ">": number > operand,
+        ">=": number >= operand,
+    }[c.op]
 
 
 def matches(conditions: Conditions, attributes: dict[str, list[str]]) -> bool:
-    return all(value in attributes.get(key, ()) for key, value in conditions)
+    """Whether every condition holds for some value of its tag (CometBFT's semantics)."""
+    return all(any(_holds(c, v) for v in attributes.get(c.tag, ())) for c in conditions)
 
 
 def block_events(block: Block, result: BlockResult, data_of_block: dict[str, Any]) -> list[Event]:
     """The NewBlock event and one Tx event per transaction of a committed block."""
     height = str(block.header.height)
-    finalize = {
-        "events": [e.to_json() for e in (*result.begin_events, *result.end_events)],
+    block_level = (*result.begin_events, *result.end_events)
+    finalize: dict[str, Any] = {
         "tx_results": [tx_result_json(r) for r in result.tx_results],
-        "app_hash": result.app_hash.upper(),
+        "validator_updates": None,
+        "app_hash": base64.b64encode(bytes.fromhex(result.app_hash)).decode(),
     }
-    value = {
-        **data_of_block,
-        "result_finalize_block": finalize,
-        "app_hash": result.app_hash.upper(),
-    }
+    if block_level:  # CometBFT leaves out an empty events list
+        finalize["events"] = [e.to_json() for e in block_level]
+    value = {**data_of_block, "result_finalize_block": finalize}
+    new_block: dict[str, list[str]] = {"tm.event": ["NewBlock"]}
+    for ev in block_level:  # as CometBFT, the block's events are matched too
+        for key, val in ev.attributes:
+            new_block.setdefault(f"{ev.type}.{key}", []).append(val)
     events: list[Event] = [
-        (
-            {"tm.event": ["NewBlock"], "block.height": [height]},
-            {"type": "tendermint/event/NewBlock", "value": value},
-        )
+        (new_block, {"type": "tendermint/event/NewBlock", "value": value}),
     ]
     for index, (raw, res) in enumerate(zip(block.txs, result.tx_results, strict=True)):
         attributes: dict[str, list[str]] = {
@@ -147,7 +177,7 @@ class Session:
         rid, method, params = request.get("id"), request["method"], request.get("params") or {}
         try:
             if not isinstance(params, dict):
-                raise RpcError(400, "params must be a JSON object")
+                raise RpcError(200, "params must be a JSON object")
             result = await self._dispatch(rid, method, params)
         except RpcError as exc:
             await self.reply(rid, error=exc)
@@ -159,15 +189,17 @@ class Session:
             query = params.get("query")
             conditions = parse_query(query)
             if query in self.queries and query != NEW_BLOCK:
-                raise RpcError(400, f"already subscribed to {query}")
+                raise RpcError(200, f"already subscribed to {query}", INTERNAL_ERROR)
             if len(self.queries) >= MAX_QUERIES and query not in self.queries:
-                raise RpcError(400, f"at most {MAX_QUERIES} subscriptions per connection")
+                raise RpcError(
+                    200, f"at most {MAX_QUERIES} subscriptions per connection", INTERNAL_ERROR
+                )
             self.queries[str(query)] = (rid, conditions)
             return {}
         if method == "unsubscribe":
             query = params.get("query")
             if not isinstance(query, str) or query not in self.queries:
-                raise RpcError(400, f"not subscribed to {query!r}")
+                raise RpcError(200, f"not subscribed to {query!r}", INTERNAL_ERROR)
             del self.queries[query]
             return {}
         if method == "unsubscribe_all":
