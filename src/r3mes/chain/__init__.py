@@ -13,6 +13,7 @@ Modules, bottom up (nothing is imported here, so `import r3mes.chain` stays chea
 - `store`, `engine`, `metrics`, `devnet`: SQLite persistence, the embedded single-node
   engine and its Prometheus metrics, and `init_devnet` / `DevnetNode` for running one.
 - `rpc`, `rest`, `views`, `abci`: CometBFT-shaped JSON-RPC and REST under /remes/remes/v1.
-- `client`, `client_types`: `BlockchainClient` / `AsyncBlockchainClient` for every node;
+- `client`, `client_types`, `artifact_record`: `BlockchainClient` / `AsyncBlockchainClient`
+  for every node, and `ArtifactRecord`, the one artifact record outside the ledger's state;
   they import nothing of the server side.
 """
