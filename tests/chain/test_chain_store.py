@@ -14,6 +14,7 @@ from r3mes.chain.codes import Code
 from r3mes.chain.engine import DevnetEngine, EngineConfig
 from r3mes.chain.errors import StoreError
 from r3mes.chain.msgs import TransferCredits
+from r3mes.chain.rpc_query import parse_query
 from r3mes.chain.store import BlockStore
 from r3mes.chain.tx import build_tx
 
@@ -44,7 +45,8 @@ def test_mempool_sequences_blocks_and_restart(tmp_path: Path) -> None:
     engine.produce_block()  # empty blocks advance height
     stored = engine.store.tx(result.tx_results[1].hash)
     assert stored is not None and stored.height == 1 and stored.index == 1 and stored.code == 0
-    page, total = engine.store.tx_search(height=None, signer=A.address, limit=2, offset=1)
+    sender = parse_query(f"message.sender='{A.address}'")
+    page, total = engine.store.search_txs(sender, limit=2, offset=1)
     assert total == 3 and [t.hash for t in page][0] == stored.hash and len(page) == 2
     app_hash, height = engine.app_hash, engine.state.height
     engine.store.close()
@@ -64,12 +66,12 @@ def test_wait_for_tx_wakes_on_commit(tmp_path: Path) -> None:
     thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        found = engine.wait_for_tx(digest, timeout_s=10)
+        found = engine.wait_for_tx(digest, timeout_s=60)
         assert found is not None and found.code == 0
-        assert engine.wait_for_height(found.height + 2, timeout_s=10)
+        assert engine.wait_for_height(found.height + 2, timeout_s=60)
     finally:
         stop.set()
-        thread.join(5)
+        thread.join(30)
     assert engine.wait_for_tx("00" * 32, timeout_s=0.05) is None
 
 

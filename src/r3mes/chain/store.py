@@ -208,31 +208,6 @@ class BlockStore:
         )
         return found[0] if found else None
 
-    def tx_search(
-        self,
-        *,
-        height: int | None,
-        signer: str | None,
-        limit: int,
-        offset: int = 0,
-        descending: bool = False,
-    ) -> tuple[list[StoredTx], int]:
-        """One page of the txs matching the filters, and how many match in all."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        if height is not None:
-            clauses.append("height = ?")
-            args.append(height)
-        if signer is not None:
-            clauses.append("signer = ?")
-            args.append(signer)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        order = "height DESC, idx DESC" if descending else "height, idx"
-        with self._lock:
-            total = int(self._db.execute(f"SELECT COUNT(*) FROM txs {where}", args).fetchone()[0])
-            page = self._txs(f"{where} ORDER BY {order} LIMIT ? OFFSET ?", (*args, limit, offset))
-        return page, total
-
     def search_txs(
         self,
         conditions: Sequence[Condition],
@@ -244,7 +219,7 @@ class BlockStore:
         """One page of the txs matching every condition of a CometBFT query (see
         rpc_query), in (height, index) order, and how many match in all. `tx.height` and
         `tx.hash` are the txs' own keys; any other tag is an indexed event attribute."""
-        where, args = _where(conditions, _TX_KEYS, ("txs.events",))
+        where, args = _where(conditions, _TX_KEYS, ("txs.events",), _TX_HINTS)
         order = "height DESC, idx DESC" if descending else "height, idx"
         with self._lock:
             total = int(self._db.execute(f"SELECT COUNT(*) FROM txs {where}", args).fetchone()[0])
@@ -322,10 +297,14 @@ def tx_result_json(result: TxResult) -> dict[str, Any]:
 
 
 _TX_KEYS = {"tx.height": "height", "tx.hash": "hash"}
+_TX_HINTS = {"message.sender": "signer"}
+"""Indexed columns that hold an attribute's value: every tx's `message` event names its
+signer as `sender` (transition.deliver_tx), so `message.sender='X'` also filters on the
+signer index first; the event condition itself still decides."""
 _BLOCK_KEYS = {"block.height": "height"}
 _SQL_OPS = {"=": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _ATTRIBUTE = (
-    "EXISTS (SELECT 1 FROM json_each({column}) AS e, json_each(e.value, '$.attributes') AS a"
+    "EXISTS (SELECT 1 FROM json_each(e.value, '$.attributes') AS a"
     " WHERE json_extract(e.value, '$.type') || '.' || json_extract(a.value, '$.key') = ?"
     " AND json_extract(a.value, '$.index') AND {test})"
 )
@@ -333,13 +312,20 @@ _VALUE = "json_extract(a.value, '$.value')"
 
 
 def _where(
-    conditions: Sequence[Condition], keys: dict[str, str], event_columns: tuple[str, ...]
+    conditions: Sequence[Condition],
+    keys: dict[str, str],
+    event_columns: tuple[str, ...],
+    hints: dict[str, str] | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL WHERE of a parsed query: `keys` maps the indexed tags to columns (integer
-    heights, upper-case hex hashes); other tags match event attributes (type.key) in the
-    JSON `event_columns`. Operands were checked by the caller (integers within int64)."""
+    heights, upper-case hex hashes); the other tags are event attributes (type.key) in the
+    JSON `event_columns`, and, as CometBFT v0.38's indexer matches them, one event must
+    satisfy all of them (`message.sender='a' AND transfer.amount=1` matches nothing: the
+    two are attributes of different events). Operands were checked by the caller."""
     clauses: list[str] = []
     args: list[Any] = []
+    tests: list[str] = []
+    test_args: list[Any] = []
     for c in conditions:
         column = keys.get(c.tag)
         if column == "hash":
@@ -357,14 +343,24 @@ def _where(
                 test, extra = f"instr({_VALUE}, ?) > 0", [c.operand]
             elif isinstance(c.operand, str):
                 test, extra = f"{_VALUE} = ?", [c.operand]
+                if hints and c.op == "=" and c.tag in hints:
+                    clauses.append(f"{hints[c.tag]} = ?")
+                    args.append(c.operand)
             else:  # a number: the attribute must be an integer written canonically
                 test = (
                     f"CAST(CAST({_VALUE} AS INTEGER) AS TEXT) = {_VALUE}"
                     f" AND CAST({_VALUE} AS INTEGER) {_SQL_OPS[c.op]} ?"
                 )
                 extra = [c.operand]
-            parts = [_ATTRIBUTE.format(column=col, test=test) for col in event_columns]
-            clauses.append("(" + " OR ".join(parts) + ")")
-            for _ in event_columns:
-                args.extend([c.tag, *extra])
+            tests.append(_ATTRIBUTE.format(test=test))
+            test_args.extend([c.tag, *extra])
+    if tests:
+        one_event = " AND ".join(tests)
+        parts = [
+            f"EXISTS (SELECT 1 FROM json_each({col}) AS e WHERE {one_event})"
+            for col in event_columns
+        ]
+        clauses.append("(" + " OR ".join(parts) + ")")
+        for _ in event_columns:
+            args.extend(test_args)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
