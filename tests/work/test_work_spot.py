@@ -210,3 +210,22 @@ def test_dispute_narrows_to_one_step_and_the_referee_sides_with_the_truth(settin
             checkpoint=honest.checkpoints[2].encode(),
             step=3,
         )
+
+
+def test_the_traced_submission_is_byte_for_byte_the_plain_one(setting: Setting) -> None:
+    from r3mes.work.submission import build_submission
+    from r3mes.work.trace import build_traced_submission
+
+    s = setting
+    plain = build_submission(
+        task=s.task, model=s.model, adapter_state=s.adapter, shard=s.shard, residual=None
+    )
+    traced, trace = build_traced_submission(
+        task=s.task, model=s.model, adapter_state=s.adapter, shard=s.shard, residual=None
+    )
+    again, trace2 = build_traced_submission(
+        task=s.task, model=s.model, adapter_state=s.adapter, shard=s.shard, residual=None
+    )
+    assert traced.encoded == plain.encoded == again.encoded
+    assert encode_trace(trace) == encode_trace(trace2)  # the trace is deterministic too
+    assert trace.task_id == s.task.task_id and len(trace.step_digests) == STEPS + 1

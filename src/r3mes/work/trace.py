@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,7 +33,20 @@ import torch
 from r3mes.spec.bisection import merkle_root as _spec_merkle_root
 from r3mes.work.canonical import dump_canonical, load_canonical
 from r3mes.work.errors import EncodingError
-from r3mes.work.training import TrainResult, TrainState, train_state_problem
+from r3mes.work.training import (
+    TrainResult,
+    TrainState,
+    initial_adapter_state,
+    train_state_problem,
+    train_with_trace,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from r3mes.work.data import Shard
+    from r3mes.work.submission import Submission
+    from r3mes.work.task import Task
 
 TRACE_FORMAT = "r3mes-trace"
 TRACE_FORMAT_VERSION = "1"
@@ -164,3 +179,28 @@ def decode_trace(data: bytes, *, max_bytes: int = MAX_TRACE_BYTES) -> StepTrace:
 def trace_digest(data: bytes) -> str:
     """SHA-256 (hex) of encoded trace bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def build_traced_submission(
+    *,
+    task: Task,
+    model: nn.Module,
+    adapter_state: Mapping[str, torch.Tensor] | None,
+    shard: Shard,
+    residual: Mapping[str, torch.Tensor] | None,
+    every: int = 1,
+) -> tuple[Submission, StepTrace]:
+    """Train `task` on the CPU keeping its trace, and encode the update: the miner's job.
+
+    The update is byte for byte what `r3mes.work.submission.build_submission` gives on the
+    CPU (the same run); the trace is what the miner publishes and commits to (`root`).
+    """
+    from r3mes.work.executor import CPU_DET_V1
+    from r3mes.work.submission import encode_for_task
+
+    start = adapter_state if adapter_state is not None else initial_adapter_state(model, task)
+    result = train_with_trace(
+        task=task, model=model, adapter_state=start, shard=shard, checkpoint_every=every
+    )
+    sub = encode_for_task(task=task, raw=result.delta, residual=residual, executor_class=CPU_DET_V1)
+    return sub, trace_of(result, task_id=task.task_id, every=every)
