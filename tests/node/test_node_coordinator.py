@@ -79,7 +79,16 @@ class FakeLedger:
         self.lookups += 1
         return self.submissions.get(round_id)
 
-    def submit(self, *, task: MiningTask, cid: str, digest: str) -> str:
+    def submit(
+        self,
+        *,
+        task: MiningTask,
+        cid: str,
+        digest: str,
+        residual_cid: str = "",
+        residual_digest: str = "",
+        base_submission_id: int = 0,
+    ) -> str:
         self.submit_calls += 1
         if self.land_then_fail:  # the tx lands but the answer is lost
             self.land_then_fail = False

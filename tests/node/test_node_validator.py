@@ -1,6 +1,8 @@
 """The validator against a real devnet: an unfetchable submission is rejected without
 holding up anyone else, a late verdict cannot split the miner's and the validator's
-residuals, and the validator never attests its own submission."""
+residuals (both use the one committed on the ledger), a validator that judged none of a
+miner's earlier work replays its residual from the ledger, and the validator never attests
+its own submission."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from r3mes.node.launch import RoleLaunch, build_miner, build_validator
 from r3mes.node.localnet.setup import passphrase
 from r3mes.node.miner.journal import TxState
 from r3mes.node.miner.miner import Miner
+from r3mes.node.miner.residual import fetch_residual
 from r3mes.node.registration import ensure_registered
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.validator import Validator
@@ -41,7 +44,8 @@ def chain(tmp_path: Path) -> Iterator[tuple[Home, str]]:
         eval_chunks=4,
         settle_rounds=SETTLE_ROUNDS,
     )
-    spec = tiny_spec(tmp_path, miners=2, profile=profile)
+    # the validator is offline for several rounds here: keep the attestation window open
+    spec = tiny_spec(tmp_path, miners=2, profile=profile, attestation_rounds=50)
     with running_devnet(spec) as running:
         yield running
 
@@ -143,10 +147,15 @@ def test_unfetchable_and_late_submissions_leave_honest_miner_verified(
         assert subs[second.id].status == "verified"
         assert client.account(miner.address).slashed == 0
 
-        # the residual the validator replays is the one the miner holds
+        # the residual the miner holds is the one it committed on the ledger, which is
+        # what every validator replays
         assert miner._settled()
-        ours = miner.residuals.load()
-        theirs = validator.residuals_of(miner.address).load()
+        ours, base = miner.residuals.load_base()
+        on_ledger = client.submission(base)
+        assert on_ledger.miner == miner.address and on_ledger.status == "verified"
+        theirs = fetch_residual(
+            validator.store, cid=on_ledger.residual_cid, digest=on_ledger.residual_digest
+        )
         assert ours.keys() == theirs.keys() and ours
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
@@ -239,3 +248,76 @@ def test_an_update_that_can_never_be_read_is_unusable_at_once(tmp_path: Path) ->
     missing = compute_cid(b"bytes nobody stores", cid_version=1)
     with pytest.raises(UpdateUnavailable):
         read_update(store, cid=missing, digest="00" * 32)
+
+
+@pytest.fixture
+def two_validators(tmp_path: Path) -> Iterator[tuple[Home, str]]:
+    profile = WorkProfile(
+        hyper=HyperParams(lr="0.005", steps=2, batch_size=2, seq_len=32, topk_ppm=50_000),
+        eval_chunks=4,
+        settle_rounds=SETTLE_ROUNDS,
+    )
+    spec = tiny_spec(tmp_path, miners=1, profile=profile, validators=2, quorum=1)
+    with running_devnet(spec) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_validator_that_missed_earlier_work_replays_the_residual_from_the_ledger(
+    two_validators: tuple[Home, str],
+) -> None:
+    from r3mes.node.miner.residual import encode_residual, residual_digest
+    from r3mes.work.verify import Verdict
+
+    home, url = two_validators
+    miner = _miner(home, url, "miner-1")
+    first_judge = _validator(home, url, "validator-1")
+    late_judge = _validator(home, url, "validator-2")
+    client = miner.client
+    miner.on_start()
+    first_judge.on_start()
+    try:
+        # validator-1 alone judges the miner's first update, whose residual is committed
+        def first_verified() -> bool:
+            return any(s.status == "verified" for s in _subs_of(client, miner.address))
+
+        step_until(first_verified, first_judge.step, miner.step, timeout=150, what="verified")
+        first = _subs_of(client, miner.address)[0]
+        assert first.residual_cid and first.base_submission_id == 0
+        assert first.assigned == [first_judge.address]
+
+        # validator-2 joins; it never saw `first`, and validator-1 stops judging
+        late_judge.on_start()
+
+        def based_on_first() -> list[SubmissionInfo]:
+            return [s for s in _subs_of(client, miner.address) if s.base_submission_id]
+
+        step_until(lambda: bool(based_on_first()), miner.step, timeout=120, what="2nd submit")
+        (second,) = based_on_first()
+        assert second.base_submission_id == first.id
+        assert late_judge.address in second.assigned
+
+        def second_settled() -> bool:
+            return client.submission(second.id).status != "pending"
+
+        step_until(second_settled, late_judge.step, timeout=120, what="late judge's verdict")
+        settled = client.submission(second.id)
+        assert settled.status == "verified", late_judge.verdicts.reason(second.id)
+        assert late_judge.verdicts.get(first.id) is None  # it never judged the first
+        assert "digest matches" in (late_judge.verdicts.reason(second.id) or "")
+
+        # a residual commitment that is not what the update leaves behind is rejected
+        replayed = fetch_residual(
+            late_judge.store, cid=settled.residual_cid, digest=settled.residual_digest
+        )
+        ok = Verdict(True, "digest matches re-execution", 0.0, True, replayed)
+        assert residual_digest(encode_residual(replayed)) == settled.residual_digest
+        assert late_judge.check_residual(settled, ok).accepted
+        lying = replace(settled, residual_digest="00" * 32)
+        judged = late_judge.check_residual(lying, ok)
+        assert not judged.accepted and "residual" in judged.reason
+    finally:
+        miner.on_stop()
+        first_judge.on_stop()
+        late_judge.on_stop()

@@ -6,7 +6,7 @@ importing it, or the client, never loads FastAPI, the engine, the store or the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from r3mes.chain.errors import ClientError
@@ -84,6 +84,13 @@ class SubmissionInfo:
     height: int
     status: str
     attestations: list[dict[str, Any]]
+    residual_cid: str = ""
+    residual_digest: str = ""
+    base_submission_id: int = 0
+    trace_cid: str = ""
+    trace_root: str = ""
+    assigned: list[str] = field(default_factory=list)
+    settled_height: int = 0
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,12 @@ def devnet_genesis(
     genesis_time_ms: int | None = None,
     **params: Any,
 ) -> Genesis:
-    """A devnet genesis: faucet on, PoW difficulty 8, quorum 1, rounds of 30 blocks."""
+    """A devnet genesis: faucet on, PoW difficulty 8, quorum 1 of 1, rounds of 30 blocks."""
     settings: dict[str, Any] = {
         "devnet": True,
         "pow_difficulty": 8,
         "attestation_quorum": 1,
+        "validators_per_submission": 1,
         "round_length": 30,
     }
     settings.update(params)

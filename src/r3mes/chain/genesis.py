@@ -40,7 +40,19 @@ class Params:
     devnet: bool = False
     """Devnet mode: enables the Faucet message and PoW difficulties below 16."""
     attestation_quorum: int = 2
-    """Matching validator verdicts that settle a submission (verified or rejected)."""
+    """k: matching verdicts of assigned validators that settle a submission (verified or
+    rejected), and that approve or reject a proposed adapter version."""
+    validators_per_submission: int = 3
+    """n: validators the ledger assigns to each submission (stake-weighted, from the round
+    seed); fewer when fewer are registered. k <= n."""
+    attestation_rounds: int = 2
+    """Rounds after a submission's own during which its assigned validators may attest; when
+    they end, assigned validators that disagreed with the settled verdict or never attested
+    lose `validator_penalty_reputation`."""
+    validator_penalty_reputation: int = 10
+    """Reputation an assigned validator loses for a verdict against the settled one or none."""
+    spot_check_ppm: int = 100_000
+    """Share of a task's steps (ppm, in (0, 1_000_000]) a validator re-executes by default."""
     min_stake: int = 0
     """Credits a node must lock when it first registers in a role."""
     miner_reward: int = 100
@@ -83,6 +95,12 @@ class Params:
                 f"pow_difficulty must be in [{low}, 32]"
                 + ("" if self.devnet else "; set devnet=true in genesis for lower values")
             )
+        if not 1 <= self.attestation_quorum <= self.validators_per_submission:
+            raise GenesisError(
+                "attestation_quorum (k) must be in [1, validators_per_submission (n)]"
+            )
+        if not 0 < self.spot_check_ppm <= 1_000_000:
+            raise GenesisError("spot_check_ppm must be in (0, 1000000]")
         if self.max_block_txs < 1:
             raise GenesisError("max_block_txs must be >= 1")
         if self.authority:

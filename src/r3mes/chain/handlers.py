@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from r3mes.chain import ledger
+from r3mes.chain.assign import assignment_seed, draw
 from r3mes.chain.codes import Code
 from r3mes.chain.genesis import Params
 from r3mes.chain.ledger import BlockContext, Event, event, invalid
@@ -96,6 +97,19 @@ def submit_gradient(state: WorkingState, msg: SubmitGradient, ctx: BlockContext)
         )
     if not pow_ok(msg, chain_id=ctx.chain_id, difficulty=state.params.pow_difficulty):
         raise invalid(Code.BAD_POW, "proof of work does not meet the difficulty")
+    if msg.base_submission_id:
+        base = state.submissions.get(msg.base_submission_id)
+        if (
+            base is None
+            or base.miner != msg.creator
+            or base.status != "verified"
+            or not base.residual_cid
+        ):
+            raise invalid(
+                Code.INVALID,
+                f"base_submission_id {msg.base_submission_id} is not a verified submission of "
+                f"{msg.creator} with a committed residual",
+            )
     sid = state.next_submission_id
     state.next_submission_id += 1
     state.submissions[sid] = Submission(
@@ -106,6 +120,12 @@ def submit_gradient(state: WorkingState, msg: SubmitGradient, ctx: BlockContext)
         cid=msg.cid,
         digest=msg.digest,
         height=ctx.height,
+        residual_cid=msg.residual_cid,
+        residual_digest=msg.residual_digest,
+        base_submission_id=msg.base_submission_id,
+        trace_cid=msg.trace_cid,
+        trace_root=msg.trace_root,
+        assigned=assign_validators(state, rnd.seed, sid, exclude=msg.creator),
     )
     state.rounds[msg.round] = replace(
         rnd, claims=tuple(sorted((*rnd.claims, (msg.shard, msg.creator))))
@@ -113,26 +133,72 @@ def submit_gradient(state: WorkingState, msg: SubmitGradient, ctx: BlockContext)
     return [event("submit_gradient", submission_id=sid, round=msg.round, miner=msg.creator)]
 
 
+def assign_validators(
+    state: WorkingState, round_seed: str, number: int, *, exclude: str, kind: str = "submission"
+) -> tuple[str, ...]:
+    """The validators judging item `number` of `kind`: `validators_per_submission` of the
+    active registered validators (never `exclude`), drawn by stake from the round seed."""
+    candidates = [
+        (node.address, node.stake)
+        for key, node in state.nodes.items()
+        if key.startswith("validator/") and node.active and node.address != exclude
+    ]
+    seed = assignment_seed(round_seed, kind, number)
+    return draw(candidates, seed=seed, n=state.params.validators_per_submission)
+
+
+def round_at(height: int, params: Params) -> int:
+    """The round block `height` belongs to."""
+    return max(height - 1, 0) // params.round_length + 1
+
+
 def attest(state: WorkingState, msg: Attest, ctx: BlockContext) -> list[Event]:
-    _require_node(state, "validator", msg.creator)
+    validator = _require_node(state, "validator", msg.creator)
     sub = state.submissions.get(msg.submission_id)
     if sub is None:
         raise invalid(Code.UNKNOWN, f"no submission {msg.submission_id}")
     if sub.miner == msg.creator:
         raise invalid(Code.NOT_PERMITTED, "a validator may not attest its own submission")
-    if sub.status != "pending":
-        raise invalid(Code.DUPLICATE, f"submission {sub.id} is already {sub.status}")
     if any(a.validator == msg.creator for a in sub.attestations):
         raise invalid(Code.DUPLICATE, f"{msg.creator} already attested submission {sub.id}")
+    last_round = sub.round + state.params.attestation_rounds
+    if round_at(ctx.height, state.params) > last_round:
+        raise invalid(
+            Code.WRONG_ROUND,
+            f"submission {sub.id} took attestations until round {last_round}; it is closed",
+        )
+    if not sub.assigned:  # no validator was registered when it was submitted: assign now
+        rnd = state.rounds[sub.round]
+        sub = replace(sub, assigned=assign_validators(state, rnd.seed, sub.id, exclude=sub.miner))
+    if msg.creator not in sub.assigned or not validator.active:
+        raise invalid(
+            Code.NOT_PERMITTED,
+            f"{msg.creator} is not among the validators assigned to submission {sub.id}",
+        )
     att = Attestation(msg.creator, msg.verdict, msg.distance_ppm, ctx.height)
     sub = replace(sub, attestations=(*sub.attestations, att))
     events = [event("attest", submission_id=sub.id, validator=msg.creator, verdict=msg.verdict)]
+    p = state.params
+    if sub.status != "pending":  # late: paid if it agrees; judged when the window ends
+        if msg.verdict == settled_verdict(sub):
+            ledger.mint_reward(state, msg.creator, p.validator_reward, p.reputation_gain_validator)
+        state.submissions[sub.id] = sub
+        return events
     votes = [a for a in sub.attestations if a.verdict == msg.verdict]
-    if len(votes) >= state.params.attestation_quorum:
-        sub = replace(sub, status="verified" if msg.verdict == "accept" else "rejected")
+    if len(votes) >= p.attestation_quorum:
+        sub = replace(
+            sub,
+            status="verified" if msg.verdict == "accept" else "rejected",
+            settled_height=ctx.height,
+        )
         events.append(_settle(state, sub, votes))
     state.submissions[sub.id] = sub
     return events
+
+
+def settled_verdict(sub: Submission) -> str:
+    """The verdict a settled submission's quorum reached ("" while pending)."""
+    return {"verified": "accept", "rejected": "reject"}.get(sub.status, "")
 
 
 def _settle(state: WorkingState, sub: Submission, votes: list[Attestation]) -> Event:
@@ -151,6 +217,36 @@ def _settle(state: WorkingState, sub: Submission, votes: list[Attestation]) -> E
         slashed=acc.slashed + burned,
     )
     return event("submission_rejected", submission_id=sub.id, miner=sub.miner, burned=burned)
+
+
+def close_attestations(state: WorkingState, round_number: int) -> list[Event]:
+    """End round `round_number`'s attestation window: every assigned validator that attested
+    against the settled verdict, or not at all, loses `validator_penalty_reputation`."""
+    rnd = state.rounds.get(round_number)
+    if rnd is None:
+        return []
+    following = state.rounds.get(round_number + 1)
+    end = following.first_submission_id if following else state.next_submission_id
+    events = []
+    penalty = state.params.validator_penalty_reputation
+    for sid in range(rnd.first_submission_id, end):
+        sub = state.submissions.get(sid)
+        if sub is None:
+            continue
+        verdict = settled_verdict(sub)
+        said = {a.validator: a.verdict for a in sub.attestations}
+        for address in sub.assigned:
+            if address not in said:
+                why = "missed"
+            elif verdict and said[address] != verdict:
+                why = "disagreed"
+            else:
+                continue
+            ledger.lose_reputation(state, address, penalty)
+            events.append(
+                event("validator_penalized", submission_id=sid, validator=address, reason=why)
+            )
+    return events
 
 
 def propose_adapter(state: WorkingState, msg: ProposeAdapter, ctx: BlockContext) -> list[Event]:

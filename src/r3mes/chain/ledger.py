@@ -81,6 +81,12 @@ def mint_reward(state: WorkingState, address: str, amount: int, reputation: int)
     state.minted += amount
 
 
+def lose_reputation(state: WorkingState, address: str, amount: int) -> None:
+    """Lower `address`'s reputation by `amount`, floored at 0."""
+    acc = account(state, address)
+    state.accounts[address] = replace(acc, reputation=max(0, acc.reputation - amount))
+
+
 def mint(state: WorkingState, address: str, amount: int) -> None:
     credit(state, address, amount)
     state.supply += amount

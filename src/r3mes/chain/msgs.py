@@ -21,6 +21,8 @@ from r3mes.chain.vocab import KINDS, ROLES, VERDICTS, ArtifactKind, Role, Verdic
 MAX_U64 = 2**64 - 1
 MAX_U32 = 2**32 - 1
 MAX_IDS = 1024
+MAX_DISPUTE_STEPS = 1 << 20
+"""Most training steps a dispute bisects over (20 halvings)."""
 
 _CID_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -45,6 +47,17 @@ class SubmitGradient:
     cid: str
     digest: str
     pow_nonce: int = 0
+    residual_cid: str = ""
+    """CID of the miner's error-feedback residual after this round ("" = none committed)."""
+    residual_digest: str = ""
+    """Hex SHA-256 of the residual's canonical bytes (set together with `residual_cid`)."""
+    base_submission_id: int = 0
+    """The miner's earlier verified submission whose committed residual this update started
+    from; 0 = a zero residual."""
+    trace_cid: str = ""
+    """CID of the miner's step trace (`r3mes.work.trace`; "" = none committed)."""
+    trace_root: str = ""
+    """Merkle root over the trace's per-step state digests (set together with `trace_cid`)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,51 @@ class ServingHeartbeat:
 
 
 @dataclass(frozen=True)
+class Unbond:
+    creator: str
+    role: Role
+    amount: int
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    creator: str
+
+
+@dataclass(frozen=True)
+class AttestAdapter:
+    creator: str
+    round: int
+    version: int
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class OpenDispute:
+    creator: str
+    submission_id: int
+    steps: int
+    start_digest: str
+    final_digest: str
+
+
+@dataclass(frozen=True)
+class DisputeCheckpoint:
+    creator: str
+    dispute_id: int
+    step: int
+    digest: str
+    cid: str = ""
+
+
+@dataclass(frozen=True)
+class DisputeVerdict:
+    creator: str
+    dispute_id: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class TransferCredits:
     creator: str
     to: str
@@ -131,6 +189,12 @@ Msg = (
     | ServingHeartbeat
     | TransferCredits
     | Faucet
+    | Unbond
+    | Withdraw
+    | AttestAdapter
+    | OpenDispute
+    | DisputeCheckpoint
+    | DisputeVerdict
 )
 
 _PROTO: dict[type[Any], type[Message]] = {
@@ -143,6 +207,12 @@ _PROTO: dict[type[Any], type[Message]] = {
     ServingHeartbeat: tx_pb2.MsgServingHeartbeat,
     TransferCredits: tx_pb2.MsgTransferCredits,
     Faucet: tx_pb2.MsgFaucet,
+    Unbond: tx_pb2.MsgUnbond,
+    Withdraw: tx_pb2.MsgWithdraw,
+    AttestAdapter: tx_pb2.MsgAttestAdapter,
+    OpenDispute: tx_pb2.MsgOpenDispute,
+    DisputeCheckpoint: tx_pb2.MsgDisputeCheckpoint,
+    DisputeVerdict: tx_pb2.MsgDisputeVerdict,
 }
 _BY_URL: dict[str, type[Any]] = {
     f"/{proto.DESCRIPTOR.full_name}": cls for cls, proto in _PROTO.items()
@@ -268,6 +338,31 @@ def validate_basic(msg: Msg) -> None:
         _check(bool(_CID_RE.match(msg.cid)), "cid must be 1-128 alphanumeric characters")
         _check(bool(_HEX64_RE.match(msg.digest)), "digest must be 64 lower-case hex digits")
         _check_uint(msg.pow_nonce, "pow_nonce")
+        _check(
+            (msg.residual_cid == "") == (msg.residual_digest == ""),
+            "residual_cid and residual_digest are set together",
+        )
+        _check(
+            msg.residual_cid == "" or bool(_CID_RE.match(msg.residual_cid)),
+            "residual_cid must be 1-128 alphanumeric characters",
+        )
+        _check(
+            msg.residual_digest == "" or bool(_HEX64_RE.match(msg.residual_digest)),
+            "residual_digest must be 64 lower-case hex digits",
+        )
+        _check_uint(msg.base_submission_id, "base_submission_id")
+        _check(
+            (msg.trace_cid == "") == (msg.trace_root == ""),
+            "trace_cid and trace_root are set together",
+        )
+        _check(
+            msg.trace_cid == "" or bool(_CID_RE.match(msg.trace_cid)),
+            "trace_cid must be 1-128 alphanumeric characters",
+        )
+        _check(
+            msg.trace_root == "" or bool(_HEX64_RE.match(msg.trace_root)),
+            "trace_root must be 64 lower-case hex digits",
+        )
     elif isinstance(msg, Attest):
         _check_uint(msg.submission_id, "submission_id", low=1)
         _check(msg.verdict in VERDICTS, f"verdict must be one of {VERDICTS}")
@@ -292,6 +387,26 @@ def validate_basic(msg: Msg) -> None:
         _check(bool(_TEXT_RE.match(msg.endpoint)), "endpoint must be <= 256 printable chars")
         _check_uint(msg.adapter_version, "adapter_version")
         _check_uint(msg.capacity, "capacity", high=MAX_U32)
+    elif isinstance(msg, Unbond):
+        _check(msg.role in ROLES, f"role must be one of {ROLES}")
+        _check_uint(msg.amount, "amount", low=1)
+    elif isinstance(msg, AttestAdapter):
+        _check_uint(msg.round, "round", low=1)
+        _check_uint(msg.version, "version", low=1)
+        _check(msg.verdict in VERDICTS, f"verdict must be one of {VERDICTS}")
+    elif isinstance(msg, OpenDispute):
+        _check_uint(msg.submission_id, "submission_id", low=1)
+        _check_uint(msg.steps, "steps", low=1, high=MAX_DISPUTE_STEPS)
+        _check(bool(_HEX64_RE.match(msg.start_digest)), "start_digest must be 64 hex digits")
+        _check(bool(_HEX64_RE.match(msg.final_digest)), "final_digest must be 64 hex digits")
+    elif isinstance(msg, DisputeCheckpoint):
+        _check_uint(msg.dispute_id, "dispute_id", low=1)
+        _check_uint(msg.step, "step", high=MAX_DISPUTE_STEPS)
+        _check(bool(_HEX64_RE.match(msg.digest)), "digest must be 64 lower-case hex digits")
+        _check(msg.cid == "" or bool(_CID_RE.match(msg.cid)), "cid must be alphanumeric")
+    elif isinstance(msg, DisputeVerdict):
+        _check_uint(msg.dispute_id, "dispute_id", low=1)
+        _check(bool(_HEX64_RE.match(msg.digest)), "digest must be 64 lower-case hex digits")
     elif isinstance(msg, TransferCredits | Faucet):
         _check_address(msg.to, "to")
         _check_uint(msg.amount, "amount", low=1)

@@ -30,7 +30,7 @@ from r3mes.chain.vocab import (
     Verdict,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active")
 SCALARS = (
     "chain_id",
@@ -100,6 +100,9 @@ class Round:
     claims: tuple[tuple[int, str], ...] = ()
     """(shard, miner) pairs sorted by shard."""
     proposed_version: int = 0
+    first_submission_id: int = 0
+    """Id the round's first submission got (or will get): a round's submissions have
+    the ids first_submission_id .. next round's first_submission_id - 1."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,15 @@ class Submission:
     height: int
     status: SubmissionStatus = "pending"
     attestations: tuple[Attestation, ...] = ()
+    residual_cid: str = ""
+    residual_digest: str = ""
+    base_submission_id: int = 0
+    trace_cid: str = ""
+    trace_root: str = ""
+    assigned: tuple[str, ...] = ()
+    """Validators the ledger assigned to judge it (sorted); empty until one is registered."""
+    settled_height: int = 0
+    """Height at which a quorum settled it (0 while pending)."""
 
 
 @dataclass(frozen=True)
@@ -339,7 +351,11 @@ _DECODERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
     "submissions": (
         int,
         lambda d: Submission(
-            **{**d, "attestations": tuple(Attestation(**a) for a in d["attestations"])}
+            **{
+                **d,
+                "attestations": tuple(Attestation(**a) for a in d["attestations"]),
+                "assigned": tuple(d["assigned"]),
+            }
         ),
     ),
     "artifacts": (str, lambda d: ArtifactRecord(**{**d, "spec": _spec(d["spec"])})),

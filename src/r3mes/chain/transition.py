@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from r3mes.chain.codes import Code
 from r3mes.chain.errors import BlockInvalid, TxDecodeError, TxInvalid
-from r3mes.chain.handlers import admit, handle
+from r3mes.chain.handlers import admit, close_attestations, handle
 from r3mes.chain.ledger import BlockContext, Event, account, event, invalid
 from r3mes.chain.msgs import SubmitGradient, validate_basic
 from r3mes.chain.pow import pow_ok
@@ -237,8 +237,12 @@ def begin_block(state: WorkingState, ctx: BlockContext, last_block_hash: str) ->
         dataset_cid=dataset.spec.cid if dataset else "",
         adapter_version=adapter.spec.version if adapter else 0,
         adapter_cid=adapter.spec.cid if adapter else "",
+        first_submission_id=state.next_submission_id,
     )
     events.append(event("round_opened", round=number, seed=last_block_hash))
+    closing = number - state.params.attestation_rounds - 1
+    if closing >= 1:
+        events.extend(close_attestations(state, closing))
     return events
 
 

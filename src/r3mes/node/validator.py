@@ -2,10 +2,15 @@
 
 For each submission still pending on the ledger (oldest first, never one of its own), the
 validator fetches the update by CID, checks its digest, rebuilds the miner's task from the
-round, re-executes it with `r3mes.work.verify` and sends a signed `Attest`. It replays each
-miner's error-feedback residual: the residual a verified update leaves behind is staged
-per miner and becomes current by the ledger-derived rule of `r3mes.node.miner.settlement`, the
-same rule the miner applies.
+round, re-executes it with `r3mes.work.verify` and sends a signed `Attest`. It judges only
+the submissions the ledger assigned to it (k-of-n quorum), and also those already settled
+while their attestation window is open (an assigned validator that never attests loses
+reputation). It replays the miner's error-feedback residual from the ledger: the submission
+names the verified submission whose committed residual it started from, fetched by CID and
+checked against its digest, so a validator that judged none of the miner's earlier work
+replays exactly what the miner used; the residual the update leaves behind must match the
+one the submission commits (exactly in the same executor class, within the cross-class
+tolerance otherwise).
 
 Each submission is handled on its own: one that fails (its update cannot be fetched, the
 ledger hiccups) backs off alone while the others proceed, and an update that still cannot
@@ -27,12 +32,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from r3mes.node.errors import NetworkError, ValidationError, classify
 from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
-from r3mes.node.miner.residual import ResidualStore
-from r3mes.node.miner.settlement import Fate, fate_on_chain
+from r3mes.node.miner.residual import encode_residual, fetch_residual, residual_digest
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.work.profile import derive_task
 
 if TYPE_CHECKING:
+    import torch
+
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.node.artifacts import BlobStore
     from r3mes.work.verify import Verdict
@@ -190,7 +196,6 @@ class Validator(LedgerRole):
             store=self.store, root=state / "artifacts", source=self.client
         )
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
-        self._residual_root = state / "residuals"
         self._backoff: dict[int, _Backoff] = {}
         self._attested = Counter(
             "r3mes_validator_attestations",
@@ -198,11 +203,6 @@ class Validator(LedgerRole):
             ["verdict"],
             registry=self.registry,
         )
-
-    def residuals_of(self, miner: str) -> ResidualStore:
-        if not miner.isalnum():
-            raise ValidationError(f"unexpected miner address {miner!r}")
-        return ResidualStore(self._residual_root / miner)
 
     def on_start(self) -> None:
         from r3mes.node.registration import ensure_registered
@@ -221,26 +221,26 @@ class Validator(LedgerRole):
         return max(LOOKBACK_ROUNDS, self.settings.profile.settle_rounds + 1)
 
     def step(self) -> bool:
-        height = self.client.status().height  # read before the submissions (see settlement)
         current = self.client.current_round().number
+        window = self.client.params().attestation_rounds
         due: list[SubmissionInfo] = []
         now = time.monotonic()
-        for number in range(max(1, current - self.lookback_rounds), current + 1):
+        first = max(1, current - max(self.lookback_rounds, window))
+        for number in range(first, current + 1):
             for sub in self.client.submissions(number):
-                self._settle(sub, chain_height=height)
-                if sub.status == "pending" and self._needs_verdict(sub):
+                if sub.round + window >= current and self._needs_verdict(sub):
                     if self._backoff.get(sub.id, _Backoff()).next_at <= now:
                         due.append(sub)
         for sub in sorted(due, key=lambda s: s.id):
             if self.stop_event.is_set():
                 break
-            self._judge_one(sub, chain_height=height)
+            self._judge_one(sub)
         return bool(due)
 
-    def _judge_one(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+    def _judge_one(self, sub: SubmissionInfo) -> None:
         """Judge `sub`; a failure backs off this submission alone."""
         try:
-            self._judge(sub, chain_height=chain_height)
+            self._judge(sub)
         except UpdateUnavailable as exc:
             failures = self._failed(sub.id, exc, unfetchable=True)
             if failures > self.settings.fetch_retry.max_retries:
@@ -266,41 +266,23 @@ class Validator(LedgerRole):
     def _needs_verdict(self, sub: SubmissionInfo) -> bool:
         if sub.miner == self.address:
             return False  # never attest one's own work
+        if sub.assigned and self.address not in sub.assigned:
+            return False  # the ledger assigned others (none yet: it assigns at attestation)
+        if not sub.assigned and sub.status != "pending":
+            return False
         if any(a.get("validator") == self.address for a in sub.attestations):
             return False
         seen = self.verdicts.get(sub.id)
         return seen is None or not seen[1]
 
-    def _settle(self, sub: SubmissionInfo, *, chain_height: int) -> None:
-        """Apply the ledger-derived fate to the residual `sub` staged, once decided."""
-        if not sub.miner.isalnum():
-            return
-        residuals = self.residuals_of(sub.miner)
-        tag = f"s{sub.id}"
-        if not residuals.has_staged(tag):
-            return
-        fate = fate_on_chain(
-            self.client,
-            round_number=sub.round,
-            sub=sub,
-            settle_rounds=self.settings.profile.settle_rounds,
-            chain_height=chain_height,
-        )
-        if fate is Fate.PROMOTE:
-            residuals.promote(tag)
-        elif fate is Fate.DROP:
-            residuals.discard(tag)
-
-    def _judge(self, sub: SubmissionInfo, *, chain_height: int) -> None:
+    def _judge(self, sub: SubmissionInfo) -> None:
         if self.verdicts.get(sub.id) is None:
             self._conclude(sub, self._verify(sub))
-        self._send(sub, chain_height=chain_height)
+        self._send(sub)
 
     def _conclude(self, sub: SubmissionInfo, verdict: Verdict) -> None:
-        """Record the verdict (and the residual it stages) before anything is sent."""
+        """Record the verdict before anything is sent."""
         self.verdicts.record(sub, verdict)
-        if verdict.accepted and verdict.next_residual is not None:
-            self.residuals_of(sub.miner).stage(f"s{sub.id}", verdict.next_residual)
         logger.info(
             "submission %d of %s: %s (%s)",
             sub.id,
@@ -309,15 +291,57 @@ class Validator(LedgerRole):
             verdict.reason,
         )
 
-    def _send(self, sub: SubmissionInfo, *, chain_height: int) -> None:
-        """Attest the recorded verdict on `sub`, then settle it if the ledger did."""
+    def _send(self, sub: SubmissionInfo) -> None:
+        """Attest the recorded verdict on `sub`."""
         seen = self.verdicts.get(sub.id)
         assert seen is not None
         self._attest(sub.id, accepted=seen[0], distance=self.verdicts.distance(sub.id))
         self.verdicts.mark_sent(sub.id)
-        for item in self.client.submissions(sub.round):
-            if item.id == sub.id:
-                self._settle(item, chain_height=chain_height)
+
+    def base_residual(self, sub: SubmissionInfo) -> dict[str, torch.Tensor] | None:
+        """The residual `sub` started from, as committed on the ledger (None: zeros).
+
+        Raises `UpdateUnusable` when the ledger's record cannot be used and
+        `UpdateUnavailable` when the bytes cannot be fetched now."""
+        if not sub.base_submission_id:
+            return None
+        base = self.client.submission(sub.base_submission_id)
+        if base.miner != sub.miner or not base.residual_cid:
+            raise UpdateUnusable(f"base submission {base.id} holds no residual of {sub.miner}")
+        try:
+            return fetch_residual(self.store, cid=base.residual_cid, digest=base.residual_digest)
+        except ValidationError as exc:
+            raise UpdateUnusable(f"base residual of submission {base.id}: {exc}") from exc
+        except Exception as exc:
+            raise UpdateUnavailable(
+                f"cannot fetch residual {base.residual_cid}: {exc}", cid=base.residual_cid
+            ) from exc
+
+    def check_residual(self, sub: SubmissionInfo, verdict: Verdict) -> Verdict:
+        """`verdict`, turned into a rejection when the residual `sub` commits is not the one
+        its update leaves behind."""
+        from r3mes.work.verify import CROSS_CLASS_TOLERANCE, Verdict, relative_distance
+
+        if not verdict.accepted or not sub.residual_digest or verdict.next_residual is None:
+            return verdict
+        if verdict.digest_match:
+            ours = residual_digest(encode_residual(verdict.next_residual))
+            if ours == sub.residual_digest:
+                return verdict
+            return Verdict(False, "committed residual differs from the replayed one", 1.0, True)
+        try:
+            theirs = fetch_residual(self.store, cid=sub.residual_cid, digest=sub.residual_digest)
+            distance = relative_distance(theirs, verdict.next_residual)
+        except ValidationError as exc:
+            return Verdict(False, f"committed residual is unusable: {exc}"[:400], 1.0, False)
+        except Exception as exc:
+            raise UpdateUnavailable(
+                f"cannot fetch residual {sub.residual_cid}: {exc}", cid=sub.residual_cid
+            ) from exc
+        if distance > CROSS_CLASS_TOLERANCE:
+            reason = f"committed residual is {distance:.4f} from the replayed one"
+            return Verdict(False, reason, distance, False)
+        return verdict
 
     def _verify(self, sub: SubmissionInfo) -> Verdict:
         from r3mes.work.data import shard_of
@@ -355,16 +379,21 @@ class Validator(LedgerRole):
             shard_index=task.shard_index,
             n_shards=task.n_shards,
         )
-        return verify(
+        try:
+            residual = self.base_residual(sub)
+        except UpdateUnusable as exc:
+            return Verdict(False, str(exc)[:400], float("inf"), False)
+        verdict = verify(
             task=task,
             submitted=data,
             model=model,
             adapter_state=start_adapter(task, loaded, model),
             shard=shard,
-            residual=self.residuals_of(sub.miner).load() or None,
+            residual=residual,
             executor_class=current_executor_class(self.settings.device),
             device=self.settings.device,
         )
+        return self.check_residual(sub, verdict)
 
     def _attest(self, sid: int, *, accepted: bool, distance: float) -> None:
         from r3mes.chain.msgs import Attest

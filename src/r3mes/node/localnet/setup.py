@@ -19,7 +19,7 @@ from pathlib import Path
 from r3mes.node.errors import ValidationError
 from r3mes.node.miner.parts import CHEATS
 from r3mes.paths import Home
-from r3mes.work.profile import WorkProfile
+from r3mes.work.profile import DEFAULT_COMPRESSION, WorkProfile
 from r3mes.work.task import HyperParams
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,17 @@ class NetworkSpec:
     """"shipped" (the packaged model) or "tiny" (a 2-layer model made on the spot; tests)."""
     shards: int = 8
     dataset_chars: int = 200_000
+    validators: int = 1
+    """Validator role processes; the ledger assigns each submission to all of them (n)."""
+    quorum: int = 1
+    """Matching verdicts of assigned validators that settle a submission (k <= validators)."""
+    attestation_rounds: int = 2
+    """Rounds after a submission's own during which its assigned validators may attest."""
     profile: WorkProfile = field(
         default_factory=lambda: WorkProfile(
-            hyper=HyperParams(lr="0.005", steps=4, batch_size=4, seq_len=64, topk_ppm=50_000),
+            hyper=HyperParams(
+                lr="0.005", steps=4, batch_size=4, seq_len=64, **DEFAULT_COMPRESSION
+            ),
             eval_chunks=16,
         )
     )
@@ -78,6 +86,10 @@ class NetworkSpec:
             _check_http_url(self.ipfs_url, "--ipfs-url")
         if self.base_model not in ("shipped", "tiny"):
             raise ValidationError("--base-model must be 'shipped' or 'tiny'")
+        if not 1 <= self.validators <= 16:
+            raise ValidationError("--verifiers must be in [1, 16]")
+        if not 1 <= self.quorum <= self.validators:
+            raise ValidationError("--quorum must be in [1, --verifiers]")
         if self.miners + len(self.cheaters) > self.shards:
             raise ValidationError("more miners than shards per round; raise --shards")
 
@@ -85,7 +97,8 @@ class NetworkSpec:
         """(role, instance name) of every role process, in start order."""
         out = [("miner", f"miner-{i}") for i in range(1, self.miners + 1)]
         out += [("miner", f"cheater-{i}") for i in range(1, len(self.cheaters) + 1)]
-        out += [("validator", "validator-1"), ("proposer", "proposer-1")]
+        out += [("validator", f"validator-{i}") for i in range(1, self.validators + 1)]
+        out.append(("proposer", "proposer-1"))
         if self.serving:
             out.append(("serving", "serving-1"))
         return out
@@ -215,6 +228,9 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
         round_length=spec.round_blocks,
         pow_difficulty=spec.difficulty,
         shards_per_round=spec.shards,
+        attestation_quorum=spec.quorum,
+        validators_per_submission=spec.validators,
+        attestation_rounds=spec.attestation_rounds,
     )
     init_devnet(spec.home, genesis, overwrite=True)
     spec.profile.save(spec.home.root / "work.json")

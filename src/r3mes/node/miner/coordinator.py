@@ -21,6 +21,7 @@ Collaborators are small protocols (`UpdateTrainer`, `UpdateStore`, `SubmissionLe
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -66,6 +67,10 @@ class TrainedUpdate:
     """Digest of `payload` as the protocol defines it."""
     residual: dict[str, torch.Tensor] | None = None
     """Error-feedback residual to carry to the next round if this one commits."""
+    residual_payload: bytes | None = None
+    """`residual`'s canonical bytes, committed on the ledger by CID and digest."""
+    base_submission_id: int = 0
+    """The ledger submission whose committed residual training started from (0: zeros)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Training figures (loss, steps, seconds) for stats and logs."""
 
@@ -106,8 +111,18 @@ class SubmissionLedger(Protocol):
         """This miner's submission for `round_id`, if the chain holds one."""
         ...
 
-    def submit(self, *, task: MiningTask, cid: str, digest: str) -> str:
-        """Solve the proof of work, sign and broadcast; return the chain tx hash."""
+    def submit(
+        self,
+        *,
+        task: MiningTask,
+        cid: str,
+        digest: str,
+        residual_cid: str = "",
+        residual_digest: str = "",
+        base_submission_id: int = 0,
+    ) -> str:
+        """Solve the proof of work, sign and broadcast (with the residual commitment, when
+        there is one); return the chain tx hash."""
         ...
 
 
@@ -196,8 +211,10 @@ class AtomicMiningCoordinator:
                 raise NodeError(f"storage returned CID {stored}, expected {cid}")
             self._checkpoint(TxState.IPFS_UPLOAD)
             self.journal.advance(tx_id, TxState.BLOCKCHAIN_SUBMIT)
+            commitment = self._store_residual(update)
             chain_tx = self._retry(
-                lambda: self._submit_once(task, cid=cid, digest=update.digest), "submit"
+                lambda: self._submit_once(task, cid=cid, digest=update.digest, **commitment),
+                "submit",
             )
             self._checkpoint(TxState.BLOCKCHAIN_SUBMIT)
             return self._finish(tx_id, task, chain_tx=chain_tx)
@@ -219,7 +236,20 @@ class AtomicMiningCoordinator:
         if self._after_step is not None:
             self._after_step(done)
 
-    def _submit_once(self, task: MiningTask, *, cid: str, digest: str) -> str:
+    def _store_residual(self, update: TrainedUpdate) -> dict[str, Any]:
+        """Store the residual's bytes and return the commitment the submission carries
+        (nothing when training produced no residual, e.g. a fault-injected update)."""
+        if update.residual_payload is None:
+            return {}
+        payload = update.residual_payload
+        stored = self._retry(lambda: self.store.put(payload), "residual upload", upload=True)
+        return {
+            "residual_cid": stored,
+            "residual_digest": hashlib.sha256(payload).hexdigest(),
+            "base_submission_id": update.base_submission_id,
+        }
+
+    def _submit_once(self, task: MiningTask, *, cid: str, digest: str, **commitment: Any) -> str:
         existing = self.ledger.find_submission(round_id=task.round_id)
         if existing is not None:
             if existing.cid == cid and existing.digest == digest:
@@ -229,7 +259,7 @@ class AtomicMiningCoordinator:
                 f"round {task.round_id} already holds another submission of this miner "
                 f"({existing.cid}); refusing to submit twice"
             )
-        return self.ledger.submit(task=task, cid=cid, digest=digest)
+        return self.ledger.submit(task=task, cid=cid, digest=digest, **commitment)
 
     def _finish(self, tx_id: str, task: MiningTask, *, chain_tx: str) -> TxRecord:
         self.journal.advance(tx_id, TxState.TASK_COMPLETE, chain_tx=chain_tx)

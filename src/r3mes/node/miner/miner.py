@@ -205,15 +205,19 @@ class Miner(LedgerRole):
         for record in self.journal.recent(20):
             if record.state is not TxState.COMMITTED or not self.residuals.has_staged(record.tx_id):
                 continue
+            sub = self._submission_of(record.round_id)
             fate = fate_on_chain(
                 self.client,
                 round_number=record.round_id,
-                sub=self._submission_of(record.round_id),
+                sub=sub,
                 settle_rounds=self.settings.profile.settle_rounds,
                 chain_height=height,
             )
-            if fate is Fate.PROMOTE:
-                self.residuals.promote(record.tx_id)
+            if fate is Fate.PROMOTE and sub is not None:
+                # only a residual the ledger committed can be a base (see residual.py)
+                self.residuals.promote(
+                    record.tx_id, submission_id=sub.id if sub.residual_cid else 0
+                )
             elif fate is Fate.DROP:
                 logger.warning("round %d: residual dropped (not verified in time)", record.round_id)
                 self.residuals.discard(record.tx_id)

@@ -18,7 +18,7 @@ from r3mes.node.errors import NodeError, RetryableError, ValidationError
 from r3mes.node.miner.coordinator import MiningTask, SubmissionRef, TrainedUpdate
 from r3mes.node.miner.journal import Journal, TxState
 from r3mes.node.miner.pace import RoundPace
-from r3mes.node.miner.residual import ResidualStore
+from r3mes.node.miner.residual import ResidualStore, encode_residual
 from r3mes.node.miner.task_pool import ArtifactSet
 from r3mes.work.profile import WorkProfile, derive_task, round_seed
 from r3mes.work.versions import random_update, start_adapter
@@ -206,13 +206,25 @@ class ChainSubmissions:
                 return SubmissionRef(cid=sub.cid, digest=sub.digest, chain_tx=str(sub.id))
         return None
 
-    def submit(self, *, task: MiningTask, cid: str, digest: str) -> str:
+    def submit(
+        self,
+        *,
+        task: MiningTask,
+        cid: str,
+        digest: str,
+        residual_cid: str = "",
+        residual_digest: str = "",
+        base_submission_id: int = 0,
+    ) -> str:
         result = self.client.submit_gradient(
             self.key,
             round_number=task.round_id,
             shard=int(task.details["shard"]),
             cid=cid,
             digest=digest,
+            residual_cid=residual_cid,
+            residual_digest=residual_digest,
+            base_submission_id=base_submission_id,
         )
         return result.hash
 
@@ -281,16 +293,18 @@ class WorkTrainer:
             return TrainedUpdate(payload=sub.encoded, digest=sub.digest, metrics=metrics)
         dataset = self.artifacts.dataset(work.dataset_cid)
         shard = shard_of(dataset, shard_index=work.shard_index, n_shards=work.n_shards)
-        residual = self.residuals.load() or None
+        residual, base = self.residuals.load_base()
         started = time.perf_counter()
         sub = build_submission(
-            task=work, model=model, adapter_state=adapter, shard=shard, residual=residual
+            task=work, model=model, adapter_state=adapter, shard=shard, residual=residual or None
         )
         train_s = round(time.perf_counter() - started, 4)
         return TrainedUpdate(
             payload=sub.encoded,
             digest=sub.digest,
             residual=sub.next_residual,
+            residual_payload=encode_residual(sub.next_residual),
+            base_submission_id=base,
             metrics={"train_s": train_s},
         )
 

@@ -8,14 +8,23 @@ transaction is in flight, a staged one named after the transaction, promoted by 
 rename on commit.
 
 Files are safetensors (never pickle), written to a temporary file, fsync'd and renamed.
+
+The residual is also committed on the ledger: each submission carries the CID and digest of
+its residual after the round (`encode_residual`, canonical safetensors) and names the
+verified submission whose residual it started from. The promoted file records that
+submission's id (`submission_id` metadata), so the miner always starts from a residual the
+ledger can point at and every validator replays from the same bytes (`fetch_residual`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -23,10 +32,54 @@ from safetensors.torch import load_file, save_file
 
 from r3mes.node.errors import ResourceError, ValidationError
 
+if TYPE_CHECKING:
+    from r3mes.node.artifacts import BlobStore
+
 logger = logging.getLogger(__name__)
 
 MAX_RESIDUAL_BYTES = 512 * 1024 * 1024
 _TX_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+RESIDUAL_FORMAT = "r3mes-residual-v1"
+BASE_KEY = "submission_id"
+
+
+def encode_residual(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """The canonical bytes of a residual (float32, sorted names): what the ledger commits."""
+    from r3mes.work.canonical import dump_canonical
+
+    dense = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
+    return dump_canonical(dense, {"format": RESIDUAL_FORMAT})
+
+
+def residual_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_residual(data: bytes) -> dict[str, torch.Tensor]:
+    """Strictly parse `encode_residual` bytes; ValidationError on anything else."""
+    from r3mes.work.canonical import load_canonical
+    from r3mes.work.errors import EncodingError
+
+    try:
+        tensors, metadata = load_canonical(data, max_bytes=MAX_RESIDUAL_BYTES)
+    except EncodingError as exc:
+        raise ValidationError(f"committed residual is malformed: {exc}") from exc
+    if metadata != {"format": RESIDUAL_FORMAT}:
+        raise ValidationError("committed residual has the wrong format tag")
+    if any(t.dtype != torch.float32 for t in tensors.values()):
+        raise ValidationError("committed residual tensors must be float32")
+    return dict(tensors)
+
+
+def fetch_residual(store: BlobStore, *, cid: str, digest: str) -> dict[str, torch.Tensor]:
+    """The residual a submission committed, fetched by CID and checked against its digest.
+
+    Raises ValidationError when the bytes can never be a valid residual (wrong digest,
+    malformed) and lets storage errors through (a later attempt may succeed)."""
+    data = store.get_bytes(cid, max_size=MAX_RESIDUAL_BYTES)
+    if residual_digest(data) != digest:
+        raise ValidationError(f"residual {cid} does not match its committed digest")
+    return decode_residual(data)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -92,6 +145,25 @@ class ResidualStore:
             return {}
         return load_tensors(self.current_path)
 
+    def load_base(self) -> tuple[dict[str, torch.Tensor], int]:
+        """(current residual, id of the ledger submission that committed it).
+
+        A residual promoted without a submission id (none on the ledger to point at) is not
+        used: the miner starts from zeros, as every validator will replay it."""
+        if not self.current_path.exists():
+            return {}, 0
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.current_path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise ValidationError(f"{self.current_path} is not readable: {exc}") from exc
+        base = meta.get(BASE_KEY, "")
+        if not base.isdigit() or int(base) < 1:
+            return {}, 0
+        return self.load(), int(base)
+
     def stage(self, tx_id: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write the residual that becomes current if transaction `tx_id` commits."""
         save_tensors_atomic(self.staged_path(tx_id), tensors, metadata={"tx_id": tx_id})
@@ -99,11 +171,18 @@ class ResidualStore:
     def has_staged(self, tx_id: str) -> bool:
         return self.staged_path(tx_id).exists()
 
-    def promote(self, tx_id: str) -> bool:
-        """Make the staged residual of `tx_id` current; False when nothing was staged."""
+    def promote(self, tx_id: str, *, submission_id: int = 0) -> bool:
+        """Make the staged residual of `tx_id` current; False when nothing was staged.
+
+        `submission_id` is the ledger submission that committed it (recorded in the file,
+        written atomically before the rename, so `load_base` never pairs it with other
+        bytes)."""
         staged = self.staged_path(tx_id)
         if not staged.exists():
             return False
+        if submission_id:
+            meta = {"tx_id": tx_id, BASE_KEY: str(submission_id)}
+            save_tensors_atomic(staged, load_tensors(staged), metadata=meta)
         os.replace(staged, self.current_path)
         _fsync_dir(self.directory)
         logger.info("residual of %s promoted", tx_id)

@@ -44,11 +44,13 @@ def deadline_height(*, open_height: int, close_height: int, settle_rounds: int) 
 def settled_height(sub: SubmissionInfo) -> int | None:
     """Height of the attestation that settled `sub` (None while pending).
 
-    The ledger refuses attestations once a submission is settled, so the settling one is
-    the highest attestation carrying the final verdict.
+    The ledger records it; for records without it, the settling attestation is the highest
+    one carrying the final verdict (late attestations came after settlement).
     """
     if sub.status == "pending":
         return None
+    if sub.settled_height:
+        return sub.settled_height
     verdict = "accept" if sub.status == "verified" else "reject"
     heights = [int(a.get("height", 0)) for a in sub.attestations if a.get("verdict") == verdict]
     return max(heights) if heights else None

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17remes/remes/v1/tx.proto\x12\x0eremes.remes.v1\x1a\x19google/protobuf/any.proto\"H\n\x05TxRaw\x12\x12\n\nbody_bytes\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61uth_info_bytes\x18\x02 \x01(\x0c\x12\x12\n\nsignatures\x18\x03 \x03(\x0c\"V\n\x06TxBody\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04memo\x18\x02 \x01(\t\x12\x16\n\x0etimeout_height\x18\x03 \x01(\x04\"2\n\nSignerInfo\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"<\n\x08\x41uthInfo\x12\x30\n\x0csigner_infos\x18\x01 \x03(\x0b\x32\x1a.remes.remes.v1.SignerInfo\"`\n\x07SignDoc\x12\x12\n\nbody_bytes\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61uth_info_bytes\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63ount_number\x18\x04 \x01(\x04\"k\n\x0fMsgRegisterNode\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.remes.remes.v1.NodeRole\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05stake\x18\x04 \x01(\x04\"r\n\x11MsgSubmitGradient\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05shard\x18\x03 \x01(\r\x12\x0b\n\x03\x63id\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x11\n\tpow_nonce\x18\x06 \x01(\x04\"s\n\tMsgAttest\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x15\n\rsubmission_id\x18\x02 \x01(\x04\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.remes.remes.v1.Verdict\x12\x14\n\x0c\x64istance_ppm\x18\x04 \x01(\x04\"\xa7\x01\n\x11MsgProposeAdapter\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0b\x61\x64\x61pter_cid\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\x16\n\x0eparent_version\x18\x07 \x01(\x04\x12\x16\n\x0esubmission_ids\x18\x08 \x03(\x04\"\xfd\x01\n\x08\x41rtifact\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.remes.remes.v1.ArtifactKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0b\n\x03\x63id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x15\n\rbase_model_id\x18\x07 \x01(\t\x12\x1a\n\x12\x62\x61se_model_version\x18\x08 \x01(\x04\x12\x16\n\x0etarget_modules\x18\t \x03(\t\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x0f\n\x07hf_repo\x18\x0b \x01(\t\x12\x13\n\x0bhf_revision\x18\x0c \x01(\t\"R\n\x13MsgRegisterArtifact\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12*\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x18.remes.remes.v1.Artifact\"n\n\x12MsgApproveArtifact\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.remes.remes.v1.ArtifactKind\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\"c\n\x13MsgServingHeartbeat\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\"A\n\x12MsgTransferCredits\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\"8\n\tMsgFaucet\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04*\x82\x01\n\x08NodeRole\x12\x19\n\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_ROLE_MINER\x10\x01\x12\x17\n\x13NODE_ROLE_VALIDATOR\x10\x02\x12\x16\n\x12NODE_ROLE_PROPOSER\x10\x03\x12\x15\n\x11NODE_ROLE_SERVING\x10\x04*J\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02*|\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x01\x12\x19\n\x15\x41RTIFACT_KIND_DATASET\x10\x02\x12\x19\n\x15\x41RTIFACT_KIND_ADAPTER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17remes/remes/v1/tx.proto\x12\x0eremes.remes.v1\x1a\x19google/protobuf/any.proto\"H\n\x05TxRaw\x12\x12\n\nbody_bytes\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61uth_info_bytes\x18\x02 \x01(\x0c\x12\x12\n\nsignatures\x18\x03 \x03(\x0c\"V\n\x06TxBody\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04memo\x18\x02 \x01(\t\x12\x16\n\x0etimeout_height\x18\x03 \x01(\x04\"2\n\nSignerInfo\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"<\n\x08\x41uthInfo\x12\x30\n\x0csigner_infos\x18\x01 \x03(\x0b\x32\x1a.remes.remes.v1.SignerInfo\"`\n\x07SignDoc\x12\x12\n\nbody_bytes\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61uth_info_bytes\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63\x63ount_number\x18\x04 \x01(\x04\"k\n\x0fMsgRegisterNode\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.remes.remes.v1.NodeRole\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\r\n\x05stake\x18\x04 \x01(\x04\"\xe4\x01\n\x11MsgSubmitGradient\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05shard\x18\x03 \x01(\r\x12\x0b\n\x03\x63id\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x11\n\tpow_nonce\x18\x06 \x01(\x04\x12\x14\n\x0cresidual_cid\x18\x07 \x01(\t\x12\x17\n\x0fresidual_digest\x18\x08 \x01(\t\x12\x1a\n\x12\x62\x61se_submission_id\x18\t \x01(\x04\x12\x11\n\ttrace_cid\x18\n \x01(\t\x12\x12\n\ntrace_root\x18\x0b \x01(\t\"s\n\tMsgAttest\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x15\n\rsubmission_id\x18\x02 \x01(\x04\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.remes.remes.v1.Verdict\x12\x14\n\x0c\x64istance_ppm\x18\x04 \x01(\x04\"\xa7\x01\n\x11MsgProposeAdapter\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0b\x61\x64\x61pter_cid\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\x16\n\x0eparent_version\x18\x07 \x01(\x04\x12\x16\n\x0esubmission_ids\x18\x08 \x03(\x04\"\xfd\x01\n\x08\x41rtifact\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.remes.remes.v1.ArtifactKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0b\n\x03\x63id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x15\n\rbase_model_id\x18\x07 \x01(\t\x12\x1a\n\x12\x62\x61se_model_version\x18\x08 \x01(\x04\x12\x16\n\x0etarget_modules\x18\t \x03(\t\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x0f\n\x07hf_repo\x18\x0b \x01(\t\x12\x13\n\x0bhf_revision\x18\x0c \x01(\t\"R\n\x13MsgRegisterArtifact\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12*\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x18.remes.remes.v1.Artifact\"n\n\x12MsgApproveArtifact\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.remes.remes.v1.ArtifactKind\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\"c\n\x13MsgServingHeartbeat\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\"A\n\x12MsgTransferCredits\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\"8\n\tMsgFaucet\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\"T\n\tMsgUnbond\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.remes.remes.v1.NodeRole\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\"\x1e\n\x0bMsgWithdraw\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\"m\n\x10MsgAttestAdapter\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x07verdict\x18\x04 \x01(\x0e\x32\x17.remes.remes.v1.Verdict\"s\n\x0eMsgOpenDispute\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x15\n\rsubmission_id\x18\x02 \x01(\x04\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x14\n\x0cstart_digest\x18\x04 \x01(\t\x12\x14\n\x0c\x66inal_digest\x18\x05 \x01(\t\"f\n\x14MsgDisputeCheckpoint\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x12\n\ndispute_id\x18\x02 \x01(\x04\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0b\n\x03\x63id\x18\x05 \x01(\t\"H\n\x11MsgDisputeVerdict\x12\x0f\n\x07\x63reator\x18\x01 \x01(\t\x12\x12\n\ndispute_id\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t*\x82\x01\n\x08NodeRole\x12\x19\n\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_ROLE_MINER\x10\x01\x12\x17\n\x13NODE_ROLE_VALIDATOR\x10\x02\x12\x16\n\x12NODE_ROLE_PROPOSER\x10\x03\x12\x15\n\x11NODE_ROLE_SERVING\x10\x04*J\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02*|\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x01\x12\x19\n\x15\x41RTIFACT_KIND_DATASET\x10\x02\x12\x19\n\x15\x41RTIFACT_KIND_ADAPTER\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'remes.remes.v1.tx_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEROLE']._serialized_start=1635
-  _globals['_NODEROLE']._serialized_end=1765
-  _globals['_VERDICT']._serialized_start=1767
-  _globals['_VERDICT']._serialized_end=1841
-  _globals['_ARTIFACTKIND']._serialized_start=1843
-  _globals['_ARTIFACTKIND']._serialized_end=1967
+  _globals['_NODEROLE']._serialized_start=2274
+  _globals['_NODEROLE']._serialized_end=2404
+  _globals['_VERDICT']._serialized_start=2406
+  _globals['_VERDICT']._serialized_end=2480
+  _globals['_ARTIFACTKIND']._serialized_start=2482
+  _globals['_ARTIFACTKIND']._serialized_end=2606
   _globals['_TXRAW']._serialized_start=70
   _globals['_TXRAW']._serialized_end=142
   _globals['_TXBODY']._serialized_start=144
@@ -50,22 +50,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNDOC']._serialized_end=442
   _globals['_MSGREGISTERNODE']._serialized_start=444
   _globals['_MSGREGISTERNODE']._serialized_end=551
-  _globals['_MSGSUBMITGRADIENT']._serialized_start=553
-  _globals['_MSGSUBMITGRADIENT']._serialized_end=667
-  _globals['_MSGATTEST']._serialized_start=669
-  _globals['_MSGATTEST']._serialized_end=784
-  _globals['_MSGPROPOSEADAPTER']._serialized_start=787
-  _globals['_MSGPROPOSEADAPTER']._serialized_end=954
-  _globals['_ARTIFACT']._serialized_start=957
-  _globals['_ARTIFACT']._serialized_end=1210
-  _globals['_MSGREGISTERARTIFACT']._serialized_start=1212
-  _globals['_MSGREGISTERARTIFACT']._serialized_end=1294
-  _globals['_MSGAPPROVEARTIFACT']._serialized_start=1296
-  _globals['_MSGAPPROVEARTIFACT']._serialized_end=1406
-  _globals['_MSGSERVINGHEARTBEAT']._serialized_start=1408
-  _globals['_MSGSERVINGHEARTBEAT']._serialized_end=1507
-  _globals['_MSGTRANSFERCREDITS']._serialized_start=1509
-  _globals['_MSGTRANSFERCREDITS']._serialized_end=1574
-  _globals['_MSGFAUCET']._serialized_start=1576
-  _globals['_MSGFAUCET']._serialized_end=1632
+  _globals['_MSGSUBMITGRADIENT']._serialized_start=554
+  _globals['_MSGSUBMITGRADIENT']._serialized_end=782
+  _globals['_MSGATTEST']._serialized_start=784
+  _globals['_MSGATTEST']._serialized_end=899
+  _globals['_MSGPROPOSEADAPTER']._serialized_start=902
+  _globals['_MSGPROPOSEADAPTER']._serialized_end=1069
+  _globals['_ARTIFACT']._serialized_start=1072
+  _globals['_ARTIFACT']._serialized_end=1325
+  _globals['_MSGREGISTERARTIFACT']._serialized_start=1327
+  _globals['_MSGREGISTERARTIFACT']._serialized_end=1409
+  _globals['_MSGAPPROVEARTIFACT']._serialized_start=1411
+  _globals['_MSGAPPROVEARTIFACT']._serialized_end=1521
+  _globals['_MSGSERVINGHEARTBEAT']._serialized_start=1523
+  _globals['_MSGSERVINGHEARTBEAT']._serialized_end=1622
+  _globals['_MSGTRANSFERCREDITS']._serialized_start=1624
+  _globals['_MSGTRANSFERCREDITS']._serialized_end=1689
+  _globals['_MSGFAUCET']._serialized_start=1691
+  _globals['_MSGFAUCET']._serialized_end=1747
+  _globals['_MSGUNBOND']._serialized_start=1749
+  _globals['_MSGUNBOND']._serialized_end=1833
+  _globals['_MSGWITHDRAW']._serialized_start=1835
+  _globals['_MSGWITHDRAW']._serialized_end=1865
+  _globals['_MSGATTESTADAPTER']._serialized_start=1867
+  _globals['_MSGATTESTADAPTER']._serialized_end=1976
+  _globals['_MSGOPENDISPUTE']._serialized_start=1978
+  _globals['_MSGOPENDISPUTE']._serialized_end=2093
+  _globals['_MSGDISPUTECHECKPOINT']._serialized_start=2095
+  _globals['_MSGDISPUTECHECKPOINT']._serialized_end=2197
+  _globals['_MSGDISPUTEVERDICT']._serialized_start=2199
+  _globals['_MSGDISPUTEVERDICT']._serialized_end=2271
 # @@protoc_insertion_point(module_scope)

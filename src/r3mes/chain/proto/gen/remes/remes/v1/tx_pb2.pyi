@@ -100,20 +100,30 @@ class MsgRegisterNode(_message.Message):
     def __init__(self, creator: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., endpoint: _Optional[str] = ..., stake: _Optional[int] = ...) -> None: ...
 
 class MsgSubmitGradient(_message.Message):
-    __slots__ = ("creator", "round", "shard", "cid", "digest", "pow_nonce")
+    __slots__ = ("creator", "round", "shard", "cid", "digest", "pow_nonce", "residual_cid", "residual_digest", "base_submission_id", "trace_cid", "trace_root")
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     CID_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     POW_NONCE_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_CID_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BASE_SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ROOT_FIELD_NUMBER: _ClassVar[int]
     creator: str
     round: int
     shard: int
     cid: str
     digest: str
     pow_nonce: int
-    def __init__(self, creator: _Optional[str] = ..., round: _Optional[int] = ..., shard: _Optional[int] = ..., cid: _Optional[str] = ..., digest: _Optional[str] = ..., pow_nonce: _Optional[int] = ...) -> None: ...
+    residual_cid: str
+    residual_digest: str
+    base_submission_id: int
+    trace_cid: str
+    trace_root: str
+    def __init__(self, creator: _Optional[str] = ..., round: _Optional[int] = ..., shard: _Optional[int] = ..., cid: _Optional[str] = ..., digest: _Optional[str] = ..., pow_nonce: _Optional[int] = ..., residual_cid: _Optional[str] = ..., residual_digest: _Optional[str] = ..., base_submission_id: _Optional[int] = ..., trace_cid: _Optional[str] = ..., trace_root: _Optional[str] = ...) -> None: ...
 
 class MsgAttest(_message.Message):
     __slots__ = ("creator", "submission_id", "verdict", "distance_ppm")
@@ -226,3 +236,69 @@ class MsgFaucet(_message.Message):
     to: str
     amount: int
     def __init__(self, creator: _Optional[str] = ..., to: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class MsgUnbond(_message.Message):
+    __slots__ = ("creator", "role", "amount")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    role: NodeRole
+    amount: int
+    def __init__(self, creator: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class MsgWithdraw(_message.Message):
+    __slots__ = ("creator",)
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    def __init__(self, creator: _Optional[str] = ...) -> None: ...
+
+class MsgAttestAdapter(_message.Message):
+    __slots__ = ("creator", "round", "version", "verdict")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    round: int
+    version: int
+    verdict: Verdict
+    def __init__(self, creator: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...
+
+class MsgOpenDispute(_message.Message):
+    __slots__ = ("creator", "submission_id", "steps", "start_digest", "final_digest")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    START_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FINAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    submission_id: int
+    steps: int
+    start_digest: str
+    final_digest: str
+    def __init__(self, creator: _Optional[str] = ..., submission_id: _Optional[int] = ..., steps: _Optional[int] = ..., start_digest: _Optional[str] = ..., final_digest: _Optional[str] = ...) -> None: ...
+
+class MsgDisputeCheckpoint(_message.Message):
+    __slots__ = ("creator", "dispute_id", "step", "digest", "cid")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    DISPUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    dispute_id: int
+    step: int
+    digest: str
+    cid: str
+    def __init__(self, creator: _Optional[str] = ..., dispute_id: _Optional[int] = ..., step: _Optional[int] = ..., digest: _Optional[str] = ..., cid: _Optional[str] = ...) -> None: ...
+
+class MsgDisputeVerdict(_message.Message):
+    __slots__ = ("creator", "dispute_id", "digest")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    DISPUTE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    dispute_id: int
+    digest: str
+    def __init__(self, creator: _Optional[str] = ..., dispute_id: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
