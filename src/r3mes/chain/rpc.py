@@ -22,7 +22,7 @@ import binascii
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -183,6 +183,15 @@ class Methods:
     def __init__(self, engine: DevnetEngine, identity: NodeIdentity) -> None:
         self.engine = engine
         self.identity = identity
+        self.listen_addr = ""
+        """host:port the RPC server accepted a request on (its only listener: the devnet
+        has no peer-to-peer one), learnt from the first request; status reports it."""
+
+    def note_server(self, scope: Mapping[str, Any]) -> None:
+        """Learn the listening address from an ASGI scope (HTTP or websocket)."""
+        server = scope.get("server")
+        if not self.listen_addr and server and len(server) == 2:
+            self.listen_addr = f"{server[0]}:{server[1]}"
 
     def call(self, name: str, params: object) -> Any:
         """Run method `name` with `params`: a JSON object (named) or array (positional)
@@ -221,12 +230,15 @@ class Methods:
             "node_info": {
                 "protocol_version": {"p2p": "8", "block": "11", "app": str(APP_VERSION)},
                 "id": self.identity.node_id,
-                "listen_addr": "",
+                "listen_addr": self.listen_addr,
                 "network": state.chain_id,
                 "version": COMETBFT_VERSION,
                 "channels": "",
                 "moniker": f"r3mes-devnet-{__version__}",
-                "other": {"tx_index": "on", "rpc_address": ""},
+                "other": {
+                    "tx_index": "on",
+                    "rpc_address": f"tcp://{self.listen_addr}" if self.listen_addr else "",
+                },
             },
             "sync_info": {
                 "latest_block_hash": found[0].hash.upper() if found else "",
@@ -580,6 +592,7 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
 
     @app.post("/")
     async def jsonrpc(request: Request) -> JSONResponse:
+        methods.note_server(request.scope)
         data = bytearray()
         async for chunk in request.stream():
             data.extend(chunk)
@@ -622,6 +635,7 @@ async def answer(methods: Methods, request: object) -> dict[str, Any]:
 
 def _route(app: FastAPI, methods: Methods, name: str) -> None:
     async def handler(request: Request) -> JSONResponse:
+        methods.note_server(request.scope)
         params = dict(request.query_params)
         return JSONResponse(await answer(methods, {"id": -1, "method": name, "params": params}))
 

@@ -239,6 +239,7 @@ def install_websocket(app: FastAPI, engine: DevnetEngine, methods: Methods) -> N
                 await ws.close(code=1013, reason="too many subscribers; retry later")
                 return
             await ws.accept()
+            methods.note_server(ws.scope)
             state = Session(ws, methods)
             if implicit_new_block:
                 state.queries[NEW_BLOCK] = (0, parse_query(NEW_BLOCK))
