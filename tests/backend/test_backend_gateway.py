@@ -16,6 +16,7 @@ from r3mes.backend.services.metrics import GatewayMetrics
 from r3mes.backend.services.nodes import Announced, ModelRef, NodeDirectory, parse_static
 
 pytestmark = pytest.mark.anyio
+COOLDOWN_S = 2.0
 
 
 @pytest.fixture
@@ -41,7 +42,8 @@ def announce(node: Upstream, name: str, *, capacity: int = 4, version: int = 0) 
 async def directory_of(
     http: httpx.AsyncClient, nodes: list[Upstream], **kw: float
 ) -> NodeDirectory:
-    directory = NodeDirectory(http=http, failures_to_trip=2, cooldown_s=0.3, **kw)  # type: ignore[arg-type]
+    kw.setdefault("cooldown_s", 0.3)
+    directory = NodeDirectory(http=http, failures_to_trip=2, **kw)  # type: ignore[arg-type]
     fresh = directory.update([announce(n, f"node{i}") for i, n in enumerate(nodes)])
     assert len(fresh) == len(nodes)
     assert all(await asyncio.gather(*(directory.probe(n) for n in fresh)))
@@ -92,7 +94,8 @@ async def test_routing_prefers_least_loaded_relative_to_capacity(
 async def test_breaker_trips_cools_down_and_probe_brings_it_back(
     http: httpx.AsyncClient, nodes: list[Upstream]
 ) -> None:
-    directory = await directory_of(http, nodes[:1])
+    # a cool-down long enough that "not over yet" holds on a loaded machine
+    directory = await directory_of(http, nodes[:1], cooldown_s=COOLDOWN_S)
     node = directory.nodes["node0"]
     directory.failed(node, "x")
     assert directory.pick(ModelRef(BASE), exclude=set()) is node  # one failure: still used
@@ -101,7 +104,7 @@ async def test_breaker_trips_cools_down_and_probe_brings_it_back(
     assert directory.describe()["nodes"]["node0"]["circuit"] == "open"
     await directory.probe_due()  # cool-down not over: not probed, still open
     assert directory.pick(ModelRef(BASE), exclude=set()) is None
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(COOLDOWN_S + 0.1)
     await directory.probe_due()
     assert directory.pick(ModelRef(BASE), exclude=set()) is node
     assert node.failures == 0
@@ -109,7 +112,7 @@ async def test_breaker_trips_cools_down_and_probe_brings_it_back(
     directory.failed(node, "x")
     directory.failed(node, "x")
     nodes[0].stop()
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(COOLDOWN_S + 0.1)
     await directory.probe_due()
     assert directory.pick(ModelRef(BASE), exclude=set()) is None
     assert directory.describe()["ok"] is False
@@ -121,8 +124,8 @@ def gateway_of(directory: NodeDirectory, http: httpx.AsyncClient) -> Gateway:
         http=http,
         metrics=GatewayMetrics(),
         attempts=3,
-        first_byte_timeout_s=1.0,
-        timeout_s=1.5,
+        first_byte_timeout_s=3.0,  # the stub node answers at once; a hung one costs this
+        timeout_s=5.0,
     )
 
 

@@ -59,7 +59,7 @@ def test_sigkill_then_restart_keeps_committed_state(tmp_path: Path) -> None:
     last_height, last_app_hash = 0, ""
     for cycle in range(3):
         proc = launch(home, port)
-        client = BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=2, retries=0)
+        client = BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=30, retries=0)
         try:
             wait_ready(client, proc)
             status = client.status()

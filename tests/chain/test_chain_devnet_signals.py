@@ -68,7 +68,7 @@ def test_foreground_devnet_stops_cleanly(tmp_path: Path, sig: signal.Signals) ->
         stderr=subprocess.PIPE,
     )
     try:
-        with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=2, retries=0) as client:
+        with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=30, retries=0) as client:
             wait_serving(home, client, proc)
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
@@ -94,7 +94,7 @@ def test_background_devnet_process_exits_0_on_any_stop_signal(
     port = free_port()
     proc = spawn_devnet(home, DevnetConfig(port=port, block_interval_s=0.05))
     try:
-        with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=2, retries=0) as client:
+        with BlockchainClient(f"http://127.0.0.1:{port}", timeout_s=30, retries=0) as client:
             wait_serving(home, client, proc)
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
@@ -125,7 +125,7 @@ def test_detached_devnet_stopped_from_another_process(tmp_path: Path) -> None:
     info = running_devnet(home)
     assert info is not None
     try:
-        with BlockchainClient(info["url"], timeout_s=2, retries=0) as client:
+        with BlockchainClient(info["url"], timeout_s=30, retries=0) as client:
             msg = TransferCredits(creator=A.address, to=B.address, amount=5)
             height = client.sign_and_broadcast(A, [msg]).height
         stopped = subprocess.run(

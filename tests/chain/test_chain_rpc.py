@@ -382,7 +382,7 @@ def test_async_client_broadcasts_and_waits(node: DevnetNode) -> None:
                 sequence=acc.sequence,
             )
             sent = await client.broadcast(raw)
-            done = await client.wait_for_tx(sent.hash, timeout_s=10)
+            done = await client.wait_for_tx(sent.hash, timeout_s=60)
             found = await client.tx(sent.hash)
             assert found is not None and await client.tx("00" * 32) is None
             return chain_id, tasks, done.height, found.height
@@ -475,7 +475,7 @@ def test_websocket_jsonrpc_subscribe_unsubscribe(
         )
         answers: dict[object, dict[str, object]] = {}
         tx_event = None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while tx_event is None and time.monotonic() < deadline:
             msg = recv(ws)
             if msg["id"] == 7 and msg.get("result"):

@@ -63,7 +63,7 @@ def test_next_rounds_artifacts_are_prepared_before_any_task_exists() -> None:
     gate = threading.Event()
 
     def prepare(artifacts: ArtifactSet) -> None:
-        gate.wait(5)
+        gate.wait(60)
         prepared.append(artifacts)
 
     source = Source([], upcoming=[A, B])  # waiting between rounds: no task, B announced
@@ -85,7 +85,7 @@ def test_prefetch_is_bounded_by_max_prefetch() -> None:
 
     def prepare(artifacts: ArtifactSet) -> None:
         calls.append(artifacts)
-        gate.wait(5)
+        gate.wait(60)
 
     pool = TaskPool(source=Source([], upcoming=[A, B]), max_prefetch=1, prepare=prepare)
     pool.refresh()

@@ -152,7 +152,7 @@ def test_hot_reload_keeps_running_requests_on_their_version(
     v2 = submit(engine, "hello world", "ad0", max_tokens=40).wait().tokens
     assert running.wait().tokens == v1
     assert v2 != v1
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while engine.stats().resident_adapters > 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.stats().resident_adapters == 1  # the old version left the model
