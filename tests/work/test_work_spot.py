@@ -229,3 +229,14 @@ def test_the_traced_submission_is_byte_for_byte_the_plain_one(setting: Setting) 
     assert traced.encoded == plain.encoded == again.encoded
     assert encode_trace(trace) == encode_trace(trace2)  # the trace is deterministic too
     assert trace.task_id == s.task.task_id and len(trace.step_digests) == STEPS + 1
+
+
+def test_a_coarse_trace_gets_full_re_execution(setting: Setting) -> None:
+    result = honest_run(setting)
+    work = publish(setting, result)
+    coarse = Work(
+        work.update, encode_trace(trace_of(result, task_id=setting.task.task_id, every=7))
+    )
+    out = _spot(setting, coarse, seed=b"s")
+    assert out.escalated and out.verdict.accepted and out.steps_run == STEPS
+    assert "every 7 steps" in out.spot_reason

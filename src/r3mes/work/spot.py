@@ -13,7 +13,8 @@ hashing, it checks what needs no training at all:
 * the final checkpoint hashes to the last digest, and re-encoding ``final - start`` with the
   miner's replayed residual gives exactly the submitted update (a random, scaled,
   sign-flipped or copied update that is not what the trace trained fails here);
-* with a checkpoint after every step (``every == 1``, what miners publish), every checkpoint
+* the trace keeps a checkpoint after every step (``every == 1``; a coarser trace lets its
+  author choose how few segments there are, so it gets full re-execution); every checkpoint
   hashes to its digest and every step is an Adam step from the one before (`adam_screen`):
   the weights follow bit for bit from the committed moments, and the moments from one common
   gradient. A forger's only freedom left is that gradient, and Adam moves a weight by at most
@@ -291,8 +292,11 @@ def precheck(
             raise _Mismatch(f"the final checkpoint does not fit the adapter: {exc}") from exc
         if expected.digest != update.digest:
             raise _Mismatch("the update is not what the trace's final state encodes to")
-        if trace.every == 1:
-            _screen_all(trace, start=begin, lr=task.hyper.lr_float)
+        if trace.every != 1:
+            # a coarser trace has no screen, and its chooser picks how few segments there
+            # are (every = steps - 1 leaves a forged last step a coin flip): full re-run
+            raise _Mismatch(f"the trace keeps a state every {trace.every} steps, not every step")
+        _screen_all(trace, start=begin, lr=task.hyper.lr_float)
     except _Mismatch as exc:
         return str(exc)
     return Prepared(trace, dict(start), expected.next_residual)
