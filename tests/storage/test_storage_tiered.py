@@ -80,7 +80,8 @@ def test_fetch_survives_node_b_stopping_mid_fetch(tmp_path: Path) -> None:
             tmp_path / "validator",
             b.api_url,
             timeout=10.0,
-            retry=RetryPolicy(attempts=40, base_delay=0.25, max_delay=0.5),
+            # Kubo restarting on a loaded box can take tens of seconds: up to ~2 min of retries
+            retry=RetryPolicy(attempts=240, base_delay=0.25, max_delay=0.5),
         )
 
         def bounce() -> None:
