@@ -31,6 +31,10 @@ def _updates() -> list[bytes]:
     for value_format, ppm in (("fp16", 100_000), ("int8", 50_000), ("fp16", 1_000_000)):
         meta = UpdateMeta(task_id="ab" * 32, executor_class=CPU_DET_V1, value_format=value_format)
         out.append(encode_update(compress(RAW, topk_ppm=ppm, value_format=value_format), meta))
+    for seed, ppm in ((7, 100_000), (2**64 - 1, 1_000_000), (0, 1)):  # v3: seeded signs
+        sparse = compress(RAW, topk_ppm=ppm, value_format="sign", index_seed=seed)
+        meta = UpdateMeta("ab" * 32, CPU_DET_V1, "sign", index_seed=seed, keep_ppm=ppm)
+        out.append(encode_update(sparse, meta))
     return out
 
 

@@ -23,14 +23,19 @@ from r3mes.work.task import HyperParams, Task
 NO_ADAPTER = "genesis"
 """`Task.adapter_cid` of a round that has no adapter yet: train from the initial state."""
 MAX_PROFILE_BYTES = 16 * 1024
+DEFAULT_COMPRESSION: dict[str, Any] = {"value_format": "sign", "topk_ppm": 60_000}
+"""Updates a network ships unless its profile says otherwise: one sign bit for each of 6 %
+of the entries, positions picked by the round seed (update format v3, ~240 bytes per update
+on the shipped model, 338x less than dense fp32; `docs/benchmarks.md`, Useful work)."""
 
 
 @dataclass(frozen=True)
 class WorkProfile:
     """Training knobs shared by every role of one network."""
 
-    hyper: HyperParams = field(default_factory=HyperParams)
-    """Learning rate, steps, batch, sequence length, LoRA shape, compression."""
+    hyper: HyperParams = field(default_factory=lambda: HyperParams(**DEFAULT_COMPRESSION))
+    """Learning rate, steps, batch, sequence length, LoRA shape, compression (by default the
+    seeded sign format, `DEFAULT_COMPRESSION`)."""
     executor_class: str = CPU_DET_V1
     """The executor class tasks name (the reference CPU class by default)."""
     eval_chunks: int = 32

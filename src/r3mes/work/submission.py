@@ -1,8 +1,9 @@
 """From a raw training delta to the bytes a miner submits (and a validator re-derives).
 
 `encode_for_task` is the one function both sides call after training: it adds the carried
-error-feedback residual, compresses with the task's top-k ratio and value format, and encodes
-with the task's identity and the executor class.
+error-feedback residual, compresses with the task's keep ratio and value format, and encodes
+with the task's identity and the executor class. For the seeded "sign" format the round seed
+(`Task.seed`, shared by every miner of the round) picks the kept positions.
 
 The executor class is never chosen by hand on the miner's side: `build_submission` derives it
 from the device the work ran on (`current_executor_class`), so GPU work is labelled with its
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from r3mes.work.compression import compress_with_feedback
+from r3mes.work.compression import SEEDED_FORMATS, compress_with_feedback
 from r3mes.work.data import Shard
 from r3mes.work.encoding import UpdateMeta, encode_update, update_digest
 from r3mes.work.errors import TrainingError
@@ -61,11 +62,20 @@ def encode_for_task(
             "current_executor_class(device) of the device they were computed on"
         )
     h = task.hyper
+    seeded = h.value_format in SEEDED_FORMATS
     sparse, next_residual = compress_with_feedback(
-        raw, residual, topk_ppm=h.topk_ppm, value_format=h.value_format
+        raw,
+        residual,
+        topk_ppm=h.topk_ppm,
+        value_format=h.value_format,
+        index_seed=task.seed if seeded else None,
     )
     meta = UpdateMeta(
-        task_id=task.task_id, executor_class=executor_class, value_format=h.value_format
+        task_id=task.task_id,
+        executor_class=executor_class,
+        value_format=h.value_format,
+        index_seed=task.seed if seeded else None,
+        keep_ppm=h.topk_ppm if seeded else None,
     )
     encoded = encode_update(sparse, meta)
     return Submission(encoded, update_digest(encoded), next_residual)

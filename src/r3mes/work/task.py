@@ -32,7 +32,7 @@ PPM = 1_000_000
 LORA_TARGETS = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
-VALUE_FORMATS = ("fp16", "int8")
+VALUE_FORMATS = ("fp16", "int8", "sign")
 _DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,8})(\.[0-9]{0,17}[1-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9._:/+-]{1,128}$")
 _CANONICAL_UINT = re.compile(r"0|[1-9][0-9]*")
@@ -74,9 +74,12 @@ class HyperParams:
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """LoRA target modules (HF names), sorted, no duplicates."""
     topk_ppm: int = 10_000
-    """Fraction of update entries kept by top-k, in parts per million (10_000 = 1 %)."""
+    """Fraction of update entries kept, in parts per million (10_000 = 1 %): by top-k for
+    "fp16" and "int8", from the round seed's random index set for "sign"."""
     value_format: str = "fp16"
-    """Encoding of kept values: "fp16", or "int8" with one fp32 scale per tensor."""
+    """Encoding of kept values: "fp16", "int8" with one fp32 scale per tensor (both top-k,
+    update format v2), or "sign": one bit per entry of the round-seeded index set with one
+    fp16 scale per tensor (update format v3, no indices; `r3mes.work.compression`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.lr, str) or not _DECIMAL.fullmatch(self.lr):

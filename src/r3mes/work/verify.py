@@ -83,6 +83,11 @@ def _check_identity(task: Task, update: DecodedUpdate) -> str | None:
         )
     if meta.value_format != task.hyper.value_format:
         return f"update uses value format {meta.value_format}, the task {task.hyper.value_format}"
+    if meta.index_seed is not None and (meta.index_seed, meta.keep_ppm) != (
+        task.seed,
+        task.hyper.topk_ppm,
+    ):
+        return "update keeps positions another index seed or keep ratio picks, not the task's"
     return None
 
 
