@@ -127,6 +127,21 @@ class DevnetEngine:
                 self._pending[result.signer] = result.sequence + 1
             return result
 
+    def check(self, raw: bytes) -> TxResult:
+        """What `submit` would answer for `raw`, without queueing it (RPC `check_tx`)."""
+        if len(raw) > MAX_TX_BYTES:
+            return TxResult(code=Code.TOO_LARGE, log=f"tx exceeds {MAX_TX_BYTES} bytes")
+        with self._lock:
+            digest = tx_hash(raw)
+            if digest in self._mempool:
+                return TxResult(code=Code.DUPLICATE, log="tx already in mempool", hash=digest)
+            return self.app.check_tx(raw, pending=self._pending)
+
+    def unconfirmed(self, limit: int) -> list[bytes]:
+        """The first `limit` queued txs, in the order blocks will take them."""
+        with self._lock:
+            return list(self._mempool.values())[: max(limit, 0)]
+
     def simulate(self, raw: bytes) -> TxResult:
         """What `raw` would answer in the next block, counting the queued txs' sequences."""
         if len(raw) > MAX_TX_BYTES:

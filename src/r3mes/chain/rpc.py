@@ -73,10 +73,14 @@ METHODS = (
     "status",
     "genesis",
     "block",
+    "block_by_hash",
+    "header",
+    "header_by_hash",
     "block_results",
     "broadcast_tx_sync",
     "broadcast_tx_async",
     "broadcast_tx_commit",
+    "check_tx",
     "simulate_tx",
     "tx",
     "tx_search",
@@ -87,6 +91,9 @@ METHODS = (
     "validators",
     "net_info",
     "num_unconfirmed_txs",
+    "unconfirmed_txs",
+    "consensus_params",
+    "genesis_chunked",
     "commit",
     "blockchain",
 )
@@ -267,17 +274,7 @@ class Methods:
             "genesis_time": rfc3339(genesis.genesis_time_ms),
             "chain_id": genesis.chain_id,
             "initial_height": "1",
-            "consensus_params": {
-                "block": {"max_bytes": str(self.engine.config.max_block_bytes), "max_gas": "-1"},
-                "evidence": {
-                    "max_age_num_blocks": "100000",
-                    "max_age_duration": "172800000000000",
-                    "max_bytes": "1048576",
-                },
-                "validator": {"pub_key_types": ["ed25519"]},
-                "version": {"app": str(APP_VERSION)},
-                "abci": {"vote_extensions_enable_height": "0"},
-            },
+            "consensus_params": self._consensus_params(),
             "validators": [
                 {
                     "address": validator["address"],
@@ -290,6 +287,49 @@ class Methods:
             "app_state": json.loads(genesis.to_json()),
         }
         return {"genesis": doc}
+
+    def _consensus_params(self) -> dict[str, Any]:
+        """CometBFT's consensus parameters with the devnet's block size limit (the
+        evidence ones are CometBFT's defaults: the devnet has no evidence)."""
+        return {
+            "block": {"max_bytes": str(self.engine.config.max_block_bytes), "max_gas": "-1"},
+            "evidence": {
+                "max_age_num_blocks": "100000",
+                "max_age_duration": "172800000000000",
+                "max_bytes": "1048576",
+            },
+            "validator": {"pub_key_types": ["ed25519"]},
+            "version": {"app": str(APP_VERSION)},
+            "abci": {"vote_extensions_enable_height": "0"},
+        }
+
+    def consensus_params(self, height: str | None = None) -> dict[str, Any]:
+        """The same at every height: the devnet's limits never change."""
+        h = _height(self.engine, height)
+        return {"block_height": str(h), "consensus_params": self._consensus_params()}
+
+    def genesis_chunked(self, chunk: str = "0") -> dict[str, Any]:
+        """The genesis document as base64 of its JSON, in one chunk (it is small)."""
+        number = int(number_param(chunk, "chunk", low=-(2**63), high=2**63 - 1))
+        if number != 0:
+            raise failed(f"there is 1 chunk (0); {number} is invalid")
+        doc = json.dumps(self.genesis()["genesis"], separators=(",", ":")).encode()
+        return {"chunk": "0", "total": "1", "data": base64.b64encode(doc).decode()}
+
+    def header(self, height: str | None = None) -> dict[str, Any]:
+        return {"header": self.block(height)["block"]["header"]}
+
+    def header_by_hash(self, hash: str) -> dict[str, Any]:
+        """The header of the block with this hash; null when there is none, as CometBFT."""
+        height = self.engine.store.block_height(_hash_param(hash))
+        return {"header": None if height is None else self.header(str(height))["header"]}
+
+    def block_by_hash(self, hash: str) -> dict[str, Any]:
+        """The block with this hash; an empty block_id and null when there is none."""
+        height = self.engine.store.block_height(_hash_param(hash))
+        if height is None:
+            return {"block_id": {"hash": "", "parts": {"total": 0, "hash": ""}}, "block": None}
+        return self.block(str(height))
 
     def block(self, height: str | None = None) -> dict[str, Any]:
         found = self.engine.store.block(_height(self.engine, height))
@@ -414,6 +454,11 @@ class Methods:
             "height": str(stored.height),
         }
 
+    def check_tx(self, tx: str) -> dict[str, Any]:
+        """CheckTx's answer for `tx`, which is not queued (CometBFT's check_tx)."""
+        result = self.engine.check(parse_bytes(tx, "tx"))
+        return exec_result_json(result.code, result.log, [])
+
     def simulate_tx(self, tx: str) -> dict[str, Any]:
         """R3MES's own method: the result the tx would have in the next block, nothing sent."""
         result = self.engine.simulate(parse_bytes(tx, "tx"))
@@ -430,15 +475,7 @@ class Methods:
         body carries bytes, base64 of the 32 bytes. prove=true adds the tx's proof
         against its block's data_hash (rpc_json.tx_proof_json)."""
         with_proof = _flag(prove, "prove")
-        digest = hash.strip('"').removeprefix("0x").removeprefix("0X").upper()
-        if len(digest) != 64:
-            try:
-                raw = base64.b64decode(hash.strip('"'), validate=True)
-            except ValueError:
-                raw = b""
-            if len(raw) != 32:
-                raise RpcError(200, "hash must be 64 hex characters or base64 of 32 bytes")
-            digest = raw.hex().upper()
+        digest = _hash_param(hash)
         found = self.engine.store.tx(digest)
         if found is None:
             raise failed(f"tx ({digest}) not found")
@@ -545,6 +582,19 @@ class Methods:
         """The devnet has no peers: it is its own and only validator."""
         return {"listening": False, "listeners": [], "n_peers": "0", "peers": []}
 
+    def unconfirmed_txs(self, limit: str = "30") -> dict[str, Any]:
+        """Up to `limit` queued txs (CometBFT's per-page rules: below 1 is 30, at most
+        100); n_txs counts those listed, total all queued."""
+        wanted = int(number_param(limit, "limit", low=-(2**63), high=2**63 - 1))
+        wanted = DEFAULT_PER_PAGE if wanted < 1 else min(wanted, MAX_PER_PAGE)
+        txs = self.engine.unconfirmed(wanted)
+        return {
+            "n_txs": str(len(txs)),
+            "total": str(self.engine.mempool_size()),
+            "total_bytes": str(self.engine.mempool_bytes()),
+            "txs": [base64.b64encode(raw).decode() for raw in txs],
+        }
+
     def num_unconfirmed_txs(self) -> dict[str, Any]:
         size = self.engine.mempool_size()
         total_bytes = self.engine.mempool_bytes()
@@ -554,6 +604,21 @@ class Methods:
             "total_bytes": str(total_bytes),
             "txs": None,
         }
+
+
+def _hash_param(value: str) -> str:
+    """A 32-byte hash as upper-case hex, from 64 hex characters (0x optional) or, as
+    CometBFT's JSON body carries bytes, base64."""
+    digest = value.strip('"').removeprefix("0x").removeprefix("0X").upper()
+    if len(digest) == 64 and all(c in "0123456789ABCDEF" for c in digest):
+        return digest
+    try:
+        raw = base64.b64decode(value.strip('"'), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise RpcError(200, "hash must be 64 hex characters or base64 of 32 bytes")
+    return raw.hex().upper()
 
 
 def parse_hex(value: str, what: str, limit: int) -> bytes:

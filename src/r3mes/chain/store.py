@@ -186,6 +186,11 @@ class BlockStore:
             ).fetchall()
         return Block(header=header, txs=tuple(bytes(r[0]) for r in raws)), str(row[1])
 
+    def block_height(self, block_hash: str) -> int | None:
+        """The height of the block with this hash (hex, any case), or None."""
+        row = self._one("SELECT height FROM blocks WHERE hash = ?", (block_hash.lower(),))
+        return int(row[0]) if row else None
+
     def block_results(self, height: int) -> dict[str, Any] | None:
         row = self._one(
             "SELECT app_hash, begin_events, end_events FROM blocks WHERE height = ?", (height,)
