@@ -292,6 +292,16 @@ def validator_start(
             "updates from another executor class are judged by distance."
         ),
     ] = "cpu",
+    spot_ppm: Annotated[
+        int | None,
+        typer.Option(
+            "--spot-ppm",
+            min=1,
+            max=1_000_000,
+            help="Share of a traced submission's steps to re-execute, in ppm (default: the "
+            "ledger's genesis spot_check_ppm; 1000000 = always re-execute in full).",
+        ),
+    ] = None,
     test_start_delay: StartDelayOpt = 0.0,
 ) -> None:
     """Validate: re-execute every pending submission and attest (never one's own)."""
@@ -311,7 +321,7 @@ def validator_start(
         profile=profile,
         start_delay=test_start_delay,
     )
-    _run(build_validator(launch, device=device, shutdown=shutdown))
+    _run(build_validator(launch, device=device, spot_ppm=spot_ppm, shutdown=shutdown))
 
 
 @proposer_app.command("start")

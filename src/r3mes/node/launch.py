@@ -128,9 +128,14 @@ def build_miner(
 
 
 def build_validator(
-    launch: RoleLaunch, *, device: str = "cpu", shutdown: Shutdown | None = None
+    launch: RoleLaunch,
+    *,
+    device: str = "cpu",
+    spot_ppm: int | None = None,
+    shutdown: Shutdown | None = None,
 ) -> Validator:
-    """A validator that re-executes on `device` (nothing runs yet)."""
+    """A validator that re-executes on `device` (nothing runs yet); `spot_ppm` None follows
+    the ledger's genesis spot-check rate."""
     from r3mes.node.validator import Validator, ValidatorSettings
 
     settings = ValidatorSettings(
@@ -139,6 +144,7 @@ def build_validator(
         profile=launch.profile(),
         blocks=launch.blocks_root,
         device=device,
+        spot_ppm=spot_ppm,
     )
     return Validator(settings, role_deps(launch, shutdown=shutdown))
 

@@ -12,6 +12,11 @@ replays exactly what the miner used; the residual the update leaves behind must 
 one the submission commits (exactly in the same executor class, within the cross-class
 tolerance otherwise).
 
+Traced submissions (a miner that published its step trace, `trace_cid` / `trace_root`) are
+spot-checked instead (`r3mes.node.spot_check`): a share of their steps, at the genesis
+`spot_check_ppm` or this validator's `spot_ppm`, drawn from the next round's seed, so they
+are judged once that round is open; any mismatch escalates to full re-execution.
+
 Each submission is handled on its own: one that fails (its update cannot be fetched, the
 ledger hiccups) backs off alone while the others proceed, and an update that still cannot
 be fetched after `fetch_retry` is rejected with that reason, so it never stays pending.
@@ -34,13 +39,17 @@ from r3mes.node.errors import NetworkError, ValidationError, classify
 from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
 from r3mes.node.miner.residual import encode_residual, fetch_residual, residual_digest
 from r3mes.node.runtime.retry import RetryPolicy
+from r3mes.node.spot_check import PPM, TraceRef, fetch_trace, judge, ready, spot_rate
 from r3mes.work.profile import derive_task
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from r3mes.chain.client_types import SubmissionInfo
     from r3mes.node.artifacts import BlobStore
+    from r3mes.work.data import Shard
+    from r3mes.work.task import Task
     from r3mes.work.verify import Verdict
 
 logger = logging.getLogger(__name__)
@@ -64,11 +73,16 @@ class ValidatorSettings(LedgerSettings):
     )
     """Backoff between attempts at one submission; an update still unfetchable after
     `max_retries` retries is rejected. Other failures keep backing off (capped)."""
+    spot_ppm: int | None = None
+    """Share of a traced submission's steps to re-execute (ppm, `r3mes.node.spot_check`);
+    None: the ledger's genesis `spot_check_ppm`; 1_000_000: always re-execute in full."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.device or not all(c.isalnum() or c == ":" for c in self.device):
             raise ValidationError(f"device must look like 'cpu' or 'cuda:0', got {self.device!r}")
+        if self.spot_ppm is not None:
+            spot_rate(genesis_ppm=None, override=self.spot_ppm)  # raises on a bad rate
 
 
 class VerdictLog:
@@ -220,14 +234,27 @@ class Validator(LedgerRole):
         """Rounds scanned each step: enough to see every submission whose fate is open."""
         return max(LOOKBACK_ROUNDS, self.settings.profile.settle_rounds + 1)
 
+    def spot_rate(self) -> int:
+        """The spot-check rate in force: this validator's setting, else the ledger's."""
+        genesis = getattr(self.client.params(), "spot_check_ppm", None)
+        return spot_rate(genesis_ppm=genesis, override=self.settings.spot_ppm)
+
     def step(self) -> bool:
         current = self.client.current_round().number
         window = self.client.params().attestation_rounds
+        rate = self.spot_rate()
         due: list[SubmissionInfo] = []
         now = time.monotonic()
         first = max(1, current - max(self.lookback_rounds, window))
         for number in range(first, current + 1):
             for sub in self.client.submissions(number):
+                traced = TraceRef.of(sub.trace_cid, sub.trace_root) is not None
+                if not ready(
+                    rate_ppm=rate if traced else PPM,
+                    submission_round=sub.round,
+                    current_round=current,
+                ):
+                    continue  # its spot sample is drawn from the next round's seed
                 if sub.round + window >= current and self._needs_verdict(sub):
                     if self._backoff.get(sub.id, _Backoff()).next_at <= now:
                         due.append(sub)
@@ -346,9 +373,8 @@ class Validator(LedgerRole):
     def _verify(self, sub: SubmissionInfo) -> Verdict:
         from r3mes.work.data import shard_of
         from r3mes.work.errors import TaskError
-        from r3mes.work.executor import current_executor_class
         from r3mes.work.profile import NO_ADAPTER
-        from r3mes.work.verify import Verdict, verify
+        from r3mes.work.verify import Verdict
         from r3mes.work.versions import start_adapter
 
         rnd = self.client.round(sub.round)
@@ -383,17 +409,52 @@ class Validator(LedgerRole):
             residual = self.base_residual(sub)
         except UpdateUnusable as exc:
             return Verdict(False, str(exc)[:400], float("inf"), False)
-        verdict = verify(
+        verdict = self._judge_work(
+            sub,
             task=task,
-            submitted=data,
+            data=data,
             model=model,
             adapter_state=start_adapter(task, loaded, model),
             shard=shard,
             residual=residual,
-            executor_class=current_executor_class(self.settings.device),
-            device=self.settings.device,
         )
         return self.check_residual(sub, verdict)
+
+    def _judge_work(
+        self,
+        sub: SubmissionInfo,
+        *,
+        task: Task,
+        data: bytes,
+        model: nn.Module,
+        adapter_state: dict[str, torch.Tensor],
+        shard: Shard,
+        residual: dict[str, torch.Tensor] | None,
+    ) -> Verdict:
+        """Spot-check the work when it is traced and the next round's seed exists, else
+        re-execute it in full (`r3mes.node.spot_check.judge`)."""
+        from r3mes.work.executor import current_executor_class
+
+        rate = self.spot_rate()
+        ref = TraceRef.of(sub.trace_cid, sub.trace_root)
+        seed = None
+        if rate < PPM and ref is not None and self.client.current_round().number > sub.round:
+            seed = self.client.round(sub.round + 1).seed
+        return judge(
+            task=task,
+            submitted=data,
+            trace=fetch_trace(self.store, ref) if seed is not None else None,
+            trace_root=None if ref is None else ref.root,
+            model=model,
+            adapter_state=adapter_state,
+            shard=shard,
+            residual=residual,
+            executor_class=current_executor_class(self.settings.device),
+            device=self.settings.device,
+            rate_ppm=rate,
+            next_round_seed=seed,
+            submission_id=sub.id,
+        )
 
     def _attest(self, sid: int, *, accepted: bool, distance: float) -> None:
         from r3mes.chain.msgs import Attest
