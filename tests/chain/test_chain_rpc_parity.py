@@ -366,13 +366,23 @@ def test_a_body_that_is_not_json_is_a_parse_error_on_both(engines: tuple[Engine,
     assert ours_doc["error"]["message"] == real_doc["error"]["message"]
 
 
-def test_batches_answer_a_list_on_both(engines: tuple[Engine, Engine]) -> None:
-    batch = [
-        {"jsonrpc": "2.0", "id": 1, "method": "health"},
-        {"jsonrpc": "2.0", "id": 2, "method": "teleport"},
+def test_batches_and_notifications_answer_alike(engines: tuple[Engine, Engine]) -> None:
+    health = {"jsonrpc": "2.0", "id": 1, "method": "health"}
+    notification = {"jsonrpc": "2.0", "method": "health"}  # no id: not run, not answered
+    bodies: list[object] = [
+        [health, {"jsonrpc": "2.0", "id": 2, "method": "teleport"}],  # a list of answers
+        [health, notification],  # one answer: an object, not a list
+        notification,
+        [notification],
+        [],
+        {**health, "id": None},
     ]
-    answers = [e.http.post(e.url + "/", json=batch).json() for e in engines]
-    assert answers[0] == answers[1]
+    for body in bodies:
+        answers = [e.http.post(e.url + "/", json=body) for e in engines]
+        assert [a.status_code for a in answers] == [200, 200], body
+        assert answers[0].content.strip() == answers[1].content.strip() or (
+            answers[0].json() == answers[1].json()
+        ), body
 
 
 def test_header_hashes_are_cometbft_sized(engines: tuple[Engine, Engine]) -> None:
@@ -515,3 +525,18 @@ def test_block_search_matches_the_same_blocks_as_cometbfts_indexer(
         answers.append((doc["total_count"], heights))
     assert answers[0] == answers[1], query
     assert bool(answers[0][1]) is found, answers
+
+
+def test_uri_bytes_parameters_read_as_cometbft_reads_them(engines: tuple[Engine, Engine]) -> None:
+    """GET: a quoted bytes parameter is the string's own bytes, 0x starts hex."""
+    answers = []
+    for engine in engines:
+        garbage = engine.get("broadcast_tx_sync", {"tx": '"not a tx"'})[1]["result"]
+        as_hex = engine.get("check_tx", {"tx": "0x" + b"not a tx".hex()})[1]["result"]
+        query = {"path": '"/remes.remes.v1.Query/Account"', "data": '"abc"'}
+        account = engine.get("abci_query", query)[1]["result"]["response"]
+        answers.append(
+            (garbage["hash"], garbage["code"] != 0, as_hex["code"] != 0, account["code"])
+        )
+    assert answers[0][:3] == answers[1][:3] == (tx_hash(b"not a tx"), True, True)
+    assert (answers[0][3] != 0) == (answers[1][3] != 0)  # the same bytes: both refuse them

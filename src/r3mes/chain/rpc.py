@@ -42,6 +42,7 @@ from r3mes.chain.rpc_json import (
     INVALID_REQUEST,
     MAX_HEIGHT,
     METHOD_NOT_FOUND,
+    PARSE_ERROR,
     RpcError,
     block_json,
     commit_json,
@@ -667,16 +668,27 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
             body = decode_request(data)
         except RpcError as exc:
             return rpc_error(exc.status, exc.message, exc.code, rid=None)
-        if isinstance(body, list):
-            if not body or len(body) > MAX_BATCH:
-                detail = f"a batch holds 1 to {MAX_BATCH} requests"
+        if isinstance(body, dict):
+            body = [body]
+            single = True
+        elif isinstance(body, list):
+            single = False
+            if len(body) > MAX_BATCH:
+                detail = f"a batch holds at most {MAX_BATCH} requests"
                 return rpc_error(400, detail, INVALID_REQUEST, rid=None)
-            answers = [await answer(methods, item) for item in body]
-            return JSONResponse(answers)
-        if not isinstance(body, dict):
-            detail = "a JSON-RPC request must be a JSON object"
-            return rpc_error(400, detail, INVALID_REQUEST, rid=None)
-        return JSONResponse(await answer(methods, body))
+        else:
+            detail = "a JSON-RPC request must be a JSON object (or a batch: an array of them)"
+            return rpc_error(400, detail, PARSE_ERROR, rid=None)
+        # As CometBFT: a notification (no id, or a null one) is not run and gets no answer;
+        # the answers of a batch are a list, but one answer is sent as an object
+        answers = [
+            await answer(methods, item)
+            for item in body
+            if not isinstance(item, dict) or item.get("id") is not None
+        ]
+        if not answers:
+            return Response(status_code=200)
+        return JSONResponse(answers[0] if single or len(answers) == 1 else answers)
 
     install_websocket(app, engine, methods)
     return app
@@ -698,10 +710,20 @@ async def answer(methods: Methods, request: object) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
+URI_BYTES = ("tx", "data")
+"""Bytes parameters: in the URI form, as CometBFT reads them, a quoted value is the
+string's own bytes (`data="abc"`) and 0x starts hex; bare, the devnet also reads base64
+(tx) or hex (data)."""
+
+
 def _route(app: FastAPI, methods: Methods, name: str) -> None:
     async def handler(request: Request) -> JSONResponse:
         methods.note_server(request.scope)
         params = dict(request.query_params)
+        for key in URI_BYTES:
+            value = params.get(key, "")
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                params[key] = "0x" + value[1:-1].encode().hex()
         return JSONResponse(await answer(methods, {"id": -1, "method": name, "params": params}))
 
     app.add_api_route(f"/{name}", handler, methods=["GET"], name=name)
