@@ -289,3 +289,73 @@ def test_quorum_transitions_are_deterministic_and_survive_the_store_encoding() -
         assert restored.app_hash() == h.state.app_hash()
         assert restored.submissions[sid] == h.state.submissions[sid]
     assert runs[0] == runs[1]
+
+
+# -- stake lifecycle ----------------------------------------------------------------------
+
+
+def test_unbond_waits_the_delay_stays_slashable_then_withdraws() -> None:
+    from r3mes.chain.msgs import Unbond, Withdraw
+
+    h = network(attestation_quorum=1, validators_per_submission=1, unbonding_blocks=5)
+    key_ = f"miner/{MINER.address}"
+    balance = h.balance(MINER)
+    assert h.send(MINER, Unbond(creator=MINER.address, role="miner", amount=101)).code == (
+        Code.INSUFFICIENT_FUNDS
+    )
+    assert h.send(MINER, Unbond(creator=MINER.address, role="validator", amount=1)).code == (
+        Code.NOT_PERMITTED
+    )
+    # a submission made before unbonding, rejected while the stake unbonds
+    sid = submit(h, MINER)
+    result = h.send(MINER, Unbond(creator=MINER.address, role="miner", amount=100))
+    assert result.code == 0
+    release = h.state.height + 5
+    assert h.state.nodes[key_].stake == 0 and not h.state.nodes[key_].active
+    assert h.send(MINER, Withdraw(creator=MINER.address)).code == Code.NOT_PERMITTED  # too early
+    (judge,) = h.state.submissions[sid].assigned
+    assert attest(h, by_address()[judge], sid, "reject") == 0
+    (entry,) = h.state.unbonding[MINER.address].entries
+    assert entry.amount == 100 - 40 and entry.release_height == release  # slashed while unbonding
+    assert h.state.accounts[MINER.address].slashed == 40
+    supply = h.state.supply
+    h.advance_to_height(release - 1)
+    assert h.send(MINER, Withdraw(creator=MINER.address)).code == 0  # delivered at `release`
+    assert h.balance(MINER) == balance + 60
+    assert h.state.unbonding[MINER.address].entries == ()
+    assert h.state.supply == supply  # stake was never burned twice nor minted
+    assert h.send(MINER, Withdraw(creator=MINER.address)).code == Code.NOT_PERMITTED
+    restored = state_from_entries(h.state.entries())
+    assert restored.app_hash() == h.state.app_hash()
+
+
+def test_an_unbonded_validator_is_no_longer_assigned() -> None:
+    from r3mes.chain.msgs import Unbond
+
+    h = network(attestation_quorum=1, validators_per_submission=4)
+    leaving = VALIDATORS[0]
+    assert h.send(leaving, Unbond(creator=leaving.address, role="validator", amount=100)).code == 0
+    sid = submit(h, MINER)
+    assert leaving.address not in h.state.submissions[sid].assigned
+    assert len(h.state.submissions[sid].assigned) == 3
+
+
+def test_messages_not_enabled_yet_are_typed_rejections_not_crashes() -> None:
+    from r3mes.chain.msgs import AttestAdapter, DisputeCheckpoint, DisputeVerdict, OpenDispute
+
+    h = network()
+    v = VALIDATORS[0]
+    for msg in (
+        AttestAdapter(creator=v.address, round=1, version=2, verdict="accept"),
+        OpenDispute(
+            creator=v.address,
+            submission_id=1,
+            steps=8,
+            start_digest="aa" * 32,
+            final_digest="bb" * 32,
+        ),
+        DisputeCheckpoint(creator=v.address, dispute_id=1, step=4, digest="cc" * 32),
+        DisputeVerdict(creator=v.address, dispute_id=1, digest="dd" * 32),
+    ):
+        result = h.send(v, msg)
+        assert result.code == Code.NOT_PERMITTED and "not enabled" in result.log

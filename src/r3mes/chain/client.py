@@ -251,6 +251,14 @@ class BlockchainClient:
         docs = self._get_list("submissions", f"{PREFIX}/submissions", {"round": round_number})
         return [from_json(SubmissionInfo, d) for d in docs]
 
+    def stake(self, address: str) -> dict[str, Any]:
+        """Bonded stake per role and unbonding entries of `address` (JSON as the ledger
+        answers it: address, bonded, unbonding, total)."""
+        doc = self._get_field("stake", f"{PREFIX}/stake/{address}")
+        if not isinstance(doc, dict):
+            raise ClientError("node answered a malformed stake: not an object")
+        return doc
+
     def submission(self, sid: int) -> SubmissionInfo:
         """One submission by id; NotFound when the ledger holds none."""
         doc = self._get_field("submission", f"{PREFIX}/submissions/{int(sid)}")

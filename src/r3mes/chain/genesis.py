@@ -51,6 +51,8 @@ class Params:
     lose `validator_penalty_reputation`."""
     validator_penalty_reputation: int = 10
     """Reputation an assigned validator loses for a verdict against the settled one or none."""
+    unbonding_blocks: int = 100
+    """Blocks between `Unbond` and the earliest `Withdraw`; the stake stays slashable."""
     spot_check_ppm: int = 100_000
     """Share of a task's steps (ppm, in (0, 1_000_000]) a validator re-executes by default."""
     min_stake: int = 0

@@ -18,14 +18,20 @@ from r3mes.chain.msgs import (
     ApproveArtifact,
     ArtifactSpec,
     Attest,
+    AttestAdapter,
+    DisputeCheckpoint,
+    DisputeVerdict,
     Faucet,
     Msg,
+    OpenDispute,
     ProposeAdapter,
     RegisterArtifact,
     RegisterNode,
     ServingHeartbeat,
     SubmitGradient,
     TransferCredits,
+    Unbond,
+    Withdraw,
 )
 from r3mes.chain.pow import pow_ok
 from r3mes.chain.state import (
@@ -34,12 +40,17 @@ from r3mes.chain.state import (
     Node,
     State,
     Submission,
+    Unbonding,
+    UnbondingEntry,
     WorkingState,
     artifact_key,
     node_key,
 )
 from r3mes.chain.vocab import Role
 from r3mes.spec.shards import round_shard
+
+MAX_UNBONDING_ENTRIES = 64
+"""Unbonding entries one address may hold at once (bounds the state per address)."""
 
 
 def _require_node(state: WorkingState, role: Role, address: str) -> Node:
@@ -324,6 +335,43 @@ def serving_heartbeat(state: WorkingState, msg: ServingHeartbeat, ctx: BlockCont
     return [event("serving_heartbeat", address=msg.creator)]
 
 
+def unbond(state: WorkingState, msg: Unbond, ctx: BlockContext) -> list[Event]:
+    """Move `amount` of the signer's stake in `role` to unbonding: paid out by `Withdraw`
+    from `unbonding_blocks` later, slashable until then. Unbonding all of it leaves the role
+    (no new assignments); registering again with stake rejoins."""
+    key = node_key(msg.role, msg.creator)
+    node = _require_node(state, msg.role, msg.creator)
+    if msg.amount > node.stake:
+        raise invalid(Code.INSUFFICIENT_FUNDS, f"stake {node.stake} < unbond amount {msg.amount}")
+    remaining = node.stake - msg.amount
+    state.nodes[key] = replace(node, stake=remaining, active=node.active and remaining > 0)
+    release = ctx.height + state.params.unbonding_blocks
+    pending = state.unbonding.get(msg.creator) or Unbonding(address=msg.creator)
+    if len(pending.entries) >= MAX_UNBONDING_ENTRIES:
+        raise invalid(Code.TOO_LARGE, f"at most {MAX_UNBONDING_ENTRIES} unbonding entries")
+    entry = UnbondingEntry(role=msg.role, amount=msg.amount, release_height=release)
+    state.unbonding[msg.creator] = replace(pending, entries=(*pending.entries, entry))
+    return [event("unbond", address=msg.creator, role=msg.role, amount=msg.amount, release=release)]
+
+
+def withdraw(state: WorkingState, msg: Withdraw, ctx: BlockContext) -> list[Event]:
+    """Pay the signer every unbonding entry whose release height has come."""
+    pending = state.unbonding.get(msg.creator)
+    due = [e for e in (pending.entries if pending else ()) if e.release_height <= ctx.height]
+    if pending is None or not due:
+        raise invalid(Code.NOT_PERMITTED, f"{msg.creator} has no released unbonding stake")
+    amount = sum(e.amount for e in due)
+    kept = tuple(e for e in pending.entries if e.release_height > ctx.height)
+    state.unbonding[msg.creator] = replace(pending, entries=kept)
+    ledger.credit(state, msg.creator, amount)
+    return [event("withdraw", address=msg.creator, amount=amount)]
+
+
+def not_enabled(state: WorkingState, msg: Msg, ctx: BlockContext) -> list[Event]:
+    """Messages this ledger decodes but does not take yet (checked merges, disputes)."""
+    raise invalid(Code.NOT_PERMITTED, f"{type(msg).__name__} is not enabled on this ledger yet")
+
+
 def transfer(state: WorkingState, msg: TransferCredits, ctx: BlockContext) -> list[Event]:
     ledger.debit(state, msg.creator, msg.amount)
     ledger.credit(state, msg.to, msg.amount)
@@ -353,6 +401,12 @@ HANDLERS: dict[type[Any], Callable[[WorkingState, Any, BlockContext], list[Event
     ServingHeartbeat: serving_heartbeat,
     TransferCredits: transfer,
     Faucet: faucet,
+    Unbond: unbond,
+    Withdraw: withdraw,
+    AttestAdapter: not_enabled,
+    OpenDispute: not_enabled,
+    DisputeCheckpoint: not_enabled,
+    DisputeVerdict: not_enabled,
 }
 
 

@@ -94,10 +94,23 @@ def mint(state: WorkingState, address: str, amount: int) -> None:
 
 
 def burn_stake(state: WorkingState, node_key: str, amount: int) -> int:
-    """Burn up to `amount` of a node's stake; returns what was burned."""
+    """Burn up to `amount` of a node's stake, then of the same role's stake still unbonding
+    (newest first); returns what was burned."""
     node = state.nodes[node_key]
     burned = min(node.stake, amount)
     state.nodes[node_key] = replace(node, stake=node.stake - burned)
+    pending = state.unbonding.get(node.address)
+    if burned < amount and pending is not None:
+        entries = list(pending.entries)
+        for i in reversed(range(len(entries))):
+            entry = entries[i]
+            if entry.role != node.role or burned >= amount:
+                continue
+            take = min(entry.amount, amount - burned)
+            burned += take
+            entries[i] = replace(entry, amount=entry.amount - take)
+        kept = tuple(e for e in entries if e.amount)
+        state.unbonding[node.address] = replace(pending, entries=kept)
     state.supply -= burned
     state.burned += burned
     return burned

@@ -84,4 +84,8 @@ def rest_router() -> APIRouter:
     def account(state: StateDep, address: str) -> dict[str, Any]:
         return {"account": views.account_json(state, address)}
 
+    @router.get("/stake/{address}")
+    def stake(state: StateDep, address: str) -> dict[str, Any]:
+        return {"stake": views.stake_json(state, address)}
+
     return router

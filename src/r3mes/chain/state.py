@@ -31,7 +31,7 @@ from r3mes.chain.vocab import (
 )
 
 STATE_VERSION = 3
-MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active")
+MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active", "unbonding")
 SCALARS = (
     "chain_id",
     "height",
@@ -136,6 +136,22 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class UnbondingEntry:
+    role: Role
+    amount: int
+    release_height: int
+    """First height at which `Withdraw` pays it out; until then it can still be slashed."""
+
+
+@dataclass(frozen=True)
+class Unbonding:
+    """An address's stake on its way out, oldest first."""
+
+    address: str
+    entries: tuple[UnbondingEntry, ...] = ()
+
+
+@dataclass(frozen=True)
 class ArtifactRecord:
     spec: ArtifactSpec
     status: ArtifactStatus
@@ -189,6 +205,8 @@ class State:
     artifacts: Mapping[str, ArtifactRecord] = field(default_factory=dict)
     active: Mapping[str, str] = field(default_factory=dict)
     """kind -> artifact key of the artifact rounds currently use."""
+    unbonding: Mapping[str, Unbonding] = field(default_factory=dict)
+    """address -> its unbonding stake."""
     _tree: Tree | _Unbuilt = field(default=_UNBUILT, init=False, repr=False, compare=False)
     """The commitment over `entries()`; built on first use (a cache), or by `seal`."""
     _delta: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
@@ -260,6 +278,7 @@ class WorkingState:
     submissions: ChainMap[int, Submission]
     artifacts: ChainMap[str, ArtifactRecord]
     active: ChainMap[str, str]
+    unbonding: ChainMap[str, Unbonding]
 
     @property
     def current_round(self) -> int:
@@ -360,6 +379,12 @@ _DECODERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
     ),
     "artifacts": (str, lambda d: ArtifactRecord(**{**d, "spec": _spec(d["spec"])})),
     "active": (str, str),
+    "unbonding": (
+        str,
+        lambda d: Unbonding(
+            address=d["address"], entries=tuple(UnbondingEntry(**e) for e in d["entries"])
+        ),
+    ),
 }
 
 

@@ -156,3 +156,20 @@ def account_json(state: State, address: str) -> dict[str, Any]:
         "slashed": acc.slashed,
         "roles": roles,
     }
+
+
+def stake_json(state: State, address: str) -> dict[str, Any]:
+    """What `address` has at stake: bonded per role and still unbonding (slashable)."""
+    try:
+        address = validate_address(address)
+    except AddressError as exc:
+        raise QueryError(str(exc)) from exc
+    nodes = sorted((n for n in state.nodes.values() if n.address == address), key=lambda n: n.role)
+    pending = state.unbonding.get(address)
+    entries = pending.entries if pending else ()
+    return {
+        "address": address,
+        "bonded": [{"role": n.role, "stake": n.stake, "active": n.active} for n in nodes],
+        "unbonding": [asdict(e) for e in entries],
+        "total": sum(n.stake for n in nodes) + sum(e.amount for e in entries),
+    }

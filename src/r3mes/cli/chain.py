@@ -299,6 +299,13 @@ def query_account(address: str, node: NodeOpt = DEFAULT_NODE) -> None:
         print_json(c.account(address).__dict__)
 
 
+@query_app.command("stake")
+def query_stake(address: str, node: NodeOpt = DEFAULT_NODE) -> None:
+    """Show an address's stake: bonded per role, unbonding (still slashable) and total."""
+    with client_of(node) as c:
+        print_json(c.stake(address))
+
+
 @query_app.command("submissions")
 def query_submissions(
     round_number: Annotated[

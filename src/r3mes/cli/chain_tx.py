@@ -171,6 +171,42 @@ def tx_transfer(
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
 
 
+@tx_app.command("unbond")
+def tx_unbond(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    role: Annotated[
+        str, typer.Option(callback=_choice(*ROLES), help="miner, validator, proposer or serving.")
+    ],
+    amount: Annotated[int, typer.Option(min=1, help="Credits of stake to unbond.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Start unbonding stake; `withdraw` pays it after the genesis delay (slashable until)."""
+    from r3mes.chain.msgs import Unbond
+
+    def build(client: BlockchainClient, address: str) -> Unbond:
+        return Unbond(creator=address, role=one_of(role, ROLES, "--role"), amount=amount)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
+@tx_app.command("withdraw")
+def tx_withdraw(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Pay out the signer's unbonded stake whose delay has passed."""
+    from r3mes.chain.msgs import Withdraw
+
+    def build(client: BlockchainClient, address: str) -> Withdraw:
+        return Withdraw(creator=address)
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
 @tx_app.command("register-node")
 def tx_register_node(
     sender: FromOpt,
