@@ -136,6 +136,9 @@ def test_tx_search_pages_and_proofs(chain: tuple[Methods, list[str]]) -> None:
     with pytest.raises(RpcError, match=r"page should be within \[1, 2\] range, given 3"):
         methods.tx_search(query, page="3", per_page="3")
     assert methods.tx_search("tx.height=99")["total_count"] == "0"  # page 1 of nothing
+    for far in (str(2**63 - 1), "-5", "0"):  # beyond SQLite's int64 offsets, or below 1
+        with pytest.raises(RpcError, match="page should be within"):
+            methods.tx_search(query, page=far, per_page="100")
     proven = methods.tx_search("tx.height=2", prove="true")["txs"]
     assert [verify_tx_proof(t["proof"]) for t in proven] == [True, True]
     assert proven[1]["proof"]["proof"]["index"] == "1"

@@ -130,16 +130,21 @@ def _height(engine: DevnetEngine, height: str | int | None) -> int:
     return value
 
 
-def _page(page: str, per_page: str, total: int) -> tuple[int, int]:
-    """(limit, offset) of a search page, validated as CometBFT does: per_page below 1 is
-    the default 30, above 100 is 100; page must be within [1, pages]."""
+def _page(page: str, per_page: str) -> tuple[int, int, int]:
+    """(limit, offset, page) of a search page: per_page below 1 is the default 30, above
+    100 is 100, as CometBFT; an offset beyond int64 is 0 (`_check_page` refuses it)."""
     size = int(number_param(per_page, "per_page", low=-(2**63), high=2**63 - 1))
     size = DEFAULT_PER_PAGE if size < 1 else min(size, MAX_PER_PAGE)
     number = int(number_param(page, "page", low=-(2**63), high=2**63 - 1))
+    offset = (number - 1) * size
+    return size, offset if 0 <= offset <= MAX_HEIGHT else 0, number
+
+
+def _check_page(number: int, size: int, total: int) -> None:
+    """CometBFT's rule, once the matches are counted: page within [1, pages]."""
     pages = max(1, -(-total // size))
     if not 1 <= number <= pages:
         raise failed(f"page should be within [1, {pages}] range, given {number}")
-    return size, (number - 1) * size
 
 
 def _order(order_by: str, default: str) -> bool:
@@ -505,11 +510,11 @@ class Methods:
         conditions = search_conditions(query, "tx.height")
         with_proof = _flag(prove, "prove")
         descending = _order(order_by, "asc")
-        _, total = self.engine.store.search_txs(conditions, limit=0)
-        size, offset = _page(page, per_page, total)
+        size, offset, number = _page(page, per_page)
         found, total = self.engine.store.search_txs(
             conditions, limit=size, offset=offset, descending=descending
         )
+        _check_page(number, size, total)
         return {"txs": [self._tx_json(t, with_proof) for t in found], "total_count": str(total)}
 
     def block_search(
@@ -519,11 +524,11 @@ class Methods:
         blocks' begin/end events), newest first unless order_by=asc, as CometBFT."""
         conditions = search_conditions(query, "block.height")
         descending = _order(order_by, "desc")
-        _, total = self.engine.store.search_blocks(conditions, limit=0)
-        size, offset = _page(page, per_page, total)
+        size, offset, number = _page(page, per_page)
         heights, total = self.engine.store.search_blocks(
             conditions, limit=size, offset=offset, descending=descending
         )
+        _check_page(number, size, total)
         return {"blocks": [self.block(str(h)) for h in heights], "total_count": str(total)}
 
     def abci_query(
@@ -576,7 +581,8 @@ class Methods:
         """The one devnet validator (the node's identity), at any committed height."""
         h = _height(self.engine, height)
         validators = validators_json(self.identity)
-        _page(page, per_page, len(validators))
+        size, _, number = _page(page, per_page)
+        _check_page(number, size, len(validators))
         return {"block_height": str(h), "validators": validators, "count": "1", "total": "1"}
 
     def net_info(self) -> dict[str, Any]:
