@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def returning(adapter: LoadedAdapter) -> Callable[[], LoadedAdapter]:
     return lambda: adapter
 
 
-def make_engine(tokenizer: Tokenizer, n_adapters: int = 3, **config: int) -> ServingEngine:
+def make_engine(tokenizer: Tokenizer, n_adapters: int = 3, **config: Any) -> ServingEngine:
     engine = ServingEngine(
         tiny_model(tokenizer), tokenizer, model_name=MODEL_NAME, config=EngineConfig(**config)
     )
@@ -86,7 +87,7 @@ def engine_factory(tokenizer: Tokenizer) -> Iterator[EngineFactory]:
     """Builds started engines (tiny model, adapters ad0..adN) and stops them afterwards."""
     made: list[ServingEngine] = []
 
-    def build(n_adapters: int = 3, **config: int) -> ServingEngine:
+    def build(n_adapters: int = 3, **config: Any) -> ServingEngine:
         eng = make_engine(tokenizer, n_adapters, **config)
         eng.start()
         made.append(eng)

@@ -2,13 +2,53 @@
 
 Batched sequences of different lengths are left padded; the caller passes the running
 `attention_mask` (B, past + new) to the model and the padded slots are masked out.
+
+The model asks its cache for two things: `bias`, the additive attention mask of one
+forward pass (once per pass), and `attend`, one layer's attention given that layer's new
+queries, keys and values. The dense cache here appends and attends over (B, H, T, D); a
+cache with another layout (the serving engine's paged cache) overrides both.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from r3mes.model.errors import GenerationError
+
+
+def build_mask(
+    attention_mask: torch.Tensor | None, *, batch: int, new: int, past: int, device: torch.device
+) -> torch.Tensor:
+    """Additive (B, 1, T_new, past + T_new) mask: causal, and padded keys excluded."""
+    total = past + new
+    query_pos = torch.arange(past, total, device=device)[:, None]
+    key_pos = torch.arange(total, device=device)[None, :]
+    allowed = (key_pos <= query_pos)[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return mask.expand(batch, 1, new, total)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Grouped-query attention over dense keys/values.
+
+    q (B, n_heads, T, D), k/v (B, n_kv_heads, S, D), bias (B, 1, T, S) additive;
+    returns (B, T, n_heads * D). Query head h reads key/value head h // (n_heads / n_kv).
+    """
+    b, heads, t, dim = q.shape
+    groups = heads // k.shape[1]
+    if groups > 1:  # (B, n_kv, S, D) -> (B, n_heads, S, D)
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * dim**-0.5  # (B, H, T, S)
+    scores = scores + bias
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).transpose(1, 2).reshape(b, t, -1)
 
 
 class KVCache:
@@ -27,6 +67,31 @@ class KVCache:
         """Number of positions cached (same for every layer once a forward has run)."""
         first = self._keys[0]
         return 0 if first is None else int(first.shape[2])
+
+    def bias(
+        self,
+        attention_mask: torch.Tensor | None,
+        *,
+        batch: int,
+        new: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The additive mask for a forward pass of `new` tokens (called once per pass,
+        before any layer): causal over the cached positions plus the new ones."""
+        return build_mask(attention_mask, batch=batch, new=new, past=self.seq_length, device=device)
+
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cache this pass's keys/values (B, n_kv, T_new, D) for `layer` and attend with
+        queries `q` (B, n_heads, T_new, D) over every cached position; (B, T_new, n_heads*D)."""
+        k, v = self.update(layer, keys, values)
+        return attention(q, k, v, bias)
 
     def update(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor

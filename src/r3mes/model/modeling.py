@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from r3mes.model.bitlinear import BitLinear
 from r3mes.model.config import BitNetConfig
 from r3mes.model.errors import ModelError
-from r3mes.model.kv_cache import KVCache
+from r3mes.model.kv_cache import KVCache, attention, build_mask
 
 
 class RMSNorm(nn.Module):
@@ -85,15 +85,9 @@ class BitNetAttention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)
-        groups = self.n_heads // self.n_kv
-        if groups > 1:  # (B, n_kv, S, D) -> (B, n_heads, S, D)
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.head_dim**-0.5  # (B, H, T, S)
-        scores = scores + mask
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, -1)  # (B, T, C)
+            out = kv_cache.attend(self.layer_idx, q, k, v, mask)  # (B, T, C)
+        else:
+            out = attention(q, k, v, mask)
         return self.o_proj(self.attn_sub_norm(out))  # type: ignore[no-any-return]
 
 
@@ -182,21 +176,6 @@ def tensor_shapes(config: BitNetConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_mask(
-    attention_mask: torch.Tensor | None, *, batch: int, new: int, past: int, device: torch.device
-) -> torch.Tensor:
-    """Additive (B, 1, T_new, past + T_new) mask: causal, and padded keys excluded."""
-    total = past + new
-    query_pos = torch.arange(past, total, device=device)[:, None]
-    key_pos = torch.arange(total, device=device)[None, :]
-    allowed = (key_pos <= query_pos)[None, None]  # (1, 1, T, S)
-    if attention_mask is not None:
-        allowed = allowed & attention_mask.bool()[:, None, None, :]
-    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
-    return mask.expand(batch, 1, new, total)
-
-
 class BitNetForCausalLM(nn.Module):
     """BitNet b1.58 decoder-only language model returning float32 logits."""
 
@@ -255,7 +234,10 @@ class BitNetForCausalLM(nn.Module):
                 f"{self.config.max_position_embeddings}"
             )
         rope = rotary_tables(self.config, position_ids)
-        mask = build_mask(attention_mask, batch=b, new=t, past=past, device=input_ids.device)
+        if kv_cache is not None:
+            mask = kv_cache.bias(attention_mask, batch=b, new=t, device=input_ids.device)
+        else:
+            mask = build_mask(attention_mask, batch=b, new=t, past=0, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)
         recompute = self.gradient_checkpointing and torch.is_grad_enabled() and kv_cache is None
         for layer in self.model.layers:

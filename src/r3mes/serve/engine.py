@@ -28,7 +28,7 @@ from r3mes.serve.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from r3mes.serve.scheduler import Pending, Scheduler
+from r3mes.serve.scheduler import KVLayout, Pending, Scheduler
 from r3mes.serve.types import GenerationRequest, RequestHandle, Sink
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class EngineConfig:
     """Most new requests prefilled between two decode steps (bounds decode stalls)."""
     max_model_len: int | None = None
     """Prompt plus completion limit; defaults to the model's max_position_embeddings."""
+    kv_layout: KVLayout = "paged"
+    """KV-cache layout: "paged" (blocks of 16 positions per sequence, memory follows the
+    live tokens) or "dense" (one left-padded rectangle, rows as long as the longest)."""
 
     def __post_init__(self) -> None:
         names = ("max_batch_size", "max_loras", "max_lora_rank", "max_cpu_loras", "max_waiting")
@@ -88,6 +91,8 @@ class EngineConfig:
             raise InvalidRequest("max_prefills_per_step must be at least 1")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise InvalidRequest("max_model_len must be at least 2", param="max_model_len")
+        if self.kv_layout not in ("paged", "dense"):
+            raise InvalidRequest("kv_layout must be 'paged' or 'dense'", param="kv_layout")
         if self.kv_cache_mb < 1:
             raise InvalidRequest("kv_cache_mb must be at least 1", param="kv_cache_mb")
         if not self.max_queue_wait_s > 0:
@@ -140,6 +145,7 @@ class ServingEngine:
             kv_cache_bytes=self.config.kv_cache_mb * 2**20,
             max_queue_wait_s=self.config.max_queue_wait_s,
             size_priority_s_per_token=self.config.size_priority_s_per_token,
+            kv_layout=self.config.kv_layout,
         )
         slots = self._scheduler.slots
         self.adapters.check = lambda adapter: slots.check(adapter.state, adapter.config)

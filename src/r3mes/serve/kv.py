@@ -149,6 +149,21 @@ class BatchKV(KVCache):
         """Buffer bytes for `rows` sequences left padded to `columns` positions, no headroom."""
         return rows * columns * self.cell_bytes
 
+    def fits(self, rows: list[tuple[int, int]]) -> bool:
+        """Whether sequences of (cached length, decode steps left) can all run to the end
+        within the buffer limit.
+
+        A row with `length` cached tokens and `left` decode steps to go is alive at step s
+        while s <= left; the left-padded cache then needs alive(s) rows of
+        max(length over alive) + s columns. Between two rows leaving the need only grows,
+        so the peak is at some row's last step.
+        """
+        peak = 0
+        for _, last in rows:
+            alive = [length for length, left in rows if left >= last]
+            peak = max(peak, self.rectangle_bytes(len(alive), max(alive) + last))
+        return peak <= self.buffer_limit
+
     # ---- the decode step -------------------------------------------------------------------
 
     def update(

@@ -31,6 +31,7 @@ from r3mes.serve.adapters import AdapterCache, AdapterEntry
 from r3mes.serve.errors import ServeError
 from r3mes.serve.kv import BatchKV, SequenceKV
 from r3mes.serve.lora_slots import LoraSlots
+from r3mes.serve.paged_kv import PagedKV
 from r3mes.serve.sampling import IncrementalText, choose_token
 from r3mes.serve.types import (
     EngineEvent,
@@ -45,6 +46,7 @@ from r3mes.serve.types import (
 log = logging.getLogger(__name__)
 
 Placement = Literal["ready", "wait", "failed"]
+KVLayout = Literal["paged", "dense"]
 
 
 @dataclass
@@ -94,9 +96,11 @@ class Scheduler:
         kv_cache_bytes: int | None = None,
         max_queue_wait_s: float = 30.0,
         size_priority_s_per_token: float = 0.1,
+        kv_layout: KVLayout = "paged",
     ) -> None:
         """`kv_cache_bytes` caps the batch's KV cache (None: room for max_batch_size
-        sequences of max_model_len tokens); see the module docstring for the queue."""
+        sequences of max_model_len tokens), laid out as `kv_layout` (`PagedKV` blocks or
+        a left-padded `BatchKV` rectangle); see the module docstring for the queue."""
         self.model = model
         self.adapters = adapters
         self._decode_text = decode
@@ -109,7 +113,8 @@ class Scheduler:
         self.size_priority_s_per_token = size_priority_s_per_token
         cfg = model.config
         self.device = model.model.embed_tokens.weight.device
-        self.kv = BatchKV(
+        layout = PagedKV if kv_layout == "paged" else BatchKV
+        self.kv: PagedKV | BatchKV = layout(
             cfg.num_hidden_layers,
             n_kv_heads=cfg.num_key_value_heads,
             head_dim=cfg.head_dim,
@@ -209,13 +214,7 @@ class Scheduler:
 
     def _fits(self, pending: Pending, admitted: list[Pending]) -> bool:
         """Whether the batch plus `admitted` and `pending` stays within the KV budget even
-        if every sequence runs to its limit.
-
-        A row with `length` cached tokens and `left` decode steps to go is alive at step s
-        while s <= left; the left-padded cache then needs alive(s) rows of
-        max(length over alive) + s columns. Between two rows leaving the need only grows,
-        so the peak is at some row's last step.
-        """
+        if every sequence runs to its limit (the cache projects its own peak)."""
         rows = [
             (self.kv.lengths[i], self.limit(s.pending.request) - s.generated)
             for i, s in enumerate(self.running)
@@ -224,11 +223,7 @@ class Scheduler:
             left = self.limit(p.request) - 1  # the prefill generates the first token
             if left > 0:  # a one-token request never enters the batch cache
                 rows.append((len(p.request.prompt_ids), left))
-        peak = 0
-        for _, last in rows:
-            alive = [length for length, left in rows if left >= last]
-            peak = max(peak, self.kv.rectangle_bytes(len(alive), max(alive) + last))
-        return peak <= self.kv.buffer_limit
+        return self.kv.fits(rows)
 
     def _expire_waiting(self, now: float) -> None:
         """Refuse requests that waited longer than max_queue_wait_s (the client retries)."""
@@ -341,9 +336,10 @@ class Scheduler:
             [[s.next_token] for s in self.running], dtype=torch.long, device=self.device
         )
         self._select_rows([s.key for s in self.running])
+        mask = self.kv.attention_mask()  # None for the paged cache: it masks by block tables
         logits = self.model(
             tokens,
-            attention_mask=self.kv.attention_mask().to(self.device),
+            attention_mask=mask.to(self.device) if mask is not None else None,
             position_ids=self.kv.position_ids(),
             kv_cache=self.kv,
         )[:, -1]  # (B, V)
