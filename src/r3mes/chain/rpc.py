@@ -133,11 +133,23 @@ def _height(engine: DevnetEngine, height: str | int | None) -> int:
 def _page(page: str, per_page: str) -> tuple[int, int, int]:
     """(limit, offset, page) of a search page: per_page below 1 is the default 30, above
     100 is 100, as CometBFT; an offset beyond int64 is 0 (`_check_page` refuses it)."""
-    size = int(number_param(per_page, "per_page", low=-(2**63), high=2**63 - 1))
+    size = _int_param(per_page, "per_page")
     size = DEFAULT_PER_PAGE if size < 1 else min(size, MAX_PER_PAGE)
-    number = int(number_param(page, "page", low=-(2**63), high=2**63 - 1))
+    number = _int_param(page, "page")
     offset = (number - 1) * size
     return size, offset if 0 <= offset <= MAX_HEIGHT else 0, number
+
+
+def _int_param(value: str, name: str) -> int:
+    """A signed 64-bit integer parameter in ASCII digits (CometBFT's int)."""
+    text = value.strip().strip('"')
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise RpcError(200, f"{name} must be an integer, not {value[:40]!r}")
+    number = int(text)
+    if not -(2**63) <= number <= MAX_HEIGHT:
+        raise RpcError(200, f"{name} must be a 64-bit integer, not {value[:40]!r}")
+    return number
 
 
 def _check_page(number: int, size: int, total: int) -> None:
@@ -316,7 +328,7 @@ class Methods:
 
     def genesis_chunked(self, chunk: str = "0") -> dict[str, Any]:
         """The genesis document as base64 of its JSON, in one chunk (it is small)."""
-        number = int(number_param(chunk, "chunk", low=-(2**63), high=2**63 - 1))
+        number = _int_param(chunk, "chunk")
         if number != 0:
             raise failed(f"there is 1 chunk (0); {number} is invalid")
         doc = json.dumps(self.genesis()["genesis"], separators=(",", ":")).encode()
@@ -592,7 +604,7 @@ class Methods:
     def unconfirmed_txs(self, limit: str = "30") -> dict[str, Any]:
         """Up to `limit` queued txs (CometBFT's per-page rules: below 1 is 30, at most
         100); n_txs counts those listed, total all queued."""
-        wanted = int(number_param(limit, "limit", low=-(2**63), high=2**63 - 1))
+        wanted = _int_param(limit, "limit")
         wanted = DEFAULT_PER_PAGE if wanted < 1 else min(wanted, MAX_PER_PAGE)
         txs = self.engine.unconfirmed(wanted)
         return {
