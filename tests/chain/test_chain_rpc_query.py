@@ -120,6 +120,7 @@ def test_tx_search_operators(chain: tuple[Methods, list[str]]) -> None:
     assert _found(methods, f"transfer.recipient CONTAINS '{A.address[-6:]}'") == [b10]
     assert _found(methods, "transfer.recipient EXISTS AND tx.height>=4") == [b10]
     assert _found(methods, "transfer.nothing EXISTS") == []
+    assert _found(methods, "tx.hash EXISTS AND tx.height EXISTS") == [a1, a2, a3, b10]
     assert _found(methods, "tm.event='Tx'") == []  # not a tx attribute, as on CometBFT
     # one event must hold every attribute condition (CometBFT v0.38's indexer)
     assert _found(methods, f"transfer.sender='{A.address}' AND transfer.amount=3") == [a3]

@@ -333,12 +333,12 @@ def _where(
     test_args: list[Any] = []
     for c in conditions:
         column = keys.get(c.tag)
+        if column is not None and c.op == "EXISTS":
+            continue  # every tx has a height and a hash, every block a height
         if column == "hash":
             clauses.append("hash = ?")
             args.append(str(c.operand).upper())
         elif column is not None:
-            if c.op == "EXISTS":
-                continue
             clauses.append(f"{column} {_SQL_OPS[c.op]} ?")
             args.append(c.operand)
         else:
