@@ -6,7 +6,7 @@ Tests swap any of them with `app.dependency_overrides[get_x] = ...`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -19,7 +19,9 @@ from r3mes.backend.services.auth import Principal
 from r3mes.backend.settings import BackendSettings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # The dependencies are `async def` although they never await: FastAPI runs a plain
+    # `def` dependency in its thread pool, a thread hop per dependency per request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -27,7 +29,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> BackendSettings:
+async def get_settings(runtime: RuntimeDep) -> BackendSettings:
     return runtime.settings
 
 
@@ -43,7 +45,7 @@ async def get_read_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     """The peer address (the backend does not trust forwarding headers by default)."""
     return request.client.host if request.client else "unknown"
 
@@ -115,8 +117,8 @@ async def _session(runtime: Runtime, token: str) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def _scoped(scope: str) -> Callable[[Principal], Principal]:
-    def require(principal: PrincipalDep) -> Principal:
+def _scoped(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def require(principal: PrincipalDep) -> Principal:
         if scope not in principal.scopes:
             raise Forbidden(f"this credential lacks the {scope!r} scope")
         return principal
@@ -124,13 +126,13 @@ def _scoped(scope: str) -> Callable[[Principal], Principal]:
     return require
 
 
-def get_session_principal(principal: PrincipalDep) -> Principal:
+async def get_session_principal(principal: PrincipalDep) -> Principal:
     if "session" not in principal.scopes:
         raise Forbidden("log in with your wallet for this (API keys cannot manage keys)")
     return principal
 
 
-def get_admin(principal: PrincipalDep) -> Principal:
+async def get_admin(principal: PrincipalDep) -> Principal:
     if "session" not in principal.scopes or not principal.is_admin:
         raise Forbidden("admin only: log in with an address listed in the backend's admins")
     return principal

@@ -20,7 +20,7 @@ from r3mes.backend.services.gateway import UpstreamRefused
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
-def get_chat(runtime: RuntimeDep) -> ChatService:
+async def get_chat(runtime: RuntimeDep) -> ChatService:
     return chat_service(runtime)
 
 
