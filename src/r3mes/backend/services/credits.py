@@ -25,6 +25,11 @@ available >= n`: the database serialises racing writers on the row, so concurren
 never take an account below zero (and the CHECK constraint backs it). Each operation carries
 an idempotency key, unique per account (`scope`): a retry with the same body returns the
 first result; the same key with a different body raises Conflict.
+
+hold, capture and release are implemented synchronously on a `Connection` in
+`services/holds.py` (the paid chat path runs them as one job each through
+`Database.transact`, group-committed on SQLite); the functions here run them inside an
+`AsyncSession`'s transaction.
 """
 
 from __future__ import annotations
