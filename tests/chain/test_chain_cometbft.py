@@ -164,7 +164,7 @@ def test_one_down_goes_on_two_down_halts_restart_catches_up(net: CometbftNetwork
     assert net.wait_height(3, timeout_s=60)
     net.kill(3)
     h = max(net.height(i) for i in range(3))
-    assert net.wait_height(h + 3, nodes=[0, 1, 2], timeout_s=30), "3 of 4 must keep committing"
+    assert net.wait_height(h + 3, nodes=[0, 1, 2], timeout_s=120), "3 of 4 must keep committing"
     net.kill(2)
     time.sleep(1.0)  # let the block in flight land
     halted = max(net.height(i) for i in range(2))
@@ -194,7 +194,7 @@ def test_abci_app_sigkilled_at_random_points_is_restored_by_the_handshake(
                     sent.append(client.sign_and_broadcast(FUNDED[0], [msg], wait=False).hash)
                 time.sleep(rng.uniform(0.0, 0.6))  # a random point of the block cycle
                 net.kill_app(0)
-                deadline = time.monotonic() + 20  # CometBFT stops itself without its app
+                deadline = time.monotonic() + 60  # CometBFT stops itself without its app
                 while net.procs[0].cometbft and net.procs[0].cometbft.poll() is None:
                     assert time.monotonic() < deadline, "cometbft kept running without its app"
                     time.sleep(0.1)

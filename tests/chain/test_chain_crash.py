@@ -84,8 +84,9 @@ def test_sigkill_then_restart_keeps_committed_state(tmp_path: Path) -> None:
             status = client.status()
             last_height, last_app_hash = status.height, status.app_hash
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            if proc.poll() is None:  # it may have died already (then say why above)
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
             client.close()
     store = BlockStore(db_path(home))
     state = store.load_state()

@@ -34,7 +34,8 @@ class BackendProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.output: OutputWatcher | None = None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Run it; return once /health answers (a fresh interpreter on a busy box is slow)."""
         command = [
             sys.executable,
             "-m",
@@ -57,11 +58,12 @@ class BackendProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"backend exited {self.proc.returncode}:\n{self.output.text}")
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=10.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.stop()
         raise AssertionError(f"backend not healthy in {timeout_s} s:\n{self.output.text}")
 
     def kill(self) -> None:
