@@ -148,6 +148,12 @@ def test_role_messages_through_the_cli(devnet: tuple[Home, str], tmp_path: Path)
         str(folder),
         "--add",
     )
+    assert client.approved_artifacts("adapter") == []  # a proposal until a quorum checks it
+    pending = client.proposal(round_number)
+    assert pending is not None and pending.status == "pending"
+    assert pending.assigned == [ADDR["validator"]]
+    approved = ok(devnet, "attest-adapter", "--from", "validator", str(round_number), "1", "accept")
+    assert event(approved, "adapter_approved")["version"] == "1"
     adapter = client.approved_artifacts("adapter")[0]
     assert (adapter.version, adapter.cid, adapter.base_model_id) == (1, proposed["cid"], MODEL.id)
     assert proposed["stored"] == proposed["cid"]

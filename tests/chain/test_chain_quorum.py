@@ -341,12 +341,11 @@ def test_an_unbonded_validator_is_no_longer_assigned() -> None:
 
 
 def test_messages_not_enabled_yet_are_typed_rejections_not_crashes() -> None:
-    from r3mes.chain.msgs import AttestAdapter, DisputeCheckpoint, DisputeVerdict, OpenDispute
+    from r3mes.chain.msgs import DisputeCheckpoint, DisputeVerdict, OpenDispute
 
     h = network()
     v = VALIDATORS[0]
     for msg in (
-        AttestAdapter(creator=v.address, round=1, version=2, verdict="accept"),
         OpenDispute(
             creator=v.address,
             submission_id=1,
@@ -359,3 +358,97 @@ def test_messages_not_enabled_yet_are_typed_rejections_not_crashes() -> None:
     ):
         result = h.send(v, msg)
         assert result.code == Code.NOT_PERMITTED and "not enabled" in result.log
+
+
+# -- checked merges -----------------------------------------------------------------------
+
+PROPOSER = key(30)
+
+
+def proposal_network() -> tuple[Harness, int]:
+    """A network with a closed round holding one verified submission; returns it and the id."""
+    g = genesis()
+    g = Genesis(
+        chain_id=g.chain_id,
+        genesis_time_ms=g.genesis_time_ms,
+        params=g.params,
+        accounts=(*g.accounts, GenesisAccount(PROPOSER.address, 10_000)),
+        artifacts=g.artifacts,
+    )
+    h = Harness(g)
+    h.block()
+    register = RegisterNode(creator=PROPOSER.address, role="proposer", stake=100)
+    assert h.send(PROPOSER, register).code == 0
+    assert h.send(MINER, RegisterNode(creator=MINER.address, role="miner", stake=100)).code == 0
+    for v, stake in zip(VALIDATORS, STAKES, strict=True):
+        assert h.send(v, RegisterNode(creator=v.address, role="validator", stake=stake)).code == 0
+    sid = submit(h, MINER)
+    for address in h.state.submissions[sid].assigned[:2]:
+        assert attest(h, by_address()[address], sid, "accept") == 0
+    h.advance_to_height(h.state.rounds[h.state.current_round].close_height + 1)
+    return h, sid
+
+
+def propose(h: Harness, sid: int, sha: str = "33") -> int:
+    from r3mes.chain.msgs import ProposeAdapter
+
+    rnd = h.state.submissions[sid].round
+    msg = ProposeAdapter(
+        creator=PROPOSER.address,
+        round=rnd,
+        adapter_cid="bafyadapter" + sha,
+        sha256=sha * 32,
+        size=9,
+        version=1,
+        parent_version=0,
+        submission_ids=(sid,),
+    )
+    return h.send(PROPOSER, msg).code
+
+
+def vote(h: Harness, v: SigningKey, rnd: int, verdict: str) -> int:
+    from r3mes.chain.msgs import AttestAdapter
+
+    msg = AttestAdapter(creator=v.address, round=rnd, version=1, verdict=verdict)  # type: ignore[arg-type]
+    return h.send(v, msg).code
+
+
+def test_a_proposal_is_approved_only_at_quorum_of_its_assigned_validators() -> None:
+    h, sid = proposal_network()
+    rnd = h.state.submissions[sid].round
+    assert propose(h, sid) == 0
+    prop = h.state.proposals[rnd]
+    assert prop.status == "pending" and len(prop.assigned) == 3
+    assert "adapter" not in h.state.active and h.state.rounds[rnd].proposed_version == 0
+    outsider = next(v for v in VALIDATORS if v.address not in prop.assigned)
+    assert vote(h, outsider, rnd, "accept") == Code.NOT_PERMITTED
+    a, b, _ = (by_address()[x] for x in prop.assigned)
+    assert vote(h, a, rnd, "accept") == 0
+    assert vote(h, a, rnd, "accept") == Code.DUPLICATE
+    assert "adapter" not in h.state.active  # 1 of k=2
+    balance = h.balance(PROPOSER)
+    assert vote(h, b, rnd, "accept") == 0
+    assert h.state.proposals[rnd].status == "approved"
+    adapter = h.state.artifacts[h.state.active["adapter"]]
+    assert (adapter.spec.version, adapter.spec.sha256, adapter.status) == (1, "33" * 32, "approved")
+    assert h.state.rounds[rnd].proposed_version == 1
+    assert h.balance(PROPOSER) == balance + h.state.params.proposer_reward
+    assert propose(h, sid) == Code.DUPLICATE
+
+
+def test_a_lying_proposer_is_slashed_and_the_round_can_be_proposed_again() -> None:
+    h, sid = proposal_network()
+    rnd = h.state.submissions[sid].round
+    assert propose(h, sid, sha="44") == 0
+    assert propose(h, sid, sha="55") == Code.DUPLICATE  # one proposal under review at a time
+    a, b, _ = (by_address()[x] for x in h.state.proposals[rnd].assigned)
+    stake = h.state.nodes[f"proposer/{PROPOSER.address}"].stake
+    assert vote(h, a, rnd, "reject") == 0
+    assert vote(h, b, rnd, "reject") == 0
+    assert h.state.proposals[rnd].status == "rejected"
+    assert h.state.nodes[f"proposer/{PROPOSER.address}"].stake == stake - 40
+    assert h.state.accounts[PROPOSER.address].slashed == 40
+    assert "adapter" not in h.state.active
+    assert propose(h, sid, sha="33") == 0  # an honest re-proposal opens a fresh review
+    assert h.state.proposals[rnd].status == "pending"
+    assert h.state.proposals[rnd].attestations == ()

@@ -13,6 +13,7 @@ from r3mes.chain.msgs import (
     ApproveArtifact,
     ArtifactSpec,
     Attest,
+    AttestAdapter,
     Faucet,
     ProposeAdapter,
     RegisterArtifact,
@@ -116,6 +117,11 @@ def test_full_round_rewards_and_adapter_proposal() -> None:
     assert h.send(PROPOSER, bad).code == Code.INVALID  # rejected submission cannot be merged
     assert h.send(PROPOSER, propose).code == 0
     assert h.send(PROPOSER, propose).code == Code.DUPLICATE
+    assert "adapter" not in h.state.active  # a proposal until its validators check it
+    for v in (VAL1, VAL2):
+        vote = AttestAdapter(creator=v.address, round=1, version=1, verdict="accept")
+        assert h.send(v, vote).code == 0
+    assert h.state.proposals[1].status == "approved"
     h.advance_to_height(41)
     assert (
         h.state.rounds[3].adapter_version == 1 and h.state.rounds[3].adapter_cid == "bafyadapter1"

@@ -321,3 +321,78 @@ def test_a_validator_that_missed_earlier_work_replays_the_residual_from_the_ledg
         miner.on_stop()
         first_judge.on_stop()
         late_judge.on_stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_checked_merge_slashes_a_lying_proposer_and_approves_the_honest_version(
+    chain: tuple[Home, str],
+) -> None:
+    from r3mes.chain.msgs import ProposeAdapter, RegisterNode
+    from r3mes.node.launch import build_proposer
+
+    home, url = chain
+    miner = _miner(home, url, "miner-1")
+    validator = _validator(home, url, "validator-1")
+    proposer = build_proposer(_launch(home, url, "proposer-1"))
+    client = miner.client
+    for role in (miner, validator, proposer):
+        role.on_start()
+    try:
+
+        def verified_round() -> int:
+            for s in _subs_of(client, miner.address):
+                if s.status == "verified" and client.round(s.round).status == "closed":
+                    return s.round
+            return 0
+
+        step_until(lambda: verified_round() > 0, miner.step, validator.step, timeout=150, what="v")
+        number = verified_round()
+        sid = next(s.id for s in _subs_of(client, miner.address) if s.round == number)
+        # the proposer bonds stake, then its key proposes bytes that are not the merge
+        bond = RegisterNode(creator=proposer.address, role="proposer", stake=100)
+        client.sign_and_broadcast(proposer.key, [bond])
+        forged = b"not the merge of anything"
+        lie = ProposeAdapter(
+            creator=proposer.address,
+            round=number,
+            adapter_cid=compute_cid(forged, cid_version=1),
+            sha256=hashlib.sha256(forged).hexdigest(),
+            size=len(forged),
+            version=1 + max((a.version for a in client.approved_artifacts("adapter")), default=0),
+            parent_version=max(
+                (a.version for a in client.approved_artifacts("adapter")), default=0
+            ),
+            submission_ids=(sid,),
+        )
+        client.sign_and_broadcast(proposer.key, [lie])
+        pending = client.proposal(number)
+        assert pending is not None and pending.status == "pending"
+        assert pending.assigned == [validator.address]
+
+        def decided() -> bool:
+            prop = client.proposal(number)
+            return prop is not None and prop.status != "pending"
+
+        step_until(decided, validator.step, timeout=120, what="the validator's re-merge")
+        rejected = client.proposal(number)
+        assert rejected is not None and rejected.status == "rejected"
+        assert client.account(proposer.address).slashed == client.params().slash_amount
+        assert client.round(number).proposed_version == 0
+
+        # the honest proposer's version of the same round is re-merged and approved
+        def approved() -> bool:
+            return client.round(number).proposed_version > 0
+
+        step_until(approved, proposer.step, validator.step, timeout=150, what="approval")
+        honest = client.proposal(number)
+        assert honest is not None and honest.status == "approved"
+        record = max(client.approved_artifacts("adapter"), key=lambda a: a.version)
+        assert (record.version, record.cid, record.sha256) == (
+            honest.version,
+            honest.cid,
+            honest.sha256,
+        )
+    finally:
+        for role in (miner, validator, proposer):
+            role.on_stop()

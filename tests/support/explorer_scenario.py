@@ -26,6 +26,7 @@ from r3mes.chain.msgs import (
     ApproveArtifact,
     ArtifactSpec,
     Attest,
+    AttestAdapter,
     Faucet,
     ProposeAdapter,
     RegisterArtifact,
@@ -58,6 +59,7 @@ def start_devnet(home: Home, port: int, *, block_interval_s: float = 0.05) -> De
         genesis_time_ms=1_700_000_000_000,
         pow_difficulty=2,
         attestation_quorum=2,
+        validators_per_submission=3,
         round_length=40,
         shards_per_round=8,
         min_stake=10,
@@ -190,6 +192,14 @@ def _play_round(c: BlockchainClient, i: int) -> None:
                 )
             ],
         )
+        # checked merge: the validators the ledger assigned approve the proposal
+        proposal = c.proposal(rnd.number)
+        by_address = {v.address: v for v in (V1, V2, V3)}
+        for address in proposal.assigned if proposal else []:
+            vote = AttestAdapter(
+                creator=address, round=rnd.number, version=parent + 1, verdict="accept"
+            )
+            _send(c, by_address[address], [vote])
 
 
 # -- comparison ----------------------------------------------------------------------------

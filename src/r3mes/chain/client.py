@@ -30,6 +30,7 @@ from r3mes.chain.client_types import (
     ChainStatus,
     LeaderboardEntry,
     NodeInfo,
+    ProposalInfo,
     RoundInfo,
     SubmissionInfo,
     from_json,
@@ -250,6 +251,14 @@ class BlockchainClient:
     def submissions(self, round_number: int | None = None) -> list[SubmissionInfo]:
         docs = self._get_list("submissions", f"{PREFIX}/submissions", {"round": round_number})
         return [from_json(SubmissionInfo, d) for d in docs]
+
+    def proposal(self, round_number: int) -> ProposalInfo | None:
+        """The adapter version proposed for a round (None: none was)."""
+        try:
+            doc = self._get_field("proposal", f"{PREFIX}/proposals/{int(round_number)}")
+        except NotFound:
+            return None
+        return from_json(ProposalInfo, doc)
 
     def stake(self, address: str) -> dict[str, Any]:
         """Bonded stake per role and unbonding entries of `address` (JSON as the ledger

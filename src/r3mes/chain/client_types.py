@@ -94,6 +94,23 @@ class SubmissionInfo:
 
 
 @dataclass(frozen=True)
+class ProposalInfo:
+    """A proposed adapter version under review (checked merge)."""
+
+    round: int
+    proposer: str
+    version: int
+    cid: str
+    sha256: str
+    parent_version: int
+    submission_ids: list[int]
+    height: int
+    assigned: list[str]
+    attestations: list[dict[str, Any]]
+    status: str
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     address: str
     role: str

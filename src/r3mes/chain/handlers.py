@@ -38,6 +38,7 @@ from r3mes.chain.state import (
     ArtifactRecord,
     Attestation,
     Node,
+    Proposal,
     State,
     Submission,
     Unbonding,
@@ -261,12 +262,18 @@ def close_attestations(state: WorkingState, round_number: int) -> list[Event]:
 
 
 def propose_adapter(state: WorkingState, msg: ProposeAdapter, ctx: BlockContext) -> list[Event]:
+    """Open a proposal for the next adapter version: it is approved only when a quorum of
+    the validators assigned to it agree the stored bytes are the deterministic merge of the
+    listed verified updates (`attest_adapter`)."""
     _require_node(state, "proposer", msg.creator)
     rnd = state.rounds.get(msg.round)
     if rnd is None or rnd.status != "closed":
         raise invalid(Code.WRONG_ROUND, f"round {msg.round} is not closed yet")
     if rnd.proposed_version:
         raise invalid(Code.DUPLICATE, f"round {msg.round} already produced an adapter")
+    pending = state.proposals.get(msg.round)
+    if pending is not None and pending.status == "pending":
+        raise invalid(Code.DUPLICATE, f"round {msg.round} has a proposal under review")
     current = state.artifacts.get(state.active.get("adapter", ""))
     current_version = current.spec.version if current else 0
     if msg.parent_version != current_version:
@@ -290,13 +297,83 @@ def propose_adapter(state: WorkingState, msg: ProposeAdapter, ctx: BlockContext)
         target_modules=current.spec.target_modules if current else (),
         rank=current.spec.rank if current else 0,
     )
-    record = ArtifactRecord(spec, "approved", msg.creator, ctx.height, approved_height=ctx.height)
+    assigned = assign_validators(
+        state, rnd.seed, msg.round, exclude=msg.creator, kind=f"adapter-{ctx.height}"
+    )
+    state.proposals[msg.round] = Proposal(
+        round=msg.round,
+        proposer=msg.creator,
+        spec=spec,
+        parent_version=msg.parent_version,
+        submission_ids=tuple(msg.submission_ids),
+        height=ctx.height,
+        assigned=assigned,
+    )
+    return [
+        event(
+            "adapter_proposed",
+            round=msg.round,
+            version=msg.version,
+            cid=msg.adapter_cid,
+            validators=",".join(assigned),
+        )
+    ]
+
+
+def attest_adapter(state: WorkingState, msg: AttestAdapter, ctx: BlockContext) -> list[Event]:
+    """An assigned validator's verdict on a proposal; k matching verdicts decide it."""
+    _require_node(state, "validator", msg.creator)
+    prop = state.proposals.get(msg.round)
+    if prop is None or prop.spec.version != msg.version:
+        raise invalid(Code.UNKNOWN, f"no proposal of version {msg.version} for round {msg.round}")
+    if prop.status != "pending":
+        raise invalid(Code.DUPLICATE, f"the proposal for round {msg.round} is {prop.status}")
+    if msg.creator not in prop.assigned:
+        raise invalid(
+            Code.NOT_PERMITTED, f"{msg.creator} is not assigned to round {msg.round}'s proposal"
+        )
+    if any(a.validator == msg.creator for a in prop.attestations):
+        raise invalid(Code.DUPLICATE, f"{msg.creator} already attested this proposal")
+    prop = replace(
+        prop,
+        attestations=(*prop.attestations, Attestation(msg.creator, msg.verdict, 0, ctx.height)),
+    )
+    events = [event("attest_adapter", round=msg.round, validator=msg.creator, verdict=msg.verdict)]
+    p = state.params
+    votes = [a for a in prop.attestations if a.verdict == msg.verdict]
+    if len(votes) < p.attestation_quorum:
+        state.proposals[msg.round] = prop
+        return events
+    for vote in votes:
+        ledger.mint_reward(state, vote.validator, p.validator_reward, p.reputation_gain_validator)
+    if msg.verdict == "reject":
+        burned = ledger.burn_stake(state, node_key("proposer", prop.proposer), p.slash_amount)
+        acc = ledger.account(state, prop.proposer)
+        state.accounts[prop.proposer] = replace(
+            acc,
+            reputation=max(0, acc.reputation - p.reputation_penalty),
+            slashed=acc.slashed + burned,
+        )
+        state.proposals[msg.round] = replace(prop, status="rejected")
+        events.append(
+            event("adapter_rejected", round=msg.round, proposer=prop.proposer, burned=burned)
+        )
+        return events
+    current = state.artifacts.get(state.active.get("adapter", ""))
+    if (current.spec.version if current else 0) != prop.parent_version:
+        state.proposals[msg.round] = replace(prop, status="stale")
+        events.append(event("adapter_stale", round=msg.round, version=prop.spec.version))
+        return events
+    record = ArtifactRecord(prop.spec, "approved", prop.proposer, ctx.height, ctx.height)
     state.artifacts[record.key] = record
     state.active["adapter"] = record.key
-    state.rounds[msg.round] = replace(rnd, proposed_version=msg.version)
-    p = state.params
-    ledger.mint_reward(state, msg.creator, p.proposer_reward, p.reputation_gain_proposer)
-    return [event("adapter_approved", round=msg.round, version=msg.version, cid=msg.adapter_cid)]
+    state.rounds[msg.round] = replace(state.rounds[msg.round], proposed_version=prop.spec.version)
+    state.proposals[msg.round] = replace(prop, status="approved")
+    ledger.mint_reward(state, prop.proposer, p.proposer_reward, p.reputation_gain_proposer)
+    events.append(
+        event("adapter_approved", round=msg.round, version=prop.spec.version, cid=prop.spec.cid)
+    )
+    return events
 
 
 def register_artifact(state: WorkingState, msg: RegisterArtifact, ctx: BlockContext) -> list[Event]:
@@ -368,7 +445,7 @@ def withdraw(state: WorkingState, msg: Withdraw, ctx: BlockContext) -> list[Even
 
 
 def not_enabled(state: WorkingState, msg: Msg, ctx: BlockContext) -> list[Event]:
-    """Messages this ledger decodes but does not take yet (checked merges, disputes)."""
+    """Messages this ledger decodes but does not take yet (disputes)."""
     raise invalid(Code.NOT_PERMITTED, f"{type(msg).__name__} is not enabled on this ledger yet")
 
 
@@ -403,7 +480,7 @@ HANDLERS: dict[type[Any], Callable[[WorkingState, Any, BlockContext], list[Event
     Faucet: faucet,
     Unbond: unbond,
     Withdraw: withdraw,
-    AttestAdapter: not_enabled,
+    AttestAdapter: attest_adapter,
     OpenDispute: not_enabled,
     DisputeCheckpoint: not_enabled,
     DisputeVerdict: not_enabled,

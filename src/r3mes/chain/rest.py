@@ -84,6 +84,10 @@ def rest_router() -> APIRouter:
     def account(state: StateDep, address: str) -> dict[str, Any]:
         return {"account": views.account_json(state, address)}
 
+    @router.get("/proposals/{round_number}")
+    def proposal(state: StateDep, round_number: int) -> dict[str, Any]:
+        return {"proposal": views.proposal_json(state, round_number)}
+
     @router.get("/stake/{address}")
     def stake(state: StateDep, address: str) -> dict[str, Any]:
         return {"stake": views.stake_json(state, address)}

@@ -24,6 +24,7 @@ from r3mes.chain.genesis import Genesis, Params
 from r3mes.chain.msgs import ArtifactSpec
 from r3mes.chain.vocab import (
     ArtifactStatus,
+    ProposalStatus,
     Role,
     RoundStatus,
     SubmissionStatus,
@@ -31,7 +32,16 @@ from r3mes.chain.vocab import (
 )
 
 STATE_VERSION = 3
-MAPS = ("accounts", "nodes", "rounds", "submissions", "artifacts", "active", "unbonding")
+MAPS = (
+    "accounts",
+    "nodes",
+    "rounds",
+    "submissions",
+    "artifacts",
+    "active",
+    "unbonding",
+    "proposals",
+)
 SCALARS = (
     "chain_id",
     "height",
@@ -152,6 +162,22 @@ class Unbonding:
 
 
 @dataclass(frozen=True)
+class Proposal:
+    """A proposed adapter version, approved only when a quorum of the validators assigned
+    to it re-merged the listed updates and found the proposer's bytes (checked merge)."""
+
+    round: int
+    proposer: str
+    spec: ArtifactSpec
+    parent_version: int
+    submission_ids: tuple[int, ...]
+    height: int
+    assigned: tuple[str, ...] = ()
+    attestations: tuple[Attestation, ...] = ()
+    status: ProposalStatus = "pending"
+
+
+@dataclass(frozen=True)
 class ArtifactRecord:
     spec: ArtifactSpec
     status: ArtifactStatus
@@ -207,6 +233,8 @@ class State:
     """kind -> artifact key of the artifact rounds currently use."""
     unbonding: Mapping[str, Unbonding] = field(default_factory=dict)
     """address -> its unbonding stake."""
+    proposals: Mapping[int, Proposal] = field(default_factory=dict)
+    """round -> the adapter version proposed for it (the latest proposal)."""
     _tree: Tree | _Unbuilt = field(default=_UNBUILT, init=False, repr=False, compare=False)
     """The commitment over `entries()`; built on first use (a cache), or by `seal`."""
     _delta: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
@@ -279,6 +307,7 @@ class WorkingState:
     artifacts: ChainMap[str, ArtifactRecord]
     active: ChainMap[str, str]
     unbonding: ChainMap[str, Unbonding]
+    proposals: ChainMap[int, Proposal]
 
     @property
     def current_round(self) -> int:
@@ -379,6 +408,18 @@ _DECODERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
     ),
     "artifacts": (str, lambda d: ArtifactRecord(**{**d, "spec": _spec(d["spec"])})),
     "active": (str, str),
+    "proposals": (
+        int,
+        lambda d: Proposal(
+            **{
+                **d,
+                "spec": _spec(d["spec"]),
+                "submission_ids": tuple(d["submission_ids"]),
+                "assigned": tuple(d["assigned"]),
+                "attestations": tuple(Attestation(**a) for a in d["attestations"]),
+            }
+        ),
+    ),
     "unbonding": (
         str,
         lambda d: Unbonding(

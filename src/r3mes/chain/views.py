@@ -173,3 +173,15 @@ def stake_json(state: State, address: str) -> dict[str, Any]:
         "unbonding": [asdict(e) for e in entries],
         "total": sum(n.stake for n in nodes) + sum(e.amount for e in entries),
     }
+
+
+def proposal_json(state: State, round_number: int) -> dict[str, Any]:
+    """The adapter version proposed for round `round_number` and its validators' verdicts."""
+    prop = state.proposals.get(round_number)
+    if prop is None:
+        raise QueryError(f"no proposal for round {round_number}", status=404)
+    doc = asdict(prop)
+    doc["version"] = prop.spec.version
+    doc["cid"] = prop.spec.cid
+    doc["sha256"] = prop.spec.sha256
+    return doc

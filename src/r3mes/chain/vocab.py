@@ -19,6 +19,9 @@ RoundStatus = Literal["open", "closed"]
 """A round takes submissions while open; it closes when the next round opens."""
 SubmissionStatus = Literal["pending", "verified", "rejected"]
 """Pending until a quorum of validators agrees on one verdict."""
+ProposalStatus = Literal["pending", "approved", "rejected", "stale"]
+"""A proposed adapter version waits for its validators' quorum; "stale": another version
+became current first."""
 ArtifactStatus = Literal["pending", "approved"]
 """Registered artifacts wait for the genesis authority's approval."""
 

@@ -171,6 +171,30 @@ def tx_transfer(
     print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
 
 
+@tx_app.command("attest-adapter")
+def tx_attest_adapter(
+    sender: FromOpt,
+    passphrase: PassOpt,
+    round_number: Annotated[int, typer.Argument(min=1, help="Round the version was proposed for.")],
+    version: Annotated[int, typer.Argument(min=1, help="Proposed adapter version.")],
+    verdict: Annotated[str, typer.Argument(callback=_choice(*VERDICTS), help="accept or reject.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Attest a proposed adapter version as an assigned validator (checked merge)."""
+    from r3mes.chain.msgs import AttestAdapter
+
+    def build(client: BlockchainClient, address: str) -> AttestAdapter:
+        return AttestAdapter(
+            creator=address,
+            round=round_number,
+            version=version,
+            verdict=one_of(verdict, VERDICTS, "VERDICT"),
+        )
+
+    print_json(_send(node=node, home=home, sender=sender, passphrase=passphrase, build=build))
+
+
 @tx_app.command("unbond")
 def tx_unbond(
     sender: FromOpt,

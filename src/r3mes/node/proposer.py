@@ -3,9 +3,10 @@
 For every closed round without an adapter, once its submissions are settled (or one more
 round has passed), the proposer merges the verified updates into the adapter in force
 (`r3mes.work.aggregate`), packages the result as a PEFT bundle, stores it, and sends
-`ProposeAdapter`; the ledger approves it into the registry at once. A failed proposal
-unpins what it stored. Each version's held-out loss (and the base model's) is measured and
-published on `/stats`.
+`ProposeAdapter`, which opens a proposal: the version is approved into the registry only
+when a quorum of assigned validators re-merged the same bytes (`r3mes.node.merge_check`);
+a rejected one can be proposed again. A failed proposal unpins what it stored. Each
+version's held-out loss (and the base model's) is measured and published on `/stats`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from r3mes.node.errors import NetworkError, NodeError, classify
+from r3mes.node.errors import classify
 from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
-from r3mes.work.profile import derive_task
-from r3mes.work.versions import AdapterInfo, merge_updates, package_adapter, start_adapter
 
 if TYPE_CHECKING:
     from r3mes.chain.artifact_record import ArtifactRecord
@@ -110,6 +109,9 @@ class Proposer(LedgerRole):
             rnd = self.client.round(number)
             if rnd.status != "closed" or rnd.proposed_version:
                 continue
+            review = self.client.proposal(number)
+            if review is not None and review.status == "pending":
+                continue  # its validators are re-merging it (checked merge)
             subs = self.client.submissions(number)
             verified = [s for s in subs if s.status == "verified"]
             unsettled = any(s.status == "pending" for s in subs)
@@ -128,26 +130,25 @@ class Proposer(LedgerRole):
     def propose(self, rnd: RoundInfo, verified: list[SubmissionInfo]) -> dict[str, Any]:
         """Merge `verified` updates of `rnd` into the next version and propose it."""
         from r3mes.chain.msgs import ProposeAdapter
+        from r3mes.node.merge_check import build_version
 
         active = self._active_adapter()
         parent = active.version if active else 0
-        task = self._reference_task(rnd, verified[0])
-        model = self.artifacts.model(task.base_model_cid)
-        loaded = self.artifacts.adapter(active.cid)[0] if active else None
-        base_state = start_adapter(task, loaded, model)
-        updates = [self._fetch(s) for s in sorted(verified, key=lambda s: s.id)]
-        merged = merge_updates(base_state, updates)
-        info = AdapterInfo(
-            version=parent + 1,
+        built = build_version(
+            rnd=rnd,
+            verified=verified,
             parent_version=parent,
-            round=rnd.number,
-            base_model_cid=task.base_model_cid,
-            submission_ids=tuple(s.id for s in verified),
-            update_digests=tuple(s.digest for s in verified),
+            parent_cid=active.cid if active else None,
+            artifacts=self.artifacts,
+            store=self.store,
+            profile=self.settings.profile,
         )
-        h = self.settings.profile.hyper
-        bundle = package_adapter(
-            merged, lora_r=h.rank, lora_alpha=h.alpha, targets=h.target_modules, info=info
+        bundle, task, model, merged, info = (
+            built.bundle,
+            built.task,
+            built.model,
+            built.merged,
+            built.info,
         )
         cid = self.store.add_bytes(bundle, pin=True)
         msg = ProposeAdapter(
@@ -179,28 +180,6 @@ class Proposer(LedgerRole):
             self._loss.set(entry["heldout_loss"])
         logger.info("proposed adapter v%d for round %d", parent + 1, rnd.number, extra=entry)
         return entry
-
-    def _reference_task(self, rnd: RoundInfo, sub: SubmissionInfo) -> Task:
-        return derive_task(
-            round_number=rnd.number,
-            seed_hex=rnd.seed,
-            miner=sub.miner,
-            shard=sub.shard,
-            n_shards=rnd.shards_per_round,
-            base_model_cid=rnd.base_model_cid,
-            dataset_cid=rnd.dataset_cid,
-            adapter_cid=rnd.adapter_cid,
-            profile=self.settings.profile,
-        )
-
-    def _fetch(self, sub: SubmissionInfo) -> bytes:
-        try:
-            data = self.store.get_bytes(sub.cid, max_size=MAX_UPDATE_BYTES)
-        except Exception as exc:
-            raise NetworkError(f"cannot fetch verified update {sub.cid}: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != sub.digest:
-            raise NodeError(f"update {sub.cid} does not match its digest {sub.digest}")
-        return data
 
     def _unpin(self, cid: str) -> None:
         try:

@@ -262,7 +262,47 @@ class Validator(LedgerRole):
             if self.stop_event.is_set():
                 break
             self._judge_one(sub)
-        return bool(due)
+        checked = self._check_proposals(first, current)
+        return bool(due) or checked
+
+    def _check_proposals(self, first: int, current: int) -> bool:
+        """Re-merge every pending adapter proposal assigned to this validator and attest
+        whether the proposer's bytes are that merge (checked merges); True if any was."""
+        from r3mes.chain.msgs import AttestAdapter
+        from r3mes.node.merge_check import rebuild_proposal
+
+        done = False
+        for number in range(first, current):
+            if self.stop_event.is_set():
+                break
+            prop = self.client.proposal(number)
+            if prop is None or prop.status != "pending" or self.address not in prop.assigned:
+                continue
+            if any(a.get("validator") == self.address for a in prop.attestations):
+                continue
+            key = -number  # proposals back off beside submissions, keyed apart from them
+            if self._backoff.get(key, _Backoff()).next_at > time.monotonic():
+                continue
+            try:
+                accepted, reason = rebuild_proposal(
+                    prop,
+                    client=self.client,
+                    artifacts=self.artifacts,
+                    store=self.store,
+                    profile=self.settings.profile,
+                )
+                verdict: Literal["accept", "reject"] = "accept" if accepted else "reject"
+                msg = AttestAdapter(
+                    creator=self.address, round=number, version=prop.version, verdict=verdict
+                )
+                self.client.sign_and_broadcast(self.key, [msg])
+            except Exception as exc:  # this proposal only; retried after a backoff
+                self._failed(key, classify(exc))
+                continue
+            self._backoff.pop(key, None)
+            logger.info("adapter proposal of round %d: %s (%s)", number, verdict, reason)
+            done = True
+        return done
 
     def _judge_one(self, sub: SubmissionInfo) -> None:
         """Judge `sub`; a failure backs off this submission alone."""
