@@ -242,6 +242,8 @@ def test_explorer_equals_the_ledger_after_r3mes_up_with_a_cheating_miner(
             "tiny",
             "--chain-port",
             str(chain_port),
+            "--backend-port",  # its own backend: on a free port, not the default 8080
+            "0",
             "--round-blocks",
             "10",
             "--block-interval",
