@@ -64,6 +64,6 @@ def _no_thread_outlives_its_module(request: pytest.FixtureRequest) -> Iterator[N
 def _describe(thread: threading.Thread) -> str:
     origin = _started_by.get(thread, "a module-scoped fixture")
     frame = sys._current_frames().get(thread.ident or -1)
-    stack = "".join(traceback.format_stack(frame, limit=8)) if frame is not None else ""
+    stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
     kind = "daemon" if thread.daemon else "non-daemon"
     return f"- {thread.name} ({kind}), started by {origin}; now at:\n{stack}"
