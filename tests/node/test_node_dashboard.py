@@ -56,5 +56,5 @@ def test_supervisor_stops_children_last_first(tmp_path: Path) -> None:
     while not all((tmp_path / f"{name}.ready").exists() for name in ("first", "second")):
         assert time.monotonic() < deadline and supervisor.exited() == []
         time.sleep(0.05)
-    assert supervisor.stop_all(timeout=10) == {"second": 0, "first": 0}
+    assert supervisor.stop_all(timeout=60) == {"second": 0, "first": 0}
     assert marker.read_text().split() == ["second", "first"]
