@@ -340,26 +340,6 @@ def test_an_unbonded_validator_is_no_longer_assigned() -> None:
     assert len(h.state.submissions[sid].assigned) == 3
 
 
-def test_messages_not_enabled_yet_are_typed_rejections_not_crashes() -> None:
-    from r3mes.chain.msgs import DisputeCheckpoint, DisputeVerdict, OpenDispute
-
-    h = network()
-    v = VALIDATORS[0]
-    for msg in (
-        OpenDispute(
-            creator=v.address,
-            submission_id=1,
-            steps=8,
-            start_digest="aa" * 32,
-            final_digest="bb" * 32,
-        ),
-        DisputeCheckpoint(creator=v.address, dispute_id=1, step=4, digest="cc" * 32),
-        DisputeVerdict(creator=v.address, dispute_id=1, digest="dd" * 32),
-    ):
-        result = h.send(v, msg)
-        assert result.code == Code.NOT_PERMITTED and "not enabled" in result.log
-
-
 # -- checked merges -----------------------------------------------------------------------
 
 PROPOSER = key(30)

@@ -66,6 +66,7 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
         (["--chain-port", "70000"], "--chain-port must be in [0, 65535], got 70000"),
         (["--ipfs-url", "notaurl"], "--ipfs-url must be an http(s) URL"),
         (["--ipfs-url", "http://h:99999"], "--ipfs-url 'http://h:99999' is not a valid URL"),
+        (["--verifiers", "2", "--quorum", "3"], "--quorum must be in [1, --verifiers]"),
     ],
 )
 def test_up_rejects_bad_flags_before_starting_anything(

@@ -51,6 +51,8 @@ class Params:
     lose `validator_penalty_reputation`."""
     validator_penalty_reputation: int = 10
     """Reputation an assigned validator loses for a verdict against the settled one or none."""
+    dispute_step_blocks: int = 20
+    """Blocks a dispute party (or its referees' checkpoint poster) has for each move."""
     unbonding_blocks: int = 100
     """Blocks between `Unbond` and the earliest `Withdraw`; the stake stays slashable."""
     spot_check_ppm: int = 100_000

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from r3mes.chain import ledger
+from r3mes.chain import disputes, ledger
 from r3mes.chain.assign import assignment_seed, draw
 from r3mes.chain.codes import Code
 from r3mes.chain.genesis import Params
@@ -444,11 +444,6 @@ def withdraw(state: WorkingState, msg: Withdraw, ctx: BlockContext) -> list[Even
     return [event("withdraw", address=msg.creator, amount=amount)]
 
 
-def not_enabled(state: WorkingState, msg: Msg, ctx: BlockContext) -> list[Event]:
-    """Messages this ledger decodes but does not take yet (disputes)."""
-    raise invalid(Code.NOT_PERMITTED, f"{type(msg).__name__} is not enabled on this ledger yet")
-
-
 def transfer(state: WorkingState, msg: TransferCredits, ctx: BlockContext) -> list[Event]:
     ledger.debit(state, msg.creator, msg.amount)
     ledger.credit(state, msg.to, msg.amount)
@@ -481,9 +476,9 @@ HANDLERS: dict[type[Any], Callable[[WorkingState, Any, BlockContext], list[Event
     Unbond: unbond,
     Withdraw: withdraw,
     AttestAdapter: attest_adapter,
-    OpenDispute: not_enabled,
-    DisputeCheckpoint: not_enabled,
-    DisputeVerdict: not_enabled,
+    OpenDispute: disputes.open_dispute,
+    DisputeCheckpoint: disputes.dispute_checkpoint,
+    DisputeVerdict: disputes.dispute_verdict,
 }
 
 

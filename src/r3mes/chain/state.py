@@ -24,6 +24,7 @@ from r3mes.chain.genesis import Genesis, Params
 from r3mes.chain.msgs import ArtifactSpec
 from r3mes.chain.vocab import (
     ArtifactStatus,
+    DisputeStatus,
     ProposalStatus,
     Role,
     RoundStatus,
@@ -41,6 +42,7 @@ MAPS = (
     "active",
     "unbonding",
     "proposals",
+    "disputes",
 )
 SCALARS = (
     "chain_id",
@@ -52,6 +54,7 @@ SCALARS = (
     "burned",
     "next_account_number",
     "next_submission_id",
+    "open_disputes",
 )
 META_KEY = "meta"
 TIERS = ((1000, "diamond"), (500, "platinum"), (200, "gold"), (50, "silver"))
@@ -178,6 +181,40 @@ class Proposal:
 
 
 @dataclass(frozen=True)
+class Dispute:
+    """A bisection over one submission's training steps (see r3mes.chain.disputes)."""
+
+    submission_id: int
+    claimant: str
+    """Says the work is right (the miner, or an accepting validator)."""
+    respondent: str
+    steps: int
+    lo: int
+    """Both sides agree on the state after `lo` steps (digest `lo_digest`)."""
+    hi: int
+    """They differ after `hi` steps (`claimant_hi` vs `respondent_hi`)."""
+    lo_digest: str
+    claimant_hi: str
+    respondent_hi: str
+    query: int
+    """The step whose digests the parties post next (`steps`: the final ones)."""
+    deadline_height: int
+    opened_height: int
+    claimant_mid: str = ""
+    respondent_mid: str = ""
+    rounds: int = 0
+    """Halvings so far: at most ceil(log2(steps))."""
+    status: DisputeStatus = "bisecting"
+    referees: tuple[str, ...] = ()
+    lo_cid: str = ""
+    """CID of the agreed checkpoint at `lo` the referees start from."""
+    votes: tuple[tuple[str, str], ...] = ()
+    """(referee, digest after the one step)."""
+    winner: str = ""
+    """"claimant", "respondent", "neither" (referees matched no side) or "none"."""
+
+
+@dataclass(frozen=True)
 class ArtifactRecord:
     spec: ArtifactSpec
     status: ArtifactStatus
@@ -224,6 +261,8 @@ class State:
     burned: int = 0
     next_account_number: int = 1
     next_submission_id: int = 1
+    open_disputes: tuple[int, ...] = ()
+    """Ids of the disputes not resolved yet (the end-block deadline sweep reads only these)."""
     accounts: Mapping[str, Account] = field(default_factory=dict)
     nodes: Mapping[str, Node] = field(default_factory=dict)
     rounds: Mapping[int, Round] = field(default_factory=dict)
@@ -235,6 +274,8 @@ class State:
     """address -> its unbonding stake."""
     proposals: Mapping[int, Proposal] = field(default_factory=dict)
     """round -> the adapter version proposed for it (the latest proposal)."""
+    disputes: Mapping[int, Dispute] = field(default_factory=dict)
+    """submission id -> the dispute over it."""
     _tree: Tree | _Unbuilt = field(default=_UNBUILT, init=False, repr=False, compare=False)
     """The commitment over `entries()`; built on first use (a cache), or by `seal`."""
     _delta: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
@@ -300,6 +341,7 @@ class WorkingState:
     burned: int
     next_account_number: int
     next_submission_id: int
+    open_disputes: tuple[int, ...]
     accounts: ChainMap[str, Account]
     nodes: ChainMap[str, Node]
     rounds: ChainMap[int, Round]
@@ -308,6 +350,7 @@ class WorkingState:
     active: ChainMap[str, str]
     unbonding: ChainMap[str, Unbonding]
     proposals: ChainMap[int, Proposal]
+    disputes: ChainMap[int, Dispute]
 
     @property
     def current_round(self) -> int:
@@ -420,6 +463,16 @@ _DECODERS: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
             }
         ),
     ),
+    "disputes": (
+        int,
+        lambda d: Dispute(
+            **{
+                **d,
+                "referees": tuple(d["referees"]),
+                "votes": tuple((a, b) for a, b in d["votes"]),
+            }
+        ),
+    ),
     "unbonding": (
         str,
         lambda d: Unbonding(
@@ -452,6 +505,7 @@ def state_from_entries(entries: Iterable[tuple[str, bytes]]) -> State:
         if meta.get("version") != STATE_VERSION:
             raise StoreError(f"stored state version {meta.get('version')} is not {STATE_VERSION}")
         scalars = {name: meta[name] for name in SCALARS}
+        scalars["open_disputes"] = tuple(scalars["open_disputes"])
         state = State(**scalars, params=Params(**meta["params"]), **maps)
     except StoreError:
         raise

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from r3mes.chain.codes import Code
+from r3mes.chain.disputes import expire_disputes
 from r3mes.chain.errors import BlockInvalid, TxDecodeError, TxInvalid
 from r3mes.chain.handlers import admit, close_attestations, handle
 from r3mes.chain.ledger import BlockContext, Event, account, event, invalid
@@ -247,8 +248,9 @@ def begin_block(state: WorkingState, ctx: BlockContext, last_block_hash: str) ->
 
 
 def end_block(state: WorkingState, ctx: BlockContext) -> list[Event]:
-    """Drop serving nodes whose last heartbeat is older than the configured age."""
-    events = []
+    """Drop serving nodes whose last heartbeat is older than the configured age; decide
+    disputes whose current move missed its deadline."""
+    events = expire_disputes(state, ctx)
     limit = state.params.serving_stale_after_ms
     for key in sorted(k for k in state.nodes if k.startswith("serving/")):
         node = state.nodes[key]

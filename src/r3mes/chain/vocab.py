@@ -22,6 +22,7 @@ SubmissionStatus = Literal["pending", "verified", "rejected"]
 ProposalStatus = Literal["pending", "approved", "rejected", "stale"]
 """A proposed adapter version waits for its validators' quorum; "stale": another version
 became current first."""
+DisputeStatus = Literal["bisecting", "refereeing", "resolved"]
 ArtifactStatus = Literal["pending", "approved"]
 """Registered artifacts wait for the genesis authority's approval."""
 

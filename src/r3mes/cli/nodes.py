@@ -460,6 +460,24 @@ def up(
         ),
     ] = "devnet",
     validators: Annotated[int, typer.Option(min=1, max=16, help="CometBFT validators.")] = 4,
+    verifiers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Validator role processes judging work; the ledger assigns each submission "
+            "and each proposed adapter to all of them (n).",
+        ),
+    ] = 1,
+    quorum: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Matching verdicts that settle a submission or approve an "
+            "adapter version (k <= --verifiers).",
+        ),
+    ] = 1,
     home: HomeOpt = None,
 ) -> None:
     """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
@@ -488,6 +506,8 @@ def up(
         backend=not no_backend,
         base_model=base_model,
         ipfs_url=ipfs_url or None,
+        validators=verifiers,
+        quorum=quorum,
     )
     kubo_binary = None
     if storage not in ("local", "kubo"):

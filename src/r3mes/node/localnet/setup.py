@@ -61,9 +61,7 @@ class NetworkSpec:
     """Rounds after a submission's own during which its assigned validators may attest."""
     profile: WorkProfile = field(
         default_factory=lambda: WorkProfile(
-            hyper=HyperParams(
-                lr="0.005", steps=4, batch_size=4, seq_len=64, **DEFAULT_COMPRESSION
-            ),
+            hyper=HyperParams(lr="0.005", steps=4, batch_size=4, seq_len=64, **DEFAULT_COMPRESSION),
             eval_chunks=16,
         )
     )

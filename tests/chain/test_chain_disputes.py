@@ -1,0 +1,162 @@
+"""Disputes by bisection on the ledger (issue 17 item 3): an honest miner against a lying
+validator and the reverse end with the liar slashed after ceil(log2(steps)) message
+rounds; a party that stops answering loses at its deadline; bad moves are typed refusals."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from chain.chain_harness import Harness
+from chain.test_chain_quorum import MINER, VALIDATORS, attest, by_address, network, submit
+
+from r3mes.chain.codes import Code
+from r3mes.chain.crypto import SigningKey
+from r3mes.chain.msgs import DisputeCheckpoint, DisputeVerdict, OpenDispute
+from r3mes.chain.state import state_from_entries
+from r3mes.spec.bisection import max_rounds
+
+STEPS = 8
+
+
+def digests(tag: str, *, diverge_at: int = STEPS + 1) -> list[str]:
+    """Step digests 0..STEPS: the honest chain, or one that leaves it at `diverge_at`."""
+    return [
+        hashlib.sha256(f"{'honest' if i < diverge_at else tag}:{i}".encode()).hexdigest()
+        for i in range(STEPS + 1)
+    ]
+
+
+HONEST = digests("honest")
+LIAR = digests("liar", diverge_at=5)
+
+
+def rejected_submission(h: Harness) -> tuple[int, SigningKey]:
+    sid = submit(h, MINER)
+    (judge,) = h.state.submissions[sid].assigned
+    validator = by_address()[judge]
+    assert attest(h, validator, sid, "reject") == 0
+    assert h.state.submissions[sid].status == "rejected"
+    return sid, validator
+
+
+def play(h: Harness, sid: int, parties: dict[str, tuple[SigningKey, list[str]]]) -> None:
+    """Both parties answer every query with their own digest lists until it is narrowed."""
+    while h.state.disputes[sid].status == "bisecting":
+        d = h.state.disputes[sid]
+        for side in ("claimant", "respondent"):
+            signer, chain = parties[side]
+            posted = {
+                "claimant": d.claimant_hi if d.query == STEPS else d.claimant_mid,
+                "respondent": d.respondent_hi if d.query == STEPS else d.respondent_mid,
+            }[side]
+            if posted or h.state.disputes[sid].status != "bisecting":
+                continue
+            msg = DisputeCheckpoint(
+                creator=signer.address, dispute_id=sid, step=d.query, digest=chain[d.query]
+            )
+            assert h.send(signer, msg).code == 0
+
+
+def referee(h: Harness, sid: int, digest: str) -> list[int]:
+    return [
+        h.send(by_address()[r], DisputeVerdict(creator=r, dispute_id=sid, digest=digest)).code
+        for r in h.state.disputes[sid].referees
+    ]
+
+
+@pytest.mark.parametrize("liar", ["validator", "miner"])
+def test_the_liar_is_slashed_in_log_steps_rounds(liar: str) -> None:
+    h = network(attestation_quorum=1, validators_per_submission=1, slash_amount=40)
+    sid, validator = rejected_submission(h)
+    miner_chain, validator_chain = (HONEST, LIAR) if liar == "validator" else (LIAR, HONEST)
+    opened = OpenDispute(
+        creator=MINER.address,
+        submission_id=sid,
+        steps=STEPS,
+        start_digest=miner_chain[0],
+        final_digest=miner_chain[STEPS],
+    )
+    assert h.send(MINER, opened).code == 0
+    d = h.state.disputes[sid]
+    assert (d.claimant, d.respondent, d.query) == (MINER.address, validator.address, STEPS)
+    play(h, sid, {"claimant": (MINER, miner_chain), "respondent": (validator, validator_chain)})
+    d = h.state.disputes[sid]
+    assert d.status == "refereeing" and (d.lo, d.hi) == (4, 5)
+    assert d.rounds == max_rounds(STEPS) == 3
+    assert d.referees and validator.address not in d.referees
+    assert referee(h, sid, HONEST[5]) == [Code.NOT_PERMITTED] * len(d.referees)  # no checkpoint
+    post = DisputeCheckpoint(
+        creator=MINER.address, dispute_id=sid, step=4, digest=HONEST[4], cid="bafycheckpoint4"
+    )
+    assert h.send(MINER, post).code == 0
+    before = {k.address: h.state.accounts[k.address].slashed for k in (MINER, validator)}
+    codes = referee(h, sid, HONEST[5])  # the referees re-execute step 4 -> 5 honestly
+    assert codes[0] == 0
+    d = h.state.disputes[sid]
+    assert d.status == "resolved" and sid not in h.state.open_disputes
+    loser, winner = (validator, MINER) if liar == "validator" else (MINER, validator)
+    assert h.state.accounts[loser.address].slashed == before[loser.address] + 40
+    assert h.state.accounts[winner.address].slashed == before[winner.address]
+    expected = "verified" if liar == "validator" else "rejected"
+    assert h.state.submissions[sid].status == expected
+    restored = state_from_entries(h.state.entries())
+    assert restored.app_hash() == h.state.app_hash() and restored.disputes[sid] == d
+
+
+def test_a_party_that_stops_answering_loses_at_its_deadline() -> None:
+    h = network(attestation_quorum=1, validators_per_submission=1, dispute_step_blocks=3)
+    sid, validator = rejected_submission(h)
+    opened = OpenDispute(
+        creator=MINER.address,
+        submission_id=sid,
+        steps=STEPS,
+        start_digest=HONEST[0],
+        final_digest=HONEST[STEPS],
+    )
+    assert h.send(MINER, opened).code == 0
+    deadline = h.state.disputes[sid].deadline_height
+    h.advance_to_height(deadline + 1)
+    d = h.state.disputes[sid]
+    assert d.status == "resolved" and d.winner == "claimant"
+    assert h.state.submissions[sid].status == "verified"
+    assert h.state.accounts[validator.address].slashed == 40
+
+
+def test_bad_dispute_moves_are_refused() -> None:
+    h = network(attestation_quorum=1, validators_per_submission=1)
+    sid, validator = rejected_submission(h)
+    outsider = next(v for v in VALIDATORS if v.address != validator.address)
+
+    def opening(creator: SigningKey) -> OpenDispute:
+        return OpenDispute(
+            creator=creator.address,
+            submission_id=sid,
+            steps=STEPS,
+            start_digest=HONEST[0],
+            final_digest=HONEST[STEPS],
+        )
+
+    assert h.send(outsider, opening(outsider)).code == Code.NOT_PERMITTED
+    assert h.send(MINER, opening(MINER)).code == 0
+    assert h.send(MINER, opening(MINER)).code == Code.DUPLICATE
+    wrong_step = DisputeCheckpoint(
+        creator=validator.address, dispute_id=sid, step=3, digest=LIAR[3]
+    )
+    assert h.send(validator, wrong_step).code == Code.INVALID
+    stranger = DisputeCheckpoint(
+        creator=outsider.address, dispute_id=sid, step=STEPS, digest=LIAR[STEPS]
+    )
+    assert h.send(outsider, stranger).code == Code.NOT_PERMITTED
+    unknown = DisputeCheckpoint(creator=validator.address, dispute_id=999, step=8, digest=LIAR[8])
+    assert h.send(validator, unknown).code == Code.UNKNOWN
+    vote = DisputeVerdict(creator=outsider.address, dispute_id=sid, digest=HONEST[5])
+    assert h.send(outsider, vote).code == Code.NOT_PERMITTED  # not refereeing yet
+    # agreeing final digests leave nothing to bisect: inconclusive, nobody slashed
+    same = DisputeCheckpoint(
+        creator=validator.address, dispute_id=sid, step=STEPS, digest=HONEST[STEPS]
+    )
+    assert h.send(validator, same).code == 0
+    d = h.state.disputes[sid]
+    assert d.status == "resolved" and d.winner == "none"
+    assert h.state.accounts[validator.address].slashed == 0
