@@ -83,3 +83,11 @@ def test_unbond_then_withdraw_after_the_delay(devnet: tuple[Home, str]) -> None:
     assert client.account(MINER.address).balance == balance + 200
     after = stake(devnet)
     assert after["unbonding"] == [] and after["total"] == 100
+
+
+def test_dispute_and_proposal_queries_answer_none_when_absent(devnet: tuple[Home, str]) -> None:
+    client = BlockchainClient(devnet[1], timeout_s=5, retries=1)
+    assert client.dispute(1) is None
+    assert client.proposal(1) is None
+    bad = runner.invoke(app, ["query", "stake", "not-an-address", "--node", devnet[1]])
+    assert bad.exit_code != 0

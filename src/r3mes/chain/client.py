@@ -260,6 +260,17 @@ class BlockchainClient:
             return None
         return from_json(ProposalInfo, doc)
 
+    def dispute(self, dispute_id: int) -> dict[str, Any] | None:
+        """A dispute by id (the disputed submission's id); None when there is none. The
+        ledger's JSON: parties, steps, lo/hi and digests, query step, referees, status."""
+        try:
+            doc = self._get_field("dispute", f"{PREFIX}/disputes/{int(dispute_id)}")
+        except NotFound:
+            return None
+        if not isinstance(doc, dict):
+            raise ClientError("node answered a malformed dispute: not an object")
+        return doc
+
     def stake(self, address: str) -> dict[str, Any]:
         """Bonded stake per role and unbonding entries of `address` (JSON as the ledger
         answers it: address, bonded, unbonding, total)."""

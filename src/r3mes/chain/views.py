@@ -185,3 +185,14 @@ def proposal_json(state: State, round_number: int) -> dict[str, Any]:
     doc["cid"] = prop.spec.cid
     doc["sha256"] = prop.spec.sha256
     return doc
+
+
+def dispute_json(state: State, dispute_id: int) -> dict[str, Any]:
+    """A dispute (its id is the submission's): where the bisection stands, or its outcome."""
+    d = state.disputes.get(dispute_id)
+    if d is None:
+        raise QueryError(f"no dispute {dispute_id}", status=404)
+    doc = asdict(d)
+    doc["id"] = d.submission_id
+    doc["open"] = d.status != "resolved"
+    return doc
