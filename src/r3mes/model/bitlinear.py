@@ -83,9 +83,19 @@ def unpack_ternary(
     return codes.to(dtype) - 1
 
 
+INVALID_CODE_CHUNK = 1 << 20
+"""Bytes scanned at a time by `holds_invalid_code`: its temporaries stay small (a 2B model's
+210 full-size temporaries left ~400 MB of freed but unreturned heap behind a load)."""
+
+
 def holds_invalid_code(packed: torch.Tensor) -> bool:
     """True when a packed byte holds the code 3 (both bits of a pair set); no unpacking."""
-    return bool(((packed & (packed >> 1)) & 0x55).any())
+    flat = packed.reshape(-1)
+    for start in range(0, flat.numel(), INVALID_CODE_CHUNK):
+        chunk = flat[start : start + INVALID_CODE_CHUNK]
+        if bool(((chunk & (chunk >> 1)) & 0x55).any()):
+            return True
+    return False
 
 
 def weight_quant_scale(weight: torch.Tensor) -> torch.Tensor:
@@ -209,8 +219,14 @@ class BitLinear(nn.Module):
             ternary, scale = ternarize(self.weight)
             self.load_packed(pack_ternary(ternary), scale)
 
-    def load_packed(self, packed: torch.Tensor, weight_scale: torch.Tensor) -> None:
-        """Install an already packed ternary weight (e.g. from a checkpoint); enters frozen mode."""
+    def load_packed(
+        self, packed: torch.Tensor, weight_scale: torch.Tensor, *, copy: bool = True
+    ) -> None:
+        """Install an already packed ternary weight (e.g. from a checkpoint); enters frozen mode.
+
+        `copy=False` holds `packed` itself (the loader's tensors, fresh or memory-mapped from
+        the checkpoint file, which nothing else writes): no second copy at load.
+        """
         rows = (self.out_features + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE
         if packed.dtype != torch.uint8 or tuple(packed.shape) != (rows, self.in_features):
             raise ModelError(
@@ -222,7 +238,8 @@ class BitLinear(nn.Module):
         if holds_invalid_code(packed):
             raise ModelError("packed weights hold the invalid 2-bit code 3")
         self.weight = None
-        self.register_buffer("packed_weight", packed.detach().clone())
+        held = packed.detach()
+        self.register_buffer("packed_weight", held.clone() if copy else held.contiguous())
         self.register_buffer("weight_scale", weight_scale.detach().float().reshape(1).clone())
         if self.bias is not None:
             self.bias.requires_grad_(False)

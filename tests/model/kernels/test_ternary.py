@@ -291,3 +291,41 @@ def test_c_harness_neon_paths_under_qemu(tmp_path: Path) -> None:
     assert "isa 4 supported 1" in with_dotprod and "isa 5 supported 1" in with_dotprod
     without = _compile_and_run(cross, [qemu, "-cpu", "cortex-a53"], tmp_path, "arm53")
     assert "isa 4 supported 1" in without and "isa 5 supported 0" in without
+
+
+def test_pool_serves_concurrent_callers_and_a_forked_child(isas: list[str]) -> None:
+    """The kernel's thread pool: calls from several Python threads at once (ctypes releases the
+    GIL) and from a child forked after the pool started all give the exact product."""
+    import threading
+    import time
+
+    w, x, packed = _case(5, 2560, 70, seed=3)
+    exact = (x.to(torch.int32) @ w.to(torch.int32).T).to(torch.int32)
+    assert torch.equal(kernels.matmul_int8(x, packed, 70, threads=3), exact)  # pool started
+    results: list[bool] = []
+
+    def call() -> None:
+        for _ in range(25):
+            out = kernels.matmul_int8(x, packed, 70, isa=isas[-1], threads=3)
+            results.append(torch.equal(out, exact))
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=300)
+    assert not any(c.is_alive() for c in callers) and results == [True] * 75
+
+    expected = exact.numpy().tobytes()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's workers do not exist here
+        ok = kernels.matmul_int8(x, packed, 70, threads=3).numpy().tobytes() == expected
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in the kernel (pool not reset after fork)")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -21,6 +21,8 @@
  * Plain C11 with per-function target attributes: no Python or torch headers are needed, and
  * the library is loaded with ctypes.
  */
+#define _GNU_SOURCE
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -497,36 +499,145 @@ static void run_slice(const slice *s) {
         s->fwd((const fwd_job *)s->job, s->lo, s->hi);
 }
 
-static void *slice_main(void *arg) {
-    run_slice((const slice *)arg);
+
+/* A persistent pool, woken per call, with work handed out in small units from one atomic
+ * counter.  Two things made the old scheme (create N-1 threads per call, split the rows into
+ * N fixed ranges, join) slower at 2 threads than at 1 on a busy machine: a fixed range waits
+ * for its thread to be scheduled, however long that takes, and every call paid for thread
+ * creation (about 210 calls per decoded token).  Here the caller works too and claims units
+ * until none is left; a worker that wakes late finds nothing to claim and goes back to sleep,
+ * so a call waits only for units already being computed, never for a thread to start.
+ * Idle workers sleep on a condition variable (no spinning that would compete with torch's
+ * own threads).  Which thread computes a unit never changes its bits: every output element is
+ * computed by one unit, in the same order, whoever runs it.
+ *
+ * Claims carry the call's generation in the counter's high 32 bits, so a worker still holding
+ * an earlier call's parameters can never claim a unit of a later call.  One call uses the pool
+ * at a time; a concurrent caller (another Python thread: ctypes releases the GIL) runs its
+ * units itself rather than waiting.  After fork() the child starts with an empty pool. */
+
+#define MAX_WORKERS 255
+
+typedef struct {
+    slice proto;
+    int64_t total, grain, units;
+    uint32_t gen;
+} pool_job;
+
+static struct {
+    pthread_mutex_t mu, use;
+    pthread_cond_t wake, finished;
+    int workers, want, atfork;
+    pool_job job;
+    _Atomic uint64_t ticket; /* gen << 32 | next unit */
+    _Atomic int64_t done;    /* units finished in the current call */
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
+            .use = PTHREAD_MUTEX_INITIALIZER,
+            .wake = PTHREAD_COND_INITIALIZER,
+            .finished = PTHREAD_COND_INITIALIZER};
+
+static void run_unit(const pool_job *job, int64_t u) {
+    slice s = job->proto;
+    s.lo = u * job->grain;
+    s.hi = s.lo + job->grain < job->total ? s.lo + job->grain : job->total;
+    run_slice(&s);
+}
+
+/* Claim and run units of `job` until none is left; returns how many this thread ran. */
+static int64_t drain(const pool_job *job) {
+    int64_t ran = 0;
+    for (;;) {
+        uint64_t t = atomic_load(&pool.ticket);
+        if ((uint32_t)(t >> 32) != job->gen || (int64_t)(t & 0xffffffffu) >= job->units) break;
+        if (!atomic_compare_exchange_weak(&pool.ticket, &t, t + 1)) continue;
+        run_unit(job, (int64_t)(t & 0xffffffffu));
+        ran++;
+        if (atomic_fetch_add(&pool.done, 1) + 1 == job->units) {
+            pthread_mutex_lock(&pool.mu);
+            pthread_cond_broadcast(&pool.finished);
+            pthread_mutex_unlock(&pool.mu);
+        }
+    }
+    return ran;
+}
+
+/* arg: the worker's index in the low 8 bits, above them the last generation it need not run */
+static void *worker_main(void *arg) {
+    int index = (int)((uintptr_t)arg & 0xff);
+    uint32_t seen = (uint32_t)((uintptr_t)arg >> 8);
+    pthread_mutex_lock(&pool.mu);
+    for (;;) {
+        while (pool.job.gen == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+        seen = pool.job.gen;
+        if (index >= pool.want) continue;
+        pool_job job = pool.job;
+        pthread_mutex_unlock(&pool.mu);
+        drain(&job);
+        pthread_mutex_lock(&pool.mu);
+    }
     return NULL;
 }
 
-/* Split [0, total) into `threads` contiguous ranges, multiples of `grain`; run them. */
+static void pool_after_fork_child(void) {
+    /* only the forking thread survives: forget the workers, reset the locks */
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_mutex_init(&pool.use, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.finished, NULL);
+    pool.workers = 0;
+    pool.want = 0;
+}
+
+/* Start workers until `n` exist (under pool.mu); returns how many there are. */
+static int pool_grow(int n) {
+    if (!pool.atfork) {
+        pthread_atfork(NULL, NULL, pool_after_fork_child);
+        pool.atfork = 1;
+    }
+    while (pool.workers < n) {
+        pthread_t id;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        uintptr_t arg = (uintptr_t)pool.job.gen << 8 | (uintptr_t)pool.workers;
+        int rc = pthread_create(&id, &attr, worker_main, (void *)arg);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        pool.workers++;
+    }
+    return pool.workers;
+}
+
+/* Run [0, total) in units of `grain` on up to `threads` threads (the caller is one). */
 static int run_split(slice proto, int64_t total, int64_t grain, int threads) {
     int64_t units = (total + grain - 1) / grain;
-    if (threads < 1) threads = 1;
-    if (threads > units) threads = (int)(units > 0 ? units : 1);
-    if (threads > 256) threads = 256;
-    slice slices[256];
-    pthread_t ids[256];
-    for (int t = 0; t < threads; t++) {
-        slices[t] = proto;
-        int64_t lo = units * t / threads * grain, hi = units * (t + 1) / threads * grain;
-        slices[t].lo = lo < total ? lo : total;
-        slices[t].hi = hi < total ? hi : total;
+    if (threads > units) threads = (int)units;
+    if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
+    if (threads <= 1 || units > 0xffffffffLL || pthread_mutex_trylock(&pool.use) != 0) {
+        slice s = proto; /* one thread, or the pool is busy with another call: run inline */
+        s.lo = 0;
+        s.hi = total;
+        run_slice(&s);
+        return 0;
     }
-    int started = 0, rc = 0;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&ids[t], NULL, slice_main, &slices[t]) != 0) {
-            rc = ERR_THREAD;
-            break;
-        }
-        started = t;
+    pthread_mutex_lock(&pool.mu);
+    int helpers = pool_grow(threads - 1);
+    pool_job job = {proto, total, grain, units, pool.job.gen + 1};
+    if (job.gen == 0) job.gen = 1; /* 0 never names a call */
+    pool.job = job;
+    pool.want = helpers;
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.ticket, (uint64_t)job.gen << 32);
+    if (helpers > 0) pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.mu);
+    drain(&job);
+    if (atomic_load(&pool.done) < units) {
+        pthread_mutex_lock(&pool.mu);
+        while (atomic_load(&pool.done) < units) pthread_cond_wait(&pool.finished, &pool.mu);
+        pthread_mutex_unlock(&pool.mu);
     }
-    if (rc == 0) run_slice(&slices[0]);
-    for (int t = 1; t <= started; t++) pthread_join(ids[t], NULL);
-    return rc;
+    pthread_mutex_unlock(&pool.use);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- entry points */
@@ -547,7 +658,7 @@ R3_EXPORT int r3mes_ternary_matmul(const int8_t *x, const uint8_t *p, int32_t *o
     }
     fwd_job job = {x, xsum, p, out, m, k, n, (n + 3) / 4};
     slice proto = {0, fn, NULL, &job, 0, 0};
-    int rc = run_split(proto, job.r, 1, threads);
+    int rc = run_split(proto, job.r, RBLOCK, threads);
     free(xsum);
     return rc;
 }
@@ -561,5 +672,5 @@ R3_EXPORT int r3mes_ternary_matmul_t(const float *g, const uint8_t *p, float *ou
     if (!fn) return ERR_ISA;
     bwd_job job = {g, p, out, m, k, n, (n + 3) / 4};
     slice proto = {1, NULL, fn, &job, 0, 0};
-    return run_split(proto, k, 64, threads);
+    return run_split(proto, k, KTILE, threads);
 }
