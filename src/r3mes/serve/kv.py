@@ -1,10 +1,12 @@
 """Key/value caches for continuous batching.
 
 `SequenceKV` records one sequence's keys and values during its own prefill.
-`BatchKV` holds the running batch in preallocated buffers, one row per sequence, left
-padded to a common length: a decode step writes one column in place instead of
-concatenating the whole cache. Sequences join (`add`) and leave (`keep_rows`) between
-steps. Both subclass the model's `KVCache`, so `BitNetForCausalLM.forward` uses them as is.
+`BatchKV` (the engine's `kv_layout="dense"`; the default is the paged cache of
+`r3mes.serve.paged_kv`) holds the running batch in preallocated buffers, one row per
+sequence, left padded to a common length: a decode step writes one column in place instead
+of concatenating the whole cache, but every row is as long as the longest. Sequences
+join (`add`) and leave (`keep_rows`) between steps. Both subclass the model's `KVCache`,
+so `BitNetForCausalLM.forward` uses them as is.
 
 Buffer layout per layer: (rows_capacity, n_kv_heads, length_capacity, head_dim). Row `b`
 holds its `lengths[b]` real positions in columns `length - lengths[b] .. length`.
