@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -74,6 +75,7 @@ class FakeLedger:
         self.submit_calls = 0
         self.lookups = 0
         self.land_then_fail = False
+        self.trace = ("", "")
 
     def find_submission(self, *, round_id: int) -> SubmissionRef | None:
         self.lookups += 1
@@ -88,8 +90,11 @@ class FakeLedger:
         residual_cid: str = "",
         residual_digest: str = "",
         base_submission_id: int = 0,
+        trace_cid: str = "",
+        trace_root: str = "",
     ) -> str:
         self.submit_calls += 1
+        self.trace = (trace_cid, trace_root)
         if self.land_then_fail:  # the tx lands but the answer is lost
             self.land_then_fail = False
             self.submissions[task.round_id] = SubmissionRef(cid=cid, digest=digest, chain_tx="T1")
@@ -372,3 +377,20 @@ def test_journal_gains_the_pin_column_on_open(tmp_path: Path) -> None:
     [record] = journal.unresolved()
     assert record.cid == "bafyX" and record.cid_preexisting is False
     journal.close()
+
+
+def test_a_trace_is_stored_and_committed_with_the_submission(tmp_path: Path) -> None:
+    class TracingTrainer(FakeTrainer):
+        def train(self, task: MiningTask) -> TrainedUpdate:
+            plain = super().train(task)
+            return dataclasses.replace(plain, trace_payload=b"trace-bytes", trace_root="ab" * 32)
+
+    coordinator, store, ledger, _, _ = make(tmp_path, trainer=TracingTrainer())
+    record = coordinator.execute(TASK)
+    assert record.state is TxState.COMMITTED
+    cid, root = ledger.trace
+    assert root == "ab" * 32 and store.pinned[cid] == b"trace-bytes"
+    # without a trace nothing is committed for it
+    coordinator, _, ledger, _, _ = make(tmp_path / "plain")
+    coordinator.execute(TASK)
+    assert ledger.trace == ("", "")

@@ -414,6 +414,8 @@ class BlockchainClient:
         residual_cid: str = "",
         residual_digest: str = "",
         base_submission_id: int = 0,
+        trace_cid: str = "",
+        trace_root: str = "",
     ) -> BroadcastResult:
         """Solve the anti-spam proof of work for this submission and send it.
 
@@ -431,6 +433,8 @@ class BlockchainClient:
             residual_cid=residual_cid,
             residual_digest=residual_digest,
             base_submission_id=base_submission_id,
+            trace_cid=trace_cid,
+            trace_root=trace_root,
         )
         solved = solve_pow(msg, chain_id=self.chain_id(), difficulty=self.params().pow_difficulty)
         return self.sign_and_broadcast(key, [solved], wait=wait)

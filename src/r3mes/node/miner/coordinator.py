@@ -71,6 +71,11 @@ class TrainedUpdate:
     """`residual`'s canonical bytes, committed on the ledger by CID and digest."""
     base_submission_id: int = 0
     """The ledger submission whose committed residual training started from (0: zeros)."""
+    trace_payload: bytes | None = None
+    """The step trace's canonical bytes (`r3mes.work.trace`), stored and committed by CID
+    with `trace_root` so validators can spot-check the work; None: no trace (full checks)."""
+    trace_root: str = ""
+    """Merkle root of the trace's step digests (set with `trace_payload`)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Training figures (loss, steps, seconds) for stats and logs."""
 
@@ -120,9 +125,11 @@ class SubmissionLedger(Protocol):
         residual_cid: str = "",
         residual_digest: str = "",
         base_submission_id: int = 0,
+        trace_cid: str = "",
+        trace_root: str = "",
     ) -> str:
-        """Solve the proof of work, sign and broadcast (with the residual commitment, when
-        there is one); return the chain tx hash."""
+        """Solve the proof of work, sign and broadcast (with the residual and trace
+        commitments, when there are); return the chain tx hash."""
         ...
 
 
@@ -211,7 +218,7 @@ class AtomicMiningCoordinator:
                 raise NodeError(f"storage returned CID {stored}, expected {cid}")
             self._checkpoint(TxState.IPFS_UPLOAD)
             self.journal.advance(tx_id, TxState.BLOCKCHAIN_SUBMIT)
-            commitment = self._store_residual(update)
+            commitment = self._store_residual(update) | self._store_trace(update)
             chain_tx = self._retry(
                 lambda: self._submit_once(task, cid=cid, digest=update.digest, **commitment),
                 "submit",
@@ -248,6 +255,14 @@ class AtomicMiningCoordinator:
             "residual_digest": hashlib.sha256(payload).hexdigest(),
             "base_submission_id": update.base_submission_id,
         }
+
+    def _store_trace(self, update: TrainedUpdate) -> dict[str, Any]:
+        """Store the step trace and return its commitment (nothing without a trace)."""
+        if update.trace_payload is None or not update.trace_root:
+            return {}
+        payload = update.trace_payload
+        stored = self._retry(lambda: self.store.put(payload), "trace upload", upload=True)
+        return {"trace_cid": stored, "trace_root": update.trace_root}
 
     def _submit_once(self, task: MiningTask, *, cid: str, digest: str, **commitment: Any) -> str:
         existing = self.ledger.find_submission(round_id=task.round_id)

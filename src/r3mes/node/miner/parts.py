@@ -215,6 +215,8 @@ class ChainSubmissions:
         residual_cid: str = "",
         residual_digest: str = "",
         base_submission_id: int = 0,
+        trace_cid: str = "",
+        trace_root: str = "",
     ) -> str:
         result = self.client.submit_gradient(
             self.key,
@@ -225,6 +227,8 @@ class ChainSubmissions:
             residual_cid=residual_cid,
             residual_digest=residual_digest,
             base_submission_id=base_submission_id,
+            trace_cid=trace_cid,
+            trace_root=trace_root,
         )
         return result.hash
 
@@ -280,7 +284,9 @@ class WorkTrainer:
 
     def train(self, task: MiningTask) -> TrainedUpdate:
         from r3mes.work.data import shard_of
+        from r3mes.work.executor import model_device
         from r3mes.work.submission import build_submission
+        from r3mes.work.trace import StepTrace, build_traced_submission, encode_trace
 
         work = task_from_details(task, miner=self.config.miner, profile=self.config.profile)
         if self.config.cheat == "copy":
@@ -295,9 +301,23 @@ class WorkTrainer:
         shard = shard_of(dataset, shard_index=work.shard_index, n_shards=work.n_shards)
         residual, base = self.residuals.load_base()
         started = time.perf_counter()
-        sub = build_submission(
-            task=work, model=model, adapter_state=adapter, shard=shard, residual=residual or None
-        )
+        trace: StepTrace | None = None
+        if model_device(model).type == "cpu":  # deterministic: publish the step trace
+            sub, trace = build_traced_submission(
+                task=work,
+                model=model,
+                adapter_state=adapter,
+                shard=shard,
+                residual=residual or None,
+            )
+        else:  # another executor class: validators re-execute in full, no trace to check
+            sub = build_submission(
+                task=work,
+                model=model,
+                adapter_state=adapter,
+                shard=shard,
+                residual=residual or None,
+            )
         train_s = round(time.perf_counter() - started, 4)
         return TrainedUpdate(
             payload=sub.encoded,
@@ -305,6 +325,8 @@ class WorkTrainer:
             residual=sub.next_residual,
             residual_payload=encode_residual(sub.next_residual),
             base_submission_id=base,
+            trace_payload=None if trace is None else encode_trace(trace),
+            trace_root="" if trace is None else trace.root,
             metrics={"train_s": train_s},
         )
 
