@@ -14,8 +14,8 @@ import torch
 
 from r3mes.model.kv_cache import KVCache
 from r3mes.model.tiny import make_tiny_model
-from r3mes.serve.engine import ServingEngine
-from r3mes.serve.errors import CacheBudgetExceeded, ServeError
+from r3mes.serve.engine import EngineConfig, ServingEngine
+from r3mes.serve.errors import CacheBudgetExceeded, InvalidRequest, ServeError
 from r3mes.serve.kv import BatchKV, SequenceKV
 from r3mes.serve.paged_kv import PagedKV, blocks_for
 from r3mes.serve.sampling import SamplingParams
@@ -269,3 +269,9 @@ def test_bad_use_is_a_typed_error() -> None:
         kv.add(fake_prefill(128, 1.0))  # no room left for a generated token
     with pytest.raises(ServeError, match="at most 4 rows"):
         kv.reserve(5)
+
+
+def test_an_unknown_kv_layout_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="kv_layout"):
+        EngineConfig(kv_layout="ragged")  # type: ignore[arg-type]
+    assert EngineConfig().kv_layout == "paged"  # the default serves from blocks
