@@ -302,6 +302,13 @@ def validator_start(
             "ledger's genesis spot_check_ppm; 1000000 = always re-execute in full).",
         ),
     ] = None,
+    lie: Annotated[
+        bool,
+        typer.Option(
+            "--lie",
+            help="TEST/DEMO FAULT INJECTION: attest the opposite of every verdict reached.",
+        ),
+    ] = False,
     test_start_delay: StartDelayOpt = 0.0,
 ) -> None:
     """Validate: re-execute every pending submission and attest (never one's own)."""
@@ -321,7 +328,7 @@ def validator_start(
         profile=profile,
         start_delay=test_start_delay,
     )
-    _run(build_validator(launch, device=device, spot_ppm=spot_ppm, shutdown=shutdown))
+    _run(build_validator(launch, device=device, spot_ppm=spot_ppm, lie=lie, shutdown=shutdown))
 
 
 @proposer_app.command("start")
@@ -469,6 +476,15 @@ def up(
             "and each proposed adapter to all of them (n).",
         ),
     ] = 1,
+    lying_verifiers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="TEST/DEMO FAULT INJECTION: how many of the --verifiers attest the opposite "
+            "of what they find.",
+        ),
+    ] = 0,
     quorum: Annotated[
         int,
         typer.Option(
@@ -508,6 +524,7 @@ def up(
         ipfs_url=ipfs_url or None,
         validators=verifiers,
         quorum=quorum,
+        liars=lying_verifiers,
     )
     kubo_binary = None
     if storage not in ("local", "kubo"):

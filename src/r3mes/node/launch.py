@@ -132,6 +132,7 @@ def build_validator(
     *,
     device: str = "cpu",
     spot_ppm: int | None = None,
+    lie: bool = False,
     shutdown: Shutdown | None = None,
 ) -> Validator:
     """A validator that re-executes on `device` (nothing runs yet); `spot_ppm` None follows
@@ -145,6 +146,7 @@ def build_validator(
         blocks=launch.blocks_root,
         device=device,
         spot_ppm=spot_ppm,
+        lie=lie,
     )
     return Validator(settings, role_deps(launch, shutdown=shutdown))
 

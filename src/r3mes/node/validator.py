@@ -76,6 +76,9 @@ class ValidatorSettings(LedgerSettings):
     spot_ppm: int | None = None
     """Share of a traced submission's steps to re-execute (ppm, `r3mes.node.spot_check`);
     None: the ledger's genesis `spot_check_ppm`; 1_000_000: always re-execute in full."""
+    lie: bool = False
+    """TEST/DEMO FAULT INJECTION: attest the opposite of every verdict this validator
+    reaches (submissions and adapter proposals), to show a quorum outvoting a liar."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,7 +239,7 @@ class Validator(LedgerRole):
 
     def spot_rate(self) -> int:
         """The spot-check rate in force: this validator's setting, else the ledger's."""
-        genesis = getattr(self.client.params(), "spot_check_ppm", None)
+        genesis = self.client.params().spot_check_ppm
         return spot_rate(genesis_ppm=genesis, override=self.settings.spot_ppm)
 
     def step(self) -> bool:
@@ -291,6 +294,8 @@ class Validator(LedgerRole):
                     store=self.store,
                     profile=self.settings.profile,
                 )
+                if self.settings.lie:
+                    accepted = not accepted  # FAULT INJECTION (settings.lie)
                 verdict: Literal["accept", "reject"] = "accept" if accepted else "reject"
                 msg = AttestAdapter(
                     creator=self.address, round=number, version=prop.version, verdict=verdict
@@ -499,6 +504,8 @@ class Validator(LedgerRole):
     def _attest(self, sid: int, *, accepted: bool, distance: float) -> None:
         from r3mes.chain.msgs import Attest
 
+        if self.settings.lie:
+            accepted = not accepted  # FAULT INJECTION (settings.lie)
         verdict: Literal["accept", "reject"] = "accept" if accepted else "reject"
         ppm = int(min(distance, 1e6) * 1_000_000) if distance == distance else 10**12
         msg = Attest(

@@ -172,6 +172,8 @@ def _role_args(spec: NetworkSpec, role: str, name: str) -> list[str]:
         return args
     if role == "serving":
         return ["--heartbeat", "5"]
+    if role == "validator" and int(name.removeprefix("validator-")) > spec.validators - spec.liars:
+        return ["--lie"]  # FAULT INJECTION (NetworkSpec.liars)
     return []
 
 

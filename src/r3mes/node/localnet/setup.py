@@ -57,6 +57,8 @@ class NetworkSpec:
     """Validator role processes; the ledger assigns each submission to all of them (n)."""
     quorum: int = 1
     """Matching verdicts of assigned validators that settle a submission (k <= validators)."""
+    liars: int = 0
+    """FAULT INJECTION: the last `liars` validators attest the opposite of their verdicts."""
     attestation_rounds: int = 2
     """Rounds after a submission's own during which its assigned validators may attest."""
     profile: WorkProfile = field(
@@ -88,6 +90,8 @@ class NetworkSpec:
             raise ValidationError("--verifiers must be in [1, 16]")
         if not 1 <= self.quorum <= self.validators:
             raise ValidationError("--quorum must be in [1, --verifiers]")
+        if not 0 <= self.liars <= self.validators:
+            raise ValidationError("--lying-verifiers must be in [0, --verifiers]")
         if self.miners + len(self.cheaters) > self.shards:
             raise ValidationError("more miners than shards per round; raise --shards")
 
