@@ -88,6 +88,7 @@ def test_unbond_then_withdraw_after_the_delay(devnet: tuple[Home, str]) -> None:
 def test_dispute_and_proposal_queries_answer_none_when_absent(devnet: tuple[Home, str]) -> None:
     client = BlockchainClient(devnet[1], timeout_s=5, retries=1)
     assert client.dispute(1) is None
+    assert client.open_disputes() == []
     assert client.proposal(1) is None
     bad = runner.invoke(app, ["query", "stake", "not-an-address", "--node", devnet[1]])
     assert bad.exit_code != 0

@@ -10,6 +10,7 @@ import pytest
 from chain.chain_harness import Harness
 from chain.test_chain_quorum import MINER, VALIDATORS, attest, by_address, network, submit
 
+from r3mes.chain import views
 from r3mes.chain.codes import Code
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.msgs import DisputeCheckpoint, DisputeVerdict, OpenDispute
@@ -80,6 +81,8 @@ def test_the_liar_is_slashed_in_log_steps_rounds(liar: str) -> None:
     assert h.send(MINER, opened).code == 0
     d = h.state.disputes[sid]
     assert (d.claimant, d.respondent, d.query) == (MINER.address, validator.address, STEPS)
+    (listed,) = views.open_disputes_json(h.state)
+    assert (listed["id"], listed["open"], listed["query"]) == (sid, True, STEPS)
     play(h, sid, {"claimant": (MINER, miner_chain), "respondent": (validator, validator_chain)})
     d = h.state.disputes[sid]
     assert d.status == "refereeing" and (d.lo, d.hi) == (4, 5)
@@ -95,6 +98,8 @@ def test_the_liar_is_slashed_in_log_steps_rounds(liar: str) -> None:
     assert codes[0] == 0
     d = h.state.disputes[sid]
     assert d.status == "resolved" and sid not in h.state.open_disputes
+    assert views.open_disputes_json(h.state) == []
+    assert views.dispute_json(h.state, sid)["winner"] == d.winner
     loser, winner = (validator, MINER) if liar == "validator" else (MINER, validator)
     assert h.state.accounts[loser.address].slashed == before[loser.address] + 40
     assert h.state.accounts[winner.address].slashed == before[winner.address]

@@ -271,6 +271,11 @@ class BlockchainClient:
             raise ClientError("node answered a malformed dispute: not an object")
         return doc
 
+    def open_disputes(self) -> list[dict[str, Any]]:
+        """Disputes not resolved yet (JSON as `dispute` answers each)."""
+        docs = self._get_list("disputes", f"{PREFIX}/disputes")
+        return [d for d in docs if isinstance(d, dict)]
+
     def stake(self, address: str) -> dict[str, Any]:
         """Bonded stake per role and unbonding entries of `address` (JSON as the ledger
         answers it: address, bonded, unbonding, total)."""

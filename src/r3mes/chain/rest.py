@@ -88,6 +88,10 @@ def rest_router() -> APIRouter:
     def proposal(state: StateDep, round_number: int) -> dict[str, Any]:
         return {"proposal": views.proposal_json(state, round_number)}
 
+    @router.get("/disputes")
+    def disputes(state: StateDep) -> dict[str, Any]:
+        return {"disputes": views.open_disputes_json(state)}
+
     @router.get("/disputes/{dispute_id}")
     def dispute(state: StateDep, dispute_id: int) -> dict[str, Any]:
         return {"dispute": views.dispute_json(state, dispute_id)}

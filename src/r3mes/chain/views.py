@@ -196,3 +196,8 @@ def dispute_json(state: State, dispute_id: int) -> dict[str, Any]:
     doc["id"] = d.submission_id
     doc["open"] = d.status != "resolved"
     return doc
+
+
+def open_disputes_json(state: State) -> list[dict[str, Any]]:
+    """Every dispute not resolved yet, oldest first (what parties and referees poll)."""
+    return [dispute_json(state, sid) for sid in state.open_disputes]
