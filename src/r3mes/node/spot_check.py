@@ -40,8 +40,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def spot_rate(*, genesis_ppm: object, override: int | None) -> int:
     """The rate (ppm of checkpoint segments) this validator spot-checks at.
 
-    `override` (the validator's setting) wins; else the ledger's `spot_check_ppm`; a ledger
-    without the parameter means full re-execution (1_000_000), the protocol before it.
+    `override` (the validator's setting) wins; else the ledger's genesis `spot_check_ppm`;
+    None for both means full re-execution (1_000_000).
     """
     rate = override if override is not None else genesis_ppm
     if rate is None:
