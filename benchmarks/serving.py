@@ -1,6 +1,6 @@
 """Serving figures: multi-LoRA batching throughput, time to first token, adapter load latency.
 
-Run: .venv/bin/python -m benchmarks.serving [--quick]
+Run: .venv/bin/python -m benchmarks.serving [--quick] [--model DIR] [--max-tokens N]
 Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
 
 All in one run, on one engine configuration each:
@@ -10,7 +10,13 @@ All in one run, on one engine configuration each:
   so each adapter's request runs alone) (goal: mixed batching >= 3x);
 * the first comparison again with the network's own adapter shape (r=8 on q/v/o);
 * median time to first token under that load, and adapter load latency from a PEFT dir.
-The model is the shipped base model when present, else a random model of similar shape.
+The model is the shipped base model when present, else a random model of similar shape;
+`--model DIR` serves a checkpoint folder instead (e.g. the 2B-4T shape written by
+`r3mes model init --config bitnet-2b4t --out DIR`), with the folder's `tokenizer.json` or, where
+it has none (random checkpoints), the shipped tokenizer, whose ids all lie inside any larger
+vocabulary. The shipped model's projections keep an unpacked float copy (`cache_unpacked`, as
+`r3mes serve` does); a `--model` checkpoint runs on its packed weights (the native ternary
+kernel), since at 2B an unpacked float32 copy would be 8 GB.
 """
 
 from __future__ import annotations
@@ -49,6 +55,32 @@ PROMPTS = [
     "hello there, how are you",
     "summarise the following text",
 ]
+
+
+def load_folder(folder: Path) -> tuple[BitNetForCausalLM, Tokenizer, str]:
+    """A checkpoint folder's model and tokenizer.
+
+    A folder without `tokenizer.json` (a random checkpoint from `r3mes model init`) gets the
+    shipped tokenizer with placeholder tokens `<rN>` added up to the model's vocabulary, so
+    every id the random model samples decodes.
+    """
+    from tokenizers import AddedToken
+
+    from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.shipped import shipped_model_dir
+    from r3mes.model.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    model = load_pretrained(folder)
+    vocab = model.config.vocab_size
+    if (folder / TOKENIZER_FILE).is_file():
+        return model, load_tokenizer(folder), folder.resolve().name
+    tok = load_tokenizer(shipped_model_dir())
+    if tok.vocab_size > vocab:
+        raise SystemExit(f"--model {folder}: vocabulary {vocab} < the shipped tokenizer's")
+    extra = [AddedToken(f"<r{i}>", special=False) for i in range(vocab - tok.vocab_size)]
+    inner = tok._inner  # a fresh tokenizer, widened for this benchmark only
+    inner.add_tokens(extra)
+    return model, Tokenizer(inner), folder.resolve().name
 
 
 def load_model() -> tuple[BitNetForCausalLM, Tokenizer, str]:
@@ -152,14 +184,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint folder to serve")
+    parser.add_argument(
+        "--max-tokens", type=int, default=0, help="tokens per request (0: 64 quick, 256 full)"
+    )
     args = parser.parse_args()
+    if args.threads < 1 or args.repeats < 1 or args.rank < 1 or args.max_tokens < 0:
+        parser.error("--threads, --repeats and --rank must be >= 1, --max-tokens >= 0")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a checkpoint folder (no config.json)")
     torch.set_num_threads(args.threads)
-    max_tokens = 64 if args.quick else 256
-    model, tok, name = load_model()
+    max_tokens = args.max_tokens or (64 if args.quick else 256)
+    model, tok, name = load_model() if args.model is None else load_folder(args.model)
     model.freeze_backbone()
-    for _, layer in model.bit_linears():
-        layer.cache_unpacked(True)
-    fresh = copy.deepcopy(model)  # each engine wraps its model's projections once
+    if args.model is None:
+        for _, layer in model.bit_linears():
+            layer.cache_unpacked(True)
+        fresh: BitNetForCausalLM | None = copy.deepcopy(model)  # each engine wraps its own
+    else:
+        fresh = None  # loaded again after the first engine is gone: one 2B copy at a time
     names: list[str | None] = [f"a{i}" for i in range(N_REQUESTS)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_adapters(model, Path(tmp) / "a", args.rank)
@@ -186,6 +229,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 multi.load_adapter(f"reload{i}", paths[i])
                 loads.append((time.perf_counter() - t0) * 1000)
+        if fresh is None:
+            del multi, model
+            fresh = load_folder(args.model)[0]
+            fresh.freeze_backbone()
         switching = engine_for(fresh, tok, name, paths, max_loras=1)
         with switching:
             switched = _median([run_batch(switching, names, max_tokens) for _ in range(2)])
