@@ -13,10 +13,10 @@ All in one run, on one engine configuration each:
 The model is the shipped base model when present, else a random model of similar shape;
 `--model DIR` serves a checkpoint folder instead (e.g. the 2B-4T shape written by
 `r3mes model init --config bitnet-2b4t --out DIR`), with the folder's `tokenizer.json` or, where
-it has none (random checkpoints), the shipped tokenizer, whose ids all lie inside any larger
-vocabulary. The shipped model's projections keep an unpacked float copy (`cache_unpacked`, as
-`r3mes serve` does); a `--model` checkpoint runs on its packed weights (the native ternary
-kernel), since at 2B an unpacked float32 copy would be 8 GB.
+it has none (random checkpoints), the shipped tokenizer with placeholder tokens added up to
+the model's vocabulary (so every sampled id decodes). The shipped model's projections keep
+an unpacked float copy (`cache_unpacked`, as `r3mes serve` does); a `--model` checkpoint runs
+on its packed weights (the native ternary kernel): at 2B a float32 copy would be 8 GB.
 """
 
 from __future__ import annotations
