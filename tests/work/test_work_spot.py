@@ -118,6 +118,7 @@ def test_adam_screen_accepts_real_steps_and_refuses_a_jump(setting: Setting) -> 
     assert adam_screen(states[1], states[3], lr=lr) is not None
 
 
+@pytest.mark.slow
 def test_every_cheat_is_rejected_and_caught_by_the_sample_it_hits(
     setting: Setting, domain_dataset: TokenDataset
 ) -> None:
