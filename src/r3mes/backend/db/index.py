@@ -182,6 +182,8 @@ class IxRound(Base):
     submissions: Mapped[int] = mapped_column(BigInteger, default=0)
     verified: Mapped[int] = mapped_column(BigInteger, default=0)
     rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_submission_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Id the round's first submission got or will get (the ledger's Round field)."""
 
 
 class IxSubmission(Base):
@@ -198,6 +200,13 @@ class IxSubmission(Base):
     tx_hash: Mapped[str] = mapped_column(Hash, default="")
     merged_version: Mapped[int] = mapped_column(BigInteger, default=0)
     """The adapter version this submission was merged into (0: none yet)."""
+    residual_cid: Mapped[str] = mapped_column(String(128), default="")
+    residual_digest: Mapped[str] = mapped_column(String(64), default="")
+    base_submission_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    trace_cid: Mapped[str] = mapped_column(String(128), default="")
+    trace_root: Mapped[str] = mapped_column(String(64), default="")
+    assigned: Mapped[str] = mapped_column(Text, default="[]")
+    """The validators the ledger assigned to judge it, a sorted JSON list."""
 
     __table_args__ = (
         Index("ix_submissions_round", "round", "id"),
@@ -247,8 +256,118 @@ class IxSlash(Base):
     round: Mapped[int] = mapped_column(BigInteger)
     burned: Mapped[int] = mapped_column(BigInteger)
     reputation_lost: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(16), default="rejected")
+    """rejected (a quorum rejected the work) | overturned (a dispute proved it wrong) |
+    dispute (lost a dispute) | proposal (a quorum rejected the proposed adapter)"""
 
     __table_args__ = (Index("ix_slashes_address", "address", "id"),)
+
+
+class IxProposal(Base):
+    """An adapter version proposed for a round (checked merge): approved only when a quorum
+    of its assigned validators accepts it. A round may see several (after a rejection)."""
+
+    __tablename__ = "ix_proposals"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    round: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger)
+    parent_version: Mapped[int] = mapped_column(BigInteger)
+    proposer: Mapped[str] = mapped_column(Addr)
+    cid: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(Hash)
+    size: Mapped[int] = mapped_column(BigInteger)
+    spec: Mapped[str] = mapped_column(Text)
+    """The adapter's ArtifactSpec as JSON (what an approval registers)."""
+    submission_ids: Mapped[str] = mapped_column(Text)
+    assigned: Mapped[str] = mapped_column(Text, default="[]")
+    height: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(Hash, default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending | approved | rejected | stale (the ledger's ProposalStatus)"""
+    decided_height: Mapped[int] = mapped_column(BigInteger, default=0)
+    burned: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Proposer stake burned when a quorum rejected it."""
+
+    __table_args__ = (Index("ix_proposals_round", "round", "id"),)
+
+
+class IxProposalAttestation(Base):
+    __tablename__ = "ix_proposal_attestations"
+    proposal_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    validator: Mapped[str] = mapped_column(Addr, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(8))
+    height: Mapped[int] = mapped_column(BigInteger)
+
+
+class IxDispute(Base):
+    """A dispute over one submission (its id is the submission's), bisection to outcome."""
+
+    __tablename__ = "ix_disputes"
+    submission_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    round: Mapped[int] = mapped_column(BigInteger)
+    miner: Mapped[str] = mapped_column(Addr)
+    claimant: Mapped[str] = mapped_column(Addr)
+    respondent: Mapped[str] = mapped_column(Addr)
+    opener: Mapped[str] = mapped_column(Addr)
+    steps: Mapped[int] = mapped_column(BigInteger)
+    lo: Mapped[int] = mapped_column(BigInteger, default=0)
+    hi: Mapped[int] = mapped_column(BigInteger)
+    rounds: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Halvings so far (the dispute's message rounds)."""
+    status: Mapped[str] = mapped_column(String(16), default="bisecting")
+    """bisecting | refereeing | resolved (the ledger's DisputeStatus)"""
+    referees: Mapped[str] = mapped_column(Text, default="[]")
+    lo_cid: Mapped[str] = mapped_column(String(128), default="")
+    votes: Mapped[int] = mapped_column(Integer, default=0)
+    winner: Mapped[str] = mapped_column(String(16), default="")
+    """claimant | respondent | neither | none ("" while open)"""
+    loser: Mapped[str] = mapped_column(Addr, default="")
+    burned: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    opened_height: Mapped[int] = mapped_column(BigInteger)
+    resolved_height: Mapped[int] = mapped_column(BigInteger, default=0)
+    tx_hash: Mapped[str] = mapped_column(Hash, default="")
+
+    __table_args__ = (
+        Index("ix_disputes_claimant", "claimant", "submission_id"),
+        Index("ix_disputes_respondent", "respondent", "submission_id"),
+    )
+
+
+class IxUnbonding(Base):
+    """Stake moved out by `Unbond`: slashable until withdrawn at/after `release_height`."""
+
+    __tablename__ = "ix_unbonding"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(Addr)
+    role: Mapped[str] = mapped_column(String(16))
+    unbonded: Mapped[int] = mapped_column(BigInteger)
+    """The amount `Unbond` moved."""
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """What is left of it (slashing takes from it, newest first)."""
+    release_height: Mapped[int] = mapped_column(BigInteger)
+    height: Mapped[int] = mapped_column(BigInteger)
+    withdrawn_height: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Height of the `Withdraw` that paid it out (0: still unbonding)."""
+
+    __table_args__ = (Index("ix_unbonding_address", "address", "id"),)
+
+
+class IxValidatorPenalty(Base):
+    """A validator's reputation lost at the end of a submission's attestation window."""
+
+    __tablename__ = "ix_validator_penalties"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    height: Mapped[int] = mapped_column(BigInteger, index=True)
+    address: Mapped[str] = mapped_column(Addr)
+    submission_id: Mapped[int] = mapped_column(BigInteger)
+    round: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(16))
+    """missed | disagreed"""
+    reputation_lost: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_validator_penalties_address", "address", "id"),)
 
 
 class IxArtifact(Base):
@@ -323,6 +442,11 @@ INDEX_TABLES = [
     IxArtifact,
     IxAdapterVersion,
     IxDaily,
+    IxProposal,
+    IxProposalAttestation,
+    IxDispute,
+    IxUnbonding,
+    IxValidatorPenalty,
 ]
 
 

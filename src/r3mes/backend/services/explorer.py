@@ -162,9 +162,29 @@ def submission_doc(sub: IxSubmission, atts: Sequence[IxAttestation]) -> dict[str
             }
             for a in sorted(atts, key=lambda a: a.seq)
         ],
+        "residual_cid": sub.residual_cid,
+        "residual_digest": sub.residual_digest,
+        "base_submission_id": sub.base_submission_id,
+        "trace_cid": sub.trace_cid,
+        "trace_root": sub.trace_root,
+        "assigned": json.loads(sub.assigned),
         "settled_height": sub.settled_height,
         "tx_hash": sub.tx_hash,
         "merged_version": sub.merged_version,
+        "settlement": settlement(sub, atts),
+    }
+
+
+def settlement(sub: IxSubmission, atts: Sequence[IxAttestation]) -> dict[str, Any]:
+    """How the assigned validators' verdicts stand: who attested, who agreed with the
+    settled verdict (late ones included), who has not attested yet."""
+    said = {a.validator for a in atts}
+    return {
+        "verdict": {"verified": "accept", "rejected": "reject"}.get(sub.status),
+        "attested": len(atts),
+        "agreed": sorted(a.validator for a in atts if a.agreed),
+        "disagreed": sorted(a.validator for a in atts if a.agreed is False),
+        "waiting": [v for v in json.loads(sub.assigned) if v not in said],
     }
 
 
@@ -185,6 +205,7 @@ def round_doc(r: IxRound, claims: list[tuple[int, str]], params: dict[str, Any])
         "adapter_cid": r.adapter_cid,
         "claims": [{"shard": sh, "miner": m} for sh, m in sorted(claims)],
         "proposed_version": r.proposed_version,
+        "first_submission_id": r.first_submission_id,
         "shards_per_round": params["shards_per_round"],
         "pow_difficulty": params["pow_difficulty"],
         "submissions": r.submissions,

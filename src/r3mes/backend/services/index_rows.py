@@ -51,7 +51,7 @@ def msg_json(msg: Msg) -> dict[str, Any]:
     return {"type": type(msg).__name__, **doc}
 
 
-BEGIN_EVENTS = ("round_closed", "round_opened")
+BEGIN_EVENTS = ("round_closed", "round_opened", "validator_penalized")
 
 
 def block_time_ms(block: ChainBlock) -> int:
