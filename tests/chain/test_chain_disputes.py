@@ -34,11 +34,11 @@ LIAR = digests("liar", diverge_at=5)
 
 def rejected_submission(h: Harness) -> tuple[int, SigningKey]:
     sid = submit(h, MINER)
-    (judge,) = h.state.submissions[sid].assigned
-    validator = by_address()[judge]
-    assert attest(h, validator, sid, "reject") == 0
+    judges = [by_address()[a] for a in h.state.submissions[sid].assigned]
+    for judge in judges:
+        assert attest(h, judge, sid, "reject") == 0
     assert h.state.submissions[sid].status == "rejected"
-    return sid, validator
+    return sid, judges[0]
 
 
 def play(h: Harness, sid: int, parties: dict[str, tuple[SigningKey, list[str]]]) -> None:
@@ -66,9 +66,11 @@ def referee(h: Harness, sid: int, digest: str) -> list[int]:
     ]
 
 
-@pytest.mark.parametrize("liar", ["validator", "miner"])
-def test_the_liar_is_slashed_in_log_steps_rounds(liar: str) -> None:
-    h = network(attestation_quorum=1, validators_per_submission=1, slash_amount=40)
+@pytest.mark.parametrize(("liar", "k"), [("validator", 1), ("miner", 1), ("validator", 2)])
+def test_the_liar_is_slashed_in_log_steps_rounds(liar: str, k: int) -> None:
+    # k = 2 with n = 2: the submission has 2 judges, the 2 other validators are referees
+    # (one when a party is a validator): a dispute needs all of them when fewer than k
+    h = network(attestation_quorum=k, validators_per_submission=k, slash_amount=40)
     sid, validator = rejected_submission(h)
     miner_chain, validator_chain = (HONEST, LIAR) if liar == "validator" else (LIAR, HONEST)
     opened = OpenDispute(
@@ -165,3 +167,43 @@ def test_bad_dispute_moves_are_refused() -> None:
     d = h.state.disputes[sid]
     assert d.status == "resolved" and d.winner == "none"
     assert h.state.accounts[validator.address].slashed == 0
+
+
+def test_new_queries_answer_the_same_documents_through_abci_query() -> None:
+    """What the CometBFT gateway asks (abci_query) equals the devnet's REST views."""
+    import json
+
+    from r3mes.chain import abci
+    from r3mes.chain.proto.gen.remes.remes.v1 import query_pb2
+
+    h = network(attestation_quorum=1, validators_per_submission=1)
+    sid, _ = rejected_submission(h)
+    opened = OpenDispute(
+        creator=MINER.address,
+        submission_id=sid,
+        steps=STEPS,
+        start_digest=HONEST[0],
+        final_digest=HONEST[STEPS],
+    )
+    assert h.send(MINER, opened).code == 0
+
+    def ask(method: str, request: object) -> object:
+        raw = abci.query(h.state, abci.PATH_PREFIX + method, request.SerializeToString())  # type: ignore[attr-defined]
+        return json.loads(query_pb2.QueryJsonResponse.FromString(raw).json)
+
+    sub = h.state.submissions[sid]
+    assert ask("Submission", query_pb2.QuerySubmissionRequest(id=sid)) == {
+        "submission": json.loads(json.dumps(views.submission_json(sub)))
+    }
+    dispute = json.loads(json.dumps(views.dispute_json(h.state, sid)))
+    assert ask("Dispute", query_pb2.QueryDisputeRequest(id=sid)) == {"dispute": dispute}
+    assert ask("Disputes", query_pb2.QueryDisputesRequest()) == {"disputes": [dispute]}
+    stake = ask("Stake", query_pb2.QueryStakeRequest(address=MINER.address))
+    assert stake == {"stake": views.stake_json(h.state, MINER.address)}
+    for method, request in (
+        ("Submission", query_pb2.QuerySubmissionRequest(id=999)),
+        ("Proposal", query_pb2.QueryProposalRequest(round=1)),
+        ("Dispute", query_pb2.QueryDisputeRequest(id=999)),
+    ):
+        with pytest.raises(views.QueryError):
+            ask(method, request)

@@ -1,7 +1,7 @@
 """`r3mes up` with a real quorum: 3 validator processes, k = 2, one of them lying, plus a
 cheating miner. The honest majority keeps verifying work and approving adapter versions
-(checked merges); the cheater is slashed and the liar, outvoted on every verdict, earns
-nothing and is penalised in reputation when each attestation window ends."""
+(checked merges); the cheater is slashed, and the liar, outvoted on every verdict, earns
+nothing and is slashed when the disputes it opens end against it."""
 
 from __future__ import annotations
 
@@ -54,19 +54,23 @@ def test_two_honest_validators_outvote_a_liar_and_versions_keep_coming(tmp_path:
                 seen[name] = {"earned": acc.earned, "slashed": acc.slashed, "rep": acc.reputation}
 
     snapshots: list[Snapshot] = []
+    stop = threading.Event()
 
     def on_snapshot(snapshot: Snapshot) -> None:
         snapshots.append(snapshot)
         if len(snapshots) % 4 == 0:
             watch()
+            done = seen.get("validator-3", {}).get("slashed", 0) > 0
+            if done and snapshot.adapter_version >= 3:
+                stop.set()  # two versions approved and the liar's dispute decided
 
     result = run_network(
         spec,
-        UpOptions(chain_port=port, rounds=2, max_rounds=10, poll_s=0.5),
-        stop=threading.Event(),
+        UpOptions(chain_port=port, max_rounds=16, poll_s=0.5),
+        stop=stop,
         on_snapshot=on_snapshot,
     )
-    assert result.reached, snapshots[-1].line() if snapshots else "no snapshot"
+    assert result.ok and stop.is_set(), snapshots[-1].line() if snapshots else "no snapshot"
     final = result.snapshot
     assert final is not None and final.adapter_version >= 3  # genesis v1 + 2 approved
     miners = {m.name: m for m in final.miners}
@@ -76,3 +80,7 @@ def test_two_honest_validators_outvote_a_liar_and_versions_keep_coming(tmp_path:
     liar, honest = seen["validator-3"], [seen["validator-1"], seen["validator-2"]]
     assert liar["earned"] == 0, "the liar never sided with a settled verdict"
     assert all(h["earned"] > 0 for h in honest)
+    # the liar sided with the cheater; its own dispute (it accepted what the others rejected)
+    # ends with the referee's step against it: slashed like the cheater
+    assert liar["slashed"] > 0, "the liar lost a dispute"
+    assert all(h["slashed"] == 0 for h in honest)

@@ -51,6 +51,29 @@ def _account(state: State, req: Any) -> Any:
     return {"account": views.account_json(state, req.address)}
 
 
+def _submission(state: State, req: Any) -> Any:
+    sub = state.submissions.get(req.id)
+    if sub is None:
+        raise views.QueryError(f"no submission {req.id}", status=404)
+    return {"submission": views.submission_json(sub)}
+
+
+def _proposal(state: State, req: Any) -> Any:
+    return {"proposal": views.proposal_json(state, req.round)}
+
+
+def _dispute(state: State, req: Any) -> Any:
+    return {"dispute": views.dispute_json(state, req.id)}
+
+
+def _disputes(state: State, req: Any) -> Any:
+    return {"disputes": views.open_disputes_json(state)}
+
+
+def _stake(state: State, req: Any) -> Any:
+    return {"stake": views.stake_json(state, req.address)}
+
+
 ROUTES: dict[str, tuple[type[Message], Callable[[State, Any], Any]]] = {
     "Params": (query_pb2.QueryParamsRequest, _params),
     "Round": (query_pb2.QueryRoundRequest, _round),
@@ -60,6 +83,11 @@ ROUTES: dict[str, tuple[type[Message], Callable[[State, Any], Any]]] = {
     "Artifacts": (query_pb2.QueryArtifactsRequest, _artifacts),
     "Leaderboard": (query_pb2.QueryLeaderboardRequest, _leaderboard),
     "Account": (query_pb2.QueryAccountRequest, _account),
+    "Submission": (query_pb2.QuerySubmissionRequest, _submission),
+    "Proposal": (query_pb2.QueryProposalRequest, _proposal),
+    "Dispute": (query_pb2.QueryDisputeRequest, _dispute),
+    "Disputes": (query_pb2.QueryDisputesRequest, _disputes),
+    "Stake": (query_pb2.QueryStakeRequest, _stake),
 }
 
 

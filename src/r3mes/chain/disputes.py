@@ -12,7 +12,8 @@ nothing to bisect (inconclusive, nobody slashed). Otherwise both post their dige
 so after at most ceil(log2(steps)) message rounds the disagreement is ONE step. A party posts
 the agreed checkpoint at `lo` by CID; referees (validators that are neither party nor the
 miner, drawn from the round seed by stake) re-execute that step and post the digest after
-it; `attestation_quorum` matching referee digests name the winner. The loser is slashed
+it; `attestation_quorum` matching referee digests (all of them, when fewer were drawn)
+name the winner. The loser is slashed
 `slash_amount` and loses `reputation_penalty`; a submission whose verdict the winner
 contradicts is turned over (and its miner paid or slashed). A party that misses
 `dispute_step_blocks` for its move loses.
@@ -189,7 +190,7 @@ def dispute_verdict(state: WorkingState, msg: DisputeVerdict, ctx: BlockContext)
         raise invalid(Code.DUPLICATE, "you already gave your digest")
     d = replace(d, votes=(*d.votes, (msg.creator, msg.digest)))
     events = [event("dispute_vote", dispute_id=d.submission_id, referee=msg.creator)]
-    k = state.params.attestation_quorum
+    k = min(state.params.attestation_quorum, len(d.referees))  # fewer referees: all of them
     agreeing = sum(1 for _, digest in d.votes if digest == msg.digest)
     if agreeing >= k:
         winner = (

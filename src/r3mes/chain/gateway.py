@@ -144,6 +144,33 @@ def rest_router(rpc: CometRpc) -> APIRouter:
         request = query_pb2.QuerySubmissionsRequest(round=round or 0)
         return await query_json(rpc, "Submissions", request)
 
+    @router.get("/submissions/{sid}")
+    async def submission(sid: int) -> dict[str, Any]:
+        if not 1 <= sid < 2**63:
+            raise QueryError("submission id must be >= 1")
+        return await query_json(rpc, "Submission", query_pb2.QuerySubmissionRequest(id=sid))
+
+    @router.get("/proposals/{round_number}")
+    async def proposal(round_number: int) -> dict[str, Any]:
+        if not 1 <= round_number < 2**63:
+            raise QueryError("round number must be >= 1")
+        request = query_pb2.QueryProposalRequest(round=round_number)
+        return await query_json(rpc, "Proposal", request)
+
+    @router.get("/disputes")
+    async def disputes() -> dict[str, Any]:
+        return await query_json(rpc, "Disputes", query_pb2.QueryDisputesRequest())
+
+    @router.get("/disputes/{dispute_id}")
+    async def dispute(dispute_id: int) -> dict[str, Any]:
+        if not 1 <= dispute_id < 2**63:
+            raise QueryError("dispute id must be >= 1")
+        return await query_json(rpc, "Dispute", query_pb2.QueryDisputeRequest(id=dispute_id))
+
+    @router.get("/stake/{address}")
+    async def stake(address: str) -> dict[str, Any]:
+        return await query_json(rpc, "Stake", query_pb2.QueryStakeRequest(address=address))
+
     @router.get("/nodes")
     async def nodes(role: str | None = None) -> dict[str, Any]:
         return await query_json(rpc, "Nodes", query_pb2.QueryNodesRequest(role=role or ""))

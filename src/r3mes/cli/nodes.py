@@ -302,6 +302,9 @@ def validator_start(
             "ledger's genesis spot_check_ppm; 1000000 = always re-execute in full).",
         ),
     ] = None,
+    stake: Annotated[
+        int, typer.Option(min=0, help="Credits to lock when registering (slashable).")
+    ] = 0,
     lie: Annotated[
         bool,
         typer.Option(
@@ -328,7 +331,10 @@ def validator_start(
         profile=profile,
         start_delay=test_start_delay,
     )
-    _run(build_validator(launch, device=device, spot_ppm=spot_ppm, lie=lie, shutdown=shutdown))
+    validator = build_validator(
+        launch, device=device, spot_ppm=spot_ppm, lie=lie, stake=stake, shutdown=shutdown
+    )
+    _run(validator)
 
 
 @proposer_app.command("start")

@@ -133,6 +133,7 @@ def build_validator(
     device: str = "cpu",
     spot_ppm: int | None = None,
     lie: bool = False,
+    stake: int = 0,
     shutdown: Shutdown | None = None,
 ) -> Validator:
     """A validator that re-executes on `device` (nothing runs yet); `spot_ppm` None follows
@@ -147,6 +148,7 @@ def build_validator(
         device=device,
         spot_ppm=spot_ppm,
         lie=lie,
+        stake=stake,
     )
     return Validator(settings, role_deps(launch, shutdown=shutdown))
 

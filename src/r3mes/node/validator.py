@@ -76,6 +76,8 @@ class ValidatorSettings(LedgerSettings):
     spot_ppm: int | None = None
     """Share of a traced submission's steps to re-execute (ppm, `r3mes.node.spot_check`);
     None: the ledger's genesis `spot_check_ppm`; 1_000_000: always re-execute in full."""
+    stake: int = 0
+    """Credits locked when registering: what a lost dispute can take."""
     lie: bool = False
     """TEST/DEMO FAULT INJECTION: attest the opposite of every verdict this validator
     reaches (submissions and adapter proposals), to show a quorum outvoting a liar."""
@@ -213,6 +215,16 @@ class Validator(LedgerRole):
             store=self.store, root=state / "artifacts", source=self.client
         )
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
+        from r3mes.node.dispute_agent import DisputeAgent
+
+        self.disputes = DisputeAgent(
+            client=self.client,
+            key=self.key,
+            store=self.store,
+            artifacts=self.artifacts,
+            profile=settings.profile,
+            lie=settings.lie,
+        )
         self._backoff: dict[int, _Backoff] = {}
         self._attested = Counter(
             "r3mes_validator_attestations",
@@ -225,7 +237,11 @@ class Validator(LedgerRole):
         from r3mes.node.registration import ensure_registered
 
         ensure_registered(
-            self.client, self.key, role="validator", endpoint=f"http://127.0.0.1:{self.port}"
+            self.client,
+            self.key,
+            role="validator",
+            endpoint=f"http://127.0.0.1:{self.port}",
+            stake=self.settings.stake,
         )
 
     def on_stop(self) -> None:
@@ -266,7 +282,23 @@ class Validator(LedgerRole):
                 break
             self._judge_one(sub)
         checked = self._check_proposals(first, current)
-        return bool(due) or checked
+        disputed = self._disputes(first, current)
+        return bool(due) or checked or disputed
+
+    def _disputes(self, first: int, current: int) -> bool:
+        """Open a dispute over a submission this validator accepted and another rejected,
+        and make its moves in every open dispute (as a party or a referee)."""
+        try:
+            for number in range(first, current + 1):
+                for sub in self.client.submissions(number):
+                    said = {a.get("validator"): a.get("verdict") for a in sub.attestations}
+                    if said.get(self.address) == "accept" and "reject" in said.values():
+                        if self.client.dispute(sub.id) is None:
+                            self.disputes.open(sub)
+            return self.disputes.step()
+        except Exception as exc:  # disputes never stop the judging of new work
+            logger.warning("dispute step failed: %s", classify(exc))
+            return False
 
     def _check_proposals(self, first: int, current: int) -> bool:
         """Re-merge every pending adapter proposal assigned to this validator and attest

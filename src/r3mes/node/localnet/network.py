@@ -172,8 +172,11 @@ def _role_args(spec: NetworkSpec, role: str, name: str) -> list[str]:
         return args
     if role == "serving":
         return ["--heartbeat", "5"]
-    if role == "validator" and int(name.removeprefix("validator-")) > spec.validators - spec.liars:
-        return ["--lie"]  # FAULT INJECTION (NetworkSpec.liars)
+    if role == "validator":
+        args = ["--stake", "100"]
+        if int(name.removeprefix("validator-")) > spec.validators - spec.liars:
+            args.append("--lie")  # FAULT INJECTION (NetworkSpec.liars)
+        return args
     return []
 
 

@@ -57,6 +57,8 @@ class NetworkSpec:
     """Validator role processes; the ledger assigns each submission to all of them (n)."""
     quorum: int = 1
     """Matching verdicts of assigned validators that settle a submission (k <= validators)."""
+    per_submission: int = 0
+    """Validators the ledger assigns to each submission (n; 0: all `validators`)."""
     liars: int = 0
     """FAULT INJECTION: the last `liars` validators attest the opposite of their verdicts."""
     attestation_rounds: int = 2
@@ -90,6 +92,10 @@ class NetworkSpec:
             raise ValidationError("--verifiers must be in [1, 16]")
         if not 1 <= self.quorum <= self.validators:
             raise ValidationError("--quorum must be in [1, --verifiers]")
+        if not 0 <= self.per_submission <= self.validators or self.quorum > (
+            self.per_submission or self.validators
+        ):
+            raise ValidationError("validators per submission must be in [--quorum, --verifiers]")
         if not 0 <= self.liars <= self.validators:
             raise ValidationError("--lying-verifiers must be in [0, --verifiers]")
         if self.miners + len(self.cheaters) > self.shards:
@@ -231,7 +237,7 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
         pow_difficulty=spec.difficulty,
         shards_per_round=spec.shards,
         attestation_quorum=spec.quorum,
-        validators_per_submission=spec.validators,
+        validators_per_submission=spec.per_submission or spec.validators,
         attestation_rounds=spec.attestation_rounds,
     )
     init_devnet(spec.home, genesis, overwrite=True)

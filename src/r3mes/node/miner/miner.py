@@ -99,6 +99,15 @@ class Miner(LedgerRole):
             residuals=self.residuals,
             client=self.client,
         )
+        from r3mes.node.dispute_agent import DisputeAgent
+
+        self.disputes = DisputeAgent(
+            client=self.client,
+            key=self.key,
+            store=self.store,
+            artifacts=self.trainer.artifacts,
+            profile=settings.profile,
+        )
         self.tasks = ChainTaskSource(
             client=self.client, miner=self.address, journal=self.journal, ready=self._settled
         )
@@ -173,6 +182,8 @@ class Miner(LedgerRole):
     # -- the loop ---------------------------------------------------------------------
 
     def step(self) -> bool:
+        if self.settings.cheat is None:
+            self._challenge()
         if self.journal.unresolved():
             self.coordinator.recover()
         self.pool.refresh()
@@ -224,6 +235,23 @@ class Miner(LedgerRole):
             else:
                 waiting = True
         return not waiting
+
+    def _challenge(self) -> None:
+        """Dispute every rejection of this miner's recent work, and make the moves owed in
+        open disputes (`r3mes.node.dispute_agent`); a failure waits for the next step."""
+        from r3mes.node.errors import classify
+
+        try:
+            for record in self.journal.recent(10):
+                if record.state is not TxState.COMMITTED:
+                    continue
+                sub = self._submission_of(record.round_id)
+                if sub is not None and sub.status == "rejected":
+                    if self.client.dispute(sub.id) is None:
+                        self.disputes.open(sub)
+            self.disputes.step()
+        except Exception as exc:
+            logger.warning("dispute step failed: %s", classify(exc))
 
     def _submission_of(self, round_id: int) -> SubmissionInfo | None:
         for sub in self.client.submissions(round_id):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aremes/remes/v1/query.proto\x12\x0eremes.remes.v1\"\x14\n\x12QueryParamsRequest\"\"\n\x11QueryRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"\"\n\x11QueryTasksRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"(\n\x17QuerySubmissionsRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\x11QueryNodesRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"5\n\x15QueryArtifactsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"(\n\x17QueryLeaderboardRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"&\n\x13QueryAccountRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"!\n\x11QueryJsonResponse\x12\x0c\n\x04json\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aremes/remes/v1/query.proto\x12\x0eremes.remes.v1\"\x14\n\x12QueryParamsRequest\"\"\n\x11QueryRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"\"\n\x11QueryTasksRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"(\n\x17QuerySubmissionsRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\x11QueryNodesRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"5\n\x15QueryArtifactsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"(\n\x17QueryLeaderboardRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"&\n\x13QueryAccountRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"$\n\x16QuerySubmissionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"%\n\x14QueryProposalRequest\x12\r\n\x05round\x18\x01 \x01(\x04\"!\n\x13QueryDisputeRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"\x16\n\x14QueryDisputesRequest\"$\n\x11QueryStakeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"!\n\x11QueryJsonResponse\x12\x0c\n\x04json\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYLEADERBOARDREQUEST']._serialized_end=312
   _globals['_QUERYACCOUNTREQUEST']._serialized_start=314
   _globals['_QUERYACCOUNTREQUEST']._serialized_end=352
-  _globals['_QUERYJSONRESPONSE']._serialized_start=354
-  _globals['_QUERYJSONRESPONSE']._serialized_end=387
+  _globals['_QUERYSUBMISSIONREQUEST']._serialized_start=354
+  _globals['_QUERYSUBMISSIONREQUEST']._serialized_end=390
+  _globals['_QUERYPROPOSALREQUEST']._serialized_start=392
+  _globals['_QUERYPROPOSALREQUEST']._serialized_end=429
+  _globals['_QUERYDISPUTEREQUEST']._serialized_start=431
+  _globals['_QUERYDISPUTEREQUEST']._serialized_end=464
+  _globals['_QUERYDISPUTESREQUEST']._serialized_start=466
+  _globals['_QUERYDISPUTESREQUEST']._serialized_end=488
+  _globals['_QUERYSTAKEREQUEST']._serialized_start=490
+  _globals['_QUERYSTAKEREQUEST']._serialized_end=526
+  _globals['_QUERYJSONRESPONSE']._serialized_start=528
+  _globals['_QUERYJSONRESPONSE']._serialized_end=561
 # @@protoc_insertion_point(module_scope)
