@@ -15,12 +15,16 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from r3mes.node.errors import ValidationError
 from r3mes.node.miner.parts import CHEATS
 from r3mes.paths import Home
 from r3mes.work.profile import DEFAULT_COMPRESSION, WorkProfile
 from r3mes.work.task import HyperParams
+
+if TYPE_CHECKING:
+    from r3mes.chain.genesis import Genesis
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +186,33 @@ def _model_folder(spec: NetworkSpec) -> tuple[Path, str]:
     return folder, TINY_MODEL_ID
 
 
+def genesis_differences(
+    spec: NetworkSpec, genesis: Genesis, addresses: dict[str, str]
+) -> list[str]:
+    """What an existing network's genesis fixed differently from `spec` (empty: reusable).
+
+    Round length, proof-of-work difficulty, quorum and validators per submission are
+    genesis parameters, and only genesis accounts are funded: a role key made after it
+    (another miner, a cheater, a validator) would register with no stake at all.
+    """
+    params = genesis.params
+    fixed = (
+        ("--round-blocks", params.round_length, spec.round_blocks),
+        ("--difficulty", params.pow_difficulty, spec.difficulty),
+        ("--quorum", params.attestation_quorum, spec.quorum),
+        ("--verifiers", params.validators_per_submission, spec.per_submission or spec.validators),
+    )
+    out = [f"{flag} {have} (asked: {want})" for flag, have, want in fixed if have != want]
+    tiny = any(a.kind == "model" and a.id == TINY_MODEL_ID for a in genesis.artifacts)
+    if tiny != (spec.base_model == "tiny"):
+        out.append(f"--base-model {'tiny' if tiny else 'shipped'} (asked: {spec.base_model})")
+    funded = {account.address for account in genesis.accounts}
+    unfunded = sorted(name for name, address in addresses.items() if address not in funded)
+    if unfunded:
+        out.append(f"no genesis account for {', '.join(unfunded)}")
+    return out
+
+
 def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
     """Publish the artifacts and write the devnet genesis (skipped if one exists)."""
     from r3mes.chain.devnet import devnet_genesis, genesis_path, init_devnet
@@ -197,6 +228,16 @@ def prepare_genesis(spec: NetworkSpec, addresses: dict[str, str]) -> None:
     from r3mes.storage.tiered import open_store
 
     if genesis_path(spec.home).is_file():
+        from r3mes.chain.genesis import Genesis
+
+        differences = genesis_differences(spec, Genesis.load(genesis_path(spec.home)), addresses)
+        if differences:
+            raise ValidationError(
+                f"{spec.home.root} already holds a network made with other options "
+                f"({'; '.join(differences)}); its ledger cannot change them. Start it with "
+                "the options it was made with, or start a new network in another folder "
+                "(--home DIR) or after removing this one"
+            )
         logger.info("reusing the devnet genesis in %s", spec.home.root)
         return
     store = open_store(spec.home.blocks, ipfs_url=spec.ipfs_url)
