@@ -452,7 +452,8 @@ def up(
     cheat: Annotated[
         list[str] | None,
         typer.Option(
-            help="TEST/DEMO FAULT INJECTION: add a cheating miner ('random' or 'copy'); repeatable."
+            metavar="random|copy",
+            help="TEST/DEMO FAULT INJECTION: add a cheating miner; repeatable.",
         ),
     ] = None,
     chain_port: Annotated[int, typer.Option(help="Ledger RPC port (0: any free port).")] = 26657,
@@ -502,9 +503,13 @@ def up(
     ] = 1,
     home: HomeOpt = None,
 ) -> None:
-    """Start a whole local network: devnet ledger, storage, miners, validator, proposer,
-    serving node and the backend with its web dashboard - each a real process. Ctrl-C or
-    `r3mes down` stops everything (exit 0)."""
+    """Start a whole local network (Ctrl-C or `r3mes down` stops it).
+
+    Devnet ledger, storage, miners, validator, proposer, serving node and the backend with
+    its web dashboard, each a real process. Ctrl-C or `r3mes down` stops everything (exit 0).
+    A home's network keeps the ledger options it was made with (--round-blocks,
+    --difficulty, --verifiers, --quorum, --base-model, its miners and cheaters); other ones
+    need a new --home."""
     from r3mes.runtime.shutdown import Shutdown
 
     shutdown = Shutdown(interrupt_on_second=False)  # a second Ctrl-C must not skip the stop
