@@ -3,10 +3,17 @@
 `start_devnet` makes a chain whose rounds are short; `play(url, rounds)` drives it: nodes
 register (with stakes), a serving node beats, an honest miner and a cheating miner submit
 every round, three validators accept the honest update and reject the cheat (settling one
-as verified and slashing the other), the proposer merges each closed round's verified
-updates into a new adapter version, credits move by transfer and faucet, an artifact is
-registered and approved, and some transactions fail inside blocks (code != 0). Then
-`compare` holds the explorer's answers against the ledger's own REST and RPC answers.
+as verified and slashing the other; the third verdict comes late, and in the first round
+the third validator misses one and contradicts the other, so the window's end penalizes
+it), the proposer merges each closed round's verified updates into a new adapter version
+that the assigned validators check (the first round's first proposal carries a wrong
+digest: rejected, the proposer slashed through its bonded and unbonding stake, then
+proposed again), the cheater challenges its first rejection and loses the dispute by
+deadline, a validator unbonds part of its stake and withdraws it, credits move by transfer
+and faucet, an artifact is registered and approved, and some transactions fail inside
+blocks (code != 0). Then `compare` holds the explorer's answers against the ledger's own
+REST and RPC answers (rounds, submissions, proposals, disputes, stake, nodes, artifacts,
+txs, accounts, blocks).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from r3mes.backend.services.quorum_views import DISPUTE_FIELDS
 from r3mes.chain.client import BlockchainClient
 from r3mes.chain.crypto import SigningKey
 from r3mes.chain.devnet import DevnetConfig, DevnetNode, devnet_genesis, init_devnet
@@ -27,12 +35,16 @@ from r3mes.chain.msgs import (
     ArtifactSpec,
     Attest,
     AttestAdapter,
+    DisputeCheckpoint,
     Faucet,
+    OpenDispute,
     ProposeAdapter,
     RegisterArtifact,
     RegisterNode,
     ServingHeartbeat,
     TransferCredits,
+    Unbond,
+    Withdraw,
 )
 from r3mes.chain.vocab import Role, Verdict
 from r3mes.paths import Home
@@ -65,6 +77,9 @@ def start_devnet(home: Home, port: int, *, block_interval_s: float = 0.05) -> De
         min_stake=10,
         slash_amount=30,
         authority=AUTHORITY.address,
+        attestation_rounds=1,
+        dispute_step_blocks=10,
+        unbonding_blocks=20,
     )
     init_devnet(home, genesis)
     node = DevnetNode(home, DevnetConfig(port=port, block_interval_s=block_interval_s))
@@ -115,6 +130,9 @@ def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None
                 )
             ],
         )
+        # Stake on its way out: V3 unbonds (withdrawn later), PROPOSER's is slashed first.
+        _send(c, V3, [Unbond(creator=V3.address, role="validator", amount=20)])
+        _send(c, PROPOSER, [Unbond(creator=PROPOSER.address, role="proposer", amount=4)])
         # Fails inside its block: USER is no validator (check_tx does not look at roles).
         _send(c, USER, [Attest(creator=USER.address, submission_id=1, verdict="accept")])
         spec = ArtifactSpec(
@@ -134,6 +152,11 @@ def play(url: str, rounds: int, *, on_round: Callable[[int], None] | None = None
 
 
 def _play_round(c: BlockchainClient, i: int) -> None:
+    # start at a round's first blocks: the previous round's proposals and dispute may have
+    # taken most of the current one, and a submission must land in the round it names
+    started = c.current_round().number
+    while c.current_round().number == started:
+        time.sleep(0.05)
     rnd = c.current_round()
     subs: dict[str, int] = {}
     for miner in (HONEST, CHEAT):
@@ -151,6 +174,10 @@ def _play_round(c: BlockchainClient, i: int) -> None:
     for validator in (V1, V2, V3):
         for miner_address, sid in subs.items():
             verdict: Verdict = "accept" if miner_address == HONEST.address else "reject"
+            if i == 0 and validator is V3:  # late: misses the honest one, contradicts the cheat
+                if miner_address == HONEST.address:
+                    continue
+                verdict = "accept"
             _send(
                 c,
                 validator,
@@ -163,6 +190,8 @@ def _play_round(c: BlockchainClient, i: int) -> None:
                     )
                 ],
             )
+    if i == 1:
+        _send(c, V3, [Withdraw(creator=V3.address)])
     _send(c, USER, [TransferCredits(creator=USER.address, to=key(50 + i).address, amount=10 + i)])
     _send(
         c,
@@ -172,34 +201,74 @@ def _play_round(c: BlockchainClient, i: int) -> None:
     # Wait for the round to close, then merge its verified update(s).
     while c.current_round().number <= rnd.number:
         time.sleep(0.05)
+    if i == 0 and CHEAT.address in subs:
+        _lose_a_dispute(c, subs[CHEAT.address])
     verified = [s.id for s in c.submissions(rnd.number) if s.status == "verified"]
     if verified:
         current = list(c.approved_artifacts(kind="adapter"))
         parent = max((a.version for a in current), default=0)
-        _send(
-            c,
-            PROPOSER,
-            [
-                ProposeAdapter(
-                    creator=PROPOSER.address,
-                    round=rnd.number,
-                    adapter_cid=f"bafyadapter{parent + 1}",
-                    sha256=_digest(f"adapter{parent + 1}"),
-                    size=1000 + i,
-                    version=parent + 1,
-                    parent_version=parent,
-                    submission_ids=tuple(verified),
-                )
-            ],
-        )
-        # checked merge: the validators the ledger assigned approve the proposal
-        proposal = c.proposal(rnd.number)
-        by_address = {v.address: v for v in (V1, V2, V3)}
-        for address in proposal.assigned if proposal else []:
-            vote = AttestAdapter(
-                creator=address, round=rnd.number, version=parent + 1, verdict="accept"
+        # the first round's first proposal is a wrong merge: its validators reject it
+        for verdict in ("reject", "accept") if i == 0 else ("accept",):
+            sha = _digest(f"adapter{parent + 1}" + ("wrong" if verdict == "reject" else ""))
+            _send(
+                c,
+                PROPOSER,
+                [
+                    ProposeAdapter(
+                        creator=PROPOSER.address,
+                        round=rnd.number,
+                        adapter_cid=f"bafyadapter{parent + 1}",
+                        sha256=sha,
+                        size=1000 + i,
+                        version=parent + 1,
+                        parent_version=parent,
+                        submission_ids=tuple(verified),
+                    )
+                ],
             )
-            _send(c, by_address[address], [vote])
+            # checked merge: the validators the ledger assigned judge the proposal
+            proposal = c.proposal(rnd.number)
+            by_address = {v.address: v for v in (V1, V2, V3)}
+            for address in proposal.assigned if proposal else []:
+                vote = AttestAdapter(
+                    creator=address, round=rnd.number, version=parent + 1, verdict=verdict
+                )
+                _send(c, by_address[address], [vote])
+
+
+def _lose_a_dispute(c: BlockchainClient, sid: int) -> None:
+    """The cheater challenges its rejection; the first rejecting validator answers its final
+    digest and the first midpoint, the cheater never does: it loses when the deadline passes."""
+    steps = 4
+    _send(
+        c,
+        CHEAT,
+        [
+            OpenDispute(
+                creator=CHEAT.address,
+                submission_id=sid,
+                steps=steps,
+                start_digest=_digest("start"),
+                final_digest=_digest("cheat-final"),
+            )
+        ],
+    )
+    dispute = c.dispute(sid)
+    if dispute is None:
+        return
+    respondent = {v.address: v for v in (V1, V2, V3)}[dispute["respondent"]]
+    for step, text in ((steps, "final"), (steps // 2, "mid")):
+        msg = DisputeCheckpoint(
+            creator=respondent.address, dispute_id=sid, step=step, digest=_digest(text)
+        )
+        _send(c, respondent, [msg])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = c.dispute(sid)
+        if found is None or found["status"] == "resolved":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"dispute {sid} was not resolved by its deadline: {c.dispute(sid)}")
 
 
 # -- comparison ----------------------------------------------------------------------------
@@ -251,6 +320,26 @@ def compare(ledger_url: str, explorer_url: str, height: int) -> dict[str, int]:
         for s in subs:
             _same(s, ours[s["id"]], f"submission {s['id']}")
         counts["submissions"] = len(subs)
+        counts["proposals"] = 0
+        for r in ledger_rounds["rounds"]:
+            found = http.get(f"{prefix}/proposals/{r['number']}", timeout=10)
+            mine = _get(http, f"{explorer_url}/api/rounds/{r['number']}")["proposal"]
+            if found.status_code == 404:
+                assert mine is None, (r["number"], mine)
+                continue
+            _same(found.json()["proposal"], mine, f"proposal of round {r['number']}")
+            counts["proposals"] += 1
+        ours_disputes = {d["id"]: d for d in _all_pages(http, f"{explorer_url}/api/disputes")}
+        ledger_disputes = []
+        for s in subs:
+            found = http.get(f"{prefix}/disputes/{s['id']}", timeout=10)
+            if found.status_code != 404:
+                ledger_disputes.append(found.json()["dispute"])
+        assert sorted(ours_disputes) == [d["id"] for d in ledger_disputes]
+        for d in ledger_disputes:
+            mirrored = {k: d[k] for k in DISPUTE_FIELDS}
+            _same(mirrored, ours_disputes[d["id"]], f"dispute {d['id']}")
+        counts["disputes"] = len(ledger_disputes)
         nodes = _get(http, f"{prefix}/nodes?include_inactive=true")["nodes"]
         ours_nodes = {(n["role"], n["address"]): n for n in _get(http, f"{explorer_url}/api/nodes")}
         assert sorted(ours_nodes) == sorted((n["role"], n["address"]) for n in nodes)
@@ -287,6 +376,11 @@ def compare(ledger_url: str, explorer_url: str, height: int) -> dict[str, int]:
                 ledger_acc,
                 _get(http, f"{explorer_url}/api/accounts/{address}"),
                 f"account {address}",
+            )
+            _same(
+                _get(http, f"{prefix}/stake/{address}")["stake"],
+                _get(http, f"{explorer_url}/api/stake/{address}"),
+                f"stake of {address}",
             )
         counts["accounts"] = len(addresses)
         for h in range(1, height + 1):

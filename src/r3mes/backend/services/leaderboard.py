@@ -31,11 +31,10 @@ from r3mes.backend.db.index import (
     IxNode,
     IxReward,
     IxRound,
-    IxSlash,
     IxSubmission,
 )
 from r3mes.backend.errors import InvalidRequest, NotFound
-from r3mes.backend.services import explorer
+from r3mes.backend.services import explorer, quorum_views
 from r3mes.backend.services.chat_rollup import chat_rows_json
 from r3mes.backend.services.explorer import account_doc, decode_cursor, node_doc, page
 from r3mes.chain.state import tier
@@ -292,17 +291,11 @@ async def miner(s: AsyncSession, address: str, *, rounds: int) -> dict[str, Any]
             .limit(20)
         )
     ]
-    doc["slashes"] = [
-        {
-            "height": x.height,
-            "submission_id": x.submission_id,
-            "burned": x.burned,
-            "reputation_lost": x.reputation_lost,
-        }
-        for x in await s.scalars(
-            select(IxSlash).where(IxSlash.address == address).order_by(IxSlash.id.desc()).limit(20)
-        )
+    doc["slashes"] = await quorum_views.slashes(s, address)
+    doc["disputes"] = (await quorum_views.disputes(s, limit=20, cursor=None, party=address))[
+        "items"
     ]
+    doc["stake"] = await quorum_views.stake(s, address)
     return doc
 
 
@@ -328,6 +321,12 @@ async def validator(s: AsyncSession, address: str, *, rounds: int) -> dict[str, 
         }
         for a in recent
     ]
+    doc["penalties"] = await quorum_views.penalties(s, address)
+    doc["slashes"] = await quorum_views.slashes(s, address)
+    doc["disputes"] = (await quorum_views.disputes(s, limit=20, cursor=None, party=address))[
+        "items"
+    ]
+    doc["stake"] = await quorum_views.stake(s, address)
     return doc
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from r3mes.backend.api.deps import RuntimeDep
 from r3mes.backend.api.routes.explorer_common import CursorArg, LimitArg, cached_json
 from r3mes.backend.errors import InvalidRequest
-from r3mes.backend.services import explorer
+from r3mes.backend.services import explorer, quorum_views
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError
 
@@ -29,8 +29,9 @@ async def rounds(
 
 @router.get("/rounds/{number}")
 async def round_(request: Request, runtime: RuntimeDep, number: Number) -> Response:
-    """One round with its tasks (shards and who claimed them) and its submissions."""
-    return await cached_json(request, runtime, lambda s: explorer.round_detail(s, number))
+    """One round with its tasks (shards and who claimed them), its submissions and its
+    adapter proposals (`proposal`: the latest, with its status and verdicts)."""
+    return await cached_json(request, runtime, lambda s: quorum_views.round_detail(s, number))
 
 
 @router.get("/submissions")
