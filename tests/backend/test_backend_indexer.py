@@ -24,7 +24,18 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from support.explorer_scenario import SERVING, compare, play, start_devnet
+from support.explorer_scenario import (
+    CHEAT,
+    HONEST,
+    PROPOSER,
+    SERVING,
+    V1,
+    V2,
+    V3,
+    compare,
+    play,
+    start_devnet,
+)
 from support.net import free_port
 
 from r3mes.backend.db.engine import Database
@@ -141,13 +152,63 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
             f"{backend.url}/api/nodes/{SERVING.address}/events?cursor={events['next_cursor']}",
             timeout=5,
         ).json()
+        late = httpx.get(f"{backend.url}/api/validators/{V3.address}", timeout=5).json()
+        judges = httpx.get(f"{backend.url}/api/leaderboard/validators", timeout=5).json()
+        disputes = httpx.get(f"{backend.url}/api/disputes", timeout=5).json()["items"]
+        cheater = httpx.get(f"{backend.url}/api/miners/{CHEAT.address}", timeout=5).json()
+        proposer = httpx.get(f"{backend.url}/api/stake/{PROPOSER.address}", timeout=5).json()
+        honest = httpx.get(f"{backend.url}/api/miners/{HONEST.address}", timeout=5).json()
+        first_judge = httpx.get(f"{backend.url}/api/validators/{V1.address}", timeout=5).json()
+        overturned = next(
+            httpx.get(f"{backend.url}/api/submissions/{d['id']}", timeout=5).json()
+            for d in disputes
+            if d["miner"] == HONEST.address
+        )
+        first = min(
+            r["number"]
+            for r in httpx.get(f"{backend.url}/api/rounds").json()["items"]
+            if r["submissions"]
+        )
+        rnd = httpx.get(f"{backend.url}/api/rounds/{first}", timeout=5).json()
     finally:
         backend.stop()
-    cheat = [m for m in slashed["items"] if m["rejected"]]
-    assert cheat and all(m["slashed"] > 0 and m["verified"] == 0 for m in cheat)
+    (cheat,) = [m for m in slashed["items"] if m["address"] == CHEAT.address]
+    assert cheat["rejected"] and cheat["slashed"] > 0 and cheat["verified"] == 0
     kinds = [e["kind"] for e in events["items"] + more["items"]]
     assert kinds[-1] == "register" and kinds.count("heartbeat") == 4  # one + one per round
     assert counts["submissions"] >= 4 and counts["txs"] >= 30 and counts["accounts"] >= 10
+    assert counts["proposals"] >= 2 and counts["disputes"] == 2
+    # the window's end penalized the validator that missed one verdict and contradicted one
+    assert sorted(p["reason"] for p in late["penalties"]) == ["disagreed", "missed"]
+    assert [h["withdrawn_height"] > 0 for h in late["stake"]["history"]] == [True]
+    by_miner = {d["miner"]: d for d in disputes}
+    # the cheater lost its challenge by deadline: slashed again, its work still rejected
+    lost = by_miner[CHEAT.address]
+    assert (lost["winner"], lost["loser"], lost["status"]) == (
+        "respondent",
+        CHEAT.address,
+        "resolved",
+    )
+    assert {"rejected", "dispute"} <= {x["reason"] for x in cheater["slashes"]}
+    # V3's dispute, unanswered, overturned the honest update: V1 (the claimant) slashed, the
+    # miner slashed, and trust re-judged against the new settled verdict
+    won = by_miner[HONEST.address]
+    assert (won["respondent"], won["loser"], won["winner"]) == (
+        V3.address,
+        V1.address,
+        "respondent",
+    )
+    assert overturned["status"] == "rejected"
+    assert overturned["settlement"]["agreed"] == [V3.address]
+    assert overturned["settlement"]["disagreed"] == sorted([V1.address, V2.address])
+    assert "dispute" in {x["reason"] for x in first_judge["slashes"]}
+    assert "overturned" in {x["reason"] for x in honest["slashes"]}
+    trust = {v["address"]: v["trust_score"] for v in judges["items"]}
+    assert trust[V1.address] == trust[V2.address] < 1.0 and trust[V3.address] < 1.0
+    # the first round's wrong merge was rejected (proposer slashed, also what was unbonding)
+    assert [p["status"] for p in rnd["proposals"]] == ["rejected", "approved"]
+    assert rnd["proposal"]["status"] == "approved" and rnd["proposals"][0]["burned"] == 10
+    assert proposer["unbonding"] == [] and proposer["bonded"][0]["stake"] == 0
 
 
 def test_twenty_sigkills_while_blocks_arrive_leave_no_gap_and_no_duplicate(

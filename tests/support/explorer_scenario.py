@@ -9,11 +9,13 @@ it), the proposer merges each closed round's verified updates into a new adapter
 that the assigned validators check (the first round's first proposal carries a wrong
 digest: rejected, the proposer slashed through its bonded and unbonding stake, then
 proposed again), the cheater challenges its first rejection and loses the dispute by
-deadline, a validator unbonds part of its stake and withdraws it, credits move by transfer
-and faucet, an artifact is registered and approved, and some transactions fail inside
-blocks (code != 0). Then `compare` holds the explorer's answers against the ledger's own
-REST and RPC answers (rounds, submissions, proposals, disputes, stake, nodes, artifacts,
-txs, accounts, blocks).
+deadline, in the second round the third validator's late `reject` of the honest update
+becomes a dispute the accepting side never answers (the verdict is turned over, so that
+round merges nothing), a validator unbonds part of its stake and withdraws it, credits
+move by transfer and faucet, an artifact is registered and approved, and some
+transactions fail inside blocks (code != 0). Then `compare` holds the explorer's answers
+against the ledger's own REST and RPC answers (rounds, submissions, proposals, disputes,
+stake, nodes, artifacts, txs, accounts, blocks).
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ def _play_round(c: BlockchainClient, i: int) -> None:
                 if miner_address == HONEST.address:
                     continue
                 verdict = "accept"
+            if i == 1 and validator is V3 and miner_address == HONEST.address:
+                verdict = "reject"  # late; its dispute then overturns the quorum's verdict
             _send(
                 c,
                 validator,
@@ -203,6 +207,8 @@ def _play_round(c: BlockchainClient, i: int) -> None:
         time.sleep(0.05)
     if i == 0 and CHEAT.address in subs:
         _lose_a_dispute(c, subs[CHEAT.address])
+    if i == 1 and HONEST.address in subs:
+        _win_by_default(c, subs[HONEST.address])
     verified = [s.id for s in c.submissions(rnd.number) if s.status == "verified"]
     if verified:
         current = list(c.approved_artifacts(kind="adapter"))
@@ -236,6 +242,26 @@ def _play_round(c: BlockchainClient, i: int) -> None:
                 _send(c, by_address[address], [vote])
 
 
+def _win_by_default(c: BlockchainClient, sid: int) -> None:
+    """V3, whose late `reject` contradicts the quorum, disputes the verified submission; the
+    accepting side never answers, so V3 wins at the deadline: the first accepting validator
+    is slashed, the submission turned over to rejected (its miner slashed)."""
+    _send(
+        c,
+        V3,
+        [
+            OpenDispute(
+                creator=V3.address,
+                submission_id=sid,
+                steps=4,
+                start_digest=_digest("start"),
+                final_digest=_digest("v3-final"),
+            )
+        ],
+    )
+    _wait_resolved(c, sid)
+
+
 def _lose_a_dispute(c: BlockchainClient, sid: int) -> None:
     """The cheater challenges its rejection; the first rejecting validator answers its final
     digest and the first midpoint, the cheater never does: it loses when the deadline passes."""
@@ -262,6 +288,10 @@ def _lose_a_dispute(c: BlockchainClient, sid: int) -> None:
             creator=respondent.address, dispute_id=sid, step=step, digest=_digest(text)
         )
         _send(c, respondent, [msg])
+    _wait_resolved(c, sid)
+
+
+def _wait_resolved(c: BlockchainClient, sid: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = c.dispute(sid)
