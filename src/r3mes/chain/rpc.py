@@ -675,7 +675,7 @@ def create_app(engine: DevnetEngine, identity: NodeIdentity) -> FastAPI:
         return Response(engine.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/")
-    async def jsonrpc(request: Request) -> JSONResponse:
+    async def jsonrpc(request: Request) -> Response:
         methods.note_server(request.scope)
         data = bytearray()
         async for chunk in request.stream():
