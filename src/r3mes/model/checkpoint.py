@@ -217,7 +217,9 @@ class _TensorReader:
     are used in place, as llama.cpp uses its mmap: no copy is made at load, and processes that
     load one checkpoint share its pages), everything else from another that `close` releases
     once it has been copied into the model, so the source bytes of the embedding do not stay
-    mapped.  A load holds at most one source tensor beside the model.
+    mapped.  A load holds at most one source tensor beside the model.  As with llama.cpp's
+    mmap, the file must not be rewritten in place while such a model runs (`save_pretrained`
+    writes a new file and renames it, which is safe).
     """
 
     def __init__(self, directory: Path) -> None:
