@@ -24,6 +24,7 @@ def test_snapshot_line_and_render() -> None:
     assert snapshot.proposals == 1
     line = snapshot.line()
     assert "round 5" in line and "verified 2, rejected 1" in line and "v3" in line
+    assert "rounds 4-5: submissions 4 " in line  # the counts say which rounds they cover
     console = Console(record=True, width=120)
     console.print(render(snapshot))
     text = console.export_text()

@@ -71,8 +71,10 @@ class Snapshot:
             f"{n}={h if h >= 0 else 'down'}" for n, h in self.validator_heights.items()
         )
         validators = f" | validators {heights}" if heights else ""
+        # the counts cover the rounds shown (the last 8), the earnings the whole run
+        window = f"rounds {self.rounds[0].number}-{self.rounds[-1].number}: " if self.rounds else ""
         return (
-            f"height {self.height} round {self.current_round} | submissions {subs} "
+            f"height {self.height} round {self.current_round} | {window}submissions {subs} "
             f"(verified {ver}, rejected {rej}) |{loss}{base} | earned {credits}{validators}"
         )
 
