@@ -106,11 +106,12 @@ async def test_a_failing_job_is_rolled_back_alone_and_results_follow_the_commit(
         await fresh.dispose()
 
 
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # group commit is SQLite's writer
 async def test_sqlite_jobs_that_arrive_during_a_batch_share_the_next_transaction(
     db: Database,
 ) -> None:
-    if not db.is_sqlite:
-        pytest.skip("group commit is SQLite's writer")
     account = await funded(db, 1000)
     running, go_on = threading.Event(), threading.Event()
 
@@ -139,9 +140,8 @@ async def test_sqlite_jobs_that_arrive_during_a_batch_share_the_next_transaction
         assert await credits.balance(s, account_id=account) == credits.Balance(980, 20)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the queue is SQLite's writer
 async def test_a_caller_cancelled_before_its_batch_runs_writes_nothing(db: Database) -> None:
-    if not db.is_sqlite:
-        pytest.skip("the queue is SQLite's writer")
     account = await funded(db, 100)
     running, go_on = threading.Event(), threading.Event()
 
