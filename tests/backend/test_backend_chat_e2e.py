@@ -137,7 +137,11 @@ async def chat_and_check(
     price = cost(PRICE, Usage(usage.prompt_tokens, usage.completion_tokens))
     assert (have.available, have.held) == (900 - price, 0)
 
-    # both nodes take traffic; kill one and the other keeps serving
+    # both nodes take traffic (turns among equally loaded nodes, so even requests that do not
+    # overlap on a slow box spread); kill one and the other keeps serving
+    await asyncio.to_thread(
+        wait_routable, backend, {addresses["serving-1"], addresses["serving-2"]}
+    )
     served = await spread(backend, funded.key, 6)
     assert served == {addresses["serving-1"], addresses["serving-2"]}
     procs[0].send_signal(signal.SIGKILL)

@@ -77,6 +77,10 @@ async def test_routing_prefers_least_loaded_relative_to_capacity(
     assert directory.pick(ModelRef(ADAPTER), exclude=set()) is b
     assert directory.pick(ModelRef(ADAPTER), exclude={"node1"}) is a
     assert directory.pick(ModelRef("nope"), exclude=set()) is None
+    # equally loaded nodes take turns (requests that never overlap still spread)
+    a.capacity, b.capacity, a.in_flight, b.in_flight = 4, 4, 0, 0
+    turns = [directory.pick(ModelRef(ADAPTER), exclude=set()) for _ in range(4)]
+    assert turns[0] is not turns[1] and turns[:2] == turns[2:]
     assert not directory.known_model(ModelRef("nope"))
     # a pinned adapter version goes only to nodes announcing that version
     directory.update(

@@ -75,6 +75,8 @@ class NodeState:
     last_probe: float = 0.0
     last_error: str = ""
     served: int = 0
+    last_pick: int = 0
+    """The directory's pick counter when this node was last picked (ties go round-robin)."""
 
     def is_open(self, now: float) -> bool:
         return now < self.open_until or (self.failures > 0 and not self.probed_ok)
@@ -140,6 +142,7 @@ class NodeDirectory:
     chain_height: int = 0
     ledger_error: str = ""
     static: list[Announced] = field(default_factory=list)
+    picks: int = 0
 
     # -- membership ---------------------------------------------------------------------
 
@@ -178,18 +181,22 @@ class NodeDirectory:
         return any(n.probed_ok and n.holds(model) for n in self.nodes.values())
 
     def pick(self, model: ModelRef, *, exclude: set[str]) -> NodeState | None:
-        """The least loaded routable node holding `model`, not in `exclude`."""
+        """The least loaded routable node holding `model`, not in `exclude`; among equally
+        loaded ones the one picked longest ago, so idle nodes share the traffic."""
         now = time.monotonic()
         best: NodeState | None = None
-        best_load = 0.0
+        best_rank = (0.0, 0)
         for node in self.nodes.values():
             if node.key in exclude or not node.probed_ok or node.is_open(now):
                 continue
             if not node.holds(model):
                 continue
-            load = node.in_flight / node.capacity
-            if best is None or load < best_load:
-                best, best_load = node, load
+            rank = (node.in_flight / node.capacity, node.last_pick)
+            if best is None or rank < best_rank:
+                best, best_rank = node, rank
+        if best is not None:
+            self.picks += 1
+            best.last_pick = self.picks
         return best
 
     def succeeded(self, node: NodeState) -> None:
