@@ -124,6 +124,9 @@ async def test_bad_input_gets_clear_errors(explorer: Any) -> None:
     assert "cursor is not valid" in bad_cursor.json()["error"]["message"]
     assert (await client.get("/api/blocks?limit=0")).status_code == 422
     assert (await client.get("/api/blocks?limit=201")).status_code == 422
+    assert (await client.get("/api/proposals?status=merged")).status_code == 422
+    assert (await client.get("/api/proposals?cursor=bm90LWEtY3Vyc29y")).status_code == 400
+    assert (await client.get("/api/proposals")).json()["items"] == []
     bad = await client.get("/api/accounts/remes1notanaddress")
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("address:")
     for url in ("/api/rounds/999", "/api/submissions/99999", "/api/blocks/999"):

@@ -170,6 +170,21 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
             if r["submissions"]
         )
         rnd = httpx.get(f"{backend.url}/api/rounds/{first}", timeout=5).json()
+        every_round = [
+            p
+            for r in sorted(
+                httpx.get(f"{backend.url}/api/rounds").json()["items"], key=lambda r: r["number"]
+            )
+            for p in httpx.get(f"{backend.url}/api/rounds/{r['number']}", timeout=5).json()[
+                "proposals"
+            ]
+        ]
+        newest = httpx.get(f"{backend.url}/api/proposals?limit=1", timeout=5).json()
+        listed = [newest["items"][0]]
+        listed += httpx.get(
+            f"{backend.url}/api/proposals?cursor={newest['next_cursor']}", timeout=5
+        ).json()["items"]
+        rejected = httpx.get(f"{backend.url}/api/proposals?status=rejected", timeout=5).json()
     finally:
         backend.stop()
     (cheat,) = [m for m in slashed["items"] if m["address"] == CHEAT.address]
@@ -209,6 +224,10 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
     assert [p["status"] for p in rnd["proposals"]] == ["rejected", "approved"]
     assert rnd["proposal"]["status"] == "approved" and rnd["proposals"][0]["burned"] == 10
     assert proposer["unbonding"] == [] and proposer["bonded"][0]["stake"] == 0
+    # every round's proposals, newest first, paged, and filtered by status
+    assert [{k: v for k, v in p.items() if k != "id"} for p in reversed(listed)] == every_round
+    assert [p["id"] for p in listed] == sorted((p["id"] for p in listed), reverse=True)
+    assert rejected["items"] and {p["status"] for p in rejected["items"]} == {"rejected"}
 
 
 def test_twenty_sigkills_while_blocks_arrive_leave_no_gap_and_no_duplicate(

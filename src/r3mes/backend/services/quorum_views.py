@@ -71,13 +71,8 @@ def proposal_doc(p: IxProposal, atts: Sequence[IxProposalAttestation]) -> dict[s
     }
 
 
-async def proposals_of_round(s: AsyncSession, number: int) -> list[dict[str, Any]]:
-    """Every proposal made for round `number`, oldest first (the ledger keeps the latest)."""
-    props = list(
-        await s.scalars(
-            select(IxProposal).where(IxProposal.round == number).order_by(IxProposal.id)
-        )
-    )
+async def _with_attestations(s: AsyncSession, props: Sequence[IxProposal]) -> list[dict[str, Any]]:
+    """`proposal_doc` of each of `props`, their attestations loaded in one query."""
     atts: dict[int, list[IxProposalAttestation]] = {p.id: [] for p in props}
     if props:
         rows = await s.scalars(
@@ -86,6 +81,34 @@ async def proposals_of_round(s: AsyncSession, number: int) -> list[dict[str, Any
         for a in rows:
             atts[a.proposal_id].append(a)
     return [proposal_doc(p, atts[p.id]) for p in props]
+
+
+async def proposals_of_round(s: AsyncSession, number: int) -> list[dict[str, Any]]:
+    """Every proposal made for round `number`, oldest first (the ledger keeps the latest)."""
+    props = await s.scalars(
+        select(IxProposal).where(IxProposal.round == number).order_by(IxProposal.id)
+    )
+    return await _with_attestations(s, list(props))
+
+
+async def proposals(
+    s: AsyncSession, *, limit: int, cursor: str | None, status: str | None = None
+) -> dict[str, Any]:
+    """Adapter proposals of every round, newest first; `status` one of the ledger's
+    (pending, approved, rejected, stale). Each item carries `id`, the index's order."""
+    await meta(s)
+    after = decode_cursor(cursor, (int,))
+    q = select(IxProposal).order_by(IxProposal.id.desc()).limit(limit + 1)
+    if status is not None:
+        q = q.where(IxProposal.status == status)
+    if after:
+        q = q.where(IxProposal.id < after[0])
+    props = list(await s.scalars(q))
+    items = [
+        {"id": p.id, **doc}
+        for p, doc in zip(props, await _with_attestations(s, props), strict=True)
+    ]
+    return page(items, limit, lambda d: [d["id"]])
 
 
 async def round_detail(s: AsyncSession, number: int) -> dict[str, Any]:

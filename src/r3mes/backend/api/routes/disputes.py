@@ -1,4 +1,5 @@
-"""`GET /api/disputes`, `/api/disputes/{id}`, `/api/stake/{address}`."""
+"""`GET /api/proposals`, `/api/disputes`, `/api/disputes/{id}`, `/api/stake/{address}`: the
+checks around the work (merges, disputes, stake that can still be slashed)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,26 @@ from r3mes.backend.errors import InvalidRequest
 from r3mes.backend.services import quorum_views
 from r3mes.chain.crypto import validate_address
 from r3mes.chain.errors import AddressError
+from r3mes.chain.vocab import ProposalStatus
 
 router = APIRouter(prefix="/api", tags=["explorer"])
 Number = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@router.get("/proposals")
+async def proposals(
+    request: Request,
+    runtime: RuntimeDep,
+    limit: LimitArg = 50,
+    cursor: CursorArg = None,
+    status: ProposalStatus | None = None,
+) -> Response:
+    """Adapter merge proposals of every round, newest first, with their validators' verdicts."""
+    return await cached_json(
+        request,
+        runtime,
+        lambda s: quorum_views.proposals(s, limit=limit, cursor=cursor, status=status),
+    )
 
 
 @router.get("/disputes")
