@@ -35,6 +35,22 @@ def test_kv_cache_matches_full_forward() -> None:
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
+def test_last_only_is_the_last_position_of_the_full_logits() -> None:
+    """`last_only` (a prefill that samples one token) runs the head on one position."""
+    model = make_tiny_model(1)
+    ids = torch.randint(0, 256, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :4] = 0  # left padding: the last position is real in every row
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    full = model(ids, attention_mask=mask, position_ids=positions)
+    last = model(ids, attention_mask=mask, position_ids=positions, last_only=True)
+    assert last.shape == (2, 1, 256)
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+    cache = KVCache(2)
+    first = model(ids[:, :6], kv_cache=cache, last_only=True)
+    assert first.shape == (2, 1, 256) and cache.seq_length == 6  # the cache holds all 6
+
+
 def test_left_padding_gives_same_logits_as_unpadded() -> None:
     model = make_tiny_model(2)
     ids = torch.randint(3, 256, (1, 5))

@@ -250,3 +250,29 @@ def test_a_failing_prefill_fails_only_its_requests(
     assert failed.finish is not None and failed.finish.reason == "error"
     later = submit(engine, "hello", None, max_tokens=5).wait()
     assert later.finish is not None and later.finish.reason == "length"
+
+
+def test_prefill_runs_the_head_on_the_last_position_only(engine_factory: EngineFactory) -> None:
+    """Session 5 (issue 16): the prefill computed logits for every prompt position and kept
+    the last; at a 128k vocabulary that is 0.5 MB a prompt token (2 GB for four prompts of
+    1,000 tokens). The head now sees one position per row, prefill and decode alike."""
+    engine = engine_factory(n_adapters=1)
+    shapes: list[tuple[int, ...]] = []
+    hook = engine.model.lm_head.register_forward_hook(
+        lambda _m, args, out: shapes.append(tuple(out.shape))
+    )
+    try:
+        long_prompt = "the quick brown fox jumps over the lazy dog " * 6
+        sinks = [
+            submit(engine, long_prompt, None, max_tokens=3, ignore_eos=True),
+            submit(engine, "hello world", "ad0", max_tokens=3, ignore_eos=True),
+        ]
+        for sink in sinks:
+            assert sink.wait().finish is not None
+            assert len(sink.tokens) == 3
+    finally:
+        hook.remove()
+    assert len(engine.encode_prompt(long_prompt)) > 20
+    assert shapes and all(s[1] == 1 for s in shapes), shapes  # (rows, 1, vocab)
+    vocab = engine.model.config.vocab_size
+    assert all(s[2] == vocab for s in shapes)

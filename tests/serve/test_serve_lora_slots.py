@@ -106,3 +106,31 @@ def test_no_module_level_registries() -> None:
     import r3mes.serve.lora_slots as lora_slots
 
     assert not hasattr(lora_slots, "_SERVED") and not hasattr(adapters, "_SERIALS")
+
+
+def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
+    """Session 5 (issue 16): slots were preallocated at max_rank for every slot (3.1 GB at
+    the 2B shape with 8 slots of rank 64 before any adapter arrived); now a slot holds its
+    adapter at the adapter's own rank, and nothing once cleared."""
+    served = model()
+    slots = LoraSlots(served, slots=8, max_rank=64)
+    assert slots.nbytes() == 0
+    state = random_state(CFG_A, 5)
+    slots.load(3, state, CFG_A)
+    lora_floats = sum(v.numel() for v in state.values())  # r x (in + out) per target
+    assert slots.nbytes() == lora_floats * 4  # float32, rank 4, no padding to 64
+    slots.load(5, random_state(CFG_B, 6), CFG_B)
+    slots.select([0, 3, 5, 3])
+    ids = torch.randint(3, 250, (4, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        got = served(ids)
+    solo = model()
+    solo_slots = LoraSlots(solo, slots=1, max_rank=4)
+    solo_slots.load(1, state, CFG_A)
+    solo_slots.select([1])
+    with torch.inference_mode():
+        alone = solo(ids[1:2])
+    assert torch.allclose(got[1], alone[0], atol=1e-5)  # slot 3 is adapter A, padded to 8
+    slots.clear(3)
+    slots.clear(5)
+    assert slots.nbytes() == 0

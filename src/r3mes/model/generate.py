@@ -136,7 +136,9 @@ def _decode_steps(
     cache = KVCache(model.config.num_hidden_layers) if config.use_cache else None
     step_ids, step_pos = ids, positions
     for _ in range(config.max_new_tokens):
-        logits = model(step_ids, attention_mask=mask, position_ids=step_pos, kv_cache=cache)
+        logits = model(
+            step_ids, attention_mask=mask, position_ids=step_pos, kv_cache=cache, last_only=True
+        )
         token = _pick(logits[:, -1], config, gen)
         yield token.cpu()
         next_pos = step_pos[:, -1:] + 1

@@ -217,11 +217,15 @@ class BitNetForCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V) float32 for `input_ids` (B, T), continuing `kv_cache` if given.
 
         `attention_mask` (B, past + T) marks real tokens with 1 and padding with 0; with left
-        padding, pass `position_ids` counted from each row's first real token.
+        padding, pass `position_ids` counted from each row's first real token. `last_only`
+        returns (B, 1, V): the head runs on the last position alone (a prefill that only
+        samples the next token; at a 128k vocabulary the whole prompt's logits are 0.5 MB a
+        token, 2 GB for 4 prompts of 1,000 tokens).
         """
         self._check_inputs(input_ids, attention_mask, kv_cache)
         b, t = input_ids.shape
@@ -245,6 +249,8 @@ class BitNetForCausalLM(nn.Module):
                 x = checkpoint(layer, x, use_reentrant=False, rope=rope, mask=mask, kv_cache=None)
             else:
                 x = layer(x, rope=rope, mask=mask, kv_cache=kv_cache)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.model.norm(x)).float()  # type: ignore[no-any-return]
 
     def _check_inputs(

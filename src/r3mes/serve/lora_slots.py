@@ -3,10 +3,14 @@
 `r3mes.model.lora` restacks every adapter's weights on each forward, which is right for
 training and one-off batches but too slow for a decode loop that runs the same batch
 composition for many steps. Here every target `BitLinear` gets a `SlotLoraLinear` (put in
-the model only while some row of the batch adapts that projection), which holds
-`slots + 1` preallocated, rank-padded A/B matrices (slot 0 is all zeros: the base model).
-Each batch row names a slot; the per-row matrices are gathered once per batch
-composition (BGMV), and each forward adds
+the model only while some row of the batch adapts that projection), which holds each
+loaded slot's A/B matrices at that adapter's own rank (slot 0, the base model, holds
+nothing). Memory follows what is loaded, not the configured limits: slots used to be
+preallocated for every slot at the server's max rank, 3.1 GB at the 2B shape with 8 slots
+of rank 64 before any adapter arrived, where 8 rank-16 adapters need 0.7 GB.
+Each batch row names a slot; the per-row matrices (zero-padded to the batch's largest
+rank, zeros for base rows) are gathered once per batch composition (BGMV), and each
+forward adds
 ``bmm(bmm(x, A_rows), B_rows)`` to the frozen ternary output. The adapter scaling is folded
 into B. Rows of slot 0 get exactly the base output (their delta is an exact zero).
 
@@ -27,6 +31,8 @@ from r3mes.model.bitlinear import BitLinear
 from r3mes.model.lora import LORA_TARGETS, PEFT_PREFIX, LoraConfig
 from r3mes.serve.errors import ServeError
 
+CONTIG = torch.contiguous_format
+
 
 class SlotSelection:
     """The batch rows' slots, shared by every wrapped layer of one model."""
@@ -41,25 +47,14 @@ class SlotSelection:
 class SlotLoraLinear(nn.Module):
     """A frozen `BitLinear` plus slot-indexed LoRA deltas gathered per batch row."""
 
-    a: torch.Tensor  # (slots + 1, in, max_rank)
-    b: torch.Tensor  # (slots + 1, max_rank, out), scaling folded in
-
-    def __init__(
-        self, base: BitLinear, *, slots: int, max_rank: int, selection: SlotSelection
-    ) -> None:
+    def __init__(self, base: BitLinear, *, selection: SlotSelection) -> None:
         super().__init__()
         self.base = base
         self.selection = selection
         self.group = SharedInput([self])
-        device = next(itertools.chain(base.parameters(), base.buffers())).device
-        self.register_buffer(
-            "a", torch.zeros(slots + 1, base.in_features, max_rank, device=device), persistent=False
-        )
-        self.register_buffer(
-            "b",
-            torch.zeros(slots + 1, max_rank, base.out_features, device=device),
-            persistent=False,
-        )
+        self.device = next(itertools.chain(base.parameters(), base.buffers())).device
+        self.slot_a: dict[int, torch.Tensor] = {}  # slot -> A^T (in, r), float32
+        self.slot_b: dict[int, torch.Tensor] = {}  # slot -> B^T (r, out), scaling folded in
         self.ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
         # a plain attribute: nn.Module's __getattr__ for submodules costs a microsecond a call
         self.base_forward = base.forward
@@ -68,17 +63,34 @@ class SlotLoraLinear(nn.Module):
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
         """Install lora_A (r, in) and lora_B (out, r) in `slot`."""
-        r = a.shape[0]
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        self.a[slot, :, :r] = a.t().float()
-        self.b[slot, :r, :] = b.t().float() * scaling
-        self.ranks[slot] = r
+        # own copies (never views of the caller's tensors), laid out for the gather
+        self.slot_a[slot] = a.t().to(self.device, torch.float32).clone(memory_format=CONTIG)
+        self.slot_b[slot] = (b.t().to(self.device, torch.float32) * scaling).contiguous()
+        self.ranks[slot] = a.shape[0]
 
     def clear_slot(self, slot: int) -> None:
-        self.a[slot].zero_()
-        self.b[slot].zero_()
+        self.slot_a.pop(slot, None)
+        self.slot_b.pop(slot, None)
         self.ranks.pop(slot, None)
+
+    def nbytes(self) -> int:
+        """Bytes of the adapter weights held in this layer's slots."""
+        tensors = (*self.slot_a.values(), *self.slot_b.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def gather(self, sel: SlotSelection, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row A (B, in, rank) and B (B, rank, out) of the batch `sel`, zero-padded
+        past each adapter's rank; rows whose slot adapts nothing here get zeros."""
+        used = sorted(s for s in sel.slots if s in self.ranks)
+        where = {s: i for i, s in enumerate(used, start=1)}  # table row 0: zeros
+        table_a = torch.zeros(len(used) + 1, self.base.in_features, rank, device=self.device)
+        table_b = torch.zeros(len(used) + 1, rank, self.base.out_features, device=self.device)
+        for s, i in where.items():
+            r = self.ranks[s]
+            table_a[i, :, :r] = self.slot_a[s]
+            table_b[i, :r, :] = self.slot_b[s]
+        index = torch.tensor([where.get(s, 0) for s in sel.rows], device=self.device)
+        return table_a[index], table_b[index]  # contiguous copies, one per row
 
     def active_rank(self, sel: SlotSelection) -> int:
         """Largest rank among this layer's adapters in the batch (0: none, skip LoRA)."""
@@ -141,10 +153,8 @@ class SharedInput:
             rank = m.active_rank(sel)
             m.b_rows = m.cols = None
             if rank and sel.index is not None:
-                # trim to the live rank before gathering: slots hold max_rank columns, and
-                # gathering all of them copied 4x the bytes at r=16 of 64 (halved this step)
-                parts.append(m.a[:, :, :rank][sel.index])  # (B, in, r)
-                m.b_rows = m.b[:, :rank, :][sel.index]  # (B, r, out), contiguous
+                a_rows, m.b_rows = m.gather(sel, rank)  # (B, in, r), (B, r, out)
+                parts.append(a_rows)
                 ranges.append((m, start, start + rank))
                 start += rank
         for m, c0, c1 in ranges:
@@ -182,13 +192,15 @@ class LoraSlots:
             if isinstance(module, BitLinear) and path.rpartition(".")[2] in LORA_TARGETS:
                 parent_path, _, attr = path.rpartition(".")
                 parent = model.get_submodule(parent_path) if parent_path else model
-                self.layers[path] = SlotLoraLinear(
-                    module, slots=slots, max_rank=max_rank, selection=self.selection
-                )
+                self.layers[path] = SlotLoraLinear(module, selection=self.selection)
                 self._places[path] = (parent, attr)
         if not self.layers:
             raise ServeError("the model has no BitLinear projections to attach LoRA slots to")
         self._group_shared_inputs()
+
+    def nbytes(self) -> int:
+        """Bytes of adapter weights held in the slots (what is loaded, at its own rank)."""
+        return sum(layer.nbytes() for layer in self.layers.values())
 
     def serves(self, model: nn.Module) -> bool:
         """Whether these slots were built on `model` (not merely on a copy of it)."""
@@ -236,7 +248,7 @@ class LoraSlots:
             return  # same batch composition: keep every layer's gathered weights
         sel.rows = tuple(rows)
         used = frozenset(s for s in rows if s)
-        device = next(iter(self.layers.values())).a.device
+        device = next(iter(self.layers.values())).device
         sel.index = torch.tensor(list(rows), dtype=torch.long, device=device) if used else None
         sel.slots = used
         sel.version += 1

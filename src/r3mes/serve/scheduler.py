@@ -313,6 +313,7 @@ class Scheduler:
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             kv_cache=cache,
+            last_only=True,  # only the next token is sampled: no (B, T, V) logits
         )[:, -1]  # (B, V)
         for row, pending in enumerate(batch):
             params = pending.request.params
