@@ -226,6 +226,36 @@ def info(model: ModelOpt = None) -> None:
     Console().print(table)
 
 
+@app.command("export-gguf")
+def export_gguf(
+    out: Annotated[Path, typer.Option("--out", help="GGUF file to write (replaced).")],
+    model: ModelOpt = None,
+    embedding: Annotated[
+        str,
+        typer.Option(help="Embedding type: auto (as the checkpoint stores it), f32, f16 or bf16."),
+    ] = "auto",
+    vocab: Annotated[
+        str,
+        typer.Option(
+            help="auto (tokenizer.json if present, else synthetic), tokenizer or synthetic."
+        ),
+    ] = "auto",
+) -> None:
+    """Write the checkpoint as one GGUF file for llama.cpp (bitnet architecture, TQ2_0).
+
+    Needs llama.cpp's `gguf` package: pip install -e '.[llamacpp]'.  llama.cpp's bitnet graph
+    applies SiLU in the FFN where this model applies squared ReLU: same cost, other logits.
+    """
+    from r3mes.model.gguf_export import export_gguf as write_gguf
+
+    result = write_gguf(_model_dir(model), out, embedding_type=embedding, vocab=vocab)
+    sizes = ", ".join(f"{kind} {size:,} B" for kind, size in sorted(result.bytes_by_type().items()))
+    Console().print(
+        f"wrote {result.path} ({len(result.tensors)} tensors: {sizes}; "
+        f"{result.vocab_source} vocabulary of {result.vocab_size} tokens)"
+    )
+
+
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="Checkpoint folder to read.")],
