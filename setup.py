@@ -31,8 +31,10 @@ class OptionalBuildExt(build_ext):
 KERNEL = Extension(
     "r3mes.model.kernels._ternary",
     sources=["src/r3mes/model/kernels/ternary.c"],
-    extra_compile_args=["-O3", "-std=c11", "-pthread"],
-    extra_link_args=["-pthread"],
+    # -ffp-contract=off: the fused linear must do BitLinear's float32 ops one by one, as torch
+    # does them (no multiply-add fused by the compiler), to give the same bits
+    extra_compile_args=["-O3", "-std=c11", "-pthread", "-ffp-contract=off"],
+    extra_link_args=["-pthread", "-lm"],
     optional=True,
 )
 

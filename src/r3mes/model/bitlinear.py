@@ -6,10 +6,13 @@ Two modes share one module:
   straight-through estimator, so the model can be trained from scratch;
 * frozen (`freeze()`): the weight is held only as `packed_weight` (uint8, four ternary values
   per byte, the layout of transformers' `integrations/bitnet.py`) plus `weight_scale`; it is
-  never re-quantized and holds no gradient memory.  On CPU the forward runs the native
-  ternary kernel (`r3mes.model.kernels.ternary`) straight on the packed bytes with int8
-  activation codes and int32 sums, and the input gradient (LoRA training) runs its transposed
-  twin.  Without the kernel (not built, another device, or `set_isa("reference")`) each
+  never re-quantized and holds no gradient memory.  On CPU the forward is one call of the
+  native ternary kernel (`r3mes.model.kernels.ternary.linear_float`): it quantizes the float32
+  activations to int8 codes per token, sums codes x ternary weights in int32 straight on the
+  packed bytes and rescales to float32, with the same float32 operations as
+  `quantize_activations` and the division below (so the same bits, and no torch ops between
+  the kernel calls of a decode step); the input gradient (LoRA training) runs the kernel's
+  transposed twin.  Without the kernel (not built, another device, or `set_isa("reference")`) each
   forward unpacks a transient ternary copy and multiplies the integer codes in float32,
   which is exact too (every partial sum is an integer below 2**24), so both paths give the
   same bits.  `cache_unpacked(True)` keeps that copy for the torch path; `weight_bytes()`
@@ -150,11 +153,35 @@ def _uses_kernel(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and kernels.current_isa() != kernels.REFERENCE
 
 
+def _frozen_forward(x: torch.Tensor, layer: BitLinear) -> torch.Tensor:
+    """(codes @ W.T) / (input_scale * weight_scale), without bias, in x's dtype.
+
+    The kernel path is one native call (`kernels.linear_float`; under `torch.compile` its
+    custom op `r3mes::ternary_linear`, whose dispatch costs more than the call itself at
+    batch 1); the torch path quantizes with `quantize_activations` and multiplies the
+    integer codes in float32.  Both give the bits of the torch ops written here.
+    """
+    packed = layer._buffer("packed_weight")
+    weight_scale = layer._buffer("weight_scale")
+    if _uses_kernel(x):
+        xf = x if x.dtype == torch.float32 else x.float()
+        if torch.compiler.is_compiling():
+            y = kernels.linear_op()(xf, packed, weight_scale, layer.out_features)
+        else:
+            y = kernels.linear_float(xf, packed, weight_scale, layer.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+    codes, input_scale = quantize_activations(x)  # (..., K) integer-valued, (..., 1)
+    acc = F.linear(codes, layer.ternary_weight().to(x.device))
+    return (acc / (input_scale * weight_scale)).to(x.dtype)
+
+
 class _FrozenTernaryLinear(torch.autograd.Function):
     """y = (codes @ W.T) / (input_scale * weight_scale), as transformers' packed BitLinear.
 
     `codes @ W.T` is an exact integer on both paths: the native kernel sums in int32; the
-    torch path sums integer-valued float32 below 2**24.  The backward is the straight-through
+    torch path sums integer-valued float32 below 2**24 (`_frozen_forward`).  A forward that
+    needs no gradient skips this Function (`BitLinear.forward`).  The backward is the
+    straight-through
     estimator of the quantized input: grad_x = (grad_y / weight_scale) @ W, so LoRA layers
     below this one receive the gradient of the quantized forward.
     """
@@ -162,15 +189,7 @@ class _FrozenTernaryLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: BitLinear) -> torch.Tensor:
         ctx.layer = layer
-        codes, input_scale = quantize_activations(x)  # (..., K) integer-valued, (..., 1)
-        packed = layer._buffer("packed_weight")
-        if _uses_kernel(x):
-            flat = codes.reshape(-1, layer.in_features).to(torch.int8)
-            acc = kernels.ops()[0](flat, packed, layer.out_features)  # (M, N) int32
-            acc = acc.view(*x.shape[:-1], layer.out_features).float()
-        else:
-            acc = F.linear(codes, layer.ternary_weight().to(x.device))
-        return (acc / (input_scale * layer._buffer("weight_scale"))).to(x.dtype)
+        return _frozen_forward(x, layer)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, None]:
@@ -283,8 +302,10 @@ class BitLinear(nn.Module):
             w = _WeightQuantSTE.apply(self.weight)  # type: ignore[no-untyped-call]
             xq = _ActQuantSTE.apply(x)  # type: ignore[no-untyped-call]
             y: torch.Tensor = F.linear(xq, w)
-        else:
+        elif torch.is_grad_enabled() and x.requires_grad:
             y = _FrozenTernaryLinear.apply(x, self)  # type: ignore[no-untyped-call]
+        else:  # serving and other no-grad forwards: no autograd node to build
+            y = _frozen_forward(x, self)
         if self.bias is not None:
             y = y + self.bias
         return y

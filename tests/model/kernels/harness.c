@@ -1,4 +1,5 @@
-/* Checks every supported ISA of ternary.c against a plain reference, forward and gradient. */
+/* Checks every supported ISA of ternary.c against a plain reference, forward and gradient, and
+ * the fused linear of every ISA and thread count against the scalar path's bits. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -6,6 +7,7 @@
 int r3mes_ternary_isa_supported(int);
 int r3mes_ternary_matmul(const int8_t*, const uint8_t*, int32_t*, int64_t, int64_t, int64_t, int, int);
 int r3mes_ternary_matmul_t(const float*, const uint8_t*, float*, int64_t, int64_t, int64_t, int, int);
+int r3mes_ternary_linear(const float*, const uint8_t*, const float*, float*, int64_t, int64_t, int64_t, int, int);
 static unsigned s = 12345; static unsigned rnd(void) { s = s * 1103515245u + 12345u; return s >> 8; }
 int main(void) {
     int shapes[][3] = {{1,64,4},{3,100,7},{5,517,70},{9,130,33},{4,256,16},{6,2560,13}};
@@ -26,11 +28,17 @@ int main(void) {
         for (int i = 0; i < m; i++) for (int o = 0; o < n; o++) { int32_t a = 0; for (int c = 0; c < k; c++) a += w[o*k+c] * x[i*k+c]; ref[i*n+o] = a; }
         float *gout = malloc(sizeof(float) * m * k); gref = malloc(sizeof(float) * m * k);
         if (r3mes_ternary_matmul_t(g, p, gref, m, k, n, 0, 1)) bad++;
+        float *xf = malloc(sizeof(float) * m * k), *lref = malloc(sizeof(float) * m * n), *lout = malloc(sizeof(float) * m * n);
+        float ws = 1.7f;
+        for (int i = 0; i < m * k; i++) xf[i] = (float)((int)(rnd() % 20001) - 10000) / (float)(1 + i % 7) * (i % m == 1 ? 1e-30f : 1.0f);
+        if (r3mes_ternary_linear(xf, p, &ws, lref, m, k, n, 0, 1)) bad++;
+        for (int i = 0; i < m; i++) for (int o = 0; o < n; o++) if (lref[i * n + o] != lref[i * n + o]) { printf("linear NaN shape %d\n", si); bad++; }
         for (int isa = 0; isa < 6; isa++) {
             if (!r3mes_ternary_isa_supported(isa)) continue;
             for (int th = 1; th <= 3; th++) {
                 if (r3mes_ternary_matmul(x, p, out, m, k, n, isa, th) || memcmp(out, ref, 4 * m * n)) { printf("fwd mismatch isa %d shape %d th %d\n", isa, si, th); bad++; }
                 if (r3mes_ternary_matmul_t(g, p, gout, m, k, n, isa, th) || memcmp(gout, gref, sizeof(float) * m * k)) { printf("bwd mismatch isa %d shape %d th %d\n", isa, si, th); bad++; }
+                if (r3mes_ternary_linear(xf, p, &ws, lout, m, k, n, isa, th) || memcmp(lout, lref, sizeof(float) * m * n)) { printf("linear mismatch isa %d shape %d th %d\n", isa, si, th); bad++; }
             }
         }
     }

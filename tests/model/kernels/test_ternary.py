@@ -259,11 +259,9 @@ SOURCE = REPO / "src" / "r3mes" / "model" / "kernels" / "ternary.c"
 
 def _compile_and_run(compiler: str, runner: list[str], tmp_path: Path, name: str) -> str:
     binary = tmp_path / name
-    flags = (
-        ["-O2", "-std=c11", "-pthread", "-static"] if runner else ["-O2", "-std=c11", "-pthread"]
-    )
+    flags = ["-O2", "-std=c11", "-pthread", "-ffp-contract=off", *(["-static"] if runner else [])]
     subprocess.run(
-        [compiler, *flags, str(HARNESS), str(SOURCE), "-o", str(binary)],
+        [compiler, *flags, str(HARNESS), str(SOURCE), "-o", str(binary), "-lm"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     done = subprocess.run([*runner, str(binary)], capture_output=True, text=True, timeout=300)

@@ -17,11 +17,23 @@
  * and b inner, on every path, so it too is bit-identical across paths and thread counts
  * (though not equal to a BLAS matmul, whose order is its own).
  *
+ * Fused linear (`r3mes_ternary_linear`): BitLinear's whole frozen forward in one call, float32
+ * activations in and float32 out.  Per token (row) it does what r3mes.model.bitlinear's torch
+ * code does, in the same float32 operations and order, so the bits are the same:
+ *     amax  = max_k |x[k]|                      (NaN if any x[k] is NaN, like torch.amax)
+ *     scale = (1 / max(amax, 1e-5f)) * 127      (torch: 127.0 / t is t.reciprocal() * 127)
+ *     code  = clamp(rint(x[k] * scale), -128, 127) as int8 (NaN -> 0, as torch's cast gives)
+ *     out   = (float)(int32 sum of code * W) / (scale * weight_scale)
+ * rint is round-half-even (torch.round); no step is a multiply-add, and the file is built
+ * with -ffp-contract=off, so no compiler may fuse one.  Rows are quantized on the pool too
+ * when there are enough of them.
+ *
  * Work is split by output rows (forward: packed rows; gradient: columns k) over pthreads.
  * Plain C11 with per-function target attributes: no Python or torch headers are needed, and
  * the library is loaded with ctypes.
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -63,13 +75,28 @@ enum {
 #define RBLOCK 8 /* forward: packed rows per block, so a block of activation rows stays in L1 */
 #define KTILE 256 /* gradient: columns per tile, so a tile of packed bytes stays in L2 */
 
+#define ACT_MAX 127.0f /* bitlinear.ACT_MAX */
+#define ACT_EPS 1e-5f  /* bitlinear.SCALE_EPS as torch's clamp converts it: to float32 */
+#define QUANT_GRAIN 32768 /* fused linear: activation values per quantization unit */
+
 typedef struct {
     const int8_t *x;      /* (M, K) */
     const int32_t *xsum;  /* (M,) */
     const uint8_t *p;     /* (R, K) */
-    int32_t *out;         /* (M, N) */
+    int32_t *out;         /* (M, N), or NULL when fout is set */
+    float *fout;          /* fused linear: (M, N) float32 = sum / den[m] */
+    const float *den;     /* fused linear: (M,) */
     int64_t m, k, n, r;
 } fwd_job;
+
+typedef struct {
+    const float *x; /* (M, K) float32 activations */
+    float wscale;   /* the layer's weight_scale */
+    int8_t *codes;  /* (M, K) out: int8 codes */
+    int32_t *xsum;  /* (M,) out: sum of each row's codes */
+    float *den;     /* (M,) out: scale * weight_scale */
+    int64_t m, k;
+} quant_job;
 
 typedef struct {
     const float *g;   /* (M, N) */
@@ -81,7 +108,12 @@ typedef struct {
 static inline void store4(const fwd_job *j, int64_t r, int64_t m, const int32_t s[4]) {
     for (int b = 0; b < 4; b++) {
         int64_t o = r + b * j->r;
-        if (o < j->n) j->out[m * j->n + o] = s[b] - j->xsum[m];
+        if (o >= j->n) continue;
+        int32_t v = s[b] - j->xsum[m];
+        if (j->fout)
+            j->fout[m * j->n + o] = (float)v / j->den[m]; /* torch: acc.float() / den */
+        else
+            j->out[m * j->n + o] = v;
     }
 }
 
@@ -94,6 +126,61 @@ static inline void tail4(const uint8_t *p, const int8_t *x, int64_t k0, int64_t 
         s[1] += (int32_t)((byte >> 2) & 3) * xv;
         s[2] += (int32_t)((byte >> 4) & 3) * xv;
         s[3] += (int32_t)((byte >> 6) & 3) * xv;
+    }
+}
+
+/* ---------------------------------------------------------------- activation quantization */
+
+/* torch: ACT_MAX / amax.clamp(min=SCALE_EPS) == amax.clamp(...).reciprocal() * ACT_MAX */
+static inline float act_scale(float amax) {
+    float a = amax < ACT_EPS ? ACT_EPS : amax; /* clamp(min=): NaN stays NaN */
+    float r = 1.0f / a;
+    return r * ACT_MAX;
+}
+
+/* torch: (x * scale).round().clamp(-128, 127).to(int8); NaN (x = +-inf with scale 0, or a
+ * NaN scale) is cast to 0 by torch on this platform, and here by definition */
+static inline int32_t act_code(float v, float scale) {
+    float t = rintf(v * scale);
+    if (isnan(t)) return 0;
+    t = t < -ACT_MAX - 1.0f ? -ACT_MAX - 1.0f : t;
+    t = t > ACT_MAX ? ACT_MAX : t;
+    return (int32_t)t;
+}
+
+static inline float amax_tail(const float *x, int64_t k0, int64_t k1, float amax, int *nan) {
+    for (int64_t c = k0; c < k1; c++) {
+        float a = fabsf(x[c]);
+        if (a > amax)
+            amax = a;
+        else if (isnan(a))
+            *nan = 1;
+    }
+    return amax;
+}
+
+static inline int32_t codes_tail(const float *x, int8_t *q, int64_t k0, int64_t k1, float scale) {
+    int32_t sum = 0;
+    for (int64_t c = k0; c < k1; c++) {
+        int32_t v = act_code(x[c], scale);
+        q[c] = (int8_t)v;
+        sum += v;
+    }
+    return sum;
+}
+
+static inline void quant_finish(const quant_job *j, int64_t m, float scale, int32_t sum) {
+    j->xsum[m] = sum;
+    j->den[m] = scale * j->wscale; /* torch: input_scale * weight_scale */
+}
+
+static void quant_scalar(const quant_job *j, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m++) {
+        const float *x = j->x + m * j->k;
+        int nan = 0;
+        float amax = amax_tail(x, 0, j->k, 0.0f, &nan);
+        float scale = act_scale(nan ? NAN : amax);
+        quant_finish(j, m, scale, codes_tail(x, j->codes + m * j->k, 0, j->k, scale));
     }
 }
 
@@ -163,6 +250,49 @@ T_AVX2 static inline int32_t hsum256(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
     return _mm_cvtsi128_si32(s);
+}
+
+/* The scalar quantization's operations 8 lanes at a time (max is exact in any order; mul,
+ * round to nearest even, min/max and the int conversion of an integer are exact IEEE ops). */
+T_AVX2 static void quant_avx2(const quant_job *j, int64_t m0, int64_t m1) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-ACT_MAX - 1.0f), hi = _mm256_set1_ps(ACT_MAX);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t m = m0; m < m1; m++) {
+        const float *x = j->x + m * j->k;
+        int8_t *q = j->codes + m * j->k;
+        __m256 mx = _mm256_setzero_ps(), unordered = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= j->k; k += 8) {
+            __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + k), absmask);
+            unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+            mx = _mm256_max_ps(mx, a);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, mx);
+        int nan = _mm256_movemask_ps(unordered) != 0;
+        float amax = amax_tail(lanes, 0, 8, 0.0f, &nan);
+        amax = amax_tail(x, k, j->k, amax, &nan);
+        float scale = act_scale(nan ? NAN : amax);
+        const __m256 sv = _mm256_set1_ps(scale);
+        __m256i sum = _mm256_setzero_si256();
+        for (k = 0; k + 32 <= j->k; k += 32) {
+            __m256i c[4];
+            for (int i = 0; i < 4; i++) {
+                __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * i), sv);
+                v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m256 bad = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+                v = _mm256_andnot_ps(bad, _mm256_min_ps(_mm256_max_ps(v, lo), hi));
+                c[i] = _mm256_cvtps_epi32(v);
+                sum = _mm256_add_epi32(sum, c[i]);
+            }
+            /* int32 -> int8 (values already in range): the packs interleave 128-bit lanes */
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]),
+                                           _mm256_packs_epi32(c[2], c[3]));
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_permutevar8x32_epi32(b, order));
+        }
+        quant_finish(j, m, scale, hsum256(sum) + codes_tail(x, q, k, j->k, scale));
+    }
 }
 
 /* One packed row r against activation rows m0..m0+MB-1 (MB = 1, 2 or 4, a constant after
@@ -392,6 +522,7 @@ static void bwd_neon(const bwd_job *j, int64_t k0, int64_t k1) { R3_BWD_BODY(axp
 
 typedef void (*fwd_fn)(const fwd_job *, int64_t, int64_t);
 typedef void (*bwd_fn)(const bwd_job *, int64_t, int64_t);
+typedef void (*quant_fn)(const quant_job *, int64_t, int64_t);
 
 R3_EXPORT int r3mes_ternary_isa_supported(int isa) {
     switch (isa) {
@@ -461,6 +592,15 @@ static fwd_fn fwd_for(int isa) {
     }
 }
 
+/* every path quantizes to the same bits; the x86 vector paths do it 8 lanes at a time */
+static quant_fn quant_for(int isa) {
+#ifdef R3_X86
+    if (isa == ISA_AVX2 || isa == ISA_AVX512BW || isa == ISA_AVX512VNNI) return quant_avx2;
+#endif
+    (void)isa;
+    return quant_scalar;
+}
+
 static bwd_fn bwd_for(int isa) {
     switch (isa) {
     case ISA_SCALAR:
@@ -484,17 +624,22 @@ static bwd_fn bwd_for(int isa) {
 
 /* ---------------------------------------------------------------- threads */
 
+enum { SLICE_FWD = 0, SLICE_BWD = 1, SLICE_QUANT = 2 };
+
 typedef struct {
-    int backward;
+    int kind;
     fwd_fn fwd;
     bwd_fn bwd;
+    quant_fn quant;
     const void *job;
     int64_t lo, hi;
 } slice;
 
 static void run_slice(const slice *s) {
-    if (s->backward)
+    if (s->kind == SLICE_BWD)
         s->bwd((const bwd_job *)s->job, s->lo, s->hi);
+    else if (s->kind == SLICE_QUANT)
+        s->quant((const quant_job *)s->job, s->lo, s->hi);
     else
         s->fwd((const fwd_job *)s->job, s->lo, s->hi);
 }
@@ -656,8 +801,8 @@ R3_EXPORT int r3mes_ternary_matmul(const int8_t *x, const uint8_t *p, int32_t *o
         for (int64_t c = 0; c < k; c++) s += x[i * k + c];
         xsum[i] = s;
     }
-    fwd_job job = {x, xsum, p, out, m, k, n, (n + 3) / 4};
-    slice proto = {0, fn, NULL, &job, 0, 0};
+    fwd_job job = {x, xsum, p, out, NULL, NULL, m, k, n, (n + 3) / 4};
+    slice proto = {SLICE_FWD, fn, NULL, NULL, &job, 0, 0};
     int rc = run_split(proto, job.r, RBLOCK, threads);
     free(xsum);
     return rc;
@@ -671,6 +816,36 @@ R3_EXPORT int r3mes_ternary_matmul_t(const float *g, const uint8_t *p, float *ou
     bwd_fn fn = bwd_for(isa);
     if (!fn) return ERR_ISA;
     bwd_job job = {g, p, out, m, k, n, (n + 3) / 4};
-    slice proto = {1, NULL, fn, &job, 0, 0};
+    slice proto = {SLICE_BWD, NULL, fn, NULL, &job, 0, 0};
     return run_split(proto, k, KTILE, threads);
+}
+
+/* out (m, n) float32 = BitLinear's frozen forward (no bias) of x (m, k) float32: per-row int8
+ * quantization, x_codes @ W^T in int32, rescale; W (n, k) ternary packed as p (ceil(n/4), k),
+ * *wscale its weight_scale.  The same bits as the torch ops it replaces (see the top). */
+R3_EXPORT int r3mes_ternary_linear(const float *x, const uint8_t *p, const float *wscale,
+                                   float *out, int64_t m, int64_t k, int64_t n, int isa,
+                                   int threads) {
+    if (!x || !p || !wscale || !out || m <= 0 || k <= 0 || n <= 0) return ERR_ARGS;
+    if (!r3mes_ternary_isa_supported(isa)) return ERR_ISA;
+    fwd_fn fn = fwd_for(isa);
+    if (!fn) return ERR_ISA;
+    /* codes, then the per-row sums and denominators, in one block */
+    size_t code_bytes = ((size_t)m * (size_t)k + 63) & ~(size_t)63;
+    char *block = (char *)malloc(code_bytes + (size_t)m * (sizeof(int32_t) + sizeof(float)));
+    if (!block) return ERR_MEMORY;
+    int8_t *codes = (int8_t *)block;
+    int32_t *xsum = (int32_t *)(block + code_bytes);
+    float *den = (float *)(xsum + m);
+    quant_job qj = {x, *wscale, codes, xsum, den, m, k};
+    int64_t rows_per_unit = QUANT_GRAIN / k > 0 ? QUANT_GRAIN / k : 1;
+    slice qs = {SLICE_QUANT, NULL, NULL, quant_for(isa), &qj, 0, 0};
+    int rc = run_split(qs, m, rows_per_unit, threads);
+    if (rc == 0) {
+        fwd_job job = {codes, xsum, p, NULL, out, den, m, k, n, (n + 3) / 4};
+        slice proto = {SLICE_FWD, fn, NULL, NULL, &job, 0, 0};
+        rc = run_split(proto, job.r, RBLOCK, threads);
+    }
+    free(block);
+    return rc;
 }

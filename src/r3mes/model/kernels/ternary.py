@@ -4,10 +4,15 @@
 torch headers) and loaded here with ctypes on first use.  Where it was not built or does not
 load, `available()` is False, one warning says so, and BitLinear keeps its torch path.
 
-Two ops, both exact to the bit on every instruction set and at every thread count:
+Three ops, each giving the same bits on every instruction set and at every thread count:
 
+* `r3mes::ternary_linear(x float32 (..., K), packed uint8 (ceil(N/4), K), weight_scale (1,),
+  N) -> float32 (..., N)`: BitLinear's whole frozen forward (without bias) in one native call:
+  per-token int8 activation quantization, `codes @ W.T` in int32, rescale; the same float32
+  operations in the same order as the torch code it replaces (`bitlinear.quantize_activations`
+  and the division by `input_scale * weight_scale`), so the same bits;
 * `r3mes::ternary_matmul(x int8 (M, K), packed uint8 (ceil(N/4), K), N) -> int32 (M, N)`:
-  `x @ W.T` with int32 accumulation (BitLinear's forward);
+  `x @ W.T` with int32 accumulation, the integer core alone;
 * `r3mes::ternary_matmul_t(g float32 (M, N), packed, K) -> float32 (M, K)`: `g @ W`, the input
   gradient, on the same packing, each element summed in one fixed order.
 
@@ -41,8 +46,15 @@ REFERENCE = "reference"
 TensorOp = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 _LIB_STEM = "_ternary"
+_SYMBOLS = (
+    "r3mes_ternary_matmul",
+    "r3mes_ternary_matmul_t",
+    "r3mes_ternary_linear",
+    "r3mes_ternary_isa_supported",
+    "r3mes_ternary_best_isa",
+)
 _ERRORS = {-1: "bad arguments", -2: "instruction set not supported", -3: "cannot start a thread"}
-_state: dict[str, Any] = {"isa": None}
+_state: dict[str, Any] = {"isa": None, "best": 0}
 
 
 class KernelUnavailable(ModelError):
@@ -69,6 +81,8 @@ def _library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
             reason = f"it does not load ({exc})"
+    if lib is not None and not all(hasattr(lib, name) for name in _SYMBOLS):
+        lib, reason = None, f"{path} was built from an older ternary.c"
     if lib is None:
         message = (
             f"r3mes native ternary kernel unavailable: {reason}; BitLinear uses its slower "
@@ -82,9 +96,12 @@ def _library() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, c_int, c_int]
         fn.restype = c_int
+    lib.r3mes_ternary_linear.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, c_int, c_int]
+    lib.r3mes_ternary_linear.restype = c_int
     lib.r3mes_ternary_isa_supported.argtypes = [c_int]
     lib.r3mes_ternary_isa_supported.restype = c_int
     lib.r3mes_ternary_best_isa.restype = c_int
+    _state["best"] = int(lib.r3mes_ternary_best_isa())  # fixed per process: asked once
     return lib
 
 
@@ -103,8 +120,7 @@ def supported_isas() -> list[str]:
 
 def best_isa() -> str:
     """The fastest path this CPU runs (`REFERENCE` without the kernel)."""
-    lib = _library()
-    return REFERENCE if lib is None else ISAS[lib.r3mes_ternary_best_isa()]
+    return REFERENCE if _library() is None else ISAS[_state["best"]]
 
 
 def set_isa(name: str | None) -> None:
@@ -179,6 +195,54 @@ def matmul_int8(
     return out
 
 
+def linear_float(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    out_features: int,
+    *,
+    isa: str | None = None,
+    threads: int | None = None,
+) -> torch.Tensor:
+    """float32 (..., N): BitLinear's frozen forward (no bias) of x float32 (..., K), one call.
+
+    Per row of x: int8 codes `clamp(round(x * 127 / max(max|x|, 1e-5)), -128, 127)`, their
+    int32 product with W (N, K) ternary packed (ceil(N/4), K), divided by
+    `input_scale * weight_scale`: bit for bit what `quantize_activations` and the division in
+    `BitLinear` compute with torch ops, on every path and thread count.
+    """
+    if x.dtype != torch.float32 or x.dim() < 1 or x.device.type != "cpu":
+        raise ModelError(
+            f"x must be a CPU float32 (..., K) tensor, got {x.dtype} {tuple(x.shape)} on "
+            f"{x.device.type}"
+        )
+    in_features = x.shape[-1]
+    if in_features == 0:
+        raise ModelError("x has no features (K = 0)")
+    _check_packed(packed, out_features, in_features)
+    if (
+        weight_scale.dtype != torch.float32
+        or weight_scale.numel() != 1
+        or weight_scale.device.type != "cpu"
+    ):
+        raise ModelError(
+            f"weight_scale must be one CPU float32 number, got {weight_scale.dtype} "
+            f"{tuple(weight_scale.shape)}"
+        )
+    lib = _need_library()
+    x, packed, weight_scale = x.contiguous(), packed.contiguous(), weight_scale.contiguous()
+    out = torch.empty((*x.shape[:-1], out_features), dtype=torch.float32)
+    rows = x.numel() // in_features
+    if rows == 0:
+        return out
+    rc = lib.r3mes_ternary_linear(
+        x.data_ptr(), packed.data_ptr(), weight_scale.data_ptr(), out.data_ptr(), rows,
+        in_features, out_features, _isa_index(isa), threads or torch.get_num_threads(),
+    )  # fmt: skip
+    _check(rc, "ternary linear")
+    return out
+
+
 def matmul_t_float(
     grad: torch.Tensor,
     packed: torch.Tensor,
@@ -233,3 +297,29 @@ def ops() -> tuple[TensorOp, TensorOp]:
         return grad.new_empty((grad.shape[0], in_features), dtype=torch.float32)
 
     return ternary_matmul, ternary_matmul_t
+
+
+LinearOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@functools.cache
+def linear_op() -> LinearOp:
+    """Register (once) and return the `r3mes::ternary_linear` custom op (`linear_float`).
+
+    Its fake implementation gives the shape and dtype only (float32 (..., N)).  It uses the
+    process's current path and `torch.get_num_threads()`.
+    """
+
+    @torch.library.custom_op("r3mes::ternary_linear", mutates_args=())
+    def ternary_linear(
+        x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, out_features: int
+    ) -> torch.Tensor:
+        return linear_float(x, packed, weight_scale, out_features)
+
+    @ternary_linear.register_fake
+    def _(
+        x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, out_features: int
+    ) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], out_features), dtype=torch.float32)
+
+    return ternary_linear
