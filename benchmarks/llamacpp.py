@@ -14,10 +14,12 @@ batch 1 (decode) and at batch 64 (prefill; projections whose width is not a whol
 256-weight TQ2_0 blocks, only the quick shape's down_proj, are left out), float32
 activations in and float32 out on both sides, the same number of threads:
 
-* ours: `BitLinear`'s frozen path as the model runs it (per-token int8 activation codes, the
-  native kernel on the 2-bit packed weights, int32 sums, scaled back to float32: about ten
-  torch ops per projection around the kernel); `ours_kernel_only_ms` is the kernel alone on
-  int8 codes made beforehand;
+* ours: `BitLinear`'s frozen path as the model runs it: one native call per projection
+  (`kernels.linear_float`: per-token int8 activation codes, the kernel on the 2-bit packed
+  weights, int32 sums, scaled back to float32); `ours_unfused_ms` is the same products the way
+  BitLinear computed them before that call existed (quantization and rescale as about ten
+  torch ops around the int8 kernel: the same bits, checked), `ours_kernel_only_ms` the int8
+  kernel alone on codes made beforehand (no quantization, no rescale);
 * llama.cpp: the same ternary values converted with `gguf.quants.quantize` to TQ2_0 (blocks
   of 256 weights at 2 bits plus one fp16 scale, 2.06 bits a weight; ggml quantizes the
   activations to Q8_K itself), all 210 products in one ggml graph computed by
@@ -46,7 +48,7 @@ import torch
 
 from benchmarks.ternary import cpu_description
 from r3mes.errors import R3mesError
-from r3mes.model.bitlinear import BitLinear
+from r3mes.model.bitlinear import BitLinear, quantize_activations
 from r3mes.model.checkpoint import load_pretrained
 from r3mes.model.kernels import ternary as kernels
 from r3mes.model.synthetic import preset, write_random_checkpoint
@@ -165,6 +167,22 @@ class GgmlProjections:
             elapsed = time.perf_counter() - start
         return elapsed, outs
 
+    def unfused(self, threads: int) -> tuple[float, list[torch.Tensor]]:
+        """BitLinear's frozen forward before the fused call: torch ops around the int8 kernel."""
+        torch.set_num_threads(threads)
+        outs = []
+        with torch.no_grad():
+            start = time.perf_counter()
+            for layer in self.layers:
+                x = self.x[layer.in_features]
+                codes, input_scale = quantize_activations(x)
+                flat = codes.reshape(-1, layer.in_features).to(torch.int8)
+                packed = layer.get_buffer("packed_weight")
+                acc = kernels.ops()[0](flat, packed, layer.out_features).float()
+                outs.append(acc / (input_scale * layer.get_buffer("weight_scale")))
+            elapsed = time.perf_counter() - start
+        return elapsed, outs
+
     def kernel_only(self, threads: int) -> float:
         """The native kernel alone on int8 codes made beforehand (no per-layer torch ops)."""
         codes = {w: x.clamp(-1, 1).mul(127).round().to(torch.int8) for w, x in self.x.items()}
@@ -237,10 +255,15 @@ def run(
         error = bench.check(threads)
         if error > 0.05:
             raise SystemExit(f"ggml's TQ2_0 products differ from ours by {error:.3f}: conversion")
+        fused, unfused = bench.ours(threads)[1], bench.unfused(threads)[1]
+        if not all(torch.equal(a, b) for a, b in zip(fused, unfused, strict=True)):
+            raise SystemExit("the fused linear's products differ from the unfused torch path")
         ours_s, theirs_s, kernel_s = float("inf"), float("inf"), float("inf")
+        unfused_s = float("inf")
         for _ in range(repeats):  # interleaved: a burst of load hits both sides alike
             ours_s = min(ours_s, bench.ours(threads)[0])
             theirs_s = min(theirs_s, bench.compute(threads))
+            unfused_s = min(unfused_s, bench.unfused(threads)[0])
             kernel_s = min(kernel_s, bench.kernel_only(threads))
     finally:
         bench.close()
@@ -256,6 +279,7 @@ def run(
         "packed_gb": round(packed / 1e9, 3),
         "ours_gb_per_s": round(packed / ours_s / 1e9, 2),
         "llamacpp_gb_per_s": round(packed / theirs_s / 1e9, 2),
+        "ours_unfused_ms": round(unfused_s * 1e3, 2),
         "ours_kernel_only_ms": round(kernel_s * 1e3, 2),
         "max_rel_diff": round(error, 4),
         "threads": threads,

@@ -8,6 +8,7 @@ CPU runs and at 1, 2, 3 and 7 threads.
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,23 @@ def test_shipped_model_greedy_tokens_and_logits_unchanged_by_the_fusion(
     scalar = _greedy(prompt, 1)
     assert len(fused[1][0]) == 16
     assert fused[1] == fused[2] == unfused[1] == unfused[2] == scalar
+
+
+def test_a_library_without_the_fused_entry_point_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `_ternary` library built from an older ternary.c (no `r3mes_ternary_linear`) is not
+    used half-way: BitLinear takes its torch path, with the one warning saying why."""
+    stale = next((Path(torch.__file__).parent / "lib").glob("libc10.so*"))
+    layer = _layer(96, 21, seed=8)
+    x = torch.randn(3, 96)
+    expected = layer(x)
+    monkeypatch.setattr(kernels, "_library_path", lambda: stale)
+    kernels._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="older ternary.c"):
+            assert not kernels.available()
+        assert kernels.current_isa() == kernels.REFERENCE
+        assert torch.equal(_bits(layer(x)), _bits(expected))
+    finally:
+        kernels._library.cache_clear()
