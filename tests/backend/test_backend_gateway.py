@@ -14,6 +14,7 @@ from r3mes.backend.errors import Unavailable
 from r3mes.backend.services.gateway import Gateway, NodeFailure, Relay, Tally, relay
 from r3mes.backend.services.metrics import GatewayMetrics
 from r3mes.backend.services.nodes import Announced, ModelRef, NodeDirectory, parse_static
+from r3mes.backend.services.upstream_http import UpstreamTransport
 
 pytestmark = pytest.mark.anyio
 COOLDOWN_S = 2.0
@@ -31,7 +32,8 @@ def nodes() -> Iterator[list[Upstream]]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    # the transport the backend's gateway uses (`chat_setup._upstream_client`)
+    async with httpx.AsyncClient(transport=UpstreamTransport()) as client:
         yield client
 
 

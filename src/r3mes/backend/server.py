@@ -81,5 +81,8 @@ def serve(
             if pid_file is not None:
                 remove_pid_file(pid_file)
 
-    asyncio.run(run())
+    # uvicorn's own `run` would pick the event loop (uvloop when installed, as
+    # uvicorn[standard] installs it); serving through `server.serve()` must pick it here.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run())
     return server.stopped_by

@@ -33,10 +33,12 @@ from r3mes.backend.api.routes import (
 )
 
 api_router = APIRouter()
+# The paid chat routes first: routing tries the routers in order, and chat is the hot path.
+api_router.include_router(chat.router)
 api_router.include_router(health.router)
 for accounts_router in (auth.router, me.router, keys.router, credits.router, admin.router):
     api_router.include_router(accounts_router)
-for chat_router in (chat.router, models.router, pricing.router, payouts.router, metrics.router):
+for chat_router in (models.router, pricing.router, payouts.router, metrics.router):
     api_router.include_router(chat_router)
 for explorer_router in (
     network.router,
