@@ -8,13 +8,24 @@ buckets, in process or Redis), the credit hold, forwarding, capture of the repor
 and the `chat_requests` row.
 
 Figures (each against calling the upstream directly with the same client, same run):
-- p50 and p99 latency overhead per request (gateway minus direct; goals <= 3 ms, <= 15 ms
-  on SQLite),
-- requests per second through the gateway (ratio to direct).
+- closed loop: 32 clients, each sending its next request as soon as the last one answered.
+  p50 and p99 latency overhead per request (gateway minus direct) and requests per second.
+  This measures saturation: with every client always waiting, one gateway process that
+  spends C ms of CPU per request answers in about 32 x C (Little's law), whatever the box.
+- open loop (the goals, <= 3 ms p50 and <= 15 ms p99 on SQLite): 32 clients, each sending at
+  a fixed pace, together `--open-fraction` (default 0.5) of the gateway's closed-loop
+  throughput measured just before in the same run, so the load is one the gateway sustains
+  on this machine. Each latency runs from the request's scheduled send time (a request sent
+  late because its client was still waiting counts the wait). Direct and gateway run the same
+  schedule, alternating in blocks (direct, gateway, direct, gateway) so a change in the
+  machine's load hits both.
+- the p50 overhead with one client, and the backend process's CPU time per request.
+Each figure carries the machine's load average (`loadavg`, 1 minute) when it was measured.
 First on SQLite with in-process limits, then on PostgreSQL + Redis when
 R3MES_TEST_POSTGRES_URL and R3MES_TEST_REDIS_URL are set (`eval "$(scripts/services.sh)"`).
 
-Run: .venv/bin/python -m benchmarks.backend_gateway [--quick]
+Run: .venv/bin/python -m benchmarks.backend_gateway [--quick] [--open-fraction F]
+(`--quick`: 200 requests per closed-loop mode, the open loop at most 6 s per mode.)
 Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
 """
 
@@ -73,7 +84,13 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
 
 
 def emit(
-    figure: str, value: float, unit: str, *, baseline: float | None = None, goal: str = ""
+    figure: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: float | None = None,
+    goal: str = "",
+    **extra: object,
 ) -> None:
     ratio = round(value / baseline, 4) if baseline else None
     doc = {
@@ -83,6 +100,7 @@ def emit(
         "baseline": None if baseline is None else round(baseline, 3),
         "ratio": ratio,
         "goal": goal,
+        **extra,
     }
     print(json.dumps(doc), flush=True)
 
@@ -178,12 +196,65 @@ async def load(
         return latencies, time.perf_counter() - start
 
 
+async def paced(url: str, keys: list[str], total: int, rate: float) -> tuple[list[float], float]:
+    """`total` requests from CLIENTS clients at `rate` req/s together (open loop): client i
+    sends its k-th request at (i + k * CLIENTS) / rate s after the start, or as soon as its
+    previous one answered if that is later. (latencies from the scheduled times in s, wall s)."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    payload = json.dumps(BODY).encode()
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def worker(i: int, start: float) -> None:
+            headers = _auth(keys, i)
+            for k in range(i, total, CLIENTS):
+                due = start + k / rate
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                r = await client.post(url, content=payload, headers=headers)
+                latencies.append(time.perf_counter() - due)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+
+        # every client's connection is open before the clock starts
+        warm = [client.post(url, content=payload, headers=_auth(keys, i)) for i in range(CLIENTS)]
+        await asyncio.gather(*warm)
+        start = time.perf_counter() + 0.05
+        await asyncio.gather(*(worker(i, start) for i in range(CLIENTS)))
+        return latencies, time.perf_counter() - start
+
+
+def _auth(keys: list[str], i: int) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if keys:
+        headers["authorization"] = f"Bearer {keys[i]}"
+    return headers
+
+
+def loadavg() -> float | None:
+    """The machine's 1-minute load average (Linux; None elsewhere)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def run_case(label: str, *, requests: int, database_url: str, redis_url: str, goals: bool) -> None:
+def run_case(
+    label: str,
+    *,
+    requests: int,
+    database_url: str,
+    redis_url: str,
+    goals: bool,
+    open_fraction: float,
+    open_seconds: float,
+) -> None:
     upstream_port, backend_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="r3mes-bench-gw-") as tmp:
         home = Path(tmp)
@@ -206,6 +277,7 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
         upstream_cmd = [sys.executable, "-c", UPSTREAM, str(upstream_port)]
         backend_cmd = [sys.executable, "-m", "r3mes.cli.main", "backend", "start"]
         backend_cmd += ["--port", str(backend_port), "--log-level", "warning"]
+        p50_goal, p99_goal = ("<= 3 ms", "<= 15 ms") if goals else ("", "")
         with process(upstream_cmd) as up, process(backend_cmd, env) as backend:
             direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
             gateway = f"http://127.0.0.1:{backend_port}/v1/chat/completions"
@@ -216,39 +288,118 @@ def run_case(label: str, *, requests: int, database_url: str, redis_url: str, go
             warm = max(50, requests // 10)
             asyncio.run(load(direct, [], warm))
             asyncio.run(load(gateway, keys, warm))
+
+            # closed loop: saturation
+            load0 = loadavg()
             base, base_wall = asyncio.run(load(direct, [], requests))
             cpu0 = cpu_seconds(backend.pid)
             via, via_wall = asyncio.run(load(gateway, keys, requests))
             cpu1 = cpu_seconds(backend.pid)
+            closed_rps = requests / via_wall
+            closed = {"loop": "closed", "clients": CLIENTS, "loadavg": load0}
+            d50, d99 = pct(base, 0.5) * 1000, pct(base, 0.99) * 1000
+            g50, g99 = pct(via, 0.5) * 1000, pct(via, 0.99) * 1000
+            emit(
+                f"gateway p50 overhead, closed loop ({label})",
+                g50 - d50,
+                "ms",
+                baseline=d50,
+                **closed,
+            )
+            emit(
+                f"gateway p99 overhead, closed loop ({label})",
+                g99 - d99,
+                "ms",
+                baseline=d99,
+                **closed,
+            )
+            emit(f"gateway p50 latency, closed loop ({label})", g50, "ms", baseline=d50, **closed)
+            emit(
+                f"gateway mean latency, closed loop ({label})",
+                statistics.fmean(via) * 1000,
+                "ms",
+                baseline=statistics.fmean(base) * 1000,
+                **closed,
+            )
+            emit(
+                f"gateway requests/s, closed loop ({label})",
+                closed_rps,
+                "req/s",
+                baseline=requests / base_wall,
+                goal="ratio: higher is better",
+                **closed,
+            )
+            if cpu0 is not None and cpu1 is not None:
+                # CPU the backend process spent per request (all its threads): what the
+                # gateway costs, however busy the shared machine is
+                emit(
+                    f"backend CPU per gateway request ({label})",
+                    (cpu1 - cpu0) * 1000 / requests,
+                    "ms",
+                    **closed,
+                )
+
+            # open loop at a rate the gateway sustains: the goals
+            rate = closed_rps * open_fraction
+            load1 = loadavg()
+            # `requests` per mode, or as many as `open_seconds` at this rate allows
+            half = max(CLIENTS, min(requests, int(rate * open_seconds)) // 2)
+            open_base: list[float] = []
+            open_via: list[float] = []
+            via_walls: list[float] = []
+            for _ in range(2):
+                lat, _ = asyncio.run(paced(direct, [], half, rate))
+                open_base += lat
+                lat, wall = asyncio.run(paced(gateway, keys, half, rate))
+                open_via += lat
+                via_walls.append(wall)
+            achieved = 2 * half / sum(via_walls)
+            opened = {
+                "loop": "open",
+                "clients": CLIENTS,
+                "offered_rps": round(rate, 1),
+                "achieved_rps": round(achieved, 1),
+                "open_fraction": open_fraction,
+                "requests": 2 * half,
+                "loadavg": load1,
+                "loadavg_end": loadavg(),
+            }
+            d50, d99 = pct(open_base, 0.5) * 1000, pct(open_base, 0.99) * 1000
+            g50, g99 = pct(open_via, 0.5) * 1000, pct(open_via, 0.99) * 1000
+            emit(
+                f"gateway p50 overhead, open loop ({label})",
+                g50 - d50,
+                "ms",
+                baseline=d50,
+                goal=p50_goal,
+                **opened,
+            )
+            emit(
+                f"gateway p99 overhead, open loop ({label})",
+                g99 - d99,
+                "ms",
+                baseline=d99,
+                goal=p99_goal,
+                **opened,
+            )
+            emit(f"gateway p50 latency, open loop ({label})", g50, "ms", baseline=d50, **opened)
+            emit(f"gateway p99 latency, open loop ({label})", g99, "ms", baseline=d99, **opened)
+
             # the same one request at a time: the gateway's own cost without queueing
             one = max(30, requests // 10)
+            load2 = loadavg()
             base1, _ = asyncio.run(load(direct, [], one, clients=1))
             via1, _ = asyncio.run(load(gateway, keys, one, clients=1))
-    p50_goal, p99_goal = ("<= 3 ms", "<= 15 ms") if goals else ("", "")
-    d50, d99 = pct(base, 0.5) * 1000, pct(base, 0.99) * 1000
-    g50, g99 = pct(via, 0.5) * 1000, pct(via, 0.99) * 1000
-    emit(f"gateway p50 overhead ({label})", g50 - d50, "ms", baseline=d50, goal=p50_goal)
-    emit(f"gateway p99 overhead ({label})", g99 - d99, "ms", baseline=d99, goal=p99_goal)
-    emit(f"gateway p50 latency ({label})", g50, "ms", baseline=d50)
-    emit(
-        f"gateway mean latency ({label})",
-        statistics.fmean(via) * 1000,
-        "ms",
-        baseline=statistics.fmean(base) * 1000,
-    )
-    emit(
-        f"gateway requests/s ({label})",
-        requests / via_wall,
-        "req/s",
-        baseline=requests / base_wall,
-        goal="ratio: higher is better",
-    )
     o50 = (pct(via1, 0.5) - pct(base1, 0.5)) * 1000
-    emit(f"gateway p50 overhead, 1 client ({label})", o50, "ms", baseline=pct(base1, 0.5) * 1000)
-    if cpu0 is not None and cpu1 is not None:
-        # CPU the backend process spent per request at CLIENTS concurrency (all its threads):
-        # what the gateway costs, however busy the shared machine is
-        emit(f"backend CPU per gateway request ({label})", (cpu1 - cpu0) * 1000 / requests, "ms")
+    emit(
+        f"gateway p50 overhead, 1 client ({label})",
+        o50,
+        "ms",
+        baseline=pct(base1, 0.5) * 1000,
+        loop="closed",
+        clients=1,
+        loadavg=load2,
+    )
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -274,11 +425,26 @@ def wait_routable(port: int, auth: dict[str, str], timeout_s: float = 30) -> Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute)")
+    parser.add_argument(
+        "--open-fraction",
+        type=float,
+        default=0.5,
+        help="open-loop rate as a fraction of the closed-loop throughput (default 0.5)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.open_fraction <= 1:
+        parser.error("--open-fraction must be in (0, 1]")
     requests = 200 if args.quick else 3000
+    open_seconds = 6.0 if args.quick else 60.0
     print(json.dumps({"note": f"{CLIENTS} clients, {requests} requests per mode"}), flush=True)
     run_case(
-        "SQLite, in-process limits", requests=requests, database_url="", redis_url="", goals=True
+        "SQLite, in-process limits",
+        requests=requests,
+        database_url="",
+        redis_url="",
+        goals=True,
+        open_fraction=args.open_fraction,
+        open_seconds=open_seconds,
     )
     pg, redis = os.environ.get("R3MES_TEST_POSTGRES_URL"), os.environ.get("R3MES_TEST_REDIS_URL")
     if pg and redis:
@@ -289,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                 database_url=url,
                 redis_url=redis,
                 goals=False,
+                open_fraction=args.open_fraction,
+                open_seconds=open_seconds,
             )
     else:
         print(json.dumps({"note": "PostgreSQL + Redis skipped: run scripts/services.sh"}))
