@@ -127,6 +127,9 @@ async def test_bad_input_gets_clear_errors(explorer: Any) -> None:
     assert (await client.get("/api/proposals?status=merged")).status_code == 422
     assert (await client.get("/api/proposals?cursor=bm90LWEtY3Vyc29y")).status_code == 400
     assert (await client.get("/api/proposals")).json()["items"] == []
+    bad_proposer = await client.get("/api/proposals?proposer=remes1nope")
+    assert bad_proposer.status_code == 400
+    assert bad_proposer.json()["error"]["message"].startswith("proposer:")
     bad = await client.get("/api/accounts/remes1notanaddress")
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("address:")
     for url in ("/api/rounds/999", "/api/submissions/99999", "/api/blocks/999"):

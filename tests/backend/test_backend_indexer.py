@@ -184,7 +184,10 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
         listed += httpx.get(
             f"{backend.url}/api/proposals?cursor={newest['next_cursor']}", timeout=5
         ).json()["items"]
-        rejected = httpx.get(f"{backend.url}/api/proposals?status=rejected", timeout=5).json()
+        rejected = httpx.get(
+            f"{backend.url}/api/proposals?status=rejected&proposer={PROPOSER.address}", timeout=5
+        ).json()
+        nobody = httpx.get(f"{backend.url}/api/proposals?proposer={V1.address}", timeout=5).json()
     finally:
         backend.stop()
     (cheat,) = [m for m in slashed["items"] if m["address"] == CHEAT.address]
@@ -228,6 +231,8 @@ def test_explorer_equals_the_ledger_after_rounds_with_a_cheater(
     assert [{k: v for k, v in p.items() if k != "id"} for p in reversed(listed)] == every_round
     assert [p["id"] for p in listed] == sorted((p["id"] for p in listed), reverse=True)
     assert rejected["items"] and {p["status"] for p in rejected["items"]} == {"rejected"}
+    assert {p["proposer"] for p in rejected["items"]} == {PROPOSER.address}
+    assert nobody["items"] == []
 
 
 def test_twenty_sigkills_while_blocks_arrive_leave_no_gap_and_no_duplicate(

@@ -137,13 +137,19 @@ def _deposit_address(home: Path) -> str:
 
 
 @contextmanager
-def running_backend(home: Path) -> Iterator[tuple[str, OutputWatcher]]:
-    """The backend alone (no ledger followed): for page tests that need no network."""
+def running_backend(home: Path, *, chain: str | None = None) -> Iterator[tuple[str, OutputWatcher]]:
+    """The backend alone: following the ledger at `chain`, or none (for page tests that need
+    no network)."""
     port = free_port()
-    env = {**os.environ, "R3MES_HOME": str(home), "R3MES_FOLLOW_CHAIN": "false"}
+    env = {**os.environ, "R3MES_HOME": str(home)}
+    argv = ["backend", "start", "--home", str(home), "--port", str(port)]
+    if chain is None:
+        env["R3MES_FOLLOW_CHAIN"] = "false"
+    else:
+        argv += ["--chain", chain]
     watcher = OutputWatcher(
         subprocess.Popen(
-            _python("backend", "start", "--home", str(home), "--port", str(port)),
+            _python(*argv),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -92,15 +92,23 @@ async def proposals_of_round(s: AsyncSession, number: int) -> list[dict[str, Any
 
 
 async def proposals(
-    s: AsyncSession, *, limit: int, cursor: str | None, status: str | None = None
+    s: AsyncSession,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: str | None = None,
+    proposer: str | None = None,
 ) -> dict[str, Any]:
     """Adapter proposals of every round, newest first; `status` one of the ledger's
-    (pending, approved, rejected, stale). Each item carries `id`, the index's order."""
+    (pending, approved, rejected, stale), `proposer` one address's. Each item carries `id`,
+    the index's order."""
     await meta(s)
     after = decode_cursor(cursor, (int,))
     q = select(IxProposal).order_by(IxProposal.id.desc()).limit(limit + 1)
     if status is not None:
         q = q.where(IxProposal.status == status)
+    if proposer is not None:
+        q = q.where(IxProposal.proposer == proposer)
     if after:
         q = q.where(IxProposal.id < after[0])
     props = list(await s.scalars(q))

@@ -27,12 +27,17 @@ async def proposals(
     limit: LimitArg = 50,
     cursor: CursorArg = None,
     status: ProposalStatus | None = None,
+    proposer: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
-    """Adapter merge proposals of every round, newest first, with their validators' verdicts."""
+    """Adapter merge proposals of every round, newest first, with their validators' verdicts;
+    optionally one status and/or one proposer's."""
+    address = None if proposer is None else _address("proposer", proposer)
     return await cached_json(
         request,
         runtime,
-        lambda s: quorum_views.proposals(s, limit=limit, cursor=cursor, status=status),
+        lambda s: quorum_views.proposals(
+            s, limit=limit, cursor=cursor, status=status, proposer=address
+        ),
     )
 
 
@@ -46,16 +51,21 @@ async def disputes(
     party: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
     """Disputes newest first, optionally open/resolved only and/or with one party."""
-    if party is not None:
-        try:
-            party = validate_address(party)
-        except AddressError as exc:
-            raise InvalidRequest(f"party: {exc}") from exc
+    address = None if party is None else _address("party", party)
     return await cached_json(
         request,
         runtime,
-        lambda s: quorum_views.disputes(s, limit=limit, cursor=cursor, status=status, party=party),
+        lambda s: quorum_views.disputes(
+            s, limit=limit, cursor=cursor, status=status, party=address
+        ),
     )
+
+
+def _address(name: str, text: str) -> str:
+    try:
+        return validate_address(text)
+    except AddressError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from exc
 
 
 @router.get("/disputes/{dispute_id}")

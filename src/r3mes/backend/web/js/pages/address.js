@@ -1,8 +1,11 @@
-// One miner or validator: reputation and tier, submissions with their verdicts, rewards,
-// attestations. The address comes from the URL and the data from the chain: text only.
+// One address: as a miner (reputation and tier, submissions with their verdicts, rewards), as a
+// validator (attestations, penalties), and for every role its stake (bonded, unbonding and
+// still slashable, withdrawn), slashes with their reasons and the disputes it is party to.
+// The address comes from the URL and the data from the chain: text only.
 
 import { ApiError, get, itemsOf } from "../api.js";
 import { fmtInt, fmtPct, h, table } from "../dom.js";
+import { disputeColumns, proposalColumns } from "./network.js";
 
 const ADDRESS = /^remes1[02-9ac-hj-np-z]{6,90}$/;
 
@@ -14,18 +17,52 @@ export async function addressPage(main, address = "") {
     return null;
   }
   const path = encodeURIComponent(address);
-  const [miner, validator] = await Promise.all([fetchOrNull(`/api/miners/${path}`), fetchOrNull(`/api/validators/${path}`)]);
-  if (!miner && !validator) {
-    main.append(h("p", { class: "empty" }, "This address has not mined or validated yet."));
+  const [miner, validator, stake, proposed] = await Promise.all([
+    fetchOrNull(`/api/miners/${path}`),
+    fetchOrNull(`/api/validators/${path}`),
+    fetchOrNull(`/api/stake/${path}`),
+    fetchOrNull(`/api/proposals?proposer=${path}&limit=20`),
+  ]);
+  const proposals = itemsOf(proposed ?? [], "items");
+  const bonded = itemsOf(stake?.bonded ?? [], "items");
+  const history = itemsOf(stake?.history ?? [], "items");
+  if (!miner && !validator && !bonded.length && !history.length && !proposals.length) {
+    main.append(h("p", { class: "empty" }, "This address has no role on the network yet."));
     return null;
   }
-  heading.textContent = miner && validator ? "Miner and validator" : miner ? "Miner" : "Validator";
+  heading.textContent =
+    miner && validator ? "Miner and validator" : miner ? "Miner" : validator ? "Validator" : bonded.map((b) => capital(b.role)).join(" and ") || "Address";
   document.title = `${heading.textContent} · R3MES`;
   const grid = h("div", { class: "grid" });
   main.append(grid);
   if (miner) grid.append(...minerSections(miner));
   if (validator) grid.append(...validatorSections(validator));
+  if (proposals.length) {
+    grid.append(
+      h(
+        "section",
+        { class: "card wide", "aria-labelledby": "proposals-h" },
+        h("h2", { id: "proposals-h" }, "Merge proposals"),
+        table("Merge proposals", proposalColumns, proposals),
+      ),
+    );
+  }
+  // Slashes and disputes are per address (the miner and validator documents carry the same).
+  const doc = miner ?? validator;
+  const slashes = itemsOf(doc?.slashes ?? [], "items");
+  const disputes = doc ? itemsOf(doc.disputes ?? [], "items") : await partyDisputes(path);
+  grid.append(...accountabilitySections(stake, slashes, disputes));
   return null;
+}
+
+function capital(text) {
+  const s = String(text ?? "");
+  return s ? s[0].toUpperCase() + s.slice(1) : s;
+}
+
+async function partyDisputes(path) {
+  const body = await fetchOrNull(`/api/disputes?party=${path}&limit=20`);
+  return itemsOf(body ?? [], "items");
 }
 
 async function fetchOrNull(path) {
@@ -45,7 +82,6 @@ function minerSections(m) {
   const summary = m;
   const submissions = itemsOf(m.recent_submissions ?? [], "items");
   const rewards = itemsOf(m.recent_rewards ?? [], "items");
-  const slashes = itemsOf(m.slashes ?? [], "items");
   return [
     h(
       "section",
@@ -104,23 +140,6 @@ function minerSections(m) {
           ),
         )
       : null,
-    slashes.length
-      ? h(
-          "section",
-          { class: "card wide", "aria-labelledby": "slashes-h" },
-          h("h2", { id: "slashes-h" }, "Slashes"),
-          table(
-            "Slashes",
-            [
-              { label: "Height", value: (x) => fmtInt(x.height), class: "num" },
-              { label: "Submission", value: (x) => fmtInt(x.submission_id), class: "num" },
-              { label: "Burned", value: (x) => fmtInt(x.burned), class: "num" },
-              { label: "Reputation lost", value: (x) => fmtInt(x.reputation_lost), class: "num" },
-            ],
-            slashes,
-          ),
-        )
-      : null,
   ].filter(Boolean);
 }
 
@@ -154,6 +173,95 @@ function validatorSections(v) {
         ],
         attestations,
         "No attestations yet.",
+      ),
+      h("h3", {}, "Penalties"),
+      table(
+        "Penalties",
+        [
+          { label: "Submission", value: (p) => fmtInt(p.submission_id), class: "num" },
+          { label: "Round", value: (p) => fmtInt(p.round), class: "num" },
+          { label: "Reason", value: (p) => penaltyReason(p.reason) },
+          { label: "Reputation lost", value: (p) => fmtInt(p.reputation_lost), class: "num" },
+          { label: "Height", value: (p) => fmtInt(p.height), class: "num" },
+        ],
+        itemsOf(v.penalties ?? [], "items"),
+        "No penalty: every verdict in time and with the final one.",
+      ),
+    ),
+  ];
+}
+
+function withdrawal(e) {
+  if (Number(e.withdrawn_height) > 0) return `block ${fmtInt(e.withdrawn_height)}`;
+  return Number(e.amount) > 0 ? "not yet" : "nothing left (slashed)";
+}
+
+function penaltyReason(reason) {
+  if (reason === "missed") return "missed (no verdict in the window)";
+  if (reason === "disagreed") return "disagreed with the settled verdict";
+  return reason ?? "-";
+}
+
+/** Stake per role (bonded, unbonding and still slashable, withdrawn), slashes with their
+ * reasons and the disputes the address is party to: the same for every role. */
+function accountabilitySections(stake, slashes, disputes) {
+  const bonded = itemsOf(stake?.bonded ?? [], "items");
+  const unbonding = itemsOf(stake?.unbonding ?? [], "items");
+  const history = itemsOf(stake?.history ?? [], "items");
+  return [
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "stake-h" },
+      h("h2", { id: "stake-h" }, "Stake"),
+      h(
+        "dl",
+        { class: "stats small" },
+        stat("Total (slashable)", fmtInt(stake?.total)),
+        ...bonded.map((b) => stat(`Bonded as ${b.role}`, `${fmtInt(b.stake)}${b.active ? "" : " (inactive)"}`)),
+        ...unbonding.map((u) => stat(`Unbonding (${u.role})`, `${fmtInt(u.amount)} until block ${fmtInt(u.release_height)}`)),
+      ),
+      history.length
+        ? table(
+            "Unbonding history",
+            [
+              { label: "Role", value: (e) => e.role ?? "-" },
+              { label: "Unbonded", value: (e) => fmtInt(e.unbonded), class: "num" },
+              { label: "Left", value: (e) => fmtInt(e.amount), class: "num" },
+              { label: "At block", value: (e) => fmtInt(e.height), class: "num" },
+              { label: "Released at", value: (e) => fmtInt(e.release_height), class: "num" },
+              { label: "Withdrawn", value: withdrawal },
+            ],
+            history,
+          )
+        : null,
+    ),
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "slashes-h" },
+      h("h2", { id: "slashes-h" }, "Slashes"),
+      table(
+        "Slashes",
+        [
+          { label: "Round", value: (x) => fmtInt(x.round), class: "num" },
+          { label: "Submission", value: (x) => fmtInt(x.submission_id), class: "num" },
+          { label: "Reason", value: (x) => h("span", { class: "bad" }, x.reason ?? "-") },
+          { label: "Burned", value: (x) => fmtInt(x.burned), class: "num" },
+          { label: "Reputation lost", value: (x) => fmtInt(x.reputation_lost), class: "num" },
+          { label: "Height", value: (x) => fmtInt(x.height), class: "num" },
+        ],
+        slashes,
+        "Never slashed.",
+      ),
+    ),
+    h(
+      "section",
+      { class: "card wide", "aria-labelledby": "disputes-h" },
+      h("h2", { id: "disputes-h" }, "Disputes"),
+      table(
+        "Disputes",
+        disputeColumns,
+        disputes,
+        "No dispute.",
       ),
     ),
   ];

@@ -1,5 +1,6 @@
 // Network: live height and round (websockets), leaderboards, serving nodes, adapter versions
-// with held-out loss against the base model, and network activity per day.
+// with held-out loss against the base model, merge proposals and disputes, and network
+// activity per day.
 // Everything here comes from the chain and is untrusted: it only ever becomes text.
 
 import { get, itemsOf } from "../api.js";
@@ -21,8 +22,9 @@ export async function networkPage(main) {
   const validators = card("vals-h", "Validators");
   const serving = card("serving-h", "Serving nodes");
   const adapters = card("adapters-h", "Adapters");
+  const checks = card("checks-h", "Merges and disputes");
   const activity = card("activity-h", "Activity");
-  main.append(h("div", { class: "grid" }, stats, round, blocks, miners, validators, serving, adapters, activity));
+  main.append(h("div", { class: "grid" }, stats, round, blocks, miners, validators, serving, adapters, checks, activity));
 
   const state = { stats: {}, blocks: [], round: {} };
 
@@ -63,6 +65,7 @@ export async function networkPage(main) {
     section(validators, "vals-h", "Validators", "/api/leaderboard/validators?limit=50", ["validators"], validatorColumns),
     section(serving, "serving-h", "Serving nodes", "/api/serving", ["nodes", "serving"], servingColumns),
     renderAdapters(adapters),
+    renderChecks(checks),
     renderActivity(activity),
   ];
   drawRound();
@@ -77,6 +80,7 @@ export async function networkPage(main) {
       section(validators, "vals-h", "Validators", "/api/leaderboard/validators?limit=50", ["validators"], validatorColumns);
       section(serving, "serving-h", "Serving nodes", "/api/serving", ["nodes", "serving"], servingColumns);
       renderAdapters(adapters);
+      renderChecks(checks);
     }, 5000);
   };
 
@@ -334,6 +338,84 @@ async function renderAdapters(el) {
       ],
       artifacts,
       "No adapter registered.",
+    ),
+  );
+}
+
+const CHECKS_LIMIT = 10;
+
+/** Who won a dispute: the claimant's or respondent's address, else the ledger's word. */
+function winnerOf(d) {
+  const address = d.winner === "claimant" ? d.claimant : d.winner === "respondent" ? d.respondent : "";
+  return address ? addressLink(address) : d.winner || "-";
+}
+
+export const disputeColumns = [
+  { label: "Submission", value: (d) => fmtInt(d.submission_id), class: "num" },
+  { label: "Round", value: (d) => fmtInt(d.round), class: "num" },
+  { label: "Miner", value: (d) => addressLink(d.miner) },
+  { label: "Claimant", value: (d) => addressLink(d.claimant) },
+  { label: "Respondent", value: (d) => addressLink(d.respondent) },
+  { label: "Steps in question", value: (d) => `${fmtInt(d.lo)}-${fmtInt(d.hi)} of ${fmtInt(d.steps)}` },
+  { label: "Status", value: (d) => statusBadge(d.status) },
+  { label: "Won by", value: winnerOf },
+  { label: "Burned", value: (d) => fmtInt(d.burned), class: "num" },
+];
+
+export const proposalColumns = [
+  { label: "Round", value: (p) => fmtInt(p.round), class: "num" },
+  { label: "Version", value: (p) => `v${fmtInt(p.version)}`, class: "num" },
+  { label: "Proposer", value: (p) => addressLink(p.proposer) },
+  { label: "Updates", value: (p) => fmtInt(Array.isArray(p.submission_ids) ? p.submission_ids.length : 0), class: "num" },
+  { label: "Verdicts", value: (p) => verdictsOf(p) },
+  { label: "Status", value: (p) => statusBadge(p.status) },
+  { label: "Burned", value: (p) => fmtInt(p.burned), class: "num" },
+];
+
+/** "2 accept, 1 reject of 3": the verdicts a proposal has from the validators assigned. */
+function verdictsOf(p) {
+  const atts = Array.isArray(p.attestations) ? p.attestations : [];
+  const accept = atts.filter((a) => a.verdict === "accept").length;
+  const reject = atts.length - accept;
+  const assigned = Array.isArray(p.assigned) ? p.assigned.length : 0;
+  return `${fmtInt(accept)} accept, ${fmtInt(reject)} reject of ${fmtInt(assigned)}`;
+}
+
+function statusBadge(status) {
+  const s = String(status ?? "-");
+  const cls = s === "approved" || s === "resolved" ? "ok" : s === "rejected" ? "bad" : "";
+  return h("span", { class: cls }, s);
+}
+
+/** The checks around the work: merge proposals (checked by a quorum of validators) and
+ * disputes over verdicts (settled by bisection), the newest of each. */
+async function renderChecks(el) {
+  let proposals = [];
+  let disputes = [];
+  try {
+    const [p, d] = await Promise.all([get(`/api/proposals?limit=${CHECKS_LIMIT}`), get(`/api/disputes?limit=${CHECKS_LIMIT}`)]);
+    proposals = itemsOf(p, "items");
+    disputes = itemsOf(d, "items");
+  } catch (error) {
+    replace(el, h("h2", { id: "checks-h" }, "Merges and disputes"), h("p", { class: "error" }, error.message));
+    return;
+  }
+  replace(
+    el,
+    h("h2", { id: "checks-h" }, "Merges and disputes"),
+    h("h3", {}, "Merge proposals"),
+    table(
+      "Merge proposals",
+      proposalColumns,
+      proposals,
+      "No merge proposed yet.",
+    ),
+    h("h3", {}, "Disputes"),
+    table(
+      "Disputes",
+      disputeColumns,
+      disputes,
+      "No dispute yet.",
     ),
   );
 }
