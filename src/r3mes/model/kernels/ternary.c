@@ -83,8 +83,8 @@ typedef struct {
     const int8_t *x;      /* (M, K) */
     const int32_t *xsum;  /* (M,) */
     const uint8_t *p;     /* (R, K) */
-    int32_t *out;         /* (M, N), or NULL when fout is set */
-    float *fout;          /* fused linear: (M, N) float32 = sum / den[m] */
+    int32_t *out;         /* (M, N); the fused linear: the memory of fout */
+    float *fout;          /* fused linear: (M, N) float32 = out / den[m], in place, or NULL */
     const float *den;     /* fused linear: (M,) */
     int64_t m, k, n, r;
 } fwd_job;
@@ -108,12 +108,7 @@ typedef struct {
 static inline void store4(const fwd_job *j, int64_t r, int64_t m, const int32_t s[4]) {
     for (int b = 0; b < 4; b++) {
         int64_t o = r + b * j->r;
-        if (o >= j->n) continue;
-        int32_t v = s[b] - j->xsum[m];
-        if (j->fout)
-            j->fout[m * j->n + o] = (float)v / j->den[m]; /* torch: acc.float() / den */
-        else
-            j->out[m * j->n + o] = v;
+        if (o < j->n) j->out[m * j->n + o] = s[b] - j->xsum[m];
     }
 }
 
@@ -146,6 +141,24 @@ static inline int32_t act_code(float v, float scale) {
     t = t < -ACT_MAX - 1.0f ? -ACT_MAX - 1.0f : t;
     t = t > ACT_MAX ? ACT_MAX : t;
     return (int32_t)t;
+}
+
+/* Fused linear, after a unit of packed rows [r0, r1) is summed: its outputs (4 contiguous runs
+ * per activation row) from int32 to float32 divided by den[m], in place (torch:
+ * acc.float() / den; a correctly rounded division, vectorized by the compiler or not). */
+static void rescale_rows(const fwd_job *j, int64_t r0, int64_t r1) {
+    for (int64_t m = 0; m < j->m; m++) {
+        float *row = j->fout + m * j->n;
+        const float d = j->den[m];
+        for (int b = 0; b < 4; b++) {
+            int64_t o0 = r0 + b * j->r, o1 = r1 + b * j->r < j->n ? r1 + b * j->r : j->n;
+            for (int64_t o = o0; o < o1; o++) {
+                int32_t v;
+                memcpy(&v, row + o, sizeof v); /* the int32 sum store4 left there */
+                row[o] = (float)v / d;
+            }
+        }
+    }
 }
 
 static inline float amax_tail(const float *x, int64_t k0, int64_t k1, float amax, int *nan) {
@@ -640,8 +653,11 @@ static void run_slice(const slice *s) {
         s->bwd((const bwd_job *)s->job, s->lo, s->hi);
     else if (s->kind == SLICE_QUANT)
         s->quant((const quant_job *)s->job, s->lo, s->hi);
-    else
-        s->fwd((const fwd_job *)s->job, s->lo, s->hi);
+    else {
+        const fwd_job *j = (const fwd_job *)s->job;
+        s->fwd(j, s->lo, s->hi);
+        if (j->fout) rescale_rows(j, s->lo, s->hi);
+    }
 }
 
 
@@ -842,7 +858,7 @@ R3_EXPORT int r3mes_ternary_linear(const float *x, const uint8_t *p, const float
     slice qs = {SLICE_QUANT, NULL, NULL, quant_for(isa), &qj, 0, 0};
     int rc = run_split(qs, m, rows_per_unit, threads);
     if (rc == 0) {
-        fwd_job job = {codes, xsum, p, NULL, out, den, m, k, n, (n + 3) / 4};
+        fwd_job job = {codes, xsum, p, (int32_t *)(void *)out, out, den, m, k, n, (n + 3) / 4};
         slice proto = {SLICE_FWD, fn, NULL, NULL, &job, 0, 0};
         rc = run_split(proto, job.r, RBLOCK, threads);
     }
