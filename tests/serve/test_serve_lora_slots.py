@@ -110,8 +110,9 @@ def test_no_module_level_registries() -> None:
 
 def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
     """Session 5 (issue 16): slots were preallocated at max_rank for every slot (3.1 GB at
-    the 2B shape with 8 slots of rank 64 before any adapter arrived); now a slot holds its
-    adapter at the adapter's own rank, and nothing once cleared."""
+    the 2B shape with 8 slots of rank 64 before any adapter arrived), and a batch's weights
+    were gathered once per row; now a slot refers to its adapter as loaded, and a batch
+    stacks each adapter it uses once, at its own rank, whatever the number of rows."""
     served = model()
     slots = LoraSlots(served, slots=8, max_rank=64)
     assert slots.nbytes() == 0
@@ -119,18 +120,35 @@ def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
     slots.load(3, state, CFG_A)
     lora_floats = sum(v.numel() for v in state.values())  # r x (in + out) per target
     assert slots.nbytes() == lora_floats * 4  # float32, rank 4, no padding to 64
-    slots.load(5, random_state(CFG_B, 6), CFG_B)
-    slots.select([0, 3, 5, 3])
+    state_b = random_state(CFG_B, 6)
+    slots.load(5, state_b, CFG_B)
     ids = torch.randint(3, 250, (4, 5), generator=torch.Generator().manual_seed(1))
+    ids[0] = ids[1]  # row 1's prompt in row 0 too: the same output under [3, 5, 0, 0] below
+    slots.select([3, 3, 3, 3])
+    with torch.inference_mode():
+        same = served(ids)
+    assert slots.stacked_nbytes() == lora_floats * 4  # the adapter once, not once per row
+    b_floats = sum(v.numel() for v in state_b.values())
+    slots.select([0, 3, 5, 3])
     with torch.inference_mode():
         got = served(ids)
+    assert slots.stacked_nbytes() == (lora_floats + b_floats) * 4
     solo = model()
     solo_slots = LoraSlots(solo, slots=1, max_rank=4)
     solo_slots.load(1, state, CFG_A)
     solo_slots.select([1])
     with torch.inference_mode():
         alone = solo(ids[1:2])
-    assert torch.allclose(got[1], alone[0], atol=1e-5)  # slot 3 is adapter A, padded to 8
+    assert torch.allclose(got[1], alone[0], atol=1e-5)  # row 1: adapter A beside B
+    assert torch.allclose(same[1], alone[0], atol=1e-5)
+    slots.select([0, 0, 0, 0])
+    assert slots.stacked_nbytes() == 0  # a base-only batch holds no stacked weights
+    with torch.inference_mode():
+        assert torch.equal(served(ids)[0], got[0])  # base rows beside adapters are exact
+    slots.select([3, 5, 0])  # rows do not share adapters: one (padded) copy per row
+    with torch.inference_mode():
+        assert torch.allclose(served(ids[:3])[0], alone[0], atol=1e-5)
+    assert slots.stacked_nbytes() > (lora_floats + b_floats) * 4
     slots.clear(3)
     slots.clear(5)
     assert slots.nbytes() == 0

@@ -178,6 +178,11 @@ class AdapterCache:
         with self._lock:
             return len(self._loaded)
 
+    def cached_nbytes(self) -> int:
+        """Bytes of the adapter weights held in the host cache."""
+        with self._lock:
+            return sum(loaded.nbytes for loaded in self._loaded.values())
+
     def _insert(self, serial: int, loaded: LoadedAdapter) -> None:
         self._loaded[serial] = loaded
         self._loaded.move_to_end(serial)

@@ -104,6 +104,18 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class EngineMemory:
+    """What the engine holds besides the model (bytes; read from other threads: estimates)."""
+
+    kv_peak: int
+    """The most the KV cache held at once (reallocations' overlap included)."""
+    adapter_cache: int
+    """Adapter weights in the host cache (the LoRA slots refer to these, no copy)."""
+    lora_batch: int
+    """LoRA weights laid out for the current batch (`r3mes.serve.lora_slots`)."""
+
+
+@dataclass(frozen=True)
 class EngineStats:
     waiting: int
     running: int
@@ -271,6 +283,14 @@ class ServingEngine:
             resident_adapters=len(sched.resident),
             cached_adapters=self.adapters.cached_count(),
             tokens_generated=sched.tokens_generated,
+        )
+
+    def memory(self) -> EngineMemory:
+        sched = self._scheduler
+        return EngineMemory(
+            kv_peak=sched.kv.peak_nbytes,
+            adapter_cache=self.adapters.cached_nbytes(),
+            lora_batch=sched.slots.stacked_nbytes(),
         )
 
     # ---- the engine thread -----------------------------------------------------------------

@@ -1,22 +1,25 @@
-"""The serving engine's gathered LoRA path: adapters in fixed slots, one bmm pair per layer.
+"""The serving engine's LoRA path: adapters in numbered slots, one matmul pair per layer.
 
 `r3mes.model.lora` restacks every adapter's weights on each forward, which is right for
 training and one-off batches but too slow for a decode loop that runs the same batch
 composition for many steps. Here every target `BitLinear` gets a `SlotLoraLinear` (put in
-the model only while some row of the batch adapts that projection), which holds each
-loaded slot's A/B matrices at that adapter's own rank (slot 0, the base model, holds
-nothing). Memory follows what is loaded, not the configured limits: slots used to be
-preallocated for every slot at the server's max rank, 3.1 GB at the 2B shape with 8 slots
-of rank 64 before any adapter arrived, where 8 rank-16 adapters need 0.7 GB.
-Each batch row names a slot; the per-row matrices (zero-padded to the batch's largest
-rank, zeros for base rows) are gathered once per batch composition (BGMV), and each
-forward adds
-``bmm(bmm(x, A_rows), B_rows)`` to the frozen ternary output. The adapter scaling is folded
-into B. Rows of slot 0 get exactly the base output (their delta is an exact zero).
+the model only while some row of the batch adapts that projection). A slot refers to its
+adapter's A/B tensors as loaded (the host cache holds the same tensors; slot 0, the base
+model, holds nothing). When the set of adapters in the batch changes, each layer stacks
+those adapters' A^T side by side (in, W) and their B^T, with the scaling folded in, on top
+of each other (W, out), W being the sum of their ranks: every adapter once, however many
+rows use it, at its own rank. Each forward computes ``h = x @ A`` for all of them at once,
+zeroes in each row the columns of adapters other than its own (a 0/1 mask) and adds
+``h @ B`` to the frozen ternary output; rows of slot 0 get exactly the base output (their
+delta is an exact zero).
+
+Memory follows what the batch uses, not the configured limits. Before session 5 every slot
+was preallocated at the server's max rank (3.1 GB at the 2B shape for 8 slots of rank 64
+before any adapter arrived) and the batch's weights were gathered once per row (B copies of
+an adapter used by B rows); at 2B, 8 rank-16 adapters on all projections are 0.66 GB.
 
 Adapters arrive as PEFT state dicts (`base_model.model.<module>.lora_A.weight`), the
-format `r3mes.model.lora.lora_state_dict` and `peft_io` produce.
-"""
+format `r3mes.model.lora.lora_state_dict` and `peft_io` produce."""
 
 from __future__ import annotations
 
@@ -31,8 +34,6 @@ from r3mes.model.bitlinear import BitLinear
 from r3mes.model.lora import LORA_TARGETS, PEFT_PREFIX, LoraConfig
 from r3mes.serve.errors import ServeError
 
-CONTIG = torch.contiguous_format
-
 
 class SlotSelection:
     """The batch rows' slots, shared by every wrapped layer of one model."""
@@ -42,10 +43,11 @@ class SlotSelection:
         self.rows: tuple[int, ...] = ()
         self.slots: frozenset[int] = frozenset()
         self.version = 0
+        self.loaded = 0  # bumped whenever a slot's weights change
 
 
 class SlotLoraLinear(nn.Module):
-    """A frozen `BitLinear` plus slot-indexed LoRA deltas gathered per batch row."""
+    """A frozen `BitLinear` plus the LoRA deltas of the slots its batch rows name."""
 
     def __init__(self, base: BitLinear, *, selection: SlotSelection) -> None:
         super().__init__()
@@ -53,113 +55,222 @@ class SlotLoraLinear(nn.Module):
         self.selection = selection
         self.group = SharedInput([self])
         self.device = next(itertools.chain(base.parameters(), base.buffers())).device
-        self.slot_a: dict[int, torch.Tensor] = {}  # slot -> A^T (in, r), float32
-        self.slot_b: dict[int, torch.Tensor] = {}  # slot -> B^T (r, out), scaling folded in
+        # the adapters' own tensors (the host cache holds the same ones): nothing is copied
+        # until a batch uses them, and then only once per adapter (`stack`)
+        self.slot_a: dict[int, torch.Tensor] = {}  # slot -> lora_A (r, in)
+        self.slot_b: dict[int, torch.Tensor] = {}  # slot -> lora_B (out, r)
+        self.scaling: dict[int, float] = {}
         self.ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
         # a plain attribute: nn.Module's __getattr__ for submodules costs a microsecond a call
         self.base_forward = base.forward
-        self.b_rows: torch.Tensor | None = None  # (B, r, out) for this batch; None: no delta
+        # this batch's B, one of two layouts (see SharedInput); both None: no delta here
+        self.b_cat: torch.Tensor | None = None  # stacked: (W, out) B^T, scaled
+        self.b_rows: torch.Tensor | None = None  # per row: (B, r, out) B^T, scaled, padded
+        self.blocks: dict[int, tuple[int, int]] = {}  # slot -> its rows of b_cat (columns of h)
+        self.mask: torch.Tensor | None = None  # (B, 1, W): 1 on each row's block; None: all 1
         self.cols: tuple[int, int] | None = None  # columns of the shared h; None: all
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
-        """Install lora_A (r, in) and lora_B (out, r) in `slot`."""
-        # own copies (never views of the caller's tensors), laid out for the gather
-        self.slot_a[slot] = a.t().to(self.device, torch.float32).clone(memory_format=CONTIG)
-        self.slot_b[slot] = (b.t().to(self.device, torch.float32) * scaling).contiguous()
+        """Install lora_A (r, in) and lora_B (out, r) in `slot` (kept by reference; copied
+        only to move them to the model's device)."""
+        self.slot_a[slot] = a.detach().to(self.device)
+        self.slot_b[slot] = b.detach().to(self.device)
+        self.scaling[slot] = scaling
         self.ranks[slot] = a.shape[0]
 
     def clear_slot(self, slot: int) -> None:
-        self.slot_a.pop(slot, None)
-        self.slot_b.pop(slot, None)
-        self.ranks.pop(slot, None)
+        for held in (self.slot_a, self.slot_b, self.scaling, self.ranks):
+            held.pop(slot, None)
 
     def nbytes(self) -> int:
-        """Bytes of the adapter weights held in this layer's slots."""
+        """Bytes of the adapter weights this layer's slots refer to."""
         tensors = (*self.slot_a.values(), *self.slot_b.values())
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def gather(self, sel: SlotSelection, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row A (B, in, rank) and B (B, rank, out) of the batch `sel`, zero-padded
-        past each adapter's rank; rows whose slot adapts nothing here get zeros."""
-        used = sorted(s for s in sel.slots if s in self.ranks)
-        where = {s: i for i, s in enumerate(used, start=1)}  # table row 0: zeros
-        table_a = torch.zeros(len(used) + 1, self.base.in_features, rank, device=self.device)
-        table_b = torch.zeros(len(used) + 1, rank, self.base.out_features, device=self.device)
-        for s, i in where.items():
-            r = self.ranks[s]
-            table_a[i, :, :r] = self.slot_a[s]
-            table_b[i, :r, :] = self.slot_b[s]
-        index = torch.tensor([where.get(s, 0) for s in sel.rows], device=self.device)
-        return table_a[index], table_b[index]  # contiguous copies, one per row
+    def used(self, sel: SlotSelection) -> list[int]:
+        """The loaded slots that rows of the batch `sel` name, in slot order."""
+        if sel.index is None:
+            return []
+        return sorted(s for s in sel.slots if s in self.ranks)
+
+    def width(self, used: list[int]) -> int:
+        return sum(self.ranks[s] for s in used)
+
+    def stack(self, used: list[int], a_out: torch.Tensor) -> None:
+        """Write the `used` adapters' A^T side by side into `a_out` (in, W) and keep their
+        scaled B^T stacked in `b_cat` (W, out); W is the sum of their ranks (no padding)."""
+        b_cat = torch.empty(a_out.shape[1], self.base.out_features, device=self.device)
+        self.blocks = {}
+        start = 0
+        for s in used:
+            end = start + self.ranks[s]
+            a_out[:, start:end] = self.slot_a[s].t()
+            torch.mul(self.slot_b[s].t().float(), self.scaling[s], out=b_cat[start:end])
+            self.blocks[s] = (start, end)
+            start = end
+        self.b_cat = b_cat
+
+    def gather(self, sel: SlotSelection, a_out: torch.Tensor) -> None:
+        """Write each row's A^T into `a_out` (B, in, r) and keep each row's scaled B^T in
+        `b_rows` (B, r, out), zero past its adapter's rank and for rows without one here."""
+        rank = a_out.shape[2]
+        b_rows = torch.zeros(len(sel.rows), rank, self.base.out_features, device=self.device)
+        for row, s in enumerate(sel.rows):
+            r = self.ranks.get(s, 0)
+            if r:
+                a_out[row, :, :r] = self.slot_a[s].t()
+                torch.mul(self.slot_b[s].t().float(), self.scaling[s], out=b_rows[row, :r])
+        self.b_rows = b_rows
+
+    def mask_for(self, sel: SlotSelection) -> torch.Tensor | None:
+        """Per-row 0/1 columns of h: a row keeps its own adapter's block (none: base)."""
+        if len(self.blocks) == 1 and all(s in self.blocks for s in sel.rows):
+            return None  # every row uses the one adapter stacked here
+        width = self.b_cat.shape[0] if self.b_cat is not None else 0
+        mask = torch.zeros(len(sel.rows), 1, width, device=self.device)
+        for row, s in enumerate(sel.rows):
+            if s in self.blocks:
+                c0, c1 = self.blocks[s]
+                mask[row, 0, c0:c1] = 1.0
+        return mask
+
+    def release(self) -> None:
+        self.b_cat = self.b_rows = self.mask = self.cols = None
+        self.blocks = {}
 
     def active_rank(self, sel: SlotSelection) -> int:
         """Largest rank among this layer's adapters in the batch (0: none, skip LoRA)."""
-        if sel.index is None:
-            return 0
-        return max((self.ranks[s] for s in sel.slots if s in self.ranks), default=0)
+        return max((self.ranks[s] for s in self.used(sel)), default=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Runs 28 times per decode step on a 4-layer model: kept to one version check,
-        # one attribute read per cached piece and a single fused baddbmm.
+        # one attribute read per cached piece and a single fused product-and-add.
         y: torch.Tensor = self.base_forward(x)  # direct: no hooks on the frozen base
         group = self.group
         if group.version != self.selection.version:
             group.rebuild()
         b_rows = self.b_rows
-        if b_rows is None:
+        if b_rows is None and self.b_cat is None:
             return y
         if group.x is not x:
             group.compute(x)
         h = group.h if self.cols is None else group.h[..., self.cols[0] : self.cols[1]]
-        if y.dtype != torch.float32:
-            return torch.baddbmm(y.float(), h, b_rows).to(y.dtype)
-        return torch.baddbmm(y, h, b_rows)  # y + per-row delta in one kernel
+        base = y if y.dtype == torch.float32 else y.float()
+        if b_rows is not None:
+            out = torch.baddbmm(base, h, b_rows)  # y + per-row delta in one kernel
+        else:
+            b_cat = self.b_cat
+            assert b_cat is not None
+            if self.mask is not None:
+                h = h * self.mask  # other rows' adapters contribute exact zeros
+            flat = h.reshape(-1, b_cat.shape[0])
+            out = torch.addmm(base.reshape(-1, b_cat.shape[1]), flat, b_cat).view(y.shape)
+        return out if y.dtype == torch.float32 else out.to(y.dtype)
 
 
 class SharedInput:
     """Projections that read the same input tensor (q/k/v, gate/up) share one A product.
 
-    Per batch composition, `rebuild` gathers every member's per-row A into one
-    (B, in, sum of ranks) tensor and each member's per-row B (B, r, out), trimmed to the
-    largest rank in the batch; these stay until the composition or a slot changes. Per
-    forward, the first member called with a new input computes ``bmm(x, A)`` for all
-    members at once; the others slice their columns out of it. A member called with a
-    different tensor simply recomputes, so the result never depends on call patterns.
+    Per batch composition, `rebuild` lays the batch's adapters out in one of two ways:
+
+    * per row (when every adapter has at most one other row using it, e.g. each row its own
+      adapter): each row's A^T (B, in, r) and B^T (B, r, out), zero-padded to the largest
+      rank in the batch; a forward is one ``bmm(x, A)`` for the group and one ``baddbmm``
+      per member. The fewest FLOPs; memory is one copy per row.
+    * stacked (when rows share adapters: one adapter for the whole batch, or at least twice
+      as many rows as adapters): each adapter used once, A^T side by side (in, W) for the
+      whole group and each member's B^T (W_m, out), W the sum of the ranks; a forward is
+      one ``x @ A``, a 0/1 mask per member that zeroes the other adapters' columns of each
+      row (none with a single adapter) and one ``addmm``. Memory is one copy per adapter
+      (a batch of 16 rows on one adapter held 16 copies before); the products cost as many
+      times the per-row FLOPs as there are adapters, which is why it is not used when the
+      rows do not share adapters (measured on the small model: ratio 0.66-0.73 against
+      0.80, docs/benchmarks.md).
+
+    Stacked weights depend only on which adapters are used, so they are kept while rows
+    come and go; only the masks are rebuilt. Per forward, the first member called with a
+    new input computes the A product for all members at once; the others slice their
+    columns out of it. A member called with a different tensor simply recomputes, so the
+    result never depends on call patterns.
     """
 
     def __init__(self, members: list[SlotLoraLinear]) -> None:
         self.members = members
         self.version = -1
-        self.a: torch.Tensor | None = None  # (B, in, sum of ranks)
+        self.key: tuple[object, ...] | None = None  # what `a` and the members' B hold
+        self.a: torch.Tensor | None = None  # stacked (in, W) or per row (B, in, sum of r)
+        self.rows = 0
         self.x: torch.Tensor | None = None
-        self.h: torch.Tensor = torch.empty(0)  # (B, T, sum of ranks) for `x`
+        self.h: torch.Tensor = torch.empty(0)  # (B, T, columns of `a`) for `x`
 
     def compute(self, x: torch.Tensor) -> None:
         assert self.a is not None
-        if x.shape[0] != self.a.shape[0]:
-            raise ServeError(f"LoRA slots set for {self.a.shape[0]} rows, batch has {x.shape[0]}")
-        self.h = torch.bmm(x if x.dtype == torch.float32 else x.float(), self.a)
+        if x.shape[0] != self.rows:
+            raise ServeError(f"LoRA slots set for {self.rows} rows, batch has {x.shape[0]}")
+        xf = x if x.dtype == torch.float32 else x.float()
+        self.h = torch.bmm(xf, self.a) if self.a.dim() == 3 else torch.matmul(xf, self.a)
         self.x = x
+
+    def release(self) -> None:
+        """Drop the batch's weights (no batch uses an adapter here now)."""
+        self.key = self.a = self.x = None
+        self.h = torch.empty(0)
+        self.version = -1
+        for m in self.members:
+            m.release()
 
     def rebuild(self) -> None:
         sel = self.members[0].selection
+        used = [m.used(sel) for m in self.members]
+        adapters = len(set().union(*used))
+        stacked = adapters == 1 or len(sel.rows) >= 2 * adapters
+        # stacked weights outlive row changes; per-row weights follow the rows
+        rows = () if stacked else sel.rows
+        key = (sel.loaded, stacked, rows, *(tuple(u) for u in used))
+        if key != self.key:
+            self.release()  # free the old weights before building the new ones
+            self.key = key
+            if stacked:
+                self._stack(used)
+            else:
+                self._gather(sel, used)
         self.version = sel.version
         self.x = None
         self.h = torch.empty(0)
-        parts = []
-        ranges = []
-        start = 0
+        self.rows = len(sel.rows)
         for m in self.members:
-            rank = m.active_rank(sel)
-            m.b_rows = m.cols = None
-            if rank and sel.index is not None:
-                a_rows, m.b_rows = m.gather(sel, rank)  # (B, in, r), (B, r, out)
-                parts.append(a_rows)
-                ranges.append((m, start, start + rank))
-                start += rank
-        for m, c0, c1 in ranges:
-            m.cols = None if (c0, c1) == (0, start) else (c0, c1)
-        self.a = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)) if parts else None
+            m.mask = m.mask_for(sel) if m.b_cat is not None else None
+
+    def _columns(self, widths: list[int]) -> list[tuple[int, int]]:
+        """Each member's columns of `a`/h for `widths` (the members' own column counts)."""
+        total, start, spans = sum(widths), 0, []
+        for m, w in zip(self.members, widths, strict=True):
+            spans.append((start, start + w))
+            m.cols = None if w == total else (start, start + w)
+            start += w
+        return spans
+
+    def _stack(self, used: list[list[int]]) -> None:
+        widths = [m.width(u) for m, u in zip(self.members, used, strict=True)]
+        if not sum(widths):
+            return
+        first = self.members[0]
+        self.a = torch.empty(first.base.in_features, sum(widths), device=first.device)
+        for m, u, (c0, c1) in zip(self.members, used, self._columns(widths), strict=True):
+            if c1 > c0:
+                m.stack(u, self.a[:, c0:c1])
+
+    def _gather(self, sel: SlotSelection, used: list[list[int]]) -> None:
+        members = zip(self.members, used, strict=True)
+        ranks = [max((m.ranks[s] for s in u), default=0) for m, u in members]
+        if not sum(ranks):
+            return
+        first = self.members[0]
+        shape = (len(sel.rows), first.base.in_features, sum(ranks))
+        self.a = torch.zeros(shape, device=first.device)
+        for m, (c0, c1) in zip(self.members, self._columns(ranks), strict=True):
+            if c1 > c0:
+                m.gather(sel, self.a[:, :, c0:c1])
 
 
 OWNER_ATTR = "_r3mes_lora_slots"
@@ -202,6 +313,15 @@ class LoraSlots:
         """Bytes of adapter weights held in the slots (what is loaded, at its own rank)."""
         return sum(layer.nbytes() for layer in self.layers.values())
 
+    def stacked_nbytes(self) -> int:
+        """Bytes of the LoRA weights laid out for the current batch (`SharedInput`)."""
+        groups = {id(layer.group): layer.group for layer in self.layers.values()}
+        total = sum(g.a.numel() * 4 for g in groups.values() if g.a is not None)
+        for layer in self.layers.values():
+            for b in (layer.b_cat, layer.b_rows):
+                total += b.numel() * 4 if b is not None else 0
+        return total
+
     def serves(self, model: nn.Module) -> bool:
         """Whether these slots were built on `model` (not merely on a copy of it)."""
         return self._model() is model
@@ -234,12 +354,14 @@ class LoraSlots:
                 layer.clear_slot(slot)
         self.selection.version += 1
         self.selection.rows = ()
+        self.selection.loaded += 1
 
     def clear(self, slot: int) -> None:
         for layer in self.layers.values():
             layer.clear_slot(slot)
         self.selection.version += 1
         self.selection.rows = ()
+        self.selection.loaded += 1
 
     def select(self, rows: Sequence[int]) -> None:
         """Slot of each batch row for the following forwards (0: the base model)."""
@@ -252,6 +374,9 @@ class LoraSlots:
         sel.index = torch.tensor(list(rows), dtype=torch.long, device=device) if used else None
         sel.slots = used
         sel.version += 1
+        if not used:  # a base-only batch: free the stacked adapter weights
+            for layer in self.layers.values():
+                layer.group.release()
         self._install()
 
     def _install(self) -> None:
