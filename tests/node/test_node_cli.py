@@ -90,6 +90,9 @@ def test_miner_flags_out_of_range_are_usage_errors(
     pause = ["--test-pause-after", "TRAINING", "--chain", "http://127.0.0.1:9"]
     code, err = _main([*base, *pause], capsys)
     assert code == 1 and "R3MES_TEST_PAUSE_AFTER must be one of" in err, err
+    recompute = ["--gradient-checkpointing", "yes", "--chain", "http://127.0.0.1:9"]
+    code, err = _main([*base, *recompute], capsys)
+    assert code == 1 and "must be one of auto, on, off" in err, err
 
 
 def test_miner_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

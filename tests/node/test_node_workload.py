@@ -144,3 +144,19 @@ def test_profile_roundtrip(tiny_profile: WorkProfile, tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(TaskError, match="keys"):
         WorkProfile.load(path)
+
+
+def test_models_loaded_for_training_follow_the_gradient_checkpointing_mode(
+    tiny_net: Any, tmp_path: Path
+) -> None:
+    """`--gradient-checkpointing` (miner, validator) reaches the models they train on."""
+    store = Blockstore(tiny_net.store_root)
+    source = tiny_net.source()
+    auto = ArtifactCache(store=store, root=tmp_path / "auto", source=source)
+    assert auto.model(tiny_net.model_cid).gradient_checkpointing is False  # tiny: not needed
+    on = ArtifactCache(
+        store=store, root=tmp_path / "on", source=source, gradient_checkpointing="on"
+    )
+    assert on.model(tiny_net.model_cid).gradient_checkpointing is True
+    with pytest.raises(ValidationError, match="auto, on, off"):
+        ArtifactCache(store=store, root=tmp_path / "x", source=source, gradient_checkpointing="1")

@@ -26,10 +26,12 @@ from r3mes.work.training import (
     batch_positions,
     initial_adapter_state,
     run_steps,
+    set_gradient_checkpointing,
     start_state,
     train_update,
     train_with_trace,
     trained_layout,
+    wants_gradient_checkpointing,
 )
 
 
@@ -267,3 +269,49 @@ def test_fresh_processes_at_1_and_2_threads_agree(
         residual=None,
     )
     assert digests == {here.digest}
+
+
+def test_gradient_checkpointing_changes_no_update_byte(
+    domain_dataset: TokenDataset, tiny_model: torch.nn.Module, make_task: Callable[..., Task]
+) -> None:
+    """Recomputing each layer in the backward (a miner's memory choice at 2B) must give the
+    same update bytes and step digests as keeping the activations, and the same on re-run."""
+    from r3mes.model.modeling import BitNetForCausalLM
+
+    assert isinstance(tiny_model, BitNetForCausalLM)
+    task = make_task()
+    shard = _shard(domain_dataset, task)
+    layer = tiny_model.model.layers[0]
+    calls = [0]
+    # a pre-hook: the recompute stops early once it has what the backward needs
+    hook = layer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    runs: dict[str, list[tuple[bytes, tuple[str, ...]]]] = {"on": [], "off": []}
+    forwards: dict[str, int] = {}
+    try:
+        for mode in ("off", "on", "on", "off"):
+            assert set_gradient_checkpointing(tiny_model, mode) is (mode == "on")
+            calls[0] = 0
+            result = train_with_trace(task=task, model=tiny_model, adapter_state=None, shard=shard)
+            forwards[mode] = calls[0]
+            sub = encode_for_task(
+                task=task, raw=result.delta, residual=None, executor_class=CPU_DET_V1
+            )
+            runs[mode].append((sub.encoded, result.step_digests))
+    finally:
+        hook.remove()
+    assert runs["on"][0] == runs["on"][1] == runs["off"][0] == runs["off"][1]
+    steps = task.hyper.steps
+    assert forwards == {"off": steps, "on": 2 * steps}  # "on" really recomputed each layer
+    assert tiny_model.gradient_checkpointing is False  # the last mode set ("off") stays
+
+
+def test_gradient_checkpointing_modes(tiny_model: torch.nn.Module) -> None:
+    assert not wants_gradient_checkpointing(tiny_model, "auto")  # a tiny model: no need
+    assert wants_gradient_checkpointing(tiny_model, "auto", auto_min_params=1000)
+    assert wants_gradient_checkpointing(tiny_model, "on")
+    assert not wants_gradient_checkpointing(tiny_model, "off")
+    with pytest.raises(TrainingError, match="auto, on, off"):
+        set_gradient_checkpointing(tiny_model, "yes")
+    with pytest.raises(TrainingError, match="cannot recompute"):
+        set_gradient_checkpointing(torch.nn.Linear(2, 2), "on")
+    assert set_gradient_checkpointing(torch.nn.Linear(2, 2), "auto") is False

@@ -36,6 +36,16 @@ ChainOpt = Annotated[
     typer.Option("--chain", envvar="R3MES_CHAIN_RPC", help="Ledger RPC URL."),
 ]
 KeyOpt = Annotated[str, typer.Option("--key", help="Name of the signing key in the keystore.")]
+GradCheckpointOpt = Annotated[
+    str,
+    typer.Option(
+        "--gradient-checkpointing",
+        envvar="R3MES_GRADIENT_CHECKPOINTING",
+        help="Recompute each layer in the backward when training: 'auto' (for models of a "
+        "billion parameters or more: 3.9 instead of 5.9 GB a step at the 2B shape), 'on', "
+        "'off'. Memory and time only; the update bytes are identical.",
+    ),
+]
 PassOpt = Annotated[
     str,
     typer.Option(
@@ -240,6 +250,7 @@ def miner_start(
         ),
     ] = None,
     test_start_delay: StartDelayOpt = 0.0,
+    gradient_checkpointing: GradCheckpointOpt = "auto",
 ) -> None:
     """Mine: train this miner's task each round, store the update, prove work, submit."""
     shutdown = _shutdown()
@@ -269,6 +280,7 @@ def miner_start(
             retry=policy,
             pause_after=test_pause_after or None,
             shutdown=shutdown,
+            gradient_checkpointing=gradient_checkpointing,
         )
     )
 
@@ -313,6 +325,7 @@ def validator_start(
         ),
     ] = False,
     test_start_delay: StartDelayOpt = 0.0,
+    gradient_checkpointing: GradCheckpointOpt = "auto",
 ) -> None:
     """Validate: re-execute every pending submission and attest (never one's own)."""
     shutdown = _shutdown()
@@ -332,7 +345,13 @@ def validator_start(
         start_delay=test_start_delay,
     )
     validator = build_validator(
-        launch, device=device, spot_ppm=spot_ppm, lie=lie, stake=stake, shutdown=shutdown
+        launch,
+        device=device,
+        spot_ppm=spot_ppm,
+        lie=lie,
+        stake=stake,
+        shutdown=shutdown,
+        gradient_checkpointing=gradient_checkpointing,
     )
     _run(validator)
 

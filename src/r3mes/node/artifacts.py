@@ -75,11 +75,22 @@ class ArtifactCache:
     """Approved artifacts by CID, installed through the registry and kept (LRU) in memory."""
 
     def __init__(
-        self, *, store: BlobStore, root: Path, source: ArtifactSource, max_loaded: int = 4
+        self,
+        *,
+        store: BlobStore,
+        root: Path,
+        source: ArtifactSource,
+        max_loaded: int = 4,
+        gradient_checkpointing: str = "auto",
     ) -> None:
+        """`gradient_checkpointing` ("auto", "on", "off") is set on every base model loaded
+        here (`r3mes.work.training.set_gradient_checkpointing`): training on it recomputes
+        each layer in the backward, for less memory and identical update bytes."""
         from r3mes.paths import Home
         from r3mes.registry.download import DownloadManager
         from r3mes.registry.unified import UnifiedRegistry
+        from r3mes.work.errors import TrainingError
+        from r3mes.work.training import check_gradient_checkpointing
 
         self.store = store
         self.root = root
@@ -91,6 +102,11 @@ class ArtifactCache:
         self._lock = threading.RLock()
         self._loaded: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._max_loaded = max_loaded
+        try:  # a bad mode fails here, at start-up, not at the first model
+            check_gradient_checkpointing(gradient_checkpointing)
+        except TrainingError as exc:
+            raise ValidationError(str(exc)) from exc
+        self.gradient_checkpointing = gradient_checkpointing
 
     def _known(self, cid: str) -> ArtifactRecord | None:
         return next((r for r in self.registry.all_records() if r.cid == cid), None)
@@ -151,6 +167,7 @@ class ArtifactCache:
         """The base model in the bundle `cid` (loaded once; backbone frozen)."""
         from r3mes.model.checkpoint import load_pretrained
         from r3mes.model.errors import ModelError
+        from r3mes.work.training import set_gradient_checkpointing
 
         key = ("model", cid)
         with self._lock:
@@ -163,6 +180,8 @@ class ArtifactCache:
                 self._discard(cid, "model")
                 raise ValidationError(f"base model {cid} does not load: {exc}") from exc
             model.eval()
+            on = set_gradient_checkpointing(model, self.gradient_checkpointing)
+            logger.info("base model %s loaded, gradient checkpointing %s", cid, on)
             self._remember(key, model)
             return model
 

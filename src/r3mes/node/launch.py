@@ -105,6 +105,7 @@ def build_miner(
     retry: RetryPolicy | None = None,
     pause_after: str | None = None,
     shutdown: Shutdown | None = None,
+    gradient_checkpointing: str = "auto",
 ) -> Miner:
     """A miner (nothing runs yet)."""
     from r3mes.node.miner.miner import Miner, MinerSettings
@@ -123,6 +124,7 @@ def build_miner(
         upload_retry=policy,
         submit_retry=policy,
         pause_after=pause_after,
+        gradient_checkpointing=gradient_checkpointing,
     )
     return Miner(settings, role_deps(launch, shutdown=shutdown))
 
@@ -135,6 +137,7 @@ def build_validator(
     lie: bool = False,
     stake: int = 0,
     shutdown: Shutdown | None = None,
+    gradient_checkpointing: str = "auto",
 ) -> Validator:
     """A validator that re-executes on `device` (nothing runs yet); `spot_ppm` None follows
     the ledger's genesis spot-check rate."""
@@ -149,6 +152,7 @@ def build_validator(
         spot_ppm=spot_ppm,
         lie=lie,
         stake=stake,
+        gradient_checkpointing=gradient_checkpointing,
     )
     return Validator(settings, role_deps(launch, shutdown=shutdown))
 

@@ -61,6 +61,19 @@ class LedgerSettings:
             )
 
 
+def check_gradient_checkpointing_setting(mode: str) -> None:
+    """ValidationError unless `mode` is a `--gradient-checkpointing` value (auto, on, off)."""
+    from r3mes.work.errors import TrainingError
+    from r3mes.work.training import check_gradient_checkpointing
+
+    try:
+        check_gradient_checkpointing(mode)
+    except TrainingError as exc:
+        raise ValidationError(
+            f"--gradient-checkpointing / R3MES_GRADIENT_CHECKPOINTING: {exc}"
+        ) from exc
+
+
 class LedgerRole(RoleService):
     """Key, ledger client and content store, shared by the roles that do the work."""
 

@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from r3mes.node.errors import NetworkError, ValidationError, classify
-from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
+from r3mes.node.ledger_role import (
+    LedgerRole,
+    LedgerSettings,
+    RoleDeps,
+    check_gradient_checkpointing_setting,
+)
 from r3mes.node.miner.residual import encode_residual, fetch_residual, residual_digest
 from r3mes.node.runtime.retry import RetryPolicy
 from r3mes.node.spot_check import PPM, TraceRef, fetch_trace, judge, ready, spot_rate
@@ -81,6 +86,10 @@ class ValidatorSettings(LedgerSettings):
     lie: bool = False
     """TEST/DEMO FAULT INJECTION: attest the opposite of every verdict this validator
     reaches (submissions and adapter proposals), to show a quorum outvoting a liar."""
+    gradient_checkpointing: str = "auto"
+    """Recompute each layer in the backward when re-executing training ("auto": for models of
+    a billion parameters or more, "on", "off"; R3MES_GRADIENT_CHECKPOINTING). Memory and time
+    only: the re-executed update bytes are identical either way (`r3mes.work.training`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +97,7 @@ class ValidatorSettings(LedgerSettings):
             raise ValidationError(f"device must look like 'cpu' or 'cuda:0', got {self.device!r}")
         if self.spot_ppm is not None:
             spot_rate(genesis_ppm=None, override=self.spot_ppm)  # raises on a bad rate
+        check_gradient_checkpointing_setting(self.gradient_checkpointing)
 
 
 class VerdictLog:
@@ -212,7 +222,10 @@ class Validator(LedgerRole):
         self.settings = settings
         state = settings.service.state_dir
         self.artifacts = ArtifactCache(
-            store=self.store, root=state / "artifacts", source=self.client
+            store=self.store,
+            root=state / "artifacts",
+            source=self.client,
+            gradient_checkpointing=settings.gradient_checkpointing,
         )
         self.verdicts = VerdictLog(state / "verdicts.sqlite")
         from r3mes.node.dispute_agent import DisputeAgent

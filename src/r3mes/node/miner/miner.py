@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from r3mes.node.errors import TransactionError, ValidationError
-from r3mes.node.ledger_role import LedgerRole, LedgerSettings, RoleDeps
+from r3mes.node.ledger_role import (
+    LedgerRole,
+    LedgerSettings,
+    RoleDeps,
+    check_gradient_checkpointing_setting,
+)
 from r3mes.node.miner.coordinator import AtomicMiningCoordinator, CoordinatorConfig
 from r3mes.node.miner.journal import Journal, TxState
 from r3mes.node.miner.parts import (
@@ -62,6 +67,10 @@ class MinerSettings(LedgerSettings):
     SIGKILL it at exactly that point."""
     upload_retry: RetryPolicy = field(default_factory=RetryPolicy)
     submit_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    gradient_checkpointing: str = "auto"
+    """Recompute each layer in the backward when training ("auto": for models of a billion
+    parameters or more, "on", "off"; R3MES_GRADIENT_CHECKPOINTING). Memory and time only: the
+    update bytes are identical either way (`r3mes.work.training`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +78,7 @@ class MinerSettings(LedgerSettings):
             raise ValidationError(
                 f"R3MES_TEST_PAUSE_AFTER must be one of {PAUSE_POINTS}, got {self.pause_after!r}"
             )
+        check_gradient_checkpointing_setting(self.gradient_checkpointing)
 
 
 class Miner(LedgerRole):
@@ -95,6 +105,7 @@ class Miner(LedgerRole):
                 root=state / "artifacts",
                 source=self.client,
                 max_loaded=3 * settings.max_prefetch,  # model, dataset, adapter per set
+                gradient_checkpointing=settings.gradient_checkpointing,
             ),
             residuals=self.residuals,
             client=self.client,
