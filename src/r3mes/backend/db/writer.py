@@ -10,6 +10,8 @@ a synchronous function of a SQLAlchemy `Connection` that runs the statements of 
 transaction, and awaits the job's own result. Jobs that arrive while a batch is running are
 run together as the next batch: one `BEGIN IMMEDIATE`, each job inside its own SAVEPOINT
 (a job that raises is rolled back alone and its caller gets the exception), one `COMMIT`.
+A batch of one job runs without a savepoint (its failure rolls back the transaction): a
+SAVEPOINT and its RELEASE took a third of the CPU of two lone chat transactions.
 A caller's result is delivered only after that COMMIT returned, so what a job wrote is
 durable when its caller goes on (a credit hold is committed before the request is
 forwarded). If BEGIN or COMMIT fails, nothing of the batch was written and every caller in
@@ -124,6 +126,11 @@ class GroupWriter:
         outcomes: list[_Outcome] = []
         try:
             conn = self._connection()
+            if len(jobs) == 1:
+                # alone in its transaction: the rollback of a failing job is the
+                # transaction's own (the except below), no savepoint needed
+                with conn.begin():
+                    return [_Outcome(value=jobs[0](conn))]
             with conn.begin():
                 for job in jobs:
                     savepoint = conn.begin_nested()
