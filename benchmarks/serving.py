@@ -9,7 +9,12 @@ All in one run, on one engine configuration each:
 * the same 8 adapter requests served by switching one adapter at a time (max_loras=1,
   so each adapter's request runs alone) (goal: mixed batching >= 3x);
 * the first comparison again with the network's own adapter shape (r=8 on q/v/o);
-* median time to first token under that load, and adapter load latency from a PEFT dir.
+* median time to first token under that load, and adapter load latency from a PEFT dir;
+* the process's peak RSS over the batched-engine runs (high-water mark reset after the model
+  and adapters are made) against what they need: the runtime (python + torch + r3mes after
+  one tiny forward, measured first), the model as held, the adapters in the engine's host
+  cache, one copy of the 8 rank-r adapters (the largest batch layout: each row its own
+  adapter), the KV cache's peak and 64 MiB of working memory (goal <= 1).
 The model is the shipped base model when present, else a random model of similar shape;
 `--model DIR` serves a checkpoint folder instead (e.g. the 2B-4T shape written by
 `r3mes model init --config bitnet-2b4t --out DIR`), with the folder's `tokenizer.json` or, where
@@ -33,6 +38,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.ternary import WORKING_SLACK, _peak_rss, _reset_peak_rss, held_bytes, runtime_rss
 from r3mes.model.config import BitNetConfig
 from r3mes.model.lora import LoraConfig, apply_lora, lora_state_dict
 from r3mes.model.modeling import BitNetForCausalLM
@@ -195,6 +201,7 @@ def main() -> None:
         parser.error(f"--model {args.model}: not a checkpoint folder (no config.json)")
     torch.set_num_threads(args.threads)
     max_tokens = args.max_tokens or (64 if args.quick else 256)
+    runtime = runtime_rss()
     model, tok, name = load_model() if args.model is None else load_folder(args.model)
     model.freeze_backbone()
     if args.model is None:
@@ -207,7 +214,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_adapters(model, Path(tmp) / "a", args.rank)
         real = write_adapters(model, Path(tmp) / "r", 8, NETWORK_TARGETS)
+        _reset_peak_rss()
         multi = engine_for(model, tok, name, paths, max_loras=N_REQUESTS)
+        batch_bytes = sum(
+            multi.adapters.weights(multi.adapters.entry(f"a{i}")).nbytes for i in range(N_REQUESTS)
+        )
         with multi:
             run_batch(multi, names, 4)  # warm up: adapters into the model
             bases, mixes = [], []
@@ -229,6 +240,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 multi.load_adapter(f"reload{i}", paths[i])
                 loads.append((time.perf_counter() - t0) * 1000)
+            peak, memory = _peak_rss(), multi.memory()
+            held = held_bytes(model)
         if fresh is None:
             del multi, model
             fresh = load_folder(args.model)[0]
@@ -271,6 +284,22 @@ def main() -> None:
         baseline=None,
         ratio=None,
         goal="<= 1000",
+    )
+    need = runtime + held + memory.adapter_cache + batch_bytes + memory.kv_peak + WORKING_SLACK
+    mib = 2**20
+    emit(
+        f"serving_peak_rss ({label}; batched engine, 8 + 8 adapters loaded)",
+        peak / mib,
+        "MiB",
+        baseline=round(need / mib),
+        ratio=round(peak / need, 4),
+        goal="<= 1.0 (runtime + model as held + adapter cache + one copy of the batch's "
+        "adapters + KV peak + 64 MiB)",
+        runtime_mib=round(runtime / mib),
+        model_held_mib=round(held / mib),
+        adapter_cache_mib=round(memory.adapter_cache / mib),
+        batch_adapters_mib=round(batch_bytes / mib),
+        kv_peak_mib=round(memory.kv_peak / mib),
     )
     emit(
         f"adapter_load_latency_median (PEFT dir -> host cache, r={args.rank}, 7 targets)",
