@@ -475,6 +475,29 @@ async def test_settling_retries_a_transaction_the_database_refused(
     assert (have.available, have.held) == (10_000 - row.credits, 0)
 
 
+async def test_a_database_pool_out_of_connections_is_503_with_retry_after(
+    backend: BackendServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection busy past the pool's timeout is an overload: 503 with
+    Retry-After in OpenAI's shape, not a 500, and nothing is held or charged."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from r3mes.backend.services import holds
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise PoolTimeout("QueuePool limit of size 20 overflow 20 reached")
+
+    monkeypatch.setattr(holds, "hold_in", exhausted)
+    funded = await funded_key(backend.settings, 10_000)
+    async with httpx.AsyncClient(base_url=backend.url, timeout=10) as c:
+        r = await c.post("/v1/chat/completions", json=body(), headers=auth(funded))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["type"] == "server_error"
+    assert "busy" in r.json()["error"]["message"] and "QueuePool" not in r.text
+    have = await balance(backend.settings, funded.account_id)
+    assert (have.available, have.held) == (10_000, 0)
+
+
 async def test_an_idempotency_key_left_by_a_crashed_request_is_taken_over(
     backend: BackendServer,
 ) -> None:

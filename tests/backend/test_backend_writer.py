@@ -41,21 +41,20 @@ async def funded(db: Database, amount: int) -> int:
 
 
 async def test_concurrent_holds_of_one_account_never_over_spend(db: Database) -> None:
-    """200 holds, 30 at a time, against a balance that covers 20 (on SQLite many in one
-    group-committed transaction): exactly 20 succeed, the books stay balanced."""
+    """200 holds at once against a balance that covers 20 (on SQLite many in one
+    group-committed transaction; on PostgreSQL one at a time per account, so they never hold
+    every pooled connection waiting for the balance row's lock): exactly 20 succeed, the
+    books stay balanced."""
     account = await funded(db, 20 * 7)
-    # at most 30 in flight: under the PostgreSQL pool's 40 connections, so on a loaded box
-    # none waits out the pool's 10 s checkout limit behind 199 transactions on one row
-    in_flight = asyncio.Semaphore(30)
 
     async def one(i: int) -> holds.Hold | None:
         try:
-            async with in_flight:
-                return await db.transact(
-                    lambda conn: holds.hold_in(
-                        conn, account_id=account, amount=7, idempotency_key=f"h{i}", ttl_s=60
-                    )
-                )
+            return await db.transact(
+                lambda conn: holds.hold_in(
+                    conn, account_id=account, amount=7, idempotency_key=f"h{i}", ttl_s=60
+                ),
+                key=account,
+            )
         except InsufficientCredits:
             return None
 
@@ -69,6 +68,28 @@ async def test_concurrent_holds_of_one_account_never_over_spend(db: Database) ->
             select(text("count(*)")).select_from(tables.Hold).where(tables.Hold.status == "open")
         )
     assert open_holds == 20
+
+
+async def test_jobs_of_one_key_run_one_at_a_time_other_keys_overlap(db: Database) -> None:
+    running: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0, "all": 0}
+    pause = "SELECT 1" if db.is_sqlite else "SELECT pg_sleep(0.02)"
+
+    def job(key: str) -> Callable[[Connection], None]:
+        def run(conn: Connection) -> None:
+            for k in (key, "all"):
+                running[k] += 1
+                peak[k] = max(peak[k], running[k])
+            conn.execute(text(pause))  # on PostgreSQL the event loop runs others meanwhile
+            for k in (key, "all"):
+                running[k] -= 1
+
+        return run
+
+    await asyncio.gather(*(db.transact(job(k), key=k) for k in "ab" * 10))
+    assert peak["a"] == peak["b"] == 1
+    if not db.is_sqlite:
+        assert peak["all"] == 2  # one of each key at a time, the two keys side by side
 
 
 async def test_a_failing_job_is_rolled_back_alone_and_results_follow_the_commit(

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SqlTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r3mes.backend.errors import BackendError
@@ -89,6 +90,20 @@ def install_error_handlers(app: FastAPI) -> None:
             type_=type_,
             message=str(exc.detail),
             headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(SqlTimeout)
+    async def _pool_timeout(request: Request, exc: SqlTimeout) -> JSONResponse:
+        # Every pooled database connection stayed busy for the pool's timeout: an overload,
+        # not a bug; the client may retry (nothing was written: the transaction never began).
+        log.warning("database pool exhausted on %s %s", request.method, request.url.path)
+        return error_response(
+            request,
+            status=503,
+            code="service_unavailable",
+            type_="server_error",
+            message="the database is busy; retry in a second",
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

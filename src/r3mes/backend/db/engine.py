@@ -12,12 +12,20 @@
   and its settlement), given as a synchronous `job(connection)`. On SQLite they go to the
   group-commit writer (`db/writer.py`: one thread, one connection, concurrent jobs share a
   transaction and a COMMIT, one thread hop per batch instead of one per statement); on
-  PostgreSQL each runs in its own transaction of a pooled session.
+  PostgreSQL each runs in its own transaction of a pooled session, and jobs given the same
+  `key` (the account whose balance row they update) run one at a time in this process
+  (`serial(key)`, which the credit routes use too). They would wait for that row's lock
+  anyway; waiting in the process holds no pooled connection.
+  (Before, 200 concurrent requests of one account took every connection, each waiting for
+  the row lock, and the other requests failed on the pool's timeout.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, event
@@ -63,16 +71,34 @@ class Database:
         self.write = async_sessionmaker(self.engine, expire_on_commit=False)
         self.read = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._writer: GroupWriter | None = None
+        self._serial: weakref.WeakValueDictionary[object, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
-    async def transact(self, job: Callable[[Connection], T]) -> T:
-        """Run `job` in a write transaction; its result once that transaction committed."""
+    async def transact(self, job: Callable[[Connection], T], *, key: object = None) -> T:
+        """Run `job` in a write transaction; its result once that transaction committed.
+        Jobs with the same `key` (not None) never run at the same time in this process."""
         if self.is_sqlite:
             if self._writer is None:
                 sync_url = self.url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
                 self._writer = GroupWriter(sync_url, configure=_configure_sqlite)
             return await self._writer.run(job)
-        async with self.write() as s, s.begin():
+        async with self.serial(key), self.write() as s, s.begin():
             return await s.run_sync(lambda session: job(session.connection()))
+
+    @asynccontextmanager
+    async def serial(self, key: object) -> AsyncIterator[None]:
+        """Hold this process's turn for `key` (an account id) on PostgreSQL: write
+        transactions that update one account's balance row queue here, before they take a
+        pooled connection (see the module docstring). Nothing on SQLite, or for key None."""
+        if self.is_sqlite or key is None:
+            yield
+            return
+        lock = self._serial.get(key)
+        if lock is None:
+            lock = self._serial[key] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def dispose(self) -> None:
         if self._writer is not None:

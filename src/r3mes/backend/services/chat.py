@@ -241,7 +241,7 @@ class ChatService:
                 ref=f"chat:{request_id}",
             )
 
-        hold = await self.db.transact(claim_and_hold)
+        hold = await self.db.transact(claim_and_hold, key=caller.account_id)
         if isinstance(hold, StoredAnswer):
             return _replay(hold, headers)
         self.metrics.credits.labels(stage="held").inc(hold.amount)
@@ -415,7 +415,7 @@ class Bill:
             if key is not None:
                 _finish_claim(conn, account_id, key, body)
 
-        await self.service.db.transact(settlement)
+        await self.service.db.transact(settlement, key=account_id)
 
     def _observe(
         self,

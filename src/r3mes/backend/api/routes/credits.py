@@ -14,7 +14,12 @@ from datetime import datetime
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
-from r3mes.backend.api.deps import ChatPrincipalDep, RowId, SettingsDep, WriteSessionDep
+from r3mes.backend.api.deps import (
+    ChatPrincipalDep,
+    RowId,
+    RuntimeDep,
+    WriteSessionDep,
+)
 from r3mes.backend.db.accounts import Hold
 from r3mes.backend.errors import InvalidRequest, NotFound
 from r3mes.backend.services import credits
@@ -59,13 +64,14 @@ async def create_hold(
     body: HoldIn,
     principal: ChatPrincipalDep,
     s: WriteSessionDep,
-    settings: SettingsDep,
+    runtime: RuntimeDep,
     idempotency_key: str = IdempotencyKey,
 ) -> HoldOut:
-    ttl = body.ttl_s or settings.hold_ttl_s
-    if ttl > settings.hold_ttl_s:
-        raise InvalidRequest(f"ttl_s: at most {settings.hold_ttl_s} seconds on this server")
-    async with s.begin():
+    limit = runtime.settings.hold_ttl_s
+    ttl = body.ttl_s or limit
+    if ttl > limit:
+        raise InvalidRequest(f"ttl_s: at most {limit} seconds on this server")
+    async with runtime.db.serial(principal.account_id), s.begin():
         made = await credits.hold(
             s,
             account_id=principal.account_id,
@@ -86,9 +92,10 @@ async def capture_hold(
     body: CaptureIn,
     principal: ChatPrincipalDep,
     s: WriteSessionDep,
+    runtime: RuntimeDep,
     idempotency_key: str = IdempotencyKey,
 ) -> SettledOut:
-    async with s.begin():
+    async with runtime.db.serial(principal.account_id), s.begin():
         await _own(s, hold_id, principal.account_id)
         done = await credits.capture(
             s, hold_id=hold_id, amount=body.amount, idempotency_key=idempotency_key, ref=body.ref
@@ -104,9 +111,10 @@ async def release_hold(
     hold_id: RowId,
     principal: ChatPrincipalDep,
     s: WriteSessionDep,
+    runtime: RuntimeDep,
     idempotency_key: str = IdempotencyKey,
 ) -> SettledOut:
-    async with s.begin():
+    async with runtime.db.serial(principal.account_id), s.begin():
         await _own(s, hold_id, principal.account_id)
         done = await credits.release(s, hold_id=hold_id, idempotency_key=idempotency_key)
         have = await credits.balance(s, account_id=principal.account_id)
