@@ -265,8 +265,9 @@ T_AVX2 static inline int32_t hsum256(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* The scalar quantization's operations 8 lanes at a time (max is exact in any order; mul,
- * round to nearest even, min/max and the int conversion of an integer are exact IEEE ops). */
+/* The scalar quantization's operations 8 lanes at a time: max is exact in any order; the
+ * multiply is correctly rounded in a lane as in scalar code; round to nearest even, min/max
+ * and the int conversion of an integer are exact. */
 T_AVX2 static void quant_avx2(const quant_job *j, int64_t m0, int64_t m1) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 lo = _mm256_set1_ps(-ACT_MAX - 1.0f), hi = _mm256_set1_ps(ACT_MAX);
