@@ -24,7 +24,7 @@ Each figure carries the machine's load average (`loadavg`, 1 minute) when it was
 First on SQLite with in-process limits, then on PostgreSQL + Redis when
 R3MES_TEST_POSTGRES_URL and R3MES_TEST_REDIS_URL are set (`eval "$(scripts/services.sh)"`).
 
-Run: .venv/bin/python -m benchmarks.backend_gateway [--quick] [--open-fraction F]
+Run: .venv/bin/python -m benchmarks.backend_gateway [--quick] [--open-fraction F | --open-rate R]
 (`--quick`: 200 requests per closed-loop mode, the open loop at most 6 s per mode.)
 Prints one JSON object per line: {"figure", "value", "unit", "baseline", "ratio", "goal"}.
 """
@@ -254,6 +254,7 @@ def run_case(
     goals: bool,
     open_fraction: float,
     open_seconds: float,
+    open_rate: float | None,
 ) -> None:
     upstream_port, backend_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="r3mes-bench-gw-") as tmp:
@@ -340,7 +341,7 @@ def run_case(
                 )
 
             # open loop at a rate the gateway sustains: the goals
-            rate = closed_rps * open_fraction
+            rate = open_rate if open_rate is not None else closed_rps * open_fraction
             load1 = loadavg()
             # `requests` per mode, or as many as `open_seconds` at this rate allows
             half = max(CLIENTS, min(requests, int(rate * open_seconds)) // 2)
@@ -359,7 +360,7 @@ def run_case(
                 "clients": CLIENTS,
                 "offered_rps": round(rate, 1),
                 "achieved_rps": round(achieved, 1),
-                "open_fraction": open_fraction,
+                "open_fraction": None if open_rate is not None else open_fraction,
                 "requests": 2 * half,
                 "loadavg": load1,
                 "loadavg_end": loadavg(),
@@ -431,9 +432,17 @@ def main(argv: list[str] | None = None) -> None:
         default=0.5,
         help="open-loop rate as a fraction of the closed-loop throughput (default 0.5)",
     )
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=None,
+        help="open-loop rate in req/s instead of a fraction (the same load for two builds)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.open_fraction <= 1:
         parser.error("--open-fraction must be in (0, 1]")
+    if args.open_rate is not None and not args.open_rate > 0:
+        parser.error("--open-rate must be positive")
     requests = 200 if args.quick else 3000
     open_seconds = 6.0 if args.quick else 60.0
     print(json.dumps({"note": f"{CLIENTS} clients, {requests} requests per mode"}), flush=True)
@@ -445,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         goals=True,
         open_fraction=args.open_fraction,
         open_seconds=open_seconds,
+        open_rate=args.open_rate,
     )
     pg, redis = os.environ.get("R3MES_TEST_POSTGRES_URL"), os.environ.get("R3MES_TEST_REDIS_URL")
     if pg and redis:
@@ -457,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
                 goals=False,
                 open_fraction=args.open_fraction,
                 open_seconds=open_seconds,
+                open_rate=args.open_rate,
             )
     else:
         print(json.dumps({"note": "PostgreSQL + Redis skipped: run scripts/services.sh"}))
