@@ -266,3 +266,26 @@ def test_a_library_without_the_fused_entry_point_falls_back_with_a_warning(
         assert torch.equal(_bits(layer(x)), _bits(expected))
     finally:
         kernels._library.cache_clear()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_under_torch_compile_the_graph_holds_the_custom_op(isas: list[str]) -> None:
+    """torch.compile traces the frozen forward to `r3mes::ternary_linear` (its fake impl gives
+    the shapes) and the compiled module gives the eager bits."""
+    layer = _layer(96, 21, seed=9)
+    x = torch.randn(2, 3, 96)
+    targets: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> object:
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            eager = layer(x)
+            compiled = torch.compile(layer, backend=backend)(x)
+    finally:
+        torch._dynamo.reset()
+    assert "r3mes.ternary_linear.default" in targets
+    assert torch.equal(_bits(compiled), _bits(eager))
