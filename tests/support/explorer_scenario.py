@@ -65,8 +65,10 @@ DATASET = ArtifactSpec(
 )
 
 
-def start_devnet(home: Home, port: int, *, block_interval_s: float = 0.05) -> DevnetNode:
-    """Initialise (once) and start the scenario's devnet."""
+def start_devnet(home: Home, port: int, *, block_interval_s: float = 0.1) -> DevnetNode:
+    """Initialise (once) and start the scenario's devnet. Its rounds are 40 blocks: at 0.1 s
+    a block, 4 s for a round's ~10 transactions, each sent after the last one committed (at
+    0.05 s, a loaded box missed rounds: no verified update, no merge)."""
     genesis = devnet_genesis(
         accounts={k.address: 100_000 for k in (HONEST, CHEAT, V1, V2, V3, PROPOSER, SERVING, USER)},
         artifacts=[MODEL, DATASET],
