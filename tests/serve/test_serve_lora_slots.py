@@ -129,6 +129,8 @@ def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
         same = served(ids)
     assert slots.stacked_nbytes() == lora_floats * 4  # the adapter once, not once per row
     b_floats = sum(v.numel() for v in state_b.values())
+    slots.select([5, 5, 5, 5])  # adapter B alone: A's projections (q, k, down) hold nothing
+    assert slots.stacked_nbytes() == b_floats * 4
     slots.select([0, 3, 5, 3])
     with torch.inference_mode():
         got = served(ids)
@@ -152,3 +154,13 @@ def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
     slots.clear(3)
     slots.clear(5)
     assert slots.nbytes() == 0
+
+
+def test_freed_heap_is_returned_where_the_c_library_can() -> None:
+    import ctypes
+    import sys
+
+    from r3mes.serve.heap import return_freed_heap
+
+    glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "malloc_trim")
+    assert return_freed_heap() is glibc

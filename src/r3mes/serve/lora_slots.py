@@ -24,6 +24,7 @@ format `r3mes.model.lora.lora_state_dict` and `peft_io` produce."""
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from collections.abc import Sequence
 
@@ -33,6 +34,7 @@ from torch import nn
 from r3mes.model.bitlinear import BitLinear
 from r3mes.model.lora import LORA_TARGETS, PEFT_PREFIX, LoraConfig
 from r3mes.serve.errors import ServeError
+from r3mes.serve.heap import return_freed_heap
 
 
 class SlotSelection:
@@ -219,8 +221,16 @@ class SharedInput:
         for m in self.members:
             m.release()
 
-    def rebuild(self) -> None:
+    def nbytes(self) -> int:
+        """Bytes of the weights laid out for the current batch."""
+        tensors = [self.a, *(b for m in self.members for b in (m.b_cat, m.b_rows))]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def rebuild(self) -> int:
+        """Lay out the selection's adapters (see the class docstring); returns the bytes of
+        the layout it replaced (0 when the weights were kept)."""
         sel = self.members[0].selection
+        freed = 0
         used = [m.used(sel) for m in self.members]
         adapters = len(set().union(*used))
         stacked = adapters == 1 or len(sel.rows) >= 2 * adapters
@@ -228,6 +238,7 @@ class SharedInput:
         rows = () if stacked else sel.rows
         key = (sel.loaded, stacked, rows, *(tuple(u) for u in used))
         if key != self.key:
+            freed = self.nbytes()
             self.release()  # free the old weights before building the new ones
             self.key = key
             if stacked:
@@ -240,6 +251,7 @@ class SharedInput:
         self.rows = len(sel.rows)
         for m in self.members:
             m.mask = m.mask_for(sel) if m.b_cat is not None else None
+        return freed
 
     def _columns(self, widths: list[int]) -> list[tuple[int, int]]:
         """Each member's columns of `a`/h for `widths` (the members' own column counts)."""
@@ -272,6 +284,18 @@ class SharedInput:
             if c1 > c0:
                 m.gather(sel, self.a[:, :, c0:c1])
 
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`, without a same-sized temporary (`isfinite` would make a
+    byte per element: 165 MB for eight rank-16 adapters at the 2B shape)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach().float() if not t.is_floating_point() else t.detach())
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))  # NaN propagates to both
+
+
+TRIM_BYTES = 64 * 2**20
+"""Freed LoRA layouts at least this large are handed back to the OS (`return_freed_heap`)."""
 
 OWNER_ATTR = "_r3mes_lora_slots"
 """The model attribute holding a weak reference to the `LoraSlots` that serve it: two
@@ -315,12 +339,10 @@ class LoraSlots:
 
     def stacked_nbytes(self) -> int:
         """Bytes of the LoRA weights laid out for the current batch (`SharedInput`)."""
-        groups = {id(layer.group): layer.group for layer in self.layers.values()}
-        total = sum(g.a.numel() * 4 for g in groups.values() if g.a is not None)
-        for layer in self.layers.values():
-            for b in (layer.b_cat, layer.b_rows):
-                total += b.numel() * 4 if b is not None else 0
-        return total
+        return sum(group.nbytes() for group in self._groups())
+
+    def _groups(self) -> list[SharedInput]:
+        return list({id(layer.group): layer.group for layer in self.layers.values()}.values())
 
     def serves(self, model: nn.Module) -> bool:
         """Whether these slots were built on `model` (not merely on a copy of it)."""
@@ -374,9 +396,12 @@ class LoraSlots:
         sel.index = torch.tensor(list(rows), dtype=torch.long, device=device) if used else None
         sel.slots = used
         sel.version += 1
-        if not used:  # a base-only batch: free the stacked adapter weights
-            for layer in self.layers.values():
-                layer.group.release()
+        # lay out every group now (not at its next forward), so the weights of projections
+        # this batch no longer adapts go too, and hand a large freed layout back to the OS:
+        # glibc kept ~400 MB of freed layouts resident at the 2B shape otherwise
+        freed = sum(group.rebuild() for group in self._groups())
+        if freed >= TRIM_BYTES:
+            return_freed_heap()
         self._install()
 
     def _install(self) -> None:
@@ -419,7 +444,7 @@ class LoraSlots:
                 raise ServeError(
                     f"{key_b}: shape {tuple(b.shape)}, expected {(base.out_features, config.r)}"
                 )
-            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            if not (_finite(a) and _finite(b)):
                 raise ServeError(f"{path}: adapter weights hold non-finite values")
             pairs[path] = (a, b)
         unexpected = sorted(set(state) - expected)
