@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -118,6 +120,9 @@ def test_wallet_login_and_sign_login_against_a_running_backend(tmp_path: Path) -
         )
         assert login.status_code == 200, login.text
 
+        # An idle connection outlives clients' 5 s keep-alive expiry (they close it first).
+        assert answers_twice_on_one_connection(backend.url, idle_s=6.0)
+
     refused = runner.invoke(
         app,
         [*login_args, backend.url],
@@ -125,3 +130,24 @@ def test_wallet_login_and_sign_login_against_a_running_backend(tmp_path: Path) -
     )
     assert refused.exit_code != 0
     assert "cannot reach" in str(refused.exception)
+
+
+def answers_twice_on_one_connection(url: str, *, idle_s: float) -> bool:
+    """Two `GET /health` on one TCP connection, `idle_s` apart: both answered 200."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        for i in range(2):
+            if i:
+                time.sleep(idle_s)
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            status = reader.readline()
+            if not status.startswith(b"HTTP/1.1 200"):
+                return False
+            length = 0
+            while (line := reader.readline().strip()) != b"":
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            reader.read(length)
+    return True

@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from r3mes.runtime.pidfile import remove_pid_file, write_pid_file
 
 GRACEFUL_SHUTDOWN_S = 10
+KEEP_ALIVE_S = 30
+"""Seconds an idle client connection stays open."""
 
 
 class _Server(uvicorn.Server):
@@ -52,6 +54,10 @@ def serve(
         log_level=log_level,
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Longer than clients' keep-alive expiry (httpx and the openai client: 5 s), so the
+        # client drops an idle connection first; at equal timeouts a request sent on a
+        # connection the server is closing fails as "Server disconnected" (seen under load).
+        timeout_keep_alive=KEEP_ALIVE_S,
         # Explorer websocket messages are small and fan out to many clients: compressing
         # each one per client costs more CPU than the bytes it saves.
         ws_per_message_deflate=False,
