@@ -18,8 +18,9 @@ greedy decoding with a KV cache from the same prompt token ids (fed directly, no
   argmax of `llama_get_logits_ith(ctx, -1)` per step.
 
 Decode tokens/s counts the steps after the first token; the best of interleaved repeats (r3mes,
-then llama.cpp) is reported, with prefill times, the bytes each side holds for the weights and
-the load average before and after.
+then llama.cpp) is reported, with the median time of a step over every repeat (on a loaded
+machine the best whole run is one lucky window; the median step is steadier), prefill times,
+the bytes each side holds for the weights and the load average before and after.
 
 Before timing, the next-token logits after the prompt are compared.  llama.cpp's `bitnet` graph
 applies SiLU to the FFN gate where r3mes (and 2B-4T) apply squared ReLU, so two comparisons:
@@ -96,31 +97,40 @@ class LlamaDecoder:
         self.llm.eval(prompt)
         return self.logits().copy()
 
-    def decode(self, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-        """(prefill seconds, seconds of the steps after the first token, tokens)."""
+    def decode(self, prompt: list[int], new_tokens: int) -> tuple[float, list[float], list[int]]:
+        """(prefill seconds, seconds of each step after the first token, tokens)."""
         self.llm.reset()
         start = time.perf_counter()
         self.llm.eval(prompt)
         tokens = [int(np.argmax(self.logits()))]
-        first = time.perf_counter()
+        times, last = [], time.perf_counter()
+        prefill = last - start
         for _ in range(new_tokens - 1):
             self.llm.eval([tokens[-1]])
             tokens.append(int(np.argmax(self.logits())))
-        return first - start, time.perf_counter() - first, tokens
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        return prefill, times, tokens
 
 
 def ours_decode(
     model: BitNetForCausalLM, prompt: list[int], new_tokens: int
-) -> tuple[float, float, list[int]]:
-    """(prefill seconds, seconds of the steps after the first token, tokens) for r3mes."""
+) -> tuple[float, list[float], list[int]]:
+    """(prefill seconds, seconds of each step after the first token, tokens) for r3mes."""
     start = time.perf_counter()
     steps = generate_token_ids(
         model, [prompt], GenerationConfig(max_new_tokens=new_tokens), pad_id=0
     )
     tokens = [int(next(steps)[0])]
-    first = time.perf_counter()
-    tokens.extend(int(step[0]) for step in steps)  # EOS may end it early: counted as made
-    return first - start, time.perf_counter() - first, tokens
+    times, last = [], time.perf_counter()
+    prefill = last - start
+    for step in steps:  # EOS may end it early: the steps made are what is counted
+        tokens.append(int(step[0]))
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    return prefill, times, tokens
 
 
 @contextlib.contextmanager
@@ -222,16 +232,20 @@ def run(
     llama.decode(prompt, 4)
     best = {"ours_step": float("inf"), "ours_prefill": float("inf"),
             "llama_step": float("inf"), "llama_prefill": float("inf")}  # fmt: skip
+    every: dict[str, list[float]] = {"ours": [], "llama": []}
     ours_count = new_tokens - 1
     for _ in range(repeats):  # interleaved: a burst of load hits both sides alike
-        prefill, steps, tokens = ours_decode(model, prompt, new_tokens)
-        ours_count = len(tokens) - 1
-        best["ours_step"] = min(best["ours_step"], steps / max(ours_count, 1))
+        prefill, times, tokens = ours_decode(model, prompt, new_tokens)
+        ours_count = len(times)
+        best["ours_step"] = min(best["ours_step"], sum(times) / max(ours_count, 1))
         best["ours_prefill"] = min(best["ours_prefill"], prefill)
-        prefill, steps, _ = llama.decode(prompt, new_tokens)
-        best["llama_step"] = min(best["llama_step"], steps / (new_tokens - 1))
+        every["ours"].extend(times)
+        prefill, times, _ = llama.decode(prompt, new_tokens)
+        best["llama_step"] = min(best["llama_step"], sum(times) / len(times))
         best["llama_prefill"] = min(best["llama_prefill"], prefill)
+        every["llama"].extend(times)
     ours_rate, theirs_rate = 1.0 / best["ours_step"], 1.0 / best["llama_step"]
+    median = {side: float(np.median(times)) for side, times in every.items()}
     row: dict[str, Any] = {
         "figure": "decode_tokens_per_s_batch1_vs_llamacpp_tq2_0",
         "value": round(ours_rate, 2),
@@ -243,8 +257,15 @@ def run(
             "r3mes": round(best["ours_prefill"] * 1e3, 1),
             "llamacpp": round(best["llama_prefill"] * 1e3, 1),
         },  # fmt: skip
+        # every step of every repeat: the median is less at the mercy of one quiet window
+        "median_step_ms": {
+            "r3mes": round(median["ours"] * 1e3, 1),
+            "llamacpp": round(median["llama"] * 1e3, 1),
+        },  # fmt: skip
+        "median_step_ratio": round(median["llama"] / median["ours"], 3),
         "prompt_tokens": PROMPT_TOKENS,
         "decoded_tokens": {"r3mes": ours_count + 1, "llamacpp": new_tokens},
+        "repeats": repeats,
         "logits": check,
         "weight_bytes": {"r3mes_held": held_bytes(model), "gguf": exported.bytes_by_type()},
         "vocab": exported.vocab_source,
