@@ -135,6 +135,9 @@ def test_slot_memory_follows_what_is_loaded_not_the_limits() -> None:
     with torch.inference_mode():
         got = served(ids)
     assert slots.stacked_nbytes() == (lora_floats + b_floats) * 4
+    # no layer keeps its input (or its A product) once the forward has passed it
+    assert all(layer.group.x is None for layer in slots.layers.values())
+    assert all(layer.group.h.numel() == 0 for layer in slots.layers.values())
     solo = model()
     solo_slots = LoraSlots(solo, slots=1, max_rank=4)
     solo_slots.load(1, state, CFG_A)

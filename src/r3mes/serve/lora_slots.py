@@ -157,6 +157,9 @@ class SlotLoraLinear(nn.Module):
         if group.x is not x:
             group.compute(x)
         h = group.h if self.cols is None else group.h[..., self.cols[0] : self.cols[1]]
+        group.left -= 1
+        if not group.left:  # the last reader: do not keep this layer's input alive
+            group.x, group.h = None, torch.empty(0)
         base = y if y.dtype == torch.float32 else y.float()
         if b_rows is not None:
             out = torch.baddbmm(base, h, b_rows)  # y + per-row delta in one kernel
@@ -193,7 +196,9 @@ class SharedInput:
     come and go; only the masks are rebuilt. Per forward, the first member called with a
     new input computes the A product for all members at once; the others slice their
     columns out of it. A member called with a different tensor simply recomputes, so the
-    result never depends on call patterns.
+    result never depends on call patterns. The last member to read h lets go of the input
+    and h: keeping them until the next forward held every layer's input of a prefill alive
+    at once (30 layers x 4 inputs of (B, T, width) at the 2B shape).
     """
 
     def __init__(self, members: list[SlotLoraLinear]) -> None:
@@ -203,6 +208,8 @@ class SharedInput:
         self.a: torch.Tensor | None = None  # stacked (in, W) or per row (B, in, sum of r)
         self.rows = 0
         self.x: torch.Tensor | None = None
+        self.readers = 0  # members with weights in this batch
+        self.left = 0  # readers of `h` still to come for `x`
         self.h: torch.Tensor = torch.empty(0)  # (B, T, columns of `a`) for `x`
 
     def compute(self, x: torch.Tensor) -> None:
@@ -212,6 +219,7 @@ class SharedInput:
         xf = x if x.dtype == torch.float32 else x.float()
         self.h = torch.bmm(xf, self.a) if self.a.dim() == 3 else torch.matmul(xf, self.a)
         self.x = x
+        self.left = self.readers
 
     def release(self) -> None:
         """Drop the batch's weights (no batch uses an adapter here now)."""
@@ -251,6 +259,7 @@ class SharedInput:
         self.rows = len(sel.rows)
         for m in self.members:
             m.mask = m.mask_for(sel) if m.b_cat is not None else None
+        self.readers = sum(m.b_cat is not None or m.b_rows is not None for m in self.members)
         return freed
 
     def _columns(self, widths: list[int]) -> list[tuple[int, int]]:
