@@ -19,7 +19,8 @@ Figures (each against calling the upstream directly with the same client, same r
   late because its client was still waiting counts the wait). Direct and gateway run the same
   schedule, alternating in blocks (direct, gateway, direct, gateway) so a change in the
   machine's load hits both.
-- the p50 overhead with one client, and the backend process's CPU time per request.
+- the p50 overhead with one client (direct and gateway requests taking turns), and the
+  backend process's CPU time per request.
 Each figure carries the machine's load average (`loadavg`, 1 minute) when it was measured.
 First on SQLite with in-process limits, then on PostgreSQL + Redis when
 R3MES_TEST_POSTGRES_URL and R3MES_TEST_REDIS_URL are set (`eval "$(scripts/services.sh)"`).
@@ -225,6 +226,25 @@ async def paced(url: str, keys: list[str], total: int, rate: float) -> tuple[lis
         return latencies, time.perf_counter() - start
 
 
+async def one_at_a_time(
+    direct: str, gateway: str, key: str, total: int
+) -> tuple[list[float], list[float]]:
+    """`total` requests to each, one at a time, alternating; (direct, gateway) latencies in s."""
+    payload = json.dumps(BODY).encode()
+    found: tuple[list[float], list[float]] = ([], [])
+    async with httpx.AsyncClient(timeout=30) as client:
+        targets = ((direct, _auth([], 0)), (gateway, _auth([key], 0)))
+        for i in range(total * 2 + 2):
+            url, headers = targets[i % 2]
+            t0 = time.perf_counter()
+            r = await client.post(url, content=payload, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+            if i >= 2:  # the first of each opens its connection
+                found[i % 2].append(time.perf_counter() - t0)
+    return found
+
+
 def _auth(keys: list[str], i: int) -> dict[str, str]:
     headers = {"content-type": "application/json"}
     if keys:
@@ -386,11 +406,11 @@ def run_case(
             emit(f"gateway p50 latency, open loop ({label})", g50, "ms", baseline=d50, **opened)
             emit(f"gateway p99 latency, open loop ({label})", g99, "ms", baseline=d99, **opened)
 
-            # the same one request at a time: the gateway's own cost without queueing
-            one = max(30, requests // 10)
+            # one request at a time, direct and gateway taking turns (a change in the
+            # machine's load hits both): the gateway's own cost without queueing
+            one = max(100, requests // 10)
             load2 = loadavg()
-            base1, _ = asyncio.run(load(direct, [], one, clients=1))
-            via1, _ = asyncio.run(load(gateway, keys, one, clients=1))
+            base1, via1 = asyncio.run(one_at_a_time(direct, gateway, keys[0], one))
     o50 = (pct(via1, 0.5) - pct(base1, 0.5)) * 1000
     emit(
         f"gateway p50 overhead, 1 client ({label})",
