@@ -136,19 +136,20 @@ def ours_decode(
 @contextlib.contextmanager
 def silu_ffn(model: BitNetForCausalLM) -> Iterator[None]:
     """r3mes with llama.cpp's `bitnet` FFN activation (SiLU for squared ReLU), for a check."""
-    for layer in model.model.layers:
-        mlp = layer.mlp
+    mlps: list[Any] = [layer.mlp for layer in model.model.layers]
+    for mlp in mlps:
 
         def forward(x: torch.Tensor, mlp: Any = mlp) -> torch.Tensor:
             hidden = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
-            return mlp.down_proj(mlp.ffn_sub_norm(hidden))  # type: ignore[no-any-return]
+            out: torch.Tensor = mlp.down_proj(mlp.ffn_sub_norm(hidden))
+            return out
 
-        mlp.forward = forward
+        mlp.forward = forward  # an instance attribute: nn.Module calls it instead
     try:
         yield
     finally:
-        for layer in model.model.layers:
-            del layer.mlp.forward
+        for mlp in mlps:
+            del mlp.forward
 
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
@@ -188,6 +189,8 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.threads < 0 or args.repeats < 0 or args.new_tokens < 0:
         parser.error("--threads, --repeats and --new-tokens must be 0 (default) or more")
+    if args.new_tokens == 1:
+        parser.error("--new-tokens must be 0 (default) or at least 2 (steps after the first)")
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: not a checkpoint folder (no config.json)")
     return args

@@ -7,7 +7,7 @@ from types import ModuleType
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks import bitlinear, decode, ternary  # noqa: E402
+from benchmarks import bitlinear, decode, llamacpp_e2e, ternary  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,10 @@ from benchmarks import bitlinear, decode, ternary  # noqa: E402
         (bitlinear, ["--threads", "-3"], "--threads must be at least 1"),
         (ternary, ["--threads", "-1"], "--threads must be 0"),
         (ternary, ["--model", "/nonexistent"], "not a checkpoint folder"),
+        (llamacpp_e2e, ["--threads", "-1"], "must be 0"),
+        (llamacpp_e2e, ["--model", "/nonexistent"], "not a checkpoint folder"),
+        (llamacpp_e2e, ["--embedding", "f8"], "invalid choice"),
+        (llamacpp_e2e, ["--new-tokens", "1"], "at least 2"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
