@@ -261,3 +261,19 @@ def test_llama_cpp_runs_the_export(folder: Path, tmp_path: Path) -> None:
     assert cosine(ours, theirs) > 0.99
     assert float(np.abs(ours - theirs).max()) < 0.1 * float(np.abs(ours).max())
     assert cosine(relu2, theirs) < cosine(ours, theirs)  # llama.cpp's graph does use SiLU
+
+
+def test_a_failed_write_keeps_the_old_file(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"the previous export")
+
+    def disk_full(self: Any, **_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_gguf(folder, out)
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.gguf"]

@@ -255,10 +255,13 @@ def export_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
         writer.close()
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)  # an existing file at `out` is replaced only by a whole new one
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     written = tuple(
         GgufTensor(n, k, _logical_shape(data, k, gguf), int(data.nbytes)) for n, data, k in tensors
     )
