@@ -234,3 +234,34 @@ def test_saved_bytes_are_identical_across_fresh_processes(tmp_path: Path) -> Non
 
     with safe_open(str(tmp_path / "one" / "packed" / "model.safetensors"), "pt") as handle:
         assert handle.metadata() == {"format": "pt"}
+
+
+def test_loading_a_checkpoint_does_not_import_the_compiler(tmp_path: Path) -> None:
+    """Session 5: building the empty model on the meta device ran the weight initialisers,
+    whose meta decomposition imports torch._dynamo and libtriton (67 MiB of resident code
+    pages in every process that loads a checkpoint); a fresh process must not import them,
+    and initialisers work as before afterwards, on this thread and another."""
+    import subprocess
+    import textwrap
+
+    save_pretrained(make_tiny_model(0), tmp_path / "ckpt", packed=True)
+    code = textwrap.dedent(
+        f"""
+        import sys, threading, torch
+        from r3mes.model.checkpoint import load_pretrained
+        drawn = []
+        def init():
+            drawn.append(torch.nn.init.normal_(torch.zeros(1000), 0.0, 1.0).std().item())
+        t = threading.Thread(target=init)
+        model = load_pretrained({str(tmp_path / "ckpt")!r})
+        t.start(); t.join()
+        assert model(torch.tensor([[1, 2, 3]])).isfinite().all()
+        assert drawn and drawn[0] > 0.5, drawn
+        assert torch.nn.init.normal_(torch.zeros(1000)).std().item() > 0.5
+        print(sorted(m for m in ("torch._dynamo", "triton") if m in sys.modules))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from r3mes.model.bitlinear import (
     VALUES_PER_BYTE,
@@ -292,6 +293,38 @@ def _return_freed_heap() -> None:
     trim(0)
 
 
+class _SkippingInit(TorchFunctionMode):
+    """Weight initialisers return their tensor untouched (this thread, while active).
+
+    `_empty_ternary_model` builds on the meta device, and every tensor it builds is filled from
+    the checkpoint. Initialising meta tensors anyway decomposes `normal_` through `torch._refs`,
+    which imports `torch._dynamo` and with it libtriton: 67 MiB of code pages resident for the
+    life of every process that loaded a checkpoint (a miner, a validator, a server). A torch
+    function mode is thread-local, unlike patching `torch.nn.init`, so a LoRA initialised on
+    another thread meanwhile is not touched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        init = torch.nn.init
+        self.skipped = {
+            init.normal_, init.uniform_, init.trunc_normal_, init.kaiming_uniform_,
+            init.kaiming_normal_, init.xavier_uniform_, init.xavier_normal_,
+            torch.Tensor.normal_, torch.Tensor.uniform_,
+        }  # fmt: skip
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func in self.skipped:
+            return args[0] if args else kwargs["tensor"] if kwargs else None
+        return func(*args, **(kwargs or {}))
+
+
 def _empty_ternary_model(config: BitNetConfig) -> BitNetForCausalLM:
     """A model whose BitLinears hold no float master (packed weights come next) and whose other
     tensors are allocated but not initialised (the checkpoint fills them).
@@ -299,7 +332,7 @@ def _empty_ternary_model(config: BitNetConfig) -> BitNetForCausalLM:
     Built on the meta device, so a 2B-parameter checkpoint never allocates the 8 GB of float32
     masters that `BitNetForCausalLM(config)` would initialise and throw away.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _SkippingInit():
         model = BitNetForCausalLM(config)
     for _, module in model.bit_linears():
         module.weight = None
