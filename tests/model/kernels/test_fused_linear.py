@@ -6,7 +6,6 @@ Every comparison is on the output's bits (NaN payloads included), on every kerne
 CPU runs and at 1, 2, 3 and 7 threads.
 """
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,15 +32,6 @@ SHAPES = [
     (64, 2560, 70),
     (200, 300, 9),
 ]
-
-
-@pytest.fixture(scope="module")
-def isas() -> list[str]:
-    if not kernels.available():
-        if os.environ.get("CI"):
-            pytest.fail("the native ternary kernel is not built in CI")
-        pytest.skip("native ternary kernel not built here")
-    return kernels.supported_isas()
 
 
 @pytest.fixture

@@ -24,15 +24,6 @@ SHAPES = [(1, 64, 4), (1, 777, 13), (3, 100, 7), (4, 256, 16), (9, 130, 33), (6,
 THREADS = (1, 2, 3, 7)
 
 
-@pytest.fixture(scope="module")
-def isas() -> list[str]:
-    if not kernels.available():
-        if os.environ.get("CI"):
-            pytest.fail("the native ternary kernel is not built in CI")
-        pytest.skip("native ternary kernel not built here")
-    return kernels.supported_isas()
-
-
 def _case(m: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(-1, 2, (n, k), generator=g).float()
