@@ -8,6 +8,7 @@ minute on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import websockets.sync.client
 from support.net import free_port
@@ -124,8 +126,6 @@ def test_four_validators_agree_and_clients_talk_to_any_node(net: CometbftNetwork
         assert clients[2].nodes() == [] and clients[3].leaderboard(10) == []
         with pytest.raises(NotFound):
             clients[0].round(10**6)
-        import httpx
-
         uri = httpx.get(f"{clients[1].base_url}/block", params={"height": "1"}, timeout=10)
         assert uri.json()["result"]["block"]["header"]["height"] == "1"
         query = f"\"message.sender='{FUNDED[1].address}'\""
@@ -194,9 +194,15 @@ def test_abci_app_sigkilled_at_random_points_is_restored_by_the_handshake(
                     sent.append(client.sign_and_broadcast(FUNDED[0], [msg], wait=False).hash)
                 time.sleep(rng.uniform(0.0, 0.6))  # a random point of the block cycle
                 net.kill_app(0)
-                deadline = time.monotonic() + 60  # CometBFT stops itself without its app
+                # CometBFT stops itself at its next call to the app: the next block, or (when
+                # a loaded box stalls consensus) the CheckTx of a tx sent to it directly
+                deadline = time.monotonic() + 120
+                nudged = time.monotonic() + 5
                 while net.procs[0].cometbft and net.procs[0].cometbft.poll() is None:
                     assert time.monotonic() < deadline, "cometbft kept running without its app"
+                    if time.monotonic() > nudged:
+                        nudge(net.nodes[0].rpc_url)
+                        nudged = time.monotonic() + 5
                     time.sleep(0.1)
                 net.procs[0].cometbft = None
                 net.start(0)
@@ -214,6 +220,12 @@ def test_abci_app_sigkilled_at_random_points_is_restored_by_the_handshake(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def nudge(rpc_url: str) -> None:
+    """Send node an (invalid) tx: its mempool's CheckTx calls the app."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(f"{rpc_url}/broadcast_tx_async", params={"tx": "0x00"}, timeout=2)
 
 
 def test_a_lying_app_stops_its_node_while_the_other_three_go_on(net: CometbftNetwork) -> None:

@@ -60,7 +60,9 @@ class Database:
                 max_overflow=20,
                 pool_pre_ping=True,
                 pool_timeout=10,
-                connect_args={"timeout": 10, "command_timeout": 30},
+                # a new server connection forks a PostgreSQL backend process: on a loaded
+                # machine that took over 10 s (CI); a stuck server still fails in 30 s
+                connect_args={"timeout": 30, "command_timeout": 30},
             )
             self.read_engine = self.engine
         else:
