@@ -112,7 +112,7 @@ def test_seeded_sampling_is_reproducible_in_any_batch(engine: ServingEngine) -> 
 def test_cancel_frees_the_slot(engine_factory: EngineFactory) -> None:
     engine = engine_factory(n_adapters=1, max_batch_size=1)
     sink = Collector()
-    params = SamplingParams(max_tokens=400)
+    params = SamplingParams(max_tokens=400, ignore_eos=True)  # ends only by length or cancel
     request = GenerationRequest(
         prompt_ids=engine.encode_prompt("hello"), adapter="ad0", params=params
     )
