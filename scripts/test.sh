@@ -3,6 +3,7 @@
 # - Debian: PostgreSQL, Redis (started on loopback) and Chromium (browser tests), when missing;
 # - Kubo (`ipfs`, pinned, built from the Go module proxy once: scripts/kubo.sh);
 # - CometBFT (`cometbft`, pinned, from the Go module proxy once: scripts/cometbft.sh);
+# - Debian's aarch64 cross compiler and qemu-user (the kernel's ARM paths: scripts/arm.sh);
 # - Python: a venv with the project and its test extras;
 # then ruff, ruff format --check, mypy --strict and pytest (slow tests included).
 set -euo pipefail
@@ -11,6 +12,7 @@ export R3MES_WITH_BROWSER=1
 eval "$(bash scripts/services.sh)"
 bash scripts/kubo.sh
 bash scripts/cometbft.sh
+bash scripts/arm.sh
 export PATH="$(go env GOPATH)/bin:$PATH"
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
