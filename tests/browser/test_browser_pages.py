@@ -67,6 +67,40 @@ def test_served_with_a_strict_csp_and_no_violation(browser: Any, backend: str) -
     assert errors.errors == []
 
 
+def test_a_wide_code_block_scrolls_from_the_keyboard(browser: Any, backend: str) -> None:
+    """A code line wider than a phone scrolls inside its block, which takes keyboard focus
+    (axe's scrollable-region-focusable failed on the chat page when a model wrote one)."""
+    wide = "```\n" + "x = '" + "0123456789" * 30 + "'\n```"
+    conversation = {
+        "id": "c2",
+        "title": "wide",
+        "model": "auto",
+        "updated": 1,
+        "messages": [
+            {"role": "user", "content": "a long line"},
+            {"role": "assistant", "content": wide, "meta": {"cost": 1}},
+        ],
+    }
+    page = browser.new_page()
+    page.set_viewport_size(VIEWPORTS["phone"])
+    try:
+        page.goto(backend + "/")
+        page.evaluate(
+            "c => localStorage.setItem('r3mes.conversations', JSON.stringify([c]))", conversation
+        )
+        page.reload()
+        block = page.locator(".message.assistant .message-body pre")
+        block.wait_for()
+        assert block.evaluate("e => e.scrollWidth > e.clientWidth")  # it does scroll
+        assert block.get_attribute("tabindex") == "0"
+        block.focus()
+        page.keyboard.press("ArrowRight")
+        wait_until(page, "() => document.querySelector('.message-body pre').scrollLeft > 0")
+        assert run_axe(page) == []
+    finally:
+        page.close()
+
+
 def test_model_output_is_sanitised_markdown(browser: Any, backend: str) -> None:
     conversation = {
         "id": "c1",

@@ -39,6 +39,9 @@ function hook() {
       node.setAttribute("rel", "noopener noreferrer nofollow");
       node.setAttribute("target", "_blank");
     }
+    // A code block scrolls sideways when a line is wider than the message (a phone): focusable,
+    // so it scrolls from the keyboard too (axe: scrollable-region-focusable).
+    if (node.tagName === "PRE") node.setAttribute("tabindex", "0");
   });
 }
 
