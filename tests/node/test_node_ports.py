@@ -4,6 +4,7 @@ take between the pick and the bind), never one that is in use."""
 from __future__ import annotations
 
 import socket
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,14 @@ def test_ephemeral_range_is_read_or_defaults(tmp_path: Path) -> None:
     bad.write_text("nonsense")
     assert net.ephemeral_start(bad) == 32_768
     assert net.ephemeral_start(tmp_path / "missing") == 32_768
+
+
+def test_one_process_never_gets_the_same_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A testnet picks a dozen ports before any is bound: two equal picks made one node fail
+    with "bind: address already in use". 60 picks from 100 ports collide almost surely
+    unless the picker remembers what it gave."""
+    monkeypatch.setattr(net, "_given", deque(maxlen=net.REMEMBERED))
+    monkeypatch.setattr(net, "LOWEST", 21_000)
+    monkeypatch.setattr(net, "ephemeral_start", lambda: 21_100)
+    picks = [net.free_port() for _ in range(60)]
+    assert len(set(picks)) == len(picks)
