@@ -67,28 +67,34 @@ def test_served_with_a_strict_csp_and_no_violation(browser: Any, backend: str) -
     assert errors.errors == []
 
 
+def open_stored_chat(page: Any, backend: str, question: str, answer: str) -> None:
+    """Open the dashboard on one conversation stored in the browser: a question and the
+    model's answer (as the chat page keeps them in localStorage)."""
+    conversation = {
+        "id": "c1",
+        "title": "stored",
+        "model": "auto",
+        "updated": 1,
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer, "meta": {"cost": 7}},
+        ],
+    }
+    page.goto(backend + "/")
+    page.evaluate(
+        "c => localStorage.setItem('r3mes.conversations', JSON.stringify([c]))", conversation
+    )
+    page.reload()
+
+
 def test_a_wide_code_block_scrolls_from_the_keyboard(browser: Any, backend: str) -> None:
     """A code line wider than a phone scrolls inside its block, which takes keyboard focus
     (axe's scrollable-region-focusable failed on the chat page when a model wrote one)."""
     wide = "```\n" + "x = '" + "0123456789" * 30 + "'\n```"
-    conversation = {
-        "id": "c2",
-        "title": "wide",
-        "model": "auto",
-        "updated": 1,
-        "messages": [
-            {"role": "user", "content": "a long line"},
-            {"role": "assistant", "content": wide, "meta": {"cost": 1}},
-        ],
-    }
     page = browser.new_page()
     page.set_viewport_size(VIEWPORTS["phone"])
     try:
-        page.goto(backend + "/")
-        page.evaluate(
-            "c => localStorage.setItem('r3mes.conversations', JSON.stringify([c]))", conversation
-        )
-        page.reload()
+        open_stored_chat(page, backend, "a long line", wide)
         block = page.locator(".message.assistant .message-body pre")
         block.wait_for()
         assert block.evaluate("e => e.scrollWidth > e.clientWidth")  # it does scroll
@@ -102,23 +108,9 @@ def test_a_wide_code_block_scrolls_from_the_keyboard(browser: Any, backend: str)
 
 
 def test_model_output_is_sanitised_markdown(browser: Any, backend: str) -> None:
-    conversation = {
-        "id": "c1",
-        "title": "evil",
-        "model": "auto",
-        "updated": 1,
-        "messages": [
-            {"role": "user", "content": "<b>user text</b> stays text"},
-            {"role": "assistant", "content": EVIL_OUTPUT, "meta": {"cost": 7}},
-        ],
-    }
     page = browser.new_page()
     errors = PageErrors(page)
-    page.goto(backend + "/")
-    page.evaluate(
-        "c => localStorage.setItem('r3mes.conversations', JSON.stringify([c]))", conversation
-    )
-    page.reload()
+    open_stored_chat(page, backend, "<b>user text</b> stays text", EVIL_OUTPUT)
     answer = page.locator(".message.assistant .message-body")
     answer.wait_for()
     assert answer.locator("strong").inner_text() == "bold"
