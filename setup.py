@@ -1,4 +1,4 @@
-"""Builds the optional native ternary kernel (`r3mes/model/kernels/ternary.c`).
+"""Builds the optional native kernels (`r3mes/model/kernels/ternary.c` and `head.c`).
 
 A plain C shared library with no Python or torch headers, loaded with ctypes at run time, so
 the build needs only a C compiler. Where there is none, or the build fails, installation
@@ -30,7 +30,8 @@ class OptionalBuildExt(build_ext):
 
 KERNEL = Extension(
     "r3mes.model.kernels._ternary",
-    sources=["src/r3mes/model/kernels/ternary.c"],
+    sources=["src/r3mes/model/kernels/ternary.c", "src/r3mes/model/kernels/head.c"],
+    depends=["src/r3mes/model/kernels/kernels.h"],
     # -ffp-contract=off: the fused linear must do BitLinear's float32 ops one by one, as torch
     # does them (no multiply-add fused by the compiler), to give the same bits
     extra_compile_args=["-O3", "-std=c11", "-pthread", "-ffp-contract=off"],

@@ -56,7 +56,7 @@ def copy_bandwidth(nbytes: int = 256 * 1024 * 1024, repeats: int = 5) -> float:
 def weight_bytes_per_step(model: BitNetForCausalLM) -> int:
     """Bytes of weights a decode step reads: BitLinear bodies as held, head, norms."""
     total = sum(m.weight_bytes() for _, m in model.bit_linears())
-    total += model.lm_head.weight.numel() * 4
+    total += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     for name, param in model.named_parameters():
         if "norm" in name:
             total += param.numel() * 4

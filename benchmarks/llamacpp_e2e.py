@@ -215,7 +215,10 @@ def main() -> None:
         start = time.perf_counter()
         try:
             exported = export_gguf(folder, Path(tmp) / "model.gguf", embedding_type=args.embedding)
-            model = load_pretrained(folder)
+            # r3mes holds its head as the GGUF does where it can: bfloat16 for BF16, else float32
+            embd = next(t for t in exported.tensors if t.name == "token_embd.weight")
+            held = "bfloat16" if embd.ggml_type == "BF16" else "float32"
+            model = load_pretrained(folder, embedding_dtype=held)
         except R3mesError as exc:
             raise SystemExit(f"--model: {exc}") from exc
         export_s = time.perf_counter() - start

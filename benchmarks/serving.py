@@ -63,8 +63,10 @@ PROMPTS = [
 ]
 
 
-def load_folder(folder: Path) -> tuple[BitNetForCausalLM, Tokenizer, str]:
-    """A checkpoint folder's model and tokenizer.
+def load_folder(
+    folder: Path, embedding_dtype: str = "float32"
+) -> tuple[BitNetForCausalLM, Tokenizer, str]:
+    """A checkpoint folder's model (embedding held in `embedding_dtype`) and tokenizer.
 
     A folder without `tokenizer.json` (a random checkpoint from `r3mes model init`) gets the
     shipped tokenizer with placeholder tokens `<rN>` added up to the model's vocabulary, so
@@ -76,7 +78,7 @@ def load_folder(folder: Path) -> tuple[BitNetForCausalLM, Tokenizer, str]:
     from r3mes.model.shipped import shipped_model_dir
     from r3mes.model.tokenizer import TOKENIZER_FILE, load_tokenizer
 
-    model = load_pretrained(folder)
+    model = load_pretrained(folder, embedding_dtype=embedding_dtype)
     vocab = model.config.vocab_size
     if (folder / TOKENIZER_FILE).is_file():
         return model, load_tokenizer(folder), folder.resolve().name
@@ -194,6 +196,10 @@ def main() -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=0, help="tokens per request (0: 64 quick, 256 full)"
     )
+    parser.add_argument(
+        "--embedding", choices=("float32", "bfloat16"), default="float32",
+        help="with --model: hold the embedding and head in this dtype",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads < 1 or args.repeats < 1 or args.rank < 1 or args.max_tokens < 0:
         parser.error("--threads, --repeats and --rank must be >= 1, --max-tokens >= 0")
@@ -202,7 +208,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     max_tokens = args.max_tokens or (64 if args.quick else 256)
     runtime = runtime_rss()
-    model, tok, name = load_model() if args.model is None else load_folder(args.model)
+    model, tok, name = (
+        load_model() if args.model is None else load_folder(args.model, args.embedding)
+    )
     model.freeze_backbone()
     if args.model is None:
         for _, layer in model.bit_linears():
@@ -244,7 +252,7 @@ def main() -> None:
             held = held_bytes(model)
         if fresh is None:
             del multi, model
-            fresh = load_folder(args.model)[0]
+            fresh = load_folder(args.model, args.embedding)[0]
             fresh.freeze_backbone()
         switching = engine_for(fresh, tok, name, paths, max_loras=1)
         with switching:

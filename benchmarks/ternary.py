@@ -13,9 +13,11 @@ Figures (one JSON line each, baselines measured in the same run):
   come from memory, against the copy bandwidth (read + write).
 * decode_tokens_per_s_batch1: greedy decode with the KV cache, against the floor = copy
   bandwidth / bytes a token reads.  Those bytes are the packed ternary projections (2 bits a
-  weight + scale) plus the LM head as held: the embedding is tied and held in float32, so the
-  head reads vocab x hidden x 4 bytes per token (the embedding lookup reads one row, counted
-  too), plus the norms.  Goal >= 0.30.
+  weight + scale) plus the LM head as held: the embedding is tied and held as `--embedding`
+  says (default bfloat16, as 2B-4T stores it: the native head reads vocab x hidden x 2 bytes
+  per token; float32: x 4), the embedding lookup's one row, and the norms.  Goal >= 0.30.
+* decode_bf16_head_vs_float32_head (with `--embedding bfloat16`): the same decode with the
+  embedding held in bfloat16 against float32 (converted in place, exactly), interleaved.
 * decode_peak_rss: the process's RSS high-water mark over decoding (reset after loading),
   against the runtime (python + torch + r3mes, measured in the same run after a short decode
   of a tiny frozen model, so the libraries' code pages that decoding touches are in it) + packed
@@ -54,7 +56,7 @@ import torch.nn.functional as F
 
 from benchmarks.decode import copy_bandwidth
 from r3mes.errors import R3mesError
-from r3mes.model.checkpoint import load_pretrained
+from r3mes.model.checkpoint import EMBEDDING_DTYPES, load_pretrained
 from r3mes.model.generate import GenerationConfig, generate_token_ids
 from r3mes.model.kernels import ternary as kernels
 from r3mes.model.lora import LoraConfig, apply_lora, mark_only_lora_as_trainable
@@ -122,8 +124,6 @@ def token_bytes(model: BitNetForCausalLM) -> dict[str, int]:
         "embedding_row": config.hidden_size * model.model.embed_tokens.weight.element_size(),
         "norms": sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n),
     }
-    if not config.tie_word_embeddings:
-        parts["embedding_row"] = config.hidden_size * 4
     return parts
 
 
@@ -208,8 +208,9 @@ def dense_forward_seconds(model: BitNetForCausalLM, tokens: int) -> float:
         total += time.perf_counter() - start
     total *= model.config.num_hidden_layers
     x = torch.randn(tokens, model.config.hidden_size)
+    head = model.lm_head.weight.float()  # the dense baseline's head is float32 whatever we hold
     start = time.perf_counter()
-    F.linear(x, model.lm_head.weight)
+    F.linear(x, head)
     return total + time.perf_counter() - start
 
 
@@ -241,6 +242,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
     parser.add_argument("--skip-hf", action="store_true", help="no transformers comparison")
+    parser.add_argument(
+        "--embedding", choices=sorted(EMBEDDING_DTYPES), default="bfloat16",
+        help="hold the embedding and head in this dtype (default bfloat16, as 2B-4T stores it)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads < 0:
         parser.error(f"--threads must be 0 (every core) or more, got {args.threads}")
@@ -276,7 +281,7 @@ def main() -> None:
                 preset("bitnet-quick" if args.quick else "bitnet-2b4t"), Path(tmp) / "m", seed=0
             )
         try:
-            model = load_pretrained(folder)
+            model = load_pretrained(folder, embedding_dtype=args.embedding)
         except R3mesError as exc:
             raise SystemExit(f"--model: {exc}") from exc
         run(model, folder, args, threads, runtime)
@@ -290,7 +295,8 @@ def run(
     runtime_rss: int,
 ) -> None:
     quick = args.quick
-    context = {**cpu_description(), "isa": kernels.current_isa(), "threads": threads}
+    context = {**cpu_description(), "isa": kernels.current_isa(), "threads": threads,
+               "embedding": args.embedding}  # fmt: skip
     context["shape"] = f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}"
     # best of many copies, and measured again after decoding: on a shared machine one burst of
     # other work must not lower the floor (a lower floor would flatter the ratio)
@@ -308,6 +314,16 @@ def run(
     _emit(context, "decode_tokens_per_s_batch1", round(ours, 2), "tokens/s",
           baseline=round(floor, 2), ratio=round(ours / floor, 3), goal=">= 0.30",
           bytes_per_token=parts)  # fmt: skip
+    if args.embedding == "bfloat16":  # the same decode with the head in float32, interleaved
+        by_dtype = {"bfloat16": ours, "float32": 0.0}
+        for _ in range(2 if quick else 3):
+            for dtype in ("float32", "bfloat16"):
+                model.hold_embedding(EMBEDDING_DTYPES[dtype])
+                by_dtype[dtype] = max(by_dtype[dtype], decode_rate(model, prompt, new_tokens))
+        _emit(context, "decode_bf16_head_vs_float32_head", round(by_dtype["bfloat16"], 2),
+              "tokens/s", baseline=round(by_dtype["float32"], 2),
+              ratio=round(by_dtype["bfloat16"] / by_dtype["float32"], 3),
+              goal="measured (> 1: the bfloat16 head is faster)")  # fmt: skip
     model_bytes = held_bytes(model) + kv_bytes(model, prompt + new_tokens)
     budget = runtime_rss + model_bytes + WORKING_SLACK
     issue_budget = model_bytes + RSS_SLACK

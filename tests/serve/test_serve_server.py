@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from r3mes.model.errors import ModelError
 from r3mes.model.lora import LoraConfig
 from r3mes.model.peft_io import save_peft_adapter
 from r3mes.model.shipped import SHIPPED_MODEL_NAME
@@ -75,3 +76,29 @@ def test_shipped_model_serves_a_chat_with_a_peft_adapter(tmp_path: Path) -> None
     shown = sum(isinstance(e, TokenEvent) for e in events)
     assert finish.completion_tokens - 1 <= shown <= finish.completion_tokens  # EOS not shown
     assert not engine.alive  # stopping the server stops the engine
+
+
+def test_engine_serves_with_a_bfloat16_embedding() -> None:
+    import torch
+
+    engine = build_engine(None, config=EngineConfig(max_batch_size=2), embedding_dtype="bfloat16")
+    weight = engine.model.model.embed_tokens.weight
+    assert weight.dtype == torch.bfloat16 and engine.model.lm_head.weight is weight
+    done = threading.Event()
+    events: list[EngineEvent] = []
+
+    def sink(event: EngineEvent) -> None:
+        events.append(event)
+        if isinstance(event, FinishEvent):
+            done.set()
+
+    with engine:
+        prompt = engine.encode_prompt(render_chat([ChatMessage("user", "Hello")]))
+        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        engine.submit(GenerationRequest(prompt, None, params), sink)
+        assert done.wait(60)
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent) and finish.reason == "length"
+    assert finish.completion_tokens == 6
+    with pytest.raises(ModelError, match="not one of"):
+        build_engine(None, embedding_dtype="float16")

@@ -152,6 +152,15 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 0,
+    embedding_dtype: Annotated[
+        str,
+        typer.Option(
+            "--embedding-dtype",
+            envvar="R3MES_EMBEDDING_DTYPE",
+            help="Hold the embedding and head in float32 or bfloat16 (packed checkpoints: half "
+            "the memory, a third fewer bytes per token at the 2B shape).",
+        ),
+    ] = "float32",
 ) -> None:
     """Continue PROMPT with the model, streaming the text as it is generated."""
 
@@ -172,7 +181,8 @@ def generate(
     target = resolve_device(device)
     folder = _model_dir(model)
     _set_threads(threads)
-    net, tokenizer = load_pretrained(folder), load_tokenizer(folder)
+    net = load_pretrained(folder, embedding_dtype=embedding_dtype)
+    tokenizer = load_tokenizer(folder)
     if adapter is not None:
         attach_peft_adapter(net, adapter, name="cli", expected_base=_base_name(model))
     net.to(target)

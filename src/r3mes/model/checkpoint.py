@@ -257,15 +257,37 @@ class _TensorReader:
         self._handles.clear()
 
 
-def load_pretrained(directory: Path | str) -> BitNetForCausalLM:
-    """Load a master or packed checkpoint; a packed one comes back with the backbone frozen."""
+EMBEDDING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""How `load_pretrained` may hold the embedding and head (`BitNetForCausalLM.hold_embedding`)."""
+
+
+def load_pretrained(
+    directory: Path | str, *, embedding_dtype: str = "float32"
+) -> BitNetForCausalLM:
+    """Load a master or packed checkpoint; a packed one comes back with the backbone frozen.
+
+    `embedding_dtype` "bfloat16" holds the embedding and head in bfloat16 (a packed checkpoint
+    only): read straight into bfloat16, never widened to a float32 copy on the way.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(directory, "not a folder; pass the checkpoint directory")
+    if embedding_dtype not in EMBEDDING_DTYPES:
+        raise ModelError(
+            f"embedding dtype {embedding_dtype!r} is not one of {sorted(EMBEDDING_DTYPES)}"
+        )
     config, quant = load_config(directory)
     # shapes from the headers only: nothing is allocated before they fit the config
     frozen = _check_layout(config, read_header(directory), quant)
+    if embedding_dtype != "float32" and not frozen:
+        raise CheckpointError(
+            directory,
+            f"embedding dtype {embedding_dtype} needs a packed (frozen) checkpoint; this one "
+            "holds float master weights for training",
+        )
     model = _empty_ternary_model(config) if frozen else BitNetForCausalLM(config)
+    if embedding_dtype != "float32":
+        _hold_embedding_empty(model, EMBEDDING_DTYPES[embedding_dtype])
     tensors = _TensorReader(directory)
     try:
         _install_linears(model, tensors, quant, frozen=frozen)
@@ -277,6 +299,18 @@ def load_pretrained(directory: Path | str) -> BitNetForCausalLM:
     model.eval()
     _return_freed_heap()
     return model
+
+
+def _hold_embedding_empty(model: BitNetForCausalLM, dtype: torch.dtype) -> None:
+    """Swap the (not yet filled) embedding and head for empty tensors of `dtype`."""
+    modules: list[torch.nn.Embedding | torch.nn.Linear] = [model.model.embed_tokens]
+    if not model.config.tie_word_embeddings:
+        modules.append(model.lm_head)
+    for module in modules:
+        shape = tuple(module.weight.shape)
+        module.weight = torch.nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
 
 
 def _return_freed_heap() -> None:
@@ -496,20 +530,25 @@ def _install_rest(model: BitNetForCausalLM, tensors: _TensorReader) -> None:
                 continue
             tensor, file = tensors.pop(key)
             target.copy_(tensor)  # converts bf16/fp16 in place: no float32 copy of the source
-            _finite(target, key, file)
+            _check_finite(target, key, file)
 
 
 FINITE_CHUNK = 1 << 22
 """Elements checked at a time for NaN/inf: a 1.3 GB embedding needs no 330 MB mask."""
 
 
-def _finite(tensor: torch.Tensor, key: str, file: Path) -> torch.Tensor:
-    result = tensor.float()  # float32 input: no copy
-    flat = result.reshape(-1)
+def _check_finite(tensor: torch.Tensor, key: str, file: Path) -> None:
+    """Raise unless every value is finite, checked chunk by chunk in the tensor's own dtype."""
+    flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), FINITE_CHUNK):
         if not bool(torch.isfinite(flat[start : start + FINITE_CHUNK]).all()):
             raise CheckpointError(file, f"tensor {key} holds NaN or infinite values")
-    return result
+
+
+def _finite(tensor: torch.Tensor, key: str, file: Path) -> torch.Tensor:
+    """`tensor` as float32 (no copy if it is), once checked by `_check_finite`."""
+    _check_finite(tensor, key, file)
+    return tensor.float()
 
 
 def master_from_packed_is_exact(module: BitLinear) -> bool:

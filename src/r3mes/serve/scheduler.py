@@ -121,7 +121,7 @@ class Scheduler:
             max_rows=max_batch_size,
             max_length=max_model_len,
             max_bytes=kv_cache_bytes,
-            dtype=model.model.embed_tokens.weight.dtype,
+            dtype=torch.float32,  # activations are float32 whatever the embedding is held in
             device=self.device,
         )
         self.waiting: deque[Pending] = deque()

@@ -33,12 +33,14 @@ def build_engine(
     adapters: Mapping[str, Path | RegistryRef] | None = None,
     config: EngineConfig | None = None,
     registry: UnifiedRegistry | None = None,
+    embedding_dtype: str = "float32",
 ) -> ServingEngine:
     """Load the base model (the shipped one when `model_dir` is None) and the adapters.
 
     The model directory holds an HF-style checkpoint plus `tokenizer.json`. The model is
-    frozen (packed ternary weights, unpacked copies cached for speed). An adapter is a PEFT
-    directory, or a `RegistryRef` resolved through `registry`.
+    frozen (packed ternary weights, unpacked copies cached for speed), its embedding and head
+    held in `embedding_dtype` ("float32" or "bfloat16", see `load_pretrained`). An adapter is a
+    PEFT directory, or a `RegistryRef` resolved through `registry`.
     """
     if registry is None and any(isinstance(a, RegistryRef) for a in (adapters or {}).values()):
         raise InvalidRequest("registry adapters need a registry (--registry-home)")
@@ -51,7 +53,7 @@ def build_engine(
         model_dir, name = shipped_model_dir(), SHIPPED_MODEL_NAME
     else:
         name = model_dir.resolve().name
-    model = load_pretrained(model_dir)
+    model = load_pretrained(model_dir, embedding_dtype=embedding_dtype)
     model.freeze_backbone()
     for _, layer in model.bit_linears():
         layer.cache_unpacked(True)

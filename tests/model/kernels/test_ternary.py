@@ -245,14 +245,14 @@ def test_build_without_a_compiler_still_succeeds(tmp_path: Path) -> None:
 
 
 HARNESS = Path(__file__).with_name("harness.c")
-SOURCE = REPO / "src" / "r3mes" / "model" / "kernels" / "ternary.c"
+SOURCES = [REPO / "src" / "r3mes" / "model" / "kernels" / name for name in ("ternary.c", "head.c")]
 
 
 def _compile_and_run(compiler: str, runner: list[str], tmp_path: Path, name: str) -> str:
     binary = tmp_path / name
     flags = ["-O2", "-std=c11", "-pthread", "-ffp-contract=off", *(["-static"] if runner else [])]
     subprocess.run(
-        [compiler, *flags, str(HARNESS), str(SOURCE), "-o", str(binary), "-lm"],
+        [compiler, *flags, str(HARNESS), *map(str, SOURCES), "-o", str(binary), "-lm"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     done = subprocess.run([*runner, str(binary)], capture_output=True, text=True, timeout=300)

@@ -57,20 +57,8 @@
 
 #define R3_EXPORT __attribute__((visibility("default")))
 
-enum {
-    ISA_SCALAR = 0,
-    ISA_AVX2 = 1,
-    ISA_AVX512BW = 2,
-    ISA_AVX512VNNI = 3,
-    ISA_NEON = 4,
-    ISA_NEON_DOTPROD = 5,
-    ISA_COUNT = 6
-};
+#include "kernels.h"
 
-#define ERR_ARGS -1
-#define ERR_ISA -2
-#define ERR_THREAD -3
-#define ERR_MEMORY -4
 
 #define RBLOCK 8 /* forward: packed rows per block, so a block of activation rows stays in L1 */
 #define KTILE 256 /* gradient: columns per tile, so a tile of packed bytes stays in L2 */
@@ -638,19 +626,22 @@ static bwd_fn bwd_for(int isa) {
 
 /* ---------------------------------------------------------------- threads */
 
-enum { SLICE_FWD = 0, SLICE_BWD = 1, SLICE_QUANT = 2 };
+enum { SLICE_FWD = 0, SLICE_BWD = 1, SLICE_QUANT = 2, SLICE_RANGE = 3 };
 
 typedef struct {
     int kind;
     fwd_fn fwd;
     bwd_fn bwd;
     quant_fn quant;
+    r3_range_fn range; /* SLICE_RANGE: another file's kernel (head.c) */
     const void *job;
     int64_t lo, hi;
 } slice;
 
 static void run_slice(const slice *s) {
-    if (s->kind == SLICE_BWD)
+    if (s->kind == SLICE_RANGE)
+        s->range(s->job, s->lo, s->hi);
+    else if (s->kind == SLICE_BWD)
         s->bwd((const bwd_job *)s->job, s->lo, s->hi);
     else if (s->kind == SLICE_QUANT)
         s->quant((const quant_job *)s->job, s->lo, s->hi);
@@ -802,6 +793,11 @@ static int run_split(slice proto, int64_t total, int64_t grain, int threads) {
     return 0;
 }
 
+int r3_run_parallel(r3_range_fn fn, const void *job, int64_t total, int64_t grain, int threads) {
+    slice proto = {SLICE_RANGE, NULL, NULL, NULL, fn, job, 0, 0};
+    return run_split(proto, total, grain, threads);
+}
+
 /* ---------------------------------------------------------------- entry points */
 
 /* out (m, n) int32 = x (m, k) int8  @  W^T, W (n, k) ternary packed as p (ceil(n/4), k) */
@@ -819,7 +815,7 @@ R3_EXPORT int r3mes_ternary_matmul(const int8_t *x, const uint8_t *p, int32_t *o
         xsum[i] = s;
     }
     fwd_job job = {x, xsum, p, out, NULL, NULL, m, k, n, (n + 3) / 4};
-    slice proto = {SLICE_FWD, fn, NULL, NULL, &job, 0, 0};
+    slice proto = {SLICE_FWD, fn, NULL, NULL, NULL, &job, 0, 0};
     int rc = run_split(proto, job.r, RBLOCK, threads);
     free(xsum);
     return rc;
@@ -833,7 +829,7 @@ R3_EXPORT int r3mes_ternary_matmul_t(const float *g, const uint8_t *p, float *ou
     bwd_fn fn = bwd_for(isa);
     if (!fn) return ERR_ISA;
     bwd_job job = {g, p, out, m, k, n, (n + 3) / 4};
-    slice proto = {SLICE_BWD, NULL, fn, NULL, &job, 0, 0};
+    slice proto = {SLICE_BWD, NULL, fn, NULL, NULL, &job, 0, 0};
     return run_split(proto, k, KTILE, threads);
 }
 
@@ -856,11 +852,11 @@ R3_EXPORT int r3mes_ternary_linear(const float *x, const uint8_t *p, const float
     float *den = (float *)(xsum + m);
     quant_job qj = {x, *wscale, codes, xsum, den, m, k};
     int64_t rows_per_unit = QUANT_GRAIN / k > 0 ? QUANT_GRAIN / k : 1;
-    slice qs = {SLICE_QUANT, NULL, NULL, quant_for(isa), &qj, 0, 0};
+    slice qs = {SLICE_QUANT, NULL, NULL, quant_for(isa), NULL, &qj, 0, 0};
     int rc = run_split(qs, m, rows_per_unit, threads);
     if (rc == 0) {
         fwd_job job = {codes, xsum, p, (int32_t *)(void *)out, out, den, m, k, n, (n + 3) / 4};
-        slice proto = {SLICE_FWD, fn, NULL, NULL, &job, 0, 0};
+        slice proto = {SLICE_FWD, fn, NULL, NULL, NULL, &job, 0, 0};
         rc = run_split(proto, job.r, RBLOCK, threads);
     }
     free(block);

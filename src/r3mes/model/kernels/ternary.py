@@ -1,8 +1,9 @@
 """The native ternary matmul (`ternary.c`) as `torch.library` custom ops.
 
-`ternary.c` is built by the package's own `setup.py` into a plain shared library (no Python or
-torch headers) and loaded here with ctypes on first use.  Where it was not built or does not
-load, `available()` is False, one warning says so, and BitLinear keeps its torch path.
+`ternary.c` (with `head.c`, the bfloat16 head that `head.py` wraps) is built by the package's
+own `setup.py` into a plain shared library (no Python or torch headers) and loaded here with
+ctypes on first use.  Where it was not built or does not load, `available()` is False, one
+warning says so, and BitLinear keeps its torch path.
 
 Three ops, each giving the same bits on every instruction set and at every thread count:
 
@@ -52,6 +53,8 @@ _SYMBOLS = (
     "r3mes_ternary_linear",
     "r3mes_ternary_isa_supported",
     "r3mes_ternary_best_isa",
+    "r3mes_bf16_linear",
+    "r3mes_bf16_matmul_t",
 )
 _ERRORS = {-1: "bad arguments", -2: "instruction set not supported", -3: "cannot start a thread"}
 _state: dict[str, Any] = {"isa": None, "best": 0}
@@ -92,7 +95,10 @@ def _library() -> ctypes.CDLL | None:
         logger.warning(message)
         return None
     i64, c_int, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    for name in ("r3mes_ternary_matmul", "r3mes_ternary_matmul_t"):
+    for name in (
+        "r3mes_ternary_matmul", "r3mes_ternary_matmul_t", "r3mes_bf16_linear",
+        "r3mes_bf16_matmul_t",
+    ):  # fmt: skip
         fn = getattr(lib, name)
         fn.argtypes = [ptr, ptr, ptr, i64, i64, i64, c_int, c_int]
         fn.restype = c_int
