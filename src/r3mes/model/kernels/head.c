@@ -42,7 +42,7 @@
 #define HEAD_GRAIN 128 /* forward: head rows per unit of the pool */
 #define MCHUNK 64      /* forward: activation rows whose floats stay in L2 across head rows */
 #define GRAD_KTILE 64  /* gradient: columns per unit (four AVX-512 registers per row) */
-#define GRAD_NTILE 256 /* gradient: head rows per pass, so a tile of weights stays in L1/L2 */
+#define GRAD_NTILE 128 /* gradient: head rows widened at a time (128 x 64 floats: 32 KB, L1) */
 
 typedef struct {
     const float *x;    /* (M, K) */
@@ -92,17 +92,68 @@ static void fwd_scalar(const void *job, int64_t n0, int64_t n1) {
             j->out[m * j->n + n] = dot_scalar(j->x + m * j->k, j->w + n * j->k, j->k);
 }
 
-static void grad_scalar(const void *job, int64_t k0, int64_t k1) {
-    const head_grad_job *j = (const head_grad_job *)job;
-    for (int64_t m = 0; m < j->m; m++) {
-        float *acc = j->out + m * j->k;
-        for (int64_t c = k0; c < k1; c++) acc[c] = 0.0f;
-        for (int64_t n = 0; n < j->n; n++) {
-            float gv = j->g[m * j->n + n];
-            const uint16_t *w = j->w + n * j->k;
-            for (int64_t c = k0; c < k1; c++) acc[c] = fmaf(gv, bf16_to_float(w[c]), acc[c]);
+/* Gradient, one unit: columns [k0, k1) (at most GRAD_KTILE) of every row of out.  A tile of
+ * GRAD_NTILE head rows is widened to float32 once (32 KB, stays in L1), then each gradient row
+ * runs through it: `full` (a vector path, for a whole GRAD_KTILE-wide tile) or the plain loop,
+ * which adds in the same order - n ascending, one fused multiply-add each. */
+typedef void (*gtile_fn)(const float *wf, int64_t rows, const float *g, float *acc);
+/* widen `rows` rows of GRAD_KTILE bfloat16 (row stride k) into wf; exact, so any path will do */
+typedef void (*widen_fn)(const uint16_t *w, int64_t k, int64_t rows, float *wf);
+
+/* two gradient rows at once (more independent accumulators than one row has), or NULL */
+typedef void (*gtile2_fn)(const float *wf, int64_t rows, const float *g0, const float *g1,
+                          float *acc0, float *acc1);
+
+typedef struct {
+    gtile_fn full;
+    widen_fn widen;
+    gtile2_fn full2;
+} grad_path;
+
+static void grad_tile(const head_grad_job *j, int64_t k0, int64_t k1, const grad_path *path) {
+    float wf[GRAD_NTILE * GRAD_KTILE];
+    const int64_t width = k1 - k0;
+    for (int64_t m = 0; m < j->m; m++) memset(j->out + m * j->k + k0, 0, (size_t)width * sizeof(float));
+    for (int64_t n0 = 0; n0 < j->n; n0 += GRAD_NTILE) {
+        const int64_t rows = n0 + GRAD_NTILE < j->n ? GRAD_NTILE : j->n - n0;
+        if (path && width == GRAD_KTILE)
+            path->widen(j->w + n0 * j->k + k0, j->k, rows, wf);
+        else
+            for (int64_t r = 0; r < rows; r++) {
+                const uint16_t *w = j->w + (n0 + r) * j->k + k0;
+                for (int64_t c = 0; c < width; c++) wf[r * GRAD_KTILE + c] = bf16_to_float(w[c]);
+            }
+        int64_t m = 0;
+        if (path && path->full2 && width == GRAD_KTILE)
+            for (; m + 2 <= j->m; m += 2) {
+                const float *g = j->g + m * j->n + n0;
+                float *acc = j->out + m * j->k + k0;
+                path->full2(wf, rows, g, g + j->n, acc, acc + j->k);
+            }
+        for (; m < j->m; m++) {
+            float *acc = j->out + m * j->k + k0;
+            const float *g = j->g + m * j->n + n0;
+            if (path && width == GRAD_KTILE) {
+                path->full(wf, rows, g, acc);
+                continue;
+            }
+            for (int64_t c = 0; c < width; c++) {
+                float a = acc[c];
+                for (int64_t r = 0; r < rows; r++) a = fmaf(g[r], wf[r * GRAD_KTILE + c], a);
+                acc[c] = a;
+            }
         }
     }
+}
+
+/* a range of columns (one unit of the pool, or all of them on one thread), tile by tile */
+static void grad_tiles(const head_grad_job *j, int64_t k0, int64_t k1, const grad_path *path) {
+    for (int64_t c = k0; c < k1; c += GRAD_KTILE)
+        grad_tile(j, c, c + GRAD_KTILE < k1 ? c + GRAD_KTILE : k1, path);
+}
+
+static void grad_scalar(const void *job, int64_t k0, int64_t k1) {
+    grad_tiles((const head_grad_job *)job, k0, k1, NULL);
 }
 
 /* The padded tail of K, shared by the vector paths that have no masked loads: copy the last
@@ -201,89 +252,114 @@ T_AVX512 static inline float tree_avx512(__m512 v) {
     return tree_avx2(lo, hi);
 }
 
-/* AVX-512: 4 activation rows x 4 head rows, one register of 16 lanes per product */
-T_AVX512 static inline void block_avx512(const head_job *j, int64_t m, int mb, int64_t n, int nb) {
-    const uint16_t *wr[4];
-    const float *xr[4];
-    EDGE_ROWS(wr, j->w, n, 4, nb, j->k);
-    EDGE_ROWS(xr, j->x, m, 4, mb, j->k);
-    __m512 acc[4][4];
-    for (int t = 0; t < 4; t++)
-        for (int b = 0; b < 4; b++) acc[t][b] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < j->k; c += LANES) {
-        int left = j->k - c < LANES ? (int)(j->k - c) : LANES;
-        __mmask16 keep = (__mmask16)((1u << left) - 1u); /* zeros past K, as the padding */
-        __m512 w[4];
-        for (int b = 0; b < 4; b++) w[b] = widen16(_mm256_maskz_loadu_epi16(keep, wr[b] + c));
-        for (int t = 0; t < 4; t++) {
-            __m512 xv = _mm512_maskz_loadu_ps(keep, xr[t] + c);
-            for (int b = 0; b < 4; b++) acc[t][b] = _mm512_fmadd_ps(xv, w[b], acc[t][b]);
-        }
+/* AVX-512: MB activation rows x 4 head rows, one register of 16 lanes per product.  MB is a
+ * constant in each instance (1, 2 or 4), so a single row (decoding) does no wasted work. */
+#define R3_BLOCK512(NAME, MB)                                                          \
+    T_AVX512 static inline void NAME(const head_job *j, int64_t m, int64_t n, int nb) { \
+        const uint16_t *wr[4];                                                          \
+        const float *xr[MB];                                                            \
+        EDGE_ROWS(wr, j->w, n, 4, nb, j->k);                                            \
+        for (int t = 0; t < MB; t++) xr[t] = j->x + (m + t) * j->k;                     \
+        __m512 acc[MB][4];                                                              \
+        for (int t = 0; t < MB; t++)                                                    \
+            for (int b = 0; b < 4; b++) acc[t][b] = _mm512_setzero_ps();                \
+        for (int64_t c = 0; c < j->k; c += LANES) {                                     \
+            int left = j->k - c < LANES ? (int)(j->k - c) : LANES;                      \
+            __mmask16 keep = (__mmask16)((1u << left) - 1u); /* zeros past K */         \
+            __m512 w[4];                                                                \
+            for (int b = 0; b < 4; b++)                                                 \
+                w[b] = widen16(_mm256_maskz_loadu_epi16(keep, wr[b] + c));              \
+            for (int t = 0; t < MB; t++) {                                              \
+                __m512 xv = _mm512_maskz_loadu_ps(keep, xr[t] + c);                     \
+                for (int b = 0; b < 4; b++) acc[t][b] = _mm512_fmadd_ps(xv, w[b], acc[t][b]); \
+            }                                                                           \
+        }                                                                               \
+        for (int t = 0; t < MB; t++)                                                    \
+            for (int b = 0; b < nb; b++) j->out[(m + t) * j->n + n + b] = tree_avx512(acc[t][b]); \
     }
-    for (int t = 0; t < mb; t++)
-        for (int b = 0; b < nb; b++) j->out[(m + t) * j->n + n + b] = tree_avx512(acc[t][b]);
+
+R3_BLOCK512(block512_1, 1)
+R3_BLOCK512(block512_2, 2)
+R3_BLOCK512(block512_4, 4)
+
+T_AVX512 static inline void block_avx512(const head_job *j, int64_t m, int mb, int64_t n, int nb) {
+    int64_t t = 0;
+    for (; t + 4 <= mb; t += 4) block512_4(j, m + t, n, nb);
+    for (; t + 2 <= mb; t += 2) block512_2(j, m + t, n, nb);
+    for (; t < mb; t++) block512_1(j, m + t, n, nb);
 }
 
 T_AVX512 static void fwd_avx512(const void *job, int64_t n0, int64_t n1) {
     HEAD_FWD_BODY(block_avx512, 4, 4)
 }
 
-/* gradient: columns [k0, k1) of every row of out, 8 (AVX2) or 16 (AVX-512) lanes at a time */
-#define HEAD_GRAD_BODY(STEP, WIDTH)                                                    \
-    const head_grad_job *j = (const head_grad_job *)job;                               \
-    for (int64_t m = 0; m < j->m; m++) {                                               \
-        float *acc = j->out + m * j->k;                                                \
-        for (int64_t c = k0; c < k1; c++) acc[c] = 0.0f;                               \
-    }                                                                                   \
-    for (int64_t n0 = 0; n0 < j->n; n0 += GRAD_NTILE) {                                \
-        int64_t n1 = n0 + GRAD_NTILE < j->n ? n0 + GRAD_NTILE : j->n;                    \
-        for (int64_t m = 0; m < j->m; m++) {                                           \
-            float *acc = j->out + m * j->k;                                            \
-            const float *g = j->g + m * j->n;                                          \
-            int64_t c = k0;                                                            \
-            for (; c + WIDTH <= k1; c += WIDTH) STEP(j, g, acc, c, n0, n1);             \
-            for (; c < k1; c++) {                                                      \
-                float a = acc[c];                                                      \
-                for (int64_t n = n0; n < n1; n++)                                      \
-                    a = fmaf(g[n], bf16_to_float(j->w[n * j->k + c]), a);               \
-                acc[c] = a;                                                            \
-            }                                                                           \
-        }                                                                               \
+/* gradient: one row through a widened tile, 64 columns in 8 (AVX2) or 4 (AVX-512) registers */
+T_AVX2 static void gtile_avx2(const float *wf, int64_t rows, const float *g, float *acc) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_loadu_ps(acc + 8 * i);
+    for (int64_t r = 0; r < rows; r++) {
+        __m256 gv = _mm256_set1_ps(g[r]);
+        for (int i = 0; i < 8; i++)
+            a[i] = _mm256_fmadd_ps(gv, _mm256_loadu_ps(wf + r * GRAD_KTILE + 8 * i), a[i]);
     }
-
-/* 32 columns (4 registers) of one gradient row through head rows [n0, n1) */
-T_AVX2 static inline void gstep_avx2(const head_grad_job *j, const float *g, float *acc,
-                                     int64_t c, int64_t n0, int64_t n1) {
-    __m256 a[4];
-    for (int i = 0; i < 4; i++) a[i] = _mm256_loadu_ps(acc + c + 8 * i);
-    for (int64_t n = n0; n < n1; n++) {
-        __m256 gv = _mm256_set1_ps(g[n]);
-        const uint16_t *w = j->w + n * j->k + c;
-        for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(gv, widen8(w + 8 * i), a[i]);
-    }
-    for (int i = 0; i < 4; i++) _mm256_storeu_ps(acc + c + 8 * i, a[i]);
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
 }
 
-T_AVX512 static inline void gstep_avx512(const head_grad_job *j, const float *g, float *acc,
-                                         int64_t c, int64_t n0, int64_t n1) {
+T_AVX512 static void gtile_avx512(const float *wf, int64_t rows, const float *g, float *acc) {
     __m512 a[4];
-    for (int i = 0; i < 4; i++) a[i] = _mm512_loadu_ps(acc + c + 16 * i);
-    for (int64_t n = n0; n < n1; n++) {
-        __m512 gv = _mm512_set1_ps(g[n]);
-        const uint16_t *w = j->w + n * j->k + c;
+    for (int i = 0; i < 4; i++) a[i] = _mm512_loadu_ps(acc + 16 * i);
+    for (int64_t r = 0; r < rows; r++) {
+        __m512 gv = _mm512_set1_ps(g[r]);
         for (int i = 0; i < 4; i++)
-            a[i] = _mm512_fmadd_ps(gv, widen16(_mm256_loadu_si256((const __m256i *)(w + 16 * i))),
-                                   a[i]);
+            a[i] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(wf + r * GRAD_KTILE + 16 * i), a[i]);
     }
-    for (int i = 0; i < 4; i++) _mm512_storeu_ps(acc + c + 16 * i, a[i]);
+    for (int i = 0; i < 4; i++) _mm512_storeu_ps(acc + 16 * i, a[i]);
 }
 
-T_AVX2 static void grad_avx2(const void *job, int64_t k0, int64_t k1) {
-    HEAD_GRAD_BODY(gstep_avx2, 32)
+T_AVX2 static void widen_avx2(const uint16_t *w, int64_t k, int64_t rows, float *wf) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < GRAD_KTILE; i += 8) _mm256_storeu_ps(wf + r * GRAD_KTILE + i, widen8(w + r * k + i));
 }
 
-T_AVX512 static void grad_avx512(const void *job, int64_t k0, int64_t k1) {
-    HEAD_GRAD_BODY(gstep_avx512, 64)
+T_AVX512 static void widen_avx512(const uint16_t *w, int64_t k, int64_t rows, float *wf) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < GRAD_KTILE; i += 16)
+            _mm512_storeu_ps(wf + r * GRAD_KTILE + i,
+                             widen16(_mm256_loadu_si256((const __m256i *)(w + r * k + i))));
+}
+
+/* 8 accumulators in flight: a row alone has 4, and a fused multiply-add's latency (4 cycles
+ * on two ports) would leave half of the FMA units idle */
+T_AVX512 static void gtile2_avx512(const float *wf, int64_t rows, const float *g0, const float *g1,
+                                   float *acc0, float *acc1) {
+    __m512 a[4], b[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = _mm512_loadu_ps(acc0 + 16 * i);
+        b[i] = _mm512_loadu_ps(acc1 + 16 * i);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        __m512 ga = _mm512_set1_ps(g0[r]), gb = _mm512_set1_ps(g1[r]);
+        for (int i = 0; i < 4; i++) {
+            __m512 w = _mm512_loadu_ps(wf + r * GRAD_KTILE + 16 * i);
+            a[i] = _mm512_fmadd_ps(ga, w, a[i]);
+            b[i] = _mm512_fmadd_ps(gb, w, b[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm512_storeu_ps(acc0 + 16 * i, a[i]);
+        _mm512_storeu_ps(acc1 + 16 * i, b[i]);
+    }
+}
+
+static const grad_path GRAD_AVX2 = {gtile_avx2, widen_avx2, NULL};
+static const grad_path GRAD_AVX512 = {gtile_avx512, widen_avx512, gtile2_avx512};
+
+static void grad_avx2(const void *job, int64_t k0, int64_t k1) {
+    grad_tiles((const head_grad_job *)job, k0, k1, &GRAD_AVX2);
+}
+
+static void grad_avx512(const void *job, int64_t k0, int64_t k1) {
+    grad_tiles((const head_grad_job *)job, k0, k1, &GRAD_AVX512);
 }
 
 #endif /* H_X86 */
@@ -330,34 +406,23 @@ static inline void block_neon(const head_job *j, int64_t m, int mb, int64_t n, i
 
 static void fwd_neon(const void *job, int64_t n0, int64_t n1) { HEAD_FWD_BODY(block_neon, 1, 4) }
 
+static void gtile_neon(const float *wf, int64_t rows, const float *g, float *acc) {
+    float32x4_t a[16];
+    for (int i = 0; i < 16; i++) a[i] = vld1q_f32(acc + 4 * i);
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < 16; i++) a[i] = vfmaq_n_f32(a[i], vld1q_f32(wf + r * GRAD_KTILE + 4 * i), g[r]);
+    for (int i = 0; i < 16; i++) vst1q_f32(acc + 4 * i, a[i]);
+}
+
+static void widen_neon(const uint16_t *w, int64_t k, int64_t rows, float *wf) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < GRAD_KTILE; i += 4) vst1q_f32(wf + r * GRAD_KTILE + i, widen4(w + r * k + i));
+}
+
+static const grad_path GRAD_NEON = {gtile_neon, widen_neon, NULL};
+
 static void grad_neon(const void *job, int64_t k0, int64_t k1) {
-    const head_grad_job *j = (const head_grad_job *)job;
-    for (int64_t m = 0; m < j->m; m++) {
-        float *acc = j->out + m * j->k;
-        for (int64_t c = k0; c < k1; c++) acc[c] = 0.0f;
-    }
-    for (int64_t n0 = 0; n0 < j->n; n0 += GRAD_NTILE) {
-        int64_t n1 = n0 + GRAD_NTILE < j->n ? n0 + GRAD_NTILE : j->n;
-        for (int64_t m = 0; m < j->m; m++) {
-            float *acc = j->out + m * j->k;
-            const float *g = j->g + m * j->n;
-            int64_t c = k0;
-            for (; c + 16 <= k1; c += 16) {
-                float32x4_t a[4];
-                for (int i = 0; i < 4; i++) a[i] = vld1q_f32(acc + c + 4 * i);
-                for (int64_t n = n0; n < n1; n++) {
-                    const uint16_t *w = j->w + n * j->k + c;
-                    for (int i = 0; i < 4; i++) a[i] = vfmaq_n_f32(a[i], widen4(w + 4 * i), g[n]);
-                }
-                for (int i = 0; i < 4; i++) vst1q_f32(acc + c + 4 * i, a[i]);
-            }
-            for (; c < k1; c++) {
-                float a = acc[c];
-                for (int64_t n = n0; n < n1; n++) a = fmaf(g[n], bf16_to_float(j->w[n * j->k + c]), a);
-                acc[c] = a;
-            }
-        }
-    }
+    grad_tiles((const head_grad_job *)job, k0, k1, &GRAD_NEON);
 }
 
 #endif /* H_ARM */
