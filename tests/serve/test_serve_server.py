@@ -13,7 +13,7 @@ from r3mes.model.lora import LoraConfig
 from r3mes.model.peft_io import save_peft_adapter
 from r3mes.model.shipped import SHIPPED_MODEL_NAME
 from r3mes.serve.chat_template import ChatMessage, render_chat
-from r3mes.serve.engine import EngineConfig
+from r3mes.serve.engine import EngineConfig, ServingEngine
 from r3mes.serve.errors import AdapterLoadError, InvalidRequest
 from r3mes.serve.sampling import SamplingParams
 from r3mes.serve.server import ServerThread, build_engine
@@ -34,6 +34,21 @@ def test_settings_refuse_weak_admin_tokens() -> None:
     with pytest.raises(InvalidRequest, match="16 characters"):
         ServerSettings(admin_token="short")
     assert "secret-secret-secret" not in repr(ServerSettings(admin_token="secret-secret-secret"))
+
+
+def _submit_and_wait(engine: ServingEngine, request: GenerationRequest) -> list[EngineEvent]:
+    """Every event of one request, once it finished (within 60 s)."""
+    done = threading.Event()
+    events: list[EngineEvent] = []
+
+    def sink(event: EngineEvent) -> None:
+        events.append(event)
+        if isinstance(event, FinishEvent):
+            done.set()
+
+    engine.submit(request, sink)
+    assert done.wait(60)
+    return events
 
 
 def test_shipped_model_serves_a_chat_with_a_peft_adapter(tmp_path: Path) -> None:
@@ -57,19 +72,10 @@ def test_shipped_model_serves_a_chat_with_a_peft_adapter(tmp_path: Path) -> None
     with pytest.raises(AdapterLoadError):
         engine.load_adapter("missing", tmp_path / "nope")
     prompt = render_chat([ChatMessage("user", "Hello, who are you?")])
-    done = threading.Event()
-    events: list[EngineEvent] = []
-
-    def sink(event: EngineEvent) -> None:
-        events.append(event)
-        if isinstance(event, FinishEvent):
-            done.set()
-
     with ServerThread(engine, ServerSettings()) as server:
         params = SamplingParams(max_tokens=12)
         request = GenerationRequest(engine.encode_prompt(prompt), "helper", params)
-        engine.submit(request, sink)
-        assert done.wait(60)
+        events = _submit_and_wait(engine, request)
         assert httpx.get(f"{server.url}/health", timeout=10).json()["model"] == SHIPPED_MODEL_NAME
     finish = events[-1]
     assert isinstance(finish, FinishEvent) and finish.reason in ("stop", "length")
@@ -84,19 +90,10 @@ def test_engine_serves_with_a_bfloat16_embedding() -> None:
     engine = build_engine(None, config=EngineConfig(max_batch_size=2), embedding_dtype="bfloat16")
     weight = engine.model.model.embed_tokens.weight
     assert weight.dtype == torch.bfloat16 and engine.model.lm_head.weight is weight
-    done = threading.Event()
-    events: list[EngineEvent] = []
-
-    def sink(event: EngineEvent) -> None:
-        events.append(event)
-        if isinstance(event, FinishEvent):
-            done.set()
-
     with engine:
         prompt = engine.encode_prompt(render_chat([ChatMessage("user", "Hello")]))
         params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
-        engine.submit(GenerationRequest(prompt, None, params), sink)
-        assert done.wait(60)
+        events = _submit_and_wait(engine, GenerationRequest(prompt, None, params))
     finish = events[-1]
     assert isinstance(finish, FinishEvent) and finish.reason == "length"
     assert finish.completion_tokens == 6
