@@ -303,14 +303,10 @@ def load_pretrained(
 
 def _hold_embedding_empty(model: BitNetForCausalLM, dtype: torch.dtype) -> None:
     """Swap the (not yet filled) embedding and head for empty tensors of `dtype`."""
-    modules: list[torch.nn.Embedding | torch.nn.Linear] = [model.model.embed_tokens]
-    if not model.config.tie_word_embeddings:
-        modules.append(model.lm_head)
-    for module in modules:
+    for module in model.embedding_modules():
         shape = tuple(module.weight.shape)
         module.weight = torch.nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
-    if model.config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_head()
 
 
 def _return_freed_heap() -> None:
@@ -371,8 +367,7 @@ def _empty_ternary_model(config: BitNetConfig) -> BitNetForCausalLM:
     for _, module in model.bit_linears():
         module.weight = None
     model.to_empty(device="cpu")
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_head()
     return model
 
 

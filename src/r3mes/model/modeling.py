@@ -186,8 +186,7 @@ class BitNetForCausalLM(nn.Module):
         self.model = BitNetModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.apply(self._init_weights)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_head()
         self.gradient_checkpointing = False
         """Recompute each decoder layer in the backward instead of keeping its activations
         (training without a KV cache only); same gradients, bit for bit, less memory."""
@@ -271,9 +270,7 @@ class BitNetForCausalLM(nn.Module):
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise ModelError(f"the embedding is held in float32 or bfloat16, not {dtype}")
-        modules: list[nn.Embedding | nn.Linear] = [self.model.embed_tokens]
-        if not self.config.tie_word_embeddings:
-            modules.append(self.lm_head)
+        modules = self.embedding_modules()
         if dtype == torch.bfloat16 and any(m.weight.requires_grad for m in modules):
             raise ModelError(
                 "a bfloat16 embedding must be frozen: call freeze_backbone() first (training "
@@ -284,6 +281,17 @@ class BitNetForCausalLM(nn.Module):
                 if module.weight.dtype != dtype:
                     frozen = not module.weight.requires_grad
                     module.weight = nn.Parameter(module.weight.to(dtype), requires_grad=not frozen)
+        self.tie_head()
+
+    def embedding_modules(self) -> list[nn.Embedding | nn.Linear]:
+        """The modules holding the embedding and head weights: one when they are tied."""
+        modules: list[nn.Embedding | nn.Linear] = [self.model.embed_tokens]
+        if not self.config.tie_word_embeddings:
+            modules.append(self.lm_head)
+        return modules
+
+    def tie_head(self) -> None:
+        """Point the head at the embedding's weight again (after either was replaced)."""
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

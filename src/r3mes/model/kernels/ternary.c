@@ -59,7 +59,6 @@
 
 #include "kernels.h"
 
-
 #define RBLOCK 8 /* forward: packed rows per block, so a block of activation rows stays in L1 */
 #define KTILE 256 /* gradient: columns per tile, so a tile of packed bytes stays in L2 */
 
