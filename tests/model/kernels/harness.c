@@ -16,9 +16,9 @@ int r3mes_bf16_matmul_t(const float*, const uint16_t*, float*, int64_t, int64_t,
 static unsigned s = 12345; static unsigned rnd(void) { s = s * 1103515245u + 12345u; return s >> 8; }
 static float bf16f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
 static int check_head(void) {
-    int shapes[][3] = {{1,16,4},{1,2560,9},{3,100,7},{5,517,70},{9,33,13},{7,48,301}};
+    int shapes[][3] = {{1,16,4},{1,2560,9},{3,100,7},{5,517,70},{9,33,13},{7,48,301},{17,45,23},{70,130,9}};
     int bad = 0;
-    for (int si = 0; si < 6; si++) {
+    for (int si = 0; si < 8; si++) {
         int m = shapes[si][0], k = shapes[si][1], n = shapes[si][2];
         uint16_t *w = malloc(2 * (size_t)n * k);
         float *x = malloc(4 * (size_t)m * k), *g = malloc(4 * (size_t)m * n);
