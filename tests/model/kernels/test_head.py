@@ -17,8 +17,8 @@ from r3mes.model.lora import LoraConfig, apply_lora
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.tiny import make_tiny_model
 
-# (M, K, N): K off the 16-lane groups, N off the 4-row blocks, M across the 4-row blocks, past
-# the 16 rows from which the forward widens head rows once, and past its 64-row chunk
+# (M, K, N): K off the 16-lane groups, N off the 4-row blocks, M across the 4-row blocks and
+# past the 64-row chunk the forward keeps in cache
 SHAPES = [
     (1, 16, 4), (1, 2560, 9), (3, 100, 7), (5, 517, 70), (9, 33, 13), (17, 45, 23),
     (70, 48, 301), (70, 130, 9),

@@ -23,7 +23,6 @@
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -254,13 +253,10 @@ T_AVX512 static inline float tree_avx512(__m512 v) {
 }
 
 /* AVX-512: MB activation rows x 4 head rows, one register of 16 lanes per product.  MB is a
- * constant in each instance (1, 2 or 4), so a single row (decoding) does no wasted work.  The
- * head rows come as bfloat16 (widened per step) or, for many activation rows, as float32 rows
- * widened once beforehand (`WT` float): the same values, so the same bits. */
-#define LOAD_BF16(p, keep) widen16(_mm256_maskz_loadu_epi16((keep), (p)))
-#define LOAD_F32(p, keep) _mm512_maskz_loadu_ps((keep), (p))
-#define R3_BLOCK512(NAME, MB, WT, LOADW)                                                \
-    T_AVX512 static inline void NAME(const head_job *j, int64_t m, const WT *const wr[4],  \
+ * constant in each instance (1, 2 or 4), so a single row (decoding) does no wasted work. */
+#define R3_BLOCK512(NAME, MB)                                                          \
+    T_AVX512 static inline void NAME(const head_job *j, int64_t m,                       \
+                                     const uint16_t *const wr[4],                        \
                                      int64_t n, int nb) {                                \
         const float *xr[MB];                                                            \
         for (int t = 0; t < MB; t++) xr[t] = j->x + (m + t) * j->k;                     \
@@ -271,7 +267,8 @@ T_AVX512 static inline float tree_avx512(__m512 v) {
             int left = j->k - c < LANES ? (int)(j->k - c) : LANES;                      \
             __mmask16 keep = (__mmask16)((1u << left) - 1u); /* zeros past K */         \
             __m512 w[4];                                                                \
-            for (int b = 0; b < 4; b++) w[b] = LOADW(wr[b] + c, keep);                  \
+            for (int b = 0; b < 4; b++)                                                 \
+                w[b] = widen16(_mm256_maskz_loadu_epi16(keep, wr[b] + c));              \
             for (int t = 0; t < MB; t++) {                                              \
                 __m512 xv = _mm512_maskz_loadu_ps(keep, xr[t] + c);                     \
                 for (int b = 0; b < 4; b++) acc[t][b] = _mm512_fmadd_ps(xv, w[b], acc[t][b]); \
@@ -281,12 +278,9 @@ T_AVX512 static inline float tree_avx512(__m512 v) {
             for (int b = 0; b < nb; b++) j->out[(m + t) * j->n + n + b] = tree_avx512(acc[t][b]); \
     }
 
-R3_BLOCK512(block512_1, 1, uint16_t, LOAD_BF16)
-R3_BLOCK512(block512_2, 2, uint16_t, LOAD_BF16)
-R3_BLOCK512(block512_4, 4, uint16_t, LOAD_BF16)
-R3_BLOCK512(block512f_1, 1, float, LOAD_F32)
-R3_BLOCK512(block512f_2, 2, float, LOAD_F32)
-R3_BLOCK512(block512f_4, 4, float, LOAD_F32)
+R3_BLOCK512(block512_1, 1)
+R3_BLOCK512(block512_2, 2)
+R3_BLOCK512(block512_4, 4)
 
 T_AVX512 static inline void block_avx512(const head_job *j, int64_t m, int mb, int64_t n, int nb) {
     const uint16_t *wr[4];
@@ -297,42 +291,7 @@ T_AVX512 static inline void block_avx512(const head_job *j, int64_t m, int mb, i
     for (; t < mb; t++) block512_1(j, m + t, wr, n, nb);
 }
 
-/* Many activation rows: each block of 4 head rows is widened to float32 once per chunk of
- * activation rows (4 x K floats, in L1/L2) instead of once per 4 activation rows, which leaves
- * the FMA units (shared on these cores with the widening shifts and shuffles) to the products. */
-#ifndef WIDEN_MIN_ROWS
-#define WIDEN_MIN_ROWS 16
-#endif
-
-T_AVX512 static int fwd_avx512_widened(const head_job *j, int64_t n0, int64_t n1) {
-    float *wf = (float *)malloc((size_t)4 * (size_t)j->k * sizeof(float));
-    if (!wf) return 0; /* the bfloat16 blocks compute the same bits */
-    const float *wr[4] = {wf, wf + j->k, wf + 2 * j->k, wf + 3 * j->k};
-    for (int64_t mc = 0; mc < j->m; mc += MCHUNK) {
-        int64_t mend = mc + MCHUNK < j->m ? mc + MCHUNK : j->m;
-        for (int64_t n = n0; n < n1; n += 4) {
-            int nb = n1 - n < 4 ? (int)(n1 - n) : 4;
-            for (int b = 0; b < 4; b++) {
-                const uint16_t *src = j->w + (n + (b < nb ? b : nb - 1)) * j->k;
-                int64_t c = 0;
-                for (; c + 16 <= j->k; c += 16)
-                    _mm512_storeu_ps(wf + b * j->k + c,
-                                     widen16(_mm256_loadu_si256((const __m256i *)(src + c))));
-                for (; c < j->k; c++) wf[b * j->k + c] = bf16_to_float(src[c]);
-            }
-            int64_t m = mc;
-            for (; m + 4 <= mend; m += 4) block512f_4(j, m, wr, n, nb);
-            for (; m + 2 <= mend; m += 2) block512f_2(j, m, wr, n, nb);
-            for (; m < mend; m++) block512f_1(j, m, wr, n, nb);
-        }
-    }
-    free(wf);
-    return 1;
-}
-
 T_AVX512 static void fwd_avx512(const void *job, int64_t n0, int64_t n1) {
-    const head_job *jw = (const head_job *)job;
-    if (jw->m >= WIDEN_MIN_ROWS && fwd_avx512_widened(jw, n0, n1)) return;
     HEAD_FWD_BODY(block_avx512, 4, 4)
 }
 
