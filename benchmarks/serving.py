@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from benchmarks.ternary import WORKING_SLACK, _peak_rss, _reset_peak_rss, held_bytes, runtime_rss
+from r3mes.model.checkpoint import EMBEDDING_DTYPES
 from r3mes.model.config import BitNetConfig
 from r3mes.model.lora import LoraConfig, apply_lora, lora_state_dict
 from r3mes.model.modeling import BitNetForCausalLM
@@ -197,7 +198,7 @@ def main() -> None:
         "--max-tokens", type=int, default=0, help="tokens per request (0: 64 quick, 256 full)"
     )
     parser.add_argument(
-        "--embedding", choices=("float32", "bfloat16"), default="float32",
+        "--embedding", choices=sorted(EMBEDDING_DTYPES), default="float32",
         help="with --model: hold the embedding and head in this dtype",
     )  # fmt: skip
     args = parser.parse_args()

@@ -37,6 +37,15 @@ def test_generate_streams_text(folder: Path) -> None:
     assert result.output.startswith("hello")
 
 
+def test_generate_with_a_bfloat16_embedding(folder: Path) -> None:
+    args = ["generate", "hello", "--model", str(folder), "--max-new-tokens", "5", "--seed", "1"]
+    result = runner.invoke(app, [*args, "--embedding-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("hello")
+    bad = runner.invoke(app, [*args, "--embedding-dtype", "float16"])
+    assert bad.exit_code == 2 and "float16" in bad.output
+
+
 def test_convert_master_and_back(folder: Path, tmp_path: Path) -> None:
     ids = torch.tensor([[1, 4, 9, 16]])
     master = tmp_path / "master"

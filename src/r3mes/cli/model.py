@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,25 @@ def _set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+
+
+class EmbeddingDtype(StrEnum):
+    """How a loaded model holds its embedding and head (`load_pretrained(embedding_dtype=)`)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+EmbeddingDtypeOpt = Annotated[
+    EmbeddingDtype,
+    typer.Option(
+        "--embedding-dtype",
+        envvar="R3MES_EMBEDDING_DTYPE",
+        help="Hold the embedding and head in float32, or in bfloat16 (packed checkpoints: half "
+        "the memory and a third fewer bytes per token at the 2B shape; exact for checkpoints "
+        "stored in bfloat16, such as 2B-4T).",
+    ),
+]
 
 
 DeviceOpt = Annotated[
@@ -152,15 +172,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 0,
-    embedding_dtype: Annotated[
-        str,
-        typer.Option(
-            "--embedding-dtype",
-            envvar="R3MES_EMBEDDING_DTYPE",
-            help="Hold the embedding and head in float32 or bfloat16 (packed checkpoints: half "
-            "the memory, a third fewer bytes per token at the 2B shape).",
-        ),
-    ] = "float32",
+    embedding_dtype: EmbeddingDtypeOpt = EmbeddingDtype.float32,
 ) -> None:
     """Continue PROMPT with the model, streaming the text as it is generated."""
 
@@ -181,7 +193,7 @@ def generate(
     target = resolve_device(device)
     folder = _model_dir(model)
     _set_threads(threads)
-    net = load_pretrained(folder, embedding_dtype=embedding_dtype)
+    net = load_pretrained(folder, embedding_dtype=embedding_dtype.value)
     tokenizer = load_tokenizer(folder)
     if adapter is not None:
         attach_peft_adapter(net, adapter, name="cli", expected_base=_base_name(model))

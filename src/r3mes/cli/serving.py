@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,17 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from r3mes.cli.model import EmbeddingDtype, EmbeddingDtypeOpt
+
 if TYPE_CHECKING:
     from r3mes.serve.registry_adapters import RegistryRef
 
 app = typer.Typer(help="Multi-LoRA serving with an OpenAI-compatible API.", no_args_is_help=True)
-
-
-class EmbeddingDtype(StrEnum):
-    """How `r3mes serving serve` holds the embedding and head."""
-
-    float32 = "float32"
-    bfloat16 = "bfloat16"
 
 
 RoutesOpt = Annotated[
@@ -122,16 +116,7 @@ def start(
         typer.Option(min=0.001, help="Seconds a request may wait for a batch slot before 429."),
     ] = 30.0,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: default).")] = 0,
-    embedding_dtype: Annotated[
-        EmbeddingDtype,
-        typer.Option(
-            "--embedding-dtype",
-            envvar="R3MES_EMBEDDING_DTYPE",
-            help="Hold the embedding and head in float32, or in bfloat16 (half the memory and "
-            "a third fewer bytes per token at the 2B shape; exact for checkpoints stored in "
-            "bfloat16, such as 2B-4T).",
-        ),
-    ] = EmbeddingDtype.float32,
+    embedding_dtype: EmbeddingDtypeOpt = EmbeddingDtype.float32,
 ) -> None:
     """Serve the base model and adapters over an OpenAI-compatible API until Ctrl-C or
     SIGTERM (a clean shutdown exits 0 either way)."""

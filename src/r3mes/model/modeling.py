@@ -279,8 +279,8 @@ class BitNetForCausalLM(nn.Module):
         with torch.no_grad():
             for module in modules:
                 if module.weight.dtype != dtype:
-                    frozen = not module.weight.requires_grad
-                    module.weight = nn.Parameter(module.weight.to(dtype), requires_grad=not frozen)
+                    trainable = module.weight.requires_grad
+                    module.weight = nn.Parameter(module.weight.to(dtype), requires_grad=trainable)
         self.tie_head()
 
     def embedding_modules(self) -> list[nn.Embedding | nn.Linear]:
