@@ -198,7 +198,9 @@ class _FrozenTernaryLinear(torch.autograd.Function):
         if _uses_kernel(g):
             flat = g.reshape(-1, layer.out_features).contiguous()
             packed = layer._buffer("packed_weight")
-            grad_x = kernels.ops()[1](flat, packed, layer.in_features)  # (M, K) float32
+            # the custom op only under torch.compile: its eager wrapper imports torch._dynamo
+            matmul_t = kernels.ops()[1] if torch.compiler.is_compiling() else kernels.matmul_t_float
+            grad_x = matmul_t(flat, packed, layer.in_features)  # (M, K) float32
             grad_x = grad_x.view(*grad_y.shape[:-1], layer.in_features)
         else:
             grad_x = g @ layer.ternary_weight().to(g.device)

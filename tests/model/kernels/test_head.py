@@ -2,6 +2,8 @@
 product, differentiable, and wired into the model, its loader and serving."""
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,6 +182,35 @@ def test_logits_and_lora_training_identical_on_every_kernel_path(isas: list[str]
     assert len(first) == 12  # A and B of 3 targets in 2 layers
     for key, g in grads.items():
         assert all(torch.equal(a, b) for a, b in zip(g, first, strict=True)), key
+
+
+EAGER_DECODE_AND_TRAIN = """
+import sys, torch
+from r3mes.model.generate import GenerationConfig, generate_token_ids
+from r3mes.model.lora import LoraConfig, apply_lora
+from r3mes.model.tiny import make_tiny_model
+model = make_tiny_model(0)
+model.freeze_backbone()
+model.hold_embedding(torch.bfloat16)
+list(generate_token_ids(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=3), pad_id=0))
+apply_lora(model, LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj")), name="a",
+           generator=torch.Generator().manual_seed(0))
+model(torch.arange(10).reshape(1, 10)).logsumexp(-1).mean().backward()
+assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+print(sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "triton"))))
+"""
+
+
+def test_eager_decode_and_training_never_import_dynamo(isas: list[str]) -> None:
+    """An eager decode and LoRA backward through the bf16 head and the ternary input gradient
+    call the kernels, not the custom ops, whose wrapper imports torch._dynamo and triton on
+    first use (~115 MiB resident a 2B decode paid for nothing)."""
+    done = subprocess.run(
+        [sys.executable, "-c", EAGER_DECODE_AND_TRAIN],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_loader_reads_the_embedding_straight_into_bf16(tmp_path: Path, isas: list[str]) -> None:

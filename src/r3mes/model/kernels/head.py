@@ -141,10 +141,29 @@ def ops() -> tuple[HeadOp, HeadOp]:
     return bf16_linear, bf16_matmul_t
 
 
+class _NativeHead(torch.autograd.Function):
+    """The eager autograd of `r3mes::bf16_linear`, calling the kernels directly: a custom op's
+    Python wrapper imports `torch._dynamo` (and triton) on its first call, ~115 MiB resident
+    that an eager decode or training step never uses; `torch.compile` still sees the ops."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(weight)
+        return linear(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (weight,) = ctx.saved_tensors
+        flat = grad.float().reshape(-1, weight.shape[0]).contiguous()
+        return matmul_t(flat, weight).reshape(ctx.x_shape), None
+
+
 def logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """float32 (..., N) = x @ weight.T for a frozen bfloat16 head, differentiable in x.
 
-    The native op on CPU tensors where the kernel runs; elsewhere (another device, no library,
+    The native kernels on CPU tensors where they run (the custom op under `torch.compile`,
+    `_NativeHead` in eager mode); elsewhere (another device, no library,
     or the `reference` path forced) torch's float32 matmul on chunks of REFERENCE_CHUNK rows
     widened at a time.
     """
@@ -159,7 +178,12 @@ def logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         )
     native = x.device.type == "cpu" and weight.device.type == "cpu"
     if native and ternary.current_isa() != ternary.REFERENCE:
-        return ops()[0](x, weight)
+        if torch.compiler.is_compiling():
+            return ops()[0](x, weight)
+        if torch.is_grad_enabled() and x.requires_grad:
+            out: torch.Tensor = _NativeHead.apply(x, weight)  # type: ignore[no-untyped-call]
+            return out
+        return linear(x, weight)
     parts = [
         F.linear(x, weight[start : start + REFERENCE_CHUNK].float())
         for start in range(0, weight.shape[0], REFERENCE_CHUNK)
