@@ -15,6 +15,7 @@ A class name ending in ``-det-vN`` promises bit-identical results (`is_determini
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -73,6 +74,20 @@ def is_deterministic_class(executor_class: str) -> bool:
     return len(parts) >= 2 and parts[-2] == "det"
 
 
+def _set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms`, without importing torch's compiler stack for it.
+
+    torch's function also sets `torch._inductor.config.deterministic`, and importing that
+    config imports `torch._dynamo` and triton: ~115 MiB resident and a second of start-up in
+    every miner and validator, which never compile.  Where inductor is already loaded, its flag
+    is kept in step as torch does.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
 @contextmanager
 def deterministic_cpu() -> Iterator[None]:
     """Run the body under `cpu-fp32-det-v1` numerics; the caller's settings are restored."""
@@ -83,13 +98,13 @@ def deterministic_cpu() -> Iterator[None]:
     cudnn_tf32 = torch.backends.cudnn.allow_tf32
     try:
         torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
+        _set_deterministic_algorithms(True)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        _set_deterministic_algorithms(det, warn_only=warn_only)
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
