@@ -133,9 +133,7 @@ def ops() -> tuple[HeadOp, HeadOp]:
         ctx.save_for_backward(weight)
 
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (weight,) = ctx.saved_tensors
-        flat = grad.reshape(-1, weight.shape[0]).contiguous()
-        return bf16_matmul_t(flat, weight).reshape(ctx.x_shape), None
+        return _input_grad(ctx, grad), None
 
     bf16_linear.register_autograd(backward, setup_context=setup_context)
     return bf16_linear, bf16_matmul_t
@@ -154,9 +152,16 @@ class _NativeHead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (weight,) = ctx.saved_tensors
-        flat = grad.float().reshape(-1, weight.shape[0]).contiguous()
-        return matmul_t(flat, weight).reshape(ctx.x_shape), None
+        return _input_grad(ctx, grad), None
+
+
+def _input_grad(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    """grad_x for both autograds of the head: the custom op under `torch.compile`, the kernel
+    itself in eager mode (see `_NativeHead`)."""
+    (weight,) = ctx.saved_tensors
+    flat = grad.reshape(-1, weight.shape[0]).contiguous()
+    grad_x = ops()[1](flat, weight) if torch.compiler.is_compiling() else matmul_t(flat, weight)
+    return grad_x.reshape(ctx.x_shape)
 
 
 def logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
