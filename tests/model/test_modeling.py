@@ -124,7 +124,7 @@ def test_training_from_scratch_reduces_loss() -> None:
     [{}, {"tie_word_embeddings": False}, {"num_key_value_heads": 4, "intermediate_size": 40}],
 )
 def test_tensor_shapes_match_a_built_model(overrides: dict[str, object]) -> None:
-    from r3mes.model.modeling import tensor_shapes
+    from r3mes.model.config import tensor_shapes
 
     model = make_tiny_model(0, **overrides)
     built = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -7,9 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from r3mes.cli.model import app
-from r3mes.model.checkpoint import WEIGHTS_FILE, load_pretrained
+from r3mes.model.checkpoint import load_pretrained
+from r3mes.model.checkpoint_files import WEIGHTS_FILE
+from r3mes.model.config import tensor_shapes
 from r3mes.model.errors import CheckpointError, ConfigError
-from r3mes.model.modeling import tensor_shapes
 from r3mes.model.synthetic import PRESETS, preset, random_state, write_random_checkpoint
 from r3mes.model.tiny import tiny_config
 

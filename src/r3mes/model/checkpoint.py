@@ -37,17 +37,16 @@ from r3mes.model.bitlinear import (
     ternarize,
     unpack_ternary,
 )
-from r3mes.model.config import BitNetConfig
-from r3mes.model.errors import CheckpointError, ConfigError, ModelError
-from r3mes.model.modeling import BitNetForCausalLM, tensor_shapes
-from r3mes.model.quantization import MASTER, PACKED, BitNetQuantization, parse_quantization
+from r3mes.model.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE, load_config
+from r3mes.model.checkpoint_files import read_config_json as _read_config_json
+from r3mes.model.checkpoint_files import weight_files as _weight_files
+from r3mes.model.config import BitNetConfig, tensor_shapes
+from r3mes.model.errors import CheckpointError, ModelError
+from r3mes.model.modeling import BitNetForCausalLM
+from r3mes.model.quantization import MASTER, PACKED, BitNetQuantization
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-MAX_CONFIG_BYTES = 1024 * 1024
 # One metadata key only: safetensors writes its metadata map in hash order, so two keys can
 # come out in either order from one process to the next and change the file's bytes.
 WEIGHTS_METADATA = {"format": "pt"}
@@ -127,30 +126,6 @@ def save_pretrained(model: BitNetForCausalLM, directory: Path | str, *, packed: 
     return directory
 
 
-def _read_config_json(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(path, "missing; a checkpoint folder needs config.json")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(path, f"must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def load_config(directory: Path) -> tuple[BitNetConfig, BitNetQuantization | None]:
-    """Read and validate `directory/config.json`: the architecture and its quantization."""
-    data = _read_config_json(directory)
-    try:
-        return BitNetConfig.from_dict(data), parse_quantization(data.get("quantization_config"))
-    except ConfigError as exc:
-        raise CheckpointError(directory / CONFIG_FILE, str(exc)) from exc
-
-
 def recorded_name(directory: Path | str) -> str:
     """The model name a checkpoint records (`_name_or_path` in config.json), else its folder's."""
     directory = Path(directory)
@@ -160,25 +135,6 @@ def recorded_name(directory: Path | str) -> str:
         if isinstance(value, str) and value:
             return value
     return directory.resolve().name
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(index, f"malformed shard index ({exc})") from exc
-        files = [directory / n for n in names]
-        if any(not isinstance(n, str) or Path(n).name != n for n in names):
-            raise CheckpointError(index, "shard names must be plain file names")
-    else:
-        files = [directory / WEIGHTS_FILE]
-    for file in files:
-        if not file.is_file():
-            raise CheckpointError(file, "missing; the checkpoint has no weights file")
-    return files
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,39 @@ def _rope_theta(value: object) -> float:
     if isinstance(theta, bool) or not isinstance(theta, int | float):
         raise ConfigError(f"rope_parameters.rope_theta must be a number, got {theta!r}")
     return float(theta)
+
+
+def tensor_shapes(config: BitNetConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape of every tensor of a model with `config` (projections as float masters).
+
+    Computed without building the model, so a checkpoint can be checked against its config
+    before any weight memory is allocated; `tests/model/test_modeling.py` holds it equal to a
+    built model's `state_dict`.
+    """
+    h, i = config.hidden_size, config.intermediate_size
+    q, kv = (
+        config.num_attention_heads * config.head_dim,
+        config.num_key_value_heads * config.head_dim,
+    )
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, h)}
+    for n in range(config.num_hidden_layers):
+        layer = f"model.layers.{n}"
+        shapes.update(
+            {
+                f"{layer}.self_attn.q_proj.weight": (q, h),
+                f"{layer}.self_attn.k_proj.weight": (kv, h),
+                f"{layer}.self_attn.v_proj.weight": (kv, h),
+                f"{layer}.self_attn.o_proj.weight": (h, q),
+                f"{layer}.self_attn.attn_sub_norm.weight": (h,),
+                f"{layer}.mlp.gate_proj.weight": (i, h),
+                f"{layer}.mlp.up_proj.weight": (i, h),
+                f"{layer}.mlp.down_proj.weight": (h, i),
+                f"{layer}.mlp.ffn_sub_norm.weight": (i,),
+                f"{layer}.input_layernorm.weight": (h,),
+                f"{layer}.post_attention_layernorm.weight": (h,),
+            }
+        )
+    shapes["model.norm.weight"] = (h,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    return shapes

@@ -20,15 +20,10 @@ from pathlib import Path
 import torch
 
 from r3mes.model.bitlinear import VALUES_PER_BYTE
-from r3mes.model.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    WEIGHTS_METADATA,
-    check_destination,
-)
-from r3mes.model.config import BitNetConfig
+from r3mes.model.checkpoint import WEIGHTS_METADATA, check_destination
+from r3mes.model.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
+from r3mes.model.config import BitNetConfig, tensor_shapes
 from r3mes.model.errors import CheckpointError, ConfigError
-from r3mes.model.modeling import tensor_shapes
 from r3mes.model.quantization import PACKED
 
 PRESETS: dict[str, BitNetConfig] = {

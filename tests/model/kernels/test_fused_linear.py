@@ -17,6 +17,7 @@ from r3mes.model import bitlinear
 from r3mes.model.bitlinear import BitLinear, quantize_activations
 from r3mes.model.errors import ModelError
 from r3mes.model.generate import GenerationConfig, generate_token_ids
+from r3mes.model.kernels import library
 from r3mes.model.kernels import ternary as kernels
 from r3mes.model.shipped import load_shipped_model
 
@@ -247,15 +248,15 @@ def test_a_library_without_the_fused_entry_point_falls_back_with_a_warning(
     layer = _layer(96, 21, seed=8)
     x = torch.randn(3, 96)
     expected = layer(x)
-    monkeypatch.setattr(kernels, "_library_path", lambda: stale)
-    kernels._library.cache_clear()
+    monkeypatch.setattr(library, "_library_path", lambda: stale)
+    library._library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="older ternary.c"):
             assert not kernels.available()
         assert kernels.current_isa() == kernels.REFERENCE
         assert torch.equal(_bits(layer(x)), _bits(expected))
     finally:
-        kernels._library.cache_clear()
+        library._library.cache_clear()
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -14,6 +14,7 @@ from torch._library.custom_ops import CustomOpDef
 
 from r3mes.model.bitlinear import BitLinear, pack_ternary
 from r3mes.model.errors import ModelError
+from r3mes.model.kernels import library
 from r3mes.model.kernels import ternary as kernels
 from r3mes.model.lora import LoraConfig, apply_lora
 from r3mes.model.tiny import make_tiny_model
@@ -213,8 +214,8 @@ def test_missing_library_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
     layer = _frozen_layer(4)
     x = torch.randn(3, 96)
     expected = layer(x)
-    monkeypatch.setattr(kernels, "_library_path", lambda: None)
-    kernels._library.cache_clear()
+    monkeypatch.setattr(library, "_library_path", lambda: None)
+    library._library.cache_clear()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -228,7 +229,7 @@ def test_missing_library_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
         assert kernels.current_isa() == kernels.REFERENCE
         assert torch.equal(out, expected)
     finally:
-        kernels._library.cache_clear()
+        library._library.cache_clear()
 
 
 @pytest.mark.slow

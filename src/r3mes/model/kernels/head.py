@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from r3mes.model.errors import ModelError
-from r3mes.model.kernels import ternary
+from r3mes.model.kernels import library
 
 REFERENCE_CHUNK = 8192
 """Head rows widened to float32 at a time on the torch path (8192 x 2560: 84 MB)."""
@@ -66,7 +66,7 @@ def linear(
     if x.shape[-1] == 0:
         raise ModelError("x has no features (K = 0)")
     _check_weight(weight, in_features=x.shape[-1])
-    lib = ternary._need_library()
+    lib = library.need_library()
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
     rows = x.numel() // x.shape[-1]
@@ -74,9 +74,9 @@ def linear(
         return out
     rc = lib.r3mes_bf16_linear(
         x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, x.shape[-1], weight.shape[0],
-        ternary._isa_index(isa), threads or torch.get_num_threads(),
+        library.isa_index(isa), threads or torch.get_num_threads(),
     )  # fmt: skip
-    ternary._check(rc, "bfloat16 head")
+    library.check(rc, "bfloat16 head")
     return out
 
 
@@ -88,7 +88,7 @@ def matmul_t(
     if grad.dim() != 2:
         raise ModelError(f"grad must be (M, N), got {tuple(grad.shape)}")
     _check_weight(weight, out_features=grad.shape[1])
-    lib = ternary._need_library()
+    lib = library.need_library()
     grad, weight = grad.contiguous(), weight.contiguous()
     out = torch.empty((grad.shape[0], weight.shape[1]), dtype=torch.float32)
     if out.numel() == 0:
@@ -97,9 +97,9 @@ def matmul_t(
         return out.zero_()
     rc = lib.r3mes_bf16_matmul_t(
         grad.data_ptr(), weight.data_ptr(), out.data_ptr(), grad.shape[0], weight.shape[1],
-        grad.shape[1], ternary._isa_index(isa), threads or torch.get_num_threads(),
+        grad.shape[1], library.isa_index(isa), threads or torch.get_num_threads(),
     )  # fmt: skip
-    ternary._check(rc, "bfloat16 head input gradient")
+    library.check(rc, "bfloat16 head input gradient")
     return out
 
 
@@ -182,7 +182,7 @@ def logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             f"{tuple(weight.shape)}"
         )
     native = x.device.type == "cpu" and weight.device.type == "cpu"
-    if native and ternary.current_isa() != ternary.REFERENCE:
+    if native and library.current_isa() != library.REFERENCE:
         if torch.compiler.is_compiling():
             return ops()[0](x, weight)
         if torch.is_grad_enabled() and x.requires_grad:
