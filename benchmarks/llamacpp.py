@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.ternary import cpu_description
+from benchmarks.machine import cpu_description
 from r3mes.errors import R3mesError
 from r3mes.model.bitlinear import BitLinear, quantize_activations
 from r3mes.model.checkpoint import load_pretrained

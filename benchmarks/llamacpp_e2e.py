@@ -48,7 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.ternary import cpu_description, held_bytes
+from benchmarks.machine import cpu_description
+from benchmarks.ternary import held_bytes
 from r3mes.errors import R3mesError
 from r3mes.model.checkpoint import load_pretrained
 from r3mes.model.generate import GenerationConfig, generate_token_ids

@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.ternary import WORKING_SLACK, _peak_rss, _reset_peak_rss, held_bytes, runtime_rss
+from benchmarks.machine import peak_rss, reset_peak_rss
+from benchmarks.ternary import WORKING_SLACK, held_bytes, runtime_rss
 from r3mes.model.checkpoint import EMBEDDING_DTYPES
 from r3mes.model.config import BitNetConfig
 from r3mes.model.lora import LoraConfig, apply_lora, lora_state_dict
@@ -223,7 +224,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_adapters(model, Path(tmp) / "a", args.rank)
         real = write_adapters(model, Path(tmp) / "r", 8, NETWORK_TARGETS)
-        _reset_peak_rss()
+        reset_peak_rss()
         multi = engine_for(model, tok, name, paths, max_loras=N_REQUESTS)
         batch_bytes = sum(
             multi.adapters.weights(multi.adapters.entry(f"a{i}")).nbytes for i in range(N_REQUESTS)
@@ -249,7 +250,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 multi.load_adapter(f"reload{i}", paths[i])
                 loads.append((time.perf_counter() - t0) * 1000)
-            peak, memory = _peak_rss(), multi.memory()
+            peak, memory = peak_rss(), multi.memory()
             held = held_bytes(model)
         if fresh is None:
             del multi, model

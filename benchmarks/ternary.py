@@ -43,18 +43,16 @@ llama.cpp (TQ2_0) is not compared here: see docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.decode import copy_bandwidth
+from benchmarks.machine import cpu_description, peak_rss, reset_peak_rss, rss
+from benchmarks.machine import emit as _emit
 from r3mes.errors import R3mesError
 from r3mes.model.checkpoint import EMBEDDING_DTYPES, load_pretrained
 from r3mes.model.generate import GenerationConfig, generate_token_ids
@@ -63,55 +61,8 @@ from r3mes.model.lora import LoraConfig, apply_lora, mark_only_lora_as_trainable
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.synthetic import preset, write_random_checkpoint
 
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-              "amx_int8", "asimd", "asimddp")  # fmt: skip
 RSS_SLACK = 300 * 2**20  # the issue's allowance for everything but weights and KV
 WORKING_SLACK = 64 * 2**20  # activations, logits, thread stacks, allocator slack
-
-
-def cpu_description() -> dict[str, Any]:
-    """CPU model and the SIMD flags that matter here (from /proc/cpuinfo where there is one)."""
-    model, flags = platform.processor() or platform.machine(), set[str]()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), "x86_64"):
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "flags": [f for f in SIMD_FLAGS if f in flags]}
-
-
-def _emit(context: dict[str, Any], figure: str, value: float, unit: str, **extra: Any) -> None:
-    row = {"figure": figure, "value": value, "unit": unit, "baseline": None, "ratio": None}
-    row.update(goal="measured")
-    row.update(extra)
-    row.update(context)
-    row.setdefault("load_avg", round(os.getloadavg()[0], 2))  # the machine is shared
-    print(json.dumps(row), flush=True)
-
-
-def _reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
-    except OSError:
-        pass
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def token_bytes(model: BitNetForCausalLM) -> dict[str, int]:
@@ -228,12 +179,12 @@ def lora_step(model: BitNetForCausalLM, tokens: int) -> tuple[float, int]:
     mark_only_lora_as_trainable(model, "bench")
     model.gradient_checkpointing = True  # recompute each layer in the backward: ~1x forward
     ids = (torch.arange(tokens + 1) % (model.config.vocab_size - 1) + 1)[None]
-    _reset_peak_rss()
+    reset_peak_rss()
     start = time.perf_counter()
     logits = model(ids[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1), ids[0, 1:])
     loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-    return time.perf_counter() - start, _peak_rss()
+    return time.perf_counter() - start, peak_rss()
 
 
 def _parse_args() -> argparse.Namespace:
@@ -266,7 +217,7 @@ def runtime_rss() -> int:
     tiny.freeze_backbone()
     decode_rate(tiny, prompt=8, new_tokens=4)
     del tiny
-    return _rss()
+    return rss()
 
 
 def main() -> None:
@@ -304,9 +255,9 @@ def run(
 
     prompt, new_tokens = 8, (16 if quick else 32)
     decode_rate(model, prompt, 4)  # warm-up
-    _reset_peak_rss()
+    reset_peak_rss()
     ours = max(decode_rate(model, prompt, new_tokens) for _ in range(2 if quick else 3))
-    peak = _peak_rss()
+    peak = peak_rss()
     bandwidth = max(bandwidth, copy_bandwidth(repeats=10))
     _emit(context, "copy_bandwidth", round(bandwidth / 1e9, 2), "GB/s")
     parts = token_bytes(model)

@@ -132,6 +132,21 @@ def test_2b4t_offline_converts_to_r3mes_packed_exactly(tmp_path: Path) -> None:
     assert torch.allclose(hf.logits(reference, IDS), ours(IDS), atol=1e-4)
 
 
+def test_2b4t_offline_packed_decodes_without_torch_to_the_same_logits(tmp_path: Path) -> None:
+    import numpy as np
+
+    from r3mes.model.torchfree import TorchFreeModel
+
+    state = _offline_state(_bf16_masters(3), packed=True)
+    folder = _write(tmp_path / "offline", state, real_2b4t_config("offline"))
+    with torch.no_grad():
+        want = load_pretrained(folder, embedding_dtype="bfloat16")(IDS[:1])[0, -1].numpy()
+    lean = TorchFreeModel.load(folder)  # the scale that multiplies, held as the one dividing
+    ids = IDS[0].tolist()
+    got = lean.forward(ids, lean.new_cache(len(ids)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_r3mes_master_checkpoints_load_in_transformers_as_online(tmp_path: Path) -> None:
     ours = load_pretrained(_write(tmp_path / "bf16", _bf16_masters(3), real_2b4t_config("online")))
     save_pretrained(ours, tmp_path / "master", packed=False)

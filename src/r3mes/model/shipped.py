@@ -7,11 +7,13 @@ ternary weights, a byte-level BPE tokenizer and the held-out perplexity it reach
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from r3mes.model.checkpoint import load_pretrained
 from r3mes.model.errors import CheckpointError
-from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.tokenizer import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # the torch model: `shipped_model_dir` alone must not import torch
+    from r3mes.model.modeling import BitNetForCausalLM
 
 SHIPPED_MODEL_NAME = "r3mes-bitnet-mini"
 
@@ -26,5 +28,7 @@ def shipped_model_dir() -> Path:
 
 def load_shipped_model() -> tuple[BitNetForCausalLM, Tokenizer]:
     """The shipped model (backbone frozen, eval mode) and its tokenizer."""
+    from r3mes.model.checkpoint import load_pretrained
+
     folder = shipped_model_dir()
     return load_pretrained(folder), load_tokenizer(folder)

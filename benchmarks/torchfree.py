@@ -1,0 +1,173 @@
+"""Decoding without torch (`r3mes.model.torchfree`) at real size: tokens/s and peak RSS.
+
+Run: .venv/bin/python -m benchmarks.torchfree [--quick] [--model DIR] [--threads N]
+
+This process never imports torch: what it measures is a decode's whole footprint (python,
+numpy, the native kernels, the mapped checkpoint, the KV buffer).  Without --model a
+random-ternary checkpoint of the bitnet-2b4t shape (--quick: bitnet-quick) is written from
+seed 0 by a child process (`write_random_checkpoint` uses torch).  The baselines come from a
+second child in the same run, which imports torch: the copy bandwidth and the torch path's
+decode (`load_pretrained(embedding_dtype="bfloat16")`, the same prompt, tokens and threads).
+
+Figures (one JSON line each):
+* torchfree_decode_tokens_per_s_batch1: greedy decode, batch 1, best of 3, against the floor
+  = copy bandwidth / bytes a token reads (packed projections + scales, the bfloat16 head,
+  the norms, one embedding row).  Goal >= 0.30.
+* torchfree_decode_peak_rss: the process's RSS high-water mark over everything it did (start,
+  load, decode; never reset), against the issue's budget: packed weights + embedding as held
+  + KV cache + 300 MB.  Goal <= 1.
+* torchfree_vs_torch_decode: its tokens/s against the torch path's.  Goal >= 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.machine import cpu_description, emit, peak_rss, rss
+from r3mes.errors import R3mesError
+from r3mes.model.decoding import GenerationConfig
+from r3mes.model.kernels import library
+from r3mes.model.torchfree import TorchFreeModel, generate_ids
+
+RSS_SLACK = 300 * 2**20  # the issue's allowance for everything but weights and KV
+PROMPT = 8
+CHILD_TIMEOUT_S = 1800
+
+
+def decode_rate(model: TorchFreeModel, prompt: int, new_tokens: int) -> float:
+    """Batch-1 greedy decode tokens/s (the prefill and first token excluded)."""
+    steps = generate_ids(model, list(range(1, prompt + 1)), GenerationConfig(new_tokens))
+    next(steps)
+    start = time.perf_counter()
+    count = sum(1 for _ in steps)
+    return count / (time.perf_counter() - start)
+
+
+def token_bytes(model: TorchFreeModel) -> dict[str, int]:
+    """Bytes one decode step reads, by part, as the model holds them."""
+    projections = norms = 0
+    for layer in model.layers:
+        for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+            projections += proj.packed.nbytes + proj.scale.nbytes
+        norms += sum(
+            n.nbytes
+            for n in (
+                layer.input_norm, layer.post_attention_norm, layer.attn_sub_norm,
+                layer.ffn_sub_norm,
+            )
+        )  # fmt: skip
+    return {
+        "ternary_projections": projections,
+        "lm_head": model.head.nbytes,
+        "embedding_row": model.embedding.shape[1] * model.embedding.itemsize,
+        "norms": norms + model.final_norm.nbytes,
+    }
+
+
+def kv_bytes(model: TorchFreeModel, tokens: int) -> int:
+    c = model.config
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * tokens * 4
+
+
+def _child(code: str, timeout: int = CHILD_TIMEOUT_S) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter; its last stdout line is a JSON object."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def write_checkpoint(shape: str, folder: Path) -> None:
+    _child(
+        "import json; from pathlib import Path\n"
+        "from r3mes.model.synthetic import preset, write_random_checkpoint\n"
+        f"write_random_checkpoint(preset({shape!r}), Path({str(folder)!r}), seed=0)\n"
+        "print(json.dumps({}))"
+    )
+
+
+def torch_baseline(folder: Path, threads: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """Copy bandwidth and the torch path's decode tokens/s, from a child that imports torch."""
+    return _child(
+        "import json, torch; from pathlib import Path\n"
+        "from benchmarks.decode import copy_bandwidth\n"
+        "from benchmarks.ternary import decode_rate\n"
+        "from r3mes.model.checkpoint import load_pretrained\n"
+        f"torch.set_num_threads({threads})\n"
+        f"m = load_pretrained(Path({str(folder)!r}), embedding_dtype='bfloat16')\n"
+        f"decode_rate(m, {PROMPT}, 4)\n"
+        f"rate = max(decode_rate(m, {PROMPT}, {new_tokens}) for _ in range({runs}))\n"
+        "bw = copy_bandwidth(repeats=10)\n"
+        "print(json.dumps({'tokens_per_s': rate, 'bandwidth': bw}))"
+    )
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the bitnet-quick shape, short runs")
+    parser.add_argument("--model", type=Path, default=None, help="packed checkpoint folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
+    args = parser.parse_args()
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (every core) or more, got {args.threads}")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a checkpoint folder (no config.json)")
+    return args
+
+
+def main() -> None:
+    args = _parse_args()
+    start_rss = rss()
+    with tempfile.TemporaryDirectory(prefix="r3mes-torchfree-") as tmp:
+        folder = args.model
+        if folder is None:
+            folder = Path(tmp) / "m"
+            write_checkpoint("bitnet-quick" if args.quick else "bitnet-2b4t", folder)
+        try:
+            model = TorchFreeModel.load(folder, threads=args.threads or None)
+        except R3mesError as exc:
+            raise SystemExit(f"--model: {exc}") from exc
+        run(model, folder, args, start_rss)
+
+
+def run(model: TorchFreeModel, folder: Path, args: argparse.Namespace, start_rss: int) -> None:
+    runs, new_tokens = (2, 16) if args.quick else (3, 32)
+    shape = f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}"
+    context = {**cpu_description(), "isa": library.current_isa(), "threads": model.threads,
+               "embedding": "bfloat16", "runtime": "torch-free (numpy + native kernels)",
+               "shape": shape}  # fmt: skip
+    decode_rate(model, PROMPT, 4)  # warm-up
+    ours = max(decode_rate(model, PROMPT, new_tokens) for _ in range(runs))
+    peak = peak_rss()
+    assert "torch" not in sys.modules, "the torch-free decode imported torch"
+
+    base = torch_baseline(folder, model.threads, new_tokens, runs)
+    parts = token_bytes(model)
+    floor = base["bandwidth"] / sum(parts.values())
+    emit(context, "torchfree_decode_tokens_per_s_batch1", round(ours, 2), "tokens/s",
+         baseline=round(floor, 2), ratio=round(ours / floor, 3), goal=">= 0.30",
+         copy_bandwidth_gb_s=round(base["bandwidth"] / 1e9, 2), bytes_per_token=parts)  # fmt: skip
+    held, kv = model.held_bytes(), kv_bytes(model, PROMPT + new_tokens)
+    budget = held + kv + RSS_SLACK
+    emit(context, "torchfree_decode_peak_rss", round(peak / 2**20), "MiB",
+         baseline=round(budget / 2**20), ratio=round(peak / budget, 3),
+         goal="<= 1.0 (packed + embedding as held + KV + 300 MB)",
+         held_mib=round(held / 2**20), kv_mib=round(kv / 2**20, 1),
+         start_rss_mib=round(start_rss / 2**20))  # fmt: skip
+    emit(context, "torchfree_vs_torch_decode", round(ours, 2), "tokens/s",
+         baseline=round(base["tokens_per_s"], 2), ratio=round(ours / base["tokens_per_s"], 3),
+         goal=">= 1.0 (baseline: the torch path, bfloat16 head, same threads)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
