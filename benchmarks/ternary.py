@@ -23,8 +23,9 @@ Figures (one JSON line each, baselines measured in the same run):
   of a tiny frozen model, so the libraries' code pages that decoding touches are in it) + packed
   weights + embedding as held + KV cache + 64 MiB of working memory.  Goal <= 1.  The line
   also gives the issue's original budget (the same without the runtime, + 300 MB) and the
-  peak's ratio to it: torch 2.13 alone is ~500 MiB resident here, so that one cannot be met
-  by any model code (docs/benchmarks.md).
+  peak's ratio to it: torch 2.13 alone is ~500 MiB resident here, so a process that imports
+  torch cannot meet that one; `benchmarks.torchfree` measures the decode that never imports
+  it (docs/benchmarks.md).
 * decode_tokens_per_s_threads<N>_vs_1 (with N > 1 threads): batch-1 decode at N threads
   against 1 thread, interleaved in the same run (best of 3 runs of half the tokens each).
 * decode_vs_transformers: our tokens/s against transformers' BitNetForCausalLM loaded by its

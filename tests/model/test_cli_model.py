@@ -81,11 +81,15 @@ def _adapter(model_folder: Path | None, out: Path, base_name: str) -> Path:
     return save_peft_adapter(out, state, config, base_name)
 
 
-def test_generate_refuses_an_adapter_for_another_base(folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "torchfree"])
+def test_generate_refuses_an_adapter_for_another_base(
+    folder: Path, tmp_path: Path, runtime: str
+) -> None:
     from r3mes.model.errors import AdapterError
     from r3mes.model.shipped import SHIPPED_MODEL_NAME
 
-    args = ["generate", "hello", "--max-new-tokens", "3", "--device", "cpu", "--adapter"]
+    args = ["generate", "hello", "--max-new-tokens", "3", "--device", "cpu", "--runtime", runtime,
+            "--adapter"]  # fmt: skip
     mine = _adapter(folder, tmp_path / "mine", "m")  # the fixture folder's recorded name
     result = runner.invoke(app, [*args, str(mine), "--model", str(folder)])
     assert result.exit_code == 0, result.output

@@ -15,11 +15,19 @@ from r3mes.cli.model import app
 from r3mes.model.checkpoint import load_pretrained, save_pretrained
 from r3mes.model.checkpoint_files import bf16_to_float32, float32_to_bf16, map_safetensors
 from r3mes.model.decoding import GenerationConfig
-from r3mes.model.errors import CheckpointError, GenerationError
+from r3mes.model.errors import AdapterError, CheckpointError, GenerationError
 from r3mes.model.generate import generate_token_ids
 from r3mes.model.kernels import ternary as kernels
 from r3mes.model.kv_cache import KVCache
-from r3mes.model.shipped import shipped_model_dir
+from r3mes.model.lora import (
+    LoraConfig,
+    apply_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    set_active_adapter,
+)
+from r3mes.model.peft_io import save_peft_adapter
+from r3mes.model.shipped import SHIPPED_MODEL_NAME, shipped_model_dir
 from r3mes.model.tiny import make_tiny_model
 from r3mes.model.torchfree import TorchFreeModel, generate_ids
 
@@ -208,6 +216,13 @@ def test_header_length_and_json_are_checked(tmp_path: Path) -> None:
         map_safetensors(path)
 
 
+def test_a_file_of_empty_tensors_maps(tmp_path: Path) -> None:
+    path = tmp_path / "empty.safetensors"
+    _rewrite(path, {"e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}}, b"")
+    ((code, array),) = map_safetensors(path).values()
+    assert code == "F32" and array.shape == (0, 3) and array.dtype == np.float32
+
+
 def _edit_tensor(folder: Path, key: str, edit) -> None:  # type: ignore[no-untyped-def]
     from safetensors.torch import load_file, save_file
 
@@ -249,6 +264,89 @@ def test_bad_tensors_are_refused(  # type: ignore[no-untyped-def]
         TorchFreeModel.load(folder)
 
 
+def _lora_model(folder: Path, targets: tuple[str, ...], seed: int = 0):  # type: ignore[no-untyped-def]
+    """The packed model in `folder` with an adapter "x" of non-zero A and B on `targets`."""
+    net = load_pretrained(folder, embedding_dtype="bfloat16")
+    config = LoraConfig(r=4, alpha=8, target_modules=targets)
+    apply_lora(net, config, name="x", generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + 1)
+    state = {
+        k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in lora_state_dict(net, "x").items()
+    }
+    load_lora_state_dict(net, state, "x")
+    return net, config, state
+
+
+def _shipped_adapter(tmp_path: Path) -> Path:
+    _, config, state = _lora_model(shipped_model_dir(), ("q_proj", "v_proj", "down_proj"))
+    return save_peft_adapter(tmp_path / "adapter", state, config, SHIPPED_MODEL_NAME)
+
+
+def test_an_adapter_gives_the_torch_models_logits_and_detaches(tmp_path: Path) -> None:
+    folder = _packed(tmp_path)
+    net, config, state = _lora_model(
+        folder, ("q_proj", "k_proj", "o_proj", "gate_proj", "down_proj")
+    )
+    adapter = save_peft_adapter(tmp_path / "a", state, config, "tiny")
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        want = net(ids)[0, -1].numpy()
+        set_active_adapter(net, None)
+        base = net(ids)[0, -1].numpy()
+    model = TorchFreeModel.load(folder)
+    assert model.attach_adapter(adapter, expected_base="tiny") == config
+    got = model.forward(PROMPT, model.new_cache(len(PROMPT)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(want, base, atol=1e-3)  # the adapter changes the logits
+    model.detach_adapter()
+    np.testing.assert_allclose(
+        model.forward(PROMPT, model.new_cache(8)), base, rtol=1e-5, atol=1e-5
+    )
+    # another adapter replaces the first entirely, projections it does not adapt included
+    other, other_config, other_state = _lora_model(folder, ("v_proj",), seed=5)
+    model.attach_adapter(adapter)
+    model.attach_adapter(save_peft_adapter(tmp_path / "b", other_state, other_config, "tiny"))
+    with torch.no_grad():
+        want = other(ids)[0, -1].numpy()
+    got = model.forward(PROMPT, model.new_cache(8))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_adapters_are_refused_and_leave_the_model_as_it_was(tmp_path: Path) -> None:
+    folder = _packed(tmp_path)
+    model = TorchFreeModel.load(folder)
+    _, config, state = _lora_model(folder, ("q_proj", "v_proj"))
+    good = save_peft_adapter(tmp_path / "good", state, config, "tiny")
+    model.attach_adapter(good)
+    before = model.forward(PROMPT, model.new_cache(8))
+    with pytest.raises(AdapterError, match="made for base model 'tiny'"):
+        model.attach_adapter(good, expected_base="another")
+    one = LoraConfig(r=4, alpha=8, target_modules=("q_proj",))
+    wide = {k: v for k, v in state.items() if "q_proj" in k}
+    key = next(k for k in wide if "lora_A" in k)
+    wide[key] = torch.ones(4, 48)  # the input width of another model
+    with pytest.raises(AdapterError, match="LoRA shapes"):
+        model.attach_adapter(save_peft_adapter(tmp_path / "wide", wide, one, "t"))
+    partial = {k: v for k, v in state.items() if "layers.1." not in k}
+    with pytest.raises(AdapterError, match="missing LoRA weights"):
+        model.attach_adapter(save_peft_adapter(tmp_path / "partial", partial, config, "t"))
+    extra = {
+        **state,
+        "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(4, 32),
+    }
+    with pytest.raises(AdapterError, match="unexpected adapter tensors"):
+        model.attach_adapter(save_peft_adapter(tmp_path / "extra", extra, config, "t"))
+    broken = save_peft_adapter(tmp_path / "broken", state, config, "t")
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(AdapterError, match="corrupt or truncated"):
+        model.attach_adapter(broken)
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "use_dora": true}')
+    with pytest.raises(AdapterError, match="use_dora"):
+        model.attach_adapter(broken)
+    assert np.array_equal(model.forward(PROMPT, model.new_cache(8)), before)
+
+
 def test_bfloat16_conversions_match_torch() -> None:
     gen = torch.Generator().manual_seed(0)
     values = torch.cat(
@@ -264,14 +362,18 @@ def test_bfloat16_conversions_match_torch() -> None:
     assert torch.equal(widened, values.to(torch.bfloat16).float())
 
 
-def test_cli_generates_the_same_text_with_either_runtime() -> None:
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_cli_generates_the_same_text_with_either_runtime(
+    tmp_path: Path, with_adapter: bool
+) -> None:
     runner = CliRunner()
+    extra = ["--adapter", str(_shipped_adapter(tmp_path))] if with_adapter else []
     texts = []
     for runtime in ("torch", "torchfree"):
         result = runner.invoke(
             app,
             ["generate", "The river", "--max-new-tokens", "16", "--runtime", runtime,
-             "--embedding-dtype", "bfloat16", "--threads", "1"],
+             "--embedding-dtype", "bfloat16", "--threads", "1", *extra],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         texts.append(result.output)
@@ -279,12 +381,8 @@ def test_cli_generates_the_same_text_with_either_runtime() -> None:
     assert texts[0].startswith("The river") and len(texts[0]) > len("The river\n")
 
 
-def test_cli_torchfree_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+def test_cli_torchfree_refuses_what_it_cannot_do() -> None:
     runner = CliRunner()
-    result = runner.invoke(
-        app, ["generate", "hi", "--runtime", "torchfree", "--adapter", str(tmp_path)]
-    )
-    assert result.exit_code != 0 and "--runtime torch" in result.output
     result = runner.invoke(app, ["generate", "hi", "--runtime", "torchfree", "--device", "cuda"])
     assert result.exit_code != 0 and "CPU" in result.output
     result = runner.invoke(app, ["generate", "hi", "--runtime", "jax"])

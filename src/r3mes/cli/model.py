@@ -79,7 +79,7 @@ RuntimeOpt = Annotated[
         envvar="R3MES_RUNTIME",
         help="torch: the torch model (any device, LoRA adapters). torchfree: the native "
         "kernels with numpy, never importing torch: about 500 MiB less memory and faster on a "
-        "CPU; packed checkpoints, embedding held in bfloat16, no adapters.",
+        "CPU; packed checkpoints, embedding held in bfloat16.",
     ),
 ]
 
@@ -101,7 +101,7 @@ def _model_dir(model: Path | None) -> Path:
 
 def _base_name(model: Path | None) -> str:
     """The base-model name an adapter for this model must record."""
-    from r3mes.model.checkpoint import recorded_name
+    from r3mes.model.checkpoint_files import recorded_name
     from r3mes.model.shipped import SHIPPED_MODEL_NAME, shipped_model_dir
 
     if model is None or model.resolve() == shipped_model_dir().resolve():
@@ -211,14 +211,11 @@ def generate(
     if runtime == Runtime.torchfree:
         from r3mes.model import torchfree
 
-        if adapter is not None:
-            raise typer.BadParameter(
-                "the torchfree runtime applies no LoRA adapters yet; use --runtime torch",
-                param_hint="--adapter",
-            )
         if device not in ("auto", "cpu"):
             raise typer.BadParameter("the torchfree runtime runs on the CPU", param_hint="--device")
         lean = torchfree.TorchFreeModel.load(folder, threads=threads or None)
+        if adapter is not None:
+            lean.attach_adapter(adapter, expected_base=_base_name(model))
         pieces = torchfree.stream_generate(lean, tokenizer, prompt, config)
     else:
         from r3mes.model.checkpoint import load_pretrained

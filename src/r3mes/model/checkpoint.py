@@ -38,7 +38,6 @@ from r3mes.model.bitlinear import (
     unpack_ternary,
 )
 from r3mes.model.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE, load_config
-from r3mes.model.checkpoint_files import read_config_json as _read_config_json
 from r3mes.model.checkpoint_files import weight_files as _weight_files
 from r3mes.model.config import BitNetConfig, tensor_shapes
 from r3mes.model.errors import CheckpointError, ModelError
@@ -124,17 +123,6 @@ def save_pretrained(model: BitNetForCausalLM, directory: Path | str, *, packed: 
     os.replace(config_tmp, directory / CONFIG_FILE)
     logger.info("saved %s checkpoint to %s", "packed" if packed else "master", directory)
     return directory
-
-
-def recorded_name(directory: Path | str) -> str:
-    """The model name a checkpoint records (`_name_or_path` in config.json), else its folder's."""
-    directory = Path(directory)
-    data = _read_config_json(directory)
-    for key in ("_name_or_path", "name_or_path"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return directory.resolve().name
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,17 @@ def load_config(directory: Path) -> tuple[BitNetConfig, BitNetQuantization | Non
         raise CheckpointError(directory / CONFIG_FILE, str(exc)) from exc
 
 
+def recorded_name(directory: Path | str) -> str:
+    """The model name a checkpoint records (`_name_or_path` in config.json), else its folder's."""
+    directory = Path(directory)
+    data = read_config_json(directory)
+    for key in ("_name_or_path", "name_or_path"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return directory.resolve().name
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's safetensors files: the shards its index names, else model.safetensors."""
     index = directory / INDEX_FILE
@@ -127,7 +138,10 @@ def map_safetensors(file: Path) -> dict[str, tuple[str, np.ndarray]]:
             raise CheckpointError(file, f"tensors {first} and {second} overlap")
     if not entries:
         return {}
-    mapped = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start, shape=(data_len,))
+    if data_len == 0:  # only empty tensors: nothing to map (mmap refuses a length of 0)
+        mapped: np.ndarray = np.zeros(0, dtype=np.uint8)
+    else:
+        mapped = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start, shape=(data_len,))
     return {
         name: (dtype, mapped[begin:end].view(NUMPY_DTYPES[dtype]).reshape(shape))
         for name, dtype, shape, begin, end in entries

@@ -227,8 +227,8 @@ def export_gguf(
     `embedding_type`: "auto" (as stored), "f32", "f16" or "bf16"; `vocab`: see
     `choose_vocab`; `name`: general.name (default: the checkpoint's recorded name).
     """
-    from r3mes.model.checkpoint import load_pretrained, recorded_name
-    from r3mes.model.checkpoint_files import load_config
+    from r3mes.model.checkpoint import load_pretrained
+    from r3mes.model.checkpoint_files import load_config, recorded_name
 
     model_dir, out = Path(model_dir), Path(out)
     if embedding_type not in EMBEDDING_TYPES:

@@ -28,8 +28,9 @@ import ctypes
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +43,19 @@ from r3mes.model.checkpoint_files import (
 )
 from r3mes.model.config import BitNetConfig, tensor_shapes
 from r3mes.model.decoding import GenerationConfig, encode_prompt, text_pieces
-from r3mes.model.errors import CheckpointError, GenerationError, ModelError
+from r3mes.model.errors import AdapterError, CheckpointError, GenerationError, ModelError
 from r3mes.model.kernels import library
+from r3mes.model.lora_config import PEFT_PREFIX, LoraConfig
+from r3mes.model.peft_config import load_adapter_arrays
 from r3mes.model.tokenizer import Tokenizer
 
 FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64"})
+PROJECTIONS = {
+    "q_proj": ("self_attn", "q"), "k_proj": ("self_attn", "k"), "v_proj": ("self_attn", "v"),
+    "o_proj": ("self_attn", "o"), "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "up"),
+    "down_proj": ("mlp", "down"),
+}  # fmt: skip
+"""HF projection name -> (its block, the `_Layer` field holding it)."""
 SCAN_CHUNK = 1 << 22
 """Elements scanned at a time for invalid codes and non-finite values (bounded temporaries)."""
 
@@ -56,12 +65,23 @@ def _pointer(array: np.ndarray) -> int:
 
 
 @dataclass(frozen=True)
+class _Lora:
+    """A LoRA update of one projection: y += (x @ a.T) @ b.T * scaling, in float32."""
+
+    a: np.ndarray
+    b: np.ndarray
+    scaling: np.float32
+
+
+@dataclass(frozen=True)
 class _Projection:
-    """One BitLinear: packed (ceil(N/4), K) uint8 as stored, and its dividing scale (1,)."""
+    """One BitLinear: packed (ceil(N/4), K) uint8 as stored, its dividing scale (1,), and the
+    attached adapter's LoRA update, if any."""
 
     packed: np.ndarray
     scale: np.ndarray
     out_features: int
+    lora: _Lora | None = None
 
     def __call__(self, x: np.ndarray, lib: ctypes.CDLL, isa: int, threads: int) -> np.ndarray:
         rows, k = x.shape
@@ -71,6 +91,8 @@ class _Projection:
             self.out_features, isa, threads,
         )  # fmt: skip
         library.check(rc, "ternary linear")
+        if self.lora is not None:
+            out += np.matmul(np.matmul(x, self.lora.a.T), self.lora.b.T) * self.lora.scaling
         return out
 
 
@@ -175,6 +197,51 @@ class TorchFreeModel:
         return cls(
             config, layers, embedding=embedding, head=head, final_norm=final_norm, threads=threads
         )
+
+    def attach_adapter(
+        self, directory: Path | str, *, expected_base: str | None = None
+    ) -> LoraConfig:
+        """Apply the PEFT LoRA adapter in `directory` to every forward from now on (replacing
+        any attached before); on any error the model is unchanged.
+
+        `expected_base` (e.g. `SHIPPED_MODEL_NAME`) must equal the adapter's recorded base
+        model.  The update is computed in float32 beside the ternary product, as `LoraLinear`
+        does.
+        """
+        state, config, base = load_adapter_arrays(directory)
+        where = Path(directory)
+        if expected_base is not None and base != expected_base:
+            raise AdapterError(
+                f"{where}: adapter was made for base model {base!r}, not {expected_base!r}"
+            )
+        scaling = np.float32(config.scaling)
+        layers = []
+        for n, layer in enumerate(_without_adapter(self.layers)):
+            updates: dict[str, Any] = {}  # _Layer field -> its projection with the update
+            for target in config.target_modules:
+                block, field = PROJECTIONS[target]
+                path = f"{PEFT_PREFIX}model.layers.{n}.{block}.{target}"
+                proj: _Projection = getattr(layer, field)
+                a = state.pop(f"{path}.lora_A.weight", None)
+                b = state.pop(f"{path}.lora_B.weight", None)
+                if a is None or b is None:
+                    raise AdapterError(f"{where}: missing LoRA weights of {path}")
+                shapes = ((config.r, proj.packed.shape[1]), (proj.out_features, config.r))
+                if (a.shape, b.shape) != shapes:
+                    raise AdapterError(
+                        f"{where}: {path} has LoRA shapes {a.shape}, {b.shape}; this model "
+                        f"needs {shapes[0]}, {shapes[1]}"
+                    )
+                updates[field] = replace(proj, lora=_Lora(a, b, scaling))
+            layers.append(replace(layer, **updates))
+        if state:
+            raise AdapterError(f"{where}: unexpected adapter tensors {sorted(state)[:3]}")
+        self.layers = layers
+        return config
+
+    def detach_adapter(self) -> None:
+        """Forward with the base weights alone again."""
+        self.layers = _without_adapter(self.layers)
 
     def held_bytes(self) -> int:
         """Bytes the model holds: packed projections, scales, norms, embedding (+ head)."""
@@ -292,6 +359,14 @@ class TorchFreeModel:
         out = np.matmul(probs.reshape(kv_heads, groups * new, total), values)
         rows: np.ndarray = out.reshape(heads, new, dim).transpose(1, 0, 2).reshape(new, -1)
         return rows
+
+
+def _without_adapter(layers: list[_Layer]) -> list[_Layer]:
+    fields = [field for _, field in PROJECTIONS.values()]
+    return [
+        replace(layer, **{f: replace(getattr(layer, f), lora=None) for f in fields})
+        for layer in layers
+    ]
 
 
 def _cores() -> int:
