@@ -132,6 +132,9 @@ def test_bad_requests_are_refused_before_any_work(tmp_path: Path) -> None:
         generate_ids(model, [], GenerationConfig())
     with pytest.raises(GenerationError, match="vocabulary"):
         generate_ids(model, [1, 256], GenerationConfig())
+    for bad_ids in (["a"], [1.5], [True]):
+        with pytest.raises(GenerationError, match="must be ints"):
+            generate_ids(model, bad_ids, GenerationConfig())  # type: ignore[arg-type]
     cache = model.new_cache(4)
     for bad in ([], [-1], [256], [[1, 2]], ["a"], [True]):
         with pytest.raises(GenerationError):

@@ -541,6 +541,8 @@ def generate_ids(
     prompt = list(prompt_ids)
     if not prompt:
         raise GenerationError("the prompt is empty: pass at least one token")
+    if any(isinstance(t, bool) or not isinstance(t, int | np.integer) for t in prompt):
+        raise GenerationError("prompt ids must be ints")
     limit = model.config.max_position_embeddings
     if len(prompt) + config.max_new_tokens > limit:
         raise GenerationError(
