@@ -101,14 +101,20 @@ def test_a_decode_never_imports_torch() -> None:
         "model = TorchFreeModel.load(folder, threads=1)\n"
         "text = ''.join(stream_generate(model, load_tokenizer(folder), 'The river',"
         " GenerationConfig(max_new_tokens=12)))\n"
-        "print(json.dumps({'text': text, 'torch': 'torch' in sys.modules}))\n"
+        "from typer.testing import CliRunner\n"
+        "from r3mes.cli.main import app\n"
+        "cli = CliRunner().invoke(app, ['model', 'generate', 'The river', '--runtime',"
+        " 'torchfree', '--max-new-tokens', '4'])\n"
+        "print(json.dumps({'text': text, 'cli': cli.output, 'code': cli.exit_code,"
+        " 'torch': 'torch' in sys.modules}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["torch"] is False
+    assert result["torch"] is False  # neither the library call nor the CLI imported it
     assert result["text"]
+    assert result["code"] == 0 and result["cli"].startswith("The river")
 
 
 def test_sampling_repeats_with_a_seed_and_narrows_to_greedy(tmp_path: Path) -> None:
