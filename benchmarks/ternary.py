@@ -26,6 +26,11 @@ Figures (one JSON line each, baselines measured in the same run):
   peak's ratio to it: torch 2.13 alone is ~500 MiB resident here, so a process that imports
   torch cannot meet that one; `benchmarks.torchfree` measures the decode that never imports
   it (docs/benchmarks.md).
+* decode_peak_rss_torchfree / decode_tokens_per_s_batch1_torchfree: the same checkpoint decoded
+  by `r3mes.model.torchfree` in a fresh process that never imports torch
+  (`benchmarks.torchfree.measure`): its peak RSS over load and decode against the issue's
+  budget (packed + embedding as held + KV + 300 MB; goal <= 1), and its tokens/s against the
+  same floor (and the torch path above).
 * decode_tokens_per_s_threads<N>_vs_1 (with N > 1 threads): batch-1 decode at N threads
   against 1 thread, interleaved in the same run (best of 3 runs of half the tokens each).
 * decode_vs_transformers: our tokens/s against transformers' BitNetForCausalLM loaded by its
@@ -51,6 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import torchfree as torchfree_bench
 from benchmarks.decode import copy_bandwidth
 from benchmarks.machine import cpu_description, peak_rss, reset_peak_rss, rss
 from benchmarks.machine import emit as _emit
@@ -285,6 +291,17 @@ def run(
           runtime_rss_mib=round(runtime_rss / 2**20),
           issue_budget_mib=round(issue_budget / 2**20),
           issue_ratio=round(peak / issue_budget, 3))  # fmt: skip
+
+    # the same decode in a process that never imports torch (r3mes.model.torchfree): the
+    # issue's budget leaves no room for torch's ~500 MiB, so this is the line that meets it
+    lean = torchfree_bench.measure_in_child(folder, threads, quick)
+    rss_line = torchfree_bench.budget_figures(lean)
+    _emit(context, "decode_peak_rss_torchfree", rss_line.pop("value"), "MiB", **rss_line)
+    lean_floor = bandwidth / sum(lean["bytes_per_token"].values())
+    _emit(context, "decode_tokens_per_s_batch1_torchfree", round(lean["tokens_per_s"], 2),
+          "tokens/s", baseline=round(lean_floor, 2),
+          ratio=round(lean["tokens_per_s"] / lean_floor, 3), goal=">= 0.30",
+          vs_torch_path=round(lean["tokens_per_s"] / ours, 3))  # fmt: skip
 
     # after the decode RSS figure: the GEMV figure's 256 MiB of throw-away matrices would
     # otherwise stay in the heap (freed, not returned) and count against decoding

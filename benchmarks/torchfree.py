@@ -125,45 +125,72 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
+def measure(folder: Path, threads: int, quick: bool) -> dict[str, Any]:
+    """Load `folder` and decode in this process, which must not have imported torch: tokens/s
+    (best of 3, or 2 with `quick`), the process's peak RSS, bytes held, KV and read per token."""
+    if "torch" in sys.modules:
+        raise SystemExit("benchmarks.torchfree.measure must run in a process without torch")
+    runs, new_tokens = (2, 16) if quick else (3, 32)
+    start = rss()
+    model = TorchFreeModel.load(folder, threads=threads or None)
+    decode_rate(model, PROMPT, 4)  # warm-up
+    ours = max(decode_rate(model, PROMPT, new_tokens) for _ in range(runs))
+    peak = peak_rss()
+    if "torch" in sys.modules:
+        raise SystemExit("the torch-free decode imported torch")
+    return {
+        "tokens_per_s": ours, "peak_rss": peak, "start_rss": start,
+        "held": model.held_bytes(), "kv": kv_bytes(model, PROMPT + new_tokens),
+        "bytes_per_token": token_bytes(model), "threads": model.threads, "runs": runs,
+        "new_tokens": new_tokens,
+        "shape": f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}",
+    }  # fmt: skip
+
+
+def measure_in_child(folder: Path, threads: int, quick: bool) -> dict[str, Any]:
+    """`measure` in a fresh interpreter (for a caller that has imported torch)."""
+    return _child(
+        "import json; from pathlib import Path\n"
+        "from benchmarks.torchfree import measure\n"
+        f"print(json.dumps(measure(Path({str(folder)!r}), {threads}, {quick})))"
+    )
+
+
+def budget_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The RSS line's numbers: peak against packed + embedding as held + KV + 300 MB."""
+    budget = result["held"] + result["kv"] + RSS_SLACK
+    return {
+        "value": round(result["peak_rss"] / 2**20), "baseline": round(budget / 2**20),
+        "ratio": round(result["peak_rss"] / budget, 3),
+        "goal": "<= 1.0 (packed + embedding as held + KV + 300 MB)",
+        "held_mib": round(result["held"] / 2**20), "kv_mib": round(result["kv"] / 2**20, 1),
+        "start_rss_mib": round(result["start_rss"] / 2**20),
+    }  # fmt: skip
+
+
 def main() -> None:
     args = _parse_args()
-    start_rss = rss()
     with tempfile.TemporaryDirectory(prefix="r3mes-torchfree-") as tmp:
         folder = args.model
         if folder is None:
             folder = Path(tmp) / "m"
             write_checkpoint("bitnet-quick" if args.quick else "bitnet-2b4t", folder)
         try:
-            model = TorchFreeModel.load(folder, threads=args.threads or None)
+            result = measure(folder, args.threads, args.quick)
         except R3mesError as exc:
             raise SystemExit(f"--model: {exc}") from exc
-        run(model, folder, args, start_rss)
-
-
-def run(model: TorchFreeModel, folder: Path, args: argparse.Namespace, start_rss: int) -> None:
-    runs, new_tokens = (2, 16) if args.quick else (3, 32)
-    shape = f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}"
-    context = {**cpu_description(), "isa": library.current_isa(), "threads": model.threads,
-               "embedding": "bfloat16", "runtime": "torch-free (numpy + native kernels)",
-               "shape": shape}  # fmt: skip
-    decode_rate(model, PROMPT, 4)  # warm-up
-    ours = max(decode_rate(model, PROMPT, new_tokens) for _ in range(runs))
-    peak = peak_rss()
-    assert "torch" not in sys.modules, "the torch-free decode imported torch"
-
-    base = torch_baseline(folder, model.threads, new_tokens, runs)
-    parts = token_bytes(model)
+        context = {**cpu_description(), "isa": library.current_isa(),
+                   "threads": result["threads"], "embedding": "bfloat16",
+                   "runtime": "torch-free (numpy + native kernels)",
+                   "shape": result["shape"]}  # fmt: skip
+        base = torch_baseline(folder, result["threads"], result["new_tokens"], result["runs"])
+    ours, parts = result["tokens_per_s"], result["bytes_per_token"]
     floor = base["bandwidth"] / sum(parts.values())
     emit(context, "torchfree_decode_tokens_per_s_batch1", round(ours, 2), "tokens/s",
          baseline=round(floor, 2), ratio=round(ours / floor, 3), goal=">= 0.30",
          copy_bandwidth_gb_s=round(base["bandwidth"] / 1e9, 2), bytes_per_token=parts)  # fmt: skip
-    held, kv = model.held_bytes(), kv_bytes(model, PROMPT + new_tokens)
-    budget = held + kv + RSS_SLACK
-    emit(context, "torchfree_decode_peak_rss", round(peak / 2**20), "MiB",
-         baseline=round(budget / 2**20), ratio=round(peak / budget, 3),
-         goal="<= 1.0 (packed + embedding as held + KV + 300 MB)",
-         held_mib=round(held / 2**20), kv_mib=round(kv / 2**20, 1),
-         start_rss_mib=round(start_rss / 2**20))  # fmt: skip
+    rss_line = budget_figures(result)
+    emit(context, "torchfree_decode_peak_rss", rss_line.pop("value"), "MiB", **rss_line)
     emit(context, "torchfree_vs_torch_decode", round(ours, 2), "tokens/s",
          baseline=round(base["tokens_per_s"], 2), ratio=round(ours / base["tokens_per_s"], 3),
          goal=">= 1.0 (baseline: the torch path, bfloat16 head, same threads)")  # fmt: skip

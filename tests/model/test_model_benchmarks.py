@@ -7,7 +7,7 @@ from types import ModuleType
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks import bitlinear, decode, llamacpp_e2e, ternary  # noqa: E402
+from benchmarks import bitlinear, decode, llamacpp_e2e, ternary, torchfree  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,8 @@ from benchmarks import bitlinear, decode, llamacpp_e2e, ternary  # noqa: E402
         (bitlinear, ["--threads", "-3"], "--threads must be at least 1"),
         (ternary, ["--threads", "-1"], "--threads must be 0"),
         (ternary, ["--model", "/nonexistent"], "not a checkpoint folder"),
+        (torchfree, ["--threads", "-1"], "--threads must be 0"),
+        (torchfree, ["--model", "/nonexistent"], "not a checkpoint folder"),
         (llamacpp_e2e, ["--threads", "-1"], "must be 0"),
         (llamacpp_e2e, ["--model", "/nonexistent"], "not a checkpoint folder"),
         (llamacpp_e2e, ["--embedding", "f8"], "invalid choice"),
@@ -48,3 +50,34 @@ def test_decode_reports_a_corrupt_checkpoint(
     with pytest.raises(SystemExit):
         decode.main()
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_torchfree_reports_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "config.json").write_text("{")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.torchfree", "--model", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "not valid JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_torchfree_measures_a_decode_in_a_process_without_torch(tmp_path: Path) -> None:
+    from r3mes.model.checkpoint import save_pretrained
+    from r3mes.model.tiny import make_tiny_model
+
+    model = make_tiny_model(0)
+    model.freeze_backbone()
+    folder = save_pretrained(model, tmp_path / "m", packed=True)
+    with pytest.raises(SystemExit, match="without torch"):
+        torchfree.measure(folder, 1, True)  # this process has imported torch
+    result = torchfree.measure_in_child(folder, 1, True)
+    assert result["tokens_per_s"] > 0 and result["threads"] == 1
+    assert result["peak_rss"] > result["held"] > 0
+    assert result["kv"] == 2 * 2 * 2 * 8 * (torchfree.PROMPT + 16) * 4
+    line = torchfree.budget_figures(result)
+    budget = result["held"] + result["kv"] + torchfree.RSS_SLACK
+    assert line["ratio"] == round(result["peak_rss"] / budget, 3)
+    assert line["baseline"] == round(budget / 2**20)
