@@ -396,3 +396,19 @@ def test_cli_torchfree_refuses_what_it_cannot_do() -> None:
     assert result.exit_code != 0 and "CPU" in result.output
     result = runner.invoke(app, ["generate", "hi", "--runtime", "jax"])
     assert result.exit_code != 0 and "torchfree" in result.output
+
+
+def test_without_the_native_library_it_says_what_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from r3mes.model.kernels import library
+
+    folder = _packed(tmp_path)
+    monkeypatch.setattr(library, "_library_path", lambda: None)
+    library._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="unavailable"):
+            with pytest.raises(library.KernelUnavailable, match="use the torch runtime"):
+                TorchFreeModel.load(folder)
+    finally:
+        library._library.cache_clear()

@@ -154,7 +154,12 @@ class TorchFreeModel:
         """bfloat16 bits (vocab, hidden); the embedding itself when tied."""
         self.final_norm = final_norm
         self.threads = threads if threads else _cores()
-        self._lib = library.need_library()
+        try:
+            self._lib = library.need_library()
+        except library.KernelUnavailable as exc:
+            raise library.KernelUnavailable(
+                f"{exc}; the torchfree runtime needs it (use the torch runtime instead)"
+            ) from exc
         dim = config.head_dim
         exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
         self._inv_freq = np.float32(1.0) / np.power(np.float32(config.rope_theta), exponents)
@@ -275,7 +280,7 @@ class TorchFreeModel:
         x = bf16_to_float32(self.embedding[ids])  # (T, hidden)
         cos, sin = self._rope(np.arange(past, past + new, dtype=np.float32))
         for index, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, self.config.rms_norm_eps)
+            h = _rms_norm(x, layer.input_norm, self.eps)
             attended = self._attention(index, layer, h, cos, sin, cache, isa)
             x = x + self._project(layer.o, _rms_norm(attended, layer.attn_sub_norm, self.eps), isa)
             h = _rms_norm(x, layer.post_attention_norm, self.eps)
@@ -295,6 +300,7 @@ class TorchFreeModel:
 
     @property
     def eps(self) -> float:
+        """Epsilon of every RMSNorm."""
         return self.config.rms_norm_eps
 
     def _check_ids(self, token_ids: Sequence[int], cache: KVBuffer) -> np.ndarray:
