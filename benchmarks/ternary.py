@@ -67,6 +67,7 @@ from r3mes.model.kernels import ternary as kernels
 from r3mes.model.lora import LoraConfig, apply_lora, mark_only_lora_as_trainable
 from r3mes.model.modeling import BitNetForCausalLM
 from r3mes.model.synthetic import preset, write_random_checkpoint
+from r3mes.model.torchfree import kv_bytes_per_token
 
 RSS_SLACK = 300 * 2**20  # the allowance for everything but weights and KV
 WORKING_SLACK = 64 * 2**20  # activations, logits, thread stacks, allocator slack
@@ -97,8 +98,7 @@ def held_bytes(model: BitNetForCausalLM) -> int:
 
 
 def kv_bytes(model: BitNetForCausalLM, tokens: int) -> int:
-    c = model.config
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * tokens * 4
+    return kv_bytes_per_token(model.config) * tokens
 
 
 def decode_rate(model: BitNetForCausalLM, prompt: int, new_tokens: int) -> float:

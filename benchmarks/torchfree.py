@@ -34,7 +34,7 @@ from benchmarks.machine import cpu_description, emit, peak_rss, rss
 from r3mes.errors import R3mesError
 from r3mes.model.decoding import GenerationConfig
 from r3mes.model.kernels import library
-from r3mes.model.torchfree import TorchFreeModel, generate_ids
+from r3mes.model.torchfree import TorchFreeModel, generate_ids, kv_bytes_per_token
 
 RSS_SLACK = 300 * 2**20  # the issue's allowance for everything but weights and KV
 PROMPT = 8
@@ -52,28 +52,15 @@ def decode_rate(model: TorchFreeModel, prompt: int, new_tokens: int) -> float:
 
 def token_bytes(model: TorchFreeModel) -> dict[str, int]:
     """Bytes one decode step reads, by part, as the model holds them."""
-    projections = norms = 0
-    for layer in model.layers:
-        for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
-            projections += proj.packed.nbytes + proj.scale.nbytes
-        norms += sum(
-            n.nbytes
-            for n in (
-                layer.input_norm, layer.post_attention_norm, layer.attn_sub_norm,
-                layer.ffn_sub_norm,
-            )
-        )  # fmt: skip
+    layers = model.layers
     return {
-        "ternary_projections": projections,
+        "ternary_projections": sum(
+            p.packed.nbytes + p.scale.nbytes for layer in layers for p in layer.projections()
+        ),
         "lm_head": model.head.nbytes,
         "embedding_row": model.embedding.shape[1] * model.embedding.itemsize,
-        "norms": norms + model.final_norm.nbytes,
+        "norms": sum(n.nbytes for layer in layers for n in layer.norms()) + model.final_norm.nbytes,
     }
-
-
-def kv_bytes(model: TorchFreeModel, tokens: int) -> int:
-    c = model.config
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * tokens * 4
 
 
 def _child(code: str, timeout: int = CHILD_TIMEOUT_S) -> dict[str, Any]:
@@ -140,7 +127,7 @@ def measure(folder: Path, threads: int, quick: bool) -> dict[str, Any]:
         raise SystemExit("the torch-free decode imported torch")
     return {
         "tokens_per_s": ours, "peak_rss": peak, "start_rss": start,
-        "held": model.held_bytes(), "kv": kv_bytes(model, PROMPT + new_tokens),
+        "held": model.held_bytes(), "kv": kv_bytes_per_token(model.config) * (PROMPT + new_tokens),
         "bytes_per_token": token_bytes(model), "threads": model.threads, "runs": runs,
         "new_tokens": new_tokens,
         "shape": f"h{model.config.hidden_size}xL{model.config.num_hidden_layers}",

@@ -37,7 +37,7 @@ from r3mes.model.bitlinear import (
     ternarize,
     unpack_ternary,
 )
-from r3mes.model.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE, load_config
+from r3mes.model.checkpoint_files import CONFIG_FILE, FLOAT_CODES, WEIGHTS_FILE, load_config
 from r3mes.model.checkpoint_files import weight_files as _weight_files
 from r3mes.model.config import BitNetConfig, tensor_shapes
 from r3mes.model.errors import CheckpointError, ModelError
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 # One metadata key only: safetensors writes its metadata map in hash order, so two keys can
 # come out in either order from one process to the next and change the file's bytes.
 WEIGHTS_METADATA = {"format": "pt"}
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 
 def _hf_name(module_path: str) -> str:
@@ -354,7 +353,7 @@ def _take_info(remaining: dict[str, TensorInfo], key: str, hint: Path) -> Tensor
 def _check_info(info: TensorInfo, shape: tuple[int, ...], key: str) -> None:
     if info.shape != shape:
         raise CheckpointError(info.file, f"tensor {key} has shape {info.shape}, expected {shape}")
-    if info.dtype not in FLOAT_DTYPES:
+    if info.dtype not in FLOAT_CODES:
         raise CheckpointError(info.file, f"tensor {key} has dtype {info.dtype}, expected a float")
 
 
@@ -395,7 +394,7 @@ def _check_linear(
     if (
         ternary
         and scale is not None
-        and (scale.dtype not in FLOAT_DTYPES or math.prod(scale.shape) != 1)
+        and (scale.dtype not in FLOAT_CODES or math.prod(scale.shape) != 1)
     ):
         raise CheckpointError(
             scale.file,

@@ -25,6 +25,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_CONFIG_BYTES = 1024 * 1024
+FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64"})
+"""safetensors dtype codes of floating-point tensors."""
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The largest safetensors header read (the format's own reference reader's limit)."""
 

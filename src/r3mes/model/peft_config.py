@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from r3mes.model.checkpoint_files import bf16_to_float32, map_safetensors
+from r3mes.model.checkpoint_files import FLOAT_CODES, bf16_to_float32, map_safetensors
 from r3mes.model.errors import AdapterError, CheckpointError
 from r3mes.model.lora_config import PEFT_PREFIX, LoraConfig
 
@@ -166,7 +166,7 @@ def load_adapter_arrays(directory: Path | str) -> tuple[dict[str, np.ndarray], L
             raise AdapterError(f"{weights}: tensor {key!r} is not a PEFT LoRA key")
         if array.ndim != 2:
             raise AdapterError(f"{weights}: tensor {key!r} must be a 2-D tensor")
-        if code not in ("F16", "BF16", "F32", "F64"):
+        if code not in FLOAT_CODES:
             raise AdapterError(f"{weights}: {key} must hold finite floats")
         values = bf16_to_float32(array) if code == "BF16" else array.astype(np.float32)
         rank_dim = 0 if ".lora_A." in key else 1

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from r3mes.model.checkpoint_files import (
+    FLOAT_CODES,
     bf16_to_float32,
     float32_to_bf16,
     load_config,
@@ -49,7 +50,6 @@ from r3mes.model.lora_config import PEFT_PREFIX, LoraConfig
 from r3mes.model.peft_config import load_adapter_arrays
 from r3mes.model.tokenizer import Tokenizer
 
-FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64"})
 PROJECTIONS = {
     "q_proj": ("self_attn", "q"), "k_proj": ("self_attn", "k"), "v_proj": ("self_attn", "v"),
     "o_proj": ("self_attn", "o"), "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "up"),
@@ -110,6 +110,19 @@ class _Layer:
     attn_sub_norm: np.ndarray
     ffn_sub_norm: np.ndarray
 
+    def projections(self) -> tuple[_Projection, ...]:
+        """The seven projections, q k v o gate up down."""
+        return (self.q, self.k, self.v, self.o, self.gate, self.up, self.down)
+
+    def norms(self) -> tuple[np.ndarray, ...]:
+        """The four norm weights."""
+        return (self.input_norm, self.post_attention_norm, self.attn_sub_norm, self.ffn_sub_norm)
+
+
+def kv_bytes_per_token(config: BitNetConfig) -> int:
+    """Bytes one cached position takes: float32 keys and values of every layer."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+
 
 class KVBuffer:
     """Keys and values of one sequence, float32 (layers, kv_heads, capacity, head_dim) each.
@@ -126,11 +139,11 @@ class KVBuffer:
         self.values = np.zeros(shape, dtype=np.float32)
         self.capacity = capacity
         self.length = 0
+        self._per_token = kv_bytes_per_token(config)
 
     def nbytes(self) -> int:
         """Bytes of the positions written so far (keys and values, every layer)."""
-        per_position = self.keys[:, :, 0].nbytes * 2
-        return int(per_position * self.length)
+        return self._per_token * self.length
 
 
 class TorchFreeModel:
@@ -254,13 +267,8 @@ class TorchFreeModel:
         if self.head is not self.embedding:
             total += self.head.nbytes
         for layer in self.layers:
-            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
-                total += proj.packed.nbytes + proj.scale.nbytes
-            for norm in (
-                layer.input_norm, layer.post_attention_norm, layer.attn_sub_norm,
-                layer.ffn_sub_norm,
-            ):  # fmt: skip
-                total += norm.nbytes
+            total += sum(p.packed.nbytes + p.scale.nbytes for p in layer.projections())
+            total += sum(n.nbytes for n in layer.norms())
         return int(total)
 
     def new_cache(self, capacity: int) -> KVBuffer:
